@@ -1,0 +1,90 @@
+// Clocks for deadlines (CLOCK_MONOTONIC) and for timing (steady nanoseconds, and a
+// cheap cycle counter where the architecture has one).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <ctime>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
+#endif
+
+namespace vipc::core {
+
+using Clock = std::chrono::steady_clock;  // CLOCK_MONOTONIC on Linux
+using Deadline = Clock::time_point;
+
+inline constexpr Deadline kNoDeadline = Deadline::max();
+
+// Nanoseconds on CLOCK_MONOTONIC.
+inline std::uint64_t now_ns() noexcept {
+  struct timespec ts {};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ULL +
+         static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+inline Deadline deadline_after(std::chrono::nanoseconds d) noexcept {
+  auto now = Clock::now();
+  if (d >= Deadline::max() - now) return kNoDeadline;
+  return now + d;
+}
+
+// Absolute CLOCK_MONOTONIC timespec for a deadline (for FUTEX_WAIT_BITSET).
+inline struct timespec to_timespec(Deadline d) noexcept {
+  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d.time_since_epoch()).count();
+  if (ns < 0) ns = 0;
+  struct timespec ts {};
+  ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+  ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+  return ts;
+}
+
+// Tells the CPU we are spinning (x86 pause, AArch64 yield, RISC-V pause hint).
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#elif defined(__riscv)
+  asm volatile(".insn i 0x0F, 0, x0, x0, 0x010" ::: "memory");  // pause (Zihintpause)
+#else
+  asm volatile("" ::: "memory");
+#endif
+}
+
+// A monotonic cycle counter for timing short intervals: rdtsc on x86_64, cntvct_el0 on
+// AArch64, rdtime on RISC-V. Convert with TscCalibration.
+inline std::uint64_t cycles() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  return __rdtsc();
+#elif defined(__aarch64__)
+  std::uint64_t v;
+  asm volatile("isb; mrs %0, cntvct_el0" : "=r"(v));
+  return v;
+#elif defined(__riscv)
+  std::uint64_t v;
+  asm volatile("rdtime %0" : "=r"(v));
+  return v;
+#else
+  return now_ns();
+#endif
+}
+
+// Converts cycles() deltas to nanoseconds; calibrated once against CLOCK_MONOTONIC.
+class CycleClock {
+ public:
+  // Calibrates over about `calibrate_ms` milliseconds.
+  static const CycleClock& instance();
+  [[nodiscard]] double ns_per_cycle() const noexcept { return ns_per_cycle_; }
+  [[nodiscard]] std::uint64_t to_ns(std::uint64_t cycles_delta) const noexcept {
+    return static_cast<std::uint64_t>(static_cast<double>(cycles_delta) * ns_per_cycle_ + 0.5);
+  }
+
+ private:
+  CycleClock();
+  double ns_per_cycle_ = 1.0;
+};
+
+}  // namespace vipc::core

@@ -1,0 +1,257 @@
+// vipc::layout: every structure that lives in shared memory, in one place.
+//
+// Each has a magic, a layout version, an ASCII picture, and static_asserts on its size,
+// alignment and every offset. Anything read from these structures is written by
+// another process and is validated before use (docs/threat-model.md).
+// A change to any layout here bumps kLayoutVersion and updates docs/ring.md.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace vipc::layout {
+
+inline constexpr std::size_t kCacheLine = 64;
+inline constexpr std::uint64_t kSegmentMagic = 0x0047455343504956ULL;  // "VIPCSEG\0" (LE)
+inline constexpr std::uint16_t kLayoutVersion = 1;
+
+enum class SegmentKind : std::uint16_t {
+  RingProducer = 1,  // slots and producer-written state of one SPSC ring
+  RingConsumer = 2,  // consumer-written state of one SPSC ring
+  ReadySet = 3,      // one receiver's set of ready rings
+};
+
+// Common header at offset 0 of every segment. Written once by the segment's creator
+// before any descriptor is handed out; readers validate it at attach time, copy what
+// they need, and never read it again.
+//
+//  0        8     10    12          16                24               32
+//  +--------+-----+-----+-----------+-----------------+----------------+
+//  | magic  | ver | kind| hdr size  | total size      | object id      |
+//  +--------+-----+-----+-----------+-----------------+----------------+
+//  32         36          40            44            48              64
+//  | capacity | slot size | payload max | data offset | reserved       |
+//  +----------+-----------+-------------+-------------+----------------+
+struct SegmentHeader {
+  std::uint64_t magic;
+  std::uint16_t layout_version;
+  std::uint16_t kind;
+  std::uint32_t header_size;
+  std::uint64_t total_size;
+  std::uint64_t object_id;
+  std::uint32_t capacity;
+  std::uint32_t slot_size;
+  std::uint32_t payload_max;
+  std::uint32_t data_offset;
+  std::uint64_t reserved[2];
+};
+static_assert(sizeof(SegmentHeader) == 64);
+static_assert(offsetof(SegmentHeader, magic) == 0);
+static_assert(offsetof(SegmentHeader, layout_version) == 8);
+static_assert(offsetof(SegmentHeader, kind) == 10);
+static_assert(offsetof(SegmentHeader, header_size) == 12);
+static_assert(offsetof(SegmentHeader, total_size) == 16);
+static_assert(offsetof(SegmentHeader, object_id) == 24);
+static_assert(offsetof(SegmentHeader, capacity) == 32);
+static_assert(offsetof(SegmentHeader, slot_size) == 36);
+static_assert(offsetof(SegmentHeader, payload_max) == 40);
+static_assert(offsetof(SegmentHeader, data_offset) == 44);
+
+// One cache line holding a single 32-bit word that other processes read or wait on.
+struct alignas(kCacheLine) WordLine {
+  std::atomic<std::uint32_t> value;
+  std::uint32_t pad[15];
+};
+static_assert(sizeof(WordLine) == kCacheLine);
+
+// One cache line holding a 64-bit wait announcement (kWait* bits in the low 3 bits,
+// a park epoch above them). Never a futex word, so it can be 64 bits wide and the
+// epoch never wraps.
+struct alignas(kCacheLine) WaitLine {
+  std::atomic<std::uint64_t> value;
+  std::uint64_t pad[7];
+};
+static_assert(sizeof(WaitLine) == kCacheLine);
+static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+
+// Wait-announcement bits a consumer (or a producer, for "full") sets in its `waiting`
+// word, above them a park epoch that changes with every announcement. The other side
+// reads the word after each publish and acts only on a non-zero value it has not
+// acted on before, so nobody pays a syscall while nobody sleeps, and one park costs
+// the other side at most one wake-up.
+inline constexpr std::uint64_t kWaitFutex = 1u << 0;     // bump notify and FUTEX_WAKE
+inline constexpr std::uint64_t kWaitEventfd = 1u << 1;   // signal the reader's eventfd
+inline constexpr std::uint64_t kWaitReadySet = 1u << 2;  // mark the ring in the ready set
+inline constexpr std::uint64_t kWaitMask = kWaitFutex | kWaitEventfd | kWaitReadySet;
+inline constexpr unsigned kWaitEpochShift = 3;
+
+// How a side orders "publish, then read the peer's waiting word" (docs/ring.md, W1-W4).
+inline constexpr std::uint32_t kFenceFull = 0;        // seq_cst fence on every publish
+inline constexpr std::uint32_t kFenceAsymmetric = 1;  // compiler fence; parker calls membarrier
+
+// Statistics counters: written only by their side with relaxed stores of a locally
+// kept count (no RMW), sampled by anyone with relaxed loads.
+struct alignas(kCacheLine) SideStats {
+  std::atomic<std::uint64_t> messages;     // producer: sent; consumer: received
+  std::atomic<std::uint64_t> bytes;        // payload bytes
+  std::atomic<std::uint64_t> full_events;  // producer: sends that found the ring full
+  std::atomic<std::uint64_t> parks;        // times this side parked on a futex
+  std::atomic<std::uint64_t> wakeups;      // futex wakes / eventfd signals this side issued
+  std::atomic<std::uint64_t> drops;        // producer: dropped by policy; consumer: corrupt
+  std::atomic<std::uint64_t> spins;        // waits satisfied while spinning (no park)
+  std::atomic<std::uint64_t> reserved;
+};
+static_assert(sizeof(SideStats) == kCacheLine);
+
+// A ring slot: one message, two cache lines. A message of <= 48 bytes without
+// capabilities touches only the first line.
+//
+//  0     4      8      10   11    12       16                                   64
+//  +-----+------+------+----+-----+--------+------------------------------------+
+//  | seq | type | len  |caps|flags| rsvd   | payload[0..48)                     |
+//  +-----+------+------+----+-----+--------+------------------------------------+
+//  64                  80                                  112        120     128
+//  +-------------------+-----------------------------------+----------+-------+
+//  | payload[48..64)   | capability handles [4] (u64)      | stamp    | rsvd  |
+//  +-------------------+-----------------------------------+----------+-------+
+//
+// seq is the publication word (docs/ring.md, R1/R2): the producer writes it last with
+// release; it equals (uint32)(position + 1) when the slot holds the message of
+// `position`, and (uint32)(position + 1 - capacity) while it still holds the previous
+// lap's (consumed) message.
+struct alignas(kCacheLine) Slot {
+  std::atomic<std::uint32_t> seq;
+  std::uint32_t type;
+  std::uint16_t length;
+  std::uint8_t cap_count;
+  std::uint8_t flags;
+  std::uint32_t reserved0;
+  unsigned char payload[64];
+  std::uint64_t caps[4];
+  std::uint64_t stamp;
+  std::uint64_t reserved1;
+};
+static_assert(sizeof(Slot) == 2 * kCacheLine);
+static_assert(alignof(Slot) == kCacheLine);
+static_assert(offsetof(Slot, seq) == 0);
+static_assert(offsetof(Slot, type) == 4);
+static_assert(offsetof(Slot, length) == 8);
+static_assert(offsetof(Slot, cap_count) == 10);
+static_assert(offsetof(Slot, flags) == 11);
+static_assert(offsetof(Slot, payload) == 16);
+static_assert(offsetof(Slot, caps) == 80);
+static_assert(offsetof(Slot, stamp) == 112);
+
+// The producer half of a ring: written by the producer, mapped read-only by the
+// consumer.
+//
+//  0      64       128          192             256                320       384     512
+//  +------+--------+------------+---------------+------------------+---------+-------+---
+//  |header| (pad)  | notify     | control       | waiting          | stats   | (pad) | slots
+//  |      |        | (futex the | closed, fence | (producer parked | (8 u64) |       | [cap]
+//  |      |        |  reader    | mode, ready   |  on full)        |         |       |
+//  |      |        |  waits on) |               |                  |         |       |
+//  +------+--------+------------+---------------+------------------+---------+-------+---
+struct alignas(kCacheLine) ProducerControl {
+  std::atomic<std::uint32_t> closed;      // 1 once the producer closed its end
+  std::atomic<std::uint32_t> fence_mode;  // kFenceFull or kFenceAsymmetric
+  std::uint32_t pad[14];
+};
+static_assert(sizeof(ProducerControl) == kCacheLine);
+
+struct ProducerSegment {
+  SegmentHeader header;     // 0
+  unsigned char pad0[64];   // 64
+  WordLine notify;          // 128: bumped before each FUTEX_WAKE of the reader
+  ProducerControl control;  // 192
+  WaitLine waiting;         // 256: kWait* bits + epoch while the producer waits for room
+  SideStats stats;          // 320
+  unsigned char pad1[128];  // 384
+  // Slot slots[capacity];  // 512
+};
+static_assert(sizeof(ProducerSegment) == 512);
+static_assert(offsetof(ProducerSegment, notify) == 128);
+static_assert(offsetof(ProducerSegment, control) == 192);
+static_assert(offsetof(ProducerSegment, waiting) == 256);
+static_assert(offsetof(ProducerSegment, stats) == 320);
+
+// The consumer half of a ring: written by the consumer, mapped read-only by the
+// producer.
+//
+//  0      64      128        192            256          320              384
+//  +------+-------+----------+--------------+------------+----------------+
+//  |header| (pad) | head     | waiting      | notify     | stats          |
+//  |      |       | (u64)    | kWait* bits, | (futex the | (8 u64)        |
+//  |      |       |          | ready index, | producer   |                |
+//  |      |       |          | closed, fence| waits on)  |                |
+//  +------+-------+----------+--------------+------------+----------------+
+struct alignas(kCacheLine) ConsumerIndex {
+  std::atomic<std::uint64_t> head;  // next position the consumer will read
+  std::uint64_t pad[7];
+};
+static_assert(sizeof(ConsumerIndex) == kCacheLine);
+
+struct alignas(kCacheLine) ConsumerControl {
+  std::atomic<std::uint64_t> waiting;      // kWait* bits + epoch: how the consumer wants a wake-up
+  std::atomic<std::uint32_t> closed;       // 1 once the consumer closed its end
+  std::atomic<std::uint32_t> fence_mode;   // kFenceFull or kFenceAsymmetric
+  std::atomic<std::uint32_t> ready_index;  // this ring's bit in the reader's ready set
+  std::uint32_t pad[11];
+};
+static_assert(sizeof(ConsumerControl) == kCacheLine);
+
+struct ConsumerSegment {
+  SegmentHeader header;     // 0
+  unsigned char pad0[64];   // 64
+  ConsumerIndex index;      // 128
+  ConsumerControl control;  // 192
+  WordLine notify;          // 256: bumped before each FUTEX_WAKE of the producer
+  SideStats stats;          // 320
+};
+static_assert(sizeof(ConsumerSegment) == 384);
+static_assert(offsetof(ConsumerSegment, index) == 128);
+static_assert(offsetof(ConsumerSegment, control) == 192);
+static_assert(offsetof(ConsumerSegment, notify) == 256);
+static_assert(offsetof(ConsumerSegment, stats) == 320);
+
+// A receiver's ready set: which of its rings may hold messages. Writers of those rings
+// set bits (read-write mapping: this is the one segment several writers share, see
+// docs/threat-model.md); the receiver takes whole words with exchange.
+//
+//  0      64      128          192             256            320      512
+//  +------+-------+------------+---------------+--------------+--------+-----------------
+//  |header| (pad) | notify     | waiting       | summary      | (pad)  | words[cap / 64]
+//  |      |       | (futex the | (kWait* bits  | (bit g: word |        | (bit i: ring
+//  |      |       |  receiver  |  + epoch)     |  g may be    |        |  g*64+i ready)
+//  |      |       |  waits on) |               |  non-zero)   |        |
+//  +------+-------+------------+---------------+--------------+--------+-----------------
+struct alignas(kCacheLine) SummaryLine {
+  std::atomic<std::uint64_t> bits;
+  std::uint64_t pad[7];
+};
+static_assert(sizeof(SummaryLine) == kCacheLine);
+
+struct ReadySetSegment {
+  SegmentHeader header;     // 0
+  unsigned char pad0[64];   // 64
+  WordLine notify;          // 128
+  WaitLine waiting;         // 192
+  SummaryLine summary;      // 256
+  unsigned char pad1[192];  // 320
+  // std::atomic<std::uint64_t> words[capacity / 64];  // 512
+};
+static_assert(sizeof(ReadySetSegment) == 512);
+static_assert(offsetof(ReadySetSegment, notify) == 128);
+static_assert(offsetof(ReadySetSegment, waiting) == 192);
+static_assert(offsetof(ReadySetSegment, summary) == 256);
+
+inline constexpr std::uint32_t kReadySetWordsOffset = sizeof(ReadySetSegment);
+inline constexpr std::uint32_t kReadySetCapacityMax = 64 * 64;  // one summary word
+
+inline constexpr std::uint32_t kRingSlotsOffset = sizeof(ProducerSegment);
+inline constexpr std::uint32_t kRingCapacityMin = 2;
+inline constexpr std::uint32_t kRingCapacityMax = 1u << 20;
+
+}  // namespace vipc::layout

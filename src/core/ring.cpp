@@ -1,0 +1,863 @@
+// The small-message ring. The memory-ordering argument is in docs/ring.md; the step
+// names (R1..R6, W1..W4) below refer to it.
+#include "core/ring.hpp"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstring>
+#include <new>
+
+#include "core/segment.hpp"
+
+namespace vipc::core {
+namespace {
+
+using layout::ConsumerSegment;
+using layout::ProducerSegment;
+using layout::Slot;
+
+constexpr std::size_t kSlotSize = sizeof(Slot);
+
+bool is_pow2(std::uint32_t v) noexcept { return v != 0 && (v & (v - 1)) == 0; }
+
+// Relaxed single read of a field another process may be writing at the same time.
+// Reading it exactly once into a local is what makes the later bounds checks hold
+// (no second fetch can see a different value).
+template <class T>
+T read_once(const T& field) noexcept {
+  return __atomic_load_n(&field, __ATOMIC_RELAXED);
+}
+
+// W2 / W4 (docs/ring.md): the StoreLoad barrier between "publish" and "read the peer's
+// waiting word". Asymmetric mode needs only a compiler barrier here because the
+// parking side pays with membarrier(); full mode pays a fence on every publish.
+inline void publish_fence(bool asymmetric) noexcept {
+  if (asymmetric) {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  } else {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
+}
+
+// W3: the parking side's barrier between "announce waiting" and "re-check". Returns
+// false when the peer relies on an asymmetric fence that could not be issued; the
+// caller then parks with a short timeout instead of trusting the wake-up.
+inline bool park_fence(std::uint32_t peer_fence_mode) noexcept {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (peer_fence_mode == layout::kFenceAsymmetric) return sys::heavy_fence();
+  return true;
+}
+
+std::uint32_t local_fence_mode() noexcept {
+  return process_uses_asymmetric_fence() ? layout::kFenceAsymmetric : layout::kFenceFull;
+}
+
+struct SpinClock {
+  std::uint64_t limit_cycles;
+  std::uint64_t start;
+  explicit SpinClock(std::uint32_t budget_ns) noexcept
+      : limit_cycles(static_cast<std::uint64_t>(static_cast<double>(budget_ns) /
+                                                CycleClock::instance().ns_per_cycle())),
+        start(cycles()) {}
+  [[nodiscard]] bool expired() const noexcept { return cycles() - start >= limit_cycles; }
+};
+
+// The longest a park may last when the wake-up cannot be trusted (failed heavy fence).
+constexpr auto kUntrustedParkSlice = std::chrono::milliseconds(1);
+
+Deadline park_deadline(Deadline d, bool trusted) noexcept {
+  if (trusted) return d;
+  Deadline slice = deadline_after(kUntrustedParkSlice);
+  return slice < d ? slice : d;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- segments
+
+std::size_t RingSegments::producer_bytes(std::uint32_t capacity) noexcept {
+  return round_up_to_page(layout::kRingSlotsOffset + std::size_t{capacity} * kSlotSize);
+}
+
+std::size_t RingSegments::consumer_bytes() noexcept {
+  return round_up_to_page(sizeof(ConsumerSegment));
+}
+
+Result<RingSegments> RingSegments::create(const RingOptions& options) {
+  if (!is_pow2(options.capacity) || options.capacity < layout::kRingCapacityMin ||
+      options.capacity > layout::kRingCapacityMax) {
+    return Error(ErrorCode::InvalidArgument, "ring: capacity must be a power of two in [2, 2^20]");
+  }
+  if (options.max_message_size == 0 || options.max_message_size > kSmallPayloadMax) {
+    return Error(ErrorCode::MessageTooLarge, "ring: max_message_size must be in [1, 64]");
+  }
+  std::uint64_t id = 0;
+  VIPC_TRY(sys::random_bytes(&id, sizeof id));
+  id |= 1;  // never 0
+
+  SegmentSpec spec;
+  spec.object_id = id;
+  spec.capacity = options.capacity;
+  spec.slot_size = static_cast<std::uint32_t>(kSlotSize);
+  spec.payload_max = options.max_message_size;
+
+  spec.kind = layout::SegmentKind::RingProducer;
+  spec.data_offset = layout::kRingSlotsOffset;
+  spec.total_size = producer_bytes(options.capacity);
+  auto prod = create_segment("vipc-ring-producer", spec);
+  if (!prod) return prod.error();
+  {
+    auto* seg = static_cast<ProducerSegment*>(prod->mapping.data());
+    auto* slots = reinterpret_cast<Slot*>(reinterpret_cast<unsigned char*>(seg) +
+                                          layout::kRingSlotsOffset);
+    for (std::uint32_t i = 0; i < options.capacity; ++i) {
+      // Slot i starts "consumed in the previous lap" (docs/ring.md R2).
+      slots[i].seq.store(i + 1 - options.capacity, std::memory_order_relaxed);
+    }
+  }
+
+  spec.kind = layout::SegmentKind::RingConsumer;
+  spec.data_offset = sizeof(ConsumerSegment);
+  spec.total_size = consumer_bytes();
+  auto cons = create_segment("vipc-ring-consumer", spec);
+  if (!cons) return cons.error();
+
+  RingSegments out;
+  out.producer = std::move(prod->fd);
+  out.consumer = std::move(cons->fd);
+  out.ring_id = id;
+  return out;
+}
+
+namespace {
+
+// Maps both halves of a ring and checks that they belong together.
+struct AttachedRing {
+  sys::Mapping prod;
+  sys::Mapping cons;
+  layout::SegmentHeader hdr;
+};
+
+Result<AttachedRing> attach_ring(int producer_fd, int consumer_fd, bool writer) {
+  const int prod_prot = writer ? (PROT_READ | PROT_WRITE) : PROT_READ;
+  const int cons_prot = writer ? PROT_READ : (PROT_READ | PROT_WRITE);
+  auto prod = map_segment(producer_fd, layout::SegmentKind::RingProducer, prod_prot);
+  if (!prod) return prod.error();
+  auto cons = map_segment(consumer_fd, layout::SegmentKind::RingConsumer, cons_prot);
+  if (!cons) return cons.error();
+  const layout::SegmentHeader& ph = prod->header;
+  const layout::SegmentHeader& ch = cons->header;
+  if (ph.object_id != ch.object_id || ph.capacity != ch.capacity) {
+    return Error(ErrorCode::Corrupted, "ring: producer and consumer segments do not match");
+  }
+  if (!is_pow2(ph.capacity) || ph.capacity < layout::kRingCapacityMin ||
+      ph.capacity > layout::kRingCapacityMax || ph.slot_size != kSlotSize ||
+      ph.payload_max == 0 || ph.payload_max > kSmallPayloadMax ||
+      ph.data_offset != layout::kRingSlotsOffset ||
+      ph.total_size < layout::kRingSlotsOffset + std::uint64_t{ph.capacity} * kSlotSize ||
+      ch.total_size < sizeof(ConsumerSegment)) {
+    return Error(ErrorCode::Corrupted, "ring: header geometry is invalid", 0, ph.object_id);
+  }
+  AttachedRing out;
+  out.hdr = ph;
+  out.prod = std::move(prod->mapping);
+  out.cons = std::move(cons->mapping);
+  return out;
+}
+
+}  // namespace
+
+Result<RingStats> sample_ring_stats(int producer_fd, int consumer_fd) {
+  auto ring = attach_ring(producer_fd, consumer_fd, /*writer=*/false);
+  // attach_ring maps the consumer half writable for readers; sampling needs read-only
+  // maps only, so map again read-only when the caller's fd is read-only.
+  if (!ring) {
+    auto prod = map_segment(producer_fd, layout::SegmentKind::RingProducer, PROT_READ);
+    if (!prod) return prod.error();
+    auto cons = map_segment(consumer_fd, layout::SegmentKind::RingConsumer, PROT_READ);
+    if (!cons) return cons.error();
+    ring = AttachedRing{std::move(prod->mapping), std::move(cons->mapping), prod->header};
+  }
+  const auto* p = static_cast<const ProducerSegment*>(ring->prod.data());
+  const auto* c = static_cast<const ConsumerSegment*>(ring->cons.data());
+  RingStats s;
+  s.sent = p->stats.messages.load(std::memory_order_relaxed);
+  s.bytes_sent = p->stats.bytes.load(std::memory_order_relaxed);
+  s.full_events = p->stats.full_events.load(std::memory_order_relaxed);
+  s.drops = p->stats.drops.load(std::memory_order_relaxed);
+  s.producer_parks = p->stats.parks.load(std::memory_order_relaxed);
+  s.producer_wakeups = p->stats.wakeups.load(std::memory_order_relaxed);
+  s.producer_spins = p->stats.spins.load(std::memory_order_relaxed);
+  s.received = c->index.head.load(std::memory_order_relaxed);
+  s.bytes_received = c->stats.bytes.load(std::memory_order_relaxed);
+  s.corrupt = c->stats.drops.load(std::memory_order_relaxed);
+  s.consumer_parks = c->stats.parks.load(std::memory_order_relaxed);
+  s.consumer_wakeups = c->stats.wakeups.load(std::memory_order_relaxed);
+  s.consumer_spins = c->stats.spins.load(std::memory_order_relaxed);
+  return s;
+}
+
+// ---------------------------------------------------------------- writer
+
+Result<RingWriter> RingWriter::attach(int producer_fd, int consumer_fd, int notify_eventfd,
+                                      int ready_set_fd) {
+  auto ring = attach_ring(producer_fd, consumer_fd, /*writer=*/true);
+  if (!ring) return ring.error();
+  RingWriter w;
+  w.prod_map_ = std::move(ring->prod);
+  w.cons_map_ = std::move(ring->cons);
+  w.prod_ = static_cast<ProducerSegment*>(w.prod_map_.data());
+  w.cons_ = static_cast<const ConsumerSegment*>(w.cons_map_.data());
+  w.slots_ = reinterpret_cast<Slot*>(static_cast<unsigned char*>(w.prod_map_.data()) +
+                                     layout::kRingSlotsOffset);
+  w.capacity_ = ring->hdr.capacity;
+  w.mask_ = ring->hdr.capacity - 1;
+  w.max_len_ = ring->hdr.payload_max;
+  w.ring_id_ = ring->hdr.object_id;
+  if (notify_eventfd >= 0) {
+    auto dup = sys::dup_fd(notify_eventfd);
+    if (!dup) return dup.error();
+    w.eventfd_ = std::move(*dup);
+  }
+  if (ready_set_fd >= 0) {
+    auto rs = map_segment(ready_set_fd, layout::SegmentKind::ReadySet, PROT_READ | PROT_WRITE);
+    if (!rs) return rs.error();
+    w.ready_capacity_ = rs->header.capacity;
+    w.ready_map_ = std::move(rs->mapping);
+  }
+  // Our own segment: resume after what an earlier writer of this ring published.
+  w.tail_ = w.prod_->stats.messages.load(std::memory_order_relaxed);
+  w.bytes_ = w.prod_->stats.bytes.load(std::memory_order_relaxed);
+  w.drops_ = w.prod_->stats.drops.load(std::memory_order_relaxed);
+  w.cached_head_ = w.cons_->index.head.load(std::memory_order_acquire);
+  if (w.cached_head_ > w.tail_ || w.tail_ - w.cached_head_ > w.capacity_) {
+    return Error(ErrorCode::Corrupted, "ring: consumer index out of range", 0, w.ring_id_);
+  }
+  w.asymmetric_ = process_uses_asymmetric_fence();
+  w.prod_->control.fence_mode.store(local_fence_mode(), std::memory_order_relaxed);
+  w.prod_->control.closed.store(0, std::memory_order_release);
+  return w;
+}
+
+RingWriter::RingWriter(RingWriter&& o) noexcept { *this = std::move(o); }
+
+RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
+  if (this == &o) return *this;
+  release();
+  prod_map_ = std::move(o.prod_map_);
+  cons_map_ = std::move(o.cons_map_);
+  ready_map_ = std::move(o.ready_map_);
+  eventfd_ = std::move(o.eventfd_);
+  prod_ = std::exchange(o.prod_, nullptr);
+  cons_ = std::exchange(o.cons_, nullptr);
+  slots_ = std::exchange(o.slots_, nullptr);
+  ready_capacity_ = o.ready_capacity_;
+  tail_ = o.tail_;
+  cached_head_ = o.cached_head_;
+  bytes_ = o.bytes_;
+  full_events_ = o.full_events_;
+  parks_ = o.parks_;
+  wakeups_ = o.wakeups_;
+  drops_ = o.drops_;
+  spins_ = o.spins_;
+  ring_id_ = o.ring_id_;
+  capacity_ = o.capacity_;
+  mask_ = o.mask_;
+  max_len_ = o.max_len_;
+  epoch_ = o.epoch_;
+  last_woken_ = o.last_woken_;
+  asymmetric_ = o.asymmetric_;
+  closed_ = o.closed_;
+  budget_ = o.budget_;
+  return *this;
+}
+
+RingWriter::~RingWriter() { release(); }
+
+void RingWriter::release() noexcept {
+  if (prod_ != nullptr) close();
+  prod_ = nullptr;
+  cons_ = nullptr;
+  slots_ = nullptr;
+  prod_map_.reset();
+  cons_map_.reset();
+  ready_map_.reset();
+  eventfd_.reset();
+}
+
+Result<void> RingWriter::refresh_head(std::uint64_t need) noexcept {
+  // R3: acquire pairs with the reader's release of head (R4): every slot below the new
+  // head has been copied out and may be overwritten.
+  const std::uint64_t h = cons_->index.head.load(std::memory_order_acquire);
+  if (h < cached_head_ || h > tail_) {
+    return Error(ErrorCode::Corrupted, "ring: consumer index out of range", 0, ring_id_);
+  }
+  cached_head_ = h;
+  if (tail_ - h + need > capacity_) {
+    ++full_events_;
+    prod_->stats.full_events.store(full_events_, std::memory_order_relaxed);
+    return Error(ErrorCode::ChannelFull, "ring: send", 0, ring_id_);
+  }
+  return {};
+}
+
+void RingWriter::write_slot(std::uint64_t pos, std::uint32_t type, const void* data,
+                            std::size_t len, const CapabilityHandle* caps,
+                            std::uint8_t ncaps) noexcept {
+  Slot& s = slots_[pos & mask_];
+  s.type = type;
+  s.length = static_cast<std::uint16_t>(len);
+  s.cap_count = ncaps;
+  s.flags = 0;
+  if (len != 0) std::memcpy(s.payload, data, len);
+  for (std::uint8_t i = 0; i < ncaps; ++i) s.caps[i] = caps[i].value;
+  // R1: release pairs with the reader's acquire of seq (R2): the fields above are
+  // visible before the slot reads as published.
+  s.seq.store(static_cast<std::uint32_t>(pos + 1), std::memory_order_release);
+}
+
+void RingWriter::after_publish() noexcept {
+  prod_->stats.messages.store(tail_, std::memory_order_relaxed);
+  prod_->stats.bytes.store(bytes_, std::memory_order_relaxed);
+  publish_fence(asymmetric_);  // W2
+  const std::uint64_t w = cons_->control.waiting.load(std::memory_order_relaxed);
+  if (w != 0) [[unlikely]] {
+    wake_reader(w);
+  }
+}
+
+void RingWriter::wake_reader(std::uint64_t w) noexcept {
+  if ((w & layout::kWaitReadySet) != 0) signal_ready_set();
+  // One wake-up per announcement: the epoch in w changes with every park.
+  if (w == last_woken_) return;
+  last_woken_ = w;
+  if ((w & layout::kWaitFutex) != 0) {
+    // Pairs with the reader's load of notify before it announced (docs/ring.md W1):
+    // the bump makes its FUTEX_WAIT return at once if it has not slept yet.
+    prod_->notify.value.fetch_add(1, std::memory_order_release);
+    sys::futex_wake(&prod_->notify.value, INT_MAX);
+    ++wakeups_;
+    prod_->stats.wakeups.store(wakeups_, std::memory_order_relaxed);
+  }
+  if ((w & layout::kWaitEventfd) != 0 && eventfd_.valid()) {
+    (void)sys::eventfd_signal(eventfd_.get());
+    ++wakeups_;
+    prod_->stats.wakeups.store(wakeups_, std::memory_order_relaxed);
+  }
+}
+
+void RingWriter::signal_ready_set() noexcept {
+  if (!ready_map_.valid()) return;
+  const std::uint32_t idx = cons_->control.ready_index.load(std::memory_order_relaxed);
+  if (idx >= ready_capacity_) return;  // hostile or stale index: ignore
+  auto* rs = static_cast<layout::ReadySetSegment*>(ready_map_.data());
+  auto* words = reinterpret_cast<std::atomic<std::uint64_t>*>(
+      static_cast<unsigned char*>(ready_map_.data()) + layout::kReadySetWordsOffset);
+  const std::uint32_t g = idx / 64;
+  // RS1: seq_cst RMW; pairs with the receiver's exchange (RS2): if the receiver takes
+  // the word after this, it sees the slot published before it.
+  const std::uint64_t old = words[g].fetch_or(std::uint64_t{1} << (idx % 64));
+  if (old == 0) rs->summary.bits.fetch_or(std::uint64_t{1} << g);
+  const std::uint64_t w = rs->waiting.value.load();  // seq_cst, after the RMWs (RS3)
+  if (w != 0 && (w & layout::kWaitFutex) != 0) {
+    rs->notify.value.fetch_add(1, std::memory_order_release);
+    sys::futex_wake(&rs->notify.value, 1);
+    ++wakeups_;
+  }
+}
+
+Result<void> RingWriter::try_send(std::uint32_t type, const void* data, std::size_t len) noexcept {
+  if (len > max_len_) [[unlikely]] {
+    return Error(ErrorCode::MessageTooLarge, "ring: send", 0, ring_id_);
+  }
+  if (closed_ || cons_->control.closed.load(std::memory_order_relaxed) != 0) [[unlikely]] {
+    return Error(ErrorCode::ChannelClosed, "ring: send", 0, ring_id_);
+  }
+  if (tail_ - cached_head_ >= capacity_) [[unlikely]] {
+    VIPC_TRY(refresh_head(1));
+  }
+  write_slot(tail_, type, data, len, nullptr, 0);
+  ++tail_;
+  bytes_ += len;
+  after_publish();
+  return {};
+}
+
+Result<void> RingWriter::try_send(const SmallMessage& m) noexcept {
+  if (m.length > max_len_) [[unlikely]] {
+    return Error(ErrorCode::MessageTooLarge, "ring: send", 0, ring_id_);
+  }
+  if (m.cap_count > kInlineCapsMax) [[unlikely]] {
+    return Error(ErrorCode::InvalidArgument, "ring: more than 4 capabilities", 0, ring_id_);
+  }
+  if (closed_ || cons_->control.closed.load(std::memory_order_relaxed) != 0) [[unlikely]] {
+    return Error(ErrorCode::ChannelClosed, "ring: send", 0, ring_id_);
+  }
+  if (tail_ - cached_head_ >= capacity_) [[unlikely]] {
+    VIPC_TRY(refresh_head(1));
+  }
+  write_slot(tail_, m.type, m.data.data(), m.length, m.caps.data(), m.cap_count);
+  ++tail_;
+  bytes_ += m.length;
+  after_publish();
+  return {};
+}
+
+Result<std::size_t> RingWriter::try_send_batch(std::span<const SmallMessage> msgs) noexcept {
+  if (msgs.empty()) return std::size_t{0};
+  if (closed_ || cons_->control.closed.load(std::memory_order_relaxed) != 0) [[unlikely]] {
+    return Error(ErrorCode::ChannelClosed, "ring: send", 0, ring_id_);
+  }
+  std::size_t room = capacity_ - (tail_ - cached_head_);
+  if (room < msgs.size()) {
+    auto r = refresh_head(msgs.size());
+    room = capacity_ - (tail_ - cached_head_);
+    if (!r && (r.error().code() != ErrorCode::ChannelFull || room == 0)) return r.error();
+  }
+  const std::size_t n = room < msgs.size() ? room : msgs.size();
+  std::size_t sent = 0;
+  for (; sent < n; ++sent) {
+    const SmallMessage& m = msgs[sent];
+    if (m.length > max_len_ || m.cap_count > kInlineCapsMax) [[unlikely]] {
+      break;
+    }
+    write_slot(tail_, m.type, m.data.data(), m.length, m.caps.data(), m.cap_count);
+    ++tail_;
+    bytes_ += m.length;
+  }
+  if (sent > 0) {
+    after_publish();
+    return sent;
+  }
+  if (msgs[0].length > max_len_) return Error(ErrorCode::MessageTooLarge, "ring: send", 0, ring_id_);
+  return Error(ErrorCode::InvalidArgument, "ring: more than 4 capabilities", 0, ring_id_);
+}
+
+Result<void> RingWriter::wait_for_room(Deadline deadline) {
+  auto has_room = [&]() noexcept {
+    const std::uint64_t h = cons_->index.head.load(std::memory_order_acquire);  // R3
+    return (h <= tail_ && tail_ - h < capacity_) ||
+           cons_->control.closed.load(std::memory_order_relaxed) != 0;
+  };
+  if (budget_.budget_ns() > 0) {
+    SpinClock clock(budget_.budget_ns());
+    do {
+      for (int i = 0; i < 32; ++i) {
+        if (has_room()) {
+          budget_.on_spin_success();
+          ++spins_;
+          prod_->stats.spins.store(spins_, std::memory_order_relaxed);
+          return {};
+        }
+        cpu_relax();
+      }
+    } while (!clock.expired());
+  }
+  for (std::uint32_t y = 0; y < budget_.policy().yields; ++y) {
+    sched_yield();
+    if (has_room()) return {};
+  }
+  budget_.on_park();
+  for (;;) {
+    if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: send", 0, ring_id_);
+    const std::uint32_t n = cons_->notify.value.load(std::memory_order_acquire);
+    ++epoch_;
+    // W1: announce, then re-check after the barrier (W3).
+    prod_->waiting.value.store((epoch_ << layout::kWaitEpochShift) | layout::kWaitFutex);
+    const bool trusted =
+        park_fence(cons_->control.fence_mode.load(std::memory_order_relaxed));
+    if (has_room()) {
+      prod_->waiting.value.store(0, std::memory_order_relaxed);
+      return {};
+    }
+    const struct timespec ts = to_timespec(park_deadline(deadline, trusted));
+    ++parks_;
+    prod_->stats.parks.store(parks_, std::memory_order_relaxed);
+    auto r = sys::futex_wait(&cons_->notify.value, n, deadline == kNoDeadline && trusted ? nullptr : &ts);
+    prod_->waiting.value.store(0, std::memory_order_relaxed);
+    if (has_room()) return {};
+    if (!r && r.error().code() != ErrorCode::Timeout) return r.error();
+  }
+}
+
+Result<void> RingWriter::send(const SmallMessage& m, Deadline deadline) {
+  for (;;) {
+    auto r = try_send(m);
+    if (r || r.error().code() != ErrorCode::ChannelFull) return r;
+    VIPC_TRY(wait_for_room(deadline));
+  }
+}
+
+Result<std::size_t> RingWriter::send_batch(std::span<const SmallMessage> msgs, Deadline deadline) {
+  for (;;) {
+    auto r = try_send_batch(msgs);
+    if (r || r.error().code() != ErrorCode::ChannelFull) return r;
+    VIPC_TRY(wait_for_room(deadline));
+  }
+}
+
+void RingWriter::count_drops(std::uint64_t n) noexcept {
+  drops_ += n;
+  prod_->stats.drops.store(drops_, std::memory_order_relaxed);
+}
+
+void RingWriter::close() noexcept {
+  if (prod_ == nullptr || closed_) return;
+  closed_ = true;
+  // R5: release pairs with the reader's acquire of closed: every message published
+  // before the close is visible to a reader that sees it closed.
+  prod_->control.closed.store(1, std::memory_order_release);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  prod_->notify.value.fetch_add(1, std::memory_order_release);
+  sys::futex_wake(&prod_->notify.value, INT_MAX);
+  const std::uint64_t w = cons_->control.waiting.load(std::memory_order_relaxed);
+  if ((w & layout::kWaitEventfd) != 0 && eventfd_.valid()) {
+    (void)sys::eventfd_signal(eventfd_.get());
+  }
+  if ((w & layout::kWaitReadySet) != 0) signal_ready_set();
+}
+
+RingStats RingWriter::stats() const noexcept {
+  RingStats s;
+  if (prod_ == nullptr) return s;
+  s.sent = tail_;
+  s.bytes_sent = bytes_;
+  s.full_events = full_events_;
+  s.drops = drops_;
+  s.producer_parks = parks_;
+  s.producer_wakeups = wakeups_;
+  s.producer_spins = spins_;
+  s.received = cons_->index.head.load(std::memory_order_relaxed);
+  s.bytes_received = cons_->stats.bytes.load(std::memory_order_relaxed);
+  s.corrupt = cons_->stats.drops.load(std::memory_order_relaxed);
+  s.consumer_parks = cons_->stats.parks.load(std::memory_order_relaxed);
+  s.consumer_wakeups = cons_->stats.wakeups.load(std::memory_order_relaxed);
+  s.consumer_spins = cons_->stats.spins.load(std::memory_order_relaxed);
+  return s;
+}
+
+std::size_t RingWriter::free_approx() const noexcept {
+  return capacity_ - static_cast<std::size_t>(tail_ - cached_head_);
+}
+
+// ---------------------------------------------------------------- reader
+
+Result<RingReader> RingReader::attach(int producer_fd, int consumer_fd, int eventfd) {
+  auto ring = attach_ring(producer_fd, consumer_fd, /*writer=*/false);
+  if (!ring) return ring.error();
+  RingReader r;
+  r.prod_map_ = std::move(ring->prod);
+  r.cons_map_ = std::move(ring->cons);
+  r.prod_ = static_cast<const ProducerSegment*>(r.prod_map_.data());
+  r.cons_ = static_cast<ConsumerSegment*>(r.cons_map_.data());
+  r.slots_ = reinterpret_cast<const Slot*>(static_cast<const unsigned char*>(r.prod_map_.data()) +
+                                           layout::kRingSlotsOffset);
+  r.capacity_ = ring->hdr.capacity;
+  r.mask_ = ring->hdr.capacity - 1;
+  r.max_len_ = ring->hdr.payload_max;
+  r.ring_id_ = ring->hdr.object_id;
+  if (eventfd >= 0) {
+    auto dup = sys::dup_fd(eventfd);
+    if (!dup) return dup.error();
+    r.eventfd_ = std::move(*dup);
+  }
+  // Our own segment: resume where an earlier reader of this ring stopped.
+  r.head_ = r.cons_->index.head.load(std::memory_order_relaxed);
+  r.bytes_ = r.cons_->stats.bytes.load(std::memory_order_relaxed);
+  r.corrupt_ = r.cons_->stats.drops.load(std::memory_order_relaxed);
+  r.asymmetric_ = process_uses_asymmetric_fence();
+  r.cons_->control.waiting.store(0, std::memory_order_relaxed);
+  r.cons_->control.fence_mode.store(local_fence_mode(), std::memory_order_relaxed);
+  r.cons_->control.closed.store(0, std::memory_order_release);
+  return r;
+}
+
+RingReader::RingReader(RingReader&& o) noexcept { *this = std::move(o); }
+
+RingReader& RingReader::operator=(RingReader&& o) noexcept {
+  if (this == &o) return *this;
+  if (cons_ != nullptr) close();
+  prod_map_ = std::move(o.prod_map_);
+  cons_map_ = std::move(o.cons_map_);
+  eventfd_ = std::move(o.eventfd_);
+  prod_ = std::exchange(o.prod_, nullptr);
+  cons_ = std::exchange(o.cons_, nullptr);
+  slots_ = std::exchange(o.slots_, nullptr);
+  head_ = o.head_;
+  bytes_ = o.bytes_;
+  parks_ = o.parks_;
+  wakeups_ = o.wakeups_;
+  corrupt_ = o.corrupt_;
+  spins_ = o.spins_;
+  ring_id_ = o.ring_id_;
+  capacity_ = o.capacity_;
+  mask_ = o.mask_;
+  max_len_ = o.max_len_;
+  armed_bits_ = o.armed_bits_;
+  epoch_ = o.epoch_;
+  last_woken_ = o.last_woken_;
+  asymmetric_ = o.asymmetric_;
+  poisoned_ = o.poisoned_;
+  closed_ = o.closed_;
+  budget_ = o.budget_;
+  return *this;
+}
+
+RingReader::~RingReader() {
+  if (cons_ != nullptr) close();
+}
+
+RingReader::Peek RingReader::peek(std::uint64_t pos) const noexcept {
+  // R2: acquire pairs with the writer's release of seq (R1).
+  const std::uint32_t q = slots_[pos & mask_].seq.load(std::memory_order_acquire);
+  if (q == static_cast<std::uint32_t>(pos + 1)) return Peek::Ready;
+  if (q == static_cast<std::uint32_t>(pos + 1 - capacity_)) return Peek::Empty;
+  return Peek::Corrupt;
+}
+
+bool RingReader::ready() const noexcept { return peek(head_) != Peek::Empty; }
+
+Result<void> RingReader::take(std::uint64_t pos, SmallMessage& out) noexcept {
+  const Slot& s = slots_[pos & mask_];
+  // Each field is read exactly once; bounds are checked on the local copies.
+  const std::uint32_t type = read_once(s.type);
+  const std::uint16_t len = read_once(s.length);
+  const std::uint8_t ncaps = read_once(s.cap_count);
+  if (len > max_len_ || ncaps > kInlineCapsMax) [[unlikely]] {
+    ++corrupt_;
+    cons_->stats.drops.store(corrupt_, std::memory_order_relaxed);
+    return Error(ErrorCode::Corrupted, "ring: slot length or capability count", 0, ring_id_);
+  }
+  out.type = type;
+  out.length = len;
+  out.cap_count = ncaps;
+  std::memcpy(out.data.data(), s.payload, len);
+  for (std::uint8_t i = 0; i < ncaps; ++i) out.caps[i].value = read_once(s.caps[i]);
+  bytes_ += len;
+  return {};
+}
+
+void RingReader::publish_head() noexcept {
+  // R4: release pairs with the writer's acquire of head (R3): our copies of every slot
+  // below head_ are complete before the writer may reuse them.
+  cons_->index.head.store(head_, std::memory_order_release);
+  cons_->stats.bytes.store(bytes_, std::memory_order_relaxed);
+  publish_fence(asymmetric_);  // W4
+  const std::uint64_t w = prod_->waiting.value.load(std::memory_order_relaxed);
+  if (w != 0 && w != last_woken_ && (w & layout::kWaitFutex) != 0) [[unlikely]] {
+    last_woken_ = w;
+    cons_->notify.value.fetch_add(1, std::memory_order_release);
+    sys::futex_wake(&cons_->notify.value, INT_MAX);
+    ++wakeups_;
+    cons_->stats.wakeups.store(wakeups_, std::memory_order_relaxed);
+  }
+}
+
+Result<void> RingReader::empty_result() const noexcept {
+  // R5: acquire pairs with the writer's release in close().
+  if (prod_->control.closed.load(std::memory_order_acquire) != 0) {
+    return Error(ErrorCode::ChannelClosed, "ring: receive", 0, ring_id_);
+  }
+  return Error(ErrorCode::WouldBlock, "ring: receive", 0, ring_id_);
+}
+
+Result<void> RingReader::try_receive(SmallMessage& out) noexcept {
+  if (poisoned_ || closed_) [[unlikely]] {
+    return Error(closed_ ? ErrorCode::ChannelClosed : ErrorCode::Corrupted, "ring: receive", 0,
+                 ring_id_);
+  }
+  Peek p = peek(head_);
+  if (p == Peek::Empty) {
+    auto e = empty_result();
+    // A message published before close() is visible once closed is (R5).
+    if (e.error().code() != ErrorCode::ChannelClosed) return e;
+    p = peek(head_);
+    if (p == Peek::Empty) return e;
+  }
+  if (p == Peek::Corrupt) [[unlikely]] {
+    poisoned_ = true;
+    ++corrupt_;
+    cons_->stats.drops.store(corrupt_, std::memory_order_relaxed);
+    return Error(ErrorCode::Corrupted, "ring: slot sequence out of order", 0, ring_id_);
+  }
+  auto r = take(head_, out);
+  ++head_;
+  publish_head();
+  return r;
+}
+
+Result<std::size_t> RingReader::try_receive_batch(std::span<SmallMessage> out) noexcept {
+  if (out.empty()) return std::size_t{0};
+  std::size_t n = 0;
+  while (n < out.size() && !poisoned_ && !closed_) {
+    Peek p = peek(head_);
+    if (p == Peek::Empty) break;
+    if (p == Peek::Corrupt) {
+      if (n > 0) break;  // report the damage on the next call, after what we have
+      poisoned_ = true;
+      ++corrupt_;
+      cons_->stats.drops.store(corrupt_, std::memory_order_relaxed);
+      return Error(ErrorCode::Corrupted, "ring: slot sequence out of order", 0, ring_id_);
+    }
+    auto t = take(head_, out[n]);
+    ++head_;
+    if (!t) {
+      if (n > 0) break;
+      publish_head();
+      return t.error();
+    }
+    ++n;
+  }
+  if (n > 0) {
+    publish_head();
+    return n;
+  }
+  if (poisoned_ || closed_) {
+    return Error(closed_ ? ErrorCode::ChannelClosed : ErrorCode::Corrupted, "ring: receive", 0,
+                 ring_id_);
+  }
+  auto e = empty_result();
+  if (e.error().code() == ErrorCode::ChannelClosed && peek(head_) != Peek::Empty) {
+    return try_receive_batch(out);
+  }
+  return e.error();
+}
+
+Result<void> RingReader::wait_readable(Deadline deadline) {
+  auto done = [&]() noexcept {
+    return poisoned_ || closed_ || peek(head_) != Peek::Empty ||
+           prod_->control.closed.load(std::memory_order_relaxed) != 0;
+  };
+  if (done()) return {};
+  if (budget_.budget_ns() > 0) {
+    SpinClock clock(budget_.budget_ns());
+    do {
+      for (int i = 0; i < 32; ++i) {
+        if (done()) {
+          budget_.on_spin_success();
+          ++spins_;
+          cons_->stats.spins.store(spins_, std::memory_order_relaxed);
+          return {};
+        }
+        cpu_relax();
+      }
+    } while (!clock.expired());
+  }
+  for (std::uint32_t y = 0; y < budget_.policy().yields; ++y) {
+    sched_yield();
+    if (done()) return {};
+  }
+  budget_.on_park();
+  for (;;) {
+    if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: receive", 0, ring_id_);
+    const std::uint32_t n = prod_->notify.value.load(std::memory_order_acquire);
+    ++epoch_;
+    // W1: announce, then re-check after the barrier (W3).
+    cons_->control.waiting.store((epoch_ << layout::kWaitEpochShift) | layout::kWaitFutex |
+                                 armed_bits_);
+    const bool trusted = park_fence(prod_->control.fence_mode.load(std::memory_order_relaxed));
+    if (done()) {
+      cons_->control.waiting.store(armed_bits_, std::memory_order_relaxed);
+      return {};
+    }
+    const struct timespec ts = to_timespec(park_deadline(deadline, trusted));
+    ++parks_;
+    cons_->stats.parks.store(parks_, std::memory_order_relaxed);
+    auto r = sys::futex_wait(&prod_->notify.value, n,
+                             deadline == kNoDeadline && trusted ? nullptr : &ts);
+    cons_->control.waiting.store(armed_bits_, std::memory_order_relaxed);
+    if (done()) return {};
+    if (!r && r.error().code() != ErrorCode::Timeout) return r.error();
+  }
+}
+
+Result<void> RingReader::receive(SmallMessage& out, Deadline deadline) {
+  for (;;) {
+    auto r = try_receive(out);
+    if (r || r.error().code() != ErrorCode::WouldBlock) return r;
+    VIPC_TRY(wait_readable(deadline));
+  }
+}
+
+Result<std::size_t> RingReader::receive_batch(std::span<SmallMessage> out, Deadline deadline) {
+  for (;;) {
+    auto r = try_receive_batch(out);
+    if (r || r.error().code() != ErrorCode::WouldBlock) return r;
+    VIPC_TRY(wait_readable(deadline));
+  }
+}
+
+Result<bool> RingReader::arm_poll_fd() noexcept {
+  if (!eventfd_.valid()) {
+    return Error(ErrorCode::InvalidArgument, "ring: reader has no eventfd", 0, ring_id_);
+  }
+  auto d = sys::eventfd_drain(eventfd_.get());
+  if (!d) return d.error();
+  armed_bits_ |= layout::kWaitEventfd;
+  ++epoch_;
+  cons_->control.waiting.store((epoch_ << layout::kWaitEpochShift) | armed_bits_);  // W1
+  (void)park_fence(prod_->control.fence_mode.load(std::memory_order_relaxed));   // W3
+  const bool now_ready = poisoned_ || peek(head_) != Peek::Empty ||
+                         prod_->control.closed.load(std::memory_order_acquire) != 0;
+  if (now_ready) {
+    // Keep the fd level-triggered: readable while something is waiting.
+    VIPC_TRY(sys::eventfd_signal(eventfd_.get()));
+  }
+  return !now_ready;
+}
+
+void RingReader::arm_ready_set(std::uint32_t index) noexcept {
+  cons_->control.ready_index.store(index, std::memory_order_relaxed);
+  armed_bits_ |= layout::kWaitReadySet;
+  ++epoch_;
+  cons_->control.waiting.store((epoch_ << layout::kWaitEpochShift) | armed_bits_);  // W1
+  fence_before_park();                                                              // W3
+}
+
+void RingReader::disarm_ready_set() noexcept {
+  armed_bits_ &= ~layout::kWaitReadySet;
+  cons_->control.waiting.store(armed_bits_, std::memory_order_relaxed);
+}
+
+void RingReader::fence_before_park() const noexcept {
+  (void)park_fence(prod_->control.fence_mode.load(std::memory_order_relaxed));
+}
+
+void RingReader::close() noexcept {
+  if (cons_ == nullptr || closed_) return;
+  closed_ = true;
+  cons_->control.closed.store(1, std::memory_order_release);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // Wake a producer parked on "full" so it sees the close.
+  cons_->notify.value.fetch_add(1, std::memory_order_release);
+  sys::futex_wake(&cons_->notify.value, INT_MAX);
+}
+
+RingStats RingReader::stats() const noexcept {
+  RingStats s;
+  if (prod_ == nullptr) return s;
+  s.sent = prod_->stats.messages.load(std::memory_order_relaxed);
+  s.bytes_sent = prod_->stats.bytes.load(std::memory_order_relaxed);
+  s.full_events = prod_->stats.full_events.load(std::memory_order_relaxed);
+  s.drops = prod_->stats.drops.load(std::memory_order_relaxed);
+  s.producer_parks = prod_->stats.parks.load(std::memory_order_relaxed);
+  s.producer_wakeups = prod_->stats.wakeups.load(std::memory_order_relaxed);
+  s.producer_spins = prod_->stats.spins.load(std::memory_order_relaxed);
+  s.received = head_;
+  s.bytes_received = bytes_;
+  s.corrupt = corrupt_;
+  s.consumer_parks = parks_;
+  s.consumer_wakeups = wakeups_;
+  s.consumer_spins = spins_;
+  return s;
+}
+
+std::uint64_t RingReader::dropped_by_producer() const noexcept {
+  return prod_ == nullptr ? 0 : prod_->stats.drops.load(std::memory_order_relaxed);
+}
+
+}  // namespace vipc::core

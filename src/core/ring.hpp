@@ -1,0 +1,236 @@
+// The small-message ring: single producer, single consumer, in shared memory between
+// two processes.
+//
+// Guarantees
+// - Every message try_send()/send() accepted is received exactly once, in order, or
+//   the receiver is told (Corrupted) that the producer damaged it. Nothing is dropped
+//   silently.
+// - The producer writes only the producer segment (slots + its state); the consumer
+//   writes only the consumer segment (its index + its state). Each maps the other's
+//   segment read-only, so the kernel enforces the split (docs/threat-model.md).
+// - Everything the reader takes from the producer segment is validated: a producer
+//   that scribbles over its pages breaks its own messages, never the reader.
+// - No allocation and no syscall on the send and receive paths while nobody is
+//   parked: a send is a copy into the slot, one release store, and one load of the
+//   consumer's `waiting` word (docs/ring.md for the memory-ordering argument).
+//
+// Caveats: one RingWriter and one RingReader per ring, each used by one thread at a
+// time (wrap in your own lock if you share them; vipc channels give each sender its
+// own ring instead).
+//
+//   auto seg = RingSegments::create({.capacity = 1024}).value();
+//   auto w = RingWriter::attach(seg.producer.get(), seg.consumer.get()).value();
+//   auto r = RingReader::attach(seg.producer.get(), seg.consumer.get()).value();
+//   (void)w.try_send(SmallMessage(1, "hi", 2));
+//   SmallMessage m; (void)r.try_receive(m);
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "core/clock.hpp"
+#include "core/layout.hpp"
+#include "core/sys.hpp"
+#include "core/wait.hpp"
+#include "vipc/message.hpp"
+#include "vipc/result.hpp"
+
+namespace vipc::core {
+
+struct RingOptions {
+  std::uint32_t capacity = 1024;        // slots; a power of two in [2, 2^20]
+  std::uint32_t max_message_size = 64;  // bytes; <= kSmallPayloadMax
+};
+
+// The two memfds of one ring, created and initialised by its owner (the broker, or a
+// test). producer: slots + producer state (page-aligned, sealed against shrinking);
+// consumer: consumer state (same).
+struct RingSegments {
+  sys::UniqueFd producer;
+  sys::UniqueFd consumer;
+  std::uint64_t ring_id = 0;
+
+  [[nodiscard]] static Result<RingSegments> create(const RingOptions& options);
+  // Bytes of the producer segment for a capacity (header + slots, page-rounded).
+  [[nodiscard]] static std::size_t producer_bytes(std::uint32_t capacity) noexcept;
+  [[nodiscard]] static std::size_t consumer_bytes() noexcept;
+};
+
+// A snapshot of both sides' counters, read without disturbing the data path.
+struct RingStats {
+  std::uint64_t sent = 0, received = 0;
+  std::uint64_t bytes_sent = 0, bytes_received = 0;
+  std::uint64_t full_events = 0, drops = 0, corrupt = 0;
+  std::uint64_t producer_parks = 0, consumer_parks = 0;
+  std::uint64_t producer_wakeups = 0, consumer_wakeups = 0;
+  std::uint64_t producer_spins = 0, consumer_spins = 0;
+  [[nodiscard]] std::uint64_t depth() const noexcept {
+    return sent >= received ? sent - received : 0;
+  }
+};
+
+// Reads the counters of a ring from its two descriptors (read-only maps). Any process
+// holding them may sample; nothing on the data path is touched.
+[[nodiscard]] Result<RingStats> sample_ring_stats(int producer_fd, int consumer_fd);
+
+class RingWriter {
+ public:
+  // Maps the producer segment read-write and the consumer segment read-only and
+  // validates both headers. notify_eventfd, if >= 0, is the reader's pollable fd,
+  // signalled when the reader armed it (RingReader::poll_fd). The descriptors are
+  // not kept.
+  // ready_set_fd, if >= 0, is the reader's ReadySet segment (mapped read-write), used
+  // when the reader armed this ring in its ready set.
+  [[nodiscard]] static Result<RingWriter> attach(int producer_fd, int consumer_fd,
+                                                 int notify_eventfd = -1, int ready_set_fd = -1);
+
+  RingWriter(RingWriter&&) noexcept;
+  RingWriter& operator=(RingWriter&&) noexcept;
+  RingWriter(const RingWriter&) = delete;
+  RingWriter& operator=(const RingWriter&) = delete;
+  ~RingWriter();  // closes the producer end
+
+  // Non-blocking. ChannelFull when no slot is free, ChannelClosed when the reader
+  // closed, MessageTooLarge when len > max_message_size, InvalidArgument for more than
+  // kInlineCapsMax capabilities, Corrupted when the consumer's index is impossible.
+  [[nodiscard]] Result<void> try_send(const SmallMessage& m) noexcept;
+  [[nodiscard]] Result<void> try_send(std::uint32_t type, const void* data,
+                                      std::size_t len) noexcept;
+  // Sends as many of msgs as fit (in order) with one wake-up check at the end;
+  // returns how many were sent (>= 1), or the error that stopped the first one.
+  [[nodiscard]] Result<std::size_t> try_send_batch(std::span<const SmallMessage> msgs) noexcept;
+  // Blocking: waits (spin, yield, park) while the ring is full, until the deadline.
+  [[nodiscard]] Result<void> send(const SmallMessage& m, Deadline deadline = kNoDeadline);
+  [[nodiscard]] Result<std::size_t> send_batch(std::span<const SmallMessage> msgs,
+                                               Deadline deadline = kNoDeadline);
+
+  // Records that the overflow policy dropped `n` messages (the reader sees the count).
+  void count_drops(std::uint64_t n) noexcept;
+  // Marks the producer end closed and wakes the reader; idempotent.
+  void close() noexcept;
+
+  void set_wait_policy(const WaitPolicy& p) noexcept { budget_ = SpinBudget(p); }
+  [[nodiscard]] std::uint32_t capacity() const noexcept { return capacity_; }
+  [[nodiscard]] std::uint64_t ring_id() const noexcept { return ring_id_; }
+  [[nodiscard]] RingStats stats() const noexcept;
+  // Free slots as far as this writer knows (never more than the truth).
+  [[nodiscard]] std::size_t free_approx() const noexcept;
+
+ private:
+  RingWriter() = default;
+  Result<void> refresh_head(std::uint64_t need) noexcept;
+  void write_slot(std::uint64_t pos, std::uint32_t type, const void* data, std::size_t len,
+                  const CapabilityHandle* caps, std::uint8_t ncaps) noexcept;
+  void after_publish() noexcept;
+  void wake_reader(std::uint64_t waiting) noexcept;
+  void signal_ready_set() noexcept;
+  Result<void> wait_for_room(Deadline deadline);
+  void release() noexcept;
+
+  sys::Mapping prod_map_;
+  sys::Mapping cons_map_;
+  layout::ProducerSegment* prod_ = nullptr;
+  const layout::ConsumerSegment* cons_ = nullptr;
+  layout::Slot* slots_ = nullptr;
+  sys::UniqueFd eventfd_;
+  sys::Mapping ready_map_;
+  std::uint32_t ready_capacity_ = 0;
+  std::uint64_t tail_ = 0;         // next position to write (local truth)
+  std::uint64_t cached_head_ = 0;  // last head read from the consumer
+  std::uint64_t bytes_ = 0;
+  std::uint64_t full_events_ = 0, parks_ = 0, wakeups_ = 0, drops_ = 0, spins_ = 0;
+  std::uint64_t ring_id_ = 0;
+  std::uint32_t capacity_ = 0;
+  std::uint32_t mask_ = 0;
+  std::uint32_t max_len_ = 0;
+  std::uint64_t epoch_ = 0;        // park epoch of our own waiting word
+  std::uint64_t last_woken_ = 0;   // consumer's waiting word we last acted on (dedupe)
+  bool asymmetric_ = false;
+  bool closed_ = false;
+  SpinBudget budget_{WaitPolicy{}};
+};
+
+class RingReader {
+ public:
+  // Maps the producer segment read-only and the consumer segment read-write and
+  // validates both headers. eventfd, if >= 0, becomes poll_fd() (the writer must
+  // have been given the same eventfd).
+  [[nodiscard]] static Result<RingReader> attach(int producer_fd, int consumer_fd,
+                                                 int eventfd = -1);
+
+  RingReader(RingReader&&) noexcept;
+  RingReader& operator=(RingReader&&) noexcept;
+  RingReader(const RingReader&) = delete;
+  RingReader& operator=(const RingReader&) = delete;
+  ~RingReader();  // closes the consumer end
+
+  // Non-blocking. WouldBlock when empty, ChannelClosed when empty and the producer
+  // closed, Corrupted when the producer damaged the slot (the slot is skipped and
+  // counted) or the ring (sticky: every later call fails the same way).
+  [[nodiscard]] Result<void> try_receive(SmallMessage& out) noexcept;
+  // Receives up to out.size() messages with one index update; >= 1 or an error.
+  [[nodiscard]] Result<std::size_t> try_receive_batch(std::span<SmallMessage> out) noexcept;
+  // Blocking: spin, yield, park until a message arrives or the deadline passes.
+  [[nodiscard]] Result<void> receive(SmallMessage& out, Deadline deadline = kNoDeadline);
+  [[nodiscard]] Result<std::size_t> receive_batch(std::span<SmallMessage> out,
+                                                  Deadline deadline = kNoDeadline);
+  // Waits until a message is available (or closed / deadline) without taking it.
+  [[nodiscard]] Result<void> wait_readable(Deadline deadline = kNoDeadline);
+  // true when a message is ready (one acquire load; never blocks).
+  [[nodiscard]] bool ready() const noexcept;
+
+  // The pollable fd (level-triggered as seen by the caller: call arm_poll_fd() before
+  // polling; it returns false when messages are already waiting, in which case do not
+  // poll). -1 when the reader was attached without an eventfd.
+  [[nodiscard]] int poll_fd() const noexcept { return eventfd_.get(); }
+  [[nodiscard]] Result<bool> arm_poll_fd() noexcept;
+
+  // Marks the consumer end closed (senders get ChannelClosed); idempotent.
+  void close() noexcept;
+
+  void set_wait_policy(const WaitPolicy& p) noexcept { budget_ = SpinBudget(p); }
+  [[nodiscard]] std::uint32_t capacity() const noexcept { return capacity_; }
+  [[nodiscard]] std::uint64_t ring_id() const noexcept { return ring_id_; }
+  [[nodiscard]] RingStats stats() const noexcept;
+  [[nodiscard]] std::uint64_t dropped_by_producer() const noexcept;
+
+  // For ReadySet: arms / disarms the ready-set wake-up bit with this ring's index.
+  void arm_ready_set(std::uint32_t index) noexcept;
+  void disarm_ready_set() noexcept;
+  // Heavy side of the wait protocol (docs/ring.md W3) before checking emptiness for
+  // the last time and parking elsewhere (ReadySet).
+  void fence_before_park() const noexcept;
+
+ private:
+  RingReader() = default;
+  enum class Peek { Ready, Empty, Corrupt };
+  Peek peek(std::uint64_t pos) const noexcept;
+  Result<void> take(std::uint64_t pos, SmallMessage& out) noexcept;
+  void publish_head() noexcept;
+  Result<void> empty_result() const noexcept;
+  Result<void> park(Deadline deadline);
+
+  sys::Mapping prod_map_;
+  sys::Mapping cons_map_;
+  const layout::ProducerSegment* prod_ = nullptr;
+  layout::ConsumerSegment* cons_ = nullptr;
+  const layout::Slot* slots_ = nullptr;
+  sys::UniqueFd eventfd_;
+  std::uint64_t head_ = 0;  // next position to read (local truth, never read back)
+  std::uint64_t bytes_ = 0;
+  std::uint64_t parks_ = 0, wakeups_ = 0, corrupt_ = 0, spins_ = 0;
+  std::uint64_t ring_id_ = 0;
+  std::uint32_t capacity_ = 0;
+  std::uint32_t mask_ = 0;
+  std::uint32_t max_len_ = 0;
+  std::uint64_t armed_bits_ = 0;   // kWait* bits that stay set between parks (eventfd, ready set)
+  std::uint64_t epoch_ = 0;        // park epoch, bumped with every announcement
+  std::uint64_t last_woken_ = 0;   // producer's waiting word we last woke (dedupe)
+  bool asymmetric_ = false;
+  bool poisoned_ = false;
+  bool closed_ = false;
+  SpinBudget budget_{WaitPolicy{}};
+};
+
+}  // namespace vipc::core

@@ -1,0 +1,51 @@
+// Spin, then yield, then park: how every blocking call in vipc waits.
+//
+// Guarantees: a waiter burns at most `spin_ns` of CPU before yielding and at most
+// `yields` sched_yield calls before parking on a futex, so two ends sharing one core
+// make progress (the yield hands the core to the peer). With `adaptive`, the spin
+// budget follows experience: it doubles (up to spin_ns) when spinning found the event
+// and halves (down to min_spin_ns) when it had to park, so a peer that answers fast is
+// caught by spinning and a peer that is slow costs little CPU.
+#pragma once
+
+#include <cstdint>
+
+namespace vipc::core {
+
+struct WaitPolicy {
+  std::uint32_t spin_ns = 20'000;    // upper bound of the spin phase
+  std::uint32_t min_spin_ns = 500;   // lower bound the adaptive budget decays to
+  std::uint32_t yields = 2;          // sched_yield calls between spinning and parking
+  bool adaptive = true;
+
+  // Parks at once: every wait is a real futex sleep (used by blocking benchmarks).
+  static constexpr WaitPolicy park_immediately() noexcept { return {0, 0, 0, false}; }
+  // Spins up to `ns` and then parks, without adapting.
+  static constexpr WaitPolicy spin_then_park(std::uint32_t ns) noexcept { return {ns, ns, 2, false}; }
+};
+
+// The adaptive spin budget of one waiter (not shared between threads).
+class SpinBudget {
+ public:
+  explicit SpinBudget(const WaitPolicy& p) noexcept : policy_(p), budget_ns_(p.spin_ns) {}
+  [[nodiscard]] std::uint32_t budget_ns() const noexcept { return budget_ns_; }
+  [[nodiscard]] const WaitPolicy& policy() const noexcept { return policy_; }
+  void on_spin_success() noexcept {
+    if (policy_.adaptive) {
+      std::uint32_t b = budget_ns_ < 1024 ? 1024 : budget_ns_ * 2;
+      budget_ns_ = b > policy_.spin_ns ? policy_.spin_ns : b;
+    }
+  }
+  void on_park() noexcept {
+    if (policy_.adaptive) {
+      std::uint32_t b = budget_ns_ / 2;
+      budget_ns_ = b < policy_.min_spin_ns ? policy_.min_spin_ns : b;
+    }
+  }
+
+ private:
+  WaitPolicy policy_;
+  std::uint32_t budget_ns_;
+};
+
+}  // namespace vipc::core

@@ -1,0 +1,14 @@
+// `vipc demo`: the main job, showing what vipc does in a minute.
+#pragma once
+
+#include <cstdint>
+
+namespace vipc::tools {
+
+struct DemoOptions {
+  std::uint64_t messages = 200'000;
+};
+
+int run_demo(const DemoOptions& options);
+
+}  // namespace vipc::tools

@@ -122,6 +122,7 @@ class RingWriter {
   Result<void> refresh_head(std::uint64_t need) noexcept;
   void write_slot(std::uint64_t pos, std::uint32_t type, const void* data, std::size_t len,
                   const CapabilityHandle* caps, std::uint8_t ncaps) noexcept;
+  void write_message(std::uint64_t pos, const SmallMessage& m) noexcept;
   void after_publish() noexcept;
   void wake_reader(std::uint64_t waiting) noexcept;
   void signal_ready_set() noexcept;

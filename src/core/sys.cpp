@@ -144,6 +144,8 @@ Result<std::uint64_t> eventfd_drain(int fd) {
 }
 
 Result<bool> poll_readable(int fd, int timeout_ms) {
+  // poll() ignores a negative fd, which would turn a wait without bound into a hang.
+  if (fd < 0) return sys_error("poll", EBADF);
   struct pollfd p {};
   p.fd = fd;
   p.events = POLLIN;
@@ -152,7 +154,12 @@ Result<bool> poll_readable(int fd, int timeout_ms) {
     if (errno == EINTR) return Error(ErrorCode::Interrupted, "poll", EINTR);
     return sys_error("poll");
   }
-  return rc > 0 && (p.revents & POLLIN) != 0;
+  if (rc == 0) return false;
+  // POLLNVAL: fd is not open; reporting "not readable" would look like a timeout.
+  if ((p.revents & POLLNVAL) != 0) return sys_error("poll", EBADF);
+  // POLLHUP / POLLERR without POLLIN (a pipe whose writer closed): a read does not
+  // block, it reports end of file or the error, so the fd counts as readable.
+  return (p.revents & (POLLIN | POLLHUP | POLLERR)) != 0;
 }
 
 Result<void> futex_wait(const std::atomic<std::uint32_t>* word, std::uint32_t expected,

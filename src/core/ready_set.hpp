@@ -2,29 +2,46 @@
 //
 // Guarantees
 // - Writers of rings armed in the set mark their ring's bit after each publish (a
-//   seq_cst fetch_or; docs/ring.md RS1-RS3); the receiver takes 64 bits at a time with
-//   exchange, so finding the next ready ring costs O(1) however many rings there are.
+//   seq_cst fetch_or; docs/ring.md RS1); the receiver takes 64 bits at a time with
+//   exchange (RS2) and finds a non-empty word through a one-word summary, so finding
+//   the next ready ring costs O(1) however many rings there are. Groups of 64 rings
+//   are visited round-robin, so a busy ring cannot starve the others.
 // - A ring whose bit was taken is reported once per take; a spurious report (ring
-//   already drained) is possible and harmless: drain with try_receive until WouldBlock.
+//   already drained) is possible and harmless: drain with try_receive until WouldBlock
+//   (ready_set_test: ReportsEachIndexOncePerBurst).
 // - No lost wake-up: a message published after the receiver took a ring's bit sets the
-//   bit again.
-// - Self-healing against a hostile writer: the segment is the one page several writers
-//   share read-write, so a writer can clear bits of other rings. wait_next() therefore
-//   never sleeps longer than `rescan_interval` and then reports every registered index
-//   once (O(n), only while otherwise idle), so a suppressed bit delays, never loses.
+//   bit again (RS1/RS2); a message published before add() is reported by add() itself
+//   (AddReportsMessagesSentBeforeArming); a parked receiver is woken by the first mark
+//   of an idle set (RS3/RS4).
+// - Only registered indices are ever returned: bits come from writers, i.e. from
+//   shared memory, and are filtered through a process-private registry, so a writer
+//   that sets the bit of another or of an unknown index causes at most a spurious
+//   report of a registered ring (IgnoresBitsOfUnregisteredIndices). After remove(), an
+//   index is not returned until it is added again.
+// - Self-healing against a hostile or crashed writer: the segment is the one page
+//   several writers share read-write, so a writer can clear bits of other rings (or
+//   die between its two read-modify-writes). wait_next() therefore reports every
+//   registered index once per `rescan_interval` (O(n), at most once per interval:
+//   when idle it never sleeps past the next rescan; when busy it checks the clock on
+//   every 64th call), so a suppressed bit delays a report, never loses it
+//   (RescanHealsClearedBits). try_next() alone never rescans.
 //
-// Caveats: one receiver thread per ReadySet. Capacity at most 4096 rings.
+// Caveats: one receiver thread per ReadySet (not thread-safe, by design: all
+// bookkeeping is process-local and lock-free). Capacity at most 4096 rings. A ring
+// whose writer closed before add() and that holds no message is reported by the next
+// rescan, not at once.
 //
 //   auto rs = ReadySet::create(1024).value();           // hand rs.fd() to each writer
 //   (void)rs.add(reader, 7);                             // ring 7 <-> reader
 //   auto idx = rs.wait_next(deadline);                   // then drain readers[*idx]
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
-#include <vector>
 
 #include "core/clock.hpp"
+#include "core/layout.hpp"
 #include "core/ring.hpp"
 #include "core/sys.hpp"
 #include "core/wait.hpp"
@@ -34,36 +51,66 @@ namespace vipc::core {
 
 class ReadySet {
  public:
+  // capacity is rounded up to a multiple of 64; InvalidArgument unless it is in
+  // [1, 4096].
   [[nodiscard]] static Result<ReadySet> create(std::uint32_t capacity);
 
   // The descriptor writers pass as RingWriter::attach(..., ready_set_fd).
   [[nodiscard]] int fd() const noexcept { return fd_.get(); }
   [[nodiscard]] std::uint32_t capacity() const noexcept { return capacity_; }
 
-  // Arms `reader` to report into this set as `index` (< capacity, unique); marks it
-  // ready at once if it already holds messages.
+  // Arms `reader` to report into this set as `index` and marks it ready at once if it
+  // already holds messages. InvalidArgument when index >= capacity, AlreadyExists when
+  // the index is registered.
   [[nodiscard]] Result<void> add(RingReader& reader, std::uint32_t index);
-  // Disarms `reader`; a pending report of `index` may still be returned once.
+  // Disarms `reader` (which must be the one added as `index`) and forgets the index:
+  // no pending report of it is returned afterwards. No-op for an unregistered index.
   void remove(RingReader& reader, std::uint32_t index) noexcept;
-  // Marks an index ready from the receiving side (e.g. after a partial drain).
+  // Marks a registered index ready from the receiving side (e.g. after a partial
+  // drain). Ignored for an unregistered index.
   void mark(std::uint32_t index) noexcept;
 
-  // The next index reported ready, or WouldBlock. O(1).
+  // The next index reported ready, or WouldBlock. O(1); never blocks, never allocates.
   [[nodiscard]] Result<std::uint32_t> try_next() noexcept;
-  // Waits (spin, yield, park) for the next ready index until the deadline.
+  // Waits (spin, yield, park) for the next ready index until the deadline: Timeout
+  // when it passed, Interrupted when a signal interrupted the park.
   [[nodiscard]] Result<std::uint32_t> wait_next(Deadline deadline = kNoDeadline);
 
   void set_wait_policy(const WaitPolicy& p) noexcept { budget_ = SpinBudget(p); }
-  void set_rescan_interval(std::chrono::milliseconds d) noexcept { rescan_interval_ = d; }
+  // The longest a suppressed or lost mark can delay a report (see the guarantees);
+  // 100 ms by default, clamped to [0, 1 day]. The next rescan is due `d` from now.
+  void set_rescan_interval(std::chrono::milliseconds d) noexcept;
 
  private:
+  static constexpr std::uint32_t kGroupsMax = layout::kReadySetCapacityMax / 64;
+
   ReadySet() = default;
-  // ... implementation state (mapping, local copy of taken bits, registered indices)
+  [[nodiscard]] layout::ReadySetSegment* seg() const noexcept;
+  [[nodiscard]] std::atomic<std::uint64_t>* words() const noexcept;
+  // Moves one word of the shared set into `pending_`; false when the summary is empty.
+  bool take_shared_word() noexcept;
+  // Queues every registered index into `pending_`.
+  void queue_rescan(Deadline now) noexcept;
+  [[nodiscard]] bool shared_nonempty_hint() const noexcept;
+
   sys::UniqueFd fd_;
-  sys::Mapping map_;
+  sys::Mapping map_;  // the whole segment, read-write
   std::uint32_t capacity_ = 0;
+  std::uint32_t groups_ = 0;       // capacity_ / 64
+  std::uint64_t groups_mask_ = 0;  // summary bits that name a real group
+  std::uint32_t cursor_ = 0;       // next group to look at in the shared summary
+  std::uint32_t calls_ = 0;        // wait_next calls, to check the clock every 64th
+  std::uint64_t epoch_ = 0;        // park epoch in the set's `waiting` word
+  // Process-private bookkeeping: trusted, never read from shared memory.
+  // registered_[g] bit b: index g*64+b was added. pending_[g] bit b: index g*64+b was
+  // taken from the shared set (or marked, or rescanned) and not yet returned; always a
+  // subset of registered_. pending_summary_ bit g: pending_[g] != 0.
+  std::array<std::uint64_t, kGroupsMax> registered_{};
+  std::array<std::uint64_t, kGroupsMax> pending_{};
+  std::uint64_t pending_summary_ = 0;
   SpinBudget budget_{WaitPolicy{}};
   std::chrono::milliseconds rescan_interval_{100};
+  Deadline rescan_due_ = kNoDeadline;
 };
 
 }  // namespace vipc::core

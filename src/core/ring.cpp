@@ -145,9 +145,9 @@ struct AttachedRing {
   layout::SegmentHeader hdr;
 };
 
-Result<AttachedRing> attach_ring(int producer_fd, int consumer_fd, bool writer) {
-  const int prod_prot = writer ? (PROT_READ | PROT_WRITE) : PROT_READ;
-  const int cons_prot = writer ? PROT_READ : (PROT_READ | PROT_WRITE);
+// prod_prot / cons_prot: how each half is mapped (the writer's own half read-write,
+// the other read-only; everything read-only for sampling).
+Result<AttachedRing> attach_ring(int producer_fd, int consumer_fd, int prod_prot, int cons_prot) {
   auto prod = map_segment(producer_fd, layout::SegmentKind::RingProducer, prod_prot);
   if (!prod) return prod.error();
   auto cons = map_segment(consumer_fd, layout::SegmentKind::RingConsumer, cons_prot);
@@ -175,16 +175,10 @@ Result<AttachedRing> attach_ring(int producer_fd, int consumer_fd, bool writer) 
 }  // namespace
 
 Result<RingStats> sample_ring_stats(int producer_fd, int consumer_fd) {
-  auto ring = attach_ring(producer_fd, consumer_fd, /*writer=*/false);
-  // attach_ring maps the consumer half writable for readers; sampling needs read-only
-  // maps only, so map again read-only when the caller's fd is read-only.
-  if (!ring) {
-    auto prod = map_segment(producer_fd, layout::SegmentKind::RingProducer, PROT_READ);
-    if (!prod) return prod.error();
-    auto cons = map_segment(consumer_fd, layout::SegmentKind::RingConsumer, PROT_READ);
-    if (!cons) return cons.error();
-    ring = AttachedRing{std::move(prod->mapping), std::move(cons->mapping), prod->header};
-  }
+  // Read-only maps of both halves, with the same checks as the two ends' attach (a pair
+  // of halves of different rings is refused, as is an impossible geometry).
+  auto ring = attach_ring(producer_fd, consumer_fd, PROT_READ, PROT_READ);
+  if (!ring) return ring.error();
   const auto* p = static_cast<const ProducerSegment*>(ring->prod.data());
   const auto* c = static_cast<const ConsumerSegment*>(ring->cons.data());
   RingStats s;
@@ -208,7 +202,7 @@ Result<RingStats> sample_ring_stats(int producer_fd, int consumer_fd) {
 
 Result<RingWriter> RingWriter::attach(int producer_fd, int consumer_fd, int notify_eventfd,
                                       int ready_set_fd) {
-  auto ring = attach_ring(producer_fd, consumer_fd, /*writer=*/true);
+  auto ring = attach_ring(producer_fd, consumer_fd, PROT_READ | PROT_WRITE, PROT_READ);
   if (!ring) return ring.error();
   RingWriter w;
   w.prod_map_ = std::move(ring->prod);
@@ -243,6 +237,10 @@ Result<RingWriter> RingWriter::attach(int producer_fd, int consumer_fd, int noti
   w.asymmetric_ = process_uses_asymmetric_fence();
   w.prod_->control.fence_mode.store(local_fence_mode(), std::memory_order_relaxed);
   w.prod_->control.closed.store(0, std::memory_order_release);
+  // W0: a reader that parked before this attach read our fence mode as "full" and
+  // issued only a seq_cst fence; this fence pairs with it (fence-fence rule), so our
+  // first W2 load of `waiting` sees its announcement (docs/ring.md).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   return w;
 }
 
@@ -380,8 +378,19 @@ void RingWriter::wake_reader(std::uint64_t w) noexcept {
 
 void RingWriter::signal_ready_set() noexcept {
   if (!ready_map_.valid()) return;
+  // Acquire fence after the relaxed load of `waiting` that found kWaitReadySet: pairs
+  // with the reader's seq_cst store of `waiting` in arm_ready_set (W1), so the
+  // ready_index it stored before is the one read below.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  // relaxed: ordered by the fence above.
   const std::uint32_t idx = cons_->control.ready_index.load(std::memory_order_relaxed);
-  if (idx >= ready_capacity_) return;  // hostile or stale index: ignore
+  // Both the index and the set's header come from the reader's side: bound the index
+  // by what is mapped and by the summary's 64 groups, not by the header alone.
+  if (idx >= ready_capacity_ || idx >= layout::kReadySetCapacityMax ||
+      layout::kReadySetWordsOffset + (std::size_t{idx / 64} + 1) * sizeof(std::uint64_t) >
+          ready_map_.size()) {
+    return;  // hostile or stale index: ignore
+  }
   auto* rs = static_cast<layout::ReadySetSegment*>(ready_map_.data());
   auto* words = reinterpret_cast<std::atomic<std::uint64_t>*>(
       static_cast<unsigned char*>(ready_map_.data()) + layout::kReadySetWordsOffset);
@@ -442,9 +451,10 @@ Result<std::size_t> RingWriter::try_send_batch(std::span<const SmallMessage> msg
   }
   std::size_t room = capacity_ - (tail_ - cached_head_);
   if (room < msgs.size()) {
-    auto r = refresh_head(msgs.size());
+    // One free slot is enough to send a prefix; only a call that finds none is a full
+    // event (counted in refresh_head).
+    VIPC_TRY(refresh_head(1));
     room = capacity_ - (tail_ - cached_head_);
-    if (!r && (r.error().code() != ErrorCode::ChannelFull || room == 0)) return r.error();
   }
   const std::size_t n = room < msgs.size() ? room : msgs.size();
   std::size_t sent = 0;
@@ -485,11 +495,14 @@ Result<void> RingWriter::wait_for_room(Deadline deadline) {
       }
     } while (!clock.expired());
   }
+  // Spinning did not find room: shrink the budget now, also when a yield then finds
+  // it. A peer that runs only once we yield (same core) never answers a spin, so
+  // without this every wait would burn the full spin budget first.
+  budget_.on_park();
   for (std::uint32_t y = 0; y < budget_.policy().yields; ++y) {
     sched_yield();
     if (has_room()) return {};
   }
-  budget_.on_park();
   for (;;) {
     if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: send", 0, ring_id_);
     const std::uint32_t n = cons_->notify.value.load(std::memory_order_acquire);
@@ -575,7 +588,7 @@ std::size_t RingWriter::free_approx() const noexcept {
 // ---------------------------------------------------------------- reader
 
 Result<RingReader> RingReader::attach(int producer_fd, int consumer_fd, int eventfd) {
-  auto ring = attach_ring(producer_fd, consumer_fd, /*writer=*/false);
+  auto ring = attach_ring(producer_fd, consumer_fd, PROT_READ, PROT_READ | PROT_WRITE);
   if (!ring) return ring.error();
   RingReader r;
   r.prod_map_ = std::move(ring->prod);
@@ -601,6 +614,8 @@ Result<RingReader> RingReader::attach(int producer_fd, int consumer_fd, int even
   r.cons_->control.waiting.store(0, std::memory_order_relaxed);
   r.cons_->control.fence_mode.store(local_fence_mode(), std::memory_order_relaxed);
   r.cons_->control.closed.store(0, std::memory_order_release);
+  // W0: pairs with a writer that parked on "full" before this attach (see the writer).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   return r;
 }
 
@@ -656,8 +671,7 @@ VIPC_ALWAYS_INLINE inline Result<void> RingReader::take(std::uint64_t pos, Small
   const std::uint16_t len = read_once(s.length);
   const std::uint8_t ncaps = read_once(s.cap_count);
   if (len > max_len_ || ncaps > kInlineCapsMax) [[unlikely]] {
-    ++corrupt_;
-    cons_->stats.drops.store(corrupt_, std::memory_order_relaxed);
+    // Counted by the caller when it reports the slot (and skips it).
     return Error(ErrorCode::Corrupted, "ring: slot length or capability count", 0, ring_id_);
   }
   out.type = type;
@@ -721,6 +735,10 @@ Result<void> RingReader::try_receive(SmallMessage& out) noexcept {
     return Error(ErrorCode::Corrupted, "ring: slot sequence out of order", 0, ring_id_);
   }
   auto r = take(head_, out);
+  if (!r) [[unlikely]] {
+    ++corrupt_;
+    cons_->stats.drops.store(corrupt_, std::memory_order_relaxed);
+  }
   ++head_;
   publish_head();
   return r;
@@ -740,12 +758,17 @@ Result<std::size_t> RingReader::try_receive_batch(std::span<SmallMessage> out) n
       return Error(ErrorCode::Corrupted, "ring: slot sequence out of order", 0, ring_id_);
     }
     auto t = take(head_, out[n]);
-    ++head_;
     if (!t) {
+      // Leave the damaged slot for the next call, which reports it before anything
+      // after it is delivered (never skipped silently).
       if (n > 0) break;
+      ++head_;
+      ++corrupt_;
+      cons_->stats.drops.store(corrupt_, std::memory_order_relaxed);
       publish_head();
       return t.error();
     }
+    ++head_;
     ++n;
   }
   if (n > 0) {
@@ -783,11 +806,12 @@ Result<void> RingReader::wait_readable(Deadline deadline) {
       }
     } while (!clock.expired());
   }
+  // As in wait_for_room: a wait that spinning did not satisfy shrinks the budget.
+  budget_.on_park();
   for (std::uint32_t y = 0; y < budget_.policy().yields; ++y) {
     sched_yield();
     if (done()) return {};
   }
-  budget_.on_park();
   for (;;) {
     if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: receive", 0, ring_id_);
     const std::uint32_t n = prod_->notify.value.load(std::memory_order_acquire);

@@ -1,0 +1,269 @@
+// The ready set. The memory-ordering argument is in docs/ring.md ("Ready set"); the
+// step names below refer to it. The writer's side is RingWriter::signal_ready_set
+// (ring.cpp): RS1 marks (seq_cst fetch_or of the word, then of the summary bit when
+// the word was empty), RS3 wakes (seq_cst load of `waiting`, release bump of `notify`,
+// FUTEX_WAKE). The receiver's side is here: RS2 takes, RS4 parks.
+#include "core/ready_set.hpp"
+
+#include <sched.h>
+
+#include <bit>
+#include <utility>
+
+#include "core/segment.hpp"
+
+namespace vipc::core {
+namespace {
+
+constexpr std::uint64_t bit(std::uint32_t i) noexcept { return std::uint64_t{1} << (i % 64); }
+
+// A round of try_next() either returns, moves bits into the local queue, or clears
+// a stale summary bit. A writer that keeps setting bits of unregistered indices could
+// keep it busy; this bounds one call (after which it reports WouldBlock).
+constexpr int kMaxTakeRounds = 2 * 64 + 2;
+
+// How often (in wait_next calls) a busy receiver reads the clock to see whether a
+// rescan is due.
+constexpr std::uint32_t kBusyRescanCheckEvery = 64;
+
+struct SpinClock {
+  std::uint64_t limit_cycles;
+  std::uint64_t start;
+  explicit SpinClock(std::uint32_t budget_ns) noexcept
+      : limit_cycles(static_cast<std::uint64_t>(static_cast<double>(budget_ns) /
+                                                CycleClock::instance().ns_per_cycle())),
+        start(cycles()) {}
+  [[nodiscard]] bool expired() const noexcept { return cycles() - start >= limit_cycles; }
+};
+
+}  // namespace
+
+Result<ReadySet> ReadySet::create(std::uint32_t capacity) {
+  if (capacity == 0 || capacity > layout::kReadySetCapacityMax) {
+    return Error(ErrorCode::InvalidArgument, "ready set: capacity must be in [1, 4096]");
+  }
+  const std::uint32_t cap = (capacity + 63) / 64 * 64;
+  std::uint64_t id = 0;
+  VIPC_TRY(sys::random_bytes(&id, sizeof id));
+  id |= 1;  // never 0
+
+  SegmentSpec spec;
+  spec.kind = layout::SegmentKind::ReadySet;
+  spec.object_id = id;
+  spec.capacity = cap;
+  spec.slot_size = sizeof(std::uint64_t);
+  spec.data_offset = layout::kReadySetWordsOffset;
+  spec.total_size = std::uint64_t{layout::kReadySetWordsOffset} + cap / 64 * sizeof(std::uint64_t);
+  auto created = create_segment("vipc-ready-set", spec);
+  if (!created) return created.error();
+  // The memfd starts zeroed: every word, the summary, `waiting` and `notify` are 0.
+
+  ReadySet rs;
+  rs.fd_ = std::move(created->fd);
+  rs.map_ = std::move(created->mapping);
+  rs.capacity_ = cap;
+  rs.groups_ = cap / 64;
+  rs.groups_mask_ = rs.groups_ == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << rs.groups_) - 1;
+  rs.rescan_due_ = deadline_after(rs.rescan_interval_);
+  return rs;
+}
+
+layout::ReadySetSegment* ReadySet::seg() const noexcept {
+  return static_cast<layout::ReadySetSegment*>(map_.data());
+}
+
+std::atomic<std::uint64_t>* ReadySet::words() const noexcept {
+  return reinterpret_cast<std::atomic<std::uint64_t>*>(static_cast<unsigned char*>(map_.data()) +
+                                                       layout::kReadySetWordsOffset);
+}
+
+Result<void> ReadySet::add(RingReader& reader, std::uint32_t index) {
+  if (index >= capacity_) {
+    return Error(ErrorCode::InvalidArgument, "ready set: index out of range", 0, index);
+  }
+  const std::uint32_t g = index / 64;
+  if ((registered_[g] & bit(index)) != 0) {
+    return Error(ErrorCode::AlreadyExists, "ready set: index already registered", 0, index);
+  }
+  registered_[g] |= bit(index);
+  // W1 + W3 of the ring (docs/ring.md): after the announcement and its barrier, either
+  // the writer's next W2 load sees kWaitReadySet (and it marks RS1 from then on), or
+  // ready() below sees the message it published before.
+  reader.arm_ready_set(index);
+  if (reader.ready()) mark(index);
+  return {};
+}
+
+void ReadySet::remove(RingReader& reader, std::uint32_t index) noexcept {
+  if (index >= capacity_) return;
+  const std::uint32_t g = index / 64;
+  if ((registered_[g] & bit(index)) == 0) return;
+  reader.disarm_ready_set();
+  registered_[g] &= ~bit(index);
+  // A mark the writer makes after this (it loaded `waiting` before the disarm) is
+  // dropped by the registry filter in take_shared_word().
+  pending_[g] &= ~bit(index);
+  if (pending_[g] == 0) pending_summary_ &= ~bit(g);
+}
+
+void ReadySet::mark(std::uint32_t index) noexcept {
+  if (index >= capacity_) return;
+  const std::uint32_t g = index / 64;
+  if ((registered_[g] & bit(index)) == 0) return;
+  pending_[g] |= bit(index);
+  pending_summary_ |= bit(g);
+}
+
+void ReadySet::set_rescan_interval(std::chrono::milliseconds d) noexcept {
+  constexpr std::chrono::milliseconds kMax = std::chrono::hours(24);
+  rescan_interval_ = d < std::chrono::milliseconds::zero() ? std::chrono::milliseconds::zero()
+                     : d > kMax                            ? kMax
+                                                           : d;
+  rescan_due_ = deadline_after(rescan_interval_);
+}
+
+void ReadySet::queue_rescan(Deadline now) noexcept {
+  rescan_due_ = now + rescan_interval_;
+  for (std::uint32_t g = 0; g < groups_; ++g) {
+    pending_[g] = registered_[g];
+    if (pending_[g] != 0) pending_summary_ |= bit(g);
+  }
+}
+
+bool ReadySet::take_shared_word() noexcept {
+  layout::ReadySetSegment* s = seg();
+  // relaxed: a hint only. Ordering with the writers comes from the exchange below
+  // (RS2); a stale zero means "not yet", and wait_next() re-reads the summary with
+  // seq_cst after announcing (RS4) before it sleeps.
+  const std::uint64_t summary = s->summary.bits.load(std::memory_order_relaxed);
+  if ((summary & ~groups_mask_) != 0) {
+    // Bits of groups this set does not have: only a hostile writer sets them. Clear
+    // them so they cannot keep the receiver from parking.
+    s->summary.bits.fetch_and(groups_mask_);
+  }
+  const std::uint64_t valid = summary & groups_mask_;
+  if (valid == 0) return false;
+  // Round-robin over groups: the first non-empty group at or after the cursor.
+  const std::uint32_t g =
+      (cursor_ +
+       static_cast<std::uint32_t>(std::countr_zero(std::rotr(valid, static_cast<int>(cursor_))))) %
+      64;
+  cursor_ = (g + 1) % 64;
+  // RS2: seq_cst exchange; reads the value of the writers' RS1 fetch_or (a release
+  // sequence of RMWs), so every slot a writer published before marking a bit we take
+  // is visible to the drain that follows. A mark after this exchange sets the bit
+  // again for the next take.
+  const std::uint64_t taken = words()[g].exchange(0);
+  if (taken == 0) {
+    // RS2: the summary bit was stale. Clear it, then look at the word again: a writer
+    // whose fetch_or found the word empty sets the summary bit after its word RMW, so
+    // either its summary fetch_or comes after our fetch_and (the bit stays set), or it
+    // came before and (all seq_cst) our re-load below sees its word bit.
+    s->summary.bits.fetch_and(~bit(g));
+    if (words()[g].load() != 0) s->summary.bits.fetch_or(bit(g));
+    return true;
+  }
+  // The summary bit stays set: a word we emptied is found empty on the next visit and
+  // its summary bit cleared then (above), which keeps the common path at one RMW.
+  const std::uint64_t mine = taken & registered_[g];  // hostile bits are dropped here
+  if (mine != 0) {
+    pending_[g] |= mine;
+    pending_summary_ |= bit(g);
+  }
+  return true;
+}
+
+Result<std::uint32_t> ReadySet::try_next() noexcept {
+  for (int round = 0; round < kMaxTakeRounds; ++round) {
+    if (pending_summary_ != 0) {
+      // The local queue is emptied before the shared set is read again, so every
+      // queued index is returned within a bounded number of calls.
+      const auto g = static_cast<std::uint32_t>(std::countr_zero(pending_summary_));
+      std::uint64_t& w = pending_[g];
+      const auto b = static_cast<std::uint32_t>(std::countr_zero(w));
+      w &= w - 1;
+      if (w == 0) pending_summary_ &= ~bit(g);
+      return g * 64 + b;
+    }
+    if (!take_shared_word()) break;
+  }
+  return Error(ErrorCode::WouldBlock, "ready set: next");
+}
+
+bool ReadySet::shared_nonempty_hint() const noexcept {
+  // relaxed: polled while spinning; try_next() does the ordered take (RS2).
+  return (seg()->summary.bits.load(std::memory_order_relaxed) & groups_mask_) != 0;
+}
+
+Result<std::uint32_t> ReadySet::wait_next(Deadline deadline) {
+  if (++calls_ % kBusyRescanCheckEvery == 0) {
+    const Deadline now = Clock::now();
+    if (now >= rescan_due_) queue_rescan(now);
+  }
+  if (auto r = try_next()) return r;
+
+  auto pending = [&]() noexcept { return pending_summary_ != 0 || shared_nonempty_hint(); };
+  if (budget_.budget_ns() > 0) {
+    SpinClock clock(budget_.budget_ns());
+    do {
+      for (int i = 0; i < 32; ++i) {
+        if (pending()) {
+          if (auto r = try_next()) {
+            budget_.on_spin_success();
+            return r;
+          }
+        }
+        cpu_relax();
+      }
+    } while (!clock.expired());
+  }
+  // Spinning found nothing: shrink the budget now, also when a yield then finds
+  // something. A writer that runs only once we yield (same core) never answers a spin.
+  budget_.on_park();
+  for (std::uint32_t y = 0; y < budget_.policy().yields; ++y) {
+    sched_yield();
+    if (auto r = try_next()) return r;
+  }
+
+  layout::ReadySetSegment* s = seg();
+  for (;;) {
+    const Deadline now = Clock::now();
+    if (now >= rescan_due_) {
+      queue_rescan(now);
+      if (auto r = try_next()) return r;
+    }
+    if (now >= deadline) return Error(ErrorCode::Timeout, "ready set: wait");
+    // RS4 (as W1): acquire pairs with the writers' release bump of notify (RS3): if we
+    // read a bumped value, the writer's load of `waiting` that led to it happened
+    // before our announcement below and cannot have seen it. Every writer that does
+    // see the announcement bumps notify past n, so FUTEX_WAIT(n) returns at once if
+    // the bump comes before it and is woken if after.
+    const std::uint32_t n = s->notify.value.load(std::memory_order_acquire);
+    ++epoch_;
+    s->waiting.value.store((epoch_ << layout::kWaitEpochShift) | layout::kWaitFutex);
+    // RS4 (as W3): a writer marks the summary (RS1) and then loads `waiting` (RS3),
+    // both seq_cst; we store `waiting` and then load the summary, both seq_cst (the
+    // fence makes the StoreLoad order explicit). In the single total order one of the
+    // two loads comes last and sees the other side's store: either we see the summary
+    // bit and do not sleep, or the writer sees the announcement and wakes us. A writer
+    // that found its word already non-empty did not touch the summary; the writer that
+    // made the word non-empty did, after its word RMW, and is covered by the same
+    // argument.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (pending_summary_ != 0 || (s->summary.bits.load() & groups_mask_) != 0) {
+      // relaxed: only withdraws the announcement; a writer that still sees it pays one
+      // spurious FUTEX_WAKE, which is harmless.
+      s->waiting.value.store(0, std::memory_order_relaxed);
+      if (auto r = try_next()) return r;
+      continue;
+    }
+    const Deadline wake_by = deadline < rescan_due_ ? deadline : rescan_due_;
+    const struct timespec ts = to_timespec(wake_by);
+    auto w = sys::futex_wait(&s->notify.value, n, &ts);
+    s->waiting.value.store(0, std::memory_order_relaxed);  // as above
+    if (auto r = try_next()) return r;
+    if (!w && w.error().code() != ErrorCode::Timeout) return w.error();
+  }
+}
+
+}  // namespace vipc::core

@@ -1,0 +1,371 @@
+// ReadySet in one process: writers attached with the set's descriptor, the receiver
+// polling with try_next / wait_next.
+#include "core/ready_set.hpp"
+
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "core/segment.hpp"
+
+namespace vipc::core {
+namespace {
+
+using namespace std::chrono_literals;
+
+// One ring with its writer attached to a ready set.
+struct Ring {
+  RingSegments seg;
+  RingWriter writer;
+  RingReader reader;
+};
+
+std::unique_ptr<Ring> make_ring(int ready_set_fd, std::uint32_t capacity = 8) {
+  auto seg = RingSegments::create({.capacity = capacity});
+  EXPECT_TRUE(seg) << seg.error().message();
+  auto w = RingWriter::attach(seg->producer.get(), seg->consumer.get(), -1, ready_set_fd);
+  EXPECT_TRUE(w) << w.error().message();
+  auto r = RingReader::attach(seg->producer.get(), seg->consumer.get());
+  EXPECT_TRUE(r) << r.error().message();
+  return std::make_unique<Ring>(Ring{std::move(*seg), std::move(*w), std::move(*r)});
+}
+
+void send_one(Ring& ring, std::uint32_t type = 1) {
+  auto r = ring.writer.try_send(type, "x", 1);
+  ASSERT_TRUE(r) << r.error().message();
+}
+
+std::size_t drain(Ring& ring) {
+  std::size_t n = 0;
+  SmallMessage m;
+  while (ring.reader.try_receive(m)) ++n;
+  return n;
+}
+
+// Everything try_next returns until WouldBlock, in order.
+std::vector<std::uint32_t> take_all(ReadySet& rs) {
+  std::vector<std::uint32_t> out;
+  for (;;) {
+    auto r = rs.try_next();
+    if (!r) {
+      EXPECT_EQ(r.error().code(), ErrorCode::WouldBlock);
+      return out;
+    }
+    out.push_back(*r);
+  }
+}
+
+// A second read-write map of the set, as any writer holds it: what a hostile writer
+// can scribble on.
+struct HostileView {
+  sys::Mapping map;
+  layout::ReadySetSegment* seg() const { return static_cast<layout::ReadySetSegment*>(map.data()); }
+  std::atomic<std::uint64_t>* words() const {
+    return reinterpret_cast<std::atomic<std::uint64_t>*>(static_cast<unsigned char*>(map.data()) +
+                                                         layout::kReadySetWordsOffset);
+  }
+};
+
+HostileView hostile_view(const ReadySet& rs) {
+  auto m = map_segment(rs.fd(), layout::SegmentKind::ReadySet, PROT_READ | PROT_WRITE);
+  EXPECT_TRUE(m) << m.error().message();
+  return HostileView{std::move(m->mapping)};
+}
+
+ReadySet make_set(std::uint32_t capacity) {
+  auto rs = ReadySet::create(capacity);
+  EXPECT_TRUE(rs) << rs.error().message();
+  return std::move(*rs);
+}
+
+TEST(ReadySet, CreateValidatesAndRoundsCapacity) {
+  auto zero = ReadySet::create(0);
+  ASSERT_FALSE(zero);
+  EXPECT_EQ(zero.error().code(), ErrorCode::InvalidArgument);
+  auto big = ReadySet::create(5000);
+  ASSERT_FALSE(big);
+  EXPECT_EQ(big.error().code(), ErrorCode::InvalidArgument);
+  auto over = ReadySet::create(layout::kReadySetCapacityMax + 1);
+  ASSERT_FALSE(over);
+  EXPECT_EQ(over.error().code(), ErrorCode::InvalidArgument);
+
+  auto rs = ReadySet::create(100);
+  ASSERT_TRUE(rs) << rs.error().message();
+  EXPECT_EQ(rs->capacity(), 128u);
+  EXPECT_GE(rs->fd(), 0);
+  auto one = ReadySet::create(1);
+  ASSERT_TRUE(one);
+  EXPECT_EQ(one->capacity(), 64u);
+  auto max = ReadySet::create(layout::kReadySetCapacityMax);
+  ASSERT_TRUE(max);
+  EXPECT_EQ(max->capacity(), layout::kReadySetCapacityMax);
+
+  // Writers validate the segment like any other.
+  auto m = map_segment(rs->fd(), layout::SegmentKind::ReadySet, PROT_READ | PROT_WRITE);
+  ASSERT_TRUE(m) << m.error().message();
+  EXPECT_EQ(m->header.capacity, 128u);
+  EXPECT_EQ(m->header.data_offset, layout::kReadySetWordsOffset);
+  EXPECT_GE(m->header.total_size, layout::kReadySetWordsOffset + 128 / 8);
+}
+
+TEST(ReadySet, AddRejectsOutOfRangeAndDuplicateIndices) {
+  ReadySet rs = make_set(100);
+  auto a = make_ring(rs.fd());
+  auto b = make_ring(rs.fd());
+  auto out = rs.add(a->reader, 128);
+  ASSERT_FALSE(out);
+  EXPECT_EQ(out.error().code(), ErrorCode::InvalidArgument);
+  ASSERT_TRUE(rs.add(a->reader, 127));
+  auto dup = rs.add(b->reader, 127);
+  ASSERT_FALSE(dup);
+  EXPECT_EQ(dup.error().code(), ErrorCode::AlreadyExists);
+}
+
+TEST(ReadySet, TryNextWouldBlockWhenNothingIsReady) {
+  ReadySet rs = make_set(64);
+  auto r = rs.try_next();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code(), ErrorCode::WouldBlock);
+
+  auto ring = make_ring(rs.fd());
+  ASSERT_TRUE(rs.add(ring->reader, 3));
+  r = rs.try_next();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code(), ErrorCode::WouldBlock);
+}
+
+TEST(ReadySet, ReportsTheRingThatReceivedAMessage) {
+  ReadySet rs = make_set(100);
+  std::vector<std::unique_ptr<Ring>> rings;
+  for (std::uint32_t i = 0; i < 100; ++i) {
+    rings.push_back(make_ring(rs.fd()));
+    ASSERT_TRUE(rs.add(rings.back()->reader, i));
+  }
+  EXPECT_TRUE(take_all(rs).empty());
+  send_one(*rings[37]);
+  auto r = rs.try_next();
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(*r, 37u);
+  EXPECT_EQ(drain(*rings[37]), 1u);
+  EXPECT_TRUE(take_all(rs).empty());
+}
+
+TEST(ReadySet, ReportsEachIndexOncePerBurst) {
+  ReadySet rs = make_set(128);
+  std::vector<std::unique_ptr<Ring>> rings;
+  for (std::uint32_t i = 0; i < 128; ++i) {
+    rings.push_back(make_ring(rs.fd()));
+    ASSERT_TRUE(rs.add(rings.back()->reader, i));
+  }
+  for (int round = 0; round < 3; ++round) {
+    for (int k = 0; k < 5; ++k) send_one(*rings[3]);
+    for (int k = 0; k < 7; ++k) send_one(*rings[70]);
+    send_one(*rings[127]);
+    auto got = take_all(rs);
+    std::sort(got.begin(), got.end());
+    EXPECT_EQ(got, (std::vector<std::uint32_t>{3, 70, 127})) << "round " << round;
+    EXPECT_EQ(drain(*rings[3]), 5u);
+    EXPECT_EQ(drain(*rings[70]), 7u);
+    EXPECT_EQ(drain(*rings[127]), 1u);
+    EXPECT_TRUE(take_all(rs).empty());
+  }
+}
+
+TEST(ReadySet, AddReportsMessagesSentBeforeArming) {
+  ReadySet rs = make_set(64);
+  auto ring = make_ring(rs.fd());
+  send_one(*ring);
+  send_one(*ring);
+  ASSERT_TRUE(rs.add(ring->reader, 11));
+  EXPECT_EQ(take_all(rs), (std::vector<std::uint32_t>{11}));
+  EXPECT_EQ(drain(*ring), 2u);
+}
+
+TEST(ReadySet, RemoveForgetsTheIndexAndAddArmsAgain) {
+  ReadySet rs = make_set(64);
+  auto ring = make_ring(rs.fd());
+  ASSERT_TRUE(rs.add(ring->reader, 5));
+  send_one(*ring);  // marks 5 in the shared set
+  rs.remove(ring->reader, 5);
+  EXPECT_TRUE(take_all(rs).empty());  // the pending mark is dropped
+  send_one(*ring);                    // disarmed: no mark
+  EXPECT_TRUE(take_all(rs).empty());
+  rs.remove(ring->reader, 5);  // no-op
+  rs.remove(ring->reader, 9000);
+
+  ASSERT_TRUE(rs.add(ring->reader, 5));  // messages are waiting: reported at once
+  EXPECT_EQ(take_all(rs), (std::vector<std::uint32_t>{5}));
+  EXPECT_EQ(drain(*ring), 2u);
+  send_one(*ring);
+  EXPECT_EQ(take_all(rs), (std::vector<std::uint32_t>{5}));
+}
+
+TEST(ReadySet, MarkReportsRegisteredIndicesOnly) {
+  ReadySet rs = make_set(64);
+  auto ring = make_ring(rs.fd());
+  ASSERT_TRUE(rs.add(ring->reader, 2));
+  rs.mark(2);
+  rs.mark(2);
+  rs.mark(3);    // not registered
+  rs.mark(999);  // out of range
+  EXPECT_EQ(take_all(rs), (std::vector<std::uint32_t>{2}));
+}
+
+TEST(ReadySet, IgnoresBitsOfUnregisteredIndices) {
+  ReadySet rs = make_set(128);  // two groups
+  auto ring = make_ring(rs.fd());
+  ASSERT_TRUE(rs.add(ring->reader, 64));
+  HostileView h = hostile_view(rs);
+  h.words()[0].store(~std::uint64_t{0});           // indices 0..63: none registered
+  h.words()[1].store(std::uint64_t{1} << 5);       // index 69: not registered
+  h.seg()->summary.bits.store(~std::uint64_t{0});  // groups 2..63 do not exist
+  EXPECT_TRUE(take_all(rs).empty());
+  // Forged bits of groups the set does not have are cleared, so they cannot keep a
+  // receiver from parking.
+  EXPECT_EQ(h.seg()->summary.bits.load() & ~std::uint64_t{3}, 0u);
+
+  // A forged bit of a registered index is a spurious report, nothing more.
+  h.words()[1].store(std::uint64_t{1} << 0);
+  h.seg()->summary.bits.store(2);
+  EXPECT_EQ(take_all(rs), (std::vector<std::uint32_t>{64}));
+  EXPECT_EQ(drain(*ring), 0u);
+
+  send_one(*ring);
+  EXPECT_EQ(take_all(rs), (std::vector<std::uint32_t>{64}));
+}
+
+TEST(ReadySet, VisitsGroupsRoundRobin) {
+  ReadySet rs = make_set(192);
+  auto a = make_ring(rs.fd());
+  auto b = make_ring(rs.fd());
+  auto c = make_ring(rs.fd());
+  ASSERT_TRUE(rs.add(a->reader, 0));
+  ASSERT_TRUE(rs.add(b->reader, 64));
+  ASSERT_TRUE(rs.add(c->reader, 128));
+  send_one(*a);
+  send_one(*b);
+  send_one(*c);
+  // Ring 0 is never drained and keeps getting messages; the others are still reached.
+  std::vector<std::uint32_t> got;
+  for (int i = 0; i < 3; ++i) {
+    auto r = rs.try_next();
+    ASSERT_TRUE(r);
+    got.push_back(*r);
+    send_one(*a);
+  }
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, (std::vector<std::uint32_t>{0, 64, 128}));
+}
+
+TEST(ReadySet, RescanHealsClearedBits) {
+  ReadySet rs = make_set(64);
+  rs.set_wait_policy(WaitPolicy::park_immediately());
+  rs.set_rescan_interval(20ms);
+  auto ring = make_ring(rs.fd());
+  ASSERT_TRUE(rs.add(ring->reader, 9));
+  HostileView h = hostile_view(rs);
+  send_one(*ring);
+  h.words()[0].store(0);  // a hostile writer erases the mark
+  h.seg()->summary.bits.store(0);
+  EXPECT_TRUE(take_all(rs).empty());
+
+  const auto t0 = Clock::now();
+  auto r = rs.wait_next(deadline_after(5s));
+  const auto waited = Clock::now() - t0;
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(*r, 9u);
+  EXPECT_LT(waited, 2s);
+  EXPECT_EQ(drain(*ring), 1u);
+}
+
+TEST(ReadySet, WaitNextTimesOutWithinBounds) {
+  ReadySet rs = make_set(64);
+  rs.set_rescan_interval(std::chrono::milliseconds(60'000));  // no spurious rescan report
+  auto ring = make_ring(rs.fd());
+  ASSERT_TRUE(rs.add(ring->reader, 1));
+  for (auto policy : {WaitPolicy{}, WaitPolicy::park_immediately()}) {
+    rs.set_wait_policy(policy);
+    const auto t0 = Clock::now();
+    auto r = rs.wait_next(deadline_after(50ms));
+    const auto waited = Clock::now() - t0;
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code(), ErrorCode::Timeout);
+    EXPECT_GE(waited, 50ms);
+    EXPECT_LT(waited, 2s);
+  }
+  // An already-passed deadline still reports what is ready.
+  send_one(*ring);
+  auto r = rs.wait_next(Clock::now() - 1s);
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(*r, 1u);
+}
+
+TEST(ReadySet, WaitNextWakesWhenAnotherThreadSends) {
+  ReadySet rs = make_set(256);
+  rs.set_rescan_interval(std::chrono::milliseconds(60'000));
+  std::vector<std::unique_ptr<Ring>> rings;
+  for (std::uint32_t i = 0; i < 200; ++i) {
+    rings.push_back(make_ring(rs.fd()));
+    ASSERT_TRUE(rs.add(rings.back()->reader, i));
+  }
+  for (auto policy : {WaitPolicy::park_immediately(), WaitPolicy{}}) {
+    rs.set_wait_policy(policy);
+    std::thread sender([&] {
+      std::this_thread::sleep_for(20ms);
+      send_one(*rings[150]);
+    });
+    auto r = rs.wait_next(deadline_after(10s));
+    sender.join();
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_EQ(*r, 150u);
+    EXPECT_EQ(drain(*rings[150]), 1u);
+  }
+}
+
+TEST(ReadySet, ReportsClosedRings) {
+  ReadySet rs = make_set(64);
+  auto ring = make_ring(rs.fd());
+  ASSERT_TRUE(rs.add(ring->reader, 4));
+  ring->writer.close();
+  EXPECT_EQ(take_all(rs), (std::vector<std::uint32_t>{4}));
+  SmallMessage m;
+  auto r = ring->reader.try_receive(m);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code(), ErrorCode::ChannelClosed);
+}
+
+// A reader's side that lies (a set header claiming a huge capacity, an index far
+// beyond the mapped words) cannot make its writer touch memory outside the mapping.
+TEST(ReadySet, WriterIgnoresIndexBeyondTheMappedSet) {
+  SegmentSpec spec;
+  spec.kind = layout::SegmentKind::ReadySet;
+  spec.object_id = 1;
+  spec.capacity = 0xFFFF'FFC0u;  // the header lies; the file holds 64 words at most
+  spec.data_offset = layout::kReadySetWordsOffset;
+  spec.total_size = layout::kReadySetWordsOffset + 8;
+  auto fake = create_segment("vipc-test-fake-ready-set", spec);
+  ASSERT_TRUE(fake) << fake.error().message();
+  auto ring = make_ring(fake->fd.get());
+  const auto page_words = static_cast<std::uint32_t>(
+      (fake->mapping.size() - layout::kReadySetWordsOffset) / sizeof(std::uint64_t));
+  for (std::uint32_t idx : {page_words * 64, 0x4000'0000u, 0xFFFF'FF00u}) {
+    ring->reader.arm_ready_set(idx);
+    send_one(*ring);
+    EXPECT_EQ(drain(*ring), 1u);
+  }
+  ring->reader.arm_ready_set(3);  // in range: marked normally
+  send_one(*ring);
+  auto* words = reinterpret_cast<std::atomic<std::uint64_t>*>(
+      static_cast<unsigned char*>(fake->mapping.data()) + layout::kReadySetWordsOffset);
+  EXPECT_EQ(words[0].load(), std::uint64_t{1} << 3);
+}
+
+}  // namespace
+}  // namespace vipc::core

@@ -271,6 +271,7 @@ RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
   max_len_ = o.max_len_;
   epoch_ = o.epoch_;
   last_woken_ = o.last_woken_;
+  last_set_woken_ = o.last_set_woken_;
   asymmetric_ = o.asymmetric_;
   closed_ = o.closed_;
   budget_ = o.budget_;
@@ -400,10 +401,13 @@ void RingWriter::signal_ready_set() noexcept {
   const std::uint64_t old = words[g].fetch_or(std::uint64_t{1} << (idx % 64));
   if (old == 0) rs->summary.bits.fetch_or(std::uint64_t{1} << g);
   const std::uint64_t w = rs->waiting.value.load();  // seq_cst, after the RMWs (RS3)
-  if (w != 0 && (w & layout::kWaitFutex) != 0) {
+  // One wake-up per announcement of the receiver (its epoch changes with every park).
+  if (w != 0 && (w & layout::kWaitFutex) != 0 && w != last_set_woken_) {
+    last_set_woken_ = w;
     rs->notify.value.fetch_add(1, std::memory_order_release);
     sys::futex_wake(&rs->notify.value, 1);
     ++wakeups_;
+    prod_->stats.wakeups.store(wakeups_, std::memory_order_relaxed);
   }
 }
 

@@ -147,6 +147,7 @@ class RingWriter {
   std::uint32_t max_len_ = 0;
   std::uint64_t epoch_ = 0;        // park epoch of our own waiting word
   std::uint64_t last_woken_ = 0;   // consumer's waiting word we last acted on (dedupe)
+  std::uint64_t last_set_woken_ = 0;  // ready set's waiting word we last woke (dedupe)
   bool asymmetric_ = false;
   bool closed_ = false;
   SpinBudget budget_{WaitPolicy{}};

@@ -1,0 +1,329 @@
+// The scenarios of `vipc bench`: which systems each one measures, in which order, and
+// how the results are compared (BENCHMARKS.md).
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "baselines.hpp"
+#include "bench.hpp"
+#include "floors.hpp"
+#include "harness.hpp"
+#include "report.hpp"
+#include "vipc_systems.hpp"
+
+namespace vipc::bench {
+namespace {
+
+using json = nlohmann::ordered_json;
+
+constexpr std::size_t kMessageBytes = 64;
+constexpr std::size_t kBatch = 32;           // throughput: messages per batch
+constexpr std::size_t kSendsPerSample = 64;  // send: sends timed together
+
+struct System {
+  std::string name;
+  std::function<Round(const RunConfig&)> measure;
+};
+
+Timing timing_for(const Options& o) {
+  Timing t;
+  if (o.quick) {
+    t.rounds = 2;
+    t.warmup_s = 0.05;
+    t.measure_s = 0.15;
+  } else {
+    t.rounds = std::clamp(static_cast<int>(std::lround(o.seconds / 0.5)), 3, 10);
+    t.warmup_s = 0.1;
+    t.measure_s = o.seconds / t.rounds;
+  }
+  return t;
+}
+
+// Measures each system once per round, in the given order, round after round
+// (A B A B ...), so drift of the machine hits every system alike.
+std::vector<std::vector<Round>> interleave(const RunConfig& cfg,
+                                           const std::vector<System>& systems) {
+  std::vector<std::vector<Round>> rounds(systems.size());
+  const bool progress = ::isatty(STDERR_FILENO) == 1;
+  for (int r = 0; r < cfg.timing.rounds; ++r) {
+    for (std::size_t i = 0; i < systems.size(); ++i) {
+      if (progress) {
+        fmt::print(stderr, "\r  round {}/{}: {:<24}", r + 1, cfg.timing.rounds, systems[i].name);
+        std::fflush(stderr);
+      }
+      rounds[i].push_back(systems[i].measure(cfg));
+    }
+  }
+  if (progress) fmt::print(stderr, "\r{:<50}\r", "");
+  return rounds;
+}
+
+json base_params(const Options& o, const RunConfig& cfg) {
+  const Timing& t = cfg.timing;
+  json p;
+  p["size"] = kMessageBytes;
+  p["seconds"] = std::round(t.measure_s * t.rounds * 1000.0) / 1000.0;
+  p["rounds"] = t.rounds;
+  p["measure_s"] = std::round(t.measure_s * 1000.0) / 1000.0;
+  p["warmup_s"] = t.warmup_s;
+  p["quick"] = o.quick;
+  p["cpus"] = json::array({cfg.cpus.self, cfg.cpus.peer});
+  return p;
+}
+
+std::string timing_line(const RunConfig& cfg) {
+  const Timing& t = cfg.timing;
+  return fmt::format(
+      "{:.2f} s per system as {} interleaved rounds of {:.2f} s (+{:.2f} s warm-up); "
+      "measuring process on CPU {}, peer on CPU {}",
+      t.measure_s * t.rounds, t.rounds, t.measure_s, t.warmup_s, cfg.cpus.self, cfg.cpus.peer);
+}
+
+Entry latency_entry(const std::string& system, const std::string& metric,
+                    const std::vector<Round>& rounds) {
+  Entry e;
+  e.system = system;
+  e.metric = metric;
+  e.latency = summarize_latency(rounds);
+  return e;
+}
+
+Entry rate_entry(const std::string& system, std::size_t batch, const std::vector<Round>& rounds) {
+  Entry e;
+  e.system = system;
+  e.metric = "msgs_per_s";
+  e.batch = batch;
+  e.rate = summarize_rate(rounds, kMessageBytes);
+  return e;
+}
+
+Report pingpong_busy(const Options& o, const RunConfig& cfg) {
+  using vipc_systems::Wait;
+  std::vector<System> systems = {
+      {"floor-flag", floors::flag_pingpong},
+      {"floor-slot", floors::slot_pingpong},
+      {"vipc", [](const RunConfig& c) { return vipc_systems::pingpong(c, Wait::Busy); }},
+  };
+  auto rounds = interleave(cfg, systems);
+
+  Report report;
+  report.scenario = "pingpong";
+  report.title = "pingpong: 64-byte round trip between two processes, both sides busy-waiting";
+  report.params = base_params(o, cfg);
+  report.params["mode"] = "busy";
+  Entry flag = latency_entry("floor-flag", "rtt", rounds[0]);
+  Entry slot = latency_entry("floor-slot", "rtt", rounds[1]);
+  Entry floor = flag.latency->p50 <= slot.latency->p50 ? flag : slot;
+  floor.source = floor.system;
+  floor.system = "floor";
+  Entry vipc = latency_entry("vipc", "rtt", rounds[2]);
+  compare(vipc, floor, /*with_p99=*/true);
+  vipc.stats = summarize_ring_stats(rounds[2]);
+  report.entries = {flag, slot, floor, vipc};
+  report.notes.push_back(
+      "floor = the lower p50 of floor-flag and floor-slot in this run; floor-slot's 64-byte "
+      "slot holds an 8-byte sequence number and 56 bytes of payload.");
+  report.notes.push_back(
+      "vipc: try_send, then spinning on try_receive, on both sides (two rings, one per "
+      "direction).");
+  return report;
+}
+
+Report pingpong_blocking(const Options& o, const RunConfig& cfg) {
+  using vipc_systems::Wait;
+  std::vector<System> systems = {
+      {"floor-futex", floors::futex_pingpong},
+      {"uds", [](const RunConfig& c) { return baselines::uds_pingpong(c, kMessageBytes); }},
+      {"vipc", [](const RunConfig& c) { return vipc_systems::pingpong(c, Wait::Park); }},
+      {"vipc-adaptive",
+       [](const RunConfig& c) { return vipc_systems::pingpong(c, Wait::Adaptive); }},
+  };
+  auto rounds = interleave(cfg, systems);
+
+  Report report;
+  report.scenario = "pingpong";
+  report.title =
+      "pingpong --blocking: 64-byte round trip between two processes, waiting sides parked";
+  report.params = base_params(o, cfg);
+  report.params["mode"] = "blocking";
+  Entry futex = latency_entry("floor-futex", "rtt", rounds[0]);
+  Entry uds = latency_entry("uds", "rtt", rounds[1]);
+  Entry vipc = latency_entry("vipc", "rtt", rounds[2]);
+  Entry adaptive = latency_entry("vipc-adaptive", "rtt", rounds[3]);
+  compare(vipc, futex, /*with_p99=*/true);
+  compare(adaptive, futex, /*with_p99=*/true);
+  vipc.stats = summarize_ring_stats(rounds[2]);
+  adaptive.stats = summarize_ring_stats(rounds[3]);
+  report.entries = {futex, uds, vipc, adaptive};
+  report.notes.push_back(
+      "vipc: receive() with WaitPolicy::park_immediately() on both sides, so every message "
+      "is a futex wake-up (as in floor-futex); vipc-adaptive: receive() with the default "
+      "adaptive WaitPolicy (spins first).");
+  report.notes.push_back(fmt::format(
+      "futex parks per message (rings' statistics, warm-up included): vipc {}, vipc-adaptive "
+      "{}.",
+      vipc.stats.value("parks_per_message", 0.0), adaptive.stats.value("parks_per_message", 0.0)));
+  report.notes.push_back("uds: Unix stream socketpair, blocking read(2) and write(2).");
+  return report;
+}
+
+Report pingpong(const Options& o, const RunConfig& cfg) {
+  return o.blocking ? pingpong_blocking(o, cfg) : pingpong_busy(o, cfg);
+}
+
+Report throughput(const Options& o, const RunConfig& cfg) {
+  std::vector<System> systems = {
+      {"floor-ring", [](const RunConfig& c) { return floors::ring_throughput(c, 1); }},
+      {"vipc", [](const RunConfig& c) { return vipc_systems::throughput(c, 1); }},
+      {"floor-ring batch", [](const RunConfig& c) { return floors::ring_throughput(c, kBatch); }},
+      {"vipc batch", [](const RunConfig& c) { return vipc_systems::throughput(c, kBatch); }},
+  };
+  auto rounds = interleave(cfg, systems);
+
+  Report report;
+  report.scenario = "throughput";
+  report.title = fmt::format(
+      "throughput: 64-byte messages/s from one process to another, one by one and in "
+      "batches of {}",
+      kBatch);
+  report.params = base_params(o, cfg);
+  report.params["batch"] = kBatch;
+  Entry ring1 = rate_entry("floor-ring", 1, rounds[0]);
+  Entry vipc1 = rate_entry("vipc", 1, rounds[1]);
+  Entry ring_batch = rate_entry("floor-ring", kBatch, rounds[2]);
+  Entry vipc_batch = rate_entry("vipc", kBatch, rounds[3]);
+  compare(vipc1, ring1, false);
+  compare(vipc_batch, ring_batch, false);
+  vipc1.stats = summarize_ring_stats(rounds[1]);
+  vipc_batch.stats = summarize_ring_stats(rounds[3]);
+  report.entries = {ring1, vipc1, ring_batch, vipc_batch};
+  report.notes.push_back(fmt::format(
+      "batch 1: try_send / try_receive; batch {}: try_send_batch / try_receive_batch (floor-ring: "
+      "the same batches). Counted by the receiver; both rings have 1024 slots.",
+      kBatch));
+  return report;
+}
+
+Report send(const Options& o, const RunConfig& cfg) {
+  std::vector<System> systems = {
+      {"floor-store", [](const RunConfig& c) { return floors::store_send(c, kSendsPerSample); }},
+      {"vipc", [](const RunConfig& c) { return vipc_systems::send(c, kSendsPerSample); }},
+  };
+  auto rounds = interleave(cfg, systems);
+
+  Report report;
+  report.scenario = "send";
+  report.title =
+      "send: cost of one try_send of a 64-byte message while the receiver drains the ring "
+      "on the other CPU";
+  report.params = base_params(o, cfg);
+  report.params["sends_per_sample"] = kSendsPerSample;
+  Entry store = latency_entry("floor-store", "send", rounds[0]);
+  Entry vipc = latency_entry("vipc", "send", rounds[1]);
+  compare(vipc, store, /*with_p99=*/true);
+  vipc.stats = summarize_ring_stats(rounds[1]);
+  report.entries = {store, vipc};
+  report.notes.push_back(fmt::format(
+      "Per-send cost: each sample is the time of {} back-to-back sends divided by {} (samples "
+      "= batches timed); between samples, untimed, the sender waits until the receiver has "
+      "caught up. floor-store: one release store of a counter the peer keeps reading.",
+      kSendsPerSample, kSendsPerSample));
+  report.notes.push_back(fmt::format(
+      "vipc: the receiver drains with try_receive_batch; a send that finds the ring full is "
+      "retried inside the sample (full events: {}).",
+      vipc.stats.value("full_events", std::uint64_t{0})));
+  return report;
+}
+
+struct Scenario {
+  const char* name;
+  Report (*run)(const Options&, const RunConfig&);
+};
+
+constexpr Scenario kScenarios[] = {
+    {"pingpong", pingpong},
+    {"throughput", throughput},
+    {"send", send},
+};
+
+}  // namespace
+
+std::vector<std::string> scenario_names() {
+  std::vector<std::string> names;
+  for (const Scenario& s : kScenarios) names.emplace_back(s.name);
+  return names;
+}
+
+int run(const Options& options) {
+  const Scenario* scenario = nullptr;
+  for (const Scenario& s : kScenarios) {
+    if (options.scenario == s.name) scenario = &s;
+  }
+  if (scenario == nullptr) {
+    std::string known;
+    for (const auto& n : scenario_names()) known += (known.empty() ? "" : ", ") + n;
+    fmt::print(stderr, "vipc bench: unknown scenario '{}'; known scenarios: {}\n", options.scenario,
+               known);
+    return 2;
+  }
+  const std::string name = scenario->name;
+  if (options.size != kMessageBytes) {
+    fmt::print(stderr, "vipc bench {}: measures {}-byte messages; --size is not supported here\n",
+               name, kMessageBytes);
+    return 2;
+  }
+  if (options.blocking && name != "pingpong") {
+    fmt::print(stderr, "vipc bench {}: --blocking applies to pingpong only\n", name);
+    return 2;
+  }
+  if (!(options.seconds > 0.0)) {
+    fmt::print(stderr, "vipc bench {}: --seconds must be positive\n", name);
+    return 2;
+  }
+  if (!options.plot.empty() || options.peers || options.subscribers != 1 || options.senders != 1) {
+    fmt::print(stderr,
+               "vipc bench {}: --plot, --peers, --subscribers and --senders do not apply; "
+               "ignored\n",
+               name);
+  }
+
+  try {
+    RunConfig cfg;
+    cfg.timing = timing_for(options);
+    cfg.cpus = choose_cpus();
+    if (!cfg.cpus.distinct) {
+      fmt::print(stderr,
+                 "vipc bench {}: only one CPU is available; both processes share CPU {} and "
+                 "busy-waiting results are meaningless\n",
+                 name, cfg.cpus.self);
+    }
+    (void)core::CycleClock::instance();  // calibrated once, before any fork
+    Report report;
+    {
+      RunGuard guard(cfg.cpus);
+      report = scenario->run(options, cfg);
+    }
+    report.title += "\n" + timing_line(cfg);
+    if (options.quick) report.notes.push_back("--quick: a smoke test, not for numbers.");
+    if (options.json) {
+      print_json(report);
+    } else {
+      print_table(report);
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "vipc bench {}: {}\n", name, e.what());
+    return 1;
+  }
+}
+
+}  // namespace vipc::bench

@@ -1,0 +1,154 @@
+// vipc::Runtime: a process's connection to the broker (vipcd, or an embedded one), and
+// the control operations on named objects and capabilities.
+//
+// Guarantees
+// - Every call is one request/reply over a SOCK_SEQPACKET socket (docs/protocol.md)
+//   and returns a Result; nothing throws. Calls are serialised by an internal mutex, so
+//   a Runtime may be shared between threads.
+// - connect() starts vipcd when no daemon answers (unless VIPC_NO_AUTOSTART=1): the
+//   daemon is spawned fully detached (double fork + setsid), so it outlives the caller
+//   and is neither its child nor in its process group; connect() then waits for the
+//   socket up to a bounded timeout.
+// - embedded() runs the same broker in a thread of this process on a private socket;
+//   other processes may connect to socket_path() with connect_to().
+// - A reply is fully validated before use; a broker error arrives as the same
+//   vipc::Error (code, context, errno) the broker produced.
+//
+// Caveats: a connection belongs to the process that opened it: after fork(), the
+// child must connect again (the broker ends the connection when the parent exits).
+//
+//   auto rt = vipc::Runtime::connect().value();
+//   auto obj = rt.create({.kind = vipc::ObjectKind::Channel, .name = "jobs"}).value();
+//   auto send_only = rt.derive(obj.cap, vipc::Rights::Send).value();
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "vipc/capability.hpp"
+#include "vipc/message.hpp"
+#include "vipc/result.hpp"
+
+namespace vipc {
+
+// Owns a file descriptor received from the broker; closes it on destruction.
+class OwnedFd {
+ public:
+  OwnedFd() noexcept = default;
+  explicit OwnedFd(int fd) noexcept : fd_(fd) {}
+  OwnedFd(OwnedFd&& o) noexcept : fd_(o.release()) {}
+  OwnedFd& operator=(OwnedFd&& o) noexcept;
+  OwnedFd(const OwnedFd&) = delete;
+  OwnedFd& operator=(const OwnedFd&) = delete;
+  ~OwnedFd();
+  [[nodiscard]] int get() const noexcept { return fd_; }
+  [[nodiscard]] bool valid() const noexcept { return fd_ >= 0; }
+  int release() noexcept {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+struct ObjectSpec {
+  ObjectKind kind = ObjectKind::Channel;
+  std::string name;                     // 1..63 printable ASCII characters, no spaces
+  std::uint32_t capacity = 1024;        // messages (Ring: a power of two in [2, 2^20])
+  std::uint32_t max_message_size = 64;  // bytes (Ring: <= 64)
+  bool world_openable = false;          // any uid may open it (default: the creator's uid)
+};
+
+struct ObjectInfo {
+  std::uint64_t id = 0;
+  ObjectKind kind = ObjectKind::Channel;
+  std::uint32_t capacity = 0;
+  std::uint32_t max_message_size = 0;
+  bool world_openable = false;
+  std::uint32_t owner_uid = 0;
+};
+
+struct CreatedObject {
+  Capability cap;  // the creator's capability: every right of the kind
+  ObjectInfo info;
+  std::vector<OwnedFd> fds;  // Ring: [0] producer segment, [1] consumer segment
+};
+
+// Whom a grant is for: a client id (Runtime::client_id() of the target) or a pid.
+struct GrantTarget {
+  std::uint64_t client_id = 0;
+  pid_t pid = 0;
+  static GrantTarget client(std::uint64_t id) noexcept { return {id, 0}; }
+  static GrantTarget process(pid_t p) noexcept { return {0, p}; }
+};
+
+struct RevokeResult {
+  Capability cap;             // the same capability with its new generation
+  std::uint64_t revoked = 0;  // capabilities destroyed (all descendants)
+};
+
+struct BrokerStats {
+  std::uint64_t clients = 0, objects = 0, capabilities = 0, pending_grants = 0;
+  std::uint64_t failed_redemptions = 0, rate_limited = 0, protocol_errors = 0;
+  std::uint64_t own_failed_redemptions = 0, own_rate_limited = 0;
+};
+
+struct ConnectOptions {
+  std::string socket_path;                        // empty: the default path (docs/broker.md)
+  bool autostart = true;                          // also off when VIPC_NO_AUTOSTART=1
+  std::chrono::milliseconds start_timeout{5000};  // waiting for an auto-started daemon
+  std::chrono::milliseconds call_timeout{10000};  // waiting for one reply
+};
+
+class Runtime {
+ public:
+  // Connects to the daemon at the default socket path, starting it if needed.
+  [[nodiscard]] static Result<Runtime> connect();
+  [[nodiscard]] static Result<Runtime> connect(const ConnectOptions& options);
+  // Connects to a broker at `socket_path`; never starts one.
+  [[nodiscard]] static Result<Runtime> connect_to(const std::string& socket_path);
+  // Starts a broker in a thread of this process (private socket) and connects to it.
+  // The broker stops when this Runtime is destroyed.
+  [[nodiscard]] static Result<Runtime> embedded();
+
+  Runtime(Runtime&&) noexcept;
+  Runtime& operator=(Runtime&&) noexcept;
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+  ~Runtime();
+
+  [[nodiscard]] const std::string& socket_path() const noexcept;
+  // This connection's id in the broker (a grant target).
+  [[nodiscard]] std::uint64_t client_id() const noexcept;
+  [[nodiscard]] std::uint16_t protocol_version() const noexcept;
+
+  [[nodiscard]] Result<CreatedObject> create(const ObjectSpec& spec);
+  [[nodiscard]] Result<ObjectInfo> lookup(std::string_view name);
+  [[nodiscard]] Result<Capability> open(std::string_view name, Rights rights);
+  [[nodiscard]] Result<Capability> derive(const Capability& cap, Rights rights);
+  // A one-time transfer handle that only `target` can claim; pass it to the target
+  // (for example in a SmallMessage capability slot).
+  [[nodiscard]] Result<CapabilityHandle> grant(const Capability& cap, Rights rights,
+                                               GrantTarget target);
+  [[nodiscard]] Result<Capability> claim(CapabilityHandle handle);
+  [[nodiscard]] Result<RevokeResult> revoke(const Capability& cap);
+  [[nodiscard]] Result<void> release(const Capability& cap);
+  [[nodiscard]] Result<std::uint64_t> ping(std::uint64_t payload = 0);
+  [[nodiscard]] Result<BrokerStats> stats();
+
+  class Impl;
+
+ private:
+  explicit Runtime(std::unique_ptr<Impl> impl) noexcept;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace vipc

@@ -1,0 +1,865 @@
+#include "broker/broker.hpp"
+
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdlib>
+#include <deque>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "broker/capability_table.hpp"
+#include "broker/platform.hpp"
+#include "core/clock.hpp"
+#include "core/ring.hpp"
+#include "core/wire.hpp"
+
+namespace vipc::broker {
+
+Result<LogLevel> parse_log_level(std::string_view text) noexcept {
+  if (text == "debug") return LogLevel::Debug;
+  if (text == "info") return LogLevel::Info;
+  if (text == "warn") return LogLevel::Warn;
+  if (text == "error") return LogLevel::Error;
+  if (text == "off") return LogLevel::Off;
+  return Error(ErrorCode::InvalidArgument, "log level: expected debug, info, warn, error or off");
+}
+
+namespace {
+
+using core::now_ns;
+
+// epoll data: (id << 2) | tag.
+constexpr std::uint64_t kTagListen = 0;
+constexpr std::uint64_t kTagControl = 1;  // id 0: stop eventfd, id 1: signalfd
+constexpr std::uint64_t kTagSocket = 2;
+constexpr std::uint64_t kTagPidfd = 3;
+constexpr std::uint64_t tagged(std::uint64_t id, std::uint64_t tag) noexcept {
+  return (id << 2) | tag;
+}
+constexpr std::uint32_t kReadEvents = EPOLLIN | EPOLLRDHUP;
+constexpr std::uint32_t kWriteEvents = EPOLLOUT | EPOLLRDHUP;
+constexpr int kPacketsPerWakeup = 32;  // per client, for fairness
+constexpr std::uint64_t kListenPauseNs = 100'000'000;
+constexpr std::uint32_t kCapacityMax = 1u << 20;
+constexpr std::uint32_t kMessageSizeMax = 64u << 20;
+
+const char* level_name(LogLevel l) noexcept {
+  switch (l) {
+    case LogLevel::Debug:
+      return "debug";
+    case LogLevel::Info:
+      return "info";
+    case LogLevel::Warn:
+      return "warn";
+    case LogLevel::Error:
+      return "error";
+    case LogLevel::Off:
+      break;
+  }
+  return "";
+}
+
+// Token bucket: `burst` tokens, refilled at `rate` per second.
+class TokenBucket {
+ public:
+  void init(std::uint32_t burst, std::uint64_t now) noexcept {
+    tokens_ = static_cast<double>(burst);
+    last_ns_ = now;
+  }
+  // Whether at least one token is available after refilling.
+  bool available(std::uint32_t burst, std::uint32_t rate, std::uint64_t now) noexcept {
+    refill(burst, rate, now);
+    return tokens_ >= 1.0;
+  }
+  void take() noexcept {
+    if (tokens_ >= 1.0) tokens_ -= 1.0;
+  }
+
+ private:
+  void refill(std::uint32_t burst, std::uint32_t rate, std::uint64_t now) noexcept {
+    if (now > last_ns_) {
+      tokens_ += static_cast<double>(now - last_ns_) * 1e-9 * static_cast<double>(rate);
+      if (tokens_ > static_cast<double>(burst)) tokens_ = static_cast<double>(burst);
+      last_ns_ = now;
+    }
+  }
+  double tokens_ = 0;
+  std::uint64_t last_ns_ = 0;
+};
+
+struct OutPacket {
+  wire::Packet packet;
+  std::vector<sys::UniqueFd> fds;
+};
+
+struct Client {
+  ClientId id = 0;
+  sys::UniqueFd sock;
+  sys::UniqueFd pidfd;
+  platform::PeerCred cred;
+  std::vector<ObjectId> owned;
+  std::deque<OutPacket> out;
+  bool waiting_writable = false;
+  bool dead = false;
+  TokenBucket bucket;
+  std::uint64_t failed = 0;
+  std::uint64_t rate_limited = 0;
+  std::uint64_t protocol_errors = 0;
+  std::uint64_t last_log_ns = 0;       // last warning about this client
+  std::uint64_t suppressed_lines = 0;  // warnings not logged since (at most one a second)
+  std::uint32_t pending_grants = 0;
+};
+
+struct Object {
+  ObjectId id = 0;
+  ObjectKind kind = ObjectKind::Endpoint;
+  std::uint16_t flags = 0;
+  std::uint32_t capacity = 0;
+  std::uint32_t max_message_size = 0;
+  std::string name;
+  ClientId owner = 0;
+  uid_t owner_uid = 0;
+  Token root = 0;
+  std::vector<sys::UniqueFd> fds;  // Ring: producer, consumer
+};
+
+struct PendingGrant {
+  Token source = 0;
+  std::uint32_t source_generation = 0;
+  Rights rights = Rights::None;
+  ClientId granter = 0;
+  ClientId target_client = 0;
+  pid_t target_pid = 0;
+  std::uint64_t expires_ns = 0;
+};
+
+wire::ObjectRecord record_of(const Object& o) noexcept {
+  return wire::ObjectRecord{o.id,
+                            static_cast<std::uint16_t>(o.kind),
+                            o.flags,
+                            o.capacity,
+                            o.max_message_size,
+                            static_cast<std::uint32_t>(o.owner_uid)};
+}
+
+wire::CapabilityRecord record_of(const CapNode& n) noexcept {
+  return wire::CapabilityRecord{n.token, n.object, static_cast<std::uint32_t>(n.rights),
+                                n.generation};
+}
+
+struct StringHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept {
+    return std::hash<std::string_view>{}(s);
+  }
+};
+
+}  // namespace
+
+class Broker::Impl {
+ public:
+  Impl(BrokerOptions options, sys::UniqueFd listen_fd, platform::Epoll epoll,
+       sys::UniqueFd stop_fd) noexcept
+      : options_(std::move(options)),
+        listen_(std::move(listen_fd)),
+        epoll_(std::move(epoll)),
+        stop_fd_(std::move(stop_fd)) {}
+
+  Result<void> watch_signals(const sigset_t& signals) {
+    auto fd = platform::block_and_signalfd(signals);
+    if (!fd) return fd.error();
+    VIPC_TRY(epoll_.add(fd->get(), EPOLLIN, tagged(1, kTagControl)));
+    signal_fd_ = std::move(*fd);
+    return {};
+  }
+
+  void stop() noexcept { (void)sys::eventfd_signal(stop_fd_.get()); }
+
+  Result<void> run(std::atomic<int>& stop_signal);
+
+ private:
+  // ---- logging
+  template <class... Args>
+  void log(LogLevel level, fmt::format_string<Args...> format, Args&&... args) {
+    if (level < options_.log_level) return;
+    const auto now = std::chrono::system_clock::now();
+    const std::string line = fmt::format(
+        "{:%Y-%m-%d %H:%M:%S} {} {}: {}\n",
+        std::chrono::time_point_cast<std::chrono::milliseconds>(now), options_.log_prefix,
+        level_name(level), fmt::format(format, std::forward<Args>(args)...));
+    (void)!::write(STDERR_FILENO, line.data(), line.size());
+  }
+
+  // ---- connections
+  void accept_all();
+  void on_socket(Client& c, std::uint32_t events);
+  void read_requests(Client& c);
+  void handle_packet(Client& c, const platform::ReceivedPacket& pkt,
+                     std::span<const std::byte> bytes);
+  void queue(Client& c, OutPacket out);
+  void flush(Client& c);
+  void drop(ClientId id, const char* why);
+  void sweep_grants(std::uint64_t now);
+
+  // ---- requests: each decodes nothing (done), checks, prepares, then commits.
+  Result<OutPacket> dispatch(Client& c, const wire::DecodedRequest& req);
+  Result<OutPacket> on(Client& c, const wire::HelloRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::CreateRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::LookupRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::OpenRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::DeriveRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::GrantRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::ClaimRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::RevokeRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::ReleaseRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::PingRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::StatsRequest& r, std::uint64_t id);
+
+  // Checks that the client may present a capability now (rate limit) and that it holds it.
+  Result<const CapNode*> redeem(Client& c, const wire::CapabilityRef& ref, wire::Opcode op);
+  bool rate_limited(Client& c, wire::Opcode op);
+  void note_failure(Client& c, const Error& e, wire::Opcode op);
+  // At most one warning line per client per second.
+  bool log_budget(Client& c) noexcept;
+  Result<void> check_capability_room(const Client& c) const noexcept;
+  Result<Token> new_token();
+
+  BrokerOptions options_;
+  sys::UniqueFd listen_;
+  platform::Epoll epoll_;
+  sys::UniqueFd stop_fd_;
+  sys::UniqueFd signal_fd_;
+  bool running_ = true;
+  std::uint64_t listen_paused_until_ = 0;  // while out of descriptors (accept_all)
+
+  std::unordered_map<ClientId, Client> clients_;
+  std::unordered_map<ObjectId, Object> objects_;
+  std::unordered_map<std::string, ObjectId, StringHash, std::equal_to<>> names_;
+  std::unordered_map<Token, PendingGrant> pending_;
+  CapabilityTable caps_;
+  ClientId next_client_ = 1;
+  ObjectId next_object_ = 1;
+  std::array<Token, 32> token_pool_{};
+  std::size_t token_pool_left_ = 0;
+
+  std::uint64_t failed_total_ = 0;
+  std::uint64_t rate_limited_total_ = 0;
+  std::uint64_t protocol_errors_ = 0;
+};
+
+// ------------------------------------------------------------ loop
+
+Result<void> Broker::Impl::run(std::atomic<int>& stop_signal) {
+  log(LogLevel::Info, "serving (protocol version {})", wire::kProtocolVersion);
+  std::array<platform::Epoll::Event, 64> events{};
+  while (running_) {
+    if (listen_paused_until_ != 0 && now_ns() >= listen_paused_until_) {
+      const bool resumed = epoll_.add(listen_.get(), EPOLLIN, tagged(0, kTagListen)).ok();
+      listen_paused_until_ = resumed ? 0 : now_ns() + kListenPauseNs;
+    }
+    auto n = epoll_.wait(events, listen_paused_until_ != 0 ? 100 : 1000);
+    if (!n) return n.error();
+    for (std::size_t i = 0; i < *n && running_; ++i) {
+      const auto [mask, data] = events[i];
+      const std::uint64_t id = data >> 2;
+      switch (data & 3) {
+        case kTagListen:
+          accept_all();
+          break;
+        case kTagControl:
+          if (id == 0) {
+            (void)sys::eventfd_drain(stop_fd_.get());
+            running_ = false;
+          } else if (auto sig = platform::read_signal(signal_fd_.get()); sig && *sig != 0) {
+            log(LogLevel::Info, "signal {} received, shutting down", *sig);
+            stop_signal.store(*sig);
+            running_ = false;
+          }
+          break;
+        case kTagSocket:
+          if (auto it = clients_.find(id); it != clients_.end()) {
+            on_socket(it->second, mask);
+            if (it->second.dead) drop(id, "connection closed");
+          }
+          break;
+        case kTagPidfd:
+          if (clients_.count(id) != 0) drop(id, "process exited");
+          break;
+        default:
+          break;
+      }
+    }
+    sweep_grants(now_ns());
+  }
+  log(LogLevel::Info, "stopping: {} clients, {} objects", clients_.size(), objects_.size());
+  while (!clients_.empty()) drop(clients_.begin()->first, "broker stopping");
+  return {};
+}
+
+void Broker::Impl::accept_all() {
+  for (;;) {
+    auto fd = platform::accept(listen_.get());
+    if (!fd) {
+      if (fd.error().code() != ErrorCode::WouldBlock) {
+        log(LogLevel::Warn, "accept: {}", fd.error().message());
+        // Out of descriptors: the pending connection stays queued and the listener
+        // stays readable; stop polling it for a moment instead of spinning.
+        if (fd.error().code() == ErrorCode::OutOfMemory && listen_paused_until_ == 0) {
+          epoll_.remove(listen_.get());
+          listen_paused_until_ = now_ns() + kListenPauseNs;
+        }
+      }
+      return;
+    }
+    if (clients_.size() >= options_.max_clients) {
+      log(LogLevel::Warn, "refusing a connection: {} clients connected", clients_.size());
+      continue;
+    }
+    auto cred = platform::peer_cred(fd->get());
+    if (!cred) {
+      log(LogLevel::Warn, "refusing a connection: {}", cred.error().message());
+      continue;
+    }
+    // Prefer the pidfd the kernel took at connect(); without SO_PEERPIDFD, open one by
+    // pid now. The pid could in theory have been reused between the peer's exit and this
+    // call; the socket's hang-up still ends the client in that case (docs/broker.md).
+    auto pidfd = platform::peer_pidfd(fd->get());
+    if (!pidfd && pidfd.error().code() == ErrorCode::Unsupported) {
+      pidfd = platform::pidfd_open(cred->pid);
+    }
+    if (!pidfd) {
+      log(LogLevel::Info, "connection from pid {} dropped: {}", cred->pid, pidfd.error().message());
+      continue;
+    }
+    const ClientId id = next_client_;
+    if (auto r = epoll_.add(fd->get(), kReadEvents, tagged(id, kTagSocket)); !r) {
+      log(LogLevel::Warn, "epoll: {}", r.error().message());
+      continue;
+    }
+    if (auto r = epoll_.add(pidfd->get(), EPOLLIN, tagged(id, kTagPidfd)); !r) {
+      epoll_.remove(fd->get());
+      log(LogLevel::Warn, "epoll: {}", r.error().message());
+      continue;
+    }
+    ++next_client_;
+    Client& c = clients_[id];
+    c.id = id;
+    c.sock = std::move(*fd);
+    c.pidfd = std::move(*pidfd);
+    c.cred = *cred;
+    c.bucket.init(options_.failed_redemption_burst, now_ns());
+    log(LogLevel::Debug, "client {} connected: pid {} uid {} gid {}", id, c.cred.pid, c.cred.uid,
+        c.cred.gid);
+  }
+}
+
+void Broker::Impl::on_socket(Client& c, std::uint32_t events) {
+  if ((events & EPOLLOUT) != 0) flush(c);
+  if ((events & EPOLLIN) != 0 && !c.dead) read_requests(c);
+  if ((events & (EPOLLHUP | EPOLLERR)) != 0 && (events & EPOLLIN) == 0) c.dead = true;
+}
+
+void Broker::Impl::read_requests(Client& c) {
+  alignas(8) std::array<std::byte, wire::kMaxPacket> buf{};
+  for (int i = 0; i < kPacketsPerWakeup && !c.dead && c.out.empty(); ++i) {
+    auto pkt = platform::recv_packet(c.sock.get(), buf, /*nonblocking=*/true);
+    if (!pkt) {
+      if (pkt.error().code() != ErrorCode::WouldBlock) c.dead = true;
+      return;
+    }
+    handle_packet(c, *pkt, std::span<const std::byte>(buf.data(), pkt->size));
+    // Descriptors a client sent are never kept: pkt's destructor closes them.
+  }
+}
+
+void Broker::Impl::handle_packet(Client& c, const platform::ReceivedPacket& pkt,
+                                 std::span<const std::byte> bytes) {
+  Result<wire::DecodedRequest> req = Error(ErrorCode::ProtocolError, wire::ctx::kOversized);
+  if (pkt.fds_truncated) {
+    req = Error(ErrorCode::ProtocolError, wire::ctx::kControlTruncated);
+  } else if (!pkt.truncated) {
+    req = wire::decode_request(bytes, pkt.fds.size());
+  }
+  if (!req) {
+    ++protocol_errors_;
+    ++c.protocol_errors;
+    const wire::Echo echo = wire::peek_echo(bytes);
+    if (log_budget(c)) {
+      log(LogLevel::Warn,
+          "client {} (pid {} uid {}): malformed request of {} bytes: {} ({} malformed in total, "
+          "{} lines suppressed)",
+          c.id, c.cred.pid, c.cred.uid, bytes.size(), req.error().message(), c.protocol_errors,
+          c.suppressed_lines);
+      c.suppressed_lines = 0;
+    }
+    queue(c, OutPacket{wire::encode_error(echo.opcode, echo.request_id, req.error()), {}});
+    return;
+  }
+  auto reply = dispatch(c, *req);
+  if (!reply) {
+    log(LogLevel::Debug, "client {}: {} refused: {}", c.id,
+        wire::to_string(static_cast<wire::Opcode>(req->header.opcode)), reply.error().message());
+    queue(c,
+          OutPacket{wire::encode_error(req->header.opcode, req->header.request_id, reply.error()),
+                    {}});
+    return;
+  }
+  queue(c, std::move(*reply));
+}
+
+void Broker::Impl::queue(Client& c, OutPacket out) {
+  c.out.push_back(std::move(out));
+  flush(c);
+}
+
+void Broker::Impl::flush(Client& c) {
+  while (!c.out.empty() && !c.dead) {
+    OutPacket& p = c.out.front();
+    std::array<int, platform::kMaxRecvFds> fds{};
+    for (std::size_t i = 0; i < p.fds.size() && i < fds.size(); ++i) fds[i] = p.fds[i].get();
+    auto r = platform::send_packet(c.sock.get(), p.packet.view(),
+                                   std::span<const int>(fds.data(), p.fds.size()), true);
+    if (!r) {
+      if (r.error().code() == ErrorCode::WouldBlock) {
+        if (!c.waiting_writable) {
+          c.waiting_writable =
+              epoll_.modify(c.sock.get(), kWriteEvents, tagged(c.id, kTagSocket)).ok();
+          if (!c.waiting_writable) c.dead = true;
+        }
+        return;
+      }
+      c.dead = true;
+      return;
+    }
+    c.out.pop_front();
+  }
+  if (c.waiting_writable && c.out.empty() && !c.dead) {
+    c.waiting_writable = !epoll_.modify(c.sock.get(), kReadEvents, tagged(c.id, kTagSocket)).ok();
+    if (c.waiting_writable) c.dead = true;
+  }
+}
+
+void Broker::Impl::drop(ClientId id, const char* why) {
+  auto it = clients_.find(id);
+  if (it == clients_.end()) return;
+  Client& c = it->second;
+  std::size_t revoked = 0;
+  for (ObjectId oid : c.owned) {
+    auto o = objects_.find(oid);
+    if (o == objects_.end()) continue;
+    revoked += caps_.destroy_object(oid);
+    names_.erase(o->second.name);
+    objects_.erase(o);  // closes the object's descriptors
+  }
+  const std::size_t held = caps_.count_held(id);
+  caps_.release_all(id);
+  for (auto g = pending_.begin(); g != pending_.end();) {
+    if (g->second.granter == id || g->second.target_client == id) {
+      if (g->second.granter != id) {
+        if (auto gr = clients_.find(g->second.granter); gr != clients_.end()) {
+          --gr->second.pending_grants;
+        }
+      }
+      g = pending_.erase(g);
+    } else {
+      ++g;
+    }
+  }
+  epoll_.remove(c.sock.get());
+  epoll_.remove(c.pidfd.get());
+  log(LogLevel::Debug,
+      "client {} (pid {}) dropped ({}): {} objects destroyed, {} capabilities released, {} "
+      "revoked",
+      id, c.cred.pid, why, c.owned.size(), held, revoked);
+  clients_.erase(it);  // closes the socket and the pidfd
+}
+
+void Broker::Impl::sweep_grants(std::uint64_t now) {
+  for (auto g = pending_.begin(); g != pending_.end();) {
+    if (g->second.expires_ns <= now) {
+      if (auto gr = clients_.find(g->second.granter); gr != clients_.end()) {
+        --gr->second.pending_grants;
+      }
+      g = pending_.erase(g);
+    } else {
+      ++g;
+    }
+  }
+}
+
+// ------------------------------------------------------------ capability checks
+
+bool Broker::Impl::rate_limited(Client& c, wire::Opcode op) {
+  if (c.bucket.available(options_.failed_redemption_burst, options_.failed_redemptions_per_second,
+                         now_ns())) {
+    return false;
+  }
+  ++c.rate_limited;
+  ++rate_limited_total_;
+  note_failure(c, Error(ErrorCode::PermissionDenied, wire::ctx::kRateLimited), op);
+  return true;
+}
+
+void Broker::Impl::note_failure(Client& c, const Error& e, wire::Opcode op) {
+  ++c.failed;
+  ++failed_total_;
+  c.bucket.take();
+  if (!log_budget(c)) return;
+  log(LogLevel::Warn,
+      "client {} (pid {} uid {}): failed capability redemption in {}: {} ({} failed in total, "
+      "{} rate limited, {} lines suppressed)",
+      c.id, c.cred.pid, c.cred.uid, wire::to_string(op), e.message(), c.failed, c.rate_limited,
+      c.suppressed_lines);
+  c.suppressed_lines = 0;
+}
+
+bool Broker::Impl::log_budget(Client& c) noexcept {
+  const std::uint64_t now = now_ns();
+  if (c.last_log_ns != 0 && now - c.last_log_ns < 1'000'000'000ull) {
+    ++c.suppressed_lines;
+    return false;
+  }
+  c.last_log_ns = now;
+  return true;
+}
+
+Result<const CapNode*> Broker::Impl::redeem(Client& c, const wire::CapabilityRef& ref,
+                                            wire::Opcode op) {
+  if (rate_limited(c, op)) return Error(ErrorCode::PermissionDenied, wire::ctx::kRateLimited);
+  auto node = caps_.check(c.id, ref.token, ref.generation);
+  if (!node) note_failure(c, node.error(), op);
+  return node;
+}
+
+Result<void> Broker::Impl::check_capability_room(const Client& c) const noexcept {
+  if (caps_.count_held(c.id) >= options_.max_capabilities_per_client) {
+    return Error(ErrorCode::OutOfMemory, wire::ctx::kLimitReached);
+  }
+  return {};
+}
+
+Result<Token> Broker::Impl::new_token() {
+  for (;;) {
+    if (token_pool_left_ == 0) {
+      VIPC_TRY(sys::random_bytes(token_pool_.data(), sizeof token_pool_));
+      token_pool_left_ = token_pool_.size();
+    }
+    const Token t = token_pool_[--token_pool_left_];
+    if (t != 0 && !caps_.contains(t) && pending_.count(t) == 0) return t;
+  }
+}
+
+// ------------------------------------------------------------ requests
+
+Result<OutPacket> Broker::Impl::dispatch(Client& c, const wire::DecodedRequest& req) {
+  const std::uint64_t id = req.header.request_id;
+  return std::visit([&](const auto& body) { return on(c, body, id); }, req.body);
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::HelloRequest& r, std::uint64_t id) {
+  if (r.min_version > wire::kProtocolVersion || r.max_version < wire::kProtocolVersion) {
+    return Error(ErrorCode::Unsupported, wire::ctx::kVersion);
+  }
+  wire::HelloReply reply{wire::kProtocolVersion,
+                         0,
+                         static_cast<std::uint32_t>(c.cred.pid),
+                         c.cred.uid,
+                         c.cred.gid,
+                         c.id};
+  return OutPacket{wire::encode_reply(id, reply), {}};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std::uint64_t id) {
+  // Check.
+  const std::string_view name = wire::name_view(r.name);
+  if (names_.find(name) != names_.end())
+    return Error(ErrorCode::AlreadyExists, wire::ctx::kNameTaken);
+  if (c.owned.size() >= options_.max_objects_per_client) {
+    return Error(ErrorCode::OutOfMemory, wire::ctx::kLimitReached);
+  }
+  VIPC_TRY(check_capability_room(c));
+  const auto kind = static_cast<ObjectKind>(r.kind);
+  if (r.capacity == 0 || r.capacity > kCapacityMax || r.max_message_size == 0 ||
+      r.max_message_size > kMessageSizeMax) {
+    return Error(ErrorCode::InvalidArgument, wire::ctx::kBadParameters);
+  }
+  // Prepare everything that can fail.
+  Object obj;
+  std::vector<sys::UniqueFd> reply_fds;
+  if (kind == ObjectKind::Ring) {
+    auto seg = core::RingSegments::create({r.capacity, r.max_message_size});
+    if (!seg) {
+      if (seg.error().code() == ErrorCode::InvalidArgument ||
+          seg.error().code() == ErrorCode::MessageTooLarge) {
+        return Error(ErrorCode::InvalidArgument, wire::ctx::kBadParameters);
+      }
+      return Error(seg.error().code(), wire::ctx::kObjectCreate, seg.error().sys_errno());
+    }
+    auto p = seg->producer.duplicate();
+    if (!p) return Error(p.error().code(), wire::ctx::kObjectCreate, p.error().sys_errno());
+    auto q = seg->consumer.duplicate();
+    if (!q) return Error(q.error().code(), wire::ctx::kObjectCreate, q.error().sys_errno());
+    reply_fds.push_back(std::move(*p));
+    reply_fds.push_back(std::move(*q));
+    obj.fds.push_back(std::move(seg->producer));
+    obj.fds.push_back(std::move(seg->consumer));
+  }
+  auto token = new_token();
+  if (!token) return token.error();
+  obj.id = next_object_;
+  obj.kind = kind;
+  obj.flags = r.flags;
+  obj.capacity = r.capacity;
+  obj.max_message_size = r.max_message_size;
+  obj.name = std::string(name);
+  obj.owner = c.id;
+  obj.owner_uid = c.cred.uid;
+  obj.root = *token;
+  objects_.reserve(objects_.size() + 1);
+  names_.reserve(names_.size() + 1);
+  c.owned.reserve(c.owned.size() + 1);
+  caps_.reserve(c.id, obj.id);
+  // Commit.
+  ++next_object_;
+  const wire::ObjectRecord rec = record_of(obj);
+  names_.emplace(obj.name, obj.id);
+  c.owned.push_back(obj.id);
+  const CapNode& node = caps_.insert(*token, c.id, obj.id, rights_for(kind), 0);
+  objects_.emplace(obj.id, std::move(obj));
+  log(LogLevel::Debug, "client {} created {} '{}' (object {})", c.id, r.kind, name, rec.object_id);
+  const auto nfds = static_cast<std::uint16_t>(reply_fds.size());
+  return OutPacket{wire::encode_reply(id, wire::CreateReply{record_of(node), rec}, nfds),
+                   std::move(reply_fds)};
+}
+
+Result<OutPacket> Broker::Impl::on(Client&, const wire::LookupRequest& r, std::uint64_t id) {
+  const auto it = names_.find(wire::name_view(r.name));
+  if (it == names_.end()) return Error(ErrorCode::NotFound, wire::ctx::kNameUnknown);
+  return OutPacket{wire::encode_reply(id, wire::LookupReply{record_of(objects_.at(it->second))}),
+                   {}};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::OpenRequest& r, std::uint64_t id) {
+  const auto rights = static_cast<Rights>(r.rights);
+  if (rights == Rights::None) return Error(ErrorCode::InvalidArgument, wire::ctx::kNoRights);
+  const auto it = names_.find(wire::name_view(r.name));
+  if (it == names_.end()) return Error(ErrorCode::NotFound, wire::ctx::kNameUnknown);
+  const Object& obj = objects_.at(it->second);
+  if (!contains(rights_for(obj.kind), rights)) {
+    return Error(ErrorCode::InvalidArgument, wire::ctx::kRightsForKind);
+  }
+  if (c.cred.uid != obj.owner_uid && (obj.flags & wire::kObjectWorldOpenable) == 0) {
+    log(LogLevel::Info, "client {} (pid {} uid {}): open of '{}' denied by policy", c.id,
+        c.cred.pid, c.cred.uid, obj.name);
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kPolicyDenied);
+  }
+  VIPC_TRY(check_capability_room(c));
+  auto token = new_token();
+  if (!token) return token.error();
+  caps_.reserve(c.id, obj.id);
+  const Token parent = caps_.contains(obj.root) ? obj.root : 0;
+  const CapNode& node = caps_.insert(*token, c.id, obj.id, rights, parent);
+  return OutPacket{wire::encode_reply(id, wire::OpenReply{record_of(node)}), {}};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::DeriveRequest& r, std::uint64_t id) {
+  auto src = redeem(c, r.cap, wire::Opcode::Derive);
+  if (!src) return src.error();
+  const auto rights = static_cast<Rights>(r.rights);
+  if (rights == Rights::None) return Error(ErrorCode::InvalidArgument, wire::ctx::kNoRights);
+  if (!contains((*src)->rights, rights)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kRightsNotSubset);
+  }
+  VIPC_TRY(check_capability_room(c));
+  auto token = new_token();
+  if (!token) return token.error();
+  const ObjectId object = (*src)->object;
+  caps_.reserve(c.id, object);
+  const CapNode& node = caps_.insert(*token, c.id, object, rights, r.cap.token);
+  return OutPacket{wire::encode_reply(id, wire::DeriveReply{record_of(node)}), {}};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::GrantRequest& r, std::uint64_t id) {
+  auto src = redeem(c, r.cap, wire::Opcode::Grant);
+  if (!src) return src.error();
+  const auto rights = static_cast<Rights>(r.rights);
+  if (!contains((*src)->rights, Rights::Grant)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kMissingRight);
+  }
+  if (rights == Rights::None) return Error(ErrorCode::InvalidArgument, wire::ctx::kNoRights);
+  if (!contains((*src)->rights, rights)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kRightsNotSubset);
+  }
+  // The target must be connected now: by client id, or any client of that pid.
+  bool target_found = false;
+  if (r.target_client != 0) {
+    target_found = clients_.count(r.target_client) != 0;
+  } else {
+    target_found = std::any_of(clients_.begin(), clients_.end(), [&](const auto& kv) {
+      return static_cast<std::uint32_t>(kv.second.cred.pid) == r.target_pid;
+    });
+  }
+  if (!target_found) return Error(ErrorCode::ProcessNotFound, wire::ctx::kTargetUnknown);
+  const std::uint64_t now = now_ns();
+  if (c.pending_grants >= options_.max_pending_grants_per_client) sweep_grants(now);
+  if (c.pending_grants >= options_.max_pending_grants_per_client) {
+    return Error(ErrorCode::OutOfMemory, wire::ctx::kLimitReached);
+  }
+  auto handle = new_token();
+  if (!handle) return handle.error();
+  pending_.reserve(pending_.size() + 1);
+  // Commit.
+  PendingGrant g;
+  g.source = r.cap.token;
+  g.source_generation = r.cap.generation;
+  g.rights = rights;
+  g.granter = c.id;
+  g.target_client = r.target_client;
+  g.target_pid = static_cast<pid_t>(r.target_pid);
+  g.expires_ns = now + std::uint64_t{options_.grant_timeout_ms} * 1'000'000ull;
+  pending_.emplace(*handle, g);
+  ++c.pending_grants;
+  return OutPacket{wire::encode_reply(id, wire::GrantReply{*handle}), {}};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::ClaimRequest& r, std::uint64_t id) {
+  if (rate_limited(c, wire::Opcode::Claim)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kRateLimited);
+  }
+  const auto it = pending_.find(r.handle);
+  if (it == pending_.end() || it->second.expires_ns <= now_ns()) {
+    Error e(ErrorCode::InvalidCapability, wire::ctx::kUnknownHandle);
+    note_failure(c, e, wire::Opcode::Claim);
+    return e;
+  }
+  const PendingGrant g = it->second;
+  const bool is_target =
+      g.target_client != 0 ? g.target_client == c.id : g.target_pid == c.cred.pid;
+  if (!is_target) {
+    // The handle stays claimable by its target: a thief cannot burn it.
+    Error e(ErrorCode::InvalidCapability, wire::ctx::kNotTarget);
+    note_failure(c, e, wire::Opcode::Claim);
+    return e;
+  }
+  const CapNode* src = caps_.find(g.source);
+  const bool source_alive =
+      src != nullptr && src->holder == g.granter && src->generation == g.source_generation;
+  auto forget = [&] {
+    pending_.erase(it);
+    if (auto gr = clients_.find(g.granter); gr != clients_.end()) --gr->second.pending_grants;
+  };
+  if (!source_alive) {
+    forget();
+    return Error(ErrorCode::InvalidCapability, wire::ctx::kGrantSourceGone);
+  }
+  VIPC_TRY(check_capability_room(c));
+  auto token = new_token();
+  if (!token) return token.error();
+  const ObjectId object = src->object;
+  caps_.reserve(c.id, object);
+  // Commit.
+  forget();
+  const CapNode& node = caps_.insert(*token, c.id, object, g.rights, g.source);
+  return OutPacket{wire::encode_reply(id, wire::ClaimReply{record_of(node)}), {}};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::RevokeRequest& r, std::uint64_t id) {
+  auto src = redeem(c, r.cap, wire::Opcode::Revoke);
+  if (!src) return src.error();
+  const std::size_t revoked = caps_.revoke(r.cap.token);
+  const CapNode* node = caps_.find(r.cap.token);
+  log(LogLevel::Debug, "client {} revoked {} capabilities", c.id, revoked);
+  return OutPacket{wire::encode_reply(id, wire::RevokeReply{record_of(*node), revoked}), {}};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::ReleaseRequest& r, std::uint64_t id) {
+  auto src = redeem(c, r.cap, wire::Opcode::Release);
+  if (!src) return src.error();
+  caps_.release(r.cap.token);
+  return OutPacket{wire::encode_reply(id, wire::ReleaseReply{0}), {}};
+}
+
+Result<OutPacket> Broker::Impl::on(Client&, const wire::PingRequest& r, std::uint64_t id) {
+  return OutPacket{wire::encode_reply(id, wire::PingReply{r.payload}), {}};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::StatsRequest&, std::uint64_t id) {
+  wire::StatsReply s{clients_.size(),  objects_.size(), caps_.size(),
+                     pending_.size(),  failed_total_,   rate_limited_total_,
+                     protocol_errors_, c.failed,        c.rate_limited};
+  return OutPacket{wire::encode_reply(id, s), {}};
+}
+
+// ------------------------------------------------------------ Broker
+
+Broker::Broker(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
+Broker::~Broker() = default;
+
+Result<std::unique_ptr<Broker>> Broker::create(sys::UniqueFd listen_fd, BrokerOptions options) {
+  auto epoll = platform::Epoll::create();
+  if (!epoll) return epoll.error();
+  auto stop_fd = sys::eventfd();
+  if (!stop_fd) return stop_fd.error();
+  VIPC_TRY(epoll->add(listen_fd.get(), EPOLLIN, tagged(0, kTagListen)));
+  VIPC_TRY(epoll->add(stop_fd->get(), EPOLLIN, tagged(0, kTagControl)));
+  auto impl = std::make_unique<Impl>(std::move(options), std::move(listen_fd), std::move(*epoll),
+                                     std::move(*stop_fd));
+  return std::unique_ptr<Broker>(new Broker(std::move(impl)));
+}
+
+Result<void> Broker::watch_signals(const sigset_t& signals) {
+  return impl_->watch_signals(signals);
+}
+Result<void> Broker::run() { return impl_->run(stop_signal_); }
+void Broker::stop() noexcept { impl_->stop(); }
+
+// ------------------------------------------------------------ EmbeddedBroker
+
+Result<std::unique_ptr<EmbeddedBroker>> EmbeddedBroker::start(BrokerOptions options,
+                                                              const std::string& dir_template) {
+  std::string tmpl = dir_template;
+  if (tmpl.empty()) {
+    const char* base = std::getenv("VIPC_RUNTIME_DIR");
+    if (base == nullptr || base[0] == '\0') base = std::getenv("XDG_RUNTIME_DIR");
+    if (base == nullptr || base[0] == '\0' || ::access(base, W_OK) != 0) base = "/tmp";
+    tmpl = std::string(base) + "/vipc-embedded-XXXXXX";
+  }
+  auto dir = platform::make_temp_dir(tmpl);
+  if (!dir) return dir.error();
+  std::unique_ptr<EmbeddedBroker> eb(new EmbeddedBroker());
+  eb->dir_ = *dir;
+  eb->socket_path_ = *dir + "/broker.sock";
+  auto listen = platform::listen_seqpacket(eb->socket_path_);
+  if (!listen) {
+    platform::rmdir_quietly(eb->dir_);
+    return listen.error();
+  }
+  if (options.log_prefix == "vipcd") options.log_prefix = "vipc embedded broker";
+  auto broker = Broker::create(std::move(*listen), std::move(options));
+  if (!broker) {
+    platform::unlink_quietly(eb->socket_path_);
+    platform::rmdir_quietly(eb->dir_);
+    return broker.error();
+  }
+  eb->broker_ = std::move(*broker);
+  Broker* b = eb->broker_.get();
+  eb->thread_ = std::thread([b] { (void)b->run(); });
+  return eb;
+}
+
+EmbeddedBroker::~EmbeddedBroker() {
+  if (broker_) broker_->stop();
+  if (thread_.joinable()) thread_.join();
+  broker_.reset();
+  platform::unlink_quietly(socket_path_);
+  platform::rmdir_quietly(dir_);
+}
+
+}  // namespace vipc::broker

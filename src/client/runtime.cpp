@@ -1,0 +1,267 @@
+#include "vipc/runtime.hpp"
+
+#include <unistd.h>
+
+#include <mutex>
+#include <thread>
+
+#include "broker/broker.hpp"
+#include "broker/config.hpp"
+#include "broker/platform.hpp"
+#include "client/autostart.hpp"
+#include "core/clock.hpp"
+#include "core/sys.hpp"
+#include "core/wire.hpp"
+
+namespace vipc {
+
+OwnedFd& OwnedFd::operator=(OwnedFd&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = o.release();
+  }
+  return *this;
+}
+
+OwnedFd::~OwnedFd() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+namespace {
+
+struct Answer {
+  wire::ReplyBody body;
+  std::vector<sys::UniqueFd> fds;
+};
+
+ObjectInfo info_of(const wire::ObjectRecord& o) noexcept {
+  return ObjectInfo{o.object_id,
+                    static_cast<ObjectKind>(o.kind),
+                    o.capacity,
+                    o.max_message_size,
+                    (o.flags & wire::kObjectWorldOpenable) != 0,
+                    o.owner_uid};
+}
+
+bool connect_failed_for_lack_of_daemon(const Error& e) noexcept {
+  return e.code() == ErrorCode::NotFound || e.code() == ErrorCode::ChannelClosed;
+}
+
+}  // namespace
+
+class Runtime::Impl {
+ public:
+  // Declared first so it is destroyed last: the connection closes before the broker stops.
+  std::unique_ptr<broker::EmbeddedBroker> embedded;
+  sys::UniqueFd sock;
+  std::string path;
+  std::uint64_t client_id = 0;
+  std::uint16_t version = 0;
+  std::chrono::milliseconds call_timeout{10000};
+
+  template <class Request>
+  Result<Answer> call(const Request& request) {
+    const std::lock_guard<std::mutex> lock(mu_);
+    const std::uint64_t id = next_id_++;
+    const wire::Packet p = wire::encode_request(id, request);
+    VIPC_TRY(platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/false));
+    const core::Deadline deadline = core::deadline_after(call_timeout);
+    alignas(8) std::array<std::byte, wire::kMaxPacket> buf{};
+    for (;;) {
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - core::Clock::now());
+      if (left.count() <= 0) return Error(ErrorCode::Timeout, "runtime: waiting for the broker");
+      auto readable = sys::poll_readable(sock.get(), static_cast<int>(left.count()));
+      if (!readable) return readable.error();
+      if (!*readable) continue;
+      auto pkt = platform::recv_packet(sock.get(), buf, /*nonblocking=*/true);
+      if (!pkt) {
+        if (pkt.error().code() == ErrorCode::WouldBlock) continue;
+        if (pkt.error().code() == ErrorCode::ChannelClosed) {
+          return Error(ErrorCode::ChannelClosed, "runtime: broker closed the connection");
+        }
+        return pkt.error();
+      }
+      if (pkt->truncated) return Error(ErrorCode::ProtocolError, wire::ctx::kOversized);
+      if (pkt->fds_truncated) return Error(ErrorCode::ProtocolError, wire::ctx::kControlTruncated);
+      auto reply = wire::decode_reply({buf.data(), pkt->size}, pkt->fds.size());
+      if (!reply) return reply.error();
+      // A reply to an earlier call that timed out: skip it.
+      if (reply->header.request_id != id) continue;
+      if (!reply->ok()) return reply->error;
+      if (reply->header.opcode != static_cast<std::uint16_t>(wire::opcode_of<Request>())) {
+        return Error(ErrorCode::ProtocolError, wire::ctx::kBadOpcode);
+      }
+      return Answer{reply->body, std::move(pkt->fds)};
+    }
+  }
+
+  Result<void> hello() {
+    auto a = call(wire::HelloRequest{wire::kProtocolVersion, wire::kProtocolVersion, 0});
+    if (!a) return a.error();
+    const auto& r = std::get<wire::HelloReply>(a->body);
+    client_id = r.client_id;
+    version = r.version;
+    return {};
+  }
+
+ private:
+  std::mutex mu_;
+  std::uint64_t next_id_ = 1;
+};
+
+Runtime::Runtime(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
+Runtime::Runtime(Runtime&&) noexcept = default;
+Runtime& Runtime::operator=(Runtime&&) noexcept = default;
+Runtime::~Runtime() = default;
+
+Result<Runtime> Runtime::connect() { return connect(ConnectOptions{}); }
+
+Result<Runtime> Runtime::connect(const ConnectOptions& options) {
+  const std::string path =
+      options.socket_path.empty() ? broker::default_socket_path() : options.socket_path;
+  auto sock = platform::connect_seqpacket(path);
+  if (!sock && connect_failed_for_lack_of_daemon(sock.error()) && options.autostart &&
+      !client::autostart_disabled()) {
+    VIPC_TRY(client::start_daemon(path));
+    const core::Deadline deadline = core::deadline_after(options.start_timeout);
+    auto pause = std::chrono::milliseconds(2);
+    for (;;) {
+      sock = platform::connect_seqpacket(path);
+      if (sock || !connect_failed_for_lack_of_daemon(sock.error())) break;
+      if (core::Clock::now() >= deadline) {
+        return Error(ErrorCode::Timeout, "runtime: auto-started vipcd did not answer");
+      }
+      std::this_thread::sleep_for(pause);
+      if (pause < std::chrono::milliseconds(50)) pause *= 2;
+    }
+  }
+  if (!sock) return sock.error();
+  auto impl = std::make_unique<Impl>();
+  impl->sock = std::move(*sock);
+  impl->path = path;
+  impl->call_timeout = options.call_timeout;
+  VIPC_TRY(impl->hello());
+  return Runtime(std::move(impl));
+}
+
+Result<Runtime> Runtime::connect_to(const std::string& socket_path) {
+  ConnectOptions o;
+  o.socket_path = socket_path;
+  o.autostart = false;
+  return connect(o);
+}
+
+Result<Runtime> Runtime::embedded() {
+  broker::BrokerOptions options;
+  options.log_level = broker::LogLevel::Warn;
+  auto eb = broker::EmbeddedBroker::start(std::move(options));
+  if (!eb) return eb.error();
+  auto sock = platform::connect_seqpacket((*eb)->socket_path());
+  if (!sock) return sock.error();
+  auto impl = std::make_unique<Impl>();
+  impl->path = (*eb)->socket_path();
+  impl->embedded = std::move(*eb);
+  impl->sock = std::move(*sock);
+  VIPC_TRY(impl->hello());
+  return Runtime(std::move(impl));
+}
+
+const std::string& Runtime::socket_path() const noexcept { return impl_->path; }
+std::uint64_t Runtime::client_id() const noexcept { return impl_->client_id; }
+std::uint16_t Runtime::protocol_version() const noexcept { return impl_->version; }
+
+Result<CreatedObject> Runtime::create(const ObjectSpec& spec) {
+  if (!wire::valid_name(spec.name)) {
+    return Error(ErrorCode::InvalidArgument, "create: name must be 1..63 printable characters");
+  }
+  wire::CreateRequest r{};
+  r.kind = static_cast<std::uint16_t>(spec.kind);
+  r.flags = spec.world_openable ? wire::kObjectWorldOpenable : 0;
+  r.capacity = spec.capacity;
+  r.max_message_size = spec.max_message_size;
+  r.name = wire::make_name(spec.name);
+  auto a = impl_->call(r);
+  if (!a) return a.error();
+  const auto& reply = std::get<wire::CreateReply>(a->body);
+  CreatedObject out;
+  out.cap = wire::from_record(reply.cap);
+  out.info = info_of(reply.object);
+  for (auto& fd : a->fds) out.fds.emplace_back(fd.release());
+  return out;
+}
+
+Result<ObjectInfo> Runtime::lookup(std::string_view name) {
+  if (!wire::valid_name(name)) return Error(ErrorCode::InvalidArgument, "lookup: bad name");
+  auto a = impl_->call(wire::LookupRequest{wire::make_name(name)});
+  if (!a) return a.error();
+  return info_of(std::get<wire::LookupReply>(a->body).object);
+}
+
+Result<Capability> Runtime::open(std::string_view name, Rights rights) {
+  if (!wire::valid_name(name)) return Error(ErrorCode::InvalidArgument, "open: bad name");
+  auto a =
+      impl_->call(wire::OpenRequest{static_cast<std::uint32_t>(rights), 0, wire::make_name(name)});
+  if (!a) return a.error();
+  return wire::from_record(std::get<wire::OpenReply>(a->body).cap);
+}
+
+Result<Capability> Runtime::derive(const Capability& cap, Rights rights) {
+  auto a =
+      impl_->call(wire::DeriveRequest{wire::to_ref(cap), static_cast<std::uint32_t>(rights), 0});
+  if (!a) return a.error();
+  return wire::from_record(std::get<wire::DeriveReply>(a->body).cap);
+}
+
+Result<CapabilityHandle> Runtime::grant(const Capability& cap, Rights rights, GrantTarget target) {
+  if ((target.client_id == 0) == (target.pid == 0)) {
+    return Error(ErrorCode::InvalidArgument, "grant: name exactly one target");
+  }
+  wire::GrantRequest r{wire::to_ref(cap), static_cast<std::uint32_t>(rights),
+                       static_cast<std::uint32_t>(target.pid), target.client_id};
+  auto a = impl_->call(r);
+  if (!a) return a.error();
+  return CapabilityHandle{std::get<wire::GrantReply>(a->body).handle};
+}
+
+Result<Capability> Runtime::claim(CapabilityHandle handle) {
+  auto a = impl_->call(wire::ClaimRequest{handle.value});
+  if (!a) return a.error();
+  return wire::from_record(std::get<wire::ClaimReply>(a->body).cap);
+}
+
+Result<RevokeResult> Runtime::revoke(const Capability& cap) {
+  auto a = impl_->call(wire::RevokeRequest{wire::to_ref(cap)});
+  if (!a) return a.error();
+  const auto& r = std::get<wire::RevokeReply>(a->body);
+  return RevokeResult{wire::from_record(r.cap), r.revoked};
+}
+
+Result<void> Runtime::release(const Capability& cap) {
+  auto a = impl_->call(wire::ReleaseRequest{wire::to_ref(cap)});
+  if (!a) return a.error();
+  return {};
+}
+
+Result<std::uint64_t> Runtime::ping(std::uint64_t payload) {
+  auto a = impl_->call(wire::PingRequest{payload});
+  if (!a) return a.error();
+  return std::get<wire::PingReply>(a->body).payload;
+}
+
+Result<BrokerStats> Runtime::stats() {
+  auto a = impl_->call(wire::StatsRequest{0});
+  if (!a) return a.error();
+  const auto& s = std::get<wire::StatsReply>(a->body);
+  return BrokerStats{s.clients,
+                     s.objects,
+                     s.capabilities,
+                     s.pending_grants,
+                     s.failed_redemptions,
+                     s.rate_limited,
+                     s.protocol_errors,
+                     s.own_failed_redemptions,
+                     s.own_rate_limited};
+}
+
+}  // namespace vipc

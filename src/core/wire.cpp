@@ -1,0 +1,367 @@
+#include "core/wire.hpp"
+
+#include <cstring>
+#include <utility>
+
+namespace vipc::wire {
+namespace {
+
+constexpr const char* kContexts[] = {
+    ctx::kBroker,          ctx::kUnknownToken,     ctx::kStaleGeneration, ctx::kMissingRight,
+    ctx::kRightsNotSubset, ctx::kRightsForKind,    ctx::kNoRights,        ctx::kRateLimited,
+    ctx::kPolicyDenied,    ctx::kNameTaken,        ctx::kNameUnknown,     ctx::kUnknownHandle,
+    ctx::kNotTarget,       ctx::kGrantSourceGone,  ctx::kTargetUnknown,   ctx::kLimitReached,
+    ctx::kBadParameters,   ctx::kObjectCreate,     ctx::kVersion,         ctx::kTruncated,
+    ctx::kOversized,       ctx::kBadMagic,         ctx::kBadVersion,      ctx::kBadOpcode,
+    ctx::kBadFlags,        ctx::kBadLength,        ctx::kBadFdCount,      ctx::kBadName,
+    ctx::kBadEnum,         ctx::kBadRights,        ctx::kBadReserved,     ctx::kBadStatus,
+    ctx::kBadTarget,       ctx::kControlTruncated,
+};
+constexpr std::uint16_t kContextCount = static_cast<std::uint16_t>(std::size(kContexts));
+
+constexpr std::uint16_t kErrorCodeMax = static_cast<std::uint16_t>(ErrorCode::MessagesLost);
+
+Error protocol(const char* context) noexcept { return Error(ErrorCode::ProtocolError, context); }
+
+template <class T>
+T load(std::span<const std::byte> bytes, std::size_t offset) noexcept {
+  static_assert(std::is_trivially_copyable_v<T>);
+  T v;
+  std::memcpy(&v, bytes.data() + offset, sizeof v);
+  return v;
+}
+
+// ------------------------------------------------------------ field checks
+
+Result<void> check_name(const Name& name) noexcept {
+  std::size_t len = 0;
+  while (len < kNameSize && name[len] != '\0') {
+    const auto c = static_cast<unsigned char>(name[len]);
+    if (c < 0x21 || c > 0x7e) return protocol(ctx::kBadName);
+    ++len;
+  }
+  if (len == 0 || len == kNameSize) return protocol(ctx::kBadName);
+  for (std::size_t i = len; i < kNameSize; ++i) {
+    if (name[i] != '\0') return protocol(ctx::kBadName);
+  }
+  return {};
+}
+
+Result<void> check_rights(std::uint32_t rights) noexcept {
+  if ((rights & ~kRightsMask) != 0) return protocol(ctx::kBadRights);
+  return {};
+}
+
+Result<void> check_kind(std::uint16_t kind) noexcept {
+  if (kind < kObjectKindMin || kind > kObjectKindMax) return protocol(ctx::kBadEnum);
+  return {};
+}
+
+Result<void> check_ref(const CapabilityRef& ref) noexcept {
+  if (ref.reserved != 0) return protocol(ctx::kBadReserved);
+  return {};
+}
+
+Result<void> check_object(const ObjectRecord& o) noexcept {
+  VIPC_TRY(check_kind(o.kind));
+  if ((o.flags & ~kObjectFlagsMask) != 0) return protocol(ctx::kBadFlags);
+  return {};
+}
+
+// ------------------------------------------------------------ request bodies
+
+Result<void> check(const HelloRequest& b) noexcept {
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  if (b.min_version == 0 || b.min_version > b.max_version) return protocol(ctx::kBadEnum);
+  return {};
+}
+Result<void> check(const CreateRequest& b) noexcept {
+  VIPC_TRY(check_kind(b.kind));
+  if ((b.flags & ~kObjectFlagsMask) != 0) return protocol(ctx::kBadFlags);
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return check_name(b.name);
+}
+Result<void> check(const LookupRequest& b) noexcept { return check_name(b.name); }
+Result<void> check(const OpenRequest& b) noexcept {
+  VIPC_TRY(check_rights(b.rights));
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return check_name(b.name);
+}
+Result<void> check(const DeriveRequest& b) noexcept {
+  VIPC_TRY(check_ref(b.cap));
+  VIPC_TRY(check_rights(b.rights));
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return {};
+}
+Result<void> check(const GrantRequest& b) noexcept {
+  VIPC_TRY(check_ref(b.cap));
+  VIPC_TRY(check_rights(b.rights));
+  if ((b.target_client == 0) == (b.target_pid == 0)) return protocol(ctx::kBadTarget);
+  return {};
+}
+Result<void> check(const ClaimRequest&) noexcept { return {}; }
+Result<void> check(const RevokeRequest& b) noexcept { return check_ref(b.cap); }
+Result<void> check(const ReleaseRequest& b) noexcept { return check_ref(b.cap); }
+Result<void> check(const PingRequest&) noexcept { return {}; }
+Result<void> check(const StatsRequest& b) noexcept {
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return {};
+}
+
+// ------------------------------------------------------------ reply bodies
+
+Result<void> check(const HelloReply& b) noexcept {
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  if (b.version == 0) return protocol(ctx::kBadEnum);
+  return {};
+}
+Result<void> check(const CreateReply& b) noexcept {
+  VIPC_TRY(check_rights(b.cap.rights));
+  return check_object(b.object);
+}
+Result<void> check(const LookupReply& b) noexcept { return check_object(b.object); }
+Result<void> check(const OpenReply& b) noexcept { return check_rights(b.cap.rights); }
+Result<void> check(const DeriveReply& b) noexcept { return check_rights(b.cap.rights); }
+Result<void> check(const GrantReply& b) noexcept {
+  if (b.handle == 0) return protocol(ctx::kBadEnum);
+  return {};
+}
+Result<void> check(const ClaimReply& b) noexcept { return check_rights(b.cap.rights); }
+Result<void> check(const RevokeReply& b) noexcept { return check_rights(b.cap.rights); }
+Result<void> check(const ReleaseReply& b) noexcept {
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return {};
+}
+Result<void> check(const PingReply&) noexcept { return {}; }
+Result<void> check(const StatsReply&) noexcept { return {}; }
+
+// Decodes alternative I of variant V from the body bytes (exact size already checked).
+template <class V, std::size_t I>
+Result<V> decode_alt(std::span<const std::byte> body) noexcept {
+  using T = std::variant_alternative_t<I, V>;
+  const T value = load<T>(body, 0);
+  VIPC_TRY(check(value));
+  return V(std::in_place_index<I>, value);
+}
+
+template <class V, std::size_t... Is>
+constexpr auto make_decoders(std::index_sequence<Is...>) noexcept {
+  using Fn = Result<V> (*)(std::span<const std::byte>) noexcept;
+  return std::array<Fn, sizeof...(Is)>{&decode_alt<V, Is>...};
+}
+template <class V, std::size_t... Is>
+constexpr auto make_sizes(std::index_sequence<Is...>) noexcept {
+  return std::array<std::size_t, sizeof...(Is)>{sizeof(std::variant_alternative_t<Is, V>)...};
+}
+
+constexpr auto kRequestDecoders = make_decoders<Request>(std::make_index_sequence<kOpcodeMax>{});
+constexpr auto kReplyDecoders = make_decoders<ReplyBody>(std::make_index_sequence<kOpcodeMax>{});
+constexpr auto kRequestSizes = make_sizes<Request>(std::make_index_sequence<kOpcodeMax>{});
+constexpr auto kReplySizes = make_sizes<ReplyBody>(std::make_index_sequence<kOpcodeMax>{});
+static_assert(sizeof(Header) + sizeof(CreateRequest) <= kMaxPacket);
+static_assert(sizeof(Header) + sizeof(StatsReply) <= kMaxPacket);
+
+// Checks shared by requests and replies: size, magic, version, length, opcode, fds.
+Result<Header> decode_header(std::span<const std::byte> bytes, std::size_t fds_received) noexcept {
+  if (bytes.size() > kMaxPacket) return protocol(ctx::kOversized);
+  if (bytes.size() < sizeof(Header)) return protocol(ctx::kTruncated);
+  const auto h = load<Header>(bytes, 0);
+  if (h.magic != kMagic) return protocol(ctx::kBadMagic);
+  if (h.version != kProtocolVersion) return Error(ErrorCode::Unsupported, ctx::kBadVersion);
+  if (h.length > bytes.size()) return protocol(ctx::kTruncated);
+  if (h.length < bytes.size()) return protocol(ctx::kBadLength);
+  if (h.opcode < kOpcodeMin || h.opcode > kOpcodeMax) return protocol(ctx::kBadOpcode);
+  if (h.fd_count != fds_received || h.fd_count > kMaxFds) return protocol(ctx::kBadFdCount);
+  return h;
+}
+
+}  // namespace
+
+const char* to_string(Opcode op) noexcept {
+  switch (op) {
+    case Opcode::Hello:
+      return "Hello";
+    case Opcode::CreateObject:
+      return "CreateObject";
+    case Opcode::Lookup:
+      return "Lookup";
+    case Opcode::Open:
+      return "Open";
+    case Opcode::Derive:
+      return "Derive";
+    case Opcode::Grant:
+      return "Grant";
+    case Opcode::Claim:
+      return "Claim";
+    case Opcode::Revoke:
+      return "Revoke";
+    case Opcode::Release:
+      return "Release";
+    case Opcode::Ping:
+      return "Ping";
+    case Opcode::Stats:
+      return "Stats";
+  }
+  return "Unknown";
+}
+
+Packet encode_raw(Opcode op, std::uint16_t flags, std::uint16_t fd_count, std::uint64_t request_id,
+                  const void* body, std::size_t body_size) noexcept {
+  Packet p;
+  if (sizeof(Header) + body_size > kMaxPacket) body_size = 0;  // unreachable for wire bodies
+  Header h{};
+  h.magic = kMagic;
+  h.version = kProtocolVersion;
+  h.opcode = static_cast<std::uint16_t>(op);
+  h.flags = flags;
+  h.fd_count = fd_count;
+  h.length = static_cast<std::uint32_t>(sizeof(Header) + body_size);
+  h.request_id = request_id;
+  std::memcpy(p.bytes.data(), &h, sizeof h);
+  if (body_size > 0) std::memcpy(p.bytes.data() + sizeof h, body, body_size);
+  p.size = h.length;
+  return p;
+}
+
+Packet encode_error(std::uint16_t opcode, std::uint64_t request_id, const Error& error) noexcept {
+  Packet p;
+  Header h{};
+  h.magic = kMagic;
+  h.version = kProtocolVersion;
+  h.opcode = opcode;
+  h.flags = kFlagReply;
+  h.length = sizeof(Header);
+  h.request_id = request_id;
+  h.status = static_cast<std::uint16_t>(error.code());
+  h.context = context_code(error.context());
+  h.sys_errno = error.sys_errno();
+  std::memcpy(p.bytes.data(), &h, sizeof h);
+  p.size = h.length;
+  return p;
+}
+
+Result<DecodedRequest> decode_request(std::span<const std::byte> bytes,
+                                      std::size_t fds_received) noexcept {
+  auto hr = decode_header(bytes, fds_received);
+  if (!hr) return hr.error();
+  const Header h = *hr;
+  if (h.flags != 0) return protocol(ctx::kBadFlags);
+  if (h.status != 0 || h.context != 0 || h.sys_errno != 0) return protocol(ctx::kBadReserved);
+  // No request of this protocol version carries descriptors.
+  if (h.fd_count != 0) return protocol(ctx::kBadFdCount);
+  const std::size_t i = h.opcode - 1u;
+  if (h.length - sizeof(Header) != kRequestSizes[i]) return protocol(ctx::kBadLength);
+  auto body = kRequestDecoders[i](bytes.subspan(sizeof(Header)));
+  if (!body) return body.error();
+  return DecodedRequest{h, *body};
+}
+
+Result<DecodedReply> decode_reply(std::span<const std::byte> bytes,
+                                  std::size_t fds_received) noexcept {
+  // An error reply may name opcode 0 (the request was undecodable); let the header
+  // check see a valid opcode and check the real one below.
+  std::uint16_t opcode = 0;
+  if (bytes.size() >= sizeof(Header)) opcode = load<Header>(bytes, 0).opcode;
+  Header h{};
+  if (opcode == 0 && bytes.size() >= sizeof(Header) && bytes.size() <= kMaxPacket) {
+    h = load<Header>(bytes, 0);
+    if (h.magic != kMagic) return protocol(ctx::kBadMagic);
+    if (h.version != kProtocolVersion) return Error(ErrorCode::Unsupported, ctx::kBadVersion);
+    if (h.length > bytes.size()) return protocol(ctx::kTruncated);
+    if (h.length < bytes.size()) return protocol(ctx::kBadLength);
+    if (h.fd_count != fds_received) return protocol(ctx::kBadFdCount);
+    if (h.status == 0) return protocol(ctx::kBadOpcode);
+  } else {
+    auto hr = decode_header(bytes, fds_received);
+    if (!hr) return hr.error();
+    h = *hr;
+  }
+  if (h.flags != kFlagReply) return protocol(ctx::kBadFlags);
+  DecodedReply out{h, ReplyBody{}, Error(ErrorCode::SystemError)};
+  if (h.status != 0) {
+    if (h.status > kErrorCodeMax) return protocol(ctx::kBadStatus);
+    if (h.length != sizeof(Header) || h.fd_count != 0) return protocol(ctx::kBadLength);
+    out.error = Error(static_cast<ErrorCode>(h.status), context_text(h.context), h.sys_errno);
+    return out;
+  }
+  if (h.context != 0 || h.sys_errno != 0) return protocol(ctx::kBadReserved);
+  const std::size_t i = h.opcode - 1u;
+  if (h.length - sizeof(Header) != kReplySizes[i]) return protocol(ctx::kBadLength);
+  auto body = kReplyDecoders[i](bytes.subspan(sizeof(Header)));
+  if (!body) return body.error();
+  if (h.fd_count != reply_fd_count(*body)) return protocol(ctx::kBadFdCount);
+  out.body = *body;
+  return out;
+}
+
+std::uint16_t reply_fd_count(const ReplyBody& body) noexcept {
+  if (const auto* c = std::get_if<CreateReply>(&body)) {
+    return c->object.kind == static_cast<std::uint16_t>(ObjectKind::Ring) ? 2 : 0;
+  }
+  return 0;
+}
+
+Echo peek_echo(std::span<const std::byte> bytes) noexcept {
+  Echo e;
+  if (bytes.size() >= offsetof(Header, request_id) + sizeof(std::uint64_t)) {
+    e.request_id = load<std::uint64_t>(bytes, offsetof(Header, request_id));
+  }
+  if (bytes.size() >= offsetof(Header, opcode) + sizeof(std::uint16_t)) {
+    const auto op = load<std::uint16_t>(bytes, offsetof(Header, opcode));
+    if (op >= kOpcodeMin && op <= kOpcodeMax) e.opcode = op;
+  }
+  return e;
+}
+
+bool valid_name(std::string_view name) noexcept {
+  if (name.empty() || name.size() > kNameMax) return false;
+  for (char ch : name) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 0x21 || c > 0x7e) return false;
+  }
+  return true;
+}
+
+Name make_name(std::string_view name) noexcept {
+  Name n{};
+  std::memcpy(n.data(), name.data(), name.size() < kNameMax ? name.size() : kNameMax);
+  return n;
+}
+
+std::string_view name_view(const Name& name) noexcept {
+  std::size_t len = 0;
+  while (len < kNameSize && name[len] != '\0') ++len;
+  return {name.data(), len};
+}
+
+CapabilityRecord to_record(const Capability& cap) noexcept {
+  return CapabilityRecord{cap.token, cap.resource, static_cast<std::uint32_t>(cap.rights),
+                          cap.generation};
+}
+
+Capability from_record(const CapabilityRecord& rec) noexcept {
+  return Capability{rec.token, static_cast<Rights>(rec.rights & kRightsMask), rec.resource,
+                    rec.generation};
+}
+
+CapabilityRef to_ref(const Capability& cap) noexcept {
+  return CapabilityRef{cap.token, cap.generation, 0};
+}
+
+std::uint16_t context_code(const char* context) noexcept {
+  if (context == nullptr) return 0;
+  for (std::uint16_t i = 0; i < kContextCount; ++i) {
+    if (kContexts[i] == context) return i;
+  }
+  for (std::uint16_t i = 0; i < kContextCount; ++i) {
+    if (std::strcmp(kContexts[i], context) == 0) return i;
+  }
+  return 0;
+}
+
+const char* context_text(std::uint16_t code) noexcept {
+  // An index this build does not know (a newer broker) reads as the generic context.
+  return code < kContextCount ? kContexts[code] : ctx::kBroker;
+}
+
+}  // namespace vipc::wire

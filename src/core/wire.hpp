@@ -1,0 +1,543 @@
+// vipc::wire: the control protocol between clients and the broker (docs/protocol.md).
+//
+// Guarantees
+// - Every message is one SOCK_SEQPACKET packet: a 32-byte Header followed by exactly
+//   one fixed-layout body for its opcode (or no body, for an error reply).
+//   Descriptors travel beside it with SCM_RIGHTS; the header declares how many.
+// - Every struct here is trivially copyable, has no pointers, an ASCII picture and
+//   static_asserts on its size and every offset. Names are fixed char arrays,
+//   NUL-terminated and NUL-padded.
+// - decode_request()/decode_reply() check everything before anything is used: size,
+//   magic, version (unknown: Unsupported), opcode, flags, exact body size for the
+//   opcode, declared descriptor count against the received one, reserved fields,
+//   names, enum ranges and rights bits. They never read outside the given bytes
+//   (fuzzed: tests/fuzz/wire_fuzz.cpp).
+//
+// Caveats: host byte order (the socket never leaves the machine); a change to any
+// layout here bumps kProtocolVersion and updates docs/protocol.md.
+//
+//   wire::Packet p = wire::encode_request(7, wire::PingRequest{.payload = 42});
+//   auto req = wire::decode_request(p.view(), /*fds_received=*/0);
+#pragma once
+
+#include <array>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <type_traits>
+#include <variant>
+
+#include "vipc/capability.hpp"
+#include "vipc/error.hpp"
+#include "vipc/result.hpp"
+
+namespace vipc::wire {
+
+static_assert(std::endian::native == std::endian::little, "wire format is little-endian");
+
+inline constexpr std::uint32_t kMagic = 0x43504956;  // "VIPC" in memory order
+inline constexpr std::uint16_t kProtocolVersion = 1;
+inline constexpr std::size_t kNameSize = 64;  // bytes of a name field, NUL included
+inline constexpr std::size_t kNameMax = kNameSize - 1;
+inline constexpr std::size_t kMaxFds = 4;       // descriptors one packet may carry
+inline constexpr std::size_t kMaxPacket = 256;  // no valid packet is longer
+
+enum class Opcode : std::uint16_t {
+  Hello = 1,         // version handshake; tells the client its id
+  CreateObject = 2,  // register a named object; returns the creator's capability
+  Lookup = 3,        // name -> object id and kind; grants nothing
+  Open = 4,          // name + rights -> capability, if policy allows
+  Derive = 5,        // capability + fewer rights -> new capability (same holder)
+  Grant = 6,         // capability + rights + target -> one-time transfer handle
+  Claim = 7,         // transfer handle -> capability for the named target
+  Revoke = 8,        // kill every capability derived from this one; bump its generation
+  Release = 9,       // drop a capability from the holder's space
+  Ping = 10,         // echo (request/reply floor)
+  Stats = 11,        // broker counters and the caller's own
+};
+inline constexpr std::uint16_t kOpcodeMin = 1;
+inline constexpr std::uint16_t kOpcodeMax = 11;
+[[nodiscard]] const char* to_string(Opcode op) noexcept;
+
+inline constexpr std::uint16_t kFlagReply = 1u << 0;
+
+// Object flags (CreateObject, Lookup).
+inline constexpr std::uint16_t kObjectWorldOpenable = 1u << 0;  // any uid may Open
+inline constexpr std::uint16_t kObjectFlagsMask = kObjectWorldOpenable;
+
+inline constexpr std::uint32_t kRightsMask = static_cast<std::uint32_t>(Rights::All);
+
+// Every packet starts with this.
+//
+//  0          4       6        8       10         12           16
+//  +----------+-------+--------+-------+----------+------------+
+//  | magic    | ver   | opcode | flags | fd count | length     |
+//  +----------+-------+--------+-------+----------+------------+
+//  16                         24       26         28           32
+//  +--------------------------+--------+----------+------------+
+//  | request id               | status | context  | sys errno  |
+//  +--------------------------+--------+----------+------------+
+//
+// length: bytes of the whole packet (header + body). status: 0 or a vipc::ErrorCode
+// (replies only). context: index of the error's context text (context_text()).
+struct Header {
+  std::uint32_t magic;
+  std::uint16_t version;
+  std::uint16_t opcode;
+  std::uint16_t flags;
+  std::uint16_t fd_count;
+  std::uint32_t length;
+  std::uint64_t request_id;
+  std::uint16_t status;
+  std::uint16_t context;
+  std::int32_t sys_errno;
+};
+static_assert(sizeof(Header) == 32 && alignof(Header) == 8);
+static_assert(offsetof(Header, magic) == 0);
+static_assert(offsetof(Header, version) == 4);
+static_assert(offsetof(Header, opcode) == 6);
+static_assert(offsetof(Header, flags) == 8);
+static_assert(offsetof(Header, fd_count) == 10);
+static_assert(offsetof(Header, length) == 12);
+static_assert(offsetof(Header, request_id) == 16);
+static_assert(offsetof(Header, status) == 24);
+static_assert(offsetof(Header, context) == 26);
+static_assert(offsetof(Header, sys_errno) == 28);
+
+// A capability as the broker reports it.
+//
+//  0              8               16         20           24
+//  +--------------+---------------+----------+------------+
+//  | token        | resource      | rights   | generation |
+//  +--------------+---------------+----------+------------+
+struct CapabilityRecord {
+  std::uint64_t token;
+  std::uint64_t resource;
+  std::uint32_t rights;
+  std::uint32_t generation;
+};
+static_assert(sizeof(CapabilityRecord) == 24);
+static_assert(offsetof(CapabilityRecord, token) == 0);
+static_assert(offsetof(CapabilityRecord, resource) == 8);
+static_assert(offsetof(CapabilityRecord, rights) == 16);
+static_assert(offsetof(CapabilityRecord, generation) == 20);
+
+// A capability as a client presents it: the token and the generation it knows.
+//
+//  0              8            12         16
+//  +--------------+------------+----------+
+//  | token        | generation | reserved |
+//  +--------------+------------+----------+
+struct CapabilityRef {
+  std::uint64_t token;
+  std::uint32_t generation;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(CapabilityRef) == 16);
+static_assert(offsetof(CapabilityRef, token) == 0);
+static_assert(offsetof(CapabilityRef, generation) == 8);
+static_assert(offsetof(CapabilityRef, reserved) == 12);
+
+using Name = std::array<char, kNameSize>;
+
+// ---------------------------------------------------------------- requests
+
+//  0           2           4          8
+//  | min ver   | max ver   | reserved |
+struct HelloRequest {
+  std::uint16_t min_version;
+  std::uint16_t max_version;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(HelloRequest) == 8);
+static_assert(offsetof(HelloRequest, min_version) == 0);
+static_assert(offsetof(HelloRequest, max_version) == 2);
+static_assert(offsetof(HelloRequest, reserved) == 4);
+
+//  0      2       4          8            12         16                     80
+//  | kind | flags | capacity | max msg    | reserved | name[64]             |
+struct CreateRequest {
+  std::uint16_t kind;
+  std::uint16_t flags;
+  std::uint32_t capacity;
+  std::uint32_t max_message_size;
+  std::uint32_t reserved;
+  Name name;
+};
+static_assert(sizeof(CreateRequest) == 80);
+static_assert(offsetof(CreateRequest, kind) == 0);
+static_assert(offsetof(CreateRequest, flags) == 2);
+static_assert(offsetof(CreateRequest, capacity) == 4);
+static_assert(offsetof(CreateRequest, max_message_size) == 8);
+static_assert(offsetof(CreateRequest, reserved) == 12);
+static_assert(offsetof(CreateRequest, name) == 16);
+
+//  0                     64
+//  | name[64]            |
+struct LookupRequest {
+  Name name;
+};
+static_assert(sizeof(LookupRequest) == 64);
+static_assert(offsetof(LookupRequest, name) == 0);
+
+//  0        4          8                     72
+//  | rights | reserved | name[64]            |
+struct OpenRequest {
+  std::uint32_t rights;
+  std::uint32_t reserved;
+  Name name;
+};
+static_assert(sizeof(OpenRequest) == 72);
+static_assert(offsetof(OpenRequest, rights) == 0);
+static_assert(offsetof(OpenRequest, reserved) == 4);
+static_assert(offsetof(OpenRequest, name) == 8);
+
+//  0                    16       20         24
+//  | cap (ref)          | rights | reserved |
+struct DeriveRequest {
+  CapabilityRef cap;
+  std::uint32_t rights;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(DeriveRequest) == 24);
+static_assert(offsetof(DeriveRequest, cap) == 0);
+static_assert(offsetof(DeriveRequest, rights) == 16);
+static_assert(offsetof(DeriveRequest, reserved) == 20);
+
+// Exactly one of target_client and target_pid is non-zero.
+//
+//  0                    16       20           24               32
+//  | cap (ref)          | rights | target pid | target client  |
+struct GrantRequest {
+  CapabilityRef cap;
+  std::uint32_t rights;
+  std::uint32_t target_pid;
+  std::uint64_t target_client;
+};
+static_assert(sizeof(GrantRequest) == 32);
+static_assert(offsetof(GrantRequest, cap) == 0);
+static_assert(offsetof(GrantRequest, rights) == 16);
+static_assert(offsetof(GrantRequest, target_pid) == 20);
+static_assert(offsetof(GrantRequest, target_client) == 24);
+
+//  0          8
+//  | handle   |
+struct ClaimRequest {
+  std::uint64_t handle;
+};
+static_assert(sizeof(ClaimRequest) == 8);
+static_assert(offsetof(ClaimRequest, handle) == 0);
+
+//  0                    16
+//  | cap (ref)          |
+struct RevokeRequest {
+  CapabilityRef cap;
+};
+static_assert(sizeof(RevokeRequest) == 16);
+static_assert(offsetof(RevokeRequest, cap) == 0);
+
+//  0                    16
+//  | cap (ref)          |
+struct ReleaseRequest {
+  CapabilityRef cap;
+};
+static_assert(sizeof(ReleaseRequest) == 16);
+static_assert(offsetof(ReleaseRequest, cap) == 0);
+
+//  0          8
+//  | payload  |
+struct PingRequest {
+  std::uint64_t payload;
+};
+static_assert(sizeof(PingRequest) == 8);
+static_assert(offsetof(PingRequest, payload) == 0);
+
+//  0          8
+//  | reserved |
+struct StatsRequest {
+  std::uint64_t reserved;
+};
+static_assert(sizeof(StatsRequest) == 8);
+static_assert(offsetof(StatsRequest, reserved) == 0);
+
+// ---------------------------------------------------------------- replies
+
+//  0         2          4     8     12    16           24
+//  | version | reserved | pid | uid | gid | client id  |
+struct HelloReply {
+  std::uint16_t version;
+  std::uint16_t reserved;
+  std::uint32_t pid;
+  std::uint32_t uid;
+  std::uint32_t gid;
+  std::uint64_t client_id;
+};
+static_assert(sizeof(HelloReply) == 24);
+static_assert(offsetof(HelloReply, version) == 0);
+static_assert(offsetof(HelloReply, reserved) == 2);
+static_assert(offsetof(HelloReply, pid) == 4);
+static_assert(offsetof(HelloReply, uid) == 8);
+static_assert(offsetof(HelloReply, gid) == 12);
+static_assert(offsetof(HelloReply, client_id) == 16);
+
+// Object attributes (CreateObject and Lookup replies).
+//
+//  0           8      10      12         16        20          24
+//  | object id | kind | flags | capacity | max msg | owner uid |
+struct ObjectRecord {
+  std::uint64_t object_id;
+  std::uint16_t kind;
+  std::uint16_t flags;
+  std::uint32_t capacity;
+  std::uint32_t max_message_size;
+  std::uint32_t owner_uid;
+};
+static_assert(sizeof(ObjectRecord) == 24);
+static_assert(offsetof(ObjectRecord, object_id) == 0);
+static_assert(offsetof(ObjectRecord, kind) == 8);
+static_assert(offsetof(ObjectRecord, flags) == 10);
+static_assert(offsetof(ObjectRecord, capacity) == 12);
+static_assert(offsetof(ObjectRecord, max_message_size) == 16);
+static_assert(offsetof(ObjectRecord, owner_uid) == 20);
+
+// For kind Ring the reply carries two descriptors: producer segment, consumer segment.
+//
+//  0                    24                   48
+//  | cap (record)       | object (record)    |
+struct CreateReply {
+  CapabilityRecord cap;
+  ObjectRecord object;
+};
+static_assert(sizeof(CreateReply) == 48);
+static_assert(offsetof(CreateReply, cap) == 0);
+static_assert(offsetof(CreateReply, object) == 24);
+
+//  0                    24
+//  | object (record)    |
+struct LookupReply {
+  ObjectRecord object;
+};
+static_assert(sizeof(LookupReply) == 24);
+static_assert(offsetof(LookupReply, object) == 0);
+
+// Open, Derive and Claim answer with the new capability.
+//
+//  0                    24
+//  | cap (record)       |
+struct OpenReply {
+  CapabilityRecord cap;
+};
+struct DeriveReply {
+  CapabilityRecord cap;
+};
+struct ClaimReply {
+  CapabilityRecord cap;
+};
+static_assert(sizeof(OpenReply) == 24 && offsetof(OpenReply, cap) == 0);
+static_assert(sizeof(DeriveReply) == 24 && offsetof(DeriveReply, cap) == 0);
+static_assert(sizeof(ClaimReply) == 24 && offsetof(ClaimReply, cap) == 0);
+
+//  0          8
+//  | handle   |   one-time transfer handle for the target (never 0)
+struct GrantReply {
+  std::uint64_t handle;
+};
+static_assert(sizeof(GrantReply) == 8);
+static_assert(offsetof(GrantReply, handle) == 0);
+
+//  0                    24                32
+//  | cap (record)       | revoked count   |   cap carries the new generation
+struct RevokeReply {
+  CapabilityRecord cap;
+  std::uint64_t revoked;
+};
+static_assert(sizeof(RevokeReply) == 32);
+static_assert(offsetof(RevokeReply, cap) == 0);
+static_assert(offsetof(RevokeReply, revoked) == 24);
+
+//  0          8
+//  | reserved |
+struct ReleaseReply {
+  std::uint64_t reserved;
+};
+static_assert(sizeof(ReleaseReply) == 8);
+static_assert(offsetof(ReleaseReply, reserved) == 0);
+
+//  0          8
+//  | payload  |
+struct PingReply {
+  std::uint64_t payload;
+};
+static_assert(sizeof(PingReply) == 8);
+static_assert(offsetof(PingReply, payload) == 0);
+
+// Broker-wide counters, then the caller's own.
+//
+//  0        8        16     24            32                40             48
+//  | clients| objects| caps | pending     | failed          | rate limited | protocol
+//  |        |        |      | grants      | redemptions     |              | errors
+//  56                  64                   72
+//  | own failed        | own rate limited   |
+struct StatsReply {
+  std::uint64_t clients;
+  std::uint64_t objects;
+  std::uint64_t capabilities;
+  std::uint64_t pending_grants;
+  std::uint64_t failed_redemptions;
+  std::uint64_t rate_limited;
+  std::uint64_t protocol_errors;
+  std::uint64_t own_failed_redemptions;
+  std::uint64_t own_rate_limited;
+};
+static_assert(sizeof(StatsReply) == 72);
+static_assert(offsetof(StatsReply, clients) == 0);
+static_assert(offsetof(StatsReply, objects) == 8);
+static_assert(offsetof(StatsReply, capabilities) == 16);
+static_assert(offsetof(StatsReply, pending_grants) == 24);
+static_assert(offsetof(StatsReply, failed_redemptions) == 32);
+static_assert(offsetof(StatsReply, rate_limited) == 40);
+static_assert(offsetof(StatsReply, protocol_errors) == 48);
+static_assert(offsetof(StatsReply, own_failed_redemptions) == 56);
+static_assert(offsetof(StatsReply, own_rate_limited) == 64);
+
+// Alternative i is the body of opcode i + 1.
+using Request = std::variant<HelloRequest, CreateRequest, LookupRequest, OpenRequest, DeriveRequest,
+                             GrantRequest, ClaimRequest, RevokeRequest, ReleaseRequest, PingRequest,
+                             StatsRequest>;
+using ReplyBody =
+    std::variant<HelloReply, CreateReply, LookupReply, OpenReply, DeriveReply, GrantReply,
+                 ClaimReply, RevokeReply, ReleaseReply, PingReply, StatsReply>;
+static_assert(std::variant_size_v<Request> == kOpcodeMax);
+static_assert(std::variant_size_v<ReplyBody> == kOpcodeMax);
+
+template <class T, class V>
+struct index_in;
+template <class T, class... Ts>
+struct index_in<T, std::variant<Ts...>> {
+  static constexpr std::size_t value = [] {
+    constexpr bool same[] = {std::is_same_v<T, Ts>...};
+    for (std::size_t i = 0; i < sizeof...(Ts); ++i) {
+      if (same[i]) return i;
+    }
+    return sizeof...(Ts);
+  }();
+};
+// The opcode a request or reply body belongs to.
+template <class T>
+constexpr Opcode opcode_of() noexcept {
+  constexpr std::size_t ri = index_in<T, Request>::value;
+  constexpr std::size_t pi = index_in<T, ReplyBody>::value;
+  static_assert(ri < kOpcodeMax || pi < kOpcodeMax, "not a wire body");
+  return static_cast<Opcode>((ri < kOpcodeMax ? ri : pi) + 1);
+}
+
+// One encoded packet.
+struct Packet {
+  alignas(8) std::array<std::byte, kMaxPacket> bytes{};
+  std::uint32_t size = 0;
+  [[nodiscard]] std::span<const std::byte> view() const noexcept { return {bytes.data(), size}; }
+};
+
+struct DecodedRequest {
+  Header header;
+  Request body;
+};
+
+// A reply: either a body (status 0) or the broker's error.
+struct DecodedReply {
+  Header header;
+  ReplyBody body;  // meaningful only when ok()
+  Error error{ErrorCode::SystemError};
+  [[nodiscard]] bool ok() const noexcept { return header.status == 0; }
+};
+
+// Header + body bytes; the typed encoders below are what callers use.
+[[nodiscard]] Packet encode_raw(Opcode op, std::uint16_t flags, std::uint16_t fd_count,
+                                std::uint64_t request_id, const void* body,
+                                std::size_t body_size) noexcept;
+
+template <class Body>
+[[nodiscard]] Packet encode_request(std::uint64_t request_id, const Body& body) noexcept {
+  static_assert(index_in<Body, Request>::value < kOpcodeMax, "not a request body");
+  return encode_raw(opcode_of<Body>(), 0, 0, request_id, &body, sizeof body);
+}
+template <class Body>
+[[nodiscard]] Packet encode_reply(std::uint64_t request_id, const Body& body,
+                                  std::uint16_t fd_count = 0) noexcept {
+  static_assert(index_in<Body, ReplyBody>::value < kOpcodeMax, "not a reply body");
+  return encode_raw(opcode_of<Body>(), kFlagReply, fd_count, request_id, &body, sizeof body);
+}
+// An error reply: header only, status = error.code(), context and errno from error.
+[[nodiscard]] Packet encode_error(std::uint16_t opcode, std::uint64_t request_id,
+                                  const Error& error) noexcept;
+
+// Decoders. fds_received: descriptors that arrived with the packet.
+[[nodiscard]] Result<DecodedRequest> decode_request(std::span<const std::byte> bytes,
+                                                    std::size_t fds_received) noexcept;
+[[nodiscard]] Result<DecodedReply> decode_reply(std::span<const std::byte> bytes,
+                                                std::size_t fds_received) noexcept;
+// Descriptors a successful reply of this opcode/body must carry.
+[[nodiscard]] std::uint16_t reply_fd_count(const ReplyBody& body) noexcept;
+
+// What an answer to an undecodable request can echo: the request id and opcode when
+// the header got that far, else 0.
+struct Echo {
+  std::uint64_t request_id = 0;
+  std::uint16_t opcode = 0;
+};
+[[nodiscard]] Echo peek_echo(std::span<const std::byte> bytes) noexcept;
+
+// Names: 1..kNameMax printable ASCII characters (0x21..0x7e).
+[[nodiscard]] bool valid_name(std::string_view name) noexcept;
+[[nodiscard]] Name make_name(std::string_view name) noexcept;
+[[nodiscard]] std::string_view name_view(const Name& name) noexcept;
+
+[[nodiscard]] CapabilityRecord to_record(const Capability& cap) noexcept;
+[[nodiscard]] Capability from_record(const CapabilityRecord& rec) noexcept;
+[[nodiscard]] CapabilityRef to_ref(const Capability& cap) noexcept;
+
+// Error contexts that survive the socket: the broker's errors use these static
+// strings, the header carries their index, and the client gets the same pointer back.
+// Any other context travels as index 0 ("broker").
+namespace ctx {
+inline constexpr char kBroker[] = "broker";
+inline constexpr char kUnknownToken[] = "broker: capability not in the caller's space";
+inline constexpr char kStaleGeneration[] = "broker: capability revoked (stale generation)";
+inline constexpr char kMissingRight[] = "broker: capability lacks the right";
+inline constexpr char kRightsNotSubset[] = "broker: rights exceed the capability's";
+inline constexpr char kRightsForKind[] = "broker: rights not valid for the object kind";
+inline constexpr char kNoRights[] = "broker: no rights requested";
+inline constexpr char kRateLimited[] = "broker: too many failed redemptions (rate limited)";
+inline constexpr char kPolicyDenied[] = "broker: policy forbids opening the object";
+inline constexpr char kNameTaken[] = "broker: name already registered";
+inline constexpr char kNameUnknown[] = "broker: name not registered";
+inline constexpr char kUnknownHandle[] = "broker: unknown or expired transfer handle";
+inline constexpr char kNotTarget[] = "broker: transfer handle is for another process";
+inline constexpr char kGrantSourceGone[] = "broker: granted capability was revoked";
+inline constexpr char kTargetUnknown[] = "broker: grant target is not connected";
+inline constexpr char kLimitReached[] = "broker: per-client limit reached";
+inline constexpr char kBadParameters[] = "broker: object parameters out of range";
+inline constexpr char kObjectCreate[] = "broker: creating the object's memory failed";
+inline constexpr char kVersion[] = "broker: no common protocol version";
+inline constexpr char kTruncated[] = "wire: packet shorter than its header or length";
+inline constexpr char kOversized[] = "wire: packet longer than any valid message";
+inline constexpr char kBadMagic[] = "wire: bad magic";
+inline constexpr char kBadVersion[] = "wire: unknown protocol version";
+inline constexpr char kBadOpcode[] = "wire: unknown opcode";
+inline constexpr char kBadFlags[] = "wire: bad flags";
+inline constexpr char kBadLength[] = "wire: body size wrong for the opcode";
+inline constexpr char kBadFdCount[] = "wire: descriptor count differs from the header";
+inline constexpr char kBadName[] = "wire: name not NUL-terminated, empty or not printable";
+inline constexpr char kBadEnum[] = "wire: enum value out of range";
+inline constexpr char kBadRights[] = "wire: unknown rights bits";
+inline constexpr char kBadReserved[] = "wire: reserved field not zero";
+inline constexpr char kBadStatus[] = "wire: bad status in reply";
+inline constexpr char kBadTarget[] = "wire: grant needs exactly one target";
+inline constexpr char kControlTruncated[] = "wire: too many descriptors (truncated)";
+}  // namespace ctx
+[[nodiscard]] std::uint16_t context_code(const char* context) noexcept;
+[[nodiscard]] const char* context_text(std::uint16_t code) noexcept;
+
+}  // namespace vipc::wire

@@ -1,0 +1,303 @@
+// The control protocol's decoder: every valid message round-trips, and every malformed
+// one is refused with the right error (ProtocolError, or Unsupported for a version).
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "core/wire.hpp"
+
+namespace vipc::wire {
+namespace {
+
+std::vector<std::byte> bytes_of(const Packet& p) { return {p.view().begin(), p.view().end()}; }
+
+Header header_of(const std::vector<std::byte>& b) {
+  Header h{};
+  std::memcpy(&h, b.data(), sizeof h);
+  return h;
+}
+
+void put_header(std::vector<std::byte>& b, const Header& h) { std::memcpy(b.data(), &h, sizeof h); }
+
+template <class Body>
+void put_body(std::vector<std::byte>& b, const Body& body) {
+  std::memcpy(b.data() + sizeof(Header), &body, sizeof body);
+}
+
+Error request_error(const std::vector<std::byte>& b, std::size_t fds = 0) {
+  auto r = decode_request(b, fds);
+  EXPECT_FALSE(r.ok());
+  return r ? Error(ErrorCode::SystemError) : r.error();
+}
+
+CreateRequest valid_create() {
+  CreateRequest c{};
+  c.kind = static_cast<std::uint16_t>(ObjectKind::Channel);
+  c.capacity = 16;
+  c.max_message_size = 64;
+  c.name = make_name("jobs");
+  return c;
+}
+
+TEST(WireTest, EveryRequestRoundTrips) {
+  const Request requests[] = {
+      HelloRequest{1, 1, 0},
+      valid_create(),
+      LookupRequest{make_name("a")},
+      OpenRequest{static_cast<std::uint32_t>(Rights::Send), 0, make_name("x.y/z")},
+      DeriveRequest{{7, 3, 0}, static_cast<std::uint32_t>(Rights::Receive), 0},
+      GrantRequest{{7, 3, 0}, static_cast<std::uint32_t>(Rights::Send), 0, 42},
+      ClaimRequest{99},
+      RevokeRequest{{1, 2, 0}},
+      ReleaseRequest{{1, 2, 0}},
+      PingRequest{0xdeadbeef},
+      StatsRequest{0},
+  };
+  std::uint64_t id = 100;
+  for (const auto& req : requests) {
+    const Packet p = std::visit([&](const auto& b) { return encode_request(id, b); }, req);
+    auto d = decode_request(p.view(), 0);
+    ASSERT_TRUE(d.ok()) << d.error().message() << " opcode " << req.index() + 1;
+    EXPECT_EQ(d->header.request_id, id);
+    EXPECT_EQ(d->header.opcode, req.index() + 1);
+    EXPECT_EQ(d->body.index(), req.index());
+    EXPECT_EQ(
+        std::memcmp(p.view().data() + sizeof(Header),
+                    std::visit([](const auto& b) { return static_cast<const void*>(&b); }, d->body),
+                    p.size - sizeof(Header)),
+        0);
+    ++id;
+  }
+}
+
+TEST(WireTest, ReplyRoundTripsWithDescriptors) {
+  CreateReply r{};
+  r.cap = CapabilityRecord{1, 2, static_cast<std::uint32_t>(Rights::Send), 1};
+  r.object = ObjectRecord{2, static_cast<std::uint16_t>(ObjectKind::Ring), 0, 8, 64, 0};
+  const Packet p = encode_reply(5, r, 2);
+  auto d = decode_reply(p.view(), 2);
+  ASSERT_TRUE(d.ok()) << d.error().message();
+  ASSERT_TRUE(d->ok());
+  EXPECT_EQ(std::get<CreateReply>(d->body).object.object_id, 2u);
+  // The same reply without its descriptors, or with a channel kind and descriptors.
+  EXPECT_EQ(decode_reply(p.view(), 0).error().code(), ErrorCode::ProtocolError);
+  r.object.kind = static_cast<std::uint16_t>(ObjectKind::Channel);
+  EXPECT_EQ(decode_reply(encode_reply(5, r, 2).view(), 2).error().context(),
+            std::string_view(ctx::kBadFdCount));
+}
+
+TEST(WireTest, ErrorReplyCarriesCodeContextAndErrno) {
+  const Packet p = encode_error(static_cast<std::uint16_t>(Opcode::Derive), 9,
+                                Error(ErrorCode::InvalidCapability, ctx::kStaleGeneration, 0));
+  auto d = decode_reply(p.view(), 0);
+  ASSERT_TRUE(d.ok());
+  ASSERT_FALSE(d->ok());
+  EXPECT_EQ(d->error.code(), ErrorCode::InvalidCapability);
+  EXPECT_EQ(d->error.context(), ctx::kStaleGeneration);  // the same static string
+  // An error about an undecodable request names opcode 0.
+  auto e =
+      decode_reply(encode_error(0, 0, Error(ErrorCode::ProtocolError, ctx::kBadMagic)).view(), 0);
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ(e->error.context(), ctx::kBadMagic);
+  // An unknown context index reads as the generic one; a foreign context travels as 0.
+  EXPECT_EQ(context_text(60000), ctx::kBroker);
+  EXPECT_EQ(context_code("something else"), 0);
+}
+
+TEST(WireTest, TruncatedPacketsAreRefused) {
+  const auto full = bytes_of(encode_request(1, valid_create()));
+  for (std::size_t n = 0; n < full.size(); ++n) {
+    std::vector<std::byte> cut(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(n));
+    auto r = decode_request(cut, 0);
+    ASSERT_FALSE(r.ok()) << n;
+    EXPECT_EQ(r.error().code(), ErrorCode::ProtocolError) << n;
+  }
+}
+
+TEST(WireTest, OversizedPacketIsRefused) {
+  auto b = bytes_of(encode_request(1, PingRequest{1}));
+  b.resize(kMaxPacket + 1);
+  EXPECT_EQ(request_error(b).context(), std::string_view(ctx::kOversized));
+}
+
+TEST(WireTest, TrailingBytesAreRefused) {
+  auto b = bytes_of(encode_request(1, PingRequest{1}));
+  b.push_back(std::byte{0});
+  EXPECT_EQ(request_error(b).context(), std::string_view(ctx::kBadLength));
+  // Length field and packet agree but the body is too long for the opcode.
+  Header h = header_of(b);
+  h.length = static_cast<std::uint32_t>(b.size());
+  put_header(b, h);
+  EXPECT_EQ(request_error(b).context(), std::string_view(ctx::kBadLength));
+}
+
+TEST(WireTest, WrongMagicIsRefused) {
+  auto b = bytes_of(encode_request(1, PingRequest{1}));
+  Header h = header_of(b);
+  h.magic ^= 1;
+  put_header(b, h);
+  EXPECT_EQ(request_error(b).context(), std::string_view(ctx::kBadMagic));
+}
+
+TEST(WireTest, UnknownVersionIsUnsupported) {
+  for (std::uint16_t v : {std::uint16_t{0}, std::uint16_t{2}, std::uint16_t{0xffff}}) {
+    auto b = bytes_of(encode_request(1, PingRequest{1}));
+    Header h = header_of(b);
+    h.version = v;
+    put_header(b, h);
+    const Error e = request_error(b);
+    EXPECT_EQ(e.code(), ErrorCode::Unsupported);
+    EXPECT_EQ(e.context(), std::string_view(ctx::kBadVersion));
+  }
+}
+
+TEST(WireTest, UnknownOpcodeIsRefused) {
+  for (std::uint16_t op : {std::uint16_t{0}, std::uint16_t{kOpcodeMax + 1}, std::uint16_t{999}}) {
+    auto b = bytes_of(encode_request(1, PingRequest{1}));
+    Header h = header_of(b);
+    h.opcode = op;
+    put_header(b, h);
+    EXPECT_EQ(request_error(b).context(), std::string_view(ctx::kBadOpcode));
+  }
+}
+
+TEST(WireTest, DescriptorCountMustMatch) {
+  auto b = bytes_of(encode_request(1, PingRequest{1}));
+  // Descriptors arrived that the header does not declare.
+  EXPECT_EQ(request_error(b, 1).context(), std::string_view(ctx::kBadFdCount));
+  // Declared and received agree, but no request carries descriptors.
+  Header h = header_of(b);
+  h.fd_count = 1;
+  put_header(b, h);
+  EXPECT_EQ(request_error(b, 1).context(), std::string_view(ctx::kBadFdCount));
+  // Declared but not received.
+  EXPECT_EQ(request_error(b, 0).context(), std::string_view(ctx::kBadFdCount));
+}
+
+TEST(WireTest, RequestWithReplyFieldsIsRefused) {
+  auto b = bytes_of(encode_request(1, PingRequest{1}));
+  Header h = header_of(b);
+  h.flags = kFlagReply;
+  put_header(b, h);
+  EXPECT_EQ(request_error(b).context(), std::string_view(ctx::kBadFlags));
+  h = header_of(bytes_of(encode_request(1, PingRequest{1})));
+  h.sys_errno = 5;
+  put_header(b, h);
+  EXPECT_EQ(request_error(b).context(), std::string_view(ctx::kBadReserved));
+}
+
+TEST(WireTest, NamesMustBeTerminatedPaddedAndPrintable) {
+  auto check = [](const Name& n, bool ok) {
+    CreateRequest c = valid_create();
+    c.name = n;
+    auto r = decode_request(encode_request(1, c).view(), 0);
+    EXPECT_EQ(r.ok(), ok);
+    if (!r) {
+      EXPECT_EQ(r.error().context(), std::string_view(ctx::kBadName));
+    }
+  };
+  Name n{};
+  check(n, false);  // empty
+  n.fill('a');
+  check(n, false);  // not terminated
+  n = make_name("ok");
+  check(n, true);
+  n[5] = 'x';
+  check(n, false);  // garbage after the terminator
+  n = make_name("two words");
+  check(n, false);  // space
+  n = make_name("tab");
+  n[1] = '\t';
+  check(n, false);
+  n = make_name("hi");
+  n[0] = static_cast<char>(0xc3);
+  check(n, false);  // non-ASCII
+  n.fill('b');
+  n[kNameMax] = '\0';
+  check(n, true);  // the longest valid name
+  EXPECT_TRUE(valid_name(std::string(kNameMax, 'b')));
+  EXPECT_FALSE(valid_name(std::string(kNameSize, 'b')));
+}
+
+TEST(WireTest, EnumsAndRightsOutOfRangeAreRefused) {
+  CreateRequest c = valid_create();
+  c.kind = 0;
+  EXPECT_EQ(decode_request(encode_request(1, c).view(), 0).error().context(),
+            std::string_view(ctx::kBadEnum));
+  c.kind = kObjectKindMax + 1;
+  EXPECT_EQ(decode_request(encode_request(1, c).view(), 0).error().context(),
+            std::string_view(ctx::kBadEnum));
+  c = valid_create();
+  c.flags = 0x8000;
+  EXPECT_EQ(decode_request(encode_request(1, c).view(), 0).error().context(),
+            std::string_view(ctx::kBadFlags));
+  OpenRequest o{kRightsMask + 1, 0, make_name("a")};
+  EXPECT_EQ(decode_request(encode_request(1, o).view(), 0).error().context(),
+            std::string_view(ctx::kBadRights));
+  DeriveRequest d{{1, 1, 7}, 1, 0};
+  EXPECT_EQ(decode_request(encode_request(1, d).view(), 0).error().context(),
+            std::string_view(ctx::kBadReserved));
+  HelloRequest h{2, 1, 0};
+  EXPECT_EQ(decode_request(encode_request(1, h).view(), 0).error().context(),
+            std::string_view(ctx::kBadEnum));
+}
+
+TEST(WireTest, GrantNeedsExactlyOneTarget) {
+  GrantRequest g{{1, 1, 0}, 1, 0, 0};
+  EXPECT_EQ(decode_request(encode_request(1, g).view(), 0).error().context(),
+            std::string_view(ctx::kBadTarget));
+  g.target_pid = 10;
+  g.target_client = 3;
+  EXPECT_EQ(decode_request(encode_request(1, g).view(), 0).error().context(),
+            std::string_view(ctx::kBadTarget));
+  g.target_client = 0;
+  EXPECT_TRUE(decode_request(encode_request(1, g).view(), 0).ok());
+}
+
+TEST(WireTest, ReplyWithBadStatusOrBodyIsRefused) {
+  auto b = bytes_of(encode_error(1, 1, Error(ErrorCode::NotFound)));
+  Header h = header_of(b);
+  h.status = 500;
+  put_header(b, h);
+  EXPECT_EQ(decode_reply(b, 0).error().context(), std::string_view(ctx::kBadStatus));
+  // An error reply with a body.
+  auto ok = bytes_of(encode_reply(1, PingReply{3}));
+  h = header_of(ok);
+  h.status = static_cast<std::uint16_t>(ErrorCode::NotFound);
+  put_header(ok, h);
+  EXPECT_EQ(decode_reply(ok, 0).error().context(), std::string_view(ctx::kBadLength));
+  // A reply without the reply flag, and a request given to the reply decoder.
+  EXPECT_EQ(decode_reply(encode_request(1, PingRequest{1}).view(), 0).error().context(),
+            std::string_view(ctx::kBadFlags));
+  // A request given the body of a reply of another size.
+  auto hello = bytes_of(encode_reply(1, HelloReply{1, 0, 1, 0, 0, 1}));
+  h = header_of(hello);
+  h.opcode = static_cast<std::uint16_t>(Opcode::Ping);
+  put_header(hello, h);
+  EXPECT_EQ(decode_reply(hello, 0).error().context(), std::string_view(ctx::kBadLength));
+  // GrantReply with a zero handle.
+  EXPECT_EQ(decode_reply(encode_reply(1, GrantReply{0}).view(), 0).error().code(),
+            ErrorCode::ProtocolError);
+}
+
+TEST(WireTest, PeekEchoReadsOnlyWhatIsThere) {
+  const auto b = bytes_of(encode_request(77, PingRequest{1}));
+  EXPECT_EQ(peek_echo(b).request_id, 77u);
+  EXPECT_EQ(peek_echo(b).opcode, static_cast<std::uint16_t>(Opcode::Ping));
+  const std::vector<std::byte> shorter(b.begin(), b.begin() + 10);
+  EXPECT_EQ(peek_echo(shorter).request_id, 0u);
+  EXPECT_EQ(peek_echo(shorter).opcode, static_cast<std::uint16_t>(Opcode::Ping));
+  EXPECT_EQ(peek_echo({}).opcode, 0);
+}
+
+TEST(WireTest, OpcodeOfMapsBodiesToOpcodes) {
+  static_assert(opcode_of<HelloRequest>() == Opcode::Hello);
+  static_assert(opcode_of<StatsReply>() == Opcode::Stats);
+  static_assert(opcode_of<ClaimReply>() == Opcode::Claim);
+  static_assert(opcode_of<CreateRequest>() == Opcode::CreateObject);
+  EXPECT_STREQ(to_string(Opcode::Grant), "Grant");
+}
+
+}  // namespace
+}  // namespace vipc::wire

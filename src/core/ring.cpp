@@ -95,7 +95,10 @@ Result<RingSegments> RingSegments::create(const RingOptions& options) {
       options.capacity > layout::kRingCapacityMax) {
     return Error(ErrorCode::InvalidArgument, "ring: capacity must be a power of two in [2, 2^20]");
   }
-  if (options.max_message_size == 0 || options.max_message_size > kSmallPayloadMax) {
+  if (options.max_message_size == 0) {
+    return Error(ErrorCode::InvalidArgument, "ring: max_message_size must be in [1, 64]");
+  }
+  if (options.max_message_size > kSmallPayloadMax) {
     return Error(ErrorCode::MessageTooLarge, "ring: max_message_size must be in [1, 64]");
   }
   std::uint64_t id = 0;
@@ -115,8 +118,8 @@ Result<RingSegments> RingSegments::create(const RingOptions& options) {
   if (!prod) return prod.error();
   {
     auto* seg = static_cast<ProducerSegment*>(prod->mapping.data());
-    auto* slots = reinterpret_cast<Slot*>(reinterpret_cast<unsigned char*>(seg) +
-                                          layout::kRingSlotsOffset);
+    auto* slots =
+        reinterpret_cast<Slot*>(reinterpret_cast<unsigned char*>(seg) + layout::kRingSlotsOffset);
     for (std::uint32_t i = 0; i < options.capacity; ++i) {
       // Slot i starts "consumed in the previous lap" (docs/ring.md R2).
       slots[i].seq.store(i + 1 - options.capacity, std::memory_order_relaxed);
@@ -158,9 +161,8 @@ Result<AttachedRing> attach_ring(int producer_fd, int consumer_fd, int prod_prot
     return Error(ErrorCode::Corrupted, "ring: producer and consumer segments do not match");
   }
   if (!is_pow2(ph.capacity) || ph.capacity < layout::kRingCapacityMin ||
-      ph.capacity > layout::kRingCapacityMax || ph.slot_size != kSlotSize ||
-      ph.payload_max == 0 || ph.payload_max > kSmallPayloadMax ||
-      ph.data_offset != layout::kRingSlotsOffset ||
+      ph.capacity > layout::kRingCapacityMax || ph.slot_size != kSlotSize || ph.payload_max == 0 ||
+      ph.payload_max > kSmallPayloadMax || ph.data_offset != layout::kRingSlotsOffset ||
       ph.total_size < layout::kRingSlotsOffset + std::uint64_t{ph.capacity} * kSlotSize ||
       ch.total_size < sizeof(ConsumerSegment)) {
     return Error(ErrorCode::Corrupted, "ring: header geometry is invalid", 0, ph.object_id);
@@ -230,10 +232,25 @@ Result<RingWriter> RingWriter::attach(int producer_fd, int consumer_fd, int noti
   w.tail_ = w.prod_->stats.messages.load(std::memory_order_relaxed);
   w.bytes_ = w.prod_->stats.bytes.load(std::memory_order_relaxed);
   w.drops_ = w.prod_->stats.drops.load(std::memory_order_relaxed);
+  // The other counters continue too: the shared ones are per ring and never go back.
+  w.full_events_ = w.prod_->stats.full_events.load(std::memory_order_relaxed);
+  w.parks_ = w.prod_->stats.parks.load(std::memory_order_relaxed);
+  w.wakeups_ = w.prod_->stats.wakeups.load(std::memory_order_relaxed);
+  w.spins_ = w.prod_->stats.spins.load(std::memory_order_relaxed);
   w.cached_head_ = w.cons_->index.head.load(std::memory_order_acquire);
   if (w.cached_head_ > w.tail_ || w.tail_ - w.cached_head_ > w.capacity_) {
     return Error(ErrorCode::Corrupted, "ring: consumer index out of range", 0, w.ring_id_);
   }
+  // Park epochs start at the attach time in ns: the reader may still remember (as the
+  // announcement it last acted on) a value an earlier writer of this ring announced,
+  // and that writer announced at most one epoch per ns since its own attach, so every
+  // value it used is below ours. Starting at 0 again would repeat its first
+  // announcement, and the reader would skip the wake-up of our first park.
+  w.epoch_ = now_ns();
+  // Calibrate the cycle clock that times spinning (SpinClock) now, while setting up:
+  // the first calibration sleeps ~20 ms, which inside a wait would hold back the
+  // first message of the process.
+  (void)CycleClock::instance();
   w.asymmetric_ = process_uses_asymmetric_fence();
   w.prod_->control.fence_mode.store(local_fence_mode(), std::memory_order_relaxed);
   w.prod_->control.closed.store(0, std::memory_order_release);
@@ -481,7 +498,8 @@ Result<std::size_t> RingWriter::try_send_batch(std::span<const SmallMessage> msg
     after_publish();
     return sent;
   }
-  if (msgs[0].length > max_len_) return Error(ErrorCode::MessageTooLarge, "ring: send", 0, ring_id_);
+  if (msgs[0].length > max_len_)
+    return Error(ErrorCode::MessageTooLarge, "ring: send", 0, ring_id_);
   return Error(ErrorCode::InvalidArgument, "ring: more than 4 capabilities", 0, ring_id_);
 }
 
@@ -519,8 +537,7 @@ Result<void> RingWriter::wait_for_room(Deadline deadline) {
     ++epoch_;
     // W1: announce, then re-check after the barrier (W3).
     prod_->waiting.value.store((epoch_ << layout::kWaitEpochShift) | layout::kWaitFutex);
-    const bool trusted =
-        park_fence(cons_->control.fence_mode.load(std::memory_order_relaxed));
+    const bool trusted = park_fence(cons_->control.fence_mode.load(std::memory_order_relaxed));
     if (has_room()) {
       prod_->waiting.value.store(0, std::memory_order_relaxed);
       return {};
@@ -528,7 +545,8 @@ Result<void> RingWriter::wait_for_room(Deadline deadline) {
     const struct timespec ts = to_timespec(park_deadline(deadline, trusted));
     ++parks_;
     prod_->stats.parks.store(parks_, std::memory_order_relaxed);
-    auto r = sys::futex_wait(&cons_->notify.value, n, deadline == kNoDeadline && trusted ? nullptr : &ts);
+    auto r = sys::futex_wait(&cons_->notify.value, n,
+                             deadline == kNoDeadline && trusted ? nullptr : &ts);
     prod_->waiting.value.store(0, std::memory_order_relaxed);
     if (has_room()) return {};
     if (!r && r.error().code() != ErrorCode::Timeout) return r.error();
@@ -540,6 +558,9 @@ Result<void> RingWriter::send(const SmallMessage& m, Deadline deadline) {
     auto r = try_send(m);
     if (r || r.error().code() != ErrorCode::ChannelFull) return r;
     VIPC_TRY(wait_for_room(deadline));
+    // A peer flipping its words could make the wait report readiness that the next
+    // try does not find; the deadline still bounds the loop.
+    if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
   }
 }
 
@@ -548,6 +569,9 @@ Result<std::size_t> RingWriter::send_batch(std::span<const SmallMessage> msgs, D
     auto r = try_send_batch(msgs);
     if (r || r.error().code() != ErrorCode::ChannelFull) return r;
     VIPC_TRY(wait_for_room(deadline));
+    // A peer flipping its words could make the wait report readiness that the next
+    // try does not find; the deadline still bounds the loop.
+    if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
   }
 }
 
@@ -620,6 +644,11 @@ Result<RingReader> RingReader::attach(int producer_fd, int consumer_fd, int even
   r.head_ = r.cons_->index.head.load(std::memory_order_relaxed);
   r.bytes_ = r.cons_->stats.bytes.load(std::memory_order_relaxed);
   r.corrupt_ = r.cons_->stats.drops.load(std::memory_order_relaxed);
+  r.parks_ = r.cons_->stats.parks.load(std::memory_order_relaxed);  // as in RingWriter::attach
+  r.wakeups_ = r.cons_->stats.wakeups.load(std::memory_order_relaxed);
+  r.spins_ = r.cons_->stats.spins.load(std::memory_order_relaxed);
+  r.epoch_ = now_ns();           // as in RingWriter::attach: never repeat an earlier reader's epoch
+  (void)CycleClock::instance();  // as in RingWriter::attach: calibrate outside any wait
   r.asymmetric_ = process_uses_asymmetric_fence();
   r.cons_->control.waiting.store(0, std::memory_order_relaxed);
   r.cons_->control.fence_mode.store(local_fence_mode(), std::memory_order_relaxed);
@@ -674,7 +703,8 @@ VIPC_ALWAYS_INLINE inline RingReader::Peek RingReader::peek(std::uint64_t pos) c
 
 bool RingReader::ready() const noexcept { return peek(head_) != Peek::Empty; }
 
-VIPC_ALWAYS_INLINE inline Result<void> RingReader::take(std::uint64_t pos, SmallMessage& out) noexcept {
+VIPC_ALWAYS_INLINE inline Result<void> RingReader::take(std::uint64_t pos,
+                                                        SmallMessage& out) noexcept {
   const Slot& s = slots_[pos & mask_];
   // Each field is read exactly once; bounds are checked on the local copies.
   const std::uint32_t type = read_once(s.type);
@@ -858,6 +888,9 @@ Result<void> RingReader::receive(SmallMessage& out, Deadline deadline) {
     auto r = try_receive(out);
     if (r || r.error().code() != ErrorCode::WouldBlock) return r;
     VIPC_TRY(wait_readable(deadline));
+    // A peer flipping its words could make the wait report readiness that the next
+    // try does not find; the deadline still bounds the loop.
+    if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
   }
 }
 
@@ -866,6 +899,9 @@ Result<std::size_t> RingReader::receive_batch(std::span<SmallMessage> out, Deadl
     auto r = try_receive_batch(out);
     if (r || r.error().code() != ErrorCode::WouldBlock) return r;
     VIPC_TRY(wait_readable(deadline));
+    // A peer flipping its words could make the wait report readiness that the next
+    // try does not find; the deadline still bounds the loop.
+    if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
   }
 }
 
@@ -878,7 +914,7 @@ Result<bool> RingReader::arm_poll_fd() noexcept {
   armed_bits_ |= layout::kWaitEventfd;
   ++epoch_;
   cons_->control.waiting.store((epoch_ << layout::kWaitEpochShift) | armed_bits_);  // W1
-  (void)park_fence(prod_->control.fence_mode.load(std::memory_order_relaxed));   // W3
+  (void)park_fence(prod_->control.fence_mode.load(std::memory_order_relaxed));      // W3
   const bool now_ready = poisoned_ || peek(head_) != Peek::Empty ||
                          prod_->control.closed.load(std::memory_order_acquire) != 0;
   if (now_ready) {

@@ -4,8 +4,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <pthread.h>
+
 #include <atomic>
 #include <cstring>
+#include <mutex>
 
 namespace vipc::core {
 
@@ -90,13 +93,26 @@ bool process_uses_asymmetric_fence() noexcept {
   // ThreadSanitizer does not model membarrier(); use full fences so it sees the order.
   return false;
 #else
-  // Registration belongs to the address space; a forked child starts unregistered.
+  // Registration belongs to the address space. A child made by fork() registers again
+  // in an atfork handler before it returns from fork(), so ring ends attached before
+  // the fork and used in the child keep publishing with compiler-only fences safely.
+  // (A child made by a raw clone() without fork handlers must attach its own ends.)
   static std::atomic<pid_t> registered_pid{0};
   static std::atomic<bool> result{false};
   const pid_t me = ::getpid();
   if (registered_pid.load(std::memory_order_acquire) != me) {
-    result.store(sys::register_asymmetric_fence(), std::memory_order_relaxed);
+    const bool ok = sys::register_asymmetric_fence();
+    result.store(ok, std::memory_order_relaxed);
     registered_pid.store(me, std::memory_order_release);
+    static std::once_flag atfork_once;
+    if (ok) {
+      std::call_once(atfork_once, [] {
+        ::pthread_atfork(nullptr, nullptr, [] {
+          result.store(sys::register_asymmetric_fence(), std::memory_order_relaxed);
+          registered_pid.store(::getpid(), std::memory_order_release);
+        });
+      });
+    }
   }
   return result.load(std::memory_order_relaxed);
 #endif

@@ -4,8 +4,10 @@
 // `yields` sched_yield calls before parking on a futex, so two ends sharing one core
 // make progress (the yield hands the core to the peer). With `adaptive`, the spin
 // budget follows experience: it doubles (up to spin_ns) when spinning found the event
-// and halves (down to min_spin_ns) when it had to park, so a peer that answers fast is
-// caught by spinning and a peer that is slow costs little CPU.
+// and halves (down to min_spin_ns) when spinning did not find it, so a peer that answers fast is
+// caught by spinning and a peer that is slow costs little CPU. The budget halves
+// whenever spinning did not find the event (before yielding), so a peer that shares
+// the core, and can only answer after a yield, soon costs no spinning at all.
 #pragma once
 
 #include <cstdint>
@@ -13,15 +15,17 @@
 namespace vipc::core {
 
 struct WaitPolicy {
-  std::uint32_t spin_ns = 20'000;    // upper bound of the spin phase
-  std::uint32_t min_spin_ns = 500;   // lower bound the adaptive budget decays to
-  std::uint32_t yields = 2;          // sched_yield calls between spinning and parking
+  std::uint32_t spin_ns = 20'000;   // upper bound of the spin phase
+  std::uint32_t min_spin_ns = 500;  // lower bound the adaptive budget decays to
+  std::uint32_t yields = 2;         // sched_yield calls between spinning and parking
   bool adaptive = true;
 
   // Parks at once: every wait is a real futex sleep (used by blocking benchmarks).
   static constexpr WaitPolicy park_immediately() noexcept { return {0, 0, 0, false}; }
   // Spins up to `ns` and then parks, without adapting.
-  static constexpr WaitPolicy spin_then_park(std::uint32_t ns) noexcept { return {ns, ns, 2, false}; }
+  static constexpr WaitPolicy spin_then_park(std::uint32_t ns) noexcept {
+    return {ns, ns, 2, false};
+  }
 };
 
 // The adaptive spin budget of one waiter (not shared between threads).

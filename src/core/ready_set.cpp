@@ -26,16 +26,6 @@ constexpr int kMaxTakeRounds = 2 * 64 + 2;
 // rescan is due.
 constexpr std::uint32_t kBusyRescanCheckEvery = 64;
 
-struct SpinClock {
-  std::uint64_t limit_cycles;
-  std::uint64_t start;
-  explicit SpinClock(std::uint32_t budget_ns) noexcept
-      : limit_cycles(static_cast<std::uint64_t>(static_cast<double>(budget_ns) /
-                                                CycleClock::instance().ns_per_cycle())),
-        start(cycles()) {}
-  [[nodiscard]] bool expired() const noexcept { return cycles() - start >= limit_cycles; }
-};
-
 }  // namespace
 
 Result<ReadySet> ReadySet::create(std::uint32_t capacity) {
@@ -203,27 +193,13 @@ Result<std::uint32_t> ReadySet::wait_next(Deadline deadline) {
   if (auto r = try_next()) return r;
 
   auto pending = [&]() noexcept { return pending_summary_ != 0 || shared_nonempty_hint(); };
-  if (budget_.budget_ns() > 0) {
-    SpinClock clock(budget_.budget_ns());
-    do {
-      for (int i = 0; i < 32; ++i) {
-        if (pending()) {
-          if (auto r = try_next()) {
-            budget_.on_spin_success();
-            return r;
-          }
-        }
-        cpu_relax();
-      }
-    } while (!clock.expired());
-  }
-  // Spinning found nothing: shrink the budget now, also when a yield then finds
-  // something. A writer that runs only once we yield (same core) never answers a spin.
-  budget_.on_park();
-  for (std::uint32_t y = 0; y < budget_.policy().yields; ++y) {
-    sched_yield();
-    if (auto r = try_next()) return r;
-  }
+  Result<std::uint32_t> found = Error(ErrorCode::WouldBlock, "ready set: wait");
+  auto take = [&]() noexcept {
+    if (!pending()) return false;
+    found = try_next();
+    return found.ok();
+  };
+  if (spin_then_yield(budget_, take) != SpinOutcome::kNotReady) return found;
 
   layout::ReadySetSegment* s = seg();
   for (;;) {

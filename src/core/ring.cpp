@@ -59,16 +59,6 @@ std::uint32_t local_fence_mode() noexcept {
   return process_uses_asymmetric_fence() ? layout::kFenceAsymmetric : layout::kFenceFull;
 }
 
-struct SpinClock {
-  std::uint64_t limit_cycles;
-  std::uint64_t start;
-  explicit SpinClock(std::uint32_t budget_ns) noexcept
-      : limit_cycles(static_cast<std::uint64_t>(static_cast<double>(budget_ns) /
-                                                CycleClock::instance().ns_per_cycle())),
-        start(cycles()) {}
-  [[nodiscard]] bool expired() const noexcept { return cycles() - start >= limit_cycles; }
-};
-
 // The longest a park may last when the wake-up cannot be trusted (failed heavy fence).
 constexpr auto kUntrustedParkSlice = std::chrono::milliseconds(1);
 
@@ -509,27 +499,15 @@ Result<void> RingWriter::wait_for_room(Deadline deadline) {
     return (h <= tail_ && tail_ - h < capacity_) ||
            cons_->control.closed.load(std::memory_order_relaxed) != 0;
   };
-  if (budget_.budget_ns() > 0) {
-    SpinClock clock(budget_.budget_ns());
-    do {
-      for (int i = 0; i < 32; ++i) {
-        if (has_room()) {
-          budget_.on_spin_success();
-          ++spins_;
-          prod_->stats.spins.store(spins_, std::memory_order_relaxed);
-          return {};
-        }
-        cpu_relax();
-      }
-    } while (!clock.expired());
-  }
-  // Spinning did not find room: shrink the budget now, also when a yield then finds
-  // it. A peer that runs only once we yield (same core) never answers a spin, so
-  // without this every wait would burn the full spin budget first.
-  budget_.on_park();
-  for (std::uint32_t y = 0; y < budget_.policy().yields; ++y) {
-    sched_yield();
-    if (has_room()) return {};
+  switch (spin_then_yield(budget_, has_room)) {
+    case SpinOutcome::kSpun:
+      ++spins_;
+      prod_->stats.spins.store(spins_, std::memory_order_relaxed);
+      return {};
+    case SpinOutcome::kYielded:
+      return {};
+    case SpinOutcome::kNotReady:
+      break;
   }
   for (;;) {
     if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: send", 0, ring_id_);
@@ -840,25 +818,15 @@ Result<void> RingReader::wait_readable(Deadline deadline) {
            prod_->control.closed.load(std::memory_order_relaxed) != 0;
   };
   if (done()) return {};
-  if (budget_.budget_ns() > 0) {
-    SpinClock clock(budget_.budget_ns());
-    do {
-      for (int i = 0; i < 32; ++i) {
-        if (done()) {
-          budget_.on_spin_success();
-          ++spins_;
-          cons_->stats.spins.store(spins_, std::memory_order_relaxed);
-          return {};
-        }
-        cpu_relax();
-      }
-    } while (!clock.expired());
-  }
-  // As in wait_for_room: a wait that spinning did not satisfy shrinks the budget.
-  budget_.on_park();
-  for (std::uint32_t y = 0; y < budget_.policy().yields; ++y) {
-    sched_yield();
-    if (done()) return {};
+  switch (spin_then_yield(budget_, done)) {
+    case SpinOutcome::kSpun:
+      ++spins_;
+      cons_->stats.spins.store(spins_, std::memory_order_relaxed);
+      return {};
+    case SpinOutcome::kYielded:
+      return {};
+    case SpinOutcome::kNotReady:
+      break;
   }
   for (;;) {
     if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: receive", 0, ring_id_);

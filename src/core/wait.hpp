@@ -10,7 +10,11 @@
 // the core, and can only answer after a yield, soon costs no spinning at all.
 #pragma once
 
+#include <sched.h>
+
 #include <cstdint>
+
+#include "core/clock.hpp"
 
 namespace vipc::core {
 
@@ -51,5 +55,53 @@ class SpinBudget {
   WaitPolicy policy_;
   std::uint32_t budget_ns_;
 };
+
+// Measures a spin phase of `budget_ns` on the cycle counter (calibrated once per
+// process; ring and ready-set attach calibrate it up front).
+class SpinClock {
+ public:
+  explicit SpinClock(std::uint32_t budget_ns) noexcept
+      : limit_cycles_(static_cast<std::uint64_t>(static_cast<double>(budget_ns) /
+                                                 CycleClock::instance().ns_per_cycle())),
+        start_(cycles()) {}
+  [[nodiscard]] bool expired() const noexcept { return cycles() - start_ >= limit_cycles_; }
+
+ private:
+  std::uint64_t limit_cycles_;
+  std::uint64_t start_;
+};
+
+enum class SpinOutcome {
+  kSpun,     // ready() held while spinning
+  kYielded,  // ready() held after a sched_yield
+  kNotReady  // neither: the caller parks
+};
+
+// The first two phases of every wait: spin on ready() (with cpu_relax) for the current
+// budget, then sched_yield up to policy().yields times, checking ready() after each.
+// Adapts the budget: doubled when spinning found the event, halved otherwise (before
+// the yields, so a peer on the same core, which only a yield lets run, soon costs no
+// spinning at all).
+template <class Ready>
+SpinOutcome spin_then_yield(SpinBudget& budget, Ready&& ready) noexcept(noexcept(ready())) {
+  if (budget.budget_ns() > 0) {
+    SpinClock clock(budget.budget_ns());
+    do {
+      for (int i = 0; i < 32; ++i) {
+        if (ready()) {
+          budget.on_spin_success();
+          return SpinOutcome::kSpun;
+        }
+        cpu_relax();
+      }
+    } while (!clock.expired());
+  }
+  budget.on_park();
+  for (std::uint32_t y = 0; y < budget.policy().yields; ++y) {
+    ::sched_yield();
+    if (ready()) return SpinOutcome::kYielded;
+  }
+  return SpinOutcome::kNotReady;
+}
 
 }  // namespace vipc::core

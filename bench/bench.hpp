@@ -9,16 +9,16 @@
 namespace vipc::bench {
 
 struct Options {
-  std::string scenario;       // pingpong, throughput, send, ...
-  bool json = false;          // one JSON document on stdout, nothing else
-  bool quick = false;         // a few hundred ms per measurement (CI smoke test)
-  double seconds = 3.0;       // per measured system
-  std::size_t size = 64;      // message size in bytes
+  std::string scenario;   // pingpong, throughput, send, ...
+  bool json = false;      // one JSON document on stdout, nothing else
+  bool quick = false;     // a few hundred ms per measurement (CI smoke test)
+  double seconds = 3.0;   // per measured system
+  std::size_t size = 64;  // message size in bytes
   int subscribers = 1;
   int senders = 1;
   bool peers = false;
-  bool blocking = false;      // pingpong --blocking: receiver parks
-  std::string plot;           // --plot FILE.png|svg
+  bool blocking = false;  // pingpong --blocking: receiver parks
+  std::string plot;       // --plot FILE.png|svg
 };
 
 // Runs one scenario; returns the process exit code (0 on success, 2 on bad usage).

@@ -28,8 +28,8 @@ struct CapabilityHandle {
 };
 
 struct SmallMessage {
-  std::uint32_t type = 0;    // message classification (application-defined)
-  std::uint16_t length = 0;  // bytes of data in use, <= kSmallPayloadMax
+  std::uint32_t type = 0;      // message classification (application-defined)
+  std::uint16_t length = 0;    // bytes of data in use, <= kSmallPayloadMax
   std::uint8_t cap_count = 0;  // capability slots in use, <= kInlineCapsMax
   std::array<CapabilityHandle, kInlineCapsMax> caps{};
   alignas(8) std::array<std::byte, kSmallPayloadMax> data{};

@@ -103,9 +103,9 @@ class [[nodiscard]] Result<void> {
 
 // Evaluates a Result-returning expression; returns its error from the enclosing
 // function when it failed.
-#define VIPC_TRY(expr)                                 \
-  do {                                                 \
+#define VIPC_TRY(expr)                                  \
+  do {                                                  \
     if (auto vipc_try_r_ = (expr); !vipc_try_r_.ok()) { \
-      return vipc_try_r_.error();                      \
-    }                                                  \
+      return vipc_try_r_.error();                       \
+    }                                                   \
   } while (0)

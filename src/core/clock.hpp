@@ -80,7 +80,8 @@ class CycleClock {
   static const CycleClock& instance();
   [[nodiscard]] double ns_per_cycle() const noexcept { return ns_per_cycle_; }
   [[nodiscard]] std::uint64_t to_ns(std::uint64_t cycles_delta) const noexcept {
-    return static_cast<std::uint64_t>(std::llround(static_cast<double>(cycles_delta) * ns_per_cycle_));
+    return static_cast<std::uint64_t>(
+        std::llround(static_cast<double>(cycles_delta) * ns_per_cycle_));
   }
 
  private:

@@ -7,24 +7,42 @@ namespace vipc {
 
 const char* to_string(ErrorCode code) noexcept {
   switch (code) {
-    case ErrorCode::ChannelFull: return "ChannelFull";
-    case ErrorCode::ChannelClosed: return "ChannelClosed";
-    case ErrorCode::InvalidCapability: return "InvalidCapability";
-    case ErrorCode::PermissionDenied: return "PermissionDenied";
-    case ErrorCode::MessageTooLarge: return "MessageTooLarge";
-    case ErrorCode::Timeout: return "Timeout";
-    case ErrorCode::ProcessNotFound: return "ProcessNotFound";
-    case ErrorCode::OutOfMemory: return "OutOfMemory";
-    case ErrorCode::WouldBlock: return "WouldBlock";
-    case ErrorCode::InvalidArgument: return "InvalidArgument";
-    case ErrorCode::Corrupted: return "Corrupted";
-    case ErrorCode::SystemError: return "SystemError";
-    case ErrorCode::ProtocolError: return "ProtocolError";
-    case ErrorCode::NotFound: return "NotFound";
-    case ErrorCode::AlreadyExists: return "AlreadyExists";
-    case ErrorCode::Unsupported: return "Unsupported";
-    case ErrorCode::Interrupted: return "Interrupted";
-    case ErrorCode::MessagesLost: return "MessagesLost";
+    case ErrorCode::ChannelFull:
+      return "ChannelFull";
+    case ErrorCode::ChannelClosed:
+      return "ChannelClosed";
+    case ErrorCode::InvalidCapability:
+      return "InvalidCapability";
+    case ErrorCode::PermissionDenied:
+      return "PermissionDenied";
+    case ErrorCode::MessageTooLarge:
+      return "MessageTooLarge";
+    case ErrorCode::Timeout:
+      return "Timeout";
+    case ErrorCode::ProcessNotFound:
+      return "ProcessNotFound";
+    case ErrorCode::OutOfMemory:
+      return "OutOfMemory";
+    case ErrorCode::WouldBlock:
+      return "WouldBlock";
+    case ErrorCode::InvalidArgument:
+      return "InvalidArgument";
+    case ErrorCode::Corrupted:
+      return "Corrupted";
+    case ErrorCode::SystemError:
+      return "SystemError";
+    case ErrorCode::ProtocolError:
+      return "ProtocolError";
+    case ErrorCode::NotFound:
+      return "NotFound";
+    case ErrorCode::AlreadyExists:
+      return "AlreadyExists";
+    case ErrorCode::Unsupported:
+      return "Unsupported";
+    case ErrorCode::Interrupted:
+      return "Interrupted";
+    case ErrorCode::MessagesLost:
+      return "MessagesLost";
   }
   return "UnknownError";
 }

@@ -145,8 +145,8 @@ class RingWriter {
   std::uint32_t capacity_ = 0;
   std::uint32_t mask_ = 0;
   std::uint32_t max_len_ = 0;
-  std::uint64_t epoch_ = 0;        // park epoch of our own waiting word
-  std::uint64_t last_woken_ = 0;   // consumer's waiting word we last acted on (dedupe)
+  std::uint64_t epoch_ = 0;           // park epoch of our own waiting word
+  std::uint64_t last_woken_ = 0;      // consumer's waiting word we last acted on (dedupe)
   std::uint64_t last_set_woken_ = 0;  // ready set's waiting word we last woke (dedupe)
   bool asymmetric_ = false;
   bool closed_ = false;
@@ -226,9 +226,9 @@ class RingReader {
   std::uint32_t capacity_ = 0;
   std::uint32_t mask_ = 0;
   std::uint32_t max_len_ = 0;
-  std::uint64_t armed_bits_ = 0;   // kWait* bits that stay set between parks (eventfd, ready set)
-  std::uint64_t epoch_ = 0;        // park epoch, bumped with every announcement
-  std::uint64_t last_woken_ = 0;   // producer's waiting word we last woke (dedupe)
+  std::uint64_t armed_bits_ = 0;  // kWait* bits that stay set between parks (eventfd, ready set)
+  std::uint64_t epoch_ = 0;       // park epoch, bumped with every announcement
+  std::uint64_t last_woken_ = 0;  // producer's waiting word we last woke (dedupe)
   bool asymmetric_ = false;
   bool poisoned_ = false;
   bool closed_ = false;

@@ -82,7 +82,8 @@ class Mapping {
 [[nodiscard]] Result<void> add_seals(int fd, int seals);
 [[nodiscard]] Result<int> get_seals(int fd);
 // mmap(MAP_SHARED) of [offset, offset+len) of fd with prot (PROT_READ / PROT_WRITE).
-[[nodiscard]] Result<Mapping> map_shared(int fd, std::size_t len, int prot, std::uint64_t offset = 0);
+[[nodiscard]] Result<Mapping> map_shared(int fd, std::size_t len, int prot,
+                                         std::uint64_t offset = 0);
 // Re-opens an fd through /proc/self/fd with new access flags (O_RDONLY / O_RDWR).
 [[nodiscard]] Result<UniqueFd> reopen(int fd, int flags);
 [[nodiscard]] Result<void> fchmod(int fd, unsigned mode);
@@ -100,8 +101,8 @@ class Mapping {
 // other processes). futex_wait returns success when woken or when *word != expected
 // (EAGAIN), Timeout when the absolute CLOCK_MONOTONIC deadline passed, Interrupted on
 // a signal. deadline == nullptr waits without bound.
-[[nodiscard]] Result<void> futex_wait(const std::atomic<std::uint32_t>* word, std::uint32_t expected,
-                                      const struct timespec* deadline);
+[[nodiscard]] Result<void> futex_wait(const std::atomic<std::uint32_t>* word,
+                                      std::uint32_t expected, const struct timespec* deadline);
 // Wakes up to n waiters; returns how many were woken.
 int futex_wake(const std::atomic<std::uint32_t>* word, int n) noexcept;
 

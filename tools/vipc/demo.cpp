@@ -131,9 +131,10 @@ void print_latency(const char* label, const Latency& l) {
 
 int run_demo(const DemoOptions& options) {
   fmt::print("vipc demo: two processes, one shared-memory ring each way\n");
-  fmt::print("  rings: {} slots of 128 bytes (64-byte payload, type, 4 capability slots),\n"
-             "  producer and consumer halves in separate sealed memfds\n\n",
-             kCapacity);
+  fmt::print(
+      "  rings: {} slots of 128 bytes (64-byte payload, type, 4 capability slots),\n"
+      "  producer and consumer halves in separate sealed memfds\n\n",
+      kCapacity);
   if (sys::online_cpus() < 2) {
     fmt::print("  note: only one CPU is available; busy-polling ends take turns on it\n");
   }
@@ -188,14 +189,16 @@ int run_demo(const DemoOptions& options) {
     auto futex = bench::floors::futex_pingpong(cfg);
     const auto& clock = core::CycleClock::instance();
     auto p50 = [&](const bench::Round& r) { return clock.to_ns(r.hist.percentile(50)); };
-    fmt::print("  {:<9} cache-line ping-pong        p50 {:>7} ns   vipc busy / floor     = {:.2f}\n",
-               "floor", p50(floor),
-               static_cast<double>(busy->hist.percentile(50)) /
-                   static_cast<double>(p50(floor) > 0 ? p50(floor) : 1));
-    fmt::print("  {:<9} raw futex ping-pong         p50 {:>7} ns   vipc blocking / floor = {:.2f}\n",
-               "floor", p50(futex),
-               static_cast<double>(blocking->hist.percentile(50)) /
-                   static_cast<double>(p50(futex) > 0 ? p50(futex) : 1));
+    fmt::print(
+        "  {:<9} cache-line ping-pong        p50 {:>7} ns   vipc busy / floor     = {:.2f}\n",
+        "floor", p50(floor),
+        static_cast<double>(busy->hist.percentile(50)) /
+            static_cast<double>(p50(floor) > 0 ? p50(floor) : 1));
+    fmt::print(
+        "  {:<9} raw futex ping-pong         p50 {:>7} ns   vipc blocking / floor = {:.2f}\n",
+        "floor", p50(futex),
+        static_cast<double>(blocking->hist.percentile(50)) /
+            static_cast<double>(p50(futex) > 0 ? p50(futex) : 1));
   } catch (const std::exception& e) {
     fmt::print("  floors could not be measured: {}\n", e.what());
   }
@@ -203,12 +206,14 @@ int run_demo(const DemoOptions& options) {
 
   (void)::sched_setaffinity(0, sizeof saved, &saved);
   const core::RingStats& s = busy->stats;
-  fmt::print("\nring counters of the busy run (sampled from shared memory):\n"
-             "  sent {}  received {}  bytes {}  full events {}  parks {}  wake-ups {}  drops {}\n",
-             s.sent, s.received, s.bytes_sent, s.full_events, s.consumer_parks + s.producer_parks,
-             s.producer_wakeups + s.consumer_wakeups, s.drops);
-  fmt::print("\nevery message arrived exactly once and in order.\n"
-             "next: vipc bench pingpong | throughput | send  (each beside its floor)\n");
+  fmt::print(
+      "\nring counters of the busy run (sampled from shared memory):\n"
+      "  sent {}  received {}  bytes {}  full events {}  parks {}  wake-ups {}  drops {}\n",
+      s.sent, s.received, s.bytes_sent, s.full_events, s.consumer_parks + s.producer_parks,
+      s.producer_wakeups + s.consumer_wakeups, s.drops);
+  fmt::print(
+      "\nevery message arrived exactly once and in order.\n"
+      "next: vipc bench pingpong | throughput | send  (each beside its floor)\n");
   return 0;
 }
 

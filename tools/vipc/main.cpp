@@ -14,7 +14,8 @@ int main(int argc, char** argv) {
 
   auto* demo = app.add_subcommand("demo", "Two processes exchange messages through vipc");
   vipc::tools::DemoOptions demo_opts;
-  demo->add_option("--messages", demo_opts.messages, "Messages per mode")->check(CLI::PositiveNumber);
+  demo->add_option("--messages", demo_opts.messages, "Messages per mode")
+      ->check(CLI::PositiveNumber);
 
 #ifdef VIPC_HAVE_BENCH
   auto* bench = app.add_subcommand("bench", "Run a benchmark scenario beside its floor");
@@ -24,9 +25,11 @@ int main(int argc, char** argv) {
   bench->add_option("scenario", bo.scenario, "Scenario: " + names)->required();
   bench->add_flag("--json", bo.json, "One JSON document on stdout");
   bench->add_flag("--quick", bo.quick, "Short smoke run (not for numbers)");
-  bench->add_option("--seconds", bo.seconds, "Seconds per measured system")->check(CLI::PositiveNumber);
+  bench->add_option("--seconds", bo.seconds, "Seconds per measured system")
+      ->check(CLI::PositiveNumber);
   bench->add_option("--size", bo.size, "Message size in bytes")->check(CLI::PositiveNumber);
-  bench->add_option("--subscribers", bo.subscribers, "Subscribers (topic)")->check(CLI::PositiveNumber);
+  bench->add_option("--subscribers", bo.subscribers, "Subscribers (topic)")
+      ->check(CLI::PositiveNumber);
   bench->add_option("--senders", bo.senders, "Senders (fanin)")->check(CLI::PositiveNumber);
   bench->add_flag("--peers", bo.peers, "Include the peer systems");
   bench->add_flag("--blocking", bo.blocking, "Receiver parks (pingpong)");

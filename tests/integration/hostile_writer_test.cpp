@@ -9,8 +9,6 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,10 +17,8 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <optional>
-#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,6 +29,8 @@
 #include "core/ring.hpp"
 #include "core/segment.hpp"
 #include "core/sys.hpp"
+#include "support/process.hpp"
+#include "support/random.hpp"
 
 namespace vipc::core {
 namespace {
@@ -55,93 +53,13 @@ constexpr bool kSanitized = false;
 constexpr auto kRoundTime = kSanitized ? 150ms : 250ms;
 // The longest one receive / send call may take (its own deadline is 2 ms).
 constexpr auto kCallBound = 1s;
+// A child still running after this is ended by SIGALRM.
+constexpr auto kChildAlarm = 60s;
 
-// The run's seed: VIPC_STRESS_SEED if set, else random; printed so a failure can be
-// replayed.
-std::uint64_t run_seed() {
-  static const std::uint64_t seed = []() -> std::uint64_t {
-    if (const char* env = std::getenv("VIPC_STRESS_SEED"); env != nullptr && *env != '\0') {
-      return std::strtoull(env, nullptr, 0);
-    }
-    std::random_device rd;
-    return (std::uint64_t{rd()} << 32) ^ rd();
-  }();
-  return seed;
-}
-
-void announce_seed() {
-  std::printf("  seed %llu (VIPC_STRESS_SEED=%llu repeats this run)\n",
-              static_cast<unsigned long long>(run_seed()),
-              static_cast<unsigned long long>(run_seed()));
-  ::testing::Test::RecordProperty("seed", std::to_string(run_seed()));
-}
-
-// splitmix64: fast, and every seed gives a good stream.
-class Rng {
- public:
-  explicit Rng(std::uint64_t seed) : s_(seed) {}
-  std::uint64_t next() noexcept {
-    std::uint64_t z = (s_ += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  std::uint32_t below(std::uint32_t n) noexcept { return static_cast<std::uint32_t>(next() % n); }
-
- private:
-  std::uint64_t s_;
-};
-
-// fork() after flushing stdio, so the child never prints what the parent buffered.
-pid_t fork_flushed() {
-  std::fflush(nullptr);
-  return ::fork();
-}
-
-// A forked child, killed and reaped by the destructor if still running.
-class Child {
- public:
-  template <class F>
-  explicit Child(F&& body) : pid_(fork_flushed()) {
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      ::alarm(60);
-      ::_exit(body());
-    }
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-  ~Child() {
-    if (pid_ > 0) (void)wait(0s);
-  }
-  bool ended() {
-    if (pid_ <= 0) return true;
-    if (::waitpid(pid_, &status_, WNOHANG) != pid_) return false;
-    pid_ = -1;
-    return true;
-  }
-  // "exit N", "signal N" or "killed after timeout".
-  std::string wait(std::chrono::milliseconds limit) {
-    const Deadline deadline = deadline_after(limit);
-    while (!ended()) {
-      if (Clock::now() >= deadline) {
-        ::kill(pid_, SIGKILL);
-        while (::waitpid(pid_, &status_, 0) < 0 && errno == EINTR) {
-        }
-        pid_ = -1;
-        return "killed after timeout";
-      }
-      std::this_thread::sleep_for(1ms);
-    }
-    if (WIFEXITED(status_)) return "exit " + std::to_string(WEXITSTATUS(status_));
-    if (WIFSIGNALED(status_)) return "signal " + std::to_string(WTERMSIG(status_));
-    return "status " + std::to_string(status_);
-  }
-
- private:
-  pid_t pid_;
-  int status_ = 0;
-};
+using vipc::test::announce_seed;
+using vipc::test::Child;
+using vipc::test::Rng;
+using vipc::test::run_seed;
 
 void fill_random(unsigned char* p, std::size_t n, Rng& rng) {
   std::size_t i = 0;
@@ -373,7 +291,8 @@ TEST(HostileWriterTest, ReaderSurvivesAWriterScribblingOverItsSegment) {
       reader.emplace(std::move(*r));
     }
     const std::uint64_t child_seed = rng.next();
-    Child child([&] { return hostile_writer(*seg, capacity, kind, child_seed, kRoundTime); });
+    auto child = Child::spawn(
+        [&] { return hostile_writer(*seg, capacity, kind, child_seed, kRoundTime); }, kChildAlarm);
     ReaderTally t;
     read_through_damage(*seg, reader, max_message, child, rng, t);
     EXPECT_EQ(child.wait(10s), "exit 0");
@@ -464,7 +383,8 @@ TEST(HostileWriterTest, WriterSurvivesAReaderScribblingOverItsSegment) {
   std::vector<unsigned char> header_before(prod_bytes, prod_bytes + layout::kRingSlotsOffset);
 
   const std::uint64_t child_seed = rng.next();
-  Child child([&] { return hostile_reader(*seg, child_seed, 2 * kRoundTime); });
+  auto child =
+      Child::spawn([&] { return hostile_reader(*seg, child_seed, 2 * kRoundTime); }, kChildAlarm);
   std::uint64_t ok = 0, full = 0, corrupted = 0, closed = 0, timeouts = 0, unexpected = 0;
   std::string first_unexpected;
   Clock::duration slowest{};
@@ -562,29 +482,31 @@ TEST(HostileWriterTest, NoHolderCanShrinkOrGrowASegment) {
 
   // The hostile writer holds read-write descriptors to both halves and tries every
   // way to change their size or seals. Exit code: one bit per attempt that worked.
-  Child child([&] {
-    int worked = 0;
-    auto w = RingWriter::attach(seg->producer.get(), seg->consumer.get());
-    if (!w) return 100;
-    for (std::uint32_t i = 0; i < 64; ++i) {
-      if (!w->try_send(i, &i, sizeof i)) return 101;
-    }
-    w->close();
-    const int fds[] = {seg->producer.get(), seg->consumer.get()};
-    for (int fd : fds) {
-      const auto size = sys::file_size(fd);
-      if (!size) return 102;
-      const auto now = static_cast<off_t>(*size);
-      if (::ftruncate(fd, 0) == 0) worked |= 1;
-      if (::ftruncate(fd, now - static_cast<off_t>(page_size())) == 0) worked |= 2;
-      if (::ftruncate(fd, now + static_cast<off_t>(page_size())) == 0) worked |= 4;
-      if (::fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE) == 0) worked |= 8;
-      // Re-opened through /proc (same uid): a new open file, same inode and seals.
-      auto again = sys::reopen(fd, O_RDWR);
-      if (again && ::ftruncate(again->get(), 0) == 0) worked |= 16;
-    }
-    return worked;
-  });
+  auto child = Child::spawn(
+      [&] {
+        int worked = 0;
+        auto w = RingWriter::attach(seg->producer.get(), seg->consumer.get());
+        if (!w) return 100;
+        for (std::uint32_t i = 0; i < 64; ++i) {
+          if (!w->try_send(i, &i, sizeof i)) return 101;
+        }
+        w->close();
+        const int fds[] = {seg->producer.get(), seg->consumer.get()};
+        for (int fd : fds) {
+          const auto size = sys::file_size(fd);
+          if (!size) return 102;
+          const auto now = static_cast<off_t>(*size);
+          if (::ftruncate(fd, 0) == 0) worked |= 1;
+          if (::ftruncate(fd, now - static_cast<off_t>(page_size())) == 0) worked |= 2;
+          if (::ftruncate(fd, now + static_cast<off_t>(page_size())) == 0) worked |= 4;
+          if (::fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE) == 0) worked |= 8;
+          // Re-opened through /proc (same uid): a new open file, same inode and seals.
+          auto again = sys::reopen(fd, O_RDWR);
+          if (again && ::ftruncate(again->get(), 0) == 0) worked |= 16;
+        }
+        return worked;
+      },
+      kChildAlarm);
   EXPECT_EQ(child.wait(10s), "exit 0");
   auto size = sys::file_size(seg->producer.get());
   ASSERT_TRUE(size) << size.error().message();
@@ -632,13 +554,15 @@ TEST(HostileWriterTest, AnUnsealedSegmentWouldFaultItsReaderWhenTruncated) {
   EXPECT_EQ(map_segment(fd->get(), layout::SegmentKind::RingProducer, PROT_READ).error().code(),
             ErrorCode::Corrupted);
   const auto* last_page = static_cast<const volatile unsigned char*>(map->data()) + 3 * page_size();
-  Child child([&] {
-    struct sigaction sa {};
-    sa.sa_handler = SIG_DFL;
-    ::sigaction(SIGBUS, &sa, nullptr);
-    if (::ftruncate(fd->get(), 0) != 0) return 1;
-    return static_cast<int>(*last_page);  // faults
-  });
+  auto child = Child::spawn(
+      [&] {
+        struct sigaction sa {};
+        sa.sa_handler = SIG_DFL;
+        ::sigaction(SIGBUS, &sa, nullptr);
+        if (::ftruncate(fd->get(), 0) != 0) return 1;
+        return static_cast<int>(*last_page);  // faults
+      },
+      kChildAlarm);
   EXPECT_EQ(child.wait(10s), "signal " + std::to_string(SIGBUS));
 }
 

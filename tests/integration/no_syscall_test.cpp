@@ -6,23 +6,20 @@
 #include <sched.h>
 #include <seccomp.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
-#include <thread>
 
 #include "core/clock.hpp"
 #include "core/ring.hpp"
 #include "core/wait.hpp"
+#include "support/process.hpp"
 
 namespace vipc::core {
 namespace {
@@ -90,64 +87,25 @@ bool forbid_syscalls() {
 // Exit code of a child whose body returned instead of calling exit_now.
 constexpr int kFellThrough = 25;
 
-// fork() after flushing stdio, so the child never prints what the parent buffered.
-pid_t fork_flushed() {
-  std::fflush(nullptr);
-  return ::fork();
-}
+using vipc::test::Child;
 
 // A forked child running `body`, which must leave through exit_now: returning would
 // run destructors (close, munmap, futex wakes), which are system calls. Killed and
 // reaped by the destructor if still running.
-class Child {
- public:
-  template <class F>
-  explicit Child(F&& body) : pid_(fork_flushed()) {
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      body();
-      exit_now(kFellThrough);
-    }
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-  ~Child() {
-    if (pid_ > 0) (void)wait(0s);
-  }
-
-  // true once the child has ended (reaped; outcome in wait()).
-  bool ended() {
-    if (pid_ <= 0) return true;
-    if (::waitpid(pid_, &status_, WNOHANG) != pid_) return false;
-    pid_ = -1;
-    return true;
-  }
-  // Waits up to `limit`, then kills. "exit N", "signal N" or "killed after timeout".
-  std::string wait(std::chrono::seconds limit) {
-    const Deadline deadline = deadline_after(limit);
-    while (!ended()) {
-      if (Clock::now() >= deadline) {
-        ::kill(pid_, SIGKILL);
-        while (::waitpid(pid_, &status_, 0) < 0 && errno == EINTR) {
-        }
-        pid_ = -1;
-        return "killed after timeout";
-      }
-      std::this_thread::sleep_for(1ms);
-    }
-    if (WIFEXITED(status_)) return "exit " + std::to_string(WEXITSTATUS(status_));
-    if (WIFSIGNALED(status_)) return "signal " + std::to_string(WTERMSIG(status_));
-    return "status " + std::to_string(status_);
-  }
-
- private:
-  pid_t pid_;
-  int status_ = 0;
-};
+template <class F>
+Child spawn_filtered(F&& body) {
+  return Child::spawn(
+      [&body] {
+        body();
+        exit_now(kFellThrough);
+        return kFellThrough;
+      },
+      0s);
+}
 
 template <class F>
 std::string run_child(F&& body) {
-  Child child(std::forward<F>(body));
+  Child child = spawn_filtered(std::forward<F>(body));
   return child.wait(30s);
 }
 
@@ -346,7 +304,7 @@ TEST(NoSyscallTest, APollingReaderInAnotherProcessMakesNoSystemCall) {
   ASSERT_TRUE(seg) << seg.error().message();
   auto w = RingWriter::attach(seg->producer.get(), seg->consumer.get());
   ASSERT_TRUE(w) << w.error().message();
-  Child reader([&] {
+  Child reader = spawn_filtered([&] {
     auto r = RingReader::attach(seg->producer.get(), seg->consumer.get());
     if (!r) exit_now(kSetupFailed);
     if (!forbid_syscalls()) exit_now(kFilterFailed);
@@ -367,7 +325,7 @@ TEST(NoSyscallTest, AWriterInAnotherProcessMakesNoSystemCall) {
   ASSERT_TRUE(seg) << seg.error().message();
   auto r = RingReader::attach(seg->producer.get(), seg->consumer.get());
   ASSERT_TRUE(r) << r.error().message();
-  Child writer([&] {
+  Child writer = spawn_filtered([&] {
     auto w = RingWriter::attach(seg->producer.get(), seg->consumer.get());
     if (!w) exit_now(kSetupFailed);
     if (!forbid_syscalls()) exit_now(kFilterFailed);

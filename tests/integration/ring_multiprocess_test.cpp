@@ -4,15 +4,11 @@
 // every message exactly once and in order, and the shared counters must agree.
 #include <gtest/gtest.h>
 #include <sched.h>
-#include <signal.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -24,6 +20,7 @@
 #include "core/ring.hpp"
 #include "core/sys.hpp"
 #include "core/wait.hpp"
+#include "support/process.hpp"
 
 namespace vipc::core {
 namespace {
@@ -49,55 +46,10 @@ constexpr auto kChildLimit = 60s;  // a child still running after this is killed
 
 // ------------------------------------------------------------------ child processes
 
-// A forked child; killed (SIGKILL) and reaped by the destructor if still running.
-class Child {
- public:
-  template <class F>
-  static Child spawn(F&& body) {
-    std::fflush(nullptr);  // the child must not print what the parent buffered
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      ::alarm(static_cast<unsigned>(kChildLimit.count()) + 5);
-      const int code = body();
-      ::_exit(code);
-    }
-    return Child(pid);
-  }
-  Child(Child&& o) noexcept : pid_(o.pid_) { o.pid_ = -1; }
-  Child& operator=(Child&&) = delete;
-  ~Child() {
-    if (pid_ > 0) (void)wait_until(Clock::now());
-  }
-  [[nodiscard]] bool started() const { return pid_ > 0; }
+using vipc::test::Child;
 
-  // Waits until the deadline; a child still running then is killed. Returns
-  // "exit N", "signal N" or "killed after timeout".
-  std::string wait_until(Deadline deadline) {
-    int status = 0;
-    for (;;) {
-      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) break;
-      if (r < 0 && errno != EINTR) return "waitpid failed";
-      if (Clock::now() >= deadline) {
-        ::kill(pid_, SIGKILL);
-        while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-        }
-        pid_ = -1;
-        return "killed after timeout";
-      }
-      std::this_thread::sleep_for(1ms);
-    }
-    pid_ = -1;
-    if (WIFEXITED(status)) return "exit " + std::to_string(WEXITSTATUS(status));
-    if (WIFSIGNALED(status)) return "signal " + std::to_string(WTERMSIG(status));
-    return "status " + std::to_string(status);
-  }
-
- private:
-  explicit Child(pid_t pid) : pid_(pid) {}
-  pid_t pid_;
-};
+// Beyond kChildLimit, a child the parent does not kill ends by SIGALRM.
+constexpr auto kChildAlarm = kChildLimit + 5s;
 
 // ------------------------------------------------------------------ messages
 
@@ -300,7 +252,7 @@ void run_pair(std::uint64_t count, Mode mode, const WaitPolicy& policy, std::uin
   ASSERT_TRUE(reader) << reader.error().message();
   reader->set_wait_policy(policy);
   const auto t0 = Clock::now();
-  Child writer = Child::spawn([&] { return write_all(*seg, count, mode, policy); });
+  Child writer = Child::spawn([&] { return write_all(*seg, count, mode, policy); }, kChildAlarm);
   ASSERT_TRUE(writer.started());
   const std::string bad = read_all(*reader, count, mode, deadline_after(kChildLimit));
   EXPECT_EQ(bad, "");
@@ -402,22 +354,26 @@ void run_on_one_cpu(const WaitPolicy& policy, std::uint32_t capacity, int cpu, d
   ASSERT_TRUE(seg) << seg.error().message();
   const double cpu0 = children_cpu_seconds();
   const auto t0 = Clock::now();
-  Child reader = Child::spawn([&] {
-    if (!pin_self(cpu)) return kAttachFailed;
-    auto r = RingReader::attach(seg->producer.get(), seg->consumer.get());
-    if (!r) return kAttachFailed;
-    r->set_wait_policy(policy);
-    const std::string bad = read_all(*r, count, Mode::Blocking, deadline_after(kChildLimit));
-    if (!bad.empty()) {
-      std::fprintf(stderr, "reader: %s\n", bad.c_str());
-      return kWrongMessage;
-    }
-    return r->stats().received == count ? 0 : kCountWrong;
-  });
-  Child writer = Child::spawn([&] {
-    if (!pin_self(cpu)) return kAttachFailed;
-    return write_all(*seg, count, Mode::Blocking, policy);
-  });
+  Child reader = Child::spawn(
+      [&] {
+        if (!pin_self(cpu)) return kAttachFailed;
+        auto r = RingReader::attach(seg->producer.get(), seg->consumer.get());
+        if (!r) return kAttachFailed;
+        r->set_wait_policy(policy);
+        const std::string bad = read_all(*r, count, Mode::Blocking, deadline_after(kChildLimit));
+        if (!bad.empty()) {
+          std::fprintf(stderr, "reader: %s\n", bad.c_str());
+          return kWrongMessage;
+        }
+        return r->stats().received == count ? 0 : kCountWrong;
+      },
+      kChildAlarm);
+  Child writer = Child::spawn(
+      [&] {
+        if (!pin_self(cpu)) return kAttachFailed;
+        return write_all(*seg, count, Mode::Blocking, policy);
+      },
+      kChildAlarm);
   ASSERT_TRUE(reader.started());
   ASSERT_TRUE(writer.started());
   const Deadline deadline = deadline_after(kChildLimit);
@@ -453,18 +409,21 @@ TEST(RingMultiProcessTest, BlockingCallsOnOneSharedCpuStayPromptOnATinyRing) {
 TEST(RingMultiProcessTest, WriterBlockedOnAFullRingIsReleasedWhenTheConsumerEndCloses) {
   auto seg = RingSegments::create({.capacity = 4});
   ASSERT_TRUE(seg) << seg.error().message();
-  Child writer = Child::spawn([&] {
-    auto w = RingWriter::attach(seg->producer.get(), seg->consumer.get());
-    if (!w) return kAttachFailed;
-    SmallMessage m;
-    for (std::uint64_t i = 0; i < 4; ++i) {
-      fill(m, i);
-      if (!w->try_send(m)) return kSendFailed;
-    }
-    fill(m, 4);
-    auto r = w->send(m, deadline_after(20s));
-    return r ? kSendFailed : (r.error().code() == ErrorCode::ChannelClosed ? 0 : kReceiveFailed);
-  });
+  Child writer = Child::spawn(
+      [&] {
+        auto w = RingWriter::attach(seg->producer.get(), seg->consumer.get());
+        if (!w) return kAttachFailed;
+        SmallMessage m;
+        for (std::uint64_t i = 0; i < 4; ++i) {
+          fill(m, i);
+          if (!w->try_send(m)) return kSendFailed;
+        }
+        fill(m, 4);
+        auto r = w->send(m, deadline_after(20s));
+        return r ? kSendFailed
+                 : (r.error().code() == ErrorCode::ChannelClosed ? 0 : kReceiveFailed);
+      },
+      kChildAlarm);
   // Wait until the writer filled the ring and parked.
   const Deadline give_up = deadline_after(10s);
   for (;;) {

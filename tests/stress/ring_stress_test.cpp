@@ -9,16 +9,12 @@
 // VIPC_STRESS_SEED=<n> repeats a run; VIPC_STRESS_SECONDS=<s> changes its length.
 #include <gtest/gtest.h>
 #include <sched.h>
-#include <signal.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -26,7 +22,6 @@
 #include <cstring>
 #include <memory>
 #include <new>
-#include <random>
 #include <span>
 #include <string>
 #include <thread>
@@ -35,6 +30,8 @@
 #include "core/ring.hpp"
 #include "core/sys.hpp"
 #include "core/wait.hpp"
+#include "support/process.hpp"
+#include "support/random.hpp"
 
 namespace vipc::core {
 namespace {
@@ -56,16 +53,10 @@ constexpr bool kSanitized = false;
 // Beyond the time box, how long the reader may take to drain before the run is a hang.
 constexpr auto kDrainLimit = 60s;
 
-std::uint64_t run_seed() {
-  static const std::uint64_t seed = []() -> std::uint64_t {
-    if (const char* env = std::getenv("VIPC_STRESS_SEED"); env != nullptr && *env != '\0') {
-      return std::strtoull(env, nullptr, 0);
-    }
-    std::random_device rd;
-    return (std::uint64_t{rd()} << 32) ^ rd();
-  }();
-  return seed;
-}
+using vipc::test::announce_seed;
+using vipc::test::Child;
+using vipc::test::Rng;
+using vipc::test::run_seed;
 
 std::chrono::milliseconds run_length() {
   if (const char* env = std::getenv("VIPC_STRESS_SECONDS"); env != nullptr && *env != '\0') {
@@ -73,30 +64,6 @@ std::chrono::milliseconds run_length() {
   }
   return kSanitized ? 2000ms : 5000ms;
 }
-
-void announce_seed() {
-  std::printf("  seed %llu (VIPC_STRESS_SEED=%llu repeats this run), %.1f s\n",
-              static_cast<unsigned long long>(run_seed()),
-              static_cast<unsigned long long>(run_seed()),
-              std::chrono::duration<double>(run_length()).count());
-  ::testing::Test::RecordProperty("seed", std::to_string(run_seed()));
-}
-
-// splitmix64.
-class Rng {
- public:
-  explicit Rng(std::uint64_t seed) : s_(seed) {}
-  std::uint64_t next() noexcept {
-    std::uint64_t z = (s_ += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  std::uint32_t below(std::uint32_t n) noexcept { return static_cast<std::uint32_t>(next() % n); }
-
- private:
-  std::uint64_t s_;
-};
 
 // ------------------------------------------------------------------ messages
 
@@ -353,7 +320,7 @@ void run_reader(const RingSegments& seg, int efd, const Plan& plan, Outcome& out
 // The rounds of one run: fresh rings of random geometry until the time box is used.
 template <class RunRound>
 void run_rounds(const char* variant, RunRound&& round) {
-  announce_seed();
+  announce_seed(run_length());
   Rng rng(run_seed());
   const auto total = run_length();
   const auto per_round = std::max<std::chrono::milliseconds>(total / 5, 200ms);
@@ -424,55 +391,8 @@ TEST(RingStressTest, TwoThreadsDeliverExactlyOnceInOrder) {
   });
 }
 
-// fork() after flushing stdio, so the child never prints what the parent buffered.
-pid_t fork_flushed() {
-  std::fflush(nullptr);
-  return ::fork();
-}
-
-// A forked child, killed and reaped by the destructor if still running.
-class Child {
- public:
-  template <class F>
-  explicit Child(F&& body) : pid_(fork_flushed()) {
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      ::alarm(300);
-      body();
-      ::_exit(0);
-    }
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-  ~Child() {
-    if (pid_ > 0) (void)wait(0s);
-  }
-  // "exit N", "signal N" or "killed after timeout".
-  std::string wait(std::chrono::milliseconds limit) {
-    const Deadline deadline = deadline_after(limit);
-    int status = 0;
-    for (;;) {
-      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) break;
-      if (r < 0 && errno != EINTR) return "waitpid failed";
-      if (Clock::now() >= deadline) {
-        ::kill(pid_, SIGKILL);
-        while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-        }
-        pid_ = -1;
-        return "killed after timeout";
-      }
-      std::this_thread::sleep_for(2ms);
-    }
-    pid_ = -1;
-    if (WIFEXITED(status)) return "exit " + std::to_string(WEXITSTATUS(status));
-    if (WIFSIGNALED(status)) return "signal " + std::to_string(WTERMSIG(status));
-    return "status " + std::to_string(status);
-  }
-
- private:
-  pid_t pid_;
-};
+// A child still running after this is ended by SIGALRM.
+constexpr auto kChildAlarm = 300s;
 
 TEST(RingStressTest, TwoProcessesDeliverExactlyOnceInOrder) {
   // The outcome lives in a shared anonymous page both children write into.
@@ -482,8 +402,8 @@ TEST(RingStressTest, TwoProcessesDeliverExactlyOnceInOrder) {
   sys::Mapping keep(page, sizeof(Outcome));
   run_rounds("processes", [&](const RingSegments& seg, int efd, const Plan& plan) -> Outcome* {
     auto* out = new (page) Outcome();
-    Child reader([&] { run_reader(seg, efd, plan, *out); });
-    Child writer([&] { run_writer(seg, efd, plan, *out); });
+    Child reader = Child::spawn([&] { run_reader(seg, efd, plan, *out); }, kChildAlarm);
+    Child writer = Child::spawn([&] { run_writer(seg, efd, plan, *out); }, kChildAlarm);
     const auto limit =
         std::chrono::duration_cast<std::chrono::milliseconds>(plan.duration + kDrainLimit + 10s);
     const std::string w = writer.wait(limit);

@@ -14,17 +14,14 @@
 
 #include "core/ready_set.hpp"
 #include "core/ring.hpp"
+#include "support/sanitizers.hpp"
 
 namespace vipc::core {
 namespace {
 
 using namespace std::chrono_literals;
 
-#if defined(VIPC_TSAN) || defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
+using vipc::test::kSanitized;
 
 // Child processes, killed and reaped when the test leaves early.
 class Children {

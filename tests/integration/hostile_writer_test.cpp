@@ -31,23 +31,14 @@
 #include "core/sys.hpp"
 #include "support/process.hpp"
 #include "support/random.hpp"
+#include "support/sanitizers.hpp"
 
 namespace vipc::core {
 namespace {
 
 using namespace std::chrono_literals;
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__) || defined(VIPC_TSAN)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
+using vipc::test::kSanitized;
 
 // How long each hostile round scribbles.
 constexpr auto kRoundTime = kSanitized ? 150ms : 250ms;

@@ -21,23 +21,14 @@
 #include "core/sys.hpp"
 #include "core/wait.hpp"
 #include "support/process.hpp"
+#include "support/sanitizers.hpp"
 
 namespace vipc::core {
 namespace {
 
 using namespace std::chrono_literals;
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__) || defined(VIPC_TSAN)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
+using vipc::test::kSanitized;
 
 // Message counts: the full ones in normal builds, scaled down under sanitizers.
 constexpr std::uint64_t kMillion = kSanitized ? 200'000 : 1'000'000;

@@ -211,7 +211,9 @@ int run_demo(const DemoOptions& options) {
   (void)::sched_setaffinity(0, sizeof saved, &saved);
 
 #ifdef VIPC_HAVE_BENCH
-  fmt::print("\nfloors measured now on this machine (raw code, no vipc logic):\n");
+  fmt::print(
+      "\nfloors measured right after, on this machine (raw code, no vipc logic; the machine\n"
+      "drifts between measurements: `vipc bench` interleaves them for ratios):\n");
   try {
     bench::RunConfig cfg;
     cfg.timing.rounds = 1;

@@ -166,13 +166,11 @@ Result<AttachedRing> attach_ring(int producer_fd, int consumer_fd, int prod_prot
 
 }  // namespace
 
-Result<RingStats> sample_ring_stats(int producer_fd, int consumer_fd) {
-  // Read-only maps of both halves, with the same checks as the two ends' attach (a pair
-  // of halves of different rings is refused, as is an impossible geometry).
-  auto ring = attach_ring(producer_fd, consumer_fd, PROT_READ, PROT_READ);
-  if (!ring) return ring.error();
-  const auto* p = static_cast<const ProducerSegment*>(ring->prod.data());
-  const auto* c = static_cast<const ConsumerSegment*>(ring->cons.data());
+namespace {
+
+// Both sides' counters as published in shared memory. Each side stores every counter
+// it keeps locally right after changing it, so this is also each end's own view.
+RingStats read_stats(const ProducerSegment* p, const ConsumerSegment* c) noexcept {
   RingStats s;
   s.sent = p->stats.messages.load(std::memory_order_relaxed);
   s.bytes_sent = p->stats.bytes.load(std::memory_order_relaxed);
@@ -188,6 +186,17 @@ Result<RingStats> sample_ring_stats(int producer_fd, int consumer_fd) {
   s.consumer_wakeups = c->stats.wakeups.load(std::memory_order_relaxed);
   s.consumer_spins = c->stats.spins.load(std::memory_order_relaxed);
   return s;
+}
+
+}  // namespace
+
+Result<RingStats> sample_ring_stats(int producer_fd, int consumer_fd) {
+  // Read-only maps of both halves, with the same checks as the two ends' attach (a pair
+  // of halves of different rings is refused, as is an impossible geometry).
+  auto ring = attach_ring(producer_fd, consumer_fd, PROT_READ, PROT_READ);
+  if (!ring) return ring.error();
+  return read_stats(static_cast<const ProducerSegment*>(ring->prod.data()),
+                    static_cast<const ConsumerSegment*>(ring->cons.data()));
 }
 
 // ---------------------------------------------------------------- writer
@@ -575,22 +584,7 @@ void RingWriter::close() noexcept {
 }
 
 RingStats RingWriter::stats() const noexcept {
-  RingStats s;
-  if (prod_ == nullptr) return s;
-  s.sent = tail_;
-  s.bytes_sent = bytes_;
-  s.full_events = full_events_;
-  s.drops = drops_;
-  s.producer_parks = parks_;
-  s.producer_wakeups = wakeups_;
-  s.producer_spins = spins_;
-  s.received = cons_->index.head.load(std::memory_order_relaxed);
-  s.bytes_received = cons_->stats.bytes.load(std::memory_order_relaxed);
-  s.corrupt = cons_->stats.drops.load(std::memory_order_relaxed);
-  s.consumer_parks = cons_->stats.parks.load(std::memory_order_relaxed);
-  s.consumer_wakeups = cons_->stats.wakeups.load(std::memory_order_relaxed);
-  s.consumer_spins = cons_->stats.spins.load(std::memory_order_relaxed);
-  return s;
+  return prod_ == nullptr ? RingStats{} : read_stats(prod_, cons_);
 }
 
 std::size_t RingWriter::free_approx() const noexcept {
@@ -920,22 +914,7 @@ void RingReader::close() noexcept {
 }
 
 RingStats RingReader::stats() const noexcept {
-  RingStats s;
-  if (prod_ == nullptr) return s;
-  s.sent = prod_->stats.messages.load(std::memory_order_relaxed);
-  s.bytes_sent = prod_->stats.bytes.load(std::memory_order_relaxed);
-  s.full_events = prod_->stats.full_events.load(std::memory_order_relaxed);
-  s.drops = prod_->stats.drops.load(std::memory_order_relaxed);
-  s.producer_parks = prod_->stats.parks.load(std::memory_order_relaxed);
-  s.producer_wakeups = prod_->stats.wakeups.load(std::memory_order_relaxed);
-  s.producer_spins = prod_->stats.spins.load(std::memory_order_relaxed);
-  s.received = head_;
-  s.bytes_received = bytes_;
-  s.corrupt = corrupt_;
-  s.consumer_parks = parks_;
-  s.consumer_wakeups = wakeups_;
-  s.consumer_spins = spins_;
-  return s;
+  return prod_ == nullptr ? RingStats{} : read_stats(prod_, cons_);
 }
 
 std::uint64_t RingReader::dropped_by_producer() const noexcept {

@@ -62,9 +62,11 @@ class OwnedFd {
 struct ObjectSpec {
   ObjectKind kind = ObjectKind::Channel;
   std::string name;                     // 1..63 printable ASCII characters, no spaces
-  std::uint32_t capacity = 1024;        // messages (Ring: a power of two in [2, 2^20])
-  std::uint32_t max_message_size = 64;  // bytes (Ring: <= 64)
+  std::uint32_t capacity = 1024;        // messages (Ring, and each sender's ring of a Channel
+                                        // or Endpoint: a power of two in [2, 2^20])
+  std::uint32_t max_message_size = 64;  // bytes (Ring, Channel, Endpoint: <= 64)
   bool world_openable = false;          // any uid may open it (default: the creator's uid)
+  std::uint32_t max_senders = 0;        // Channel, Endpoint: 0 = 1023; at most 4095
 };
 
 struct ObjectInfo {
@@ -79,7 +81,40 @@ struct ObjectInfo {
 struct CreatedObject {
   Capability cap;  // the creator's capability: every right of the kind
   ObjectInfo info;
-  std::vector<OwnedFd> fds;  // Ring: [0] producer segment, [1] consumer segment
+  std::vector<OwnedFd> fds;  // Ring: [0] producer segment, [1] consumer segment;
+                             // Channel, Endpoint: [0] the ready set (the creator receives)
+};
+
+// One sender's ring in a channel (Runtime::connect_sender / attach_sender).
+struct SenderRing {
+  Capability cap;            // the capability the ring belongs to (revoking it detaches it)
+  std::uint32_t index = 0;   // the ring's index in the channel's ready set (>= 1)
+  std::uint32_t capacity = 0;
+  std::uint32_t max_message_size = 0;
+  std::uint64_t ring_id = 0;
+  OwnedFd producer;   // the sender writes it
+  OwnedFd consumer;   // the sender maps it read-only
+  OwnedFd ready_set;  // the channel's ready set
+};
+
+// What Runtime::accept reports to a channel's receiver.
+enum class SenderEventKind : std::uint16_t { None = 0, Attached = 1, Detached = 2 };
+enum class DetachReason : std::uint16_t {
+  None = 0,
+  Closed = 1,   // the sender exited or released: drain its ring, then drop it
+  Revoked = 2,  // its capability was revoked: drop the ring now
+};
+struct SenderEvent {
+  SenderEventKind kind = SenderEventKind::None;
+  DetachReason reason = DetachReason::None;
+  std::uint32_t index = 0;
+  std::uint64_t ring_id = 0;
+  std::uint64_t sender_client = 0;
+  pid_t sender_pid = 0;
+  uid_t sender_uid = 0;
+  std::uint32_t pending = 0;  // events still queued
+  OwnedFd producer;           // Attached: the ring's producer segment (map read-only)
+  OwnedFd consumer;           // Attached: its consumer segment (the receiver writes it)
 };
 
 // Whom a grant is for: a client id (Runtime::client_id() of the target) or a pid.
@@ -141,6 +176,16 @@ class Runtime {
   [[nodiscard]] Result<Capability> claim(CapabilityHandle handle);
   [[nodiscard]] Result<RevokeResult> revoke(const Capability& cap);
   [[nodiscard]] Result<void> release(const Capability& cap);
+  // Channels (docs/channels.md). A sender's ring, with a new capability (one round trip):
+  // `rights` must include Send.
+  [[nodiscard]] Result<SenderRing> connect_sender(std::string_view name,
+                                                  Rights rights = Rights::Send);
+  // A sender's ring for a capability already held (needs Send; one ring per capability).
+  [[nodiscard]] Result<SenderRing> attach_sender(const Capability& cap);
+  // The next sender event of a channel this process receives on (needs Receive, and the
+  // caller must be the creator); kind None when nothing is pending.
+  [[nodiscard]] Result<SenderEvent> accept(const Capability& cap);
+
   [[nodiscard]] Result<std::uint64_t> ping(std::uint64_t payload = 0);
   [[nodiscard]] Result<BrokerStats> stats();
 

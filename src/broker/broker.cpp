@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <deque>
+#include <map>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "broker/capability_table.hpp"
 #include "broker/platform.hpp"
 #include "core/clock.hpp"
+#include "core/ready_set.hpp"
 #include "core/ring.hpp"
 #include "core/wire.hpp"
 
@@ -117,6 +119,40 @@ struct Client {
   std::uint32_t pending_grants = 0;
 };
 
+// One sender's ring in a channel. The broker keeps both descriptors so that it can
+// close either end for a peer that cannot (exit, revoke) and hand them to the receiver.
+struct SenderRing {
+  std::uint32_t index = 0;  // in the channel's ready set (>= 1)
+  std::uint64_t ring_id = 0;
+  ClientId sender = 0;
+  pid_t pid = 0;
+  uid_t uid = 0;
+  Token cap = 0;                  // the capability the ring belongs to
+  std::uint32_t cap_generation = 0;  // its generation when connected
+  sys::UniqueFd producer;
+  sys::UniqueFd consumer;
+  bool announced = false;  // the receiver has taken its Attached event
+  bool detached = false;   // a Detached event is queued
+};
+
+struct SenderEventRec {
+  wire::SenderEvent event = wire::SenderEvent::None;
+  wire::DetachReason reason = wire::DetachReason::None;
+  std::uint32_t index = 0;
+};
+
+// The memory of a Channel or Endpoint: its ready set and one ring per sender.
+struct ChannelState {
+  sys::UniqueFd ready_fd;
+  core::ReadySetMarker marker;  // index 0 is the broker's: "Accept has events"
+  ClientId receiver = 0;
+  std::uint32_t max_senders = 0;
+  std::map<std::uint32_t, SenderRing> rings;  // by index
+  std::vector<std::uint32_t> free_indices;    // released indices, reused first
+  std::uint32_t next_index = 1;
+  std::deque<SenderEventRec> events;
+};
+
 struct Object {
   ObjectId id = 0;
   ObjectKind kind = ObjectKind::Endpoint;
@@ -128,7 +164,12 @@ struct Object {
   uid_t owner_uid = 0;
   Token root = 0;
   std::vector<sys::UniqueFd> fds;  // Ring: producer, consumer
+  std::unique_ptr<ChannelState> channel;  // Channel, Endpoint
 };
+
+bool is_channel(ObjectKind k) noexcept {
+  return k == ObjectKind::Channel || k == ObjectKind::Endpoint;
+}
 
 struct PendingGrant {
   Token source = 0;
@@ -221,6 +262,23 @@ class Broker::Impl {
   Result<OutPacket> on(Client& c, const wire::ReleaseRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::PingRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::StatsRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::ConnectRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::AttachRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::AcceptRequest& r, std::uint64_t id);
+
+  // ---- channels
+  // Checks and prepares a sender's ring in `obj` for the capability `cap` (held by c),
+  // then commits it; returns the reply fields and descriptors.
+  Result<OutPacket> connect_ring(Client& c, Object& obj, const CapNode& cap, std::uint64_t id,
+                                 bool attach_reply);
+  // Closes a ring's ends for a peer that cannot and queues a Detached event (or forgets
+  // the ring when the receiver never heard of it and nothing must be delivered).
+  void detach_ring(Object& obj, SenderRing& ring, wire::DetachReason reason);
+  // Detaches every ring whose capability died or changed generation.
+  void sweep_rings(wire::DetachReason reason);
+  // Closes the sender ends of every ring of a channel that is going away.
+  void close_channel(Object& obj);
+  void queue_event(ChannelState& ch, SenderEventRec ev);
 
   // Checks that the client may present a capability now (rate limit) and that it holds it.
   Result<const CapNode*> redeem(Client& c, const wire::CapabilityRef& ref, wire::Opcode op);
@@ -246,6 +304,8 @@ class Broker::Impl {
   CapabilityTable caps_;
   ClientId next_client_ = 1;
   ObjectId next_object_ = 1;
+  std::uint64_t next_ring_ = 1;
+  std::size_t rings_ = 0;  // sender rings alive in every channel
   std::array<Token, 32> token_pool_{};
   std::size_t token_pool_left_ = 0;
 
@@ -454,12 +514,15 @@ void Broker::Impl::drop(ClientId id, const char* why) {
   for (ObjectId oid : c.owned) {
     auto o = objects_.find(oid);
     if (o == objects_.end()) continue;
+    if (o->second.channel) close_channel(o->second);
     revoked += caps_.destroy_object(oid);
     names_.erase(o->second.name);
     objects_.erase(o);  // closes the object's descriptors
   }
   const std::size_t held = caps_.count_held(id);
   caps_.release_all(id);
+  // Its rings: it can never write again; the receiver drains them, then drops them.
+  sweep_rings(wire::DetachReason::Closed);
   for (auto g = pending_.begin(); g != pending_.end();) {
     if (g->second.granter == id || g->second.target_client == id) {
       if (g->second.granter != id) {
@@ -610,6 +673,29 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std:
     reply_fds.push_back(std::move(*q));
     obj.fds.push_back(std::move(seg->producer));
     obj.fds.push_back(std::move(seg->consumer));
+  } else if (is_channel(kind)) {
+    if (r.capacity < 2 || r.capacity > layout::kRingCapacityMax ||
+        (r.capacity & (r.capacity - 1)) != 0 || r.max_message_size > kSmallPayloadMax) {
+      return Error(ErrorCode::InvalidArgument, wire::ctx::kBadParameters);
+    }
+    auto ch = std::make_unique<ChannelState>();
+    ch->max_senders = r.max_senders == 0 ? wire::kDefaultMaxSenders : r.max_senders;
+    auto rs = core::ReadySet::create(ch->max_senders + 1);
+    if (!rs) return Error(rs.error().code(), wire::ctx::kObjectCreate, rs.error().sys_errno());
+    auto own = sys::dup_fd(rs->fd());
+    if (!own) return Error(own.error().code(), wire::ctx::kObjectCreate, own.error().sys_errno());
+    auto marker = core::ReadySetMarker::attach(own->get());
+    if (!marker) {
+      return Error(marker.error().code(), wire::ctx::kObjectCreate, marker.error().sys_errno());
+    }
+    auto give = sys::dup_fd(own->get());
+    if (!give) return Error(give.error().code(), wire::ctx::kObjectCreate, give.error().sys_errno());
+    reply_fds.push_back(std::move(*give));
+    ch->ready_fd = std::move(*own);
+    ch->marker = std::move(*marker);
+    ch->receiver = c.id;
+    ch->free_indices.reserve(ch->max_senders);
+    obj.channel = std::move(ch);
   }
   auto token = new_token();
   if (!token) return token.error();
@@ -774,6 +860,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::RevokeRequest& r, std:
   auto src = redeem(c, r.cap, wire::Opcode::Revoke);
   if (!src) return src.error();
   const std::size_t revoked = caps_.revoke(r.cap.token);
+  sweep_rings(wire::DetachReason::Revoked);
   const CapNode* node = caps_.find(r.cap.token);
   log(LogLevel::Debug, "client {} revoked {} capabilities", c.id, revoked);
   return OutPacket{wire::encode_reply(id, wire::RevokeReply{record_of(*node), revoked}), {}};
@@ -783,6 +870,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ReleaseRequest& r, std
   auto src = redeem(c, r.cap, wire::Opcode::Release);
   if (!src) return src.error();
   caps_.release(r.cap.token);
+  sweep_rings(wire::DetachReason::Closed);
   return OutPacket{wire::encode_reply(id, wire::ReleaseReply{0}), {}};
 }
 
@@ -795,6 +883,222 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::StatsRequest&, std::ui
                      pending_.size(),  failed_total_,   rate_limited_total_,
                      protocol_errors_, c.failed,        c.rate_limited};
   return OutPacket{wire::encode_reply(id, s), {}};
+}
+
+// ------------------------------------------------------------ channels
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::ConnectRequest& r, std::uint64_t id) {
+  const auto rights = static_cast<Rights>(r.rights);
+  if (!contains(rights, Rights::Send)) {
+    return Error(ErrorCode::InvalidArgument, wire::ctx::kMissingRight);
+  }
+  const auto it = names_.find(wire::name_view(r.name));
+  if (it == names_.end()) return Error(ErrorCode::NotFound, wire::ctx::kNameUnknown);
+  Object& obj = objects_.at(it->second);
+  if (!obj.channel) return Error(ErrorCode::InvalidArgument, wire::ctx::kNotChannel);
+  if (!contains(rights_for(obj.kind), rights)) {
+    return Error(ErrorCode::InvalidArgument, wire::ctx::kRightsForKind);
+  }
+  if (c.cred.uid != obj.owner_uid && (obj.flags & wire::kObjectWorldOpenable) == 0) {
+    log(LogLevel::Info, "client {} (pid {} uid {}): connect to '{}' denied by policy", c.id,
+        c.cred.pid, c.cred.uid, obj.name);
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kPolicyDenied);
+  }
+  VIPC_TRY(check_capability_room(c));
+  auto token = new_token();
+  if (!token) return token.error();
+  // The capability is only inserted once the ring exists (connect_ring checks and
+  // prepares first); a node on the stack stands for it meanwhile.
+  CapNode pending;
+  pending.token = *token;
+  pending.holder = c.id;
+  pending.object = obj.id;
+  pending.rights = rights;
+  pending.generation = 1;
+  return connect_ring(c, obj, pending, id, false);
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::AttachRequest& r, std::uint64_t id) {
+  auto cap = redeem(c, r.cap, wire::Opcode::Attach);
+  if (!cap) return cap.error();
+  if (!contains((*cap)->rights, Rights::Send)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kMissingRight);
+  }
+  Object& obj = objects_.at((*cap)->object);
+  if (!obj.channel) return Error(ErrorCode::InvalidArgument, wire::ctx::kNotChannel);
+  for (const auto& [index, ring] : obj.channel->rings) {
+    if (ring.cap == r.cap.token && !ring.detached) {
+      return Error(ErrorCode::AlreadyExists, wire::ctx::kAlreadyConnected);
+    }
+  }
+  return connect_ring(c, obj, **cap, id, true);
+}
+
+Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNode& cap,
+                                             std::uint64_t id, bool attach_reply) {
+  ChannelState& ch = *obj.channel;
+  // Check and prepare.
+  const bool reuse = !ch.free_indices.empty();
+  if (!reuse && ch.next_index > ch.max_senders) {
+    return Error(ErrorCode::ChannelFull, wire::ctx::kChannelFull);
+  }
+  auto seg = core::RingSegments::create({obj.capacity, obj.max_message_size});
+  if (!seg) return Error(seg.error().code(), wire::ctx::kObjectCreate, seg.error().sys_errno());
+  std::vector<sys::UniqueFd> reply_fds;
+  for (int fd : {seg->producer.get(), seg->consumer.get(), ch.ready_fd.get()}) {
+    auto d = sys::dup_fd(fd);
+    if (!d) return Error(d.error().code(), wire::ctx::kObjectCreate, d.error().sys_errno());
+    reply_fds.push_back(std::move(*d));
+  }
+  const bool new_cap = !attach_reply;
+  if (new_cap) caps_.reserve(c.id, obj.id);
+  // Commit.
+  std::uint32_t index = 0;
+  if (reuse) {
+    index = ch.free_indices.back();
+    ch.free_indices.pop_back();
+  } else {
+    index = ch.next_index++;
+  }
+  const CapNode* node = &cap;
+  if (new_cap) {
+    const Token parent = caps_.contains(obj.root) ? obj.root : 0;
+    node = &caps_.insert(cap.token, c.id, obj.id, cap.rights, parent);
+  }
+  SenderRing& ring = ch.rings[index];
+  ring.index = index;
+  ring.ring_id = next_ring_++;
+  ring.sender = c.id;
+  ring.pid = c.cred.pid;
+  ring.uid = c.cred.uid;
+  ring.cap = node->token;
+  ring.cap_generation = node->generation;
+  ring.producer = std::move(seg->producer);
+  ring.consumer = std::move(seg->consumer);
+  ++rings_;
+  queue_event(ch, {wire::SenderEvent::Attached, wire::DetachReason::None, index});
+  log(LogLevel::Debug, "client {} connected to '{}' as sender {} (ring {})", c.id, obj.name, index,
+      ring.ring_id);
+  wire::ConnectReply reply{record_of(*node), index, obj.capacity, obj.max_message_size, 0,
+                           ring.ring_id};
+  if (attach_reply) {
+    wire::AttachReplyBody body;
+    static_cast<wire::ConnectReply&>(body) = reply;
+    return OutPacket{wire::encode_reply(id, body, 3), std::move(reply_fds)};
+  }
+  return OutPacket{wire::encode_reply(id, reply, 3), std::move(reply_fds)};
+}
+
+void Broker::Impl::queue_event(ChannelState& ch, SenderEventRec ev) {
+  ch.events.push_back(ev);
+  ch.marker.mark(0);
+}
+
+void Broker::Impl::detach_ring(Object& obj, SenderRing& ring, wire::DetachReason reason) {
+  ChannelState& ch = *obj.channel;
+  ring.detached = true;
+  // The sender may be alive (revoke): it gets ChannelClosed on its next send and wakes
+  // if it waits for room. The receiver, if it waits on this ring, wakes and drains.
+  if (auto r = core::close_consumer_end(ring.consumer.get()); !r) {
+    log(LogLevel::Warn, "ring {}: closing the sender's end: {}", ring.ring_id, r.error().message());
+  }
+  if (auto r = core::close_producer_end(ring.producer.get()); !r) {
+    log(LogLevel::Warn, "ring {}: closing the receiver's end: {}", ring.ring_id,
+        r.error().message());
+  }
+  if (!ring.announced && reason == wire::DetachReason::Revoked) {
+    // The receiver never saw it and must not read it: forget it at once.
+    std::erase_if(ch.events, [&](const SenderEventRec& e) { return e.index == ring.index; });
+    ch.free_indices.push_back(ring.index);
+    ch.rings.erase(ring.index);
+    --rings_;
+    return;
+  }
+  queue_event(ch, {wire::SenderEvent::Detached, reason, ring.index});
+}
+
+void Broker::Impl::sweep_rings(wire::DetachReason reason) {
+  if (rings_ == 0) return;
+  for (auto& [oid, obj] : objects_) {
+    if (!obj.channel) continue;
+    std::vector<std::uint32_t> gone;
+    for (auto& [index, ring] : obj.channel->rings) {
+      if (ring.detached) continue;
+      const CapNode* n = caps_.find(ring.cap);
+      if (n == nullptr || n->generation != ring.cap_generation ||
+          clients_.count(ring.sender) == 0) {
+        gone.push_back(index);
+      }
+    }
+    for (std::uint32_t index : gone) {
+      auto it = obj.channel->rings.find(index);
+      // A sender that is gone can no longer write: its ring is drained, not dropped.
+      const auto why =
+          clients_.count(it->second.sender) == 0 ? wire::DetachReason::Closed : reason;
+      log(LogLevel::Debug, "'{}': sender {} detached ({})", obj.name, index,
+          why == wire::DetachReason::Revoked ? "revoked" : "closed");
+      detach_ring(obj, it->second, why);
+    }
+  }
+}
+
+void Broker::Impl::close_channel(Object& obj) {
+  for (auto& [index, ring] : obj.channel->rings) {
+    // Every sender blocked on this channel wakes with ChannelClosed.
+    if (auto r = core::close_consumer_end(ring.consumer.get()); !r) {
+      log(LogLevel::Warn, "ring {}: closing: {}", ring.ring_id, r.error().message());
+    }
+  }
+  rings_ -= obj.channel->rings.size();
+  obj.channel->rings.clear();
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::AcceptRequest& r, std::uint64_t id) {
+  auto cap = redeem(c, r.cap, wire::Opcode::Accept);
+  if (!cap) return cap.error();
+  if (!contains((*cap)->rights, Rights::Receive)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kMissingRight);
+  }
+  Object& obj = objects_.at((*cap)->object);
+  if (!obj.channel) return Error(ErrorCode::InvalidArgument, wire::ctx::kNotChannel);
+  ChannelState& ch = *obj.channel;
+  if (ch.receiver != c.id) return Error(ErrorCode::PermissionDenied, wire::ctx::kNotReceiver);
+  wire::AcceptReply reply{};
+  if (ch.events.empty()) return OutPacket{wire::encode_reply(id, reply), {}};
+  const SenderEventRec ev = ch.events.front();
+  auto it = ch.rings.find(ev.index);
+  std::vector<sys::UniqueFd> fds;
+  if (it != ch.rings.end() && ev.event == wire::SenderEvent::Attached) {
+    // Prepare: the receiver's copies of the ring's descriptors.
+    for (int fd : {it->second.producer.get(), it->second.consumer.get()}) {
+      auto d = sys::dup_fd(fd);
+      if (!d) return Error(d.error().code(), wire::ctx::kObjectCreate, d.error().sys_errno());
+      fds.push_back(std::move(*d));
+    }
+  }
+  // Commit.
+  ch.events.pop_front();
+  reply.event = static_cast<std::uint16_t>(ev.event);
+  reply.reason = static_cast<std::uint16_t>(ev.reason);
+  reply.index = ev.index;
+  reply.pending = static_cast<std::uint32_t>(ch.events.size());
+  if (it != ch.rings.end()) {
+    SenderRing& ring = it->second;
+    reply.sender_pid = static_cast<std::uint32_t>(ring.pid);
+    reply.sender_uid = ring.uid;
+    reply.sender_client = ring.sender;
+    reply.ring_id = ring.ring_id;
+    if (ev.event == wire::SenderEvent::Attached) {
+      ring.announced = true;
+    } else {
+      // The receiver now knows the ring is gone: its index may be reused.
+      ch.free_indices.push_back(ev.index);
+      ch.rings.erase(it);
+      --rings_;
+    }
+  }
+  const auto nfds = static_cast<std::uint16_t>(fds.size());
+  return OutPacket{wire::encode_reply(id, reply, nfds), std::move(fds)};
 }
 
 // ------------------------------------------------------------ Broker

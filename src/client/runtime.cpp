@@ -180,10 +180,17 @@ Result<CreatedObject> Runtime::create(const ObjectSpec& spec) {
   r.flags = spec.world_openable ? wire::kObjectWorldOpenable : 0;
   r.capacity = spec.capacity;
   r.max_message_size = spec.max_message_size;
+  r.max_senders = spec.max_senders;
   r.name = wire::make_name(spec.name);
   auto a = impl_->call(r);
   if (!a) return a.error();
   const auto& reply = std::get<wire::CreateReply>(a->body);
+  const std::size_t want_fds = spec.kind == ObjectKind::Ring                                 ? 2
+                               : spec.kind == ObjectKind::Channel || spec.kind == ObjectKind::Endpoint ? 1
+                                                                                                   : 0;
+  if (a->fds.size() != want_fds) {
+    return Error(ErrorCode::ProtocolError, "create: reply carries the wrong number of descriptors");
+  }
   CreatedObject out;
   out.cap = wire::from_record(reply.cap);
   out.info = info_of(reply.object);
@@ -241,6 +248,64 @@ Result<void> Runtime::release(const Capability& cap) {
   auto a = impl_->call(wire::ReleaseRequest{wire::to_ref(cap)});
   if (!a) return a.error();
   return {};
+}
+
+namespace {
+
+Result<SenderRing> sender_ring_of(const wire::ConnectReply& r, std::vector<sys::UniqueFd>& fds) {
+  if (fds.size() != 3) {
+    return Error(ErrorCode::ProtocolError, "connect: reply carries the wrong number of descriptors");
+  }
+  SenderRing out;
+  out.cap = wire::from_record(r.cap);
+  out.index = r.index;
+  out.capacity = r.capacity;
+  out.max_message_size = r.max_message_size;
+  out.ring_id = r.ring_id;
+  out.producer = OwnedFd(fds[0].release());
+  out.consumer = OwnedFd(fds[1].release());
+  out.ready_set = OwnedFd(fds[2].release());
+  return out;
+}
+
+}  // namespace
+
+Result<SenderRing> Runtime::connect_sender(std::string_view name, Rights rights) {
+  if (!wire::valid_name(name)) return Error(ErrorCode::InvalidArgument, "connect: bad name");
+  auto a = impl_->call(
+      wire::ConnectRequest{static_cast<std::uint32_t>(rights), 0, wire::make_name(name)});
+  if (!a) return a.error();
+  return sender_ring_of(std::get<wire::ConnectReply>(a->body), a->fds);
+}
+
+Result<SenderRing> Runtime::attach_sender(const Capability& cap) {
+  auto a = impl_->call(wire::AttachRequest{wire::to_ref(cap)});
+  if (!a) return a.error();
+  return sender_ring_of(std::get<wire::AttachReplyBody>(a->body), a->fds);
+}
+
+Result<SenderEvent> Runtime::accept(const Capability& cap) {
+  auto a = impl_->call(wire::AcceptRequest{wire::to_ref(cap)});
+  if (!a) return a.error();
+  const auto& r = std::get<wire::AcceptReply>(a->body);
+  SenderEvent ev;
+  ev.kind = static_cast<SenderEventKind>(r.event);
+  ev.reason = static_cast<DetachReason>(r.reason);
+  const std::size_t want = ev.kind == SenderEventKind::Attached ? 2 : 0;
+  if (a->fds.size() != want) {
+    return Error(ErrorCode::ProtocolError, "accept: reply carries the wrong number of descriptors");
+  }
+  ev.index = r.index;
+  ev.ring_id = r.ring_id;
+  ev.sender_client = r.sender_client;
+  ev.sender_pid = static_cast<pid_t>(r.sender_pid);
+  ev.sender_uid = static_cast<uid_t>(r.sender_uid);
+  ev.pending = r.pending;
+  if (want == 2) {
+    ev.producer = OwnedFd(a->fds[0].release());
+    ev.consumer = OwnedFd(a->fds[1].release());
+  }
+  return ev;
 }
 
 Result<std::uint64_t> Runtime::ping(std::uint64_t payload) {

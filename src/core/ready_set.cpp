@@ -6,6 +6,7 @@
 #include "core/ready_set.hpp"
 
 #include <sched.h>
+#include <sys/mman.h>
 
 #include <bit>
 #include <utility>
@@ -27,6 +28,56 @@ constexpr int kMaxTakeRounds = 2 * 64 + 2;
 constexpr std::uint32_t kBusyRescanCheckEvery = 64;
 
 }  // namespace
+
+bool ready_set_mark(void* seg, std::uint32_t idx, std::uint64_t& last_woken) noexcept {
+  auto* rs = static_cast<layout::ReadySetSegment*>(seg);
+  auto* words = reinterpret_cast<std::atomic<std::uint64_t>*>(static_cast<unsigned char*>(seg) +
+                                                              layout::kReadySetWordsOffset);
+  const std::uint32_t g = idx / 64;
+  // RS1: seq_cst RMW; pairs with the receiver's exchange (RS2): if the receiver takes
+  // the word after this, it sees what was published before it.
+  const std::uint64_t old = words[g].fetch_or(bit(idx));
+  if (old == 0) rs->summary.bits.fetch_or(std::uint64_t{1} << g);
+  const std::uint64_t w = rs->waiting.value.load();  // seq_cst, after the RMWs (RS3)
+  if (w == 0 || (w & layout::kWaitFutex) == 0 || w == last_woken) return false;
+  last_woken = w;
+  rs->notify.value.fetch_add(1, std::memory_order_release);
+  sys::futex_wake(&rs->notify.value, 1);
+  return true;
+}
+
+Result<ReadySetMarker> ReadySetMarker::attach(int fd) {
+  auto rs = map_segment(fd, layout::SegmentKind::ReadySet, PROT_READ | PROT_WRITE);
+  if (!rs) return rs.error();
+  const std::uint32_t cap = rs->header.capacity;
+  if (cap == 0 || cap > layout::kReadySetCapacityMax || cap % 64 != 0 ||
+      layout::kReadySetWordsOffset + std::size_t{cap / 64} * sizeof(std::uint64_t) >
+          rs->mapping.size()) {
+    return Error(ErrorCode::Corrupted, "ready set: capacity does not match the segment", 0, cap);
+  }
+  ReadySetMarker m;
+  m.map_ = std::move(rs->mapping);
+  m.capacity_ = cap;
+  return m;
+}
+
+void ReadySetMarker::mark(std::uint32_t idx) noexcept {
+  if (idx >= capacity_ || !map_.valid()) return;
+  (void)ready_set_mark(map_.data(), idx, last_woken_);
+}
+
+Result<ReadySet> ReadySet::attach(sys::UniqueFd fd) {
+  auto marker = ReadySetMarker::attach(fd.get());
+  if (!marker) return marker.error();
+  ReadySet rs;
+  rs.fd_ = std::move(fd);
+  rs.capacity_ = marker->capacity_;
+  rs.map_ = std::move(marker->map_);
+  rs.groups_ = rs.capacity_ / 64;
+  rs.groups_mask_ = rs.groups_ == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << rs.groups_) - 1;
+  rs.rescan_due_ = deadline_after(rs.rescan_interval_);
+  return rs;
+}
 
 Result<ReadySet> ReadySet::create(std::uint32_t capacity) {
   if (capacity == 0 || capacity > layout::kReadySetCapacityMax) {
@@ -81,6 +132,19 @@ Result<void> ReadySet::add(RingReader& reader, std::uint32_t index) {
   // ready() below sees the message it published before.
   reader.arm_ready_set(index);
   if (reader.ready()) mark(index);
+  return {};
+}
+
+Result<void> ReadySet::watch(std::uint32_t index) {
+  if (index >= capacity_) {
+    return Error(ErrorCode::InvalidArgument, "ready set: index out of range", 0, index);
+  }
+  const std::uint32_t g = index / 64;
+  if ((registered_[g] & bit(index)) != 0) {
+    return Error(ErrorCode::AlreadyExists, "ready set: index already registered", 0, index);
+  }
+  registered_[g] |= bit(index);
+  mark(index);
   return {};
 }
 

@@ -49,11 +49,40 @@
 
 namespace vipc::core {
 
+// Marking an index ready from a writer's side: RS1 (mark) and RS3 (wake a parked
+// receiver), shared by RingWriter and by the broker, which marks a channel's control
+// index. `seg` is a mapped set of `capacity` indices (capacity from the validated
+// header, <= kReadySetCapacityMax, and covered by the mapping); `idx` must be below it.
+// `last_woken` dedupes wake-ups per announcement of the receiver (its epoch changes
+// with every park). Returns whether it made a FUTEX_WAKE.
+bool ready_set_mark(void* seg, std::uint32_t idx, std::uint64_t& last_woken) noexcept;
+
+// The broker's handle on a set it created: marks indices (RS1/RS3) without a ring.
+class ReadySetMarker {
+ public:
+  // Maps the set behind `fd` (not taken over) read-write after validating its header.
+  [[nodiscard]] static Result<ReadySetMarker> attach(int fd);
+  // Marks `idx` ready and wakes a parked receiver. Ignored when idx >= capacity().
+  void mark(std::uint32_t idx) noexcept;
+  [[nodiscard]] std::uint32_t capacity() const noexcept { return capacity_; }
+
+ private:
+  friend class ReadySet;
+  sys::Mapping map_;
+  std::uint32_t capacity_ = 0;
+  std::uint64_t last_woken_ = 0;
+};
+
 class ReadySet {
  public:
   // capacity is rounded up to a multiple of 64; InvalidArgument unless it is in
   // [1, 4096].
   [[nodiscard]] static Result<ReadySet> create(std::uint32_t capacity);
+  // Receives on a set someone else created (the broker creates a channel's set): takes
+  // ownership of `fd`, validates the segment's header and maps it read-write. The set's
+  // shared words may hold marks from before (they are filtered through the registry
+  // like any other).
+  [[nodiscard]] static Result<ReadySet> attach(sys::UniqueFd fd);
 
   // The descriptor writers pass as RingWriter::attach(..., ready_set_fd).
   [[nodiscard]] int fd() const noexcept { return fd_.get(); }
@@ -63,6 +92,10 @@ class ReadySet {
   // already holds messages. InvalidArgument when index >= capacity, AlreadyExists when
   // the index is registered.
   [[nodiscard]] Result<void> add(RingReader& reader, std::uint32_t index);
+  // Registers an index that something other than a ring of this process marks (the
+  // broker marks a channel's index 0) and reports it once at once, for marks made before.
+  // InvalidArgument / AlreadyExists as add().
+  [[nodiscard]] Result<void> watch(std::uint32_t index);
   // Disarms `reader` (which must be the one added as `index`) and forgets the index:
   // no pending report of it is returned afterwards. No-op for an unregistered index.
   void remove(RingReader& reader, std::uint32_t index) noexcept;

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <new>
 
+#include "core/ready_set.hpp"
 #include "core/segment.hpp"
 
 namespace vipc::core {
@@ -408,20 +409,7 @@ void RingWriter::signal_ready_set() noexcept {
           ready_map_.size()) {
     return;  // hostile or stale index: ignore
   }
-  auto* rs = static_cast<layout::ReadySetSegment*>(ready_map_.data());
-  auto* words = reinterpret_cast<std::atomic<std::uint64_t>*>(
-      static_cast<unsigned char*>(ready_map_.data()) + layout::kReadySetWordsOffset);
-  const std::uint32_t g = idx / 64;
-  // RS1: seq_cst RMW; pairs with the receiver's exchange (RS2): if the receiver takes
-  // the word after this, it sees the slot published before it.
-  const std::uint64_t old = words[g].fetch_or(std::uint64_t{1} << (idx % 64));
-  if (old == 0) rs->summary.bits.fetch_or(std::uint64_t{1} << g);
-  const std::uint64_t w = rs->waiting.value.load();  // seq_cst, after the RMWs (RS3)
-  // One wake-up per announcement of the receiver (its epoch changes with every park).
-  if (w != 0 && (w & layout::kWaitFutex) != 0 && w != last_set_woken_) {
-    last_set_woken_ = w;
-    rs->notify.value.fetch_add(1, std::memory_order_release);
-    sys::futex_wake(&rs->notify.value, 1);
+  if (ready_set_mark(ready_map_.data(), idx, last_set_woken_)) {
     ++wakeups_;
     prod_->stats.wakeups.store(wakeups_, std::memory_order_relaxed);
   }
@@ -919,6 +907,44 @@ RingStats RingReader::stats() const noexcept {
 
 std::uint64_t RingReader::dropped_by_producer() const noexcept {
   return prod_ == nullptr ? 0 : prod_->stats.drops.load(std::memory_order_relaxed);
+}
+
+namespace {
+
+// Maps a ring segment the broker created, by its size alone: the header may have been
+// scribbled by the peer that writes this segment, and nothing here depends on it.
+template <class Seg>
+Result<sys::Mapping> map_end(int fd) noexcept {
+  auto size = sys::file_size(fd);
+  if (!size) return size.error();
+  if (*size < sizeof(Seg)) return Error(ErrorCode::Corrupted, "ring: segment too small");
+  return sys::map_shared(fd, sizeof(Seg), PROT_READ | PROT_WRITE);
+}
+
+}  // namespace
+
+Result<void> close_producer_end(int producer_fd) noexcept {
+  auto map = map_end<layout::ProducerSegment>(producer_fd);
+  if (!map) return map.error();
+  auto* p = static_cast<layout::ProducerSegment*>(map->data());
+  // As RingWriter::close (R5), on behalf of a writer that cannot.
+  p->control.closed.store(1, std::memory_order_release);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  p->notify.value.fetch_add(1, std::memory_order_release);
+  sys::futex_wake(&p->notify.value, INT_MAX);
+  return {};
+}
+
+Result<void> close_consumer_end(int consumer_fd) noexcept {
+  auto map = map_end<layout::ConsumerSegment>(consumer_fd);
+  if (!map) return map.error();
+  auto* c = static_cast<layout::ConsumerSegment*>(map->data());
+  // As RingReader::close, on behalf of a reader that cannot.
+  c->control.closed.store(1, std::memory_order_release);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  c->notify.value.fetch_add(1, std::memory_order_release);
+  sys::futex_wake(&c->notify.value, INT_MAX);
+  return {};
 }
 
 }  // namespace vipc::core

@@ -235,4 +235,12 @@ class RingReader {
   SpinBudget budget_{WaitPolicy{}};
 };
 
+// For the broker, which created a ring and keeps its two descriptors: closes one end on
+// behalf of a peer that cannot (it died, or its capability was revoked), and wakes
+// whoever waits on that end: a reader then drains what was published and gets
+// ChannelClosed; a writer gets ChannelClosed. Maps the segment by its size only (the
+// header may have been scribbled by the peer) and unmaps it before returning.
+[[nodiscard]] Result<void> close_producer_end(int producer_fd) noexcept;
+[[nodiscard]] Result<void> close_consumer_end(int consumer_fd) noexcept;
+
 }  // namespace vipc::core

@@ -15,7 +15,8 @@ constexpr const char* kContexts[] = {
     ctx::kOversized,       ctx::kBadMagic,         ctx::kBadVersion,      ctx::kBadOpcode,
     ctx::kBadFlags,        ctx::kBadLength,        ctx::kBadFdCount,      ctx::kBadName,
     ctx::kBadEnum,         ctx::kBadRights,        ctx::kBadReserved,     ctx::kBadStatus,
-    ctx::kBadTarget,       ctx::kControlTruncated,
+    ctx::kBadTarget,       ctx::kControlTruncated, ctx::kNotChannel,      ctx::kNotReceiver,
+    ctx::kChannelFull,     ctx::kAlreadyConnected,
 };
 constexpr std::uint16_t kContextCount = static_cast<std::uint16_t>(std::size(kContexts));
 
@@ -78,7 +79,10 @@ Result<void> check(const HelloRequest& b) noexcept {
 Result<void> check(const CreateRequest& b) noexcept {
   VIPC_TRY(check_kind(b.kind));
   if ((b.flags & ~kObjectFlagsMask) != 0) return protocol(ctx::kBadFlags);
-  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  const bool channel = b.kind == static_cast<std::uint16_t>(ObjectKind::Channel) ||
+                       b.kind == static_cast<std::uint16_t>(ObjectKind::Endpoint);
+  if (!channel && b.max_senders != 0) return protocol(ctx::kBadReserved);
+  if (b.max_senders > kMaxSenders) return protocol(ctx::kBadEnum);
   return check_name(b.name);
 }
 Result<void> check(const LookupRequest& b) noexcept { return check_name(b.name); }
@@ -107,6 +111,13 @@ Result<void> check(const StatsRequest& b) noexcept {
   if (b.reserved != 0) return protocol(ctx::kBadReserved);
   return {};
 }
+Result<void> check(const ConnectRequest& b) noexcept {
+  VIPC_TRY(check_rights(b.rights));
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return check_name(b.name);
+}
+Result<void> check(const AttachRequest& b) noexcept { return check_ref(b.cap); }
+Result<void> check(const AcceptRequest& b) noexcept { return check_ref(b.cap); }
 
 // ------------------------------------------------------------ reply bodies
 
@@ -133,6 +144,24 @@ Result<void> check(const ReleaseReply& b) noexcept {
   return {};
 }
 Result<void> check(const PingReply&) noexcept { return {}; }
+Result<void> check(const ConnectReply& b) noexcept {
+  VIPC_TRY(check_rights(b.cap.rights));
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  if (b.index == 0 || b.index > kMaxSenders) return protocol(ctx::kBadEnum);
+  return {};
+}
+Result<void> check(const AttachReplyBody& b) noexcept {
+  return check(static_cast<const ConnectReply&>(b));
+}
+Result<void> check(const AcceptReply& b) noexcept {
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  if (b.event > static_cast<std::uint16_t>(SenderEvent::Detached) ||
+      b.reason > static_cast<std::uint16_t>(DetachReason::Revoked)) {
+    return protocol(ctx::kBadEnum);
+  }
+  if (b.event != 0 && (b.index == 0 || b.index > kMaxSenders)) return protocol(ctx::kBadEnum);
+  return {};
+}
 Result<void> check(const StatsReply&) noexcept { return {}; }
 
 // Decodes alternative I of variant V from the body bytes (exact size already checked).
@@ -201,6 +230,12 @@ const char* to_string(Opcode op) noexcept {
       return "Ping";
     case Opcode::Stats:
       return "Stats";
+    case Opcode::Connect:
+      return "Connect";
+    case Opcode::Attach:
+      return "Attach";
+    case Opcode::Accept:
+      return "Accept";
   }
   return "Unknown";
 }
@@ -296,7 +331,21 @@ Result<DecodedReply> decode_reply(std::span<const std::byte> bytes,
 
 std::uint16_t reply_fd_count(const ReplyBody& body) noexcept {
   if (const auto* c = std::get_if<CreateReply>(&body)) {
-    return c->object.kind == static_cast<std::uint16_t>(ObjectKind::Ring) ? 2 : 0;
+    switch (static_cast<ObjectKind>(c->object.kind)) {
+      case ObjectKind::Ring:
+        return 2;  // producer, consumer segment
+      case ObjectKind::Channel:
+      case ObjectKind::Endpoint:
+        return 1;  // the ready set
+      default:
+        return 0;
+    }
+  }
+  if (std::holds_alternative<ConnectReply>(body) || std::holds_alternative<AttachReplyBody>(body)) {
+    return 3;  // producer, consumer segment, ready set
+  }
+  if (const auto* a = std::get_if<AcceptReply>(&body)) {
+    return a->event == static_cast<std::uint16_t>(SenderEvent::Attached) ? 2 : 0;
   }
   return 0;
 }

@@ -38,7 +38,7 @@ namespace vipc::wire {
 static_assert(std::endian::native == std::endian::little, "wire format is little-endian");
 
 inline constexpr std::uint32_t kMagic = 0x43504956;  // "VIPC" in memory order
-inline constexpr std::uint16_t kProtocolVersion = 1;
+inline constexpr std::uint16_t kProtocolVersion = 2;
 inline constexpr std::size_t kNameSize = 64;  // bytes of a name field, NUL included
 inline constexpr std::size_t kNameMax = kNameSize - 1;
 inline constexpr std::size_t kMaxFds = 4;       // descriptors one packet may carry
@@ -56,9 +56,12 @@ enum class Opcode : std::uint16_t {
   Release = 9,       // drop a capability from the holder's space
   Ping = 10,         // echo (request/reply floor)
   Stats = 11,        // broker counters and the caller's own
+  Connect = 12,      // name + rights (Send) -> capability + this sender's ring (3 fds)
+  Attach = 13,       // capability (Send) -> this sender's ring (3 fds)
+  Accept = 14,       // capability (Receive) -> next sender event of the channel
 };
 inline constexpr std::uint16_t kOpcodeMin = 1;
-inline constexpr std::uint16_t kOpcodeMax = 11;
+inline constexpr std::uint16_t kOpcodeMax = 14;
 [[nodiscard]] const char* to_string(Opcode op) noexcept;
 
 inline constexpr std::uint16_t kFlagReply = 1u << 0;
@@ -156,22 +159,28 @@ static_assert(offsetof(HelloRequest, min_version) == 0);
 static_assert(offsetof(HelloRequest, max_version) == 2);
 static_assert(offsetof(HelloRequest, reserved) == 4);
 
-//  0      2       4          8            12         16                     80
-//  | kind | flags | capacity | max msg    | reserved | name[64]             |
+// max senders: Channel and Endpoint only (0: the default, kDefaultMaxSenders); zero
+// for every other kind.
+//
+//  0      2       4          8            12            16                     80
+//  | kind | flags | capacity | max msg    | max senders | name[64]             |
 struct CreateRequest {
   std::uint16_t kind;
   std::uint16_t flags;
   std::uint32_t capacity;
   std::uint32_t max_message_size;
-  std::uint32_t reserved;
+  std::uint32_t max_senders;
   Name name;
 };
+inline constexpr std::uint32_t kDefaultMaxSenders = 1023;
+// A channel's ready set holds one index per sender plus index 0, the broker's.
+inline constexpr std::uint32_t kMaxSenders = 4095;
 static_assert(sizeof(CreateRequest) == 80);
 static_assert(offsetof(CreateRequest, kind) == 0);
 static_assert(offsetof(CreateRequest, flags) == 2);
 static_assert(offsetof(CreateRequest, capacity) == 4);
 static_assert(offsetof(CreateRequest, max_message_size) == 8);
-static_assert(offsetof(CreateRequest, reserved) == 12);
+static_assert(offsetof(CreateRequest, max_senders) == 12);
 static_assert(offsetof(CreateRequest, name) == 16);
 
 //  0                     64
@@ -262,6 +271,34 @@ struct StatsRequest {
 static_assert(sizeof(StatsRequest) == 8);
 static_assert(offsetof(StatsRequest, reserved) == 0);
 
+//  0        4          8                     72
+//  | rights | reserved | name[64]            |   rights must include Send
+struct ConnectRequest {
+  std::uint32_t rights;
+  std::uint32_t reserved;
+  Name name;
+};
+static_assert(sizeof(ConnectRequest) == 72);
+static_assert(offsetof(ConnectRequest, rights) == 0);
+static_assert(offsetof(ConnectRequest, reserved) == 4);
+static_assert(offsetof(ConnectRequest, name) == 8);
+
+//  0                    16
+//  | cap (ref)          |   needs Send
+struct AttachRequest {
+  CapabilityRef cap;
+};
+static_assert(sizeof(AttachRequest) == 16);
+static_assert(offsetof(AttachRequest, cap) == 0);
+
+//  0                    16
+//  | cap (ref)          |   needs Receive; the caller must be the channel's receiver
+struct AcceptRequest {
+  CapabilityRef cap;
+};
+static_assert(sizeof(AcceptRequest) == 16);
+static_assert(offsetof(AcceptRequest, cap) == 0);
+
 // ---------------------------------------------------------------- replies
 
 //  0         2          4     8     12    16           24
@@ -303,6 +340,7 @@ static_assert(offsetof(ObjectRecord, max_message_size) == 16);
 static_assert(offsetof(ObjectRecord, owner_uid) == 20);
 
 // For kind Ring the reply carries two descriptors: producer segment, consumer segment.
+// For kinds Channel and Endpoint it carries one: the channel's ready set.
 //
 //  0                    24                   48
 //  | cap (record)       | object (record)    |
@@ -373,6 +411,67 @@ struct PingReply {
 static_assert(sizeof(PingReply) == 8);
 static_assert(offsetof(PingReply, payload) == 0);
 
+// A sender's ring in a channel. Connect and Attach answer with the sender's capability
+// and three descriptors: the ring's producer segment (the sender writes it), its
+// consumer segment (mapped read-only by the sender) and the channel's ready set.
+//
+//  0                    24       28         32        36         40         48
+//  | cap (record)       | index  | capacity | max msg | reserved | ring id  |
+struct ConnectReply {
+  CapabilityRecord cap;
+  std::uint32_t index;  // the ring's index in the channel's ready set (>= 1)
+  std::uint32_t capacity;
+  std::uint32_t max_message_size;
+  std::uint32_t reserved;
+  std::uint64_t ring_id;  // broker-wide id of this sender's ring
+};
+static_assert(sizeof(ConnectReply) == 48);
+static_assert(offsetof(ConnectReply, cap) == 0);
+static_assert(offsetof(ConnectReply, index) == 24);
+static_assert(offsetof(ConnectReply, capacity) == 28);
+static_assert(offsetof(ConnectReply, max_message_size) == 32);
+static_assert(offsetof(ConnectReply, reserved) == 36);
+static_assert(offsetof(ConnectReply, ring_id) == 40);
+
+// What Accept reports (AcceptReply::event).
+enum class SenderEvent : std::uint16_t {
+  None = 0,      // nothing pending
+  Attached = 1,  // a sender connected: 2 descriptors (producer, consumer segment)
+  Detached = 2,  // a sender is gone: reason says why
+};
+// Why a sender was detached (AcceptReply::reason).
+enum class DetachReason : std::uint16_t {
+  None = 0,
+  Closed = 1,   // the sender exited or released its capability: drain, then drop the ring
+  Revoked = 2,  // its capability was revoked: drop the ring now, unread messages included
+};
+
+//  0       2        4       8            12           16              24
+//  | event | reason | index | sender pid | sender uid | sender client |
+//  24         28         32          40
+//  | pending  | reserved | ring id   |
+struct AcceptReply {
+  std::uint16_t event;
+  std::uint16_t reason;
+  std::uint32_t index;
+  std::uint32_t sender_pid;
+  std::uint32_t sender_uid;
+  std::uint64_t sender_client;
+  std::uint32_t pending;  // events still queued after this one
+  std::uint32_t reserved;
+  std::uint64_t ring_id;
+};
+static_assert(sizeof(AcceptReply) == 40);
+static_assert(offsetof(AcceptReply, event) == 0);
+static_assert(offsetof(AcceptReply, reason) == 2);
+static_assert(offsetof(AcceptReply, index) == 4);
+static_assert(offsetof(AcceptReply, sender_pid) == 8);
+static_assert(offsetof(AcceptReply, sender_uid) == 12);
+static_assert(offsetof(AcceptReply, sender_client) == 16);
+static_assert(offsetof(AcceptReply, pending) == 24);
+static_assert(offsetof(AcceptReply, reserved) == 28);
+static_assert(offsetof(AcceptReply, ring_id) == 32);
+
 // Broker-wide counters, then the caller's own.
 //
 //  0        8        16     24            32                40             48
@@ -405,10 +504,14 @@ static_assert(offsetof(StatsReply, own_rate_limited) == 64);
 // Alternative i is the body of opcode i + 1.
 using Request = std::variant<HelloRequest, CreateRequest, LookupRequest, OpenRequest, DeriveRequest,
                              GrantRequest, ClaimRequest, RevokeRequest, ReleaseRequest, PingRequest,
-                             StatsRequest>;
-using ReplyBody =
-    std::variant<HelloReply, CreateReply, LookupReply, OpenReply, DeriveReply, GrantReply,
-                 ClaimReply, RevokeReply, ReleaseReply, PingReply, StatsReply>;
+                             StatsRequest, ConnectRequest, AttachRequest, AcceptRequest>;
+// Attach answers with the same body as Connect: a distinct type keeps one body type
+// per opcode.
+struct AttachReplyBody : ConnectReply {};
+static_assert(sizeof(AttachReplyBody) == sizeof(ConnectReply));
+using ReplyBody = std::variant<HelloReply, CreateReply, LookupReply, OpenReply, DeriveReply,
+                               GrantReply, ClaimReply, RevokeReply, ReleaseReply, PingReply,
+                               StatsReply, ConnectReply, AttachReplyBody, AcceptReply>;
 static_assert(std::variant_size_v<Request> == kOpcodeMax);
 static_assert(std::variant_size_v<ReplyBody> == kOpcodeMax);
 
@@ -536,6 +639,10 @@ inline constexpr char kBadReserved[] = "wire: reserved field not zero";
 inline constexpr char kBadStatus[] = "wire: bad status in reply";
 inline constexpr char kBadTarget[] = "wire: grant needs exactly one target";
 inline constexpr char kControlTruncated[] = "wire: too many descriptors (truncated)";
+inline constexpr char kNotChannel[] = "broker: object is not a channel";
+inline constexpr char kNotReceiver[] = "broker: caller is not the channel's receiver";
+inline constexpr char kChannelFull[] = "broker: channel has its maximum of senders";
+inline constexpr char kAlreadyConnected[] = "broker: capability already has a ring";
 }  // namespace ctx
 [[nodiscard]] std::uint16_t context_code(const char* context) noexcept;
 [[nodiscard]] const char* context_text(std::uint16_t code) noexcept;

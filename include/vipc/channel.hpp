@@ -1,0 +1,139 @@
+// vipc::Endpoint and vipc::Channel: the receiving and the sending side of a named
+// channel of small messages (docs/channels.md).
+//
+// Guarantees
+// - Every sender has its own single-producer ring, created by the broker, so the ring
+//   itself names the sender (Endpoint::try_receive reports pid, uid and client id of
+//   the sender of each message) and senders never contend with each other.
+// - The data path (try_send, try_receive, and their blocking forms while the peer is
+//   running) makes no syscall and no allocation; a receiver waits on all its senders
+//   with one ready set (O(1) in the number of senders).
+// - A sender that exits, however it exits, is detached: its ring is drained first (no
+//   message it committed is lost), then dropped. A sender whose capability is revoked
+//   is detached at once: what it had not yet delivered is discarded and counted.
+// - When the receiver exits or closes, every sender's next send fails with
+//   ChannelClosed, and a sender blocked on a full ring wakes with it.
+// - Nothing here throws; every failure is a vipc::Error.
+//
+// Caveats: one thread at a time per Endpoint and per Channel (each is one side of
+// SPSC rings; use one Channel per sending thread). The Endpoint's creator is its only
+// receiver. The Runtime must outlive the Endpoints and Channels made with it.
+//
+//   auto rt = vipc::Runtime::connect().value();
+//   auto ep = vipc::Endpoint::create(rt, "jobs").value();         // receiver
+//   auto ch = vipc::Channel::connect(rt2, "jobs").value();        // sender (another process)
+//   (void)ch.send(vipc::SmallMessage(1, "hi", 2));
+//   vipc::SmallMessage m;
+//   vipc::MessageSource from;
+//   (void)ep.receive(m, std::chrono::seconds(1), &from);
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+
+#include "vipc/capability.hpp"
+#include "vipc/message.hpp"
+#include "vipc/result.hpp"
+#include "vipc/runtime.hpp"
+
+namespace vipc {
+
+inline constexpr std::chrono::nanoseconds kForever = std::chrono::nanoseconds::max();
+
+struct ChannelOptions {
+  std::uint32_t capacity = 1024;        // slots of each sender's ring; a power of two
+  std::uint32_t max_message_size = 64;  // bytes, <= kSmallPayloadMax
+  std::uint32_t max_senders = 0;        // 0: 1023; at most 4095
+  bool world_openable = false;          // any uid may connect (default: the creator's uid)
+};
+
+// Who sent a message: the broker's record of the ring it came through.
+struct MessageSource {
+  std::uint64_t client_id = 0;  // the sender's connection (Runtime::client_id())
+  pid_t pid = 0;
+  uid_t uid = 0;
+  std::uint32_t index = 0;  // the sender's ring in this endpoint
+};
+
+struct EndpointStats {
+  std::uint64_t senders = 0;           // rings attached now
+  std::uint64_t attached = 0;          // senders ever attached
+  std::uint64_t detached = 0;          // senders ever detached
+  std::uint64_t revoked_dropped = 0;   // messages discarded with a revoked sender's ring
+  std::uint64_t corrupt_senders = 0;   // rings dropped because their memory was corrupt
+};
+
+class Endpoint {
+ public:
+  // Creates the channel `name` with this process as its receiver.
+  [[nodiscard]] static Result<Endpoint> create(Runtime& rt, std::string_view name,
+                                               const ChannelOptions& options = {});
+  Endpoint(Endpoint&&) noexcept;
+  Endpoint& operator=(Endpoint&&) noexcept;
+  Endpoint(const Endpoint&) = delete;
+  Endpoint& operator=(const Endpoint&) = delete;
+  ~Endpoint();
+
+  // One message from any sender, or WouldBlock. Senders are served round-robin.
+  [[nodiscard]] Result<void> try_receive(SmallMessage& out, MessageSource* from = nullptr);
+  // Waits (spin, yield, park) up to `timeout`: Timeout when it passed.
+  [[nodiscard]] Result<void> receive(SmallMessage& out, std::chrono::nanoseconds timeout = kForever,
+                                     MessageSource* from = nullptr);
+  // Takes up to out.size() messages, all from one sender; WouldBlock when none.
+  [[nodiscard]] Result<std::size_t> try_receive_batch(std::span<SmallMessage> out,
+                                                      MessageSource* from = nullptr);
+
+  // The creator's capability (every right): derive or grant from it.
+  [[nodiscard]] const Capability& capability() const noexcept;
+  [[nodiscard]] std::uint64_t id() const noexcept;
+  [[nodiscard]] EndpointStats stats() const noexcept;
+
+  class Impl;
+
+ private:
+  explicit Endpoint(std::unique_ptr<Impl> impl) noexcept;
+  std::unique_ptr<Impl> impl_;
+};
+
+class Channel {
+ public:
+  // Connects to the channel `name` as a new sender (one broker round trip).
+  [[nodiscard]] static Result<Channel> connect(Runtime& rt, std::string_view name);
+  // Connects with a capability already held (Send), e.g. one claimed from a grant.
+  [[nodiscard]] static Result<Channel> attach(Runtime& rt, const Capability& cap);
+  Channel(Channel&&) noexcept;
+  Channel& operator=(Channel&&) noexcept;
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+  ~Channel();
+
+  // ChannelFull when the ring is full, ChannelClosed when the receiver is gone or this
+  // sender was detached, MessageTooLarge over the channel's message size.
+  [[nodiscard]] Result<void> try_send(const SmallMessage& m) noexcept;
+  [[nodiscard]] Result<void> try_send(std::uint32_t type, const void* data,
+                                      std::size_t len) noexcept;
+  // Sends as many as fit, in order; ChannelFull when none did.
+  [[nodiscard]] Result<std::size_t> try_send_batch(std::span<const SmallMessage> msgs) noexcept;
+  // Waits for room up to `timeout` (Timeout when it passed).
+  [[nodiscard]] Result<void> send(const SmallMessage& m,
+                                  std::chrono::nanoseconds timeout = kForever);
+  // Closes this sender's end: the receiver drains what was sent, then drops the ring.
+  void close() noexcept;
+
+  [[nodiscard]] const Capability& capability() const noexcept;
+  [[nodiscard]] std::uint32_t index() const noexcept;
+
+  class Impl;
+
+ private:
+  explicit Channel(std::unique_ptr<Impl> impl) noexcept;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace vipc

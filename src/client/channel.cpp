@@ -1,0 +1,295 @@
+// Endpoint and Channel (include/vipc/channel.hpp, docs/channels.md).
+//
+// The receiver keeps one RingReader per sender, indexed by the sender's index in the
+// channel's ready set; index 0 is the broker's, marked whenever Accept has events.
+// Everything here is process-local bookkeeping: the only shared memory is the rings and
+// the ready set, handled by core.
+#include "vipc/channel.hpp"
+
+#include <array>
+#include <deque>
+#include <utility>
+#include <vector>
+
+#include "core/clock.hpp"
+#include "core/ready_set.hpp"
+#include "core/ring.hpp"
+#include "core/sys.hpp"
+
+namespace vipc {
+
+namespace {
+
+constexpr std::uint32_t kBrokerIndex = 0;
+
+struct Sender {
+  core::RingReader reader;
+  MessageSource source;
+};
+
+}  // namespace
+
+// ------------------------------------------------------------ Endpoint
+
+class Endpoint::Impl {
+ public:
+  explicit Impl(core::ReadySet s) noexcept : set(std::move(s)) {}
+  Runtime* rt = nullptr;
+  Capability cap;
+  std::uint64_t object_id = 0;
+  core::ReadySet set;
+  std::vector<std::unique_ptr<Sender>> senders;  // by index; [0] unused (the broker's)
+  // Messages of a ring that was replaced before it was drained (its index reused).
+  std::deque<std::pair<SmallMessage, MessageSource>> backlog;
+  EndpointStats counters;
+
+  ~Impl() {
+    for (std::uint32_t i = 1; i < senders.size(); ++i) {
+      if (senders[i]) senders[i]->reader.close();
+    }
+  }
+
+  // Takes one message from ring `idx`: true when it did, false when the ring had none
+  // (or is gone).
+  Result<bool> take(std::uint32_t idx, SmallMessage& out, MessageSource* from) {
+    if (idx == kBrokerIndex) {
+      VIPC_TRY(accept_events());
+      return false;
+    }
+    if (idx >= senders.size() || !senders[idx]) return false;
+    Sender& s = *senders[idx];
+    auto r = s.reader.try_receive(out);
+    if (r) {
+      set.mark(idx);  // more may follow: come back after the others (round-robin)
+      if (from != nullptr) *from = s.source;
+      return true;
+    }
+    switch (r.error().code()) {
+      case ErrorCode::WouldBlock:
+        return false;
+      case ErrorCode::ChannelClosed:  // drained and closed (by the sender or the broker)
+        drop(idx);
+        return false;
+      default:  // Corrupted: the sender scribbled over its ring; drop it, serve the rest
+        ++counters.corrupt_senders;
+        drop(idx);
+        return false;
+    }
+  }
+
+  Result<std::size_t> take_batch(std::uint32_t idx, std::span<SmallMessage> out,
+                                 MessageSource* from) {
+    if (idx == kBrokerIndex) {
+      VIPC_TRY(accept_events());
+      return std::size_t{0};
+    }
+    if (idx >= senders.size() || !senders[idx]) return std::size_t{0};
+    Sender& s = *senders[idx];
+    auto r = s.reader.try_receive_batch(out);
+    if (r) {
+      set.mark(idx);
+      if (from != nullptr) *from = s.source;
+      return *r;
+    }
+    if (r.error().code() != ErrorCode::WouldBlock) {
+      if (r.error().code() != ErrorCode::ChannelClosed) ++counters.corrupt_senders;
+      drop(idx);
+    }
+    return std::size_t{0};
+  }
+
+  void drop(std::uint32_t idx) {
+    if (idx >= senders.size() || !senders[idx]) return;
+    set.remove(senders[idx]->reader, idx);
+    senders[idx]->reader.close();
+    senders[idx].reset();
+    --counters.senders;
+    ++counters.detached;
+  }
+
+  // Moves what is left in ring `idx` to the backlog (its index is about to be reused).
+  void drain_to_backlog(std::uint32_t idx) {
+    Sender& s = *senders[idx];
+    SmallMessage m;
+    while (s.reader.try_receive(m)) backlog.emplace_back(m, s.source);
+    drop(idx);
+  }
+
+  Result<void> accept_events() {
+    for (;;) {
+      auto ev = rt->accept(cap);
+      if (!ev) return ev.error();
+      if (ev->kind == SenderEventKind::None) return {};
+      const std::uint32_t idx = ev->index;
+      if (idx >= senders.size()) {
+        return Error(ErrorCode::ProtocolError, "endpoint: sender index out of range", 0, idx);
+      }
+      if (ev->kind == SenderEventKind::Attached) {
+        if (senders[idx]) drain_to_backlog(idx);
+        auto reader = core::RingReader::attach(ev->producer.get(), ev->consumer.get());
+        if (reader) {
+          auto s = std::make_unique<Sender>(
+              Sender{std::move(*reader),
+                     MessageSource{ev->sender_client, ev->sender_pid, ev->sender_uid, idx}});
+          senders[idx] = std::move(s);
+          // Reports the messages it sent before we armed the ring.
+          if (auto a = set.add(senders[idx]->reader, idx); !a) {
+            senders[idx].reset();
+          } else {
+            ++counters.senders;
+            ++counters.attached;
+          }
+        } else {
+          ++counters.corrupt_senders;  // its segments failed validation: never served
+        }
+      } else if (senders[idx]) {
+        if (ev->reason == DetachReason::Revoked) {
+          counters.revoked_dropped += senders[idx]->reader.stats().depth();
+          drop(idx);
+        } else {
+          set.mark(idx);  // drain it; it reports ChannelClosed once empty
+        }
+      }
+      if (ev->pending == 0) return {};
+    }
+  }
+
+  Result<void> try_receive(SmallMessage& out, MessageSource* from) {
+    if (!backlog.empty()) {
+      out = backlog.front().first;
+      if (from != nullptr) *from = backlog.front().second;
+      backlog.pop_front();
+      return {};
+    }
+    for (;;) {
+      auto idx = set.try_next();
+      if (!idx) return idx.error();
+      auto got = take(*idx, out, from);
+      if (!got) return got.error();
+      if (*got) return {};
+    }
+  }
+};
+
+Endpoint::Endpoint(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
+Endpoint::Endpoint(Endpoint&&) noexcept = default;
+Endpoint& Endpoint::operator=(Endpoint&&) noexcept = default;
+Endpoint::~Endpoint() = default;
+
+Result<Endpoint> Endpoint::create(Runtime& rt, std::string_view name,
+                                  const ChannelOptions& options) {
+  ObjectSpec spec;
+  spec.kind = ObjectKind::Channel;
+  spec.name = std::string(name);
+  spec.capacity = options.capacity;
+  spec.max_message_size = options.max_message_size;
+  spec.max_senders = options.max_senders;
+  spec.world_openable = options.world_openable;
+  auto created = rt.create(spec);
+  if (!created) return created.error();
+  auto set = core::ReadySet::attach(sys::UniqueFd(created->fds[0].release()));
+  if (!set) return set.error();
+  auto impl = std::make_unique<Impl>(std::move(*set));
+  impl->rt = &rt;
+  impl->cap = created->cap;
+  impl->object_id = created->info.id;
+  impl->senders.resize(impl->set.capacity());
+  VIPC_TRY(impl->set.watch(kBrokerIndex));
+  return Endpoint(std::move(impl));
+}
+
+Result<void> Endpoint::try_receive(SmallMessage& out, MessageSource* from) {
+  return impl_->try_receive(out, from);
+}
+
+Result<void> Endpoint::receive(SmallMessage& out, std::chrono::nanoseconds timeout,
+                               MessageSource* from) {
+  const core::Deadline deadline = core::deadline_after(timeout);
+  for (;;) {
+    auto r = impl_->try_receive(out, from);
+    if (r || r.error().code() != ErrorCode::WouldBlock) return r;
+    auto idx = impl_->set.wait_next(deadline);
+    if (!idx) return idx.error();
+    auto got = impl_->take(*idx, out, from);
+    if (!got) return got.error();
+    if (*got) return {};
+  }
+}
+
+Result<std::size_t> Endpoint::try_receive_batch(std::span<SmallMessage> out, MessageSource* from) {
+  if (out.empty()) return std::size_t{0};
+  if (!impl_->backlog.empty()) {
+    std::size_t n = 0;
+    while (n < out.size() && !impl_->backlog.empty()) {
+      out[n++] = impl_->backlog.front().first;
+      if (from != nullptr) *from = impl_->backlog.front().second;
+      impl_->backlog.pop_front();
+    }
+    return n;
+  }
+  for (;;) {
+    auto idx = impl_->set.try_next();
+    if (!idx) return idx.error();
+    auto got = impl_->take_batch(*idx, out, from);
+    if (!got) return got.error();
+    if (*got > 0) return *got;
+  }
+}
+
+const Capability& Endpoint::capability() const noexcept { return impl_->cap; }
+std::uint64_t Endpoint::id() const noexcept { return impl_->object_id; }
+EndpointStats Endpoint::stats() const noexcept { return impl_->counters; }
+
+// ------------------------------------------------------------ Channel
+
+class Channel::Impl {
+ public:
+  explicit Impl(core::RingWriter w) noexcept : writer(std::move(w)) {}
+  core::RingWriter writer;
+  Capability cap;
+  std::uint32_t index = 0;
+
+  static Result<std::unique_ptr<Impl>> from(Result<SenderRing> ring) {
+    if (!ring) return ring.error();
+    auto w = core::RingWriter::attach(ring->producer.get(), ring->consumer.get(), -1,
+                                      ring->ready_set.get());
+    if (!w) return w.error();
+    auto impl = std::make_unique<Impl>(std::move(*w));
+    impl->cap = ring->cap;
+    impl->index = ring->index;
+    return impl;
+  }
+};
+
+Channel::Channel(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
+Channel::Channel(Channel&&) noexcept = default;
+Channel& Channel::operator=(Channel&&) noexcept = default;
+Channel::~Channel() = default;
+
+Result<Channel> Channel::connect(Runtime& rt, std::string_view name) {
+  auto impl = Impl::from(rt.connect_sender(name, Rights::Send));
+  if (!impl) return impl.error();
+  return Channel(std::move(*impl));
+}
+
+Result<Channel> Channel::attach(Runtime& rt, const Capability& cap) {
+  auto impl = Impl::from(rt.attach_sender(cap));
+  if (!impl) return impl.error();
+  return Channel(std::move(*impl));
+}
+
+Result<void> Channel::try_send(const SmallMessage& m) noexcept { return impl_->writer.try_send(m); }
+Result<void> Channel::try_send(std::uint32_t type, const void* data, std::size_t len) noexcept {
+  return impl_->writer.try_send(type, data, len);
+}
+Result<std::size_t> Channel::try_send_batch(std::span<const SmallMessage> msgs) noexcept {
+  return impl_->writer.try_send_batch(msgs);
+}
+Result<void> Channel::send(const SmallMessage& m, std::chrono::nanoseconds timeout) {
+  return impl_->writer.send(m, core::deadline_after(timeout));
+}
+void Channel::close() noexcept { impl_->writer.close(); }
+const Capability& Channel::capability() const noexcept { return impl_->cap; }
+std::uint32_t Channel::index() const noexcept { return impl_->index; }
+
+}  // namespace vipc

@@ -175,6 +175,11 @@ Result<CreatedObject> Runtime::create(const ObjectSpec& spec) {
   if (!wire::valid_name(spec.name)) {
     return Error(ErrorCode::InvalidArgument, "create: name must be 1..63 printable characters");
   }
+  const bool channel = spec.kind == ObjectKind::Channel || spec.kind == ObjectKind::Endpoint;
+  if (spec.max_senders > wire::kMaxSenders || (!channel && spec.max_senders != 0)) {
+    return Error(ErrorCode::InvalidArgument,
+                 "create: max_senders is for channels and at most 4095");
+  }
   wire::CreateRequest r{};
   r.kind = static_cast<std::uint16_t>(spec.kind);
   r.flags = spec.world_openable ? wire::kObjectWorldOpenable : 0;
@@ -185,9 +190,7 @@ Result<CreatedObject> Runtime::create(const ObjectSpec& spec) {
   auto a = impl_->call(r);
   if (!a) return a.error();
   const auto& reply = std::get<wire::CreateReply>(a->body);
-  const std::size_t want_fds = spec.kind == ObjectKind::Ring                                 ? 2
-                               : spec.kind == ObjectKind::Channel || spec.kind == ObjectKind::Endpoint ? 1
-                                                                                                   : 0;
+  const std::size_t want_fds = spec.kind == ObjectKind::Ring ? 2 : channel ? 1 : 0;
   if (a->fds.size() != want_fds) {
     return Error(ErrorCode::ProtocolError, "create: reply carries the wrong number of descriptors");
   }

@@ -57,6 +57,8 @@ class Child {
 
   // false if fork() failed.
   [[nodiscard]] bool started() const { return started_; }
+  // The child's pid while it has not been reaped, else -1.
+  [[nodiscard]] pid_t pid() const { return pid_; }
 
   // true once the child has ended (reaped; outcome in wait_until()).
   bool ended() {

@@ -1,0 +1,309 @@
+// Endpoint and Channel across real processes, through a broker: senders in forked
+// children connect by name and send sequence-numbered messages; the receiver checks
+// exactly-once, in-order delivery per sender, the sender's identity, and what happens
+// when a sender is killed, revoked, or the receiver dies.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/process.hpp"
+#include "support/sanitizers.hpp"
+#include "vipc/channel.hpp"
+#include "vipc/runtime.hpp"
+
+namespace vipc {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+using test::Child;
+
+constexpr auto kAlarm = std::chrono::seconds(120);
+
+struct Seq {
+  std::uint32_t sender = 0;
+  std::uint64_t seq = 0;
+};
+
+SmallMessage seq_message(std::uint32_t sender, std::uint64_t seq) {
+  Seq s{sender, seq};
+  return SmallMessage(1, &s, sizeof s);
+}
+
+Seq seq_of(const SmallMessage& m) {
+  Seq s;
+  std::memcpy(&s, m.data.data(), sizeof s);
+  return s;
+}
+
+class Channels : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto r = Runtime::embedded();
+    ASSERT_TRUE(r.ok()) << r.error().message();
+    rt.emplace(std::move(*r));
+  }
+  std::optional<Runtime> rt;
+};
+
+// In a child: connects to `name` and sends `count` messages (blocking on full).
+int send_sequence(const std::string& path, const std::string& name, std::uint32_t id,
+                  std::uint64_t count) {
+  auto crt = Runtime::connect_to(path);
+  if (!crt) return 10;
+  auto ch = Channel::connect(*crt, name);
+  if (!ch) return 11;
+  for (std::uint64_t i = 0; i < count; ++i) {
+    if (!ch->send(seq_message(id, i), 10s)) return 12;
+  }
+  ch->close();
+  return 0;
+}
+
+TEST_F(Channels, SendersInOtherProcessesDeliverExactlyOnceInOrder) {
+  const std::uint64_t per_sender = test::kSanitized ? 20'000 : 200'000;
+  constexpr std::uint32_t kSenders = 4;
+  ChannelOptions o;
+  o.capacity = 256;
+  auto ep = Endpoint::create(*rt, "seq", o);
+  ASSERT_TRUE(ep.ok()) << ep.error().message();
+  const std::string path = rt->socket_path();
+  std::vector<Child> children;
+  for (std::uint32_t s = 0; s < kSenders; ++s) {
+    children.push_back(
+        Child::spawn([&, s] { return send_sequence(path, "seq", s, per_sender); }, kAlarm));
+  }
+  std::map<std::uint32_t, std::uint64_t> next;  // sender -> next expected seq
+  std::map<std::uint32_t, pid_t> pid_of;        // sender -> pid seen on its ring
+  std::uint64_t total = 0;
+  SmallMessage m;
+  MessageSource from;
+  while (total < per_sender * kSenders) {
+    auto r = ep->receive(m, 20s, &from);
+    ASSERT_TRUE(r.ok()) << r.error().message() << " after " << total;
+    const Seq s = seq_of(m);
+    ASSERT_LT(s.sender, kSenders);
+    ASSERT_EQ(s.seq, next[s.sender]) << "sender " << s.sender;
+    ++next[s.sender];
+    auto [it, fresh] = pid_of.emplace(s.sender, from.pid);
+    ASSERT_EQ(it->second, from.pid) << "one sender's messages came from two rings";
+    ++total;
+  }
+  for (auto& c : children) EXPECT_EQ(c.wait(10s), "exit 0");
+  std::vector<pid_t> pids;
+  for (auto& [s, pid] : pid_of) pids.push_back(pid);
+  std::sort(pids.begin(), pids.end());
+  EXPECT_EQ(std::unique(pids.begin(), pids.end()), pids.end()) << "sources must differ";
+  // Nothing more arrives, and every closed sender is detached once drained.
+  EXPECT_EQ(ep->try_receive(m).error().code(), ErrorCode::WouldBlock);
+  const auto deadline = Clock::now() + 2s;
+  while (ep->stats().detached < kSenders && Clock::now() < deadline) {
+    (void)ep->receive(m, 10ms);
+  }
+  EXPECT_EQ(ep->stats().attached, kSenders);
+  EXPECT_EQ(ep->stats().detached, kSenders);
+  EXPECT_EQ(ep->stats().senders, 0u);
+}
+
+TEST_F(Channels, KilledSenderIsDrainedThenDetachedWithinTheBound) {
+  ChannelOptions o;
+  o.capacity = 1024;
+  auto ep = Endpoint::create(*rt, "victim", o);
+  ASSERT_TRUE(ep.ok());
+  const std::string path = rt->socket_path();
+  // The child sends as fast as it can, forever; it is killed mid-stream.
+  Child child = Child::spawn(
+      [&] { return send_sequence(path, "victim", 0, ~std::uint64_t{0}); }, kAlarm);
+  SmallMessage m;
+  std::uint64_t next = 0;
+  while (next < 10'000) {
+    auto r = ep->receive(m, 10s);
+    ASSERT_TRUE(r.ok()) << r.error().message();
+    ASSERT_EQ(seq_of(m).seq, next);
+    ++next;
+  }
+  ASSERT_EQ(::kill(child.pid(), SIGKILL), 0);
+  EXPECT_EQ(child.wait(5s), "signal 9");
+  const auto killed = Clock::now();
+  // Everything it committed before dying arrives, in order, then the ring is dropped.
+  while (ep->stats().detached == 0 && Clock::now() - killed < 2s) {
+    auto r = ep->receive(m, 1ms);
+    if (!r) {
+      ASSERT_EQ(r.error().code(), ErrorCode::Timeout);
+      continue;
+    }
+    ASSERT_EQ(seq_of(m).seq, next);
+    ++next;
+  }
+  EXPECT_EQ(ep->stats().detached, 1u);
+  EXPECT_LT(Clock::now() - killed, 100ms + 50ms) << "detach took too long";
+  EXPECT_EQ(ep->try_receive(m).error().code(), ErrorCode::WouldBlock);
+}
+
+TEST_F(Channels, SenderBlockedOnFullRingWakesWhenTheReceiverDies) {
+  const std::string path = rt->socket_path();
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  // The receiver lives in a child and never reads.
+  Child receiver = Child::spawn(
+      [&] {
+        auto crt = Runtime::connect_to(path);
+        if (!crt) return 10;
+        ChannelOptions o;
+        o.capacity = 4;
+        auto ep = Endpoint::create(*crt, "sink", o);
+        if (!ep) return 11;
+        char c = 1;
+        if (::write(ready[1], &c, 1) != 1) return 12;
+        ::pause();
+        return 0;
+      },
+      kAlarm);
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  auto ch = Channel::connect(*rt, "sink");
+  ASSERT_TRUE(ch.ok()) << ch.error().message();
+  for (std::uint64_t i = 0; i < 4; ++i) ASSERT_TRUE(ch->try_send(seq_message(0, i)).ok());
+  EXPECT_EQ(ch->try_send(seq_message(0, 4)).error().code(), ErrorCode::ChannelFull);
+  std::thread killer([&] {
+    std::this_thread::sleep_for(100ms);
+    ::kill(receiver.pid(), SIGKILL);
+  });
+  const auto start = Clock::now();
+  auto r = ch->send(seq_message(0, 4), 10s);
+  const auto waited = Clock::now() - start;
+  killer.join();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), ErrorCode::ChannelClosed) << r.error().message();
+  EXPECT_LT(waited, 100ms + 100ms) << "woke too late";
+  EXPECT_EQ(ch->try_send(seq_message(0, 5)).error().code(), ErrorCode::ChannelClosed);
+  ::close(ready[0]);
+  ::close(ready[1]);
+}
+
+TEST_F(Channels, RevokedSenderIsCutOff) {
+  auto ep = Endpoint::create(*rt, "guarded");
+  ASSERT_TRUE(ep.ok());
+  // The receiver hands out a derived Send capability and later revokes it.
+  auto send_cap = rt->derive(ep->capability(), Rights::Send | Rights::Grant);
+  ASSERT_TRUE(send_cap.ok());
+  auto other = Runtime::connect_to(rt->socket_path());
+  ASSERT_TRUE(other.ok());
+  auto handle = rt->grant(*send_cap, Rights::Send, GrantTarget::client(other->client_id()));
+  ASSERT_TRUE(handle.ok()) << handle.error().message();
+  auto claimed = other->claim(*handle);
+  ASSERT_TRUE(claimed.ok()) << claimed.error().message();
+  auto ch = Channel::attach(*other, *claimed);
+  ASSERT_TRUE(ch.ok()) << ch.error().message();
+  ASSERT_TRUE(ch->try_send(seq_message(0, 0)).ok());
+  SmallMessage m;
+  MessageSource from;
+  auto got = ep->receive(m, 5s, &from);
+  ASSERT_TRUE(got.ok()) << got.error().message();
+  EXPECT_EQ(from.client_id, other->client_id());
+  EXPECT_EQ(from.pid, ::getpid());
+  // A second ring for the same capability is refused.
+  EXPECT_EQ(Channel::attach(*other, *claimed).error().code(), ErrorCode::AlreadyExists);
+
+  ASSERT_TRUE(ch->try_send(seq_message(0, 1)).ok());
+  auto rv = rt->revoke(*send_cap);
+  ASSERT_TRUE(rv.ok());
+  EXPECT_EQ(rv->revoked, 1u);
+  // The sender is cut off at once: its next send fails.
+  EXPECT_EQ(ch->try_send(seq_message(0, 2)).error().code(), ErrorCode::ChannelClosed);
+  // The receiver learns of the revoke through the broker's index, which it serves within
+  // one round over its ready senders: it drops the ring and what it still held. A message
+  // sent before the revoke may be read before that, never one after (the sender can
+  // no longer send), and never twice.
+  std::uint64_t late = 0;
+  const auto deadline = Clock::now() + 2s;
+  while (ep->stats().detached == 0 && Clock::now() < deadline) {
+    if (ep->receive(m, 10ms).ok()) {
+      EXPECT_EQ(seq_of(m).seq, 1u);
+      ++late;
+    }
+  }
+  EXPECT_EQ(ep->stats().detached, 1u);
+  EXPECT_EQ(ep->stats().revoked_dropped + late, 1u);
+  EXPECT_EQ(ep->receive(m, 50ms).error().code(), ErrorCode::Timeout);
+  // And the stale capability opens nothing.
+  EXPECT_EQ(Channel::attach(*other, *claimed).error().code(), ErrorCode::InvalidCapability);
+}
+
+TEST_F(Channels, ConnectChecksNameKindRightsAndSize) {
+  auto ep = Endpoint::create(*rt, "strict");
+  ASSERT_TRUE(ep.ok());
+  EXPECT_EQ(Channel::connect(*rt, "nobody").error().code(), ErrorCode::NotFound);
+  EXPECT_EQ(Channel::connect(*rt, "").error().code(), ErrorCode::InvalidArgument);
+  EXPECT_EQ(rt->connect_sender("strict", Rights::Receive).error().code(),
+            ErrorCode::InvalidArgument);
+  ObjectSpec ring;
+  ring.kind = ObjectKind::Ring;
+  ring.name = "raw-ring";
+  ring.capacity = 8;
+  ASSERT_TRUE(rt->create(ring).ok());
+  EXPECT_EQ(Channel::connect(*rt, "raw-ring").error().code(), ErrorCode::InvalidArgument);
+  auto ch = Channel::connect(*rt, "strict");
+  ASSERT_TRUE(ch.ok());
+  std::array<std::byte, 65> big{};
+  EXPECT_EQ(ch->try_send(1, big.data(), big.size()).error().code(), ErrorCode::MessageTooLarge);
+  // Bad channel parameters.
+  ChannelOptions bad;
+  bad.capacity = 3;
+  EXPECT_EQ(Endpoint::create(*rt, "bad1", bad).error().code(), ErrorCode::InvalidArgument);
+  bad.capacity = 8;
+  bad.max_message_size = 65;
+  EXPECT_EQ(Endpoint::create(*rt, "bad2", bad).error().code(), ErrorCode::InvalidArgument);
+  bad.max_message_size = 64;
+  bad.max_senders = 5000;
+  EXPECT_EQ(Endpoint::create(*rt, "bad3", bad).error().code(), ErrorCode::InvalidArgument);
+  // Only the receiver may accept.
+  auto other = Runtime::connect_to(rt->socket_path());
+  ASSERT_TRUE(other.ok());
+  auto h = rt->grant(ep->capability(), Rights::Receive, GrantTarget::client(other->client_id()));
+  ASSERT_TRUE(h.ok());
+  auto recv_cap = other->claim(*h);
+  ASSERT_TRUE(recv_cap.ok());
+  EXPECT_EQ(other->accept(*recv_cap).error().code(), ErrorCode::PermissionDenied);
+}
+
+TEST_F(Channels, MaxSendersIsEnforcedAndIndicesAreReused) {
+  ChannelOptions o;
+  o.capacity = 2;
+  o.max_senders = 3;
+  auto ep = Endpoint::create(*rt, "small", o);
+  ASSERT_TRUE(ep.ok());
+  std::vector<Channel> chans;
+  for (int i = 0; i < 3; ++i) {
+    auto ch = Channel::connect(*rt, "small");
+    ASSERT_TRUE(ch.ok()) << ch.error().message();
+    chans.push_back(std::move(*ch));
+  }
+  EXPECT_EQ(Channel::connect(*rt, "small").error().code(), ErrorCode::ChannelFull);
+  // A released sender frees its index once the receiver has seen it go.
+  auto cap = chans.back().capability();
+  chans.pop_back();
+  ASSERT_TRUE(rt->release(cap).ok());
+  SmallMessage m;
+  const auto deadline = Clock::now() + 2s;
+  while (ep->stats().detached < 1 && Clock::now() < deadline) (void)ep->receive(m, 5ms);
+  ASSERT_EQ(ep->stats().detached, 1u);
+  auto again = Channel::connect(*rt, "small");
+  ASSERT_TRUE(again.ok()) << again.error().message();
+  ASSERT_TRUE(again->try_send(seq_message(9, 9)).ok());
+  MessageSource from;
+  ASSERT_TRUE(ep->receive(m, 2s, &from).ok());
+  EXPECT_EQ(seq_of(m).sender, 9u);
+  EXPECT_EQ(from.index, again->index());
+}
+
+}  // namespace
+}  // namespace vipc

@@ -186,6 +186,11 @@ class Runtime {
   // caller must be the creator); kind None when nothing is pending.
   [[nodiscard]] Result<SenderEvent> accept(const Capability& cap);
 
+  // Unregisters and destroys an object this connection created (`cap` must be the
+  // capability create() returned): every capability on it dies, a channel's senders get
+  // ChannelClosed. Returns how many capabilities died.
+  [[nodiscard]] Result<std::uint64_t> destroy(const Capability& cap);
+
   [[nodiscard]] Result<std::uint64_t> ping(std::uint64_t payload = 0);
   [[nodiscard]] Result<BrokerStats> stats();
 

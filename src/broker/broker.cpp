@@ -265,6 +265,10 @@ class Broker::Impl {
   Result<OutPacket> on(Client& c, const wire::ConnectRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::AttachRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::AcceptRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::DestroyRequest& r, std::uint64_t id);
+  // Unregisters an object and destroys it with every capability on it; returns how many
+  // capabilities died. Does not touch the owner's `owned` list.
+  std::size_t destroy_object(ObjectId oid);
 
   // ---- channels
   // Checks and prepares a sender's ring in `obj` for the capability `cap` (held by c),
@@ -511,14 +515,7 @@ void Broker::Impl::drop(ClientId id, const char* why) {
   if (it == clients_.end()) return;
   Client& c = it->second;
   std::size_t revoked = 0;
-  for (ObjectId oid : c.owned) {
-    auto o = objects_.find(oid);
-    if (o == objects_.end()) continue;
-    if (o->second.channel) close_channel(o->second);
-    revoked += caps_.destroy_object(oid);
-    names_.erase(o->second.name);
-    objects_.erase(o);  // closes the object's descriptors
-  }
+  for (ObjectId oid : c.owned) revoked += destroy_object(oid);
   const std::size_t held = caps_.count_held(id);
   caps_.release_all(id);
   // Its rings: it can never write again; the receiver drains them, then drops them.
@@ -1051,6 +1048,30 @@ void Broker::Impl::close_channel(Object& obj) {
   }
   rings_ -= obj.channel->rings.size();
   obj.channel->rings.clear();
+}
+
+std::size_t Broker::Impl::destroy_object(ObjectId oid) {
+  auto o = objects_.find(oid);
+  if (o == objects_.end()) return 0;
+  if (o->second.channel) close_channel(o->second);
+  const std::size_t revoked = caps_.destroy_object(oid);
+  names_.erase(o->second.name);
+  objects_.erase(o);  // closes the object's descriptors
+  return revoked;
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::DestroyRequest& r, std::uint64_t id) {
+  auto cap = redeem(c, r.cap, wire::Opcode::Destroy);
+  if (!cap) return cap.error();
+  const ObjectId oid = (*cap)->object;
+  const auto o = objects_.find(oid);
+  if (o == objects_.end() || o->second.root != r.cap.token || o->second.owner != c.id) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kNotCreator);
+  }
+  const std::size_t revoked = destroy_object(oid);
+  std::erase(c.owned, oid);
+  log(LogLevel::Debug, "client {} destroyed object {} ({} capabilities died)", c.id, oid, revoked);
+  return OutPacket{wire::encode_reply(id, wire::DestroyReply{revoked}), {}};
 }
 
 Result<OutPacket> Broker::Impl::on(Client& c, const wire::AcceptRequest& r, std::uint64_t id) {

@@ -47,6 +47,9 @@ class Endpoint::Impl {
     for (std::uint32_t i = 1; i < senders.size(); ++i) {
       if (senders[i]) senders[i]->reader.close();
     }
+    // The name is free again and every sender gets ChannelClosed. Best effort: if the
+    // broker is gone, the object died with it.
+    if (rt != nullptr) (void)rt->destroy(cap);
   }
 
   // Takes one message from ring `idx`: true when it did, false when the ring had none

@@ -311,6 +311,12 @@ Result<SenderEvent> Runtime::accept(const Capability& cap) {
   return ev;
 }
 
+Result<std::uint64_t> Runtime::destroy(const Capability& cap) {
+  auto a = impl_->call(wire::DestroyRequest{wire::to_ref(cap)});
+  if (!a) return a.error();
+  return std::get<wire::DestroyReply>(a->body).revoked;
+}
+
 Result<std::uint64_t> Runtime::ping(std::uint64_t payload) {
   auto a = impl_->call(wire::PingRequest{payload});
   if (!a) return a.error();

@@ -16,7 +16,7 @@ constexpr const char* kContexts[] = {
     ctx::kBadFlags,        ctx::kBadLength,        ctx::kBadFdCount,      ctx::kBadName,
     ctx::kBadEnum,         ctx::kBadRights,        ctx::kBadReserved,     ctx::kBadStatus,
     ctx::kBadTarget,       ctx::kControlTruncated, ctx::kNotChannel,      ctx::kNotReceiver,
-    ctx::kChannelFull,     ctx::kAlreadyConnected,
+    ctx::kChannelFull,     ctx::kAlreadyConnected, ctx::kNotCreator,
 };
 constexpr std::uint16_t kContextCount = static_cast<std::uint16_t>(std::size(kContexts));
 
@@ -118,6 +118,7 @@ Result<void> check(const ConnectRequest& b) noexcept {
 }
 Result<void> check(const AttachRequest& b) noexcept { return check_ref(b.cap); }
 Result<void> check(const AcceptRequest& b) noexcept { return check_ref(b.cap); }
+Result<void> check(const DestroyRequest& b) noexcept { return check_ref(b.cap); }
 
 // ------------------------------------------------------------ reply bodies
 
@@ -153,6 +154,7 @@ Result<void> check(const ConnectReply& b) noexcept {
 Result<void> check(const AttachReplyBody& b) noexcept {
   return check(static_cast<const ConnectReply&>(b));
 }
+Result<void> check(const DestroyReply&) noexcept { return {}; }
 Result<void> check(const AcceptReply& b) noexcept {
   if (b.reserved != 0) return protocol(ctx::kBadReserved);
   if (b.event > static_cast<std::uint16_t>(SenderEvent::Detached) ||
@@ -236,6 +238,8 @@ const char* to_string(Opcode op) noexcept {
       return "Attach";
     case Opcode::Accept:
       return "Accept";
+    case Opcode::Destroy:
+      return "Destroy";
   }
   return "Unknown";
 }

@@ -59,9 +59,10 @@ enum class Opcode : std::uint16_t {
   Connect = 12,      // name + rights (Send) -> capability + this sender's ring (3 fds)
   Attach = 13,       // capability (Send) -> this sender's ring (3 fds)
   Accept = 14,       // capability (Receive) -> next sender event of the channel
+  Destroy = 15,      // the creator's capability -> the object is unregistered and dies
 };
 inline constexpr std::uint16_t kOpcodeMin = 1;
-inline constexpr std::uint16_t kOpcodeMax = 14;
+inline constexpr std::uint16_t kOpcodeMax = 15;
 [[nodiscard]] const char* to_string(Opcode op) noexcept;
 
 inline constexpr std::uint16_t kFlagReply = 1u << 0;
@@ -299,6 +300,14 @@ struct AcceptRequest {
 static_assert(sizeof(AcceptRequest) == 16);
 static_assert(offsetof(AcceptRequest, cap) == 0);
 
+//  0                    16
+//  | cap (ref)          |   must be the object's root capability (its creator's)
+struct DestroyRequest {
+  CapabilityRef cap;
+};
+static_assert(sizeof(DestroyRequest) == 16);
+static_assert(offsetof(DestroyRequest, cap) == 0);
+
 // ---------------------------------------------------------------- replies
 
 //  0         2          4     8     12    16           24
@@ -472,6 +481,14 @@ static_assert(offsetof(AcceptReply, pending) == 24);
 static_assert(offsetof(AcceptReply, reserved) == 28);
 static_assert(offsetof(AcceptReply, ring_id) == 32);
 
+//  0                  8
+//  | revoked count    |   capabilities that died with the object
+struct DestroyReply {
+  std::uint64_t revoked;
+};
+static_assert(sizeof(DestroyReply) == 8);
+static_assert(offsetof(DestroyReply, revoked) == 0);
+
 // Broker-wide counters, then the caller's own.
 //
 //  0        8        16     24            32                40             48
@@ -504,14 +521,16 @@ static_assert(offsetof(StatsReply, own_rate_limited) == 64);
 // Alternative i is the body of opcode i + 1.
 using Request = std::variant<HelloRequest, CreateRequest, LookupRequest, OpenRequest, DeriveRequest,
                              GrantRequest, ClaimRequest, RevokeRequest, ReleaseRequest, PingRequest,
-                             StatsRequest, ConnectRequest, AttachRequest, AcceptRequest>;
+                             StatsRequest, ConnectRequest, AttachRequest, AcceptRequest,
+                             DestroyRequest>;
 // Attach answers with the same body as Connect: a distinct type keeps one body type
 // per opcode.
 struct AttachReplyBody : ConnectReply {};
 static_assert(sizeof(AttachReplyBody) == sizeof(ConnectReply));
 using ReplyBody = std::variant<HelloReply, CreateReply, LookupReply, OpenReply, DeriveReply,
                                GrantReply, ClaimReply, RevokeReply, ReleaseReply, PingReply,
-                               StatsReply, ConnectReply, AttachReplyBody, AcceptReply>;
+                               StatsReply, ConnectReply, AttachReplyBody, AcceptReply,
+                               DestroyReply>;
 static_assert(std::variant_size_v<Request> == kOpcodeMax);
 static_assert(std::variant_size_v<ReplyBody> == kOpcodeMax);
 
@@ -643,6 +662,7 @@ inline constexpr char kNotChannel[] = "broker: object is not a channel";
 inline constexpr char kNotReceiver[] = "broker: caller is not the channel's receiver";
 inline constexpr char kChannelFull[] = "broker: channel has its maximum of senders";
 inline constexpr char kAlreadyConnected[] = "broker: capability already has a ring";
+inline constexpr char kNotCreator[] = "broker: only the creator's capability destroys an object";
 }  // namespace ctx
 [[nodiscard]] std::uint16_t context_code(const char* context) noexcept;
 [[nodiscard]] const char* context_text(std::uint16_t code) noexcept;

@@ -307,3 +307,35 @@ TEST_F(Channels, MaxSendersIsEnforcedAndIndicesAreReused) {
 
 }  // namespace
 }  // namespace vipc
+
+namespace vipc {
+namespace {
+
+TEST_F(Channels, DestroyingTheEndpointClosesSendersAndFreesTheName) {
+  std::optional<Endpoint> ep;
+  {
+    auto e = Endpoint::create(*rt, "short-lived");
+    ASSERT_TRUE(e.ok());
+    ep.emplace(std::move(*e));
+  }
+  auto ch = Channel::connect(*rt, "short-lived");
+  ASSERT_TRUE(ch.ok());
+  ASSERT_TRUE(ch->try_send(seq_message(0, 0)).ok());
+  // Only the creator's own capability destroys the object.
+  auto derived = rt->derive(ep->capability(), Rights::Send | Rights::Receive);
+  ASSERT_TRUE(derived.ok());
+  EXPECT_EQ(rt->destroy(*derived).error().code(), ErrorCode::PermissionDenied);
+  auto other = Runtime::connect_to(rt->socket_path());
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(other->destroy(ep->capability()).error().code(), ErrorCode::InvalidCapability);
+
+  ep.reset();
+  EXPECT_EQ(ch->try_send(seq_message(0, 1)).error().code(), ErrorCode::ChannelClosed);
+  EXPECT_EQ(rt->lookup("short-lived").error().code(), ErrorCode::NotFound);
+  auto again = Endpoint::create(*rt, "short-lived");
+  ASSERT_TRUE(again.ok()) << again.error().message();
+  EXPECT_EQ(rt->stats()->objects, 1u);
+}
+
+}  // namespace
+}  // namespace vipc

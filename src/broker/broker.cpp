@@ -151,7 +151,11 @@ struct ChannelState {
   std::vector<std::uint32_t> free_indices;    // released indices, reused first
   std::uint32_t next_index = 1;
   std::deque<SenderEventRec> events;
+  // Rings made ahead of time, so that Connect only hands one out (refilled after the
+  // reply is sent, see Impl::refill_spares).
+  std::vector<core::RingSegments> spares;
 };
+constexpr std::size_t kSpareRings = 2;
 
 struct Object {
   ObjectId id = 0;
@@ -283,6 +287,8 @@ class Broker::Impl {
   // Closes the sender ends of every ring of a channel that is going away.
   void close_channel(Object& obj);
   void queue_event(ChannelState& ch, SenderEventRec ev);
+  // Tops up the spare rings of the channels that handed some out (after replying).
+  void refill_spares();
 
   // Checks that the client may present a capability now (rate limit) and that it holds it.
   Result<const CapNode*> redeem(Client& c, const wire::CapabilityRef& ref, wire::Opcode op);
@@ -310,6 +316,7 @@ class Broker::Impl {
   ObjectId next_object_ = 1;
   std::uint64_t next_ring_ = 1;
   std::size_t rings_ = 0;  // sender rings alive in every channel
+  std::vector<ObjectId> refill_;  // channels whose spare rings ran low
   std::array<Token, 32> token_pool_{};
   std::size_t token_pool_left_ = 0;
 
@@ -361,6 +368,7 @@ Result<void> Broker::Impl::run(std::atomic<int>& stop_signal) {
       }
     }
     sweep_grants(now_ns());
+    refill_spares();
   }
   log(LogLevel::Info, "stopping: {} clients, {} objects", clients_.size(), objects_.size());
   while (!clients_.empty()) drop(clients_.begin()->first, "broker stopping");
@@ -708,6 +716,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std:
   objects_.reserve(objects_.size() + 1);
   names_.reserve(names_.size() + 1);
   c.owned.reserve(c.owned.size() + 1);
+  refill_.reserve(refill_.size() + 1);
   caps_.reserve(c.id, obj.id);
   // Commit.
   ++next_object_;
@@ -716,6 +725,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std:
   c.owned.push_back(obj.id);
   const CapNode& node = caps_.insert(*token, c.id, obj.id, rights_for(kind), 0);
   objects_.emplace(obj.id, std::move(obj));
+  if (is_channel(kind)) refill_.push_back(rec.object_id);
   log(LogLevel::Debug, "client {} created {} '{}' (object {})", c.id, r.kind, name, rec.object_id);
   const auto nfds = static_cast<std::uint16_t>(reply_fds.size());
   return OutPacket{wire::encode_reply(id, wire::CreateReply{record_of(node), rec}, nfds),
@@ -939,8 +949,15 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   if (!reuse && ch.next_index > ch.max_senders) {
     return Error(ErrorCode::ChannelFull, wire::ctx::kChannelFull);
   }
-  auto seg = core::RingSegments::create({obj.capacity, obj.max_message_size});
-  if (!seg) return Error(seg.error().code(), wire::ctx::kObjectCreate, seg.error().sys_errno());
+  Result<core::RingSegments> seg = Error(ErrorCode::OutOfMemory, wire::ctx::kObjectCreate);
+  if (!ch.spares.empty()) {
+    // Taken for good even if a step below fails: a spare is only memory.
+    seg = std::move(ch.spares.back());
+    ch.spares.pop_back();
+  } else {
+    seg = core::RingSegments::create({obj.capacity, obj.max_message_size});
+    if (!seg) return Error(seg.error().code(), wire::ctx::kObjectCreate, seg.error().sys_errno());
+  }
   std::vector<sys::UniqueFd> reply_fds;
   for (int fd : {seg->producer.get(), seg->consumer.get(), ch.ready_fd.get()}) {
     auto d = sys::dup_fd(fd);
@@ -949,7 +966,9 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   }
   const bool new_cap = !attach_reply;
   if (new_cap) caps_.reserve(c.id, obj.id);
+  refill_.reserve(refill_.size() + 1);
   // Commit.
+  refill_.push_back(obj.id);
   std::uint32_t index = 0;
   if (reuse) {
     index = ch.free_indices.back();
@@ -984,6 +1003,20 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
     return OutPacket{wire::encode_reply(id, body, 3), std::move(reply_fds)};
   }
   return OutPacket{wire::encode_reply(id, reply, 3), std::move(reply_fds)};
+}
+
+void Broker::Impl::refill_spares() {
+  for (ObjectId oid : refill_) {
+    auto o = objects_.find(oid);
+    if (o == objects_.end() || !o->second.channel) continue;
+    ChannelState& ch = *o->second.channel;
+    while (ch.spares.size() < kSpareRings) {
+      auto seg = core::RingSegments::create({o->second.capacity, o->second.max_message_size});
+      if (!seg) break;  // out of memory or descriptors: Connect will create its own
+      ch.spares.push_back(std::move(*seg));
+    }
+  }
+  refill_.clear();
 }
 
 void Broker::Impl::queue_event(ChannelState& ch, SenderEventRec ev) {

@@ -246,6 +246,10 @@ int run_demo(const DemoOptions& options) {
       "  sent {}  received {}  bytes {}  full events {}  parks {}  wake-ups {}  drops {}\n",
       s.sent, s.received, s.bytes_sent, s.full_events, s.consumer_parks + s.producer_parks,
       s.producer_wakeups + s.consumer_wakeups, s.drops);
+  if (run_channel_demo(options.messages / 2) != 0) {
+    fmt::print(stderr, "vipc demo: the channel part failed\n");
+    return 1;
+  }
   fmt::print(
       "\nevery message arrived exactly once and in order.\n"
       "next: vipc bench pingpong | throughput | send  (each beside its floor)\n");

@@ -10,5 +10,7 @@ struct DemoOptions {
 };
 
 int run_demo(const DemoOptions& options);
+// The channel part: sender processes through a broker (demo_channels.cpp).
+int run_channel_demo(std::uint64_t per_sender);
 
 }  // namespace vipc::tools

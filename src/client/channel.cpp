@@ -121,7 +121,16 @@ class Endpoint::Impl {
   Result<void> accept_events() {
     for (;;) {
       auto ev = rt->accept(cap);
-      if (!ev) return ev.error();
+      if (!ev) {
+        if (ev.error().code() == ErrorCode::ChannelClosed) {
+          // The broker is gone (docs/broker.md, "Broker restart"): the senders we have
+          // keep working; no new ones can come, so stop asking.
+          set.unwatch(kBrokerIndex);
+          counters.broker_lost = true;
+          return {};
+        }
+        return ev.error();
+      }
       if (ev->kind == SenderEventKind::None) return {};
       const std::uint32_t idx = ev->index;
       if (idx >= senders.size()) {

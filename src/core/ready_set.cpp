@@ -148,6 +148,14 @@ Result<void> ReadySet::watch(std::uint32_t index) {
   return {};
 }
 
+void ReadySet::unwatch(std::uint32_t index) noexcept {
+  if (index >= capacity_) return;
+  const std::uint32_t g = index / 64;
+  registered_[g] &= ~bit(index);
+  pending_[g] &= ~bit(index);
+  if (pending_[g] == 0) pending_summary_ &= ~bit(g);
+}
+
 void ReadySet::remove(RingReader& reader, std::uint32_t index) noexcept {
   if (index >= capacity_) return;
   const std::uint32_t g = index / 64;

@@ -96,6 +96,8 @@ class ReadySet {
   // broker marks a channel's index 0) and reports it once at once, for marks made before.
   // InvalidArgument / AlreadyExists as add().
   [[nodiscard]] Result<void> watch(std::uint32_t index);
+  // Forgets an index registered with watch(): it is not reported afterwards.
+  void unwatch(std::uint32_t index) noexcept;
   // Disarms `reader` (which must be the one added as `index`) and forgets the index:
   // no pending report of it is returned afterwards. No-op for an unregistered index.
   void remove(RingReader& reader, std::uint32_t index) noexcept;

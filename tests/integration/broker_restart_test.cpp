@@ -12,6 +12,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "support/daemon.hpp"
 #include "support/process.hpp"
@@ -78,7 +79,14 @@ TEST(BrokerRestart, TrafficKeepsFlowingAndNothingLeaks) {
         first.reset();
         test::Daemon second(dir.path());
         ASSERT_TRUE(second.ready());
-        const auto baseline = test::fd_census(second.pid());
+        // ready() connected once to probe: wait until the broker has dropped that.
+        auto baseline = test::fd_census(second.pid());
+        for (int i = 0; i < 100; ++i) {
+          std::this_thread::sleep_for(20ms);
+          const auto again = test::fd_census(second.pid());
+          if (again == baseline) break;
+          baseline = again;
+        }
         restarted = true;
         // The old connection is gone: control calls fail cleanly, nothing hangs.
         EXPECT_FALSE(rt->ping(1).ok());
@@ -112,6 +120,14 @@ TEST(BrokerRestart, TrafficKeepsFlowingAndNothingLeaks) {
       }
     }
     EXPECT_TRUE(restarted);
+    // Its periodic rescan (every 100 ms) asks the broker for events; with the old
+    // connection dead the endpoint notes it and goes on, receive() never fails for it.
+    const auto until = Clock::now() + 2s;
+    while (!ep->stats().broker_lost && Clock::now() < until) {
+      auto r = ep->receive(m, 10ms);
+      ASSERT_TRUE(r.ok() || r.error().code() == ErrorCode::Timeout) << r.error().message();
+    }
+    EXPECT_TRUE(ep->stats().broker_lost);
     EXPECT_EQ(sender.wait(20s), "exit 0");
   }
   // The runtime directory holds only the socket's lock file (and the log, if any): the

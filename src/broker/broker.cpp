@@ -958,9 +958,13 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
     seg = core::RingSegments::create({obj.capacity, obj.max_message_size});
     if (!seg) return Error(seg.error().code(), wire::ctx::kObjectCreate, seg.error().sys_errno());
   }
+  // The sender writes the producer segment and the ready set; the consumer segment it
+  // gets as a read-only open, so it cannot map it writable.
   std::vector<sys::UniqueFd> reply_fds;
-  for (int fd : {seg->producer.get(), seg->consumer.get(), ch.ready_fd.get()}) {
-    auto d = sys::dup_fd(fd);
+  for (auto [fd, writable] : {std::pair{seg->producer.get(), true},
+                              std::pair{seg->consumer.get(), false},
+                              std::pair{ch.ready_fd.get(), true}}) {
+    auto d = writable ? sys::dup_fd(fd) : sys::reopen_readonly(fd);
     if (!d) return Error(d.error().code(), wire::ctx::kObjectCreate, d.error().sys_errno());
     reply_fds.push_back(std::move(*d));
   }
@@ -1123,9 +1127,11 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::AcceptRequest& r, std:
   auto it = ch.rings.find(ev.index);
   std::vector<sys::UniqueFd> fds;
   if (it != ch.rings.end() && ev.event == wire::SenderEvent::Attached) {
-    // Prepare: the receiver's copies of the ring's descriptors.
-    for (int fd : {it->second.producer.get(), it->second.consumer.get()}) {
-      auto d = sys::dup_fd(fd);
+    // Prepare: the receiver's copies of the ring's descriptors; the producer segment
+    // read-only, so it cannot write the sender's slots.
+    for (auto [fd, writable] : {std::pair{it->second.producer.get(), false},
+                                std::pair{it->second.consumer.get(), true}}) {
+      auto d = writable ? sys::dup_fd(fd) : sys::reopen_readonly(fd);
       if (!d) return Error(d.error().code(), wire::ctx::kObjectCreate, d.error().sys_errno());
       fds.push_back(std::move(*d));
     }

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
 #include <sys/signalfd.h>
@@ -182,7 +183,18 @@ Result<ReceivedPacket> recv_packet(int sock, std::span<std::byte> buffer, bool n
   out.truncated = (msg.msg_flags & MSG_TRUNC) != 0;
   out.fds_truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
   if (n == 0 && !out.truncated && out.fds.empty()) {
-    return Error(ErrorCode::ChannelClosed, "recvmsg: end of stream");
+    // SOCK_SEQPACKET: 0 bytes is either the peer's hang-up or an empty packet it sent.
+    // Only a hang-up also shows as POLLRDHUP/POLLHUP; an empty packet is returned as
+    // one (and refused by the decoder like any other malformed packet).
+    pollfd p{sock, POLLRDHUP, 0};
+    int rc = 0;
+    do {
+      rc = ::poll(&p, 1, 0);
+    } while (rc < 0 && errno == EINTR);
+    if (rc != 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+      return Error(ErrorCode::ChannelClosed, "recvmsg: end of stream");
+    }
+    if (rc < 0) return sys_error("poll");
   }
   return out;
 }

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <pthread.h>
@@ -29,6 +30,11 @@ Result<CreatedSegment> create_segment(const char* name, const SegmentSpec& spec)
   const std::size_t size = round_up_to_page(static_cast<std::size_t>(spec.total_size));
   auto fd = sys::memfd_create(name);
   if (!fd) return fd.error();
+  // Owner only: a process of another uid given a read-only descriptor must not be able
+  // to open the file again read-write through /proc (docs/threat-model.md).
+  if (::fchmod(fd->get(), 0600) != 0) {
+    return Error(ErrorCode::SystemError, "segment: fchmod", errno);
+  }
   VIPC_TRY(sys::ftruncate(fd->get(), size));
   VIPC_TRY(sys::add_seals(fd->get(), F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL));
   auto map = sys::map_shared(fd->get(), size, PROT_READ | PROT_WRITE);

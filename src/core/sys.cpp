@@ -46,6 +46,17 @@ Result<UniqueFd> dup_fd(int fd) {
   return UniqueFd(nfd);
 }
 
+Result<UniqueFd> reopen_readonly(int fd) {
+  char path[32];
+  std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  int nfd = -1;
+  do {
+    nfd = ::open(path, O_RDONLY | O_CLOEXEC);
+  } while (nfd < 0 && errno == EINTR);
+  if (nfd < 0) return sys_error("open /proc/self/fd (read-only)");
+  return UniqueFd(nfd);
+}
+
 Mapping& Mapping::operator=(Mapping&& o) noexcept {
   if (this != &o) {
     reset();

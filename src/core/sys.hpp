@@ -72,6 +72,9 @@ class Mapping {
 
 // A new descriptor (O_CLOEXEC) for the same open file as fd; fd stays open.
 [[nodiscard]] Result<UniqueFd> dup_fd(int fd);
+// A new, read-only open of the file behind fd (through /proc/self/fd): a process given
+// it can map the file PROT_READ only, unlike with a dup of a read-write descriptor.
+[[nodiscard]] Result<UniqueFd> reopen_readonly(int fd);
 
 // memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | extra_flags).
 [[nodiscard]] Result<UniqueFd> memfd_create(const char* name, unsigned extra_flags = 0);

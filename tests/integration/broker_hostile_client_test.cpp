@@ -522,14 +522,9 @@ TEST(BrokerHostileClients, MalformedPacketsDoNotDisturbAWellBehavedClient) {
 // ProtocolError ("wire: packet shorter than its header or length"). A zero-length packet
 // is such a packet.
 //
-// KNOWN BROKER BUG (this test fails until it is fixed): platform::recv_packet
-// (src/broker/platform.cpp) returns ChannelClosed ("end of stream") whenever recvmsg
-// returns 0 bytes without descriptors, and Broker::Impl::read_requests then marks the
-// client dead, so a zero-length SOCK_SEQPACKET packet is taken for a hang-up: the client
-// is dropped (with its objects and capabilities) instead of being answered. The two
-// cases can be told apart (a real hang-up also raises EPOLLRDHUP / POLLRDHUP on the
-// socket; a zero-length packet does not). Only the sender itself is hurt; the hostile
-// client test above tolerates it by reconnecting.
+// recvmsg returns 0 bytes both for a hang-up and for an empty packet;
+// platform::recv_packet tells them apart (only a hang-up raises POLLRDHUP/POLLHUP), so the
+// client is answered, not dropped.
 TEST(BrokerHostileClients, EmptyPacketIsAnsweredLikeAnyOtherMalformedOne) {
   test::TempDir dir;
   ASSERT_TRUE(dir.ok());

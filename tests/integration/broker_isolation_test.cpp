@@ -714,14 +714,9 @@ TEST_F(BrokerIsolation, OtherUidOpensAWorldOpenableObject) {
 // by any means: not through the descriptor it got, not by re-opening it read-write
 // through /proc/self/fd.
 //
-// KNOWN BROKER BUG (this test fails until it is fixed): Broker::Impl::connect_ring
-// (src/broker/broker.cpp) replies with sys::dup_fd() of the ring's consumer memfd, i.e.
-// the broker's own O_RDWR open file, and no memfd is ever fchmod'ed, so the memfd keeps
-// memfd_create's mode 0777. A sender of any uid gets a writable descriptor (mmap
-// PROT_WRITE works) and could re-open it O_RDWR through /proc/self/fd even if it got an
-// O_RDONLY one. A fix needs both: a read-only open file for the sender's copy (re-open
-// O_RDONLY through /proc/self/fd in the broker) and a mode that keeps other uids from
-// re-opening it (fchmod 0600 or 0400 on the broker's uid).
+// The broker hands the sender a read-only open of the consumer memfd (re-opened through
+// /proc/self/fd) and creates every memfd with mode 0600, so the descriptor cannot be
+// mapped writable nor re-opened read-write by another uid.
 TEST_F(BrokerIsolation, OtherUidSenderCannotWriteItsConsumerSegment) {
   open_socket_to_everyone();
   const std::string socket = daemon_->socket();
@@ -740,11 +735,8 @@ TEST_F(BrokerIsolation, OtherUidSenderCannotWriteItsConsumerSegment) {
 // ("a consumer cannot write slots or the producer's state") and must not be able to
 // write it either.
 //
-// KNOWN BROKER BUG (this test fails until it is fixed): Broker::Impl::on(AcceptRequest)
-// (src/broker/broker.cpp) hands the receiver sys::dup_fd() copies of the ring's producer
-// memfd (O_RDWR, mode 0777), so a receiver of another uid can map the sender's slots
-// and state writable, or re-open them O_RDWR through /proc/self/fd. Same cause and fix
-// as OtherUidSenderCannotWriteItsConsumerSegment.
+// Accept hands the receiver a read-only open of the producer memfd (mode 0600), as
+// Connect does for the sender's consumer segment.
 TEST_F(BrokerIsolation, OtherUidReceiverCannotWriteASendersProducerSegment) {
   open_socket_to_everyone();
   const std::string socket = daemon_->socket();

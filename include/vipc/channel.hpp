@@ -62,11 +62,11 @@ struct MessageSource {
 };
 
 struct EndpointStats {
-  std::uint64_t senders = 0;           // rings attached now
-  std::uint64_t attached = 0;          // senders ever attached
-  std::uint64_t detached = 0;          // senders ever detached
-  std::uint64_t revoked_dropped = 0;   // messages discarded with a revoked sender's ring
-  std::uint64_t corrupt_senders = 0;   // rings dropped because their memory was corrupt
+  std::uint64_t senders = 0;          // rings attached now
+  std::uint64_t attached = 0;         // senders ever attached
+  std::uint64_t detached = 0;         // senders ever detached
+  std::uint64_t revoked_dropped = 0;  // messages discarded with a revoked sender's ring
+  std::uint64_t corrupt_senders = 0;  // rings dropped because their memory was corrupt
   bool broker_lost = false;  // the broker connection closed: senders attached keep working,
                              // no new ones can come (docs/broker.md, "Broker restart")
 };

@@ -87,8 +87,8 @@ struct CreatedObject {
 
 // One sender's ring in a channel (Runtime::connect_sender / attach_sender).
 struct SenderRing {
-  Capability cap;            // the capability the ring belongs to (revoking it detaches it)
-  std::uint32_t index = 0;   // the ring's index in the channel's ready set (>= 1)
+  Capability cap;           // the capability the ring belongs to (revoking it detaches it)
+  std::uint32_t index = 0;  // the ring's index in the channel's ready set (>= 1)
   std::uint32_t capacity = 0;
   std::uint32_t max_message_size = 0;
   std::uint64_t ring_id = 0;

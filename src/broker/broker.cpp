@@ -127,7 +127,7 @@ struct SenderRing {
   ClientId sender = 0;
   pid_t pid = 0;
   uid_t uid = 0;
-  Token cap = 0;                  // the capability the ring belongs to
+  Token cap = 0;                     // the capability the ring belongs to
   std::uint32_t cap_generation = 0;  // its generation when connected
   sys::UniqueFd producer;
   sys::UniqueFd consumer;
@@ -167,7 +167,7 @@ struct Object {
   ClientId owner = 0;
   uid_t owner_uid = 0;
   Token root = 0;
-  std::vector<sys::UniqueFd> fds;  // Ring: producer, consumer
+  std::vector<sys::UniqueFd> fds;         // Ring: producer, consumer
   std::unique_ptr<ChannelState> channel;  // Channel, Endpoint
 };
 
@@ -315,7 +315,7 @@ class Broker::Impl {
   ClientId next_client_ = 1;
   ObjectId next_object_ = 1;
   std::uint64_t next_ring_ = 1;
-  std::size_t rings_ = 0;  // sender rings alive in every channel
+  std::size_t rings_ = 0;         // sender rings alive in every channel
   std::vector<ObjectId> refill_;  // channels whose spare rings ran low
   std::array<Token, 32> token_pool_{};
   std::size_t token_pool_left_ = 0;
@@ -694,7 +694,8 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std:
       return Error(marker.error().code(), wire::ctx::kObjectCreate, marker.error().sys_errno());
     }
     auto give = sys::dup_fd(own->get());
-    if (!give) return Error(give.error().code(), wire::ctx::kObjectCreate, give.error().sys_errno());
+    if (!give)
+      return Error(give.error().code(), wire::ctx::kObjectCreate, give.error().sys_errno());
     reply_fds.push_back(std::move(*give));
     ch->ready_fd = std::move(*own);
     ch->marker = std::move(*marker);
@@ -961,9 +962,9 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   // The sender writes the producer segment and the ready set; the consumer segment it
   // gets as a read-only open, so it cannot map it writable.
   std::vector<sys::UniqueFd> reply_fds;
-  for (auto [fd, writable] : {std::pair{seg->producer.get(), true},
-                              std::pair{seg->consumer.get(), false},
-                              std::pair{ch.ready_fd.get(), true}}) {
+  for (auto [fd, writable] :
+       {std::pair{seg->producer.get(), true}, std::pair{seg->consumer.get(), false},
+        std::pair{ch.ready_fd.get(), true}}) {
     auto d = writable ? sys::dup_fd(fd) : sys::reopen_readonly(fd);
     if (!d) return Error(d.error().code(), wire::ctx::kObjectCreate, d.error().sys_errno());
     reply_fds.push_back(std::move(*d));
@@ -999,8 +1000,8 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   queue_event(ch, {wire::SenderEvent::Attached, wire::DetachReason::None, index});
   log(LogLevel::Debug, "client {} connected to '{}' as sender {} (ring {})", c.id, obj.name, index,
       ring.ring_id);
-  wire::ConnectReply reply{record_of(*node), index, obj.capacity, obj.max_message_size, 0,
-                           ring.ring_id};
+  wire::ConnectReply reply{record_of(*node),     index, obj.capacity,
+                           obj.max_message_size, 0,     ring.ring_id};
   if (attach_reply) {
     wire::AttachReplyBody body;
     static_cast<wire::ConnectReply&>(body) = reply;
@@ -1067,8 +1068,7 @@ void Broker::Impl::sweep_rings(wire::DetachReason reason) {
     for (std::uint32_t index : gone) {
       auto it = obj.channel->rings.find(index);
       // A sender that is gone can no longer write: its ring is drained, not dropped.
-      const auto why =
-          clients_.count(it->second.sender) == 0 ? wire::DetachReason::Closed : reason;
+      const auto why = clients_.count(it->second.sender) == 0 ? wire::DetachReason::Closed : reason;
       log(LogLevel::Debug, "'{}': sender {} detached ({})", obj.name, index,
           why == wire::DetachReason::Revoked ? "revoked" : "closed");
       detach_ring(obj, it->second, why);

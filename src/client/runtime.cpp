@@ -257,7 +257,8 @@ namespace {
 
 Result<SenderRing> sender_ring_of(const wire::ConnectReply& r, std::vector<sys::UniqueFd>& fds) {
   if (fds.size() != 3) {
-    return Error(ErrorCode::ProtocolError, "connect: reply carries the wrong number of descriptors");
+    return Error(ErrorCode::ProtocolError,
+                 "connect: reply carries the wrong number of descriptors");
   }
   SenderRing out;
   out.cap = wire::from_record(r.cap);

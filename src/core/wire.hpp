@@ -519,18 +519,18 @@ static_assert(offsetof(StatsReply, own_failed_redemptions) == 56);
 static_assert(offsetof(StatsReply, own_rate_limited) == 64);
 
 // Alternative i is the body of opcode i + 1.
-using Request = std::variant<HelloRequest, CreateRequest, LookupRequest, OpenRequest, DeriveRequest,
-                             GrantRequest, ClaimRequest, RevokeRequest, ReleaseRequest, PingRequest,
-                             StatsRequest, ConnectRequest, AttachRequest, AcceptRequest,
-                             DestroyRequest>;
+using Request =
+    std::variant<HelloRequest, CreateRequest, LookupRequest, OpenRequest, DeriveRequest,
+                 GrantRequest, ClaimRequest, RevokeRequest, ReleaseRequest, PingRequest,
+                 StatsRequest, ConnectRequest, AttachRequest, AcceptRequest, DestroyRequest>;
 // Attach answers with the same body as Connect: a distinct type keeps one body type
 // per opcode.
 struct AttachReplyBody : ConnectReply {};
 static_assert(sizeof(AttachReplyBody) == sizeof(ConnectReply));
-using ReplyBody = std::variant<HelloReply, CreateReply, LookupReply, OpenReply, DeriveReply,
-                               GrantReply, ClaimReply, RevokeReply, ReleaseReply, PingReply,
-                               StatsReply, ConnectReply, AttachReplyBody, AcceptReply,
-                               DestroyReply>;
+using ReplyBody =
+    std::variant<HelloReply, CreateReply, LookupReply, OpenReply, DeriveReply, GrantReply,
+                 ClaimReply, RevokeReply, ReleaseReply, PingReply, StatsReply, ConnectReply,
+                 AttachReplyBody, AcceptReply, DestroyReply>;
 static_assert(std::variant_size_v<Request> == kOpcodeMax);
 static_assert(std::variant_size_v<ReplyBody> == kOpcodeMax);
 

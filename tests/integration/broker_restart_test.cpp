@@ -104,10 +104,8 @@ TEST(BrokerRestart, TrafficKeepsFlowingAndNothingLeaks) {
           ASSERT_TRUE(ep2->receive(m2, 5s).ok());
         }
         // Everything the new broker made for that client is gone with it.
-        EXPECT_TRUE(test::wait_for(
-            [&] { return test::fd_census(second.pid()) == baseline; }, 5s))
-            << test::describe(test::fd_census(second.pid())) << " vs "
-            << test::describe(baseline);
+        EXPECT_TRUE(test::wait_for([&] { return test::fd_census(second.pid()) == baseline; }, 5s))
+            << test::describe(test::fd_census(second.pid())) << " vs " << test::describe(baseline);
         // Keep receiving the old channel while the new broker lives; stop it at the end.
         while (next < total) {
           auto r2 = ep->receive(m, 20s);

@@ -120,8 +120,8 @@ TEST_F(Channels, KilledSenderIsDrainedThenDetachedWithinTheBound) {
   ASSERT_TRUE(ep.ok());
   const std::string path = rt->socket_path();
   // The child sends as fast as it can, forever; it is killed mid-stream.
-  Child child = Child::spawn(
-      [&] { return send_sequence(path, "victim", 0, ~std::uint64_t{0}); }, kAlarm);
+  Child child =
+      Child::spawn([&] { return send_sequence(path, "victim", 0, ~std::uint64_t{0}); }, kAlarm);
   SmallMessage m;
   std::uint64_t next = 0;
   while (next < 10'000) {

@@ -58,7 +58,8 @@ int reap(pid_t pid) {
 }  // namespace
 
 int run_channel_demo(std::uint64_t per_sender) {
-  fmt::print("\nchannel: a named channel through the broker (an embedded one, same protocol as vipcd)\n");
+  fmt::print(
+      "\nchannel: a named channel through the broker (an embedded one, same protocol as vipcd)\n");
   auto rt = Runtime::embedded();
   if (!rt) {
     fmt::print(stderr, "vipc demo: broker: {}\n", rt.error().message());
@@ -109,18 +110,22 @@ int run_channel_demo(std::uint64_t per_sender) {
       killed = true;
     }
   }
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   bool ok = out_of_order == 0 && killed;
   for (pid_t p : pids) ok = ok && reap(p) == 0;
   (void)reap(victim);
   for (auto& [s, n] : next) {
     fmt::print("  sender {} (pid {:>6}): {:>8} messages{}\n", s, source[s], n,
-               s == kSenders ? "  <- killed with SIGKILL mid-stream; its ring drained in order, no gap" : "");
+               s == kSenders
+                   ? "  <- killed with SIGKILL mid-stream; its ring drained in order, no gap"
+                   : "");
     if (s < kSenders) ok = ok && n == per_sender;
   }
-  fmt::print("  {} messages in {:.2f} s ({:.1f} M/s), {} out of order; senders attached {}, detached {}\n",
-             received, secs, static_cast<double>(received) / secs / 1e6, out_of_order,
-             ep->stats().attached, ep->stats().detached);
+  fmt::print(
+      "  {} messages in {:.2f} s ({:.1f} M/s), {} out of order; senders attached {}, detached {}\n",
+      received, secs, static_cast<double>(received) / secs / 1e6, out_of_order,
+      ep->stats().attached, ep->stats().detached);
 
   // A capability is only good in the space of the process it was given to; the broker
   // logs the attempt (the line on stderr).

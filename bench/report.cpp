@@ -80,6 +80,7 @@ json entry_json(const Entry& e) {
   json j;
   j["system"] = e.system;
   j["metric"] = e.metric;
+  for (const auto& [key, value] : e.labels.items()) j[key] = value;
   if (e.batch != 0) j["batch"] = e.batch;
   if (!e.source.empty()) j["source"] = e.source;
   if (e.latency) {
@@ -111,6 +112,7 @@ json entry_json(const Entry& e) {
 
 std::string display_name(const Entry& e) {
   std::string name = e.system;
+  for (const auto& [key, value] : e.labels.items()) name += " " + key + "=" + value.dump();
   if (!e.source.empty()) name += " (= " + e.source + ")";
   return name;
 }

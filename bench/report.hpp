@@ -33,7 +33,10 @@ struct Entry {
   std::optional<LatencyStats> latency;
   std::optional<RateStats> rate;
   std::size_t batch = 0;  // throughput: messages per push / pop (0: not applicable)
-  std::string source;     // "floor": the floor entry it repeats
+  // Fields that tell apart entries of the same system in one report (lookup: {"names":
+  // 64}); written into the entry's JSON after "metric" and after the name in the table.
+  nlohmann::ordered_json labels = nlohmann::ordered_json::object();
+  std::string source;  // "floor": the floor entry it repeats
   // vipc entries: what they are compared with, and the ratios: ratio_p50 / ratio_p99 =
   // this p50 / the baseline's p50 (above 1: slower); ratio = this msgs/s / the
   // baseline's msgs/s (below 1: fewer messages).

@@ -17,6 +17,7 @@
 #include "bench.hpp"
 #include "floors.hpp"
 #include "harness.hpp"
+#include "lookup_systems.hpp"
 #include "report.hpp"
 #include "vipc_systems.hpp"
 
@@ -26,8 +27,11 @@ namespace {
 using json = nlohmann::ordered_json;
 
 constexpr std::size_t kMessageBytes = 64;
-constexpr std::size_t kBatch = 32;           // throughput: messages per batch
-constexpr std::size_t kSendsPerSample = 64;  // send: sends timed together
+constexpr std::size_t kBatch = 32;                        // throughput: messages per batch
+constexpr std::size_t kSendsPerSample = 64;               // send: sends timed together
+constexpr std::size_t kLookupsPerSample = 64;             // lookup: lookups timed together
+constexpr std::size_t kLookupNames[] = {64, 1000};        // lookup: table sizes, each measured
+constexpr std::uint64_t kLookupSeed = 0x6c6f6f6b7570ULL;  // lookup: names and order
 
 struct System {
   std::string name;
@@ -80,12 +84,16 @@ json base_params(const Options& o, const RunConfig& cfg) {
   return p;
 }
 
-std::string timing_line(const RunConfig& cfg) {
+std::string timing_line(const RunConfig& cfg, bool two_processes) {
   const Timing& t = cfg.timing;
+  const std::string where =
+      two_processes
+          ? fmt::format("measuring process on CPU {}, peer on CPU {}", cfg.cpus.self, cfg.cpus.peer)
+          : fmt::format("one process on CPU {}, no peer", cfg.cpus.self);
   return fmt::format(
-      "{:.2f} s per system as {} interleaved rounds of {:.2f} s (+{:.2f} s warm-up); "
-      "measuring process on CPU {}, peer on CPU {}",
-      t.measure_s * t.rounds, t.rounds, t.measure_s, t.warmup_s, cfg.cpus.self, cfg.cpus.peer);
+      "{:.2f} s per system as {} interleaved rounds of {:.2f} s (+{:.2f} s "
+      "warm-up); {}",
+      t.measure_s * t.rounds, t.rounds, t.measure_s, t.warmup_s, where);
 }
 
 Entry latency_entry(const std::string& system, const std::string& metric,
@@ -244,15 +252,65 @@ Report send(const Options& o, const RunConfig& cfg) {
   return report;
 }
 
+Report lookup(const Options& o, const RunConfig& cfg) {
+  std::vector<lookup_systems::Workload> workloads;
+  std::vector<System> systems;
+  for (std::size_t n : kLookupNames)
+    workloads.push_back(lookup_systems::make_workload(n, kLookupSeed));
+  for (const auto& w : workloads) {
+    systems.push_back({"vipc", [&w](const RunConfig& c) {
+                         return lookup_systems::vipc_lookup(c, w, kLookupsPerSample);
+                       }});
+    systems.push_back({"hashmap", [&w](const RunConfig& c) {
+                         return lookup_systems::hashmap_lookup(c, w, kLookupsPerSample);
+                       }});
+  }
+  auto rounds = interleave(cfg, systems);
+
+  Report report;
+  report.scenario = "lookup";
+  report.title =
+      "lookup: cost of one lookup of a present name in the client's object table, beside a "
+      "std::unordered_map";
+  report.params = base_params(o, cfg);
+  report.params.erase("size");
+  report.params["cpus"] = json::array({cfg.cpus.self});
+  report.params["lookups_per_sample"] = kLookupsPerSample;
+  report.params["names"] = json::array();
+  for (std::size_t n : kLookupNames) report.params["names"].push_back(n);
+  for (std::size_t i = 0; i < workloads.size(); ++i) {
+    Entry vipc = latency_entry("vipc", "lookup", rounds[2 * i]);
+    Entry map = latency_entry("hashmap", "lookup", rounds[2 * i + 1]);
+    vipc.labels["names"] = workloads[i].names.size();
+    map.labels["names"] = workloads[i].names.size();
+    compare(vipc, map, /*with_p99=*/true);
+    report.entries.push_back(map);
+    report.entries.push_back(vipc);
+  }
+  report.notes.push_back(fmt::format(
+      "Per-lookup cost: each sample is the time of {} back-to-back lookups of present names, in "
+      "a fixed pseudo-random order, divided by {}; one process, no peer. Names: 12..40 "
+      "characters like \"map.lidar/camera-46967\"; every result is checked.",
+      kLookupsPerSample, kLookupsPerSample));
+  report.notes.push_back(
+      "vipc: client::ObjectTable::lookup() (lock-free seqlock-latch reads; a table for exactly "
+      "these names, so at most half its slots are used). hashmap: std::unordered_map<std::string, "
+      "ResolvedObject> with a transparent std::hash<std::string_view>, find(std::string_view). "
+      "Each vipc entry is compared with the hashmap of the same names.");
+  return report;
+}
+
 struct Scenario {
   const char* name;
   Report (*run)(const Options&, const RunConfig&);
+  bool two_processes;  // false: measured in this process alone (no peer)
 };
 
 constexpr Scenario kScenarios[] = {
-    {"pingpong", pingpong},
-    {"throughput", throughput},
-    {"send", send},
+    {"pingpong", pingpong, true},
+    {"throughput", throughput, true},
+    {"send", send, true},
+    {"lookup", lookup, false},
 };
 
 }  // namespace
@@ -300,7 +358,7 @@ int run(const Options& options) {
     RunConfig cfg;
     cfg.timing = timing_for(options);
     cfg.cpus = choose_cpus();
-    if (!cfg.cpus.distinct) {
+    if (!cfg.cpus.distinct && scenario->two_processes) {
       fmt::print(stderr,
                  "vipc bench {}: only one CPU is available; both processes share CPU {} and "
                  "busy-waiting results are meaningless\n",
@@ -312,7 +370,7 @@ int run(const Options& options) {
       RunGuard guard(cfg.cpus);
       report = scenario->run(options, cfg);
     }
-    report.title += "\n" + timing_line(cfg);
+    report.title += "\n" + timing_line(cfg, scenario->two_processes);
     if (options.quick) report.notes.push_back("--quick: a smoke test, not for numbers.");
     if (options.json) {
       print_json(report);

@@ -76,6 +76,11 @@ class Endpoint {
   // Creates the channel `name` with this process as its receiver.
   [[nodiscard]] static Result<Endpoint> create(Runtime& rt, std::string_view name,
                                                const ChannelOptions& options = {});
+  // Creates a channel with no name, reached only through capabilities (derive and grant
+  // from capability()). Taken from channels the Runtime provisions ahead of time, so it
+  // usually makes no broker round trip and no system call (docs/channels.md).
+  [[nodiscard]] static Result<Endpoint> create_anonymous(Runtime& rt,
+                                                         const ChannelOptions& options = {});
   Endpoint(Endpoint&&) noexcept;
   Endpoint& operator=(Endpoint&&) noexcept;
   Endpoint(const Endpoint&) = delete;

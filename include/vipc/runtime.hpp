@@ -67,6 +67,7 @@ struct ObjectSpec {
   std::uint32_t max_message_size = 64;  // bytes (Ring, Channel, Endpoint: <= 64)
   bool world_openable = false;          // any uid may open it (default: the creator's uid)
   std::uint32_t max_senders = 0;        // Channel, Endpoint: 0 = 1023; at most 4095
+  bool anonymous = false;  // no name (leave it empty): reached only through capabilities
 };
 
 struct ObjectInfo {
@@ -197,6 +198,8 @@ class Runtime {
   class Impl;
 
  private:
+  friend class Endpoint;
+  friend class Channel;
   explicit Runtime(std::unique_ptr<Impl> impl) noexcept;
   std::unique_ptr<Impl> impl_;
 };

@@ -646,8 +646,9 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::HelloRequest& r, std::
 
 Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std::uint64_t id) {
   // Check.
-  const std::string_view name = wire::name_view(r.name);
-  if (names_.find(name) != names_.end())
+  const bool anonymous = (r.flags & wire::kObjectAnonymous) != 0;
+  const std::string_view name = anonymous ? std::string_view{} : wire::name_view(r.name);
+  if (!anonymous && names_.find(name) != names_.end())
     return Error(ErrorCode::AlreadyExists, wire::ctx::kNameTaken);
   if (c.owned.size() >= options_.max_objects_per_client) {
     return Error(ErrorCode::OutOfMemory, wire::ctx::kLimitReached);
@@ -722,7 +723,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std:
   // Commit.
   ++next_object_;
   const wire::ObjectRecord rec = record_of(obj);
-  names_.emplace(obj.name, obj.id);
+  if (!anonymous) names_.emplace(obj.name, obj.id);
   c.owned.push_back(obj.id);
   const CapNode& node = caps_.insert(*token, c.id, obj.id, rights_for(kind), 0);
   objects_.emplace(obj.id, std::move(obj));

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "client/runtime_impl.hpp"
 #include "core/clock.hpp"
 #include "core/ready_set.hpp"
 #include "core/ring.hpp"
@@ -42,14 +43,22 @@ class Endpoint::Impl {
   // Messages of a ring that was replaced before it was drained (its index reused).
   std::deque<std::pair<SmallMessage, MessageSource>> backlog;
   EndpointStats counters;
+  bool anonymous = false;
 
   ~Impl() {
     for (std::uint32_t i = 1; i < senders.size(); ++i) {
       if (senders[i]) senders[i]->reader.close();
     }
-    // The name is free again and every sender gets ChannelClosed. Best effort: if the
-    // broker is gone, the object died with it.
-    if (rt != nullptr) (void)rt->destroy(cap);
+    // The name is free again (before the destructor returns) and every sender gets
+    // ChannelClosed. An anonymous channel has no name to free: its Destroy is not
+    // waited for. Best effort: if the broker is gone, the object died with it.
+    if (rt != nullptr) {
+      if (anonymous) {
+        rt->impl_->destroy_async(cap);
+      } else {
+        (void)rt->destroy(cap);
+      }
+    }
   }
 
   // Takes one message from ring `idx`: true when it did, false when the ring had none
@@ -205,6 +214,40 @@ Result<Endpoint> Endpoint::create(Runtime& rt, std::string_view name,
   impl->rt = &rt;
   impl->cap = created->cap;
   impl->object_id = created->info.id;
+  impl->senders.resize(impl->set.capacity());
+  VIPC_TRY(impl->set.watch(kBrokerIndex));
+  return Endpoint(std::move(impl));
+}
+
+Result<Endpoint> Endpoint::create_anonymous(Runtime& rt, const ChannelOptions& options) {
+  if (options.capacity < 2 || options.capacity > (1u << 20) ||
+      (options.capacity & (options.capacity - 1)) != 0 || options.max_message_size == 0 ||
+      options.max_message_size > kSmallPayloadMax || options.max_senders > wire::kMaxSenders) {
+    return Error(ErrorCode::InvalidArgument, "endpoint: channel options out of range");
+  }
+  const ChannelShape shape{options.capacity, options.max_message_size, options.max_senders,
+                           options.world_openable ? wire::kObjectWorldOpenable : 0};
+  std::optional<PreparedChannel> prepared = rt.impl_->take_channel(shape);
+  if (!prepared) {
+    // The pool is empty (first use of this shape): one round trip.
+    ObjectSpec spec;
+    spec.kind = ObjectKind::Channel;
+    spec.anonymous = true;
+    spec.capacity = options.capacity;
+    spec.max_message_size = options.max_message_size;
+    spec.max_senders = options.max_senders;
+    spec.world_openable = options.world_openable;
+    auto created = rt.create(spec);
+    if (!created) return created.error();
+    auto set = core::ReadySet::attach(sys::UniqueFd(created->fds[0].release()));
+    if (!set) return set.error();
+    prepared.emplace(PreparedChannel{created->cap, created->info.id, std::move(*set)});
+  }
+  auto impl = std::make_unique<Impl>(std::move(prepared->set));
+  impl->rt = &rt;
+  impl->cap = prepared->cap;
+  impl->object_id = prepared->object_id;
+  impl->anonymous = true;
   impl->senders.resize(impl->set.capacity());
   VIPC_TRY(impl->set.watch(kBrokerIndex));
   return Endpoint(std::move(impl));

@@ -9,6 +9,7 @@
 #include "broker/config.hpp"
 #include "broker/platform.hpp"
 #include "client/autostart.hpp"
+#include "client/runtime_impl.hpp"
 #include "core/clock.hpp"
 #include "core/sys.hpp"
 #include "core/wire.hpp"
@@ -29,11 +30,6 @@ OwnedFd::~OwnedFd() {
 
 namespace {
 
-struct Answer {
-  wire::ReplyBody body;
-  std::vector<sys::UniqueFd> fds;
-};
-
 ObjectInfo info_of(const wire::ObjectRecord& o) noexcept {
   return ObjectInfo{o.object_id,
                     static_cast<ObjectKind>(o.kind),
@@ -48,67 +44,6 @@ bool connect_failed_for_lack_of_daemon(const Error& e) noexcept {
 }
 
 }  // namespace
-
-class Runtime::Impl {
- public:
-  // Declared first so it is destroyed last: the connection closes before the broker stops.
-  std::unique_ptr<broker::EmbeddedBroker> embedded;
-  sys::UniqueFd sock;
-  std::string path;
-  std::uint64_t client_id = 0;
-  std::uint16_t version = 0;
-  std::chrono::milliseconds call_timeout{10000};
-
-  template <class Request>
-  Result<Answer> call(const Request& request) {
-    const std::lock_guard<std::mutex> lock(mu_);
-    const std::uint64_t id = next_id_++;
-    const wire::Packet p = wire::encode_request(id, request);
-    VIPC_TRY(platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/false));
-    const core::Deadline deadline = core::deadline_after(call_timeout);
-    alignas(8) std::array<std::byte, wire::kMaxPacket> buf{};
-    for (;;) {
-      const auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - core::Clock::now());
-      if (left.count() <= 0) return Error(ErrorCode::Timeout, "runtime: waiting for the broker");
-      auto readable = sys::poll_readable(sock.get(), static_cast<int>(left.count()));
-      if (!readable) return readable.error();
-      if (!*readable) continue;
-      auto pkt = platform::recv_packet(sock.get(), buf, /*nonblocking=*/true);
-      if (!pkt) {
-        if (pkt.error().code() == ErrorCode::WouldBlock) continue;
-        if (pkt.error().code() == ErrorCode::ChannelClosed) {
-          return Error(ErrorCode::ChannelClosed, "runtime: broker closed the connection");
-        }
-        return pkt.error();
-      }
-      if (pkt->truncated) return Error(ErrorCode::ProtocolError, wire::ctx::kOversized);
-      if (pkt->fds_truncated) return Error(ErrorCode::ProtocolError, wire::ctx::kControlTruncated);
-      auto reply = wire::decode_reply({buf.data(), pkt->size}, pkt->fds.size());
-      if (!reply) return reply.error();
-      // A reply to an earlier call that timed out: skip it.
-      if (reply->header.request_id != id) continue;
-      if (!reply->ok()) return reply->error;
-      if (reply->header.opcode != static_cast<std::uint16_t>(wire::opcode_of<Request>())) {
-        return Error(ErrorCode::ProtocolError, wire::ctx::kBadOpcode);
-      }
-      return Answer{reply->body, std::move(pkt->fds)};
-    }
-  }
-
-  Result<void> hello() {
-    auto a = call(wire::HelloRequest{wire::kProtocolVersion, wire::kProtocolVersion, 0});
-    if (!a) return a.error();
-    const auto& r = std::get<wire::HelloReply>(a->body);
-    client_id = r.client_id;
-    version = r.version;
-    return {};
-  }
-
- private:
-  std::mutex mu_;
-  std::uint64_t next_id_ = 1;
-};
 
 Runtime::Runtime(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
 Runtime::Runtime(Runtime&&) noexcept = default;
@@ -172,8 +107,10 @@ std::uint64_t Runtime::client_id() const noexcept { return impl_->client_id; }
 std::uint16_t Runtime::protocol_version() const noexcept { return impl_->version; }
 
 Result<CreatedObject> Runtime::create(const ObjectSpec& spec) {
-  if (!wire::valid_name(spec.name)) {
-    return Error(ErrorCode::InvalidArgument, "create: name must be 1..63 printable characters");
+  if (spec.anonymous ? !spec.name.empty() : !wire::valid_name(spec.name)) {
+    return Error(ErrorCode::InvalidArgument,
+                 spec.anonymous ? "create: an anonymous object has no name"
+                                : "create: name must be 1..63 printable characters");
   }
   const bool channel = spec.kind == ObjectKind::Channel || spec.kind == ObjectKind::Endpoint;
   if (spec.max_senders > wire::kMaxSenders || (!channel && spec.max_senders != 0)) {
@@ -182,11 +119,12 @@ Result<CreatedObject> Runtime::create(const ObjectSpec& spec) {
   }
   wire::CreateRequest r{};
   r.kind = static_cast<std::uint16_t>(spec.kind);
-  r.flags = spec.world_openable ? wire::kObjectWorldOpenable : 0;
+  r.flags = static_cast<std::uint16_t>((spec.world_openable ? wire::kObjectWorldOpenable : 0) |
+                                       (spec.anonymous ? wire::kObjectAnonymous : 0));
   r.capacity = spec.capacity;
   r.max_message_size = spec.max_message_size;
   r.max_senders = spec.max_senders;
-  r.name = wire::make_name(spec.name);
+  if (!spec.anonymous) r.name = wire::make_name(spec.name);
   auto a = impl_->call(r);
   if (!a) return a.error();
   const auto& reply = std::get<wire::CreateReply>(a->body);

@@ -83,6 +83,12 @@ Result<void> check(const CreateRequest& b) noexcept {
                        b.kind == static_cast<std::uint16_t>(ObjectKind::Endpoint);
   if (!channel && b.max_senders != 0) return protocol(ctx::kBadReserved);
   if (b.max_senders > kMaxSenders) return protocol(ctx::kBadEnum);
+  if ((b.flags & kObjectAnonymous) != 0) {
+    for (char c : b.name) {
+      if (c != '\0') return protocol(ctx::kBadName);
+    }
+    return {};
+  }
   return check_name(b.name);
 }
 Result<void> check(const LookupRequest& b) noexcept { return check_name(b.name); }

@@ -69,7 +69,10 @@ inline constexpr std::uint16_t kFlagReply = 1u << 0;
 
 // Object flags (CreateObject, Lookup).
 inline constexpr std::uint16_t kObjectWorldOpenable = 1u << 0;  // any uid may Open
-inline constexpr std::uint16_t kObjectFlagsMask = kObjectWorldOpenable;
+// No name: the object is not registered and is reached only through capabilities; the
+// request's name field is all zeros.
+inline constexpr std::uint16_t kObjectAnonymous = 1u << 1;
+inline constexpr std::uint16_t kObjectFlagsMask = kObjectWorldOpenable | kObjectAnonymous;
 
 inline constexpr std::uint32_t kRightsMask = static_cast<std::uint32_t>(Rights::All);
 

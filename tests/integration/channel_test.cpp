@@ -10,10 +10,12 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "client/runtime_impl.hpp"
 #include "support/process.hpp"
 #include "support/sanitizers.hpp"
 #include "vipc/channel.hpp"
@@ -335,6 +337,63 @@ TEST_F(Channels, DestroyingTheEndpointClosesSendersAndFreesTheName) {
   auto again = Endpoint::create(*rt, "short-lived");
   ASSERT_TRUE(again.ok()) << again.error().message();
   EXPECT_EQ(rt->stats()->objects, 1u);
+}
+
+}  // namespace
+}  // namespace vipc
+
+namespace vipc {
+namespace {
+
+TEST_F(Channels, AnonymousEndpointsComeFromThePoolAndAreReachedByCapability) {
+  auto other = Runtime::connect_to(rt->socket_path());
+  ASSERT_TRUE(other.ok());
+  std::vector<Endpoint> eps;
+  for (int i = 0; i < 20; ++i) {  // more than the pool holds: refills along the way
+    auto ep = Endpoint::create_anonymous(*rt);
+    ASSERT_TRUE(ep.ok()) << i << ": " << ep.error().message();
+    eps.push_back(std::move(*ep));
+  }
+  // Distinct objects, none with a name.
+  std::set<std::uint64_t> ids;
+  for (auto& ep : eps) ids.insert(ep.id());
+  EXPECT_EQ(ids.size(), eps.size());
+  // Reached through a granted capability.
+  Endpoint& ep = eps[7];
+  auto send_cap = rt->derive(ep.capability(), Rights::Send | Rights::Grant);
+  ASSERT_TRUE(send_cap.ok());
+  auto h = rt->grant(*send_cap, Rights::Send, GrantTarget::client(other->client_id()));
+  ASSERT_TRUE(h.ok());
+  auto cap = other->claim(*h);
+  ASSERT_TRUE(cap.ok());
+  auto ch = Channel::attach(*other, *cap);
+  ASSERT_TRUE(ch.ok()) << ch.error().message();
+  ASSERT_TRUE(ch->try_send(SmallMessage(5, "anon", 4)).ok());
+  SmallMessage m;
+  MessageSource from;
+  ASSERT_TRUE(ep.receive(m, 5s, &from).ok());
+  EXPECT_EQ(m.type, 5u);
+  EXPECT_EQ(from.client_id, other->client_id());
+  // Bad options are refused before anything is taken.
+  ChannelOptions bad;
+  bad.capacity = 6;
+  EXPECT_EQ(Endpoint::create_anonymous(*rt, bad).error().code(), ErrorCode::InvalidArgument);
+  // An anonymous create through the Runtime must not carry a name.
+  ObjectSpec spec;
+  spec.anonymous = true;
+  spec.name = "named";
+  EXPECT_EQ(rt->create(spec).error().code(), ErrorCode::InvalidArgument);
+  // Destroying them (without waiting) leaves only the pool's spares behind.
+  eps.clear();
+  const auto deadline = Clock::now() + 2s;
+  while (Clock::now() < deadline) {
+    auto s = rt->stats();
+    ASSERT_TRUE(s.ok());
+    if (s->objects <= Runtime::Impl::kPoolTarget) break;
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_LE(rt->stats()->objects, Runtime::Impl::kPoolTarget);
+  EXPECT_EQ(ch->try_send(SmallMessage(7, "y", 1)).error().code(), ErrorCode::ChannelClosed);
 }
 
 }  // namespace

@@ -1,0 +1,206 @@
+// Runtime::Impl: a process's control connection to the broker, shared by runtime.cpp and
+// channel.cpp (private to the client library).
+//
+// Guarantees
+// - call() is one request/reply; calls are serialised by a mutex.
+// - Requests may also be sent without waiting (send_async): their replies are taken
+//   whenever the connection is next read (inside call(), or by poll_async()) and handed
+//   to the handler of their kind; a reply to a request nobody waits for any more (a call
+//   that timed out) is dropped.
+// - Anonymous channels are provisioned ahead of time (provision_channels): the broker's
+//   replies become ready-to-use channels in a pool, so taking one (take_channel) makes
+//   no round trip and no system call.
+//
+// Caveats: the pool is refilled by the thread that takes from it (no background thread):
+// a refill costs a few sends and receives every kPoolLowWater takes.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "broker/broker.hpp"
+#include "broker/platform.hpp"
+#include "core/clock.hpp"
+#include "core/ready_set.hpp"
+#include "core/sys.hpp"
+#include "core/wire.hpp"
+#include "vipc/runtime.hpp"
+
+namespace vipc {
+
+struct Answer {
+  wire::ReplyBody body;
+  std::vector<sys::UniqueFd> fds;
+};
+
+// An anonymous channel made by the broker and already mapped: what Endpoint needs.
+struct PreparedChannel {
+  Capability cap;
+  std::uint64_t object_id = 0;
+  core::ReadySet set;
+};
+
+// Which channels a pool holds: (capacity, max message size, max senders, flags).
+using ChannelShape = std::tuple<std::uint32_t, std::uint32_t, std::uint32_t, std::uint16_t>;
+
+class Runtime::Impl {
+ public:
+  static constexpr std::size_t kPoolTarget = 8;    // prepared channels per shape
+  static constexpr std::size_t kPoolLowWater = 4;  // refill below this
+
+  // Declared first so it is destroyed last: the connection closes before the broker stops.
+  std::unique_ptr<broker::EmbeddedBroker> embedded;
+  sys::UniqueFd sock;
+  std::string path;
+  std::uint64_t client_id = 0;
+  std::uint16_t version = 0;
+  std::chrono::milliseconds call_timeout{10000};
+
+  template <class Request>
+  Result<Answer> call(const Request& request) {
+    const std::lock_guard<std::mutex> lock(mu_);
+    const std::uint64_t id = next_id_++;
+    const wire::Packet p = wire::encode_request(id, request);
+    VIPC_TRY(platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/false));
+    const core::Deadline deadline = core::deadline_after(call_timeout);
+    for (;;) {
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - core::Clock::now());
+      if (left.count() <= 0) return Error(ErrorCode::Timeout, "runtime: waiting for the broker");
+      auto readable = sys::poll_readable(sock.get(), static_cast<int>(left.count()));
+      if (!readable) return readable.error();
+      if (!*readable) continue;
+      auto got = read_one();
+      if (!got) {
+        if (got.error().code() == ErrorCode::WouldBlock) continue;
+        return got.error();
+      }
+      wire::DecodedReply& reply = got->first;
+      if (reply.header.request_id != id) {
+        dispatch_async(reply, got->second);
+        continue;
+      }
+      if (!reply.ok()) return reply.error;
+      if (reply.header.opcode != static_cast<std::uint16_t>(wire::opcode_of<Request>())) {
+        return Error(ErrorCode::ProtocolError, wire::ctx::kBadOpcode);
+      }
+      return Answer{reply.body, std::move(got->second)};
+    }
+  }
+
+  Result<void> hello() {
+    auto a = call(wire::HelloRequest{wire::kProtocolVersion, wire::kProtocolVersion, 0});
+    if (!a) return a.error();
+    const auto& r = std::get<wire::HelloReply>(a->body);
+    client_id = r.client_id;
+    version = r.version;
+    return {};
+  }
+
+  // Sends a Destroy without waiting for its reply (the reply is dropped when it comes).
+  void destroy_async(const Capability& cap) {
+    const std::lock_guard<std::mutex> lock(mu_);
+    const std::uint64_t id = next_id_++;
+    const wire::Packet p = wire::encode_request(id, wire::DestroyRequest{wire::to_ref(cap)});
+    (void)platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/true);
+  }
+
+  // A prepared anonymous channel of this shape from the pool, if there is one; tops the
+  // pool up (without waiting) when it runs low.
+  std::optional<PreparedChannel> take_channel(const ChannelShape& shape) {
+    const std::lock_guard<std::mutex> lock(mu_);
+    Pool& pool = pools_[shape];
+    std::optional<PreparedChannel> out;
+    if (!pool.ready.empty()) {
+      out.emplace(std::move(pool.ready.front()));
+      pool.ready.pop_front();
+    }
+    if (pool.ready.size() < kPoolLowWater) {
+      poll_async_locked();
+      provision_locked(shape, pool);
+    }
+    return out;
+  }
+
+ private:
+  struct Pool {
+    std::deque<PreparedChannel> ready;
+    std::size_t in_flight = 0;
+  };
+
+  // Reads one reply that is ready (WouldBlock when none).
+  Result<std::pair<wire::DecodedReply, std::vector<sys::UniqueFd>>> read_one() {
+    alignas(8) std::array<std::byte, wire::kMaxPacket> buf{};
+    auto pkt = platform::recv_packet(sock.get(), buf, /*nonblocking=*/true);
+    if (!pkt) {
+      if (pkt.error().code() == ErrorCode::ChannelClosed) {
+        return Error(ErrorCode::ChannelClosed, "runtime: broker closed the connection");
+      }
+      return pkt.error();
+    }
+    if (pkt->truncated) return Error(ErrorCode::ProtocolError, wire::ctx::kOversized);
+    if (pkt->fds_truncated) return Error(ErrorCode::ProtocolError, wire::ctx::kControlTruncated);
+    auto reply = wire::decode_reply({buf.data(), pkt->size}, pkt->fds.size());
+    if (!reply) return reply.error();
+    return std::pair{std::move(*reply), std::move(pkt->fds)};
+  }
+
+  // Takes every reply already queued, without blocking.
+  void poll_async_locked() {
+    for (;;) {
+      auto got = read_one();
+      if (!got) return;  // WouldBlock, or an error the next call() reports
+      dispatch_async(got->first, got->second);
+    }
+  }
+
+  void provision_locked(const ChannelShape& shape, Pool& pool) {
+    while (pool.ready.size() + pool.in_flight < kPoolTarget) {
+      wire::CreateRequest r{};
+      r.kind = static_cast<std::uint16_t>(ObjectKind::Channel);
+      r.capacity = std::get<0>(shape);
+      r.max_message_size = std::get<1>(shape);
+      r.max_senders = std::get<2>(shape);
+      r.flags = static_cast<std::uint16_t>(std::get<3>(shape) | wire::kObjectAnonymous);
+      const std::uint64_t id = next_id_++;
+      const wire::Packet p = wire::encode_request(id, r);
+      if (!platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/true)) return;
+      provisioning_.emplace(id, shape);
+      ++pool.in_flight;
+    }
+  }
+
+  // A reply to a request sent without waiting (or to a call that timed out: dropped).
+  void dispatch_async(const wire::DecodedReply& reply, std::vector<sys::UniqueFd>& fds) {
+    const auto it = provisioning_.find(reply.header.request_id);
+    if (it == provisioning_.end()) return;
+    const ChannelShape shape = it->second;
+    provisioning_.erase(it);
+    Pool& pool = pools_[shape];
+    --pool.in_flight;
+    if (!reply.ok() || fds.size() != 1) return;  // refused (e.g. a limit): no prepared channel
+    const auto* created = std::get_if<wire::CreateReply>(&reply.body);
+    if (created == nullptr) return;
+    auto set = core::ReadySet::attach(std::move(fds[0]));
+    if (!set) return;
+    pool.ready.push_back(PreparedChannel{wire::from_record(created->cap), created->object.object_id,
+                                         std::move(*set)});
+  }
+
+  std::mutex mu_;
+  std::uint64_t next_id_ = 1;
+  std::map<ChannelShape, Pool> pools_;
+  std::unordered_map<std::uint64_t, ChannelShape> provisioning_;  // request id -> shape
+};
+
+}  // namespace vipc

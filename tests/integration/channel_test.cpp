@@ -398,3 +398,59 @@ TEST_F(Channels, AnonymousEndpointsComeFromThePoolAndAreReachedByCapability) {
 
 }  // namespace
 }  // namespace vipc
+
+namespace vipc {
+namespace {
+
+// Capabilities travel inside messages as one-time transfer handles (docs/protocol.md):
+// the sender grants to the receiver's connection and puts the handles in the message's
+// capability slots; the receiver claims them. It never gains more than the sender had.
+TEST_F(Channels, CapabilitiesTravelInMessageSlots) {
+  auto ep = Endpoint::create(*rt, "cap-carrier");
+  ASSERT_TRUE(ep.ok());
+  auto sender_rt = Runtime::connect_to(rt->socket_path());
+  ASSERT_TRUE(sender_rt.ok());
+  auto ch = Channel::connect(*sender_rt, "cap-carrier");
+  ASSERT_TRUE(ch.ok());
+  // The sender owns four objects and passes a Send right to each, one per slot.
+  SmallMessage m(42, "caps", 4);
+  std::vector<Capability> owned;
+  for (std::uint32_t i = 0; i < kInlineCapsMax; ++i) {
+    ObjectSpec spec;
+    spec.kind = ObjectKind::Channel;
+    spec.name = "passed-" + std::to_string(i);
+    auto obj = sender_rt->create(spec);
+    ASSERT_TRUE(obj.ok());
+    owned.push_back(obj->cap);
+    auto h = sender_rt->grant(obj->cap, Rights::Send, GrantTarget::client(rt->client_id()));
+    ASSERT_TRUE(h.ok());
+    m.caps[i] = *h;
+  }
+  m.cap_count = kInlineCapsMax;
+  ASSERT_TRUE(ch->try_send(m).ok());
+  SmallMessage got;
+  MessageSource from;
+  ASSERT_TRUE(ep->receive(got, 5s, &from).ok());
+  ASSERT_EQ(got.cap_count, kInlineCapsMax);
+  for (std::uint32_t i = 0; i < kInlineCapsMax; ++i) {
+    auto cap = rt->claim(got.caps[i]);
+    ASSERT_TRUE(cap.ok()) << i << ": " << cap.error().message();
+    EXPECT_EQ(cap->rights, Rights::Send);
+    EXPECT_EQ(cap->resource, owned[i].resource);
+    // Only once.
+    EXPECT_EQ(rt->claim(got.caps[i]).error().code(), ErrorCode::InvalidCapability);
+    // Never more than was granted.
+    EXPECT_EQ(rt->derive(*cap, Rights::Send | Rights::Receive).error().code(),
+              ErrorCode::PermissionDenied);
+  }
+  // A sender cannot grant what it does not have.
+  auto weak = sender_rt->derive(owned[0], Rights::Send | Rights::Grant);
+  ASSERT_TRUE(weak.ok());
+  EXPECT_EQ(sender_rt->grant(*weak, Rights::Receive, GrantTarget::client(rt->client_id()))
+                .error()
+                .code(),
+            ErrorCode::PermissionDenied);
+}
+
+}  // namespace
+}  // namespace vipc

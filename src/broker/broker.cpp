@@ -119,6 +119,23 @@ struct Client {
   std::uint32_t pending_grants = 0;
 };
 
+// A ring with the read-only opens its two peers will get, made before it is needed.
+struct PreparedRing {
+  core::RingSegments seg;
+  sys::UniqueFd producer_ro;  // for the receiver
+  sys::UniqueFd consumer_ro;  // for the sender
+};
+
+Result<PreparedRing> prepare_ring(std::uint32_t capacity, std::uint32_t max_message_size) {
+  auto seg = core::RingSegments::create({capacity, max_message_size});
+  if (!seg) return seg.error();
+  auto p = sys::reopen_readonly(seg->producer.get());
+  if (!p) return p.error();
+  auto c = sys::reopen_readonly(seg->consumer.get());
+  if (!c) return c.error();
+  return PreparedRing{std::move(*seg), std::move(*p), std::move(*c)};
+}
+
 // One sender's ring in a channel. The broker keeps both descriptors so that it can
 // close either end for a peer that cannot (exit, revoke) and hand them to the receiver.
 struct SenderRing {
@@ -131,8 +148,9 @@ struct SenderRing {
   std::uint32_t cap_generation = 0;  // its generation when connected
   sys::UniqueFd producer;
   sys::UniqueFd consumer;
-  bool announced = false;  // the receiver has taken its Attached event
-  bool detached = false;   // a Detached event is queued
+  sys::UniqueFd producer_ro;  // the receiver's copy (handed over once, by Accept)
+  bool announced = false;     // the receiver has taken its Attached event
+  bool detached = false;      // a Detached event is queued
 };
 
 struct SenderEventRec {
@@ -153,7 +171,7 @@ struct ChannelState {
   std::deque<SenderEventRec> events;
   // Rings made ahead of time, so that Connect only hands one out (refilled after the
   // reply is sent, see Impl::refill_spares).
-  std::vector<core::RingSegments> spares;
+  std::vector<PreparedRing> spares;
 };
 constexpr std::size_t kSpareRings = 2;
 
@@ -951,25 +969,25 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   if (!reuse && ch.next_index > ch.max_senders) {
     return Error(ErrorCode::ChannelFull, wire::ctx::kChannelFull);
   }
-  Result<core::RingSegments> seg = Error(ErrorCode::OutOfMemory, wire::ctx::kObjectCreate);
+  Result<PreparedRing> prep = Error(ErrorCode::OutOfMemory, wire::ctx::kObjectCreate);
   if (!ch.spares.empty()) {
     // Taken for good even if a step below fails: a spare is only memory.
-    seg = std::move(ch.spares.back());
+    prep = std::move(ch.spares.back());
     ch.spares.pop_back();
   } else {
-    seg = core::RingSegments::create({obj.capacity, obj.max_message_size});
-    if (!seg) return Error(seg.error().code(), wire::ctx::kObjectCreate, seg.error().sys_errno());
+    prep = prepare_ring(obj.capacity, obj.max_message_size);
+    if (!prep)
+      return Error(prep.error().code(), wire::ctx::kObjectCreate, prep.error().sys_errno());
   }
   // The sender writes the producer segment and the ready set; the consumer segment it
   // gets as a read-only open, so it cannot map it writable.
   std::vector<sys::UniqueFd> reply_fds;
-  for (auto [fd, writable] :
-       {std::pair{seg->producer.get(), true}, std::pair{seg->consumer.get(), false},
-        std::pair{ch.ready_fd.get(), true}}) {
-    auto d = writable ? sys::dup_fd(fd) : sys::reopen_readonly(fd);
+  for (int fd : {prep->seg.producer.get(), ch.ready_fd.get()}) {
+    auto d = sys::dup_fd(fd);
     if (!d) return Error(d.error().code(), wire::ctx::kObjectCreate, d.error().sys_errno());
     reply_fds.push_back(std::move(*d));
   }
+  reply_fds.insert(reply_fds.begin() + 1, std::move(prep->consumer_ro));
   const bool new_cap = !attach_reply;
   if (new_cap) caps_.reserve(c.id, obj.id);
   refill_.reserve(refill_.size() + 1);
@@ -995,8 +1013,9 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   ring.uid = c.cred.uid;
   ring.cap = node->token;
   ring.cap_generation = node->generation;
-  ring.producer = std::move(seg->producer);
-  ring.consumer = std::move(seg->consumer);
+  ring.producer = std::move(prep->seg.producer);
+  ring.consumer = std::move(prep->seg.consumer);
+  ring.producer_ro = std::move(prep->producer_ro);
   ++rings_;
   queue_event(ch, {wire::SenderEvent::Attached, wire::DetachReason::None, index});
   log(LogLevel::Debug, "client {} connected to '{}' as sender {} (ring {})", c.id, obj.name, index,
@@ -1017,9 +1036,9 @@ void Broker::Impl::refill_spares() {
     if (o == objects_.end() || !o->second.channel) continue;
     ChannelState& ch = *o->second.channel;
     while (ch.spares.size() < kSpareRings) {
-      auto seg = core::RingSegments::create({o->second.capacity, o->second.max_message_size});
-      if (!seg) break;  // out of memory or descriptors: Connect will create its own
-      ch.spares.push_back(std::move(*seg));
+      auto prep = prepare_ring(o->second.capacity, o->second.max_message_size);
+      if (!prep) break;  // out of memory or descriptors: Connect will create its own
+      ch.spares.push_back(std::move(*prep));
     }
   }
   refill_.clear();
@@ -1130,12 +1149,16 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::AcceptRequest& r, std:
   if (it != ch.rings.end() && ev.event == wire::SenderEvent::Attached) {
     // Prepare: the receiver's copies of the ring's descriptors; the producer segment
     // read-only, so it cannot write the sender's slots.
-    for (auto [fd, writable] : {std::pair{it->second.producer.get(), false},
-                                std::pair{it->second.consumer.get(), true}}) {
-      auto d = writable ? sys::dup_fd(fd) : sys::reopen_readonly(fd);
-      if (!d) return Error(d.error().code(), wire::ctx::kObjectCreate, d.error().sys_errno());
-      fds.push_back(std::move(*d));
-    }
+    const SenderRing& ring = it->second;
+    auto prod = ring.producer_ro.valid() ? sys::dup_fd(ring.producer_ro.get())  // read-only
+                                         : sys::reopen_readonly(ring.producer.get());
+    if (!prod)
+      return Error(prod.error().code(), wire::ctx::kObjectCreate, prod.error().sys_errno());
+    auto cons = sys::dup_fd(ring.consumer.get());
+    if (!cons)
+      return Error(cons.error().code(), wire::ctx::kObjectCreate, cons.error().sys_errno());
+    fds.push_back(std::move(*prod));
+    fds.push_back(std::move(*cons));
   }
   // Commit.
   ch.events.pop_front();

@@ -76,6 +76,7 @@ Result<Runtime> Runtime::connect(const ConnectOptions& options) {
   impl->sock = std::move(*sock);
   impl->path = path;
   impl->call_timeout = options.call_timeout;
+  VIPC_TRY(impl->configure_socket());
   VIPC_TRY(impl->hello());
   return Runtime(std::move(impl));
 }
@@ -98,6 +99,7 @@ Result<Runtime> Runtime::embedded() {
   impl->path = (*eb)->socket_path();
   impl->embedded = std::move(*eb);
   impl->sock = std::move(*sock);
+  VIPC_TRY(impl->configure_socket());
   VIPC_TRY(impl->hello());
   return Runtime(std::move(impl));
 }

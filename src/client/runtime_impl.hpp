@@ -15,6 +15,9 @@
 // a refill costs a few sends and receives every kPoolLowWater takes.
 #pragma once
 
+#include <sys/socket.h>
+#include <sys/time.h>
+
 #include <array>
 #include <chrono>
 #include <cstdint>
@@ -55,8 +58,9 @@ using ChannelShape = std::tuple<std::uint32_t, std::uint32_t, std::uint32_t, std
 
 class Runtime::Impl {
  public:
-  static constexpr std::size_t kPoolTarget = 8;    // prepared channels per shape
-  static constexpr std::size_t kPoolLowWater = 4;  // refill below this
+  static constexpr std::size_t kPoolTarget = 8;     // prepared channels per shape
+  static constexpr std::size_t kPoolLowWater = 4;   // refill below this
+  static constexpr long kReceiveSliceUs = 100'000;  // longest single blocking receive
 
   // Declared first so it is destroyed last: the connection closes before the broker stops.
   std::unique_ptr<broker::EmbeddedBroker> embedded;
@@ -74,16 +78,15 @@ class Runtime::Impl {
     VIPC_TRY(platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/false));
     const core::Deadline deadline = core::deadline_after(call_timeout);
     for (;;) {
-      const auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - core::Clock::now());
-      if (left.count() <= 0) return Error(ErrorCode::Timeout, "runtime: waiting for the broker");
-      auto readable = sys::poll_readable(sock.get(), static_cast<int>(left.count()));
-      if (!readable) return readable.error();
-      if (!*readable) continue;
-      auto got = read_one();
+      // One blocking recvmsg per reply; SO_RCVTIMEO (kReceiveSlice) bounds each wait so
+      // the deadline is checked.
+      auto got = read_one(/*blocking=*/true);
       if (!got) {
-        if (got.error().code() == ErrorCode::WouldBlock) continue;
-        return got.error();
+        if (got.error().code() != ErrorCode::WouldBlock) return got.error();
+        if (core::Clock::now() >= deadline) {
+          return Error(ErrorCode::Timeout, "runtime: waiting for the broker");
+        }
+        continue;
       }
       wire::DecodedReply& reply = got->first;
       if (reply.header.request_id != id) {
@@ -96,6 +99,16 @@ class Runtime::Impl {
       }
       return Answer{reply.body, std::move(got->second)};
     }
+  }
+
+  // Bounds each blocking receive (see call()).
+  Result<void> configure_socket() {
+    timeval tv{};
+    tv.tv_usec = kReceiveSliceUs;
+    if (::setsockopt(sock.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) {
+      return Error(ErrorCode::SystemError, "runtime: setsockopt(SO_RCVTIMEO)", errno);
+    }
+    return {};
   }
 
   Result<void> hello() {
@@ -138,10 +151,11 @@ class Runtime::Impl {
     std::size_t in_flight = 0;
   };
 
-  // Reads one reply that is ready (WouldBlock when none).
-  Result<std::pair<wire::DecodedReply, std::vector<sys::UniqueFd>>> read_one() {
+  // Reads one reply: waits up to kReceiveSliceUs when blocking, else only takes one
+  // that is queued (WouldBlock when none).
+  Result<std::pair<wire::DecodedReply, std::vector<sys::UniqueFd>>> read_one(bool blocking) {
     alignas(8) std::array<std::byte, wire::kMaxPacket> buf{};
-    auto pkt = platform::recv_packet(sock.get(), buf, /*nonblocking=*/true);
+    auto pkt = platform::recv_packet(sock.get(), buf, /*nonblocking=*/!blocking);
     if (!pkt) {
       if (pkt.error().code() == ErrorCode::ChannelClosed) {
         return Error(ErrorCode::ChannelClosed, "runtime: broker closed the connection");
@@ -158,7 +172,7 @@ class Runtime::Impl {
   // Takes every reply already queued, without blocking.
   void poll_async_locked() {
     for (;;) {
-      auto got = read_one();
+      auto got = read_one(/*blocking=*/false);
       if (!got) return;  // WouldBlock, or an error the next call() reports
       dispatch_async(got->first, got->second);
     }

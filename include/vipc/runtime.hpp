@@ -168,6 +168,12 @@ class Runtime {
 
   [[nodiscard]] Result<CreatedObject> create(const ObjectSpec& spec);
   [[nodiscard]] Result<ObjectInfo> lookup(std::string_view name);
+  // What this process last learned about `name` from the broker (it created the object,
+  // looked it up or connected to it), without asking: no lock, no system call, ~10 ns
+  // (docs/registry.md). NotFound if it never resolved the name, or destroyed the object
+  // itself; it may be stale if another process destroyed it (a channel then reports
+  // ChannelClosed), so call lookup() for the broker's word.
+  [[nodiscard]] Result<ObjectInfo> resolve(std::string_view name) const noexcept;
   [[nodiscard]] Result<Capability> open(std::string_view name, Rights rights);
   [[nodiscard]] Result<Capability> derive(const Capability& cap, Rights rights);
   // A one-time transfer handle that only `target` can claim; pass it to the target

@@ -1020,8 +1020,13 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   queue_event(ch, {wire::SenderEvent::Attached, wire::DetachReason::None, index});
   log(LogLevel::Debug, "client {} connected to '{}' as sender {} (ring {})", c.id, obj.name, index,
       ring.ring_id);
-  wire::ConnectReply reply{record_of(*node),     index, obj.capacity,
-                           obj.max_message_size, 0,     ring.ring_id};
+  wire::ConnectReply reply{record_of(*node),
+                           index,
+                           obj.capacity,
+                           obj.max_message_size,
+                           static_cast<std::uint16_t>(obj.kind),
+                           obj.flags,
+                           ring.ring_id};
   if (attach_reply) {
     wire::AttachReplyBody body;
     static_cast<wire::ConnectReply&>(body) = reply;

@@ -137,6 +137,7 @@ Result<CreatedObject> Runtime::create(const ObjectSpec& spec) {
   CreatedObject out;
   out.cap = wire::from_record(reply.cap);
   out.info = info_of(reply.object);
+  if (!spec.anonymous) impl_->remember(spec.name, out.info);
   for (auto& fd : a->fds) out.fds.emplace_back(fd.release());
   return out;
 }
@@ -144,8 +145,27 @@ Result<CreatedObject> Runtime::create(const ObjectSpec& spec) {
 Result<ObjectInfo> Runtime::lookup(std::string_view name) {
   if (!wire::valid_name(name)) return Error(ErrorCode::InvalidArgument, "lookup: bad name");
   auto a = impl_->call(wire::LookupRequest{wire::make_name(name)});
-  if (!a) return a.error();
-  return info_of(std::get<wire::LookupReply>(a->body).object);
+  if (!a) {
+    if (a.error().code() == ErrorCode::NotFound && impl_->resolved) {
+      (void)impl_->resolved->erase(name);
+    }
+    return a.error();
+  }
+  const ObjectInfo info = info_of(std::get<wire::LookupReply>(a->body).object);
+  impl_->remember(name, info);
+  return info;
+}
+
+Result<ObjectInfo> Runtime::resolve(std::string_view name) const noexcept {
+  if (!impl_->resolved) return Error(ErrorCode::NotFound, "resolve: no table");
+  auto v = impl_->resolved->lookup(name);
+  if (!v) return v.error();
+  return ObjectInfo{v->id,
+                    static_cast<ObjectKind>(v->kind),
+                    v->capacity,
+                    v->max_message_size,
+                    (v->flags & wire::kObjectWorldOpenable) != 0,
+                    0};
 }
 
 Result<Capability> Runtime::open(std::string_view name, Rights rights) {
@@ -219,7 +239,11 @@ Result<SenderRing> Runtime::connect_sender(std::string_view name, Rights rights)
   auto a = impl_->call(
       wire::ConnectRequest{static_cast<std::uint32_t>(rights), 0, wire::make_name(name)});
   if (!a) return a.error();
-  return sender_ring_of(std::get<wire::ConnectReply>(a->body), a->fds);
+  const auto& r = std::get<wire::ConnectReply>(a->body);
+  impl_->remember(name,
+                  ObjectInfo{r.cap.resource, static_cast<ObjectKind>(r.kind), r.capacity,
+                             r.max_message_size, (r.flags & wire::kObjectWorldOpenable) != 0, 0});
+  return sender_ring_of(r, a->fds);
 }
 
 Result<SenderRing> Runtime::attach_sender(const Capability& cap) {
@@ -255,6 +279,7 @@ Result<SenderEvent> Runtime::accept(const Capability& cap) {
 Result<std::uint64_t> Runtime::destroy(const Capability& cap) {
   auto a = impl_->call(wire::DestroyRequest{wire::to_ref(cap)});
   if (!a) return a.error();
+  impl_->forget(cap.resource);
   return std::get<wire::DestroyReply>(a->body).revoked;
 }
 

@@ -33,6 +33,7 @@
 
 #include "broker/broker.hpp"
 #include "broker/platform.hpp"
+#include "client/object_table.hpp"
 #include "core/clock.hpp"
 #include "core/ready_set.hpp"
 #include "core/sys.hpp"
@@ -40,6 +41,8 @@
 #include "vipc/runtime.hpp"
 
 namespace vipc {
+
+inline constexpr std::size_t kResolvedMax = 4096;  // names Runtime::resolve keeps
 
 struct Answer {
   wire::ReplyBody body;
@@ -69,6 +72,30 @@ class Runtime::Impl {
   std::uint64_t client_id = 0;
   std::uint16_t version = 0;
   std::chrono::milliseconds call_timeout{10000};
+  // Objects this process resolved through the broker (created, looked up, connected to):
+  // read without a lock (Runtime::resolve). Empty if it could not be allocated.
+  std::optional<client::ObjectTable> resolved = make_table();
+
+  static std::optional<client::ObjectTable> make_table() {
+    auto t = client::ObjectTable::create(kResolvedMax);
+    if (!t) return std::nullopt;
+    return std::move(*t);
+  }
+  // Records what the broker said about `name` (best effort: a full table just misses).
+  void remember(std::string_view name, const ObjectInfo& info) {
+    if (!resolved) return;
+    {
+      const std::lock_guard<std::mutex> lock(names_mu_);
+      names_by_id_[info.id] = std::string(name);
+    }
+    const client::ResolvedObject v{info.id,
+                                   static_cast<std::uint32_t>(info.kind),
+                                   info.capacity,
+                                   info.max_message_size,
+                                   info.world_openable ? wire::kObjectWorldOpenable : 0u,
+                                   0};
+    if (!resolved->update(name, v)) (void)resolved->insert(name, v);
+  }
 
   template <class Request>
   Result<Answer> call(const Request& request) {
@@ -118,6 +145,16 @@ class Runtime::Impl {
     client_id = r.client_id;
     version = r.version;
     return {};
+  }
+
+  // Forgets the name of an object this process destroyed.
+  void forget(std::uint64_t object_id) {
+    if (!resolved) return;
+    const std::lock_guard<std::mutex> lock(names_mu_);
+    const auto it = names_by_id_.find(object_id);
+    if (it == names_by_id_.end()) return;
+    (void)resolved->erase(it->second);
+    names_by_id_.erase(it);
   }
 
   // Sends a Destroy without waiting for its reply (the reply is dropped when it comes).
@@ -213,6 +250,8 @@ class Runtime::Impl {
 
   std::mutex mu_;
   std::uint64_t next_id_ = 1;
+  std::mutex names_mu_;  // remember/forget (control path only)
+  std::unordered_map<std::uint64_t, std::string> names_by_id_;
   std::map<ChannelShape, Pool> pools_;
   std::unordered_map<std::uint64_t, ChannelShape> provisioning_;  // request id -> shape
 };

@@ -153,7 +153,11 @@ Result<void> check(const ReleaseReply& b) noexcept {
 Result<void> check(const PingReply&) noexcept { return {}; }
 Result<void> check(const ConnectReply& b) noexcept {
   VIPC_TRY(check_rights(b.cap.rights));
-  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  if (b.kind != static_cast<std::uint16_t>(ObjectKind::Channel) &&
+      b.kind != static_cast<std::uint16_t>(ObjectKind::Endpoint)) {
+    return protocol(ctx::kBadEnum);
+  }
+  if ((b.flags & ~kObjectFlagsMask) != 0) return protocol(ctx::kBadFlags);
   if (b.index == 0 || b.index > kMaxSenders) return protocol(ctx::kBadEnum);
   return {};
 }

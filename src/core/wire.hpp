@@ -427,14 +427,15 @@ static_assert(offsetof(PingReply, payload) == 0);
 // and three descriptors: the ring's producer segment (the sender writes it), its
 // consumer segment (mapped read-only by the sender) and the channel's ready set.
 //
-//  0                    24       28         32        36         40         48
-//  | cap (record)       | index  | capacity | max msg | reserved | ring id  |
+//  0                    24       28         32        36     38      40         48
+//  | cap (record)       | index  | capacity | max msg | kind | flags | ring id  |
 struct ConnectReply {
   CapabilityRecord cap;
   std::uint32_t index;  // the ring's index in the channel's ready set (>= 1)
   std::uint32_t capacity;
   std::uint32_t max_message_size;
-  std::uint32_t reserved;
+  std::uint16_t kind;     // the channel object's kind (Channel or Endpoint)
+  std::uint16_t flags;    // its object flags
   std::uint64_t ring_id;  // broker-wide id of this sender's ring
 };
 static_assert(sizeof(ConnectReply) == 48);
@@ -442,7 +443,8 @@ static_assert(offsetof(ConnectReply, cap) == 0);
 static_assert(offsetof(ConnectReply, index) == 24);
 static_assert(offsetof(ConnectReply, capacity) == 28);
 static_assert(offsetof(ConnectReply, max_message_size) == 32);
-static_assert(offsetof(ConnectReply, reserved) == 36);
+static_assert(offsetof(ConnectReply, kind) == 36);
+static_assert(offsetof(ConnectReply, flags) == 38);
 static_assert(offsetof(ConnectReply, ring_id) == 40);
 
 // What Accept reports (AcceptReply::event).

@@ -446,10 +446,47 @@ TEST_F(Channels, CapabilitiesTravelInMessageSlots) {
   // A sender cannot grant what it does not have.
   auto weak = sender_rt->derive(owned[0], Rights::Send | Rights::Grant);
   ASSERT_TRUE(weak.ok());
-  EXPECT_EQ(sender_rt->grant(*weak, Rights::Receive, GrantTarget::client(rt->client_id()))
-                .error()
-                .code(),
-            ErrorCode::PermissionDenied);
+  EXPECT_EQ(
+      sender_rt->grant(*weak, Rights::Receive, GrantTarget::client(rt->client_id())).error().code(),
+      ErrorCode::PermissionDenied);
+}
+
+}  // namespace
+}  // namespace vipc
+
+namespace vipc {
+namespace {
+
+TEST_F(Channels, ResolveAnswersWithoutTheBrokerForNamesThisProcessResolved) {
+  EXPECT_EQ(rt->resolve("later").error().code(), ErrorCode::NotFound);
+  ChannelOptions o;
+  o.capacity = 32;
+  std::optional<Endpoint> ep;
+  {
+    auto e = Endpoint::create(*rt, "later", o);
+    ASSERT_TRUE(e.ok());
+    ep.emplace(std::move(*e));
+  }
+  auto mine = rt->resolve("later");
+  ASSERT_TRUE(mine.ok());
+  EXPECT_EQ(mine->id, ep->id());
+  EXPECT_EQ(mine->capacity, 32u);
+  // Another process learns it by connecting (or looking it up) once.
+  auto other = Runtime::connect_to(rt->socket_path());
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(other->resolve("later").error().code(), ErrorCode::NotFound);
+  auto ch = Channel::connect(*other, "later");
+  ASSERT_TRUE(ch.ok());
+  auto theirs = other->resolve("later");
+  ASSERT_TRUE(theirs.ok());
+  EXPECT_EQ(theirs->id, ep->id());
+  EXPECT_EQ(theirs->kind, ObjectKind::Channel);
+  EXPECT_EQ(theirs->max_message_size, 64u);
+  // Destroying it forgets it here; the other process learns on its next lookup.
+  ep.reset();
+  EXPECT_EQ(rt->resolve("later").error().code(), ErrorCode::NotFound);
+  EXPECT_EQ(other->lookup("later").error().code(), ErrorCode::NotFound);
+  EXPECT_EQ(other->resolve("later").error().code(), ErrorCode::NotFound);
 }
 
 }  // namespace

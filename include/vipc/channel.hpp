@@ -51,7 +51,14 @@ struct ChannelOptions {
   std::uint32_t max_message_size = 64;  // bytes, <= kSmallPayloadMax
   std::uint32_t max_senders = 0;        // 0: 1023; at most 4095
   bool world_openable = false;          // any uid may connect (default: the creator's uid)
+  // Synchronous (the spec's ChannelType::Synchronous): every sender also gets a reply
+  // ring; senders use Channel::call, the receiver Endpoint::receive_request and
+  // Request::reply. One-way send/receive are refused on such a channel.
+  bool synchronous = false;
 };
+
+// The reply type a server may not use: it marks "the server dropped the request".
+inline constexpr std::uint32_t kDroppedReplyType = 0xffffffffu;
 
 // Who sent a message: the broker's record of the ring it came through.
 struct MessageSource {
@@ -69,6 +76,36 @@ struct EndpointStats {
   std::uint64_t corrupt_senders = 0;  // rings dropped because their memory was corrupt
   bool broker_lost = false;  // the broker connection closed: senders attached keep working,
                              // no new ones can come (docs/broker.md, "Broker restart")
+};
+
+// A request taken by Endpoint::receive_request: answer it exactly once with reply().
+// Destroying it unanswered tells the caller (its call fails with ChannelClosed). It must
+// not outlive its Endpoint. Replies reach each caller in the order of its requests,
+// whatever order the server answers them in.
+class Request {
+ public:
+  Request(Request&&) noexcept;
+  Request& operator=(Request&&) = delete;
+  Request(const Request&) = delete;
+  Request& operator=(const Request&) = delete;
+  ~Request();
+
+  [[nodiscard]] const SmallMessage& message() const noexcept { return message_; }
+  [[nodiscard]] const MessageSource& source() const noexcept { return source_; }
+  // InvalidArgument when already answered or `response` uses kDroppedReplyType;
+  // ChannelClosed when the caller is gone; MessageTooLarge as a send.
+  [[nodiscard]] Result<void> reply(const SmallMessage& response);
+
+ private:
+  friend class Endpoint;
+  Request() = default;
+  void* endpoint_ = nullptr;  // Endpoint::Impl
+  std::uint32_t index_ = 0;
+  std::uint64_t ring_id_ = 0;
+  std::uint64_t seq_ = 0;
+  SmallMessage message_;
+  MessageSource source_;
+  bool answered_ = true;
 };
 
 class Endpoint {
@@ -92,6 +129,10 @@ class Endpoint {
   // Waits (spin, yield, park) up to `timeout`: Timeout when it passed.
   [[nodiscard]] Result<void> receive(SmallMessage& out, std::chrono::nanoseconds timeout = kForever,
                                      MessageSource* from = nullptr);
+  // Synchronous channels: the next request, with a way to answer it (Timeout when the
+  // timeout passed, WouldBlock for a zero timeout with nothing ready).
+  [[nodiscard]] Result<Request> receive_request(std::chrono::nanoseconds timeout = kForever);
+
   // Takes up to out.size() messages, all from one sender; WouldBlock when none.
   [[nodiscard]] Result<std::size_t> try_receive_batch(std::span<SmallMessage> out,
                                                       MessageSource* from = nullptr);
@@ -104,6 +145,7 @@ class Endpoint {
   class Impl;
 
  private:
+  friend class Request;
   explicit Endpoint(std::unique_ptr<Impl> impl) noexcept;
   std::unique_ptr<Impl> impl_;
 };
@@ -130,6 +172,12 @@ class Channel {
   // Waits for room up to `timeout` (Timeout when it passed).
   [[nodiscard]] Result<void> send(const SmallMessage& m,
                                   std::chrono::nanoseconds timeout = kForever);
+  // Synchronous channels: sends `request` and waits for its response, up to `timeout`
+  // in all. Timeout when it passed (a late response is discarded), ChannelClosed when
+  // the server is gone or dropped the request.
+  [[nodiscard]] Result<SmallMessage> call(const SmallMessage& request,
+                                          std::chrono::nanoseconds timeout = kForever);
+
   // Closes this sender's end: the receiver drains what was sent, then drops the ring.
   void close() noexcept;
 

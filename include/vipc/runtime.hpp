@@ -67,7 +67,8 @@ struct ObjectSpec {
   std::uint32_t max_message_size = 64;  // bytes (Ring, Channel, Endpoint: <= 64)
   bool world_openable = false;          // any uid may open it (default: the creator's uid)
   std::uint32_t max_senders = 0;        // Channel, Endpoint: 0 = 1023; at most 4095
-  bool anonymous = false;  // no name (leave it empty): reached only through capabilities
+  bool anonymous = false;    // no name (leave it empty): reached only through capabilities
+  bool synchronous = false;  // Channel, Endpoint: each sender also gets a reply ring
 };
 
 struct ObjectInfo {
@@ -96,6 +97,9 @@ struct SenderRing {
   OwnedFd producer;   // the sender writes it
   OwnedFd consumer;   // the sender maps it read-only
   OwnedFd ready_set;  // the channel's ready set
+  // Synchronous channels only: the reply ring (the receiver writes it).
+  OwnedFd reply_producer;  // map read-only
+  OwnedFd reply_consumer;  // the sender writes it
 };
 
 // What Runtime::accept reports to a channel's receiver.
@@ -116,6 +120,9 @@ struct SenderEvent {
   std::uint32_t pending = 0;  // events still queued
   OwnedFd producer;           // Attached: the ring's producer segment (map read-only)
   OwnedFd consumer;           // Attached: its consumer segment (the receiver writes it)
+  bool synchronous = false;   // the channel has reply rings:
+  OwnedFd reply_producer;     // Attached: the reply ring's producer (the receiver writes it)
+  OwnedFd reply_consumer;     // Attached: its consumer segment (map read-only)
 };
 
 // Whom a grant is for: a client id (Runtime::client_id() of the target) or a pid.

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <deque>
 #include <map>
+#include <optional>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
@@ -149,8 +150,10 @@ struct SenderRing {
   sys::UniqueFd producer;
   sys::UniqueFd consumer;
   sys::UniqueFd producer_ro;  // the receiver's copy (handed over once, by Accept)
-  bool announced = false;     // the receiver has taken its Attached event
-  bool detached = false;      // a Detached event is queued
+  // Synchronous channels: the reply ring (the receiver writes it, the sender reads it).
+  std::optional<PreparedRing> reply;
+  bool announced = false;  // the receiver has taken its Attached event
+  bool detached = false;   // a Detached event is queued
 };
 
 struct SenderEventRec {
@@ -979,8 +982,21 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
     if (!prep)
       return Error(prep.error().code(), wire::ctx::kObjectCreate, prep.error().sys_errno());
   }
+  const bool sync = (obj.flags & wire::kObjectSynchronous) != 0;
+  std::optional<PreparedRing> reply_ring;
+  if (sync) {
+    if (!ch.spares.empty()) {
+      reply_ring.emplace(std::move(ch.spares.back()));
+      ch.spares.pop_back();
+    } else {
+      auto r = prepare_ring(obj.capacity, obj.max_message_size);
+      if (!r) return Error(r.error().code(), wire::ctx::kObjectCreate, r.error().sys_errno());
+      reply_ring.emplace(std::move(*r));
+    }
+  }
   // The sender writes the producer segment and the ready set; the consumer segment it
-  // gets as a read-only open, so it cannot map it writable.
+  // gets as a read-only open, so it cannot map it writable. Of the reply ring it writes
+  // the consumer segment and gets the producer segment read-only.
   std::vector<sys::UniqueFd> reply_fds;
   for (int fd : {prep->seg.producer.get(), ch.ready_fd.get()}) {
     auto d = sys::dup_fd(fd);
@@ -988,6 +1004,12 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
     reply_fds.push_back(std::move(*d));
   }
   reply_fds.insert(reply_fds.begin() + 1, std::move(prep->consumer_ro));
+  if (sync) {
+    auto rc = sys::dup_fd(reply_ring->seg.consumer.get());
+    if (!rc) return Error(rc.error().code(), wire::ctx::kObjectCreate, rc.error().sys_errno());
+    reply_fds.push_back(std::move(reply_ring->producer_ro));
+    reply_fds.push_back(std::move(*rc));
+  }
   const bool new_cap = !attach_reply;
   if (new_cap) caps_.reserve(c.id, obj.id);
   refill_.reserve(refill_.size() + 1);
@@ -1016,6 +1038,7 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   ring.producer = std::move(prep->seg.producer);
   ring.consumer = std::move(prep->seg.consumer);
   ring.producer_ro = std::move(prep->producer_ro);
+  ring.reply = std::move(reply_ring);
   ++rings_;
   queue_event(ch, {wire::SenderEvent::Attached, wire::DetachReason::None, index});
   log(LogLevel::Debug, "client {} connected to '{}' as sender {} (ring {})", c.id, obj.name, index,
@@ -1027,12 +1050,13 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
                            static_cast<std::uint16_t>(obj.kind),
                            obj.flags,
                            ring.ring_id};
+  const auto nfds = static_cast<std::uint16_t>(reply_fds.size());
   if (attach_reply) {
     wire::AttachReplyBody body;
     static_cast<wire::ConnectReply&>(body) = reply;
-    return OutPacket{wire::encode_reply(id, body, 3), std::move(reply_fds)};
+    return OutPacket{wire::encode_reply(id, body, nfds), std::move(reply_fds)};
   }
-  return OutPacket{wire::encode_reply(id, reply, 3), std::move(reply_fds)};
+  return OutPacket{wire::encode_reply(id, reply, nfds), std::move(reply_fds)};
 }
 
 void Broker::Impl::refill_spares() {
@@ -1040,7 +1064,9 @@ void Broker::Impl::refill_spares() {
     auto o = objects_.find(oid);
     if (o == objects_.end() || !o->second.channel) continue;
     ChannelState& ch = *o->second.channel;
-    while (ch.spares.size() < kSpareRings) {
+    const std::size_t want =
+        (o->second.flags & wire::kObjectSynchronous) != 0 ? 2 * kSpareRings : kSpareRings;
+    while (ch.spares.size() < want) {
       auto prep = prepare_ring(o->second.capacity, o->second.max_message_size);
       if (!prep) break;  // out of memory or descriptors: Connect will create its own
       ch.spares.push_back(std::move(*prep));
@@ -1065,6 +1091,12 @@ void Broker::Impl::detach_ring(Object& obj, SenderRing& ring, wire::DetachReason
   if (auto r = core::close_producer_end(ring.producer.get()); !r) {
     log(LogLevel::Warn, "ring {}: closing the receiver's end: {}", ring.ring_id,
         r.error().message());
+  }
+  if (ring.reply) {
+    // A caller waiting for a reply wakes with ChannelClosed; a server replying to it
+    // gets ChannelClosed.
+    (void)core::close_producer_end(ring.reply->seg.producer.get());
+    (void)core::close_consumer_end(ring.reply->seg.consumer.get());
   }
   if (!ring.announced && reason == wire::DetachReason::Revoked) {
     // The receiver never saw it and must not read it: forget it at once.
@@ -1103,10 +1135,12 @@ void Broker::Impl::sweep_rings(wire::DetachReason reason) {
 
 void Broker::Impl::close_channel(Object& obj) {
   for (auto& [index, ring] : obj.channel->rings) {
-    // Every sender blocked on this channel wakes with ChannelClosed.
+    // Every sender blocked on this channel wakes with ChannelClosed, and so does every
+    // caller waiting for a reply.
     if (auto r = core::close_consumer_end(ring.consumer.get()); !r) {
       log(LogLevel::Warn, "ring {}: closing: {}", ring.ring_id, r.error().message());
     }
+    if (ring.reply) (void)core::close_producer_end(ring.reply->seg.producer.get());
   }
   rings_ -= obj.channel->rings.size();
   obj.channel->rings.clear();
@@ -1164,6 +1198,14 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::AcceptRequest& r, std:
       return Error(cons.error().code(), wire::ctx::kObjectCreate, cons.error().sys_errno());
     fds.push_back(std::move(*prod));
     fds.push_back(std::move(*cons));
+    if (ring.reply) {
+      auto rp = sys::dup_fd(ring.reply->seg.producer.get());
+      if (!rp) return Error(rp.error().code(), wire::ctx::kObjectCreate, rp.error().sys_errno());
+      auto rc = sys::dup_fd(ring.reply->consumer_ro.get());  // a read-only open
+      if (!rc) return Error(rc.error().code(), wire::ctx::kObjectCreate, rc.error().sys_errno());
+      fds.push_back(std::move(*rp));
+      fds.push_back(std::move(*rc));
+    }
   }
   // Commit.
   ch.events.pop_front();
@@ -1171,6 +1213,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::AcceptRequest& r, std:
   reply.reason = static_cast<std::uint16_t>(ev.reason);
   reply.index = ev.index;
   reply.pending = static_cast<std::uint32_t>(ch.events.size());
+  reply.flags = obj.flags;
   if (it != ch.rings.end()) {
     SenderRing& ring = it->second;
     reply.sender_pid = static_cast<std::uint32_t>(ring.pid);

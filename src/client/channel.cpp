@@ -8,6 +8,8 @@
 
 #include <array>
 #include <deque>
+#include <map>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -26,6 +28,13 @@ constexpr std::uint32_t kBrokerIndex = 0;
 struct Sender {
   core::RingReader reader;
   MessageSource source;
+  std::uint64_t ring_id = 0;
+  // Synchronous channels: the reply ring, and the bookkeeping that keeps replies in
+  // the order of the requests.
+  std::optional<core::RingWriter> reply;
+  std::uint64_t requests = 0;                  // requests taken (the next one's seq)
+  std::uint64_t next_reply = 0;                // seq of the next reply to write
+  std::map<std::uint64_t, SmallMessage> held;  // answered out of order, not yet written
 };
 
 }  // namespace
@@ -44,6 +53,30 @@ class Endpoint::Impl {
   std::deque<std::pair<SmallMessage, MessageSource>> backlog;
   EndpointStats counters;
   bool anonymous = false;
+  bool synchronous = false;
+
+  // Writes reply `seq` for the sender at `idx` (ring `ring_id`), and every held reply
+  // that follows it, in request order.
+  Result<void> send_reply(std::uint32_t idx, std::uint64_t ring_id, std::uint64_t seq,
+                          const SmallMessage& m) {
+    if (idx >= senders.size() || !senders[idx] || senders[idx]->ring_id != ring_id ||
+        !senders[idx]->reply) {
+      return Error(ErrorCode::ChannelClosed, "request: the caller is gone");
+    }
+    Sender& s = *senders[idx];
+    if (seq != s.next_reply) {
+      s.held.emplace(seq, m);
+      return {};
+    }
+    VIPC_TRY(s.reply->try_send(m));
+    ++s.next_reply;
+    for (auto it = s.held.begin(); it != s.held.end() && it->first == s.next_reply;) {
+      if (!s.reply->try_send(it->second)) break;  // the caller is gone: nobody to tell
+      ++s.next_reply;
+      it = s.held.erase(it);
+    }
+    return {};
+  }
 
   ~Impl() {
     for (std::uint32_t i = 1; i < senders.size(); ++i) {
@@ -148,10 +181,24 @@ class Endpoint::Impl {
       if (ev->kind == SenderEventKind::Attached) {
         if (senders[idx]) drain_to_backlog(idx);
         auto reader = core::RingReader::attach(ev->producer.get(), ev->consumer.get());
+        std::optional<core::RingWriter> reply;
+        if (reader && ev->synchronous) {
+          auto w = core::RingWriter::attach(ev->reply_producer.get(), ev->reply_consumer.get());
+          if (w) {
+            reply.emplace(std::move(*w));
+          } else {
+            reader = w.error();
+          }
+        }
         if (reader) {
           auto s = std::make_unique<Sender>(
               Sender{std::move(*reader),
-                     MessageSource{ev->sender_client, ev->sender_pid, ev->sender_uid, idx}});
+                     MessageSource{ev->sender_client, ev->sender_pid, ev->sender_uid, idx},
+                     ev->ring_id,
+                     std::move(reply),
+                     0,
+                     0,
+                     {}});
           senders[idx] = std::move(s);
           // Reports the messages it sent before we armed the ring.
           if (auto a = set.add(senders[idx]->reader, idx); !a) {
@@ -174,6 +221,8 @@ class Endpoint::Impl {
       if (ev->pending == 0) return {};
     }
   }
+
+  Result<void> receive(SmallMessage& out, std::chrono::nanoseconds timeout, MessageSource* from);
 
   Result<void> try_receive(SmallMessage& out, MessageSource* from) {
     if (!backlog.empty()) {
@@ -206,11 +255,13 @@ Result<Endpoint> Endpoint::create(Runtime& rt, std::string_view name,
   spec.max_message_size = options.max_message_size;
   spec.max_senders = options.max_senders;
   spec.world_openable = options.world_openable;
+  spec.synchronous = options.synchronous;
   auto created = rt.create(spec);
   if (!created) return created.error();
   auto set = core::ReadySet::attach(sys::UniqueFd(created->fds[0].release()));
   if (!set) return set.error();
   auto impl = std::make_unique<Impl>(std::move(*set));
+  impl->synchronous = options.synchronous;
   impl->rt = &rt;
   impl->cap = created->cap;
   impl->object_id = created->info.id;
@@ -225,8 +276,10 @@ Result<Endpoint> Endpoint::create_anonymous(Runtime& rt, const ChannelOptions& o
       options.max_message_size > kSmallPayloadMax || options.max_senders > wire::kMaxSenders) {
     return Error(ErrorCode::InvalidArgument, "endpoint: channel options out of range");
   }
-  const ChannelShape shape{options.capacity, options.max_message_size, options.max_senders,
-                           options.world_openable ? wire::kObjectWorldOpenable : 0};
+  const ChannelShape shape{
+      options.capacity, options.max_message_size, options.max_senders,
+      static_cast<std::uint16_t>((options.world_openable ? wire::kObjectWorldOpenable : 0) |
+                                 (options.synchronous ? wire::kObjectSynchronous : 0))};
   std::optional<PreparedChannel> prepared = rt.impl_->take_channel(shape);
   if (!prepared) {
     // The pool is empty (first use of this shape): one round trip.
@@ -237,6 +290,7 @@ Result<Endpoint> Endpoint::create_anonymous(Runtime& rt, const ChannelOptions& o
     spec.max_message_size = options.max_message_size;
     spec.max_senders = options.max_senders;
     spec.world_openable = options.world_openable;
+    spec.synchronous = options.synchronous;
     auto created = rt.create(spec);
     if (!created) return created.error();
     auto set = core::ReadySet::attach(sys::UniqueFd(created->fds[0].release()));
@@ -248,30 +302,95 @@ Result<Endpoint> Endpoint::create_anonymous(Runtime& rt, const ChannelOptions& o
   impl->cap = prepared->cap;
   impl->object_id = prepared->object_id;
   impl->anonymous = true;
+  impl->synchronous = options.synchronous;
   impl->senders.resize(impl->set.capacity());
   VIPC_TRY(impl->set.watch(kBrokerIndex));
   return Endpoint(std::move(impl));
 }
 
+namespace {
+Error one_way_on_sync(const char* what) noexcept { return Error(ErrorCode::Unsupported, what); }
+}  // namespace
+
 Result<void> Endpoint::try_receive(SmallMessage& out, MessageSource* from) {
+  if (impl_->synchronous) return one_way_on_sync("endpoint: synchronous: use receive_request");
   return impl_->try_receive(out, from);
 }
 
 Result<void> Endpoint::receive(SmallMessage& out, std::chrono::nanoseconds timeout,
                                MessageSource* from) {
+  if (impl_->synchronous) return one_way_on_sync("endpoint: synchronous: use receive_request");
+  return impl_->receive(out, timeout, from);
+}
+
+Result<void> Endpoint::Impl::receive(SmallMessage& out, std::chrono::nanoseconds timeout,
+                                     MessageSource* from) {
   const core::Deadline deadline = core::deadline_after(timeout);
   for (;;) {
-    auto r = impl_->try_receive(out, from);
+    auto r = try_receive(out, from);
     if (r || r.error().code() != ErrorCode::WouldBlock) return r;
-    auto idx = impl_->set.wait_next(deadline);
+    if (timeout.count() == 0) return r;
+    auto idx = set.wait_next(deadline);
     if (!idx) return idx.error();
-    auto got = impl_->take(*idx, out, from);
+    auto got = take(*idx, out, from);
     if (!got) return got.error();
     if (*got) return {};
   }
 }
 
+Result<Request> Endpoint::receive_request(std::chrono::nanoseconds timeout) {
+  if (!impl_->synchronous) {
+    return Error(ErrorCode::Unsupported, "endpoint: not synchronous: use receive");
+  }
+  Request req;
+  VIPC_TRY(impl_->receive(req.message_, timeout, &req.source_));
+  Sender& s = *impl_->senders[req.source_.index];
+  req.endpoint_ = impl_.get();
+  req.index_ = req.source_.index;
+  req.ring_id_ = s.ring_id;
+  req.seq_ = s.requests++;
+  req.answered_ = false;
+  return req;
+}
+
+// ------------------------------------------------------------ Request
+
+Request::Request(Request&& o) noexcept
+    : endpoint_(o.endpoint_),
+      index_(o.index_),
+      ring_id_(o.ring_id_),
+      seq_(o.seq_),
+      message_(o.message_),
+      source_(o.source_),
+      answered_(o.answered_) {
+  o.answered_ = true;
+  o.endpoint_ = nullptr;
+}
+
+Result<void> Request::reply(const SmallMessage& response) {
+  if (answered_ || endpoint_ == nullptr) {
+    return Error(ErrorCode::InvalidArgument, "request: already answered");
+  }
+  if (response.type == kDroppedReplyType) {
+    return Error(ErrorCode::InvalidArgument, "request: reply type reserved for dropped requests");
+  }
+  auto* ep = static_cast<Endpoint::Impl*>(endpoint_);
+  auto r = ep->send_reply(index_, ring_id_, seq_, response);
+  // Answered either way: a reply that could not be written (caller gone) is not retried.
+  if (r || r.error().code() != ErrorCode::ChannelFull) answered_ = true;
+  return r;
+}
+
+Request::~Request() {
+  if (answered_ || endpoint_ == nullptr) return;
+  // Tell the caller its request was dropped (its call fails with ChannelClosed).
+  SmallMessage dropped;
+  dropped.type = kDroppedReplyType;
+  (void)static_cast<Endpoint::Impl*>(endpoint_)->send_reply(index_, ring_id_, seq_, dropped);
+}
+
 Result<std::size_t> Endpoint::try_receive_batch(std::span<SmallMessage> out, MessageSource* from) {
+  if (impl_->synchronous) return one_way_on_sync("endpoint: synchronous: use receive_request");
   if (out.empty()) return std::size_t{0};
   if (!impl_->backlog.empty()) {
     std::size_t n = 0;
@@ -303,13 +422,22 @@ class Channel::Impl {
   core::RingWriter writer;
   Capability cap;
   std::uint32_t index = 0;
+  std::optional<core::RingReader> reply;  // synchronous channels
+  std::uint64_t abandoned = 0;            // calls that timed out: their responses are skipped
 
   static Result<std::unique_ptr<Impl>> from(Result<SenderRing> ring) {
     if (!ring) return ring.error();
     auto w = core::RingWriter::attach(ring->producer.get(), ring->consumer.get(), -1,
                                       ring->ready_set.get());
     if (!w) return w.error();
+    std::optional<core::RingReader> reply;
+    if (ring->reply_producer.valid()) {
+      auto r = core::RingReader::attach(ring->reply_producer.get(), ring->reply_consumer.get());
+      if (!r) return r.error();
+      reply.emplace(std::move(*r));
+    }
     auto impl = std::make_unique<Impl>(std::move(*w));
+    impl->reply = std::move(reply);
     impl->cap = ring->cap;
     impl->index = ring->index;
     return impl;
@@ -333,15 +461,48 @@ Result<Channel> Channel::attach(Runtime& rt, const Capability& cap) {
   return Channel(std::move(*impl));
 }
 
-Result<void> Channel::try_send(const SmallMessage& m) noexcept { return impl_->writer.try_send(m); }
+Result<void> Channel::try_send(const SmallMessage& m) noexcept {
+  if (impl_->reply) [[unlikely]]
+    return one_way_on_sync("channel: synchronous: use call");
+  return impl_->writer.try_send(m);
+}
 Result<void> Channel::try_send(std::uint32_t type, const void* data, std::size_t len) noexcept {
+  if (impl_->reply) [[unlikely]]
+    return one_way_on_sync("channel: synchronous: use call");
   return impl_->writer.try_send(type, data, len);
 }
 Result<std::size_t> Channel::try_send_batch(std::span<const SmallMessage> msgs) noexcept {
+  if (impl_->reply) [[unlikely]]
+    return one_way_on_sync("channel: synchronous: use call");
   return impl_->writer.try_send_batch(msgs);
 }
 Result<void> Channel::send(const SmallMessage& m, std::chrono::nanoseconds timeout) {
+  if (impl_->reply) [[unlikely]]
+    return one_way_on_sync("channel: synchronous: use call");
   return impl_->writer.send(m, core::deadline_after(timeout));
+}
+
+Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nanoseconds timeout) {
+  if (!impl_->reply) return Error(ErrorCode::Unsupported, "channel: not synchronous: use send");
+  const core::Deadline deadline = core::deadline_after(timeout);
+  VIPC_TRY(impl_->writer.send(request, deadline));
+  SmallMessage response;
+  for (;;) {
+    auto r = impl_->reply->receive(response, deadline);
+    if (!r) {
+      // The request was sent: its response, if it ever comes, belongs to nobody.
+      if (r.error().code() == ErrorCode::Timeout) ++impl_->abandoned;
+      return r.error();
+    }
+    if (impl_->abandoned > 0) {  // the response to an earlier call that timed out
+      --impl_->abandoned;
+      continue;
+    }
+    if (response.type == kDroppedReplyType && response.length == 0) {
+      return Error(ErrorCode::ChannelClosed, "call: the server dropped the request");
+    }
+    return response;
+  }
 }
 void Channel::close() noexcept { impl_->writer.close(); }
 const Capability& Channel::capability() const noexcept { return impl_->cap; }

@@ -122,7 +122,8 @@ Result<CreatedObject> Runtime::create(const ObjectSpec& spec) {
   wire::CreateRequest r{};
   r.kind = static_cast<std::uint16_t>(spec.kind);
   r.flags = static_cast<std::uint16_t>((spec.world_openable ? wire::kObjectWorldOpenable : 0) |
-                                       (spec.anonymous ? wire::kObjectAnonymous : 0));
+                                       (spec.anonymous ? wire::kObjectAnonymous : 0) |
+                                       (spec.synchronous ? wire::kObjectSynchronous : 0));
   r.capacity = spec.capacity;
   r.max_message_size = spec.max_message_size;
   r.max_senders = spec.max_senders;
@@ -216,7 +217,8 @@ Result<void> Runtime::release(const Capability& cap) {
 namespace {
 
 Result<SenderRing> sender_ring_of(const wire::ConnectReply& r, std::vector<sys::UniqueFd>& fds) {
-  if (fds.size() != 3) {
+  const bool sync = (r.flags & wire::kObjectSynchronous) != 0;
+  if (fds.size() != (sync ? 5u : 3u)) {
     return Error(ErrorCode::ProtocolError,
                  "connect: reply carries the wrong number of descriptors");
   }
@@ -229,6 +231,10 @@ Result<SenderRing> sender_ring_of(const wire::ConnectReply& r, std::vector<sys::
   out.producer = OwnedFd(fds[0].release());
   out.consumer = OwnedFd(fds[1].release());
   out.ready_set = OwnedFd(fds[2].release());
+  if (sync) {
+    out.reply_producer = OwnedFd(fds[3].release());
+    out.reply_consumer = OwnedFd(fds[4].release());
+  }
   return out;
 }
 
@@ -259,7 +265,8 @@ Result<SenderEvent> Runtime::accept(const Capability& cap) {
   SenderEvent ev;
   ev.kind = static_cast<SenderEventKind>(r.event);
   ev.reason = static_cast<DetachReason>(r.reason);
-  const std::size_t want = ev.kind == SenderEventKind::Attached ? 2 : 0;
+  ev.synchronous = (r.flags & wire::kObjectSynchronous) != 0;
+  const std::size_t want = ev.kind == SenderEventKind::Attached ? (ev.synchronous ? 4u : 2u) : 0u;
   if (a->fds.size() != want) {
     return Error(ErrorCode::ProtocolError, "accept: reply carries the wrong number of descriptors");
   }
@@ -269,9 +276,13 @@ Result<SenderEvent> Runtime::accept(const Capability& cap) {
   ev.sender_pid = static_cast<pid_t>(r.sender_pid);
   ev.sender_uid = static_cast<uid_t>(r.sender_uid);
   ev.pending = r.pending;
-  if (want == 2) {
+  if (want >= 2) {
     ev.producer = OwnedFd(a->fds[0].release());
     ev.consumer = OwnedFd(a->fds[1].release());
+  }
+  if (want == 4) {
+    ev.reply_producer = OwnedFd(a->fds[2].release());
+    ev.reply_consumer = OwnedFd(a->fds[3].release());
   }
   return ev;
 }

@@ -82,6 +82,7 @@ Result<void> check(const CreateRequest& b) noexcept {
   const bool channel = b.kind == static_cast<std::uint16_t>(ObjectKind::Channel) ||
                        b.kind == static_cast<std::uint16_t>(ObjectKind::Endpoint);
   if (!channel && b.max_senders != 0) return protocol(ctx::kBadReserved);
+  if (!channel && (b.flags & kObjectSynchronous) != 0) return protocol(ctx::kBadFlags);
   if (b.max_senders > kMaxSenders) return protocol(ctx::kBadEnum);
   if ((b.flags & kObjectAnonymous) != 0) {
     for (char c : b.name) {
@@ -167,6 +168,7 @@ Result<void> check(const AttachReplyBody& b) noexcept {
 Result<void> check(const DestroyReply&) noexcept { return {}; }
 Result<void> check(const AcceptReply& b) noexcept {
   if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  if ((b.flags & ~kObjectFlagsMask) != 0) return protocol(ctx::kBadFlags);
   if (b.event > static_cast<std::uint16_t>(SenderEvent::Detached) ||
       b.reason > static_cast<std::uint16_t>(DetachReason::Revoked)) {
     return protocol(ctx::kBadEnum);
@@ -355,11 +357,15 @@ std::uint16_t reply_fd_count(const ReplyBody& body) noexcept {
         return 0;
     }
   }
-  if (std::holds_alternative<ConnectReply>(body) || std::holds_alternative<AttachReplyBody>(body)) {
-    return 3;  // producer, consumer segment, ready set
+  const ConnectReply* c = std::get_if<ConnectReply>(&body);
+  if (c == nullptr) c = std::get_if<AttachReplyBody>(&body);
+  if (c != nullptr) {
+    // producer, consumer segment, ready set (+ the reply ring's producer, consumer)
+    return (c->flags & kObjectSynchronous) != 0 ? 5 : 3;
   }
   if (const auto* a = std::get_if<AcceptReply>(&body)) {
-    return a->event == static_cast<std::uint16_t>(SenderEvent::Attached) ? 2 : 0;
+    if (a->event != static_cast<std::uint16_t>(SenderEvent::Attached)) return 0;
+    return (a->flags & kObjectSynchronous) != 0 ? 4 : 2;
   }
   return 0;
 }

@@ -41,7 +41,7 @@ inline constexpr std::uint32_t kMagic = 0x43504956;  // "VIPC" in memory order
 inline constexpr std::uint16_t kProtocolVersion = 2;
 inline constexpr std::size_t kNameSize = 64;  // bytes of a name field, NUL included
 inline constexpr std::size_t kNameMax = kNameSize - 1;
-inline constexpr std::size_t kMaxFds = 4;       // descriptors one packet may carry
+inline constexpr std::size_t kMaxFds = 5;       // descriptors one packet may carry
 inline constexpr std::size_t kMaxPacket = 256;  // no valid packet is longer
 
 enum class Opcode : std::uint16_t {
@@ -72,7 +72,11 @@ inline constexpr std::uint16_t kObjectWorldOpenable = 1u << 0;  // any uid may O
 // No name: the object is not registered and is reached only through capabilities; the
 // request's name field is all zeros.
 inline constexpr std::uint16_t kObjectAnonymous = 1u << 1;
-inline constexpr std::uint16_t kObjectFlagsMask = kObjectWorldOpenable | kObjectAnonymous;
+// Channel/Endpoint: each sender also gets a reply ring (the receiver writes it), for
+// call/reply (docs/channels.md).
+inline constexpr std::uint16_t kObjectSynchronous = 1u << 2;
+inline constexpr std::uint16_t kObjectFlagsMask =
+    kObjectWorldOpenable | kObjectAnonymous | kObjectSynchronous;
 
 inline constexpr std::uint32_t kRightsMask = static_cast<std::uint32_t>(Rights::All);
 
@@ -462,8 +466,11 @@ enum class DetachReason : std::uint16_t {
 
 //  0       2        4       8            12           16              24
 //  | event | reason | index | sender pid | sender uid | sender client |
-//  24         28         32          40
-//  | pending  | reserved | ring id   |
+//  24         28      30         32          40
+//  | pending  | flags | reserved | ring id   |
+//
+// flags: the channel's object flags; with kObjectSynchronous an Attached event carries
+// 4 descriptors (request ring producer, consumer; reply ring producer, consumer).
 struct AcceptReply {
   std::uint16_t event;
   std::uint16_t reason;
@@ -472,7 +479,8 @@ struct AcceptReply {
   std::uint32_t sender_uid;
   std::uint64_t sender_client;
   std::uint32_t pending;  // events still queued after this one
-  std::uint32_t reserved;
+  std::uint16_t flags;
+  std::uint16_t reserved;
   std::uint64_t ring_id;
 };
 static_assert(sizeof(AcceptReply) == 40);
@@ -483,7 +491,8 @@ static_assert(offsetof(AcceptReply, sender_pid) == 8);
 static_assert(offsetof(AcceptReply, sender_uid) == 12);
 static_assert(offsetof(AcceptReply, sender_client) == 16);
 static_assert(offsetof(AcceptReply, pending) == 24);
-static_assert(offsetof(AcceptReply, reserved) == 28);
+static_assert(offsetof(AcceptReply, flags) == 28);
+static_assert(offsetof(AcceptReply, reserved) == 30);
 static_assert(offsetof(AcceptReply, ring_id) == 32);
 
 //  0                  8

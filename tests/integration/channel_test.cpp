@@ -491,3 +491,152 @@ TEST_F(Channels, ResolveAnswersWithoutTheBrokerForNamesThisProcessResolved) {
 
 }  // namespace
 }  // namespace vipc
+
+namespace vipc {
+namespace {
+
+ChannelOptions sync_options() {
+  ChannelOptions o;
+  o.synchronous = true;
+  o.capacity = 8;
+  return o;
+}
+
+// A server in this process answers calls from client processes: each reply is the
+// request's number plus one, so every caller checks it got the answer to its own call.
+TEST_F(Channels, CallsFromOtherProcessesGetTheirOwnReplies) {
+  auto ep = Endpoint::create(*rt, "adder", sync_options());
+  ASSERT_TRUE(ep.ok()) << ep.error().message();
+  const std::string path = rt->socket_path();
+  const std::uint64_t calls = test::kSanitized ? 2'000 : 20'000;
+  constexpr int kClients = 3;
+  std::vector<Child> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.push_back(Child::spawn(
+        [&, c] {
+          auto crt = Runtime::connect_to(path);
+          if (!crt) return 10;
+          auto ch = Channel::connect(*crt, "adder");
+          if (!ch) return 11;
+          if (ch->try_send(seq_message(0, 0)).error().code() != ErrorCode::Unsupported) return 12;
+          for (std::uint64_t i = 0; i < calls; ++i) {
+            auto r = ch->call(seq_message(static_cast<std::uint32_t>(c), i), 10s);
+            if (!r) return 13;
+            const Seq s = seq_of(*r);
+            if (s.sender != static_cast<std::uint32_t>(c) || s.seq != i + 1) return 14;
+          }
+          return 0;
+        },
+        kAlarm));
+  }
+  SmallMessage m;
+  EXPECT_EQ(ep->try_receive(m).error().code(), ErrorCode::Unsupported);
+  for (std::uint64_t served = 0; served < calls * kClients; ++served) {
+    auto req = ep->receive_request(10s);
+    ASSERT_TRUE(req.ok()) << req.error().message() << " after " << served;
+    Seq s = seq_of(req->message());
+    ASSERT_TRUE(req->reply(seq_message(s.sender, s.seq + 1)).ok());
+    EXPECT_EQ(req->reply(seq_message(s.sender, s.seq + 1)).error().code(),
+              ErrorCode::InvalidArgument);  // exactly once
+  }
+  for (auto& c : clients) EXPECT_EQ(c.wait(10s), "exit 0");
+}
+
+TEST_F(Channels, DroppedRequestTimeoutAndOutOfOrderAnswers) {
+  auto ep = Endpoint::create(*rt, "picky", sync_options());
+  ASSERT_TRUE(ep.ok());
+  auto other = Runtime::connect_to(rt->socket_path());
+  ASSERT_TRUE(other.ok());
+  auto ch = Channel::connect(*other, "picky");
+  ASSERT_TRUE(ch.ok());
+  std::optional<Result<SmallMessage>> answer;
+  // 1. The server drops a request: the caller gets ChannelClosed, promptly.
+  std::thread caller([&] { answer.emplace(ch->call(seq_message(0, 1), 5s)); });
+  {
+    auto req = ep->receive_request(5s);
+    ASSERT_TRUE(req.ok());
+  }  // destroyed unanswered
+  caller.join();
+  ASSERT_FALSE(answer->ok());
+  EXPECT_EQ(answer->error().code(), ErrorCode::ChannelClosed);
+  // 2. A call that times out: its late reply is not taken for the next call's.
+  EXPECT_EQ(ch->call(seq_message(0, 2), 50ms).error().code(), ErrorCode::Timeout);
+  auto late = ep->receive_request(5s);
+  ASSERT_TRUE(late.ok());
+  ASSERT_TRUE(late->reply(seq_message(0, 200)).ok());
+  caller = std::thread([&] { answer.emplace(ch->call(seq_message(0, 3), 5s)); });
+  auto third = ep->receive_request(5s);
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ(seq_of(third->message()).seq, 3u);
+  ASSERT_TRUE(third->reply(seq_message(0, 300)).ok());
+  caller.join();
+  ASSERT_TRUE(answer->ok()) << answer->error().message();
+  EXPECT_EQ(seq_of(**answer).seq, 300u);
+  // 3. Rejected misuse.
+  EXPECT_EQ(third->reply(seq_message(0, 1)).error().code(), ErrorCode::InvalidArgument);
+  SmallMessage reserved;
+  reserved.type = kDroppedReplyType;
+  caller = std::thread([&] { answer.emplace(ch->call(seq_message(0, 4), 5s)); });
+  auto fourth = ep->receive_request(5s);
+  ASSERT_TRUE(fourth.ok());
+  EXPECT_EQ(fourth->reply(reserved).error().code(), ErrorCode::InvalidArgument);
+  ASSERT_TRUE(fourth->reply(seq_message(0, 400)).ok());
+  caller.join();
+  ASSERT_TRUE(answer->ok());
+  EXPECT_EQ(seq_of(**answer).seq, 400u);
+  // 4. Answers given out of order reach the caller in request order: request 5 times
+  // out while the server holds it; request 6 is answered first, then 5; the caller
+  // skips 5's (abandoned) and gets 6's.
+  EXPECT_EQ(ch->call(seq_message(0, 5), 50ms).error().code(), ErrorCode::Timeout);
+  auto fifth = ep->receive_request(5s);
+  ASSERT_TRUE(fifth.ok());
+  caller = std::thread([&] { answer.emplace(ch->call(seq_message(0, 6), 5s)); });
+  auto sixth = ep->receive_request(5s);
+  ASSERT_TRUE(sixth.ok());
+  ASSERT_TRUE(sixth->reply(seq_message(0, 600)).ok());
+  std::this_thread::sleep_for(20ms);
+  ASSERT_TRUE(fifth->reply(seq_message(0, 500)).ok());
+  caller.join();
+  ASSERT_TRUE(answer->ok()) << answer->error().message();
+  EXPECT_EQ(seq_of(**answer).seq, 600u);
+}
+
+TEST_F(Channels, CallerWaitingForAReplyWakesWhenTheServerDies) {
+  const std::string path = rt->socket_path();
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  Child server = Child::spawn(
+      [&] {
+        auto crt = Runtime::connect_to(path);
+        if (!crt) return 10;
+        auto ep = Endpoint::create(*crt, "mortal", sync_options());
+        if (!ep) return 11;
+        char c = 1;
+        if (::write(ready[1], &c, 1) != 1) return 12;
+        auto req = ep->receive_request(10s);  // takes the request, never answers
+        if (!req) return 13;
+        ::pause();
+        return 0;
+      },
+      kAlarm);
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  auto ch = Channel::connect(*rt, "mortal");
+  ASSERT_TRUE(ch.ok());
+  std::thread killer([&] {
+    std::this_thread::sleep_for(150ms);
+    ::kill(server.pid(), SIGKILL);
+  });
+  const auto start = Clock::now();
+  auto r = ch->call(seq_message(0, 1), 10s);
+  const auto waited = Clock::now() - start;
+  killer.join();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), ErrorCode::ChannelClosed) << r.error().message();
+  EXPECT_LT(waited, 150ms + 100ms);
+  ::close(ready[0]);
+  ::close(ready[1]);
+}
+
+}  // namespace
+}  // namespace vipc

@@ -110,8 +110,11 @@ json entry_json(const Entry& e) {
   return j;
 }
 
-std::string display_name(const Entry& e) {
+// with_metric: the report mixes metrics (create: rtt, connect, create), so the name says
+// which one each line is.
+std::string display_name(const Entry& e, bool with_metric) {
   std::string name = e.system;
+  if (with_metric) name += " " + e.metric;
   for (const auto& [key, value] : e.labels.items()) name += " " + key + "=" + value.dump();
   if (!e.source.empty()) name += " (= " + e.source + ")";
   return name;
@@ -223,11 +226,16 @@ void print_table(const Report& report) {
                      machine["cores"].get<long>(), machine["kernel"].get<std::string>());
 
   bool any_latency = false, any_rate = false;
+  bool mixed_metrics = false;
+  for (const Entry& e : report.entries) {
+    mixed_metrics = mixed_metrics || e.metric != report.entries.front().metric;
+  }
+  const auto name_of = [mixed_metrics](const Entry& e) { return display_name(e, mixed_metrics); };
   std::size_t width = 6;
   for (const Entry& e : report.entries) {
     any_latency = any_latency || e.latency.has_value();
     any_rate = any_rate || e.rate.has_value();
-    width = std::max(width, display_name(e).size());
+    width = std::max(width, name_of(e).size());
   }
   if (any_latency) {
     add_line(out, fmt::format("{:<{}}  {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}  {:>8} {:>8}",
@@ -237,7 +245,7 @@ void print_table(const Report& report) {
       if (!e.latency) continue;
       const LatencyStats& l = *e.latency;
       add_line(out, fmt::format("{:<{}}  {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}  {:>8} {:>8}",
-                                display_name(e), width, format_ns(l.p50), format_ns(l.p90),
+                                name_of(e), width, format_ns(l.p50), format_ns(l.p90),
                                 format_ns(l.p99), format_ns(l.p999), format_ns(l.max), l.samples,
                                 format_ratio(e.ratio_p50), format_ratio(e.ratio_p99)));
     }
@@ -248,8 +256,8 @@ void print_table(const Report& report) {
                               "msgs/s", "MB/s", "x base"));
     for (const Entry& e : report.entries) {
       if (!e.rate) continue;
-      add_line(out, fmt::format("{:<{}}  {:>6} {:>12} {:>12.1f}  {:>8}", display_name(e), width,
-                                e.batch, format_rate(e.rate->msgs_per_s), e.rate->bytes_per_s / 1e6,
+      add_line(out, fmt::format("{:<{}}  {:>6} {:>12} {:>12.1f}  {:>8}", name_of(e), width, e.batch,
+                                format_rate(e.rate->msgs_per_s), e.rate->bytes_per_s / 1e6,
                                 format_ratio(e.ratio)));
     }
   }

@@ -15,6 +15,7 @@
 
 #include "baselines.hpp"
 #include "bench.hpp"
+#include "create_systems.hpp"
 #include "floors.hpp"
 #include "harness.hpp"
 #include "lookup_systems.hpp"
@@ -32,6 +33,8 @@ constexpr std::size_t kSendsPerSample = 64;               // send: sends timed t
 constexpr std::size_t kLookupsPerSample = 64;             // lookup: lookups timed together
 constexpr std::size_t kLookupNames[] = {64, 1000};        // lookup: table sizes, each measured
 constexpr std::uint64_t kLookupSeed = 0x6c6f6f6b7570ULL;  // lookup: names and order
+constexpr std::size_t kCreateUdsBytes = 32;               // create: uds request and reply
+constexpr std::size_t kConnectDrainEvery = 64;            // create: connects between drains
 
 struct System {
   std::string name;
@@ -84,12 +87,31 @@ json base_params(const Options& o, const RunConfig& cfg) {
   return p;
 }
 
-std::string timing_line(const RunConfig& cfg, bool two_processes) {
+// Where a scenario runs.
+enum class Layout {
+  TwoProcesses,  // the measuring process and a forked peer, on two CPUs
+  OneProcess,    // the measuring thread alone, no peer
+  ServerThread,  // one process: the measuring (client) thread and a server thread
+};
+
+std::string timing_line(const RunConfig& cfg, Layout layout) {
   const Timing& t = cfg.timing;
-  const std::string where =
-      two_processes
-          ? fmt::format("measuring process on CPU {}, peer on CPU {}", cfg.cpus.self, cfg.cpus.peer)
-          : fmt::format("one process on CPU {}, no peer", cfg.cpus.self);
+  std::string where;
+  switch (layout) {
+    case Layout::TwoProcesses:
+      where =
+          fmt::format("measuring process on CPU {}, peer on CPU {}", cfg.cpus.self, cfg.cpus.peer);
+      break;
+    case Layout::OneProcess:
+      where = fmt::format("one process on CPU {}, no peer", cfg.cpus.self);
+      break;
+    case Layout::ServerThread:
+      where = fmt::format(
+          "one process: client thread on CPU {}, server thread on CPU {} (other-cpu) or {} "
+          "(same-cpu)",
+          cfg.cpus.self, cfg.cpus.peer, cfg.cpus.self);
+      break;
+  }
   return fmt::format(
       "{:.2f} s per system as {} interleaved rounds of {:.2f} s (+{:.2f} s "
       "warm-up); {}",
@@ -300,17 +322,98 @@ Report lookup(const Options& o, const RunConfig& cfg) {
   return report;
 }
 
+Report create(const Options& o, const RunConfig& cfg) {
+  // Every system is measured with its server thread on the other CPU (as the other
+  // scenarios place their peer) and on the client's own CPU: on a virtual machine a
+  // wake-up across CPUs costs more than the whole same-CPU round trip, and what the
+  // broker does after a reply lands on the client's time only when they share a CPU.
+  struct Placement {
+    const char* label;
+    int cpu;
+  };
+  const Placement placements[] = {{"other-cpu", cfg.cpus.peer}, {"same-cpu", cfg.cpus.self}};
+  constexpr std::size_t kPerPlacement = 4;
+  std::vector<System> systems;
+  for (const Placement& p : placements) {
+    const int cpu = p.cpu;
+    const std::string at = std::string(" ") + p.label;
+    systems.push_back({"uds" + at, [cpu](const RunConfig& c) {
+                         return create_systems::uds_request_reply(c, cpu, kCreateUdsBytes);
+                       }});
+    systems.push_back({"vipc connect" + at, [cpu](const RunConfig& c) {
+                         return create_systems::vipc_connect(c, cpu, kConnectDrainEvery);
+                       }});
+    systems.push_back({"vipc create" + at,
+                       [cpu](const RunConfig& c) { return create_systems::vipc_create(c, cpu); }});
+    systems.push_back({"vipc-anonymous" + at, [cpu](const RunConfig& c) {
+                         return create_systems::vipc_create_anonymous(c, cpu);
+                       }});
+  }
+  auto rounds = interleave(cfg, systems);
+
+  Report report;
+  report.scenario = "create";
+  report.title =
+      "create: creating a channel and connecting a sender to one through a broker thread in "
+      "this process, beside a uds request/reply to an epoll server thread";
+  report.params = base_params(o, cfg);
+  report.params.erase("size");
+  report.params["server_cpus"] = {{"other-cpu", cfg.cpus.peer}, {"same-cpu", cfg.cpus.self}};
+  report.params["uds_bytes"] = kCreateUdsBytes;
+  report.params["uds_transport"] = create_systems::uds_transport_name();
+  report.params["connect_drain_every"] = kConnectDrainEvery;
+  for (std::size_t i = 0; i < std::size(placements); ++i) {
+    const std::size_t k = i * kPerPlacement;
+    Entry uds = latency_entry("uds", "rtt", rounds[k]);
+    Entry connect = latency_entry("vipc", "connect", rounds[k + 1]);
+    Entry created = latency_entry("vipc", "create", rounds[k + 2]);
+    Entry anonymous = latency_entry("vipc-anonymous", "create", rounds[k + 3]);
+    for (Entry* e : {&uds, &connect, &created, &anonymous}) {
+      e->labels["server"] = placements[i].label;
+      if (e != &uds) compare(*e, uds, /*with_p99=*/true);
+    }
+    report.entries.insert(report.entries.end(), {uds, connect, created, anonymous});
+  }
+  report.notes.push_back(fmt::format(
+      "One process; each sample is one operation timed alone. The server is a thread started "
+      "for each measurement, pinned to CPU {} (server=\"other-cpu\") or to the client's own "
+      "CPU {} (server=\"same-cpu\"): for uds an epoll loop on a listening AF_UNIX {} socket, "
+      "for vipc the real broker (Runtime::embedded(), private socket). Each vipc entry is "
+      "compared with the uds entry of the same placement.",
+      cfg.cpus.peer, cfg.cpus.self, create_systems::uds_transport_name()));
+  report.notes.push_back(fmt::format(
+      "uds: send(2) of a {}-byte request, blocking recv(2) of the same-sized reply on one "
+      "connected socket; the server answers with one recv(2) and one send(2) per epoll event.",
+      kCreateUdsBytes));
+  report.notes.push_back(fmt::format(
+      "vipc connect: Channel::connect() to an existing Endpoint (default ChannelOptions): one "
+      "broker round trip carrying 3 descriptors, then the ring is mapped. Untimed: one message "
+      "sent through it, Runtime::release() of its capability, the Channel destroyed; every {} "
+      "connects the Endpoint takes its sender events and messages (all checked).",
+      kConnectDrainEvery));
+  report.notes.push_back(
+      "vipc create: Endpoint::create() of a channel with a new name each time (default "
+      "ChannelOptions); the Endpoint is destroyed untimed (its destructor destroys the "
+      "channel and waits for the reply).");
+  report.notes.push_back(
+      "vipc-anonymous create: Endpoint::create_anonymous() (default ChannelOptions), a channel "
+      "with no name from the Runtime's pool of prepared channels; when the pool runs low the "
+      "taking call tops it up (sends without waiting), inside the timed interval. Untimed: the "
+      "Endpoint destroyed (its Destroy is not waited for), then one Runtime::ping() so the "
+      "broker has caught up before the next sample, as after a named create.");
+  return report;
+}
+
 struct Scenario {
   const char* name;
   Report (*run)(const Options&, const RunConfig&);
-  bool two_processes;  // false: measured in this process alone (no peer)
+  Layout layout;
 };
 
 constexpr Scenario kScenarios[] = {
-    {"pingpong", pingpong, true},
-    {"throughput", throughput, true},
-    {"send", send, true},
-    {"lookup", lookup, false},
+    {"pingpong", pingpong, Layout::TwoProcesses}, {"throughput", throughput, Layout::TwoProcesses},
+    {"send", send, Layout::TwoProcesses},         {"lookup", lookup, Layout::OneProcess},
+    {"create", create, Layout::ServerThread},
 };
 
 }  // namespace
@@ -358,7 +461,7 @@ int run(const Options& options) {
     RunConfig cfg;
     cfg.timing = timing_for(options);
     cfg.cpus = choose_cpus();
-    if (!cfg.cpus.distinct && scenario->two_processes) {
+    if (!cfg.cpus.distinct && scenario->layout == Layout::TwoProcesses) {
       fmt::print(stderr,
                  "vipc bench {}: only one CPU is available; both processes share CPU {} and "
                  "busy-waiting results are meaningless\n",
@@ -370,7 +473,7 @@ int run(const Options& options) {
       RunGuard guard(cfg.cpus);
       report = scenario->run(options, cfg);
     }
-    report.title += "\n" + timing_line(cfg, scenario->two_processes);
+    report.title += "\n" + timing_line(cfg, scenario->layout);
     if (options.quick) report.notes.push_back("--quick: a smoke test, not for numbers.");
     if (options.json) {
       print_json(report);

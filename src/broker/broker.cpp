@@ -337,7 +337,8 @@ class Broker::Impl {
   ObjectId next_object_ = 1;
   std::uint64_t next_ring_ = 1;
   std::size_t rings_ = 0;         // sender rings alive in every channel
-  std::vector<ObjectId> refill_;  // channels whose spare rings ran low
+  std::vector<ObjectId> refill_;  // channels whose spare rings ran low (a channel gets
+                                  // spares after its first Connect)
   std::array<Token, 32> token_pool_{};
   std::size_t token_pool_left_ = 0;
 
@@ -356,7 +357,8 @@ Result<void> Broker::Impl::run(std::atomic<int>& stop_signal) {
       const bool resumed = epoll_.add(listen_.get(), EPOLLIN, tagged(0, kTagListen)).ok();
       listen_paused_until_ = resumed ? 0 : now_ns() + kListenPauseNs;
     }
-    auto n = epoll_.wait(events, listen_paused_until_ != 0 ? 100 : 1000);
+    // While spare rings are owed, only look for requests, then make one ring.
+    auto n = epoll_.wait(events, !refill_.empty() ? 0 : listen_paused_until_ != 0 ? 100 : 1000);
     if (!n) return n.error();
     for (std::size_t i = 0; i < *n && running_; ++i) {
       const auto [mask, data] = events[i];
@@ -739,7 +741,6 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std:
   objects_.reserve(objects_.size() + 1);
   names_.reserve(names_.size() + 1);
   c.owned.reserve(c.owned.size() + 1);
-  refill_.reserve(refill_.size() + 1);
   caps_.reserve(c.id, obj.id);
   // Commit.
   ++next_object_;
@@ -748,7 +749,6 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std:
   c.owned.push_back(obj.id);
   const CapNode& node = caps_.insert(*token, c.id, obj.id, rights_for(kind), 0);
   objects_.emplace(obj.id, std::move(obj));
-  if (is_channel(kind)) refill_.push_back(rec.object_id);
   log(LogLevel::Debug, "client {} created {} '{}' (object {})", c.id, r.kind, name, rec.object_id);
   const auto nfds = static_cast<std::uint16_t>(reply_fds.size());
   return OutPacket{wire::encode_reply(id, wire::CreateReply{record_of(node), rec}, nfds),
@@ -1014,7 +1014,9 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   if (new_cap) caps_.reserve(c.id, obj.id);
   refill_.reserve(refill_.size() + 1);
   // Commit.
-  refill_.push_back(obj.id);
+  if (std::find(refill_.begin(), refill_.end(), obj.id) == refill_.end()) {
+    refill_.push_back(obj.id);
+  }
   std::uint32_t index = 0;
   if (reuse) {
     index = ch.free_indices.back();
@@ -1060,19 +1062,30 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
 }
 
 void Broker::Impl::refill_spares() {
-  for (ObjectId oid : refill_) {
+  // One ring per call: requests that arrive meanwhile are served in between (run()
+  // polls without waiting while refills are owed).
+  while (!refill_.empty()) {
+    const ObjectId oid = refill_.back();
     auto o = objects_.find(oid);
-    if (o == objects_.end() || !o->second.channel) continue;
+    if (o == objects_.end() || !o->second.channel) {
+      refill_.pop_back();
+      continue;
+    }
     ChannelState& ch = *o->second.channel;
     const std::size_t want =
         (o->second.flags & wire::kObjectSynchronous) != 0 ? 2 * kSpareRings : kSpareRings;
-    while (ch.spares.size() < want) {
-      auto prep = prepare_ring(o->second.capacity, o->second.max_message_size);
-      if (!prep) break;  // out of memory or descriptors: Connect will create its own
-      ch.spares.push_back(std::move(*prep));
+    if (ch.spares.size() >= want) {
+      refill_.pop_back();
+      continue;
     }
+    auto prep = prepare_ring(o->second.capacity, o->second.max_message_size);
+    if (!prep) {  // out of memory or descriptors: Connect will make its own
+      refill_.pop_back();
+      return;
+    }
+    ch.spares.push_back(std::move(*prep));
+    return;
   }
-  refill_.clear();
 }
 
 void Broker::Impl::queue_event(ChannelState& ch, SenderEventRec ev) {

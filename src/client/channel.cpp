@@ -175,9 +175,10 @@ class Endpoint::Impl {
       }
       if (ev->kind == SenderEventKind::None) return {};
       const std::uint32_t idx = ev->index;
-      if (idx >= senders.size()) {
+      if (idx >= set.capacity()) {
         return Error(ErrorCode::ProtocolError, "endpoint: sender index out of range", 0, idx);
       }
+      if (idx >= senders.size()) senders.resize(idx + 1);  // grows with the senders seen
       if (ev->kind == SenderEventKind::Attached) {
         if (senders[idx]) drain_to_backlog(idx);
         auto reader = core::RingReader::attach(ev->producer.get(), ev->consumer.get());
@@ -265,7 +266,6 @@ Result<Endpoint> Endpoint::create(Runtime& rt, std::string_view name,
   impl->rt = &rt;
   impl->cap = created->cap;
   impl->object_id = created->info.id;
-  impl->senders.resize(impl->set.capacity());
   VIPC_TRY(impl->set.watch(kBrokerIndex));
   return Endpoint(std::move(impl));
 }
@@ -303,7 +303,6 @@ Result<Endpoint> Endpoint::create_anonymous(Runtime& rt, const ChannelOptions& o
   impl->object_id = prepared->object_id;
   impl->anonymous = true;
   impl->synchronous = options.synchronous;
-  impl->senders.resize(impl->set.capacity());
   VIPC_TRY(impl->set.watch(kBrokerIndex));
   return Endpoint(std::move(impl));
 }

@@ -15,6 +15,7 @@
 
 #include "baselines.hpp"
 #include "bench.hpp"
+#include "call_systems.hpp"
 #include "create_systems.hpp"
 #include "floors.hpp"
 #include "harness.hpp"
@@ -208,6 +209,39 @@ Report pingpong_blocking(const Options& o, const RunConfig& cfg) {
 
 Report pingpong(const Options& o, const RunConfig& cfg) {
   return o.blocking ? pingpong_blocking(o, cfg) : pingpong_busy(o, cfg);
+}
+
+Report call(const Options& o, const RunConfig& cfg) {
+  std::vector<System> systems = {
+      {"floor-flag", floors::flag_pingpong},
+      {"floor-slot", floors::slot_pingpong},
+      {"uds", [](const RunConfig& c) { return baselines::uds_pingpong(c, kMessageBytes); }},
+      {"vipc", call_systems::call},
+  };
+  auto rounds = interleave(cfg, systems);
+  Report report;
+  report.scenario = "call";
+  report.title = "call: 64-byte synchronous call and response between two processes";
+  report.params = base_params(o, cfg);
+  Entry flag = latency_entry("floor-flag", "rtt", rounds[0]);
+  Entry slot = latency_entry("floor-slot", "rtt", rounds[1]);
+  Entry floor = flag.latency->p50 <= slot.latency->p50 ? flag : slot;
+  floor.source = floor.system;
+  floor.system = "floor";
+  Entry uds = latency_entry("uds", "rtt", rounds[2]);
+  Entry vipc = latency_entry("vipc", "rtt", rounds[3]);
+  compare(vipc, floor, /*with_p99=*/true);
+  report.entries = {flag, slot, floor, uds, vipc};
+  report.notes.push_back(
+      "floor = the lower p50 of floor-flag and floor-slot in this run (busy-waiting on both "
+      "sides).");
+  report.notes.push_back(
+      "vipc: Channel::call() on a synchronous channel (request ring + reply ring, made by a "
+      "broker embedded in the measuring process); the server process answers with "
+      "Endpoint::receive_request() and Request::reply(). Both wait with the default adaptive "
+      "policy (spin, yield, then park), so this is the call a user gets, not a busy-only one.");
+  report.notes.push_back("uds: Unix stream socketpair, blocking read(2) and write(2).");
+  return report;
 }
 
 Report throughput(const Options& o, const RunConfig& cfg) {
@@ -413,7 +447,7 @@ struct Scenario {
 constexpr Scenario kScenarios[] = {
     {"pingpong", pingpong, Layout::TwoProcesses}, {"throughput", throughput, Layout::TwoProcesses},
     {"send", send, Layout::TwoProcesses},         {"lookup", lookup, Layout::OneProcess},
-    {"create", create, Layout::ServerThread},
+    {"create", create, Layout::ServerThread},     {"call", call, Layout::TwoProcesses},
 };
 
 }  // namespace

@@ -252,7 +252,8 @@ int run_demo(const DemoOptions& options) {
   }
   fmt::print(
       "\nevery message arrived exactly once and in order.\n"
-      "next: vipc bench pingpong | throughput | send  (each beside its floor)\n");
+      "next: vipc bench pingpong | throughput | send | call | create | lookup  (each beside its "
+      "baseline)\n");
   return 0;
 }
 

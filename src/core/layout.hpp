@@ -80,9 +80,12 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 // word, above them a park epoch that changes with every announcement. The other side
 // reads the word after each publish and acts only on a non-zero value it has not
 // acted on before, so nobody pays a syscall while nobody sleeps, and one park costs
-// the other side at most one wake-up.
+// the other side at most one wake-up. A ReadySetSegment's `waiting` uses the same
+// encoding, written by the set's receiver and read by every writer that marks it:
+// kWaitFutex (parked in wait_next) and kWaitEventfd (armed its pollable eventfd,
+// docs/ring.md RS5); kWaitReadySet is never set there.
 inline constexpr std::uint64_t kWaitFutex = 1u << 0;     // bump notify and FUTEX_WAKE
-inline constexpr std::uint64_t kWaitEventfd = 1u << 1;   // signal the reader's eventfd
+inline constexpr std::uint64_t kWaitEventfd = 1u << 1;   // signal the reader's (set's) eventfd
 inline constexpr std::uint64_t kWaitReadySet = 1u << 2;  // mark the ring in the ready set
 inline constexpr std::uint64_t kWaitMask = kWaitFutex | kWaitEventfd | kWaitReadySet;
 inline constexpr unsigned kWaitEpochShift = 3;
@@ -223,9 +226,9 @@ static_assert(offsetof(ConsumerSegment, stats) == 320);
 //  0      64      128          192             256            320      512
 //  +------+-------+------------+---------------+--------------+--------+-----------------
 //  |header| (pad) | notify     | waiting       | summary      | (pad)  | words[cap / 64]
-//  |      |       | (futex the | (kWait* bits  | (bit g: word |        | (bit i: ring
-//  |      |       |  receiver  |  + epoch)     |  g may be    |        |  g*64+i ready)
-//  |      |       |  waits on) |               |  non-zero)   |        |
+//  |      |       | (futex the | (kWaitFutex,  | (bit g: word |        | (bit i: ring
+//  |      |       |  receiver  |  kWaitEventfd |  g may be    |        |  g*64+i ready)
+//  |      |       |  waits on) |  + epoch)     |  non-zero)   |        |
 //  +------+-------+------------+---------------+--------------+--------+-----------------
 struct alignas(kCacheLine) SummaryLine {
   std::atomic<std::uint64_t> bits;

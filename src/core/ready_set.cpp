@@ -1,8 +1,9 @@
 // The ready set. The memory-ordering argument is in docs/ring.md ("Ready set"); the
-// step names below refer to it. The writer's side is RingWriter::signal_ready_set
-// (ring.cpp): RS1 marks (seq_cst fetch_or of the word, then of the summary bit when
-// the word was empty), RS3 wakes (seq_cst load of `waiting`, release bump of `notify`,
-// FUTEX_WAKE). The receiver's side is here: RS2 takes, RS4 parks.
+// step names below refer to it. The writer's side is ready_set_mark (called by
+// RingWriter::signal_ready_set in ring.cpp and by ReadySetMarker): RS1 marks (seq_cst
+// fetch_or of the word, then of the summary bit when the word was empty), RS3 wakes
+// (seq_cst load of `waiting`; release bump of `notify` and FUTEX_WAKE, or a write to
+// the set's eventfd). The receiver's side: RS2 takes, RS4 parks, RS5 arms the eventfd.
 #include "core/ready_set.hpp"
 
 #include <sched.h>
@@ -29,7 +30,8 @@ constexpr std::uint32_t kBusyRescanCheckEvery = 64;
 
 }  // namespace
 
-bool ready_set_mark(void* seg, std::uint32_t idx, std::uint64_t& last_woken) noexcept {
+bool ready_set_mark(void* seg, std::uint32_t idx, std::uint64_t& last_woken,
+                    int event_fd) noexcept {
   auto* rs = static_cast<layout::ReadySetSegment*>(seg);
   auto* words = reinterpret_cast<std::atomic<std::uint64_t>*>(static_cast<unsigned char*>(seg) +
                                                               layout::kReadySetWordsOffset);
@@ -39,14 +41,27 @@ bool ready_set_mark(void* seg, std::uint32_t idx, std::uint64_t& last_woken) noe
   const std::uint64_t old = words[g].fetch_or(bit(idx));
   if (old == 0) rs->summary.bits.fetch_or(std::uint64_t{1} << g);
   const std::uint64_t w = rs->waiting.value.load();  // seq_cst, after the RMWs (RS3)
-  if (w == 0 || (w & layout::kWaitFutex) == 0 || w == last_woken) return false;
+  // One wake-up per announcement: the receiver's epoch changes with every park (RS4)
+  // and every arm of its eventfd (RS5).
+  if ((w & (layout::kWaitFutex | layout::kWaitEventfd)) == 0 || w == last_woken) return false;
   last_woken = w;
-  rs->notify.value.fetch_add(1, std::memory_order_release);
-  sys::futex_wake(&rs->notify.value, 1);
-  return true;
+  bool woke = false;
+  if ((w & layout::kWaitFutex) != 0) {
+    rs->notify.value.fetch_add(1, std::memory_order_release);
+    sys::futex_wake(&rs->notify.value, 1);
+    woke = true;
+  }
+  if ((w & layout::kWaitEventfd) != 0 && event_fd >= 0) {
+    // RS3: the write happens after our RMWs (RS1); the receiver reads the eventfd only
+    // in arm_poll_fd (RS5), before it announces again. EAGAIN (counter saturated)
+    // means readable already; any other failure leaves the receiver to its rescan.
+    (void)sys::eventfd_signal(event_fd);
+    woke = true;
+  }
+  return woke;
 }
 
-Result<ReadySetMarker> ReadySetMarker::attach(int fd) {
+Result<ReadySetMarker> ReadySetMarker::attach(int fd, int event_fd) {
   auto rs = map_segment(fd, layout::SegmentKind::ReadySet, PROT_READ | PROT_WRITE);
   if (!rs) return rs.error();
   const std::uint32_t cap = rs->header.capacity;
@@ -56,6 +71,11 @@ Result<ReadySetMarker> ReadySetMarker::attach(int fd) {
     return Error(ErrorCode::Corrupted, "ready set: capacity does not match the segment", 0, cap);
   }
   ReadySetMarker m;
+  if (event_fd >= 0) {
+    auto dup = sys::dup_fd(event_fd);
+    if (!dup) return dup.error();
+    m.event_fd_ = std::move(*dup);
+  }
   m.map_ = std::move(rs->mapping);
   m.capacity_ = cap;
   return m;
@@ -63,14 +83,19 @@ Result<ReadySetMarker> ReadySetMarker::attach(int fd) {
 
 void ReadySetMarker::mark(std::uint32_t idx) noexcept {
   if (idx >= capacity_ || !map_.valid()) return;
-  (void)ready_set_mark(map_.data(), idx, last_woken_);
+  (void)ready_set_mark(map_.data(), idx, last_woken_, event_fd_.get());
 }
 
-Result<ReadySet> ReadySet::attach(sys::UniqueFd fd) {
-  auto marker = ReadySetMarker::attach(fd.get());
+Result<ReadySet> ReadySet::attach(sys::UniqueFd set_fd, sys::UniqueFd event_fd) {
+  auto marker = ReadySetMarker::attach(set_fd.get());
   if (!marker) return marker.error();
   ReadySet rs;
-  rs.fd_ = std::move(fd);
+  rs.fd_ = std::move(set_fd);
+  rs.event_fd_ = std::move(event_fd);
+  // As RingReader::attach: epochs start at the attach time in ns, so an announcement
+  // never repeats one an earlier receiver of this set made, which a writer may still
+  // remember as the one it last acted on (and would skip).
+  rs.epoch_ = now_ns();
   rs.capacity_ = marker->capacity_;
   rs.map_ = std::move(marker->map_);
   rs.groups_ = rs.capacity_ / 64;
@@ -98,9 +123,13 @@ Result<ReadySet> ReadySet::create(std::uint32_t capacity) {
   auto created = create_segment("vipc-ready-set", spec);
   if (!created) return created.error();
   // The memfd starts zeroed: every word, the summary, `waiting` and `notify` are 0.
+  auto efd = sys::eventfd();
+  if (!efd) return efd.error();
 
   ReadySet rs;
   rs.fd_ = std::move(created->fd);
+  rs.event_fd_ = std::move(*efd);
+  rs.epoch_ = now_ns();  // as in attach()
   rs.map_ = std::move(created->mapping);
   rs.capacity_ = cap;
   rs.groups_ = cap / 64;
@@ -257,6 +286,45 @@ bool ReadySet::shared_nonempty_hint() const noexcept {
   return (seg()->summary.bits.load(std::memory_order_relaxed) & groups_mask_) != 0;
 }
 
+Result<bool> ReadySet::arm_poll_fd() noexcept {
+  if (!event_fd_.valid()) return Error(ErrorCode::InvalidArgument, "ready set: no eventfd");
+  // RS5, first the reset: only marks after it can make the fd readable, and a write
+  // consumed here was made by a writer after its RS1 (the eventfd orders the two), so
+  // the look below finds that mark if the drain before this call did not take it.
+  auto drained = sys::eventfd_drain(event_fd_.get());
+  if (!drained) return drained.error();
+
+  layout::ReadySetSegment* s = seg();
+  ++epoch_;
+  armed_word_ = (epoch_ << layout::kWaitEpochShift) | layout::kWaitEventfd;
+  // RS5 (as RS4): announce (seq_cst store), then a seq_cst fence, then look at the
+  // summary. A writer marks the summary (RS1) and then loads `waiting` (RS3), both
+  // seq_cst. If its load misses this store, it precedes the store in the total order,
+  // so its summary RMW precedes our fence and every load after the fence (the relaxed
+  // hint in take_shared_word too) sees it; otherwise the writer writes the eventfd.
+  s->waiting.value.store(armed_word_);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+
+  // Self-healing for callers that never call wait_next(): a due rescan queues every
+  // registered index, so a suppressed mark is reported within one interval as long as
+  // the caller polls with a timeout of at most rescan_interval().
+  const Deadline now = Clock::now();
+  if (now >= rescan_due_) queue_rescan(now);
+  // Take marked words into the local queue (RS2) instead of trusting a non-empty
+  // summary: bits a writer set for unregistered indices are dropped here, so they do
+  // not make the fd readable (HostileBitsDoNotKeepTheFdReadable). The same bound as
+  // try_next(); reaching it counts as pending (at most a spurious readability).
+  int rounds = 0;
+  while (pending_summary_ == 0 && rounds < kMaxTakeRounds && take_shared_word()) ++rounds;
+  const bool pending = pending_summary_ != 0 || rounds == kMaxTakeRounds;
+  if (pending) {
+    // Level-triggered: readable while something is pending, as RingReader does.
+    auto signalled = sys::eventfd_signal(event_fd_.get());
+    if (!signalled) return signalled.error();
+  }
+  return !pending;
+}
+
 Result<std::uint32_t> ReadySet::wait_next(Deadline deadline) {
   if (++calls_ % kBusyRescanCheckEvery == 0) {
     const Deadline now = Clock::now();
@@ -288,7 +356,10 @@ Result<std::uint32_t> ReadySet::wait_next(Deadline deadline) {
     // the bump comes before it and is woken if after.
     const std::uint32_t n = s->notify.value.load(std::memory_order_acquire);
     ++epoch_;
-    s->waiting.value.store((epoch_ << layout::kWaitEpochShift) | layout::kWaitFutex);
+    // The park keeps an armed eventfd armed (kWaitEventfd from armed_word_, RS5): a
+    // writer that sees this word wakes both.
+    s->waiting.value.store((epoch_ << layout::kWaitEpochShift) | layout::kWaitFutex |
+                           (armed_word_ & layout::kWaitEventfd));
     // RS4 (as W3): a writer marks the summary (RS1) and then loads `waiting` (RS3),
     // both seq_cst; we store `waiting` and then load the summary, both seq_cst (the
     // fence makes the StoreLoad order explicit). In the single total order one of the
@@ -299,16 +370,17 @@ Result<std::uint32_t> ReadySet::wait_next(Deadline deadline) {
     // argument.
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (pending_summary_ != 0 || (s->summary.bits.load() & groups_mask_) != 0) {
-      // relaxed: only withdraws the announcement; a writer that still sees it pays one
-      // spurious FUTEX_WAKE, which is harmless.
-      s->waiting.value.store(0, std::memory_order_relaxed);
+      // relaxed: only withdraws the park (back to the eventfd announcement, if armed,
+      // or 0); a writer that still sees the park pays one spurious FUTEX_WAKE, and one
+      // that sees armed_word_ again may write the eventfd once more: both harmless.
+      s->waiting.value.store(armed_word_, std::memory_order_relaxed);
       if (auto r = try_next()) return r;
       continue;
     }
     const Deadline wake_by = deadline < rescan_due_ ? deadline : rescan_due_;
     const struct timespec ts = to_timespec(wake_by);
     auto w = sys::futex_wait(&s->notify.value, n, &ts);
-    s->waiting.value.store(0, std::memory_order_relaxed);  // as above
+    s->waiting.value.store(armed_word_, std::memory_order_relaxed);  // as above
     if (auto r = try_next()) return r;
     if (!w && w.error().code() != ErrorCode::Timeout) return w.error();
   }

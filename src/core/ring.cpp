@@ -107,15 +107,9 @@ Result<RingSegments> RingSegments::create(const RingOptions& options) {
   spec.total_size = producer_bytes(options.capacity);
   auto prod = create_segment("vipc-ring-producer", spec);
   if (!prod) return prod.error();
-  {
-    auto* seg = static_cast<ProducerSegment*>(prod->mapping.data());
-    auto* slots =
-        reinterpret_cast<Slot*>(reinterpret_cast<unsigned char*>(seg) + layout::kRingSlotsOffset);
-    for (std::uint32_t i = 0; i < options.capacity; ++i) {
-      // Slot i starts "consumed in the previous lap" (docs/ring.md R2).
-      slots[i].seq.store(i + 1 - options.capacity, std::memory_order_relaxed);
-    }
-  }
+  // Slots are left as the memfd gives them (zero): a zero seq in the first lap reads as
+  // "not yet published" (RingReader::peek, docs/ring.md R2), so creating a ring touches
+  // no slot page, whatever its capacity.
 
   spec.kind = layout::SegmentKind::RingConsumer;
   spec.data_offset = sizeof(ConsumerSegment);
@@ -203,7 +197,10 @@ Result<RingStats> sample_ring_stats(int producer_fd, int consumer_fd) {
 // ---------------------------------------------------------------- writer
 
 Result<RingWriter> RingWriter::attach(int producer_fd, int consumer_fd, int notify_eventfd,
-                                      int ready_set_fd) {
+                                      int ready_set_fd, int ready_set_eventfd) {
+  if (ready_set_eventfd >= 0 && ready_set_fd < 0) {
+    return Error(ErrorCode::InvalidArgument, "ring: ready set eventfd without a ready set");
+  }
   auto ring = attach_ring(producer_fd, consumer_fd, PROT_READ | PROT_WRITE, PROT_READ);
   if (!ring) return ring.error();
   RingWriter w;
@@ -227,6 +224,11 @@ Result<RingWriter> RingWriter::attach(int producer_fd, int consumer_fd, int noti
     if (!rs) return rs.error();
     w.ready_capacity_ = rs->header.capacity;
     w.ready_map_ = std::move(rs->mapping);
+  }
+  if (ready_set_eventfd >= 0) {
+    auto dup = sys::dup_fd(ready_set_eventfd);
+    if (!dup) return dup.error();
+    w.ready_eventfd_ = std::move(*dup);
   }
   // Our own segment: resume after what an earlier writer of this ring published.
   w.tail_ = w.prod_->stats.messages.load(std::memory_order_relaxed);
@@ -269,6 +271,7 @@ RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
   prod_map_ = std::move(o.prod_map_);
   cons_map_ = std::move(o.cons_map_);
   ready_map_ = std::move(o.ready_map_);
+  ready_eventfd_ = std::move(o.ready_eventfd_);
   eventfd_ = std::move(o.eventfd_);
   prod_ = std::exchange(o.prod_, nullptr);
   cons_ = std::exchange(o.cons_, nullptr);
@@ -305,6 +308,7 @@ void RingWriter::release() noexcept {
   prod_map_.reset();
   cons_map_.reset();
   ready_map_.reset();
+  ready_eventfd_.reset();
   eventfd_.reset();
 }
 
@@ -409,7 +413,7 @@ void RingWriter::signal_ready_set() noexcept {
           ready_map_.size()) {
     return;  // hostile or stale index: ignore
   }
-  if (ready_set_mark(ready_map_.data(), idx, last_set_woken_)) {
+  if (ready_set_mark(ready_map_.data(), idx, last_set_woken_, ready_eventfd_.get())) {
     ++wakeups_;
     prod_->stats.wakeups.store(wakeups_, std::memory_order_relaxed);
   }
@@ -658,6 +662,19 @@ VIPC_ALWAYS_INLINE inline RingReader::Peek RingReader::peek(std::uint64_t pos) c
   const std::uint32_t q = slots_[pos & mask_].seq.load(std::memory_order_acquire);
   if (q == static_cast<std::uint32_t>(pos + 1)) return Peek::Ready;
   if (q == static_cast<std::uint32_t>(pos + 1 - capacity_)) return Peek::Empty;
+  // First lap: the slot still holds the zero the segment was created with. Then the
+  // writer has not reached `pos`, so the slot before it holds exactly `pos`; if that
+  // one reads otherwise, the memory was zeroed under us (a punched hole): corrupt.
+  if (q == 0 && pos < capacity_) {
+    if (pos == 0) return Peek::Empty;
+    // R2z: acquire, like R2. If this sees a later write of slot pos - 1 (the writer
+    // lapped since q was read), it synchronises with that release, which the writer
+    // made after publishing `pos`: the re-read of slot `pos` below then sees it.
+    const std::uint32_t before = slots_[(pos - 1) & mask_].seq.load(std::memory_order_acquire);
+    if (before == static_cast<std::uint32_t>(pos)) return Peek::Empty;
+    if (slots_[pos & mask_].seq.load(std::memory_order_acquire) != 0) return Peek::Empty;
+    return Peek::Corrupt;
+  }
   return Peek::Corrupt;
 }
 

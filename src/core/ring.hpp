@@ -81,9 +81,12 @@ class RingWriter {
   // signalled when the reader armed it (RingReader::poll_fd). The descriptors are
   // not kept.
   // ready_set_fd, if >= 0, is the reader's ReadySet segment (mapped read-write), used
-  // when the reader armed this ring in its ready set.
+  // when the reader armed this ring in its ready set; ready_set_eventfd, if >= 0, is
+  // that set's eventfd (ReadySet::event_fd()), written when the set's receiver armed
+  // its poll_fd(). InvalidArgument for an eventfd without a set.
   [[nodiscard]] static Result<RingWriter> attach(int producer_fd, int consumer_fd,
-                                                 int notify_eventfd = -1, int ready_set_fd = -1);
+                                                 int notify_eventfd = -1, int ready_set_fd = -1,
+                                                 int ready_set_eventfd = -1);
 
   RingWriter(RingWriter&&) noexcept;
   RingWriter& operator=(RingWriter&&) noexcept;
@@ -136,6 +139,7 @@ class RingWriter {
   layout::Slot* slots_ = nullptr;
   sys::UniqueFd eventfd_;
   sys::Mapping ready_map_;
+  sys::UniqueFd ready_eventfd_;  // the ready set's eventfd, or invalid
   std::uint32_t ready_capacity_ = 0;
   std::uint64_t tail_ = 0;         // next position to write (local truth)
   std::uint64_t cached_head_ = 0;  // last head read from the consumer

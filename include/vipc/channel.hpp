@@ -65,7 +65,8 @@ struct MessageSource {
   std::uint64_t client_id = 0;  // the sender's connection (Runtime::client_id())
   pid_t pid = 0;
   uid_t uid = 0;
-  std::uint32_t index = 0;  // the sender's ring in this endpoint
+  std::uint32_t index = 0;    // the sender's ring in this endpoint
+  std::uint64_t ring_id = 0;  // that ring (an index is reused by later senders; this is not)
 };
 
 struct EndpointStats {

@@ -192,14 +192,14 @@ class Endpoint::Impl {
           }
         }
         if (reader) {
-          auto s = std::make_unique<Sender>(
-              Sender{std::move(*reader),
-                     MessageSource{ev->sender_client, ev->sender_pid, ev->sender_uid, idx},
-                     ev->ring_id,
-                     std::move(reply),
-                     0,
-                     0,
-                     {}});
+          auto s = std::make_unique<Sender>(Sender{
+              std::move(*reader),
+              MessageSource{ev->sender_client, ev->sender_pid, ev->sender_uid, idx, ev->ring_id},
+              ev->ring_id,
+              std::move(reply),
+              0,
+              0,
+              {}});
           senders[idx] = std::move(s);
           // Reports the messages it sent before we armed the ring.
           if (auto a = set.add(senders[idx]->reader, idx); !a) {
@@ -343,12 +343,17 @@ Result<Request> Endpoint::receive_request(std::chrono::nanoseconds timeout) {
   }
   Request req;
   VIPC_TRY(impl_->receive(req.message_, timeout, &req.source_));
-  Sender& s = *impl_->senders[req.source_.index];
   req.endpoint_ = impl_.get();
   req.index_ = req.source_.index;
-  req.ring_id_ = s.ring_id;
-  req.seq_ = s.requests++;
+  req.ring_id_ = req.source_.ring_id;
   req.answered_ = false;
+  const std::uint32_t idx = req.source_.index;
+  if (idx < impl_->senders.size() && impl_->senders[idx] &&
+      impl_->senders[idx]->ring_id == req.ring_id_) {
+    req.seq_ = impl_->senders[idx]->requests++;
+  }
+  // Otherwise the request came from a ring that is gone (drained into the backlog when
+  // its index was reused): its caller is gone too, and reply() says ChannelClosed.
   return req;
 }
 

@@ -138,6 +138,17 @@ class Endpoint {
   [[nodiscard]] Result<std::size_t> try_receive_batch(std::span<SmallMessage> out,
                                                       MessageSource* from = nullptr);
 
+  // For event loops (epoll, Asio): a level-triggered eventfd that is readable while the
+  // endpoint has something to take (a message, or senders coming and going). Drive it:
+  //   1. arm_poll_fd(): false means something is pending already: go to 3;
+  //   2. wait for poll_fd() to be readable (at most 100 ms at a time for the ready
+  //      set's self-healing rescan, docs/ring.md);
+  //   3. take with try_receive / try_receive_batch / receive_request(0) until
+  //      WouldBlock, then back to 1.
+  // Never read the fd yourself.
+  [[nodiscard]] int poll_fd() const noexcept;
+  [[nodiscard]] Result<bool> arm_poll_fd() noexcept;
+
   // The creator's capability (every right): derive or grant from it.
   [[nodiscard]] const Capability& capability() const noexcept;
   [[nodiscard]] std::uint64_t id() const noexcept;

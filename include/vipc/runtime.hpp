@@ -84,7 +84,8 @@ struct CreatedObject {
   Capability cap;  // the creator's capability: every right of the kind
   ObjectInfo info;
   std::vector<OwnedFd> fds;  // Ring: [0] producer segment, [1] consumer segment;
-                             // Channel, Endpoint: [0] the ready set (the creator receives)
+                             // Channel, Endpoint: [0] the ready set (the creator
+                             // receives), [1] its eventfd
 };
 
 // One sender's ring in a channel (Runtime::connect_sender / attach_sender).
@@ -94,9 +95,10 @@ struct SenderRing {
   std::uint32_t capacity = 0;
   std::uint32_t max_message_size = 0;
   std::uint64_t ring_id = 0;
-  OwnedFd producer;   // the sender writes it
-  OwnedFd consumer;   // the sender maps it read-only
-  OwnedFd ready_set;  // the channel's ready set
+  OwnedFd producer;     // the sender writes it
+  OwnedFd consumer;     // the sender maps it read-only
+  OwnedFd ready_set;    // the channel's ready set
+  OwnedFd ready_event;  // its eventfd (signalled when the receiver polls the set)
   // Synchronous channels only: the reply ring (the receiver writes it).
   OwnedFd reply_producer;  // map read-only
   OwnedFd reply_consumer;  // the sender writes it

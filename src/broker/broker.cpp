@@ -165,7 +165,8 @@ struct SenderEventRec {
 // The memory of a Channel or Endpoint: its ready set and one ring per sender.
 struct ChannelState {
   sys::UniqueFd ready_fd;
-  core::ReadySetMarker marker;  // index 0 is the broker's: "Accept has events"
+  sys::UniqueFd ready_event_fd;  // the set's eventfd: writers signal it (docs/ring.md RS5)
+  core::ReadySetMarker marker;   // index 0 is the broker's: "Accept has events"
   ClientId receiver = 0;
   std::uint32_t max_senders = 0;
   std::map<std::uint32_t, SenderRing> rings;  // by index
@@ -713,15 +714,24 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std:
     if (!rs) return Error(rs.error().code(), wire::ctx::kObjectCreate, rs.error().sys_errno());
     auto own = sys::dup_fd(rs->fd());
     if (!own) return Error(own.error().code(), wire::ctx::kObjectCreate, own.error().sys_errno());
-    auto marker = core::ReadySetMarker::attach(own->get());
+    auto own_event = sys::dup_fd(rs->event_fd());
+    if (!own_event) {
+      return Error(own_event.error().code(), wire::ctx::kObjectCreate,
+                   own_event.error().sys_errno());
+    }
+    auto marker = core::ReadySetMarker::attach(own->get(), own_event->get());
     if (!marker) {
       return Error(marker.error().code(), wire::ctx::kObjectCreate, marker.error().sys_errno());
     }
-    auto give = sys::dup_fd(own->get());
-    if (!give)
-      return Error(give.error().code(), wire::ctx::kObjectCreate, give.error().sys_errno());
-    reply_fds.push_back(std::move(*give));
+    for (int fd : {own->get(), own_event->get()}) {
+      auto give = sys::dup_fd(fd);
+      if (!give) {
+        return Error(give.error().code(), wire::ctx::kObjectCreate, give.error().sys_errno());
+      }
+      reply_fds.push_back(std::move(*give));
+    }
     ch->ready_fd = std::move(*own);
+    ch->ready_event_fd = std::move(*own_event);
     ch->marker = std::move(*marker);
     ch->receiver = c.id;
     ch->free_indices.reserve(ch->max_senders);
@@ -998,7 +1008,7 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   // gets as a read-only open, so it cannot map it writable. Of the reply ring it writes
   // the consumer segment and gets the producer segment read-only.
   std::vector<sys::UniqueFd> reply_fds;
-  for (int fd : {prep->seg.producer.get(), ch.ready_fd.get()}) {
+  for (int fd : {prep->seg.producer.get(), ch.ready_fd.get(), ch.ready_event_fd.get()}) {
     auto d = sys::dup_fd(fd);
     if (!d) return Error(d.error().code(), wire::ctx::kObjectCreate, d.error().sys_errno());
     reply_fds.push_back(std::move(*d));

@@ -259,7 +259,8 @@ Result<Endpoint> Endpoint::create(Runtime& rt, std::string_view name,
   spec.synchronous = options.synchronous;
   auto created = rt.create(spec);
   if (!created) return created.error();
-  auto set = core::ReadySet::attach(sys::UniqueFd(created->fds[0].release()));
+  auto set = core::ReadySet::attach(sys::UniqueFd(created->fds[0].release()),
+                                    sys::UniqueFd(created->fds[1].release()));
   if (!set) return set.error();
   auto impl = std::make_unique<Impl>(std::move(*set));
   impl->synchronous = options.synchronous;
@@ -293,7 +294,8 @@ Result<Endpoint> Endpoint::create_anonymous(Runtime& rt, const ChannelOptions& o
     spec.synchronous = options.synchronous;
     auto created = rt.create(spec);
     if (!created) return created.error();
-    auto set = core::ReadySet::attach(sys::UniqueFd(created->fds[0].release()));
+    auto set = core::ReadySet::attach(sys::UniqueFd(created->fds[0].release()),
+                                      sys::UniqueFd(created->fds[1].release()));
     if (!set) return set.error();
     prepared.emplace(PreparedChannel{created->cap, created->info.id, std::move(*set)});
   }
@@ -414,6 +416,13 @@ Result<std::size_t> Endpoint::try_receive_batch(std::span<SmallMessage> out, Mes
   }
 }
 
+int Endpoint::poll_fd() const noexcept { return impl_->set.poll_fd(); }
+
+Result<bool> Endpoint::arm_poll_fd() noexcept {
+  if (!impl_->backlog.empty()) return false;
+  return impl_->set.arm_poll_fd();
+}
+
 const Capability& Endpoint::capability() const noexcept { return impl_->cap; }
 std::uint64_t Endpoint::id() const noexcept { return impl_->object_id; }
 EndpointStats Endpoint::stats() const noexcept { return impl_->counters; }
@@ -432,7 +441,7 @@ class Channel::Impl {
   static Result<std::unique_ptr<Impl>> from(Result<SenderRing> ring) {
     if (!ring) return ring.error();
     auto w = core::RingWriter::attach(ring->producer.get(), ring->consumer.get(), -1,
-                                      ring->ready_set.get());
+                                      ring->ready_set.get(), ring->ready_event.get());
     if (!w) return w.error();
     std::optional<core::RingReader> reply;
     if (ring->reply_producer.valid()) {

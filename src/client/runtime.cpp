@@ -131,7 +131,7 @@ Result<CreatedObject> Runtime::create(const ObjectSpec& spec) {
   auto a = impl_->call(r);
   if (!a) return a.error();
   const auto& reply = std::get<wire::CreateReply>(a->body);
-  const std::size_t want_fds = spec.kind == ObjectKind::Ring ? 2 : channel ? 1 : 0;
+  const std::size_t want_fds = spec.kind == ObjectKind::Ring ? 2 : channel ? 2 : 0;
   if (a->fds.size() != want_fds) {
     return Error(ErrorCode::ProtocolError, "create: reply carries the wrong number of descriptors");
   }
@@ -218,7 +218,7 @@ namespace {
 
 Result<SenderRing> sender_ring_of(const wire::ConnectReply& r, std::vector<sys::UniqueFd>& fds) {
   const bool sync = (r.flags & wire::kObjectSynchronous) != 0;
-  if (fds.size() != (sync ? 5u : 3u)) {
+  if (fds.size() != (sync ? 6u : 4u)) {
     return Error(ErrorCode::ProtocolError,
                  "connect: reply carries the wrong number of descriptors");
   }
@@ -231,9 +231,10 @@ Result<SenderRing> sender_ring_of(const wire::ConnectReply& r, std::vector<sys::
   out.producer = OwnedFd(fds[0].release());
   out.consumer = OwnedFd(fds[1].release());
   out.ready_set = OwnedFd(fds[2].release());
+  out.ready_event = OwnedFd(fds[3].release());
   if (sync) {
-    out.reply_producer = OwnedFd(fds[3].release());
-    out.reply_consumer = OwnedFd(fds[4].release());
+    out.reply_producer = OwnedFd(fds[4].release());
+    out.reply_consumer = OwnedFd(fds[5].release());
   }
   return out;
 }

@@ -239,10 +239,10 @@ class Runtime::Impl {
     provisioning_.erase(it);
     Pool& pool = pools_[shape];
     --pool.in_flight;
-    if (!reply.ok() || fds.size() != 1) return;  // refused (e.g. a limit): no prepared channel
+    if (!reply.ok() || fds.size() != 2) return;  // refused (e.g. a limit): no prepared channel
     const auto* created = std::get_if<wire::CreateReply>(&reply.body);
     if (created == nullptr) return;
-    auto set = core::ReadySet::attach(std::move(fds[0]));
+    auto set = core::ReadySet::attach(std::move(fds[0]), std::move(fds[1]));
     if (!set) return;
     pool.ready.push_back(PreparedChannel{wire::from_record(created->cap), created->object.object_id,
                                          std::move(*set)});

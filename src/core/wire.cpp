@@ -352,7 +352,7 @@ std::uint16_t reply_fd_count(const ReplyBody& body) noexcept {
         return 2;  // producer, consumer segment
       case ObjectKind::Channel:
       case ObjectKind::Endpoint:
-        return 1;  // the ready set
+        return 2;  // the ready set, its eventfd
       default:
         return 0;
     }
@@ -360,8 +360,9 @@ std::uint16_t reply_fd_count(const ReplyBody& body) noexcept {
   const ConnectReply* c = std::get_if<ConnectReply>(&body);
   if (c == nullptr) c = std::get_if<AttachReplyBody>(&body);
   if (c != nullptr) {
-    // producer, consumer segment, ready set (+ the reply ring's producer, consumer)
-    return (c->flags & kObjectSynchronous) != 0 ? 5 : 3;
+    // producer, consumer segment, ready set, its eventfd (+ the reply ring's producer,
+    // consumer)
+    return (c->flags & kObjectSynchronous) != 0 ? 6 : 4;
   }
   if (const auto* a = std::get_if<AcceptReply>(&body)) {
     if (a->event != static_cast<std::uint16_t>(SenderEvent::Attached)) return 0;

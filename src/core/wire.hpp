@@ -41,7 +41,7 @@ inline constexpr std::uint32_t kMagic = 0x43504956;  // "VIPC" in memory order
 inline constexpr std::uint16_t kProtocolVersion = 2;
 inline constexpr std::size_t kNameSize = 64;  // bytes of a name field, NUL included
 inline constexpr std::size_t kNameMax = kNameSize - 1;
-inline constexpr std::size_t kMaxFds = 5;       // descriptors one packet may carry
+inline constexpr std::size_t kMaxFds = 6;       // descriptors one packet may carry
 inline constexpr std::size_t kMaxPacket = 256;  // no valid packet is longer
 
 enum class Opcode : std::uint16_t {
@@ -356,7 +356,7 @@ static_assert(offsetof(ObjectRecord, max_message_size) == 16);
 static_assert(offsetof(ObjectRecord, owner_uid) == 20);
 
 // For kind Ring the reply carries two descriptors: producer segment, consumer segment.
-// For kinds Channel and Endpoint it carries one: the channel's ready set.
+// For kinds Channel and Endpoint it carries two: the channel's ready set and its eventfd.
 //
 //  0                    24                   48
 //  | cap (record)       | object (record)    |

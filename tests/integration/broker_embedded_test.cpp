@@ -54,7 +54,7 @@ TEST_F(Embedded, CreateLookupOpen) {
   ASSERT_TRUE(c.ok()) << c.error().message();
   EXPECT_EQ(c->cap.rights, rights_for(ObjectKind::Channel));
   EXPECT_EQ(c->cap.resource, c->info.id);
-  EXPECT_EQ(c->fds.size(), 1u);  // a channel's ready set
+  EXPECT_EQ(c->fds.size(), 2u);  // a channel's ready set and its eventfd
 
   auto dup = rt->create(channel("jobs"));
   ASSERT_FALSE(dup.ok());

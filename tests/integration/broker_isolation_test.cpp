@@ -363,9 +363,16 @@ class BrokerIsolation : public ::testing::Test {
       EXPECT_GE(daemon->memfds, 6u) << test::describe(daemon);
       add_fds(daemon_->pid(), daemon->memfd_numbers);
     }
-    std::vector<int> mine;
+    std::vector<int> mine;  // the memfds among the objects' descriptors (not eventfds)
     for (const auto& o : objects_) {
-      for (const auto& fd : o.fds) mine.push_back(fd.get());
+      for (const auto& fd : o.fds) {
+        char target[256] = {};
+        const std::string link = "/proc/self/fd/" + std::to_string(fd.get());
+        const ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+        if (n > 0 && std::string_view(target, static_cast<std::size_t>(n)).starts_with("/memfd:")) {
+          mine.push_back(fd.get());
+        }
+      }
     }
     EXPECT_EQ(mine.size(), 6u);
     add_fds(::getpid(), mine);

@@ -3,6 +3,7 @@
 // exactly-once, in-order delivery per sender, the sender's identity, and what happens
 // when a sender is killed, revoked, or the receiver dies.
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -636,6 +637,57 @@ TEST_F(Channels, CallerWaitingForAReplyWakesWhenTheServerDies) {
   EXPECT_LT(waited, 150ms + 100ms);
   ::close(ready[0]);
   ::close(ready[1]);
+}
+
+}  // namespace
+}  // namespace vipc
+
+namespace vipc {
+namespace {
+
+// An event loop waits on the endpoint's fd only: new senders and their messages both
+// make it readable, and every message arrives exactly once.
+TEST_F(Channels, PollFdDrivesAnEventLoop) {
+  ChannelOptions o;
+  o.capacity = 64;
+  auto ep = Endpoint::create(*rt, "polled", o);
+  ASSERT_TRUE(ep.ok());
+  ASSERT_GE(ep->poll_fd(), 0);
+  const std::string path = rt->socket_path();
+  const std::uint64_t per_sender = test::kSanitized ? 5'000 : 50'000;
+  std::vector<Child> children;
+  for (std::uint32_t s = 0; s < 2; ++s) {
+    children.push_back(
+        Child::spawn([&, s] { return send_sequence(path, "polled", s, per_sender); }, kAlarm));
+  }
+  std::map<std::uint32_t, std::uint64_t> next;
+  std::uint64_t total = 0, sleeps = 0;
+  SmallMessage m;
+  const auto deadline = Clock::now() + 60s;
+  while (total < 2 * per_sender && Clock::now() < deadline) {
+    auto armed = ep->arm_poll_fd();
+    ASSERT_TRUE(armed.ok()) << armed.error().message();
+    if (*armed) {
+      pollfd p{ep->poll_fd(), POLLIN, 0};
+      const int rc = ::poll(&p, 1, 100);
+      ASSERT_GE(rc, 0);
+      ++sleeps;
+    }
+    for (;;) {
+      auto r = ep->try_receive(m);
+      if (!r) {
+        ASSERT_EQ(r.error().code(), ErrorCode::WouldBlock) << r.error().message();
+        break;
+      }
+      const Seq s = seq_of(m);
+      ASSERT_EQ(s.seq, next[s.sender]);
+      ++next[s.sender];
+      ++total;
+    }
+  }
+  EXPECT_EQ(total, 2 * per_sender);
+  EXPECT_GT(sleeps, 0u);
+  for (auto& c : children) EXPECT_EQ(c.wait(10s), "exit 0");
 }
 
 }  // namespace

@@ -83,8 +83,9 @@ TEST(WireTest, ReplyRoundTripsWithDescriptors) {
   // The same reply without its descriptors, or with a channel kind and descriptors.
   EXPECT_EQ(decode_reply(p.view(), 0).error().code(), ErrorCode::ProtocolError);
   r.object.kind = static_cast<std::uint16_t>(ObjectKind::Channel);
-  EXPECT_EQ(decode_reply(encode_reply(5, r, 2).view(), 2).error().context(),
+  EXPECT_EQ(decode_reply(encode_reply(5, r, 3).view(), 3).error().context(),
             std::string_view(ctx::kBadFdCount));
+  EXPECT_TRUE(decode_reply(encode_reply(5, r, 2).view(), 2).ok());  // ready set + eventfd
 }
 
 TEST(WireTest, ErrorReplyCarriesCodeContextAndErrno) {

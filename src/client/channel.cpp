@@ -7,7 +7,7 @@
 #include "vipc/channel.hpp"
 
 #include <array>
-#include <deque>
+#include <list>
 #include <map>
 #include <optional>
 #include <utility>
@@ -50,7 +50,8 @@ class Endpoint::Impl {
   core::ReadySet set;
   std::vector<std::unique_ptr<Sender>> senders;  // by index; [0] unused (the broker's)
   // Messages of a ring that was replaced before it was drained (its index reused).
-  std::deque<std::pair<SmallMessage, MessageSource>> backlog;
+  // (A list, not a deque: a deque allocates when constructed, and this is rarely used.)
+  std::list<std::pair<SmallMessage, MessageSource>> backlog;
   EndpointStats counters;
   bool anonymous = false;
   bool synchronous = false;

@@ -61,8 +61,8 @@ using ChannelShape = std::tuple<std::uint32_t, std::uint32_t, std::uint32_t, std
 
 class Runtime::Impl {
  public:
-  static constexpr std::size_t kPoolTarget = 8;     // prepared channels per shape
-  static constexpr std::size_t kPoolLowWater = 4;   // refill below this
+  static constexpr std::size_t kPoolTarget = 16;    // prepared channels per shape
+  static constexpr std::size_t kPoolLowWater = 8;   // refill below this
   static constexpr long kReceiveSliceUs = 100'000;  // longest single blocking receive
 
   // Declared first so it is destroyed last: the connection closes before the broker stops.
@@ -175,10 +175,11 @@ class Runtime::Impl {
       out.emplace(std::move(pool.ready.front()));
       pool.ready.pop_front();
     }
-    if (pool.ready.size() < kPoolLowWater) {
-      poll_async_locked();
-      provision_locked(shape, pool);
-    }
+    // Most takes make no system call: replies are collected only when the pool is
+    // nearly empty and some are owed, and requests go out only when what is ready or
+    // owed falls below the low-water mark (then several at once).
+    if (pool.in_flight > 0 && pool.ready.size() <= 1) poll_async_locked();
+    if (pool.ready.size() + pool.in_flight < kPoolLowWater) provision_locked(shape, pool);
     return out;
   }
 

@@ -17,6 +17,7 @@
 #include "bench.hpp"
 #include "call_systems.hpp"
 #include "create_systems.hpp"
+#include "fanin_systems.hpp"
 #include "floors.hpp"
 #include "harness.hpp"
 #include "lookup_systems.hpp"
@@ -308,6 +309,36 @@ Report send(const Options& o, const RunConfig& cfg) {
   return report;
 }
 
+Report fanin(const Options& o, const RunConfig& cfg) {
+  constexpr std::size_t kPerSample = 64;
+  const auto many = static_cast<std::uint32_t>(o.senders);
+  std::vector<System> systems = {
+      {"vipc senders=1", [](const RunConfig& c) { return fanin_systems::fanin(c, 1, kPerSample); }},
+      {"vipc", [many](const RunConfig& c) { return fanin_systems::fanin(c, many, kPerSample); }},
+  };
+  auto rounds = interleave(cfg, systems);
+  Report report;
+  report.scenario = "fanin";
+  report.title = fmt::format(
+      "fanin: receive cost of one 64-byte message with {} connected senders, against 1", many);
+  report.params = base_params(o, cfg);
+  report.params["senders"] = many;
+  report.params["receives_per_sample"] = kPerSample;
+  Entry one = latency_entry("vipc", "receive", rounds[0]);
+  Entry vipc = latency_entry("vipc", "receive", rounds[1]);
+  vipc.labels["senders"] = many;
+  one.labels["senders"] = 1;
+  compare(vipc, one, /*with_p99=*/true);
+  report.entries = {one, vipc};
+  report.notes.push_back(fmt::format(
+      "Per-receive cost: each sample is {} Endpoint::try_receive calls that all find a message "
+      "(untimed, the receiver first waits until the peer has sent enough), divided by {}. The "
+      "peer process keeps every sender's ring supplied, round-robin, so consecutive messages "
+      "come from different rings; the receiver finds them through the ready set.",
+      kPerSample, kPerSample));
+  return report;
+}
+
 Report lookup(const Options& o, const RunConfig& cfg) {
   std::vector<lookup_systems::Workload> workloads;
   std::vector<System> systems;
@@ -448,6 +479,7 @@ constexpr Scenario kScenarios[] = {
     {"pingpong", pingpong, Layout::TwoProcesses}, {"throughput", throughput, Layout::TwoProcesses},
     {"send", send, Layout::TwoProcesses},         {"lookup", lookup, Layout::OneProcess},
     {"create", create, Layout::ServerThread},     {"call", call, Layout::TwoProcesses},
+    {"fanin", fanin, Layout::TwoProcesses},
 };
 
 }  // namespace
@@ -484,7 +516,12 @@ int run(const Options& options) {
     fmt::print(stderr, "vipc bench {}: --seconds must be positive\n", name);
     return 2;
   }
-  if (!options.plot.empty() || options.peers || options.subscribers != 1 || options.senders != 1) {
+  if (name == "fanin" && (options.senders < 1 || options.senders > 4095)) {
+    fmt::print(stderr, "vipc bench fanin: --senders must be in [1, 4095]\n");
+    return 2;
+  }
+  if (!options.plot.empty() || options.peers || options.subscribers != 1 ||
+      (options.senders != 1 && name != "fanin")) {
     fmt::print(stderr,
                "vipc bench {}: --plot, --peers, --subscribers and --senders do not apply; "
                "ignored\n",

@@ -16,7 +16,9 @@ namespace vipc::bench::fanin_systems {
 
 using namespace std::chrono_literals;
 
-Round fanin(const RunConfig& cfg, std::uint32_t senders, std::size_t per_sample) {
+Round fanin(const RunConfig& cfg, std::uint32_t senders, std::uint32_t active,
+            std::size_t per_sample) {
+  if (active == 0 || active > senders) throw BenchError("vipc fanin: bad number of active senders");
   auto rt = Runtime::embedded();
   if (!rt) throw BenchError("vipc fanin: broker: " + rt.error().message());
   const std::string name =
@@ -45,16 +47,17 @@ Round fanin(const RunConfig& cfg, std::uint32_t senders, std::size_t per_sample)
         std::size_t next = 0;
         std::uint32_t idle = 0;
         while (!peer.stop_requested() && core::Clock::now() < peer.give_up()) {
-          // Round-robin over every sender: the receiver finds its messages on all rings.
+          // Round-robin over the active senders: the receiver finds messages on all of
+          // their rings.
           if (chans[next].try_send(1, payload, sizeof payload)) {
             ++sent;
             idle = 0;
             peer.report_progress(sent);
-          } else if (++idle >= senders) {
+          } else if (++idle >= active) {
             idle = 0;
             std::this_thread::yield();  // every ring full: the receiver is behind
           }
-          if (++next == chans.size()) next = 0;
+          if (++next == active) next = 0;
         }
       },
       [&](SelfSide& self) {

@@ -313,8 +313,12 @@ Report fanin(const Options& o, const RunConfig& cfg) {
   constexpr std::size_t kPerSample = 64;
   const auto many = static_cast<std::uint32_t>(o.senders);
   std::vector<System> systems = {
-      {"vipc senders=1", [](const RunConfig& c) { return fanin_systems::fanin(c, 1, kPerSample); }},
-      {"vipc", [many](const RunConfig& c) { return fanin_systems::fanin(c, many, kPerSample); }},
+      {"vipc senders=1",
+       [](const RunConfig& c) { return fanin_systems::fanin(c, 1, 1, kPerSample); }},
+      {"vipc",
+       [many](const RunConfig& c) { return fanin_systems::fanin(c, many, many, kPerSample); }},
+      {"vipc active=1",
+       [many](const RunConfig& c) { return fanin_systems::fanin(c, many, 1, kPerSample); }},
   };
   auto rounds = interleave(cfg, systems);
   Report report;
@@ -326,15 +330,21 @@ Report fanin(const Options& o, const RunConfig& cfg) {
   report.params["receives_per_sample"] = kPerSample;
   Entry one = latency_entry("vipc", "receive", rounds[0]);
   Entry vipc = latency_entry("vipc", "receive", rounds[1]);
-  vipc.labels["senders"] = many;
+  Entry idle = latency_entry("vipc", "receive", rounds[2]);
   one.labels["senders"] = 1;
+  vipc.labels["senders"] = many;
+  vipc.labels["active"] = many;
+  idle.labels["senders"] = many;
+  idle.labels["active"] = 1;
   compare(vipc, one, /*with_p99=*/true);
-  report.entries = {one, vipc};
+  compare(idle, one, /*with_p99=*/true);
+  report.entries = {one, vipc, idle};
   report.notes.push_back(fmt::format(
       "Per-receive cost: each sample is {} Endpoint::try_receive calls that all find a message "
       "(untimed, the receiver first waits until the peer has sent enough), divided by {}. The "
       "peer process keeps every sender's ring supplied, round-robin, so consecutive messages "
-      "come from different rings; the receiver finds them through the ready set.",
+      "come from different rings; the receiver finds them through the ready set. active=1: "
+      "the same K senders connected, only one of them sending (the ready set's own cost).",
       kPerSample, kPerSample));
   return report;
 }

@@ -44,6 +44,8 @@
 
 namespace vipc {
 
+struct PreparedChannel;  // the client library's (src/client/runtime_impl.hpp)
+
 inline constexpr std::chrono::nanoseconds kForever = std::chrono::nanoseconds::max();
 
 struct ChannelOptions {
@@ -159,6 +161,9 @@ class Endpoint {
  private:
   friend class Request;
   explicit Endpoint(std::unique_ptr<Impl> impl) noexcept;
+  // A channel the broker made (created now, or taken from the Runtime's pool).
+  static Result<Endpoint> open_prepared(Runtime& rt, PreparedChannel&& channel,
+                                        const ChannelOptions& options, bool anonymous);
   std::unique_ptr<Impl> impl_;
 };
 

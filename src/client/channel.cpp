@@ -248,28 +248,50 @@ Endpoint::Endpoint(Endpoint&&) noexcept = default;
 Endpoint& Endpoint::operator=(Endpoint&&) noexcept = default;
 Endpoint::~Endpoint() = default;
 
-Result<Endpoint> Endpoint::create(Runtime& rt, std::string_view name,
-                                  const ChannelOptions& options) {
+namespace {
+
+ObjectSpec channel_spec(const ChannelOptions& options) {
   ObjectSpec spec;
   spec.kind = ObjectKind::Channel;
-  spec.name = std::string(name);
   spec.capacity = options.capacity;
   spec.max_message_size = options.max_message_size;
   spec.max_senders = options.max_senders;
   spec.world_openable = options.world_openable;
   spec.synchronous = options.synchronous;
+  return spec;
+}
+
+// One broker round trip: the channel, with its ready set mapped.
+Result<PreparedChannel> create_channel(Runtime& rt, const ObjectSpec& spec) {
   auto created = rt.create(spec);
   if (!created) return created.error();
   auto set = core::ReadySet::attach(sys::UniqueFd(created->fds[0].release()),
                                     sys::UniqueFd(created->fds[1].release()));
   if (!set) return set.error();
-  auto impl = std::make_unique<Impl>(std::move(*set));
-  impl->synchronous = options.synchronous;
+  return PreparedChannel{created->cap, created->info.id, std::move(*set)};
+}
+
+}  // namespace
+
+Result<Endpoint> Endpoint::open_prepared(Runtime& rt, PreparedChannel&& channel,
+                                         const ChannelOptions& options, bool anonymous) {
+  auto impl = std::make_unique<Impl>(std::move(channel.set));
   impl->rt = &rt;
-  impl->cap = created->cap;
-  impl->object_id = created->info.id;
+  impl->cap = channel.cap;
+  impl->object_id = channel.object_id;
+  impl->anonymous = anonymous;
+  impl->synchronous = options.synchronous;
   VIPC_TRY(impl->set.watch(kBrokerIndex));
   return Endpoint(std::move(impl));
+}
+
+Result<Endpoint> Endpoint::create(Runtime& rt, std::string_view name,
+                                  const ChannelOptions& options) {
+  ObjectSpec spec = channel_spec(options);
+  spec.name = std::string(name);
+  auto channel = create_channel(rt, spec);
+  if (!channel) return channel.error();
+  return open_prepared(rt, std::move(*channel), options, /*anonymous=*/false);
 }
 
 Result<Endpoint> Endpoint::create_anonymous(Runtime& rt, const ChannelOptions& options) {
@@ -285,29 +307,13 @@ Result<Endpoint> Endpoint::create_anonymous(Runtime& rt, const ChannelOptions& o
   std::optional<PreparedChannel> prepared = rt.impl_->take_channel(shape);
   if (!prepared) {
     // The pool is empty (first use of this shape): one round trip.
-    ObjectSpec spec;
-    spec.kind = ObjectKind::Channel;
+    ObjectSpec spec = channel_spec(options);
     spec.anonymous = true;
-    spec.capacity = options.capacity;
-    spec.max_message_size = options.max_message_size;
-    spec.max_senders = options.max_senders;
-    spec.world_openable = options.world_openable;
-    spec.synchronous = options.synchronous;
-    auto created = rt.create(spec);
-    if (!created) return created.error();
-    auto set = core::ReadySet::attach(sys::UniqueFd(created->fds[0].release()),
-                                      sys::UniqueFd(created->fds[1].release()));
-    if (!set) return set.error();
-    prepared.emplace(PreparedChannel{created->cap, created->info.id, std::move(*set)});
+    auto channel = create_channel(rt, spec);
+    if (!channel) return channel.error();
+    prepared.emplace(std::move(*channel));
   }
-  auto impl = std::make_unique<Impl>(std::move(prepared->set));
-  impl->rt = &rt;
-  impl->cap = prepared->cap;
-  impl->object_id = prepared->object_id;
-  impl->anonymous = true;
-  impl->synchronous = options.synchronous;
-  VIPC_TRY(impl->set.watch(kBrokerIndex));
-  return Endpoint(std::move(impl));
+  return open_prepared(rt, std::move(*prepared), options, /*anonymous=*/true);
 }
 
 namespace {

@@ -982,27 +982,25 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   if (!reuse && ch.next_index > ch.max_senders) {
     return Error(ErrorCode::ChannelFull, wire::ctx::kChannelFull);
   }
-  Result<PreparedRing> prep = Error(ErrorCode::OutOfMemory, wire::ctx::kObjectCreate);
-  if (!ch.spares.empty()) {
-    // Taken for good even if a step below fails: a spare is only memory.
-    prep = std::move(ch.spares.back());
+  // A spare is taken for good even if a step below fails: it is only memory.
+  auto take_ring = [&]() -> Result<PreparedRing> {
+    if (ch.spares.empty()) {
+      auto r = prepare_ring(obj.capacity, obj.max_message_size);
+      if (!r) return Error(r.error().code(), wire::ctx::kObjectCreate, r.error().sys_errno());
+      return r;
+    }
+    PreparedRing r = std::move(ch.spares.back());
     ch.spares.pop_back();
-  } else {
-    prep = prepare_ring(obj.capacity, obj.max_message_size);
-    if (!prep)
-      return Error(prep.error().code(), wire::ctx::kObjectCreate, prep.error().sys_errno());
-  }
+    return r;
+  };
+  auto prep = take_ring();
+  if (!prep) return prep.error();
   const bool sync = (obj.flags & wire::kObjectSynchronous) != 0;
   std::optional<PreparedRing> reply_ring;
   if (sync) {
-    if (!ch.spares.empty()) {
-      reply_ring.emplace(std::move(ch.spares.back()));
-      ch.spares.pop_back();
-    } else {
-      auto r = prepare_ring(obj.capacity, obj.max_message_size);
-      if (!r) return Error(r.error().code(), wire::ctx::kObjectCreate, r.error().sys_errno());
-      reply_ring.emplace(std::move(*r));
-    }
+    auto r = take_ring();
+    if (!r) return r.error();
+    reply_ring.emplace(std::move(*r));
   }
   // The sender writes the producer segment and the ready set; the consumer segment it
   // gets as a read-only open, so it cannot map it writable. Of the reply ring it writes

@@ -14,7 +14,7 @@ namespace vipc::layout {
 
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint64_t kSegmentMagic = 0x0047455343504956ULL;  // "VIPCSEG\0" (LE)
-inline constexpr std::uint16_t kLayoutVersion = 1;
+inline constexpr std::uint16_t kLayoutVersion = 2;
 
 enum class SegmentKind : std::uint16_t {
   RingProducer = 1,  // slots and producer-written state of one SPSC ring
@@ -30,8 +30,8 @@ enum class SegmentKind : std::uint16_t {
 //  +--------+-----+-----+-----------+-----------------+----------------+
 //  | magic  | ver | kind| hdr size  | total size      | object id      |
 //  +--------+-----+-----+-----------+-----------------+----------------+
-//  32         36          40            44            48              64
-//  | capacity | slot size | payload max | data offset | reserved       |
+//  32         36          40            44            48      52      64
+//  | capacity | slot size | payload max | data offset | flags | reserved|
 //  +----------+-----------+-------------+-------------+----------------+
 struct SegmentHeader {
   std::uint64_t magic;
@@ -44,7 +44,9 @@ struct SegmentHeader {
   std::uint32_t slot_size;
   std::uint32_t payload_max;
   std::uint32_t data_offset;
-  std::uint64_t reserved[2];
+  std::uint32_t flags;  // kSegment* bits; a reader refuses bits it does not know
+  std::uint32_t reserved0;
+  std::uint64_t reserved1;
 };
 static_assert(sizeof(SegmentHeader) == 64);
 static_assert(offsetof(SegmentHeader, magic) == 0);
@@ -57,6 +59,14 @@ static_assert(offsetof(SegmentHeader, capacity) == 32);
 static_assert(offsetof(SegmentHeader, slot_size) == 36);
 static_assert(offsetof(SegmentHeader, payload_max) == 40);
 static_assert(offsetof(SegmentHeader, data_offset) == 44);
+static_assert(offsetof(SegmentHeader, flags) == 48);
+
+// SegmentHeader::flags of both halves of a ring (they must agree).
+// Overwrite: the drop-oldest overflow policy. A writer that finds the ring full
+// overwrites the oldest unread slot instead of failing; the reader detects and counts
+// what it lost (docs/ring.md, "Overwrite mode", O1-O4).
+inline constexpr std::uint32_t kSegmentOverwrite = 1u << 0;
+inline constexpr std::uint32_t kSegmentFlagsMask = kSegmentOverwrite;
 
 // One cache line holding a single 32-bit word that other processes read or wait on.
 struct alignas(kCacheLine) WordLine {
@@ -104,7 +114,7 @@ struct alignas(kCacheLine) SideStats {
   std::atomic<std::uint64_t> wakeups;      // futex wakes / eventfd signals this side issued
   std::atomic<std::uint64_t> drops;        // producer: dropped by policy; consumer: corrupt
   std::atomic<std::uint64_t> spins;        // waits satisfied while spinning (no park)
-  std::atomic<std::uint64_t> reserved;
+  std::atomic<std::uint64_t> lost;  // consumer: overwritten before it read them (overwrite mode)
 };
 static_assert(sizeof(SideStats) == kCacheLine);
 
@@ -113,12 +123,16 @@ static_assert(sizeof(SideStats) == kCacheLine);
 //
 //  0     4      8      10   11    12       16                                   64
 //  +-----+------+------+----+-----+--------+------------------------------------+
-//  | seq | type | len  |caps|flags| rsvd   | payload[0..48)                     |
+//  | seq | type | len  |caps|flags| gap    | payload[0..48)                     |
 //  +-----+------+------+----+-----+--------+------------------------------------+
 //  64                  80                                  112        120     128
 //  +-------------------+-----------------------------------+----------+-------+
 //  | payload[48..64)   | capability handles [4] (u64)      | stamp    | rsvd  |
 //  +-------------------+-----------------------------------+----------+-------+
+//
+// gap: how many messages the producer dropped (drop-newest overflow policy) right before
+// this one; 0 normally. Producer-written like everything else here: it tells the reader
+// about the producer's own messages only.
 //
 // seq is the publication word (docs/ring.md, R1/R2): the producer writes it last with
 // release; it equals (uint32)(position + 1) when the slot holds the message of
@@ -130,7 +144,7 @@ struct alignas(kCacheLine) Slot {
   std::uint16_t length;
   std::uint8_t cap_count;
   std::uint8_t flags;
-  std::uint32_t reserved0;
+  std::uint32_t gap;
   unsigned char payload[64];
   std::uint64_t caps[4];
   std::uint64_t stamp;
@@ -143,6 +157,7 @@ static_assert(offsetof(Slot, type) == 4);
 static_assert(offsetof(Slot, length) == 8);
 static_assert(offsetof(Slot, cap_count) == 10);
 static_assert(offsetof(Slot, flags) == 11);
+static_assert(offsetof(Slot, gap) == 12);
 static_assert(offsetof(Slot, payload) == 16);
 static_assert(offsetof(Slot, caps) == 80);
 static_assert(offsetof(Slot, stamp) == 112);
@@ -160,9 +175,13 @@ static_assert(offsetof(Slot, stamp) == 112);
 struct alignas(kCacheLine) ProducerControl {
   std::atomic<std::uint32_t> closed;      // 1 once the producer closed its end
   std::atomic<std::uint32_t> fence_mode;  // kFenceFull or kFenceAsymmetric
-  std::uint32_t pad[14];
+  // Overwrite mode only: one past the last position the producer started to write over
+  // an unread slot (docs/ring.md O1); every position below claimed - capacity is lost.
+  std::atomic<std::uint64_t> claimed;
+  std::uint64_t pad[6];
 };
 static_assert(sizeof(ProducerControl) == kCacheLine);
+static_assert(offsetof(ProducerControl, claimed) == 8);
 
 struct ProducerSegment {
   SegmentHeader header;     // 0

@@ -31,6 +31,10 @@ bool is_pow2(std::uint32_t v) noexcept { return v != 0 && (v & (v - 1)) == 0; }
 // Relaxed single read of a field another process may be writing at the same time.
 // Reading it exactly once into a local is what makes the later bounds checks hold
 // (no second fetch can see a different value).
+// A slot seen as 8-byte words (overwrite mode copies it word by word, atomically).
+using AliasU64 = std::uint64_t __attribute__((may_alias));
+constexpr std::uint64_t kMaxPosition = std::uint64_t{1} << 62;  // beyond: a hostile claim
+
 template <class T>
 T read_once(const T& field) noexcept {
   return __atomic_load_n(&field, __ATOMIC_RELAXED);
@@ -101,6 +105,7 @@ Result<RingSegments> RingSegments::create(const RingOptions& options) {
   spec.capacity = options.capacity;
   spec.slot_size = static_cast<std::uint32_t>(kSlotSize);
   spec.payload_max = options.max_message_size;
+  spec.flags = options.overwrite ? layout::kSegmentOverwrite : 0;
 
   spec.kind = layout::SegmentKind::RingProducer;
   spec.data_offset = layout::kRingSlotsOffset;
@@ -152,6 +157,10 @@ Result<AttachedRing> attach_ring(int producer_fd, int consumer_fd, int prod_prot
       ch.total_size < sizeof(ConsumerSegment)) {
     return Error(ErrorCode::Corrupted, "ring: header geometry is invalid", 0, ph.object_id);
   }
+  if ((ph.flags & ~layout::kSegmentFlagsMask) != 0 || ph.flags != ch.flags) {
+    return Error(ErrorCode::Corrupted, "ring: unknown or mismatched segment flags", 0,
+                 ph.object_id);
+  }
   AttachedRing out;
   out.hdr = ph;
   out.prod = std::move(prod->mapping);
@@ -180,6 +189,7 @@ RingStats read_stats(const ProducerSegment* p, const ConsumerSegment* c) noexcep
   s.consumer_parks = c->stats.parks.load(std::memory_order_relaxed);
   s.consumer_wakeups = c->stats.wakeups.load(std::memory_order_relaxed);
   s.consumer_spins = c->stats.spins.load(std::memory_order_relaxed);
+  s.lost = c->stats.lost.load(std::memory_order_relaxed);
   return s;
 }
 
@@ -240,7 +250,9 @@ Result<RingWriter> RingWriter::attach(int producer_fd, int consumer_fd, int noti
   w.wakeups_ = w.prod_->stats.wakeups.load(std::memory_order_relaxed);
   w.spins_ = w.prod_->stats.spins.load(std::memory_order_relaxed);
   w.cached_head_ = w.cons_->index.head.load(std::memory_order_acquire);
-  if (w.cached_head_ > w.tail_ || w.tail_ - w.cached_head_ > w.capacity_) {
+  w.overwrite_ = (ring->hdr.flags & layout::kSegmentOverwrite) != 0;
+  w.claimed_ = w.prod_->control.claimed.load(std::memory_order_relaxed);
+  if (w.cached_head_ > w.tail_ || (!w.overwrite_ && w.tail_ - w.cached_head_ > w.capacity_)) {
     return Error(ErrorCode::Corrupted, "ring: consumer index out of range", 0, w.ring_id_);
   }
   // Park epochs start at the attach time in ns: the reader may still remember (as the
@@ -292,8 +304,11 @@ RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
   epoch_ = o.epoch_;
   last_woken_ = o.last_woken_;
   last_set_woken_ = o.last_set_woken_;
+  pending_gap_ = o.pending_gap_;
+  claimed_ = o.claimed_;
   asymmetric_ = o.asymmetric_;
   closed_ = o.closed_;
+  overwrite_ = o.overwrite_;
   budget_ = o.budget_;
   return *this;
 }
@@ -323,6 +338,7 @@ Result<void> RingWriter::refresh_head(std::uint64_t need) noexcept {
   if (tail_ - h + need > capacity_) {
     ++full_events_;
     prod_->stats.full_events.store(full_events_, std::memory_order_relaxed);
+    if (overwrite_) return {};  // the caller overwrites the oldest unread slot
     return Error(ErrorCode::ChannelFull, "ring: send", 0, ring_id_);
   }
   return {};
@@ -343,6 +359,7 @@ void RingWriter::write_slot(std::uint64_t pos, std::uint32_t type, const void* d
   s.length = static_cast<std::uint16_t>(len);
   s.cap_count = ncaps;
   s.flags = 0;
+  s.gap = take_gap();
   if (len != 0) std::memcpy(s.payload, bytes, len < kFirstLinePayload ? len : kFirstLinePayload);
   // R1: release pairs with the reader's acquire of seq (R2): the fields above are
   // visible before the slot reads as published.
@@ -364,8 +381,43 @@ VIPC_ALWAYS_INLINE inline void RingWriter::write_message(std::uint64_t pos,
   s.length = m.length;
   s.cap_count = ncaps;
   s.flags = 0;
+  s.gap = take_gap();
   std::memcpy(s.payload, m.data.data(), kFirstLinePayload);
   s.seq.store(static_cast<std::uint32_t>(pos + 1), std::memory_order_release);  // R1
+}
+
+VIPC_ALWAYS_INLINE inline std::uint32_t RingWriter::take_gap() noexcept {
+  if (pending_gap_ == 0) [[likely]]
+    return 0;
+  const std::uint64_t g = pending_gap_ < UINT32_MAX ? pending_gap_ : UINT32_MAX;
+  pending_gap_ -= g;
+  return static_cast<std::uint32_t>(g);
+}
+
+// Overwrite mode, ring full: writes message `tail_` over the unread message
+// `tail_ - capacity_` (docs/ring.md O1, O2). The claim and the release fence come before
+// any store to the slot, so a reader that sees one of them also sees the claim and
+// discards its copy; the slot's words are stored as relaxed atomics because a reader may
+// be copying them at the same time.
+void RingWriter::overwrite_message(const SmallMessage& m) noexcept {
+  claimed_ = tail_ + 1;
+  prod_->control.claimed.store(claimed_, std::memory_order_relaxed);  // O1
+  std::atomic_thread_fence(std::memory_order_release);                // O1
+  Slot& s = slots_[tail_ & mask_];
+  auto* words = reinterpret_cast<AliasU64*>(&s);
+  __atomic_store_n(&s.type, m.type, __ATOMIC_RELAXED);
+  const std::uint64_t meta = std::uint64_t{m.length} | std::uint64_t{m.cap_count} << 16 |
+                             std::uint64_t{take_gap()} << 32;  // length, caps, flags 0, gap
+  __atomic_store_n(&words[1], meta, __ATOMIC_RELAXED);
+  std::uint64_t w[8];
+  std::memcpy(w, m.data.data(), sizeof w);
+  for (std::size_t i = 0; i < 8; ++i) __atomic_store_n(&words[2 + i], w[i], __ATOMIC_RELAXED);
+  for (std::uint8_t i = 0; i < m.cap_count; ++i) {
+    __atomic_store_n(&words[10 + i], m.caps[i].value, __ATOMIC_RELAXED);
+  }
+  s.seq.store(static_cast<std::uint32_t>(tail_ + 1), std::memory_order_release);  // R1
+  ++drops_;
+  prod_->stats.drops.store(drops_, std::memory_order_relaxed);
 }
 
 VIPC_ALWAYS_INLINE inline void RingWriter::after_publish() noexcept {
@@ -428,6 +480,13 @@ Result<void> RingWriter::try_send(std::uint32_t type, const void* data, std::siz
   }
   if (tail_ - cached_head_ >= capacity_) [[unlikely]] {
     VIPC_TRY(refresh_head(1));
+    if (tail_ - cached_head_ >= capacity_) {  // overwrite mode
+      overwrite_message(SmallMessage(type, data, len));
+      ++tail_;
+      bytes_ += len;
+      after_publish();
+      return {};
+    }
   }
   write_slot(tail_, type, data, len, nullptr, 0);
   ++tail_;
@@ -448,6 +507,13 @@ Result<void> RingWriter::try_send(const SmallMessage& m) noexcept {
   }
   if (tail_ - cached_head_ >= capacity_) [[unlikely]] {
     VIPC_TRY(refresh_head(1));
+    if (tail_ - cached_head_ >= capacity_) {  // overwrite mode
+      overwrite_message(m);
+      ++tail_;
+      bytes_ += m.length;
+      after_publish();
+      return {};
+    }
   }
   write_message(tail_, m);
   ++tail_;
@@ -460,6 +526,19 @@ Result<std::size_t> RingWriter::try_send_batch(std::span<const SmallMessage> msg
   if (msgs.empty()) return std::size_t{0};
   if (closed_ || cons_->control.closed.load(std::memory_order_relaxed) != 0) [[unlikely]] {
     return Error(ErrorCode::ChannelClosed, "ring: send", 0, ring_id_);
+  }
+  if (overwrite_) [[unlikely]] {
+    // Every message fits (the oldest unread ones make room): one at a time.
+    std::size_t sent = 0;
+    for (const SmallMessage& m : msgs) {
+      auto r = try_send(m);
+      if (!r) {
+        if (sent > 0) return sent;
+        return r.error();
+      }
+      ++sent;
+    }
+    return sent;
   }
   std::size_t room = capacity_ - (tail_ - cached_head_);
   if (room < msgs.size()) {
@@ -556,6 +635,7 @@ Result<std::size_t> RingWriter::send_batch(std::span<const SmallMessage> msgs, D
 
 void RingWriter::count_drops(std::uint64_t n) noexcept {
   drops_ += n;
+  pending_gap_ += n;
   prod_->stats.drops.store(drops_, std::memory_order_relaxed);
 }
 
@@ -611,6 +691,8 @@ Result<RingReader> RingReader::attach(int producer_fd, int consumer_fd, int even
   r.parks_ = r.cons_->stats.parks.load(std::memory_order_relaxed);  // as in RingWriter::attach
   r.wakeups_ = r.cons_->stats.wakeups.load(std::memory_order_relaxed);
   r.spins_ = r.cons_->stats.spins.load(std::memory_order_relaxed);
+  r.lost_ = r.cons_->stats.lost.load(std::memory_order_relaxed);
+  r.overwrite_ = (ring->hdr.flags & layout::kSegmentOverwrite) != 0;
   r.epoch_ = now_ns();           // as in RingWriter::attach: never repeat an earlier reader's epoch
   (void)CycleClock::instance();  // as in RingWriter::attach: calibrate outside any wait
   r.asymmetric_ = process_uses_asymmetric_fence();
@@ -646,9 +728,13 @@ RingReader& RingReader::operator=(RingReader&& o) noexcept {
   armed_bits_ = o.armed_bits_;
   epoch_ = o.epoch_;
   last_woken_ = o.last_woken_;
+  last_gap_ = o.last_gap_;
+  lost_ = o.lost_;
+  unreported_lost_ = o.unreported_lost_;
   asymmetric_ = o.asymmetric_;
   poisoned_ = o.poisoned_;
   closed_ = o.closed_;
+  overwrite_ = o.overwrite_;
   budget_ = o.budget_;
   return *this;
 }
@@ -661,6 +747,15 @@ VIPC_ALWAYS_INLINE inline RingReader::Peek RingReader::peek(std::uint64_t pos) c
   // R2: acquire pairs with the writer's release of seq (R1).
   const std::uint32_t q = slots_[pos & mask_].seq.load(std::memory_order_acquire);
   if (q == static_cast<std::uint32_t>(pos + 1)) return Peek::Ready;
+  if (overwrite_) [[unlikely]] {
+    // A later lap (the message was overwritten: taking it means skipping it) or an
+    // overwrite claim past it is something to do; anything before is "not yet".
+    if (static_cast<std::int32_t>(q - static_cast<std::uint32_t>(pos + 1)) > 0 ||
+        prod_->control.claimed.load(std::memory_order_relaxed) > pos + capacity_) {
+      return Peek::Ready;
+    }
+    return Peek::Empty;
+  }
   if (q == static_cast<std::uint32_t>(pos + 1 - capacity_)) return Peek::Empty;
   // First lap: the slot still holds the zero the segment was created with. Then the
   // writer has not reached `pos`, so the slot before it holds exactly `pos`; if that
@@ -676,6 +771,87 @@ VIPC_ALWAYS_INLINE inline RingReader::Peek RingReader::peek(std::uint64_t pos) c
     return Peek::Corrupt;
   }
   return Peek::Corrupt;
+}
+
+void RingReader::skip_lost(std::uint64_t new_head) noexcept {
+  lost_ += new_head - head_;
+  unreported_lost_ += new_head - head_;
+  head_ = new_head;
+  cons_->stats.lost.store(lost_, std::memory_order_relaxed);
+  cons_->index.head.store(head_, std::memory_order_release);  // R4
+}
+
+// Overwrite mode (docs/ring.md O3, O4). Each pass returns or moves head_ forward; a
+// writer that keeps overwriting could keep the reader skipping, so passes are bounded.
+RingReader::Peek RingReader::take_overwritten(SmallMessage& out, Result<void>& result) noexcept {
+  auto corrupt = [&](const char* what) noexcept {
+    poisoned_ = true;
+    ++corrupt_;
+    cons_->stats.drops.store(corrupt_, std::memory_order_relaxed);
+    result = Error(ErrorCode::Corrupted, what, 0, ring_id_);
+    return Peek::Corrupt;
+  };
+  for (std::uint32_t pass = 0; pass <= capacity_; ++pass) {
+    // O3: relaxed: a stale claim only means a later pass (or O4) catches the overwrite.
+    const std::uint64_t claimed = prod_->control.claimed.load(std::memory_order_relaxed);
+    if (claimed > head_ + capacity_) {
+      if (claimed > kMaxPosition) return corrupt("ring: overwrite claim out of range");
+      skip_lost(claimed - capacity_);
+    }
+    const Slot& s = slots_[head_ & mask_];
+    const auto want = static_cast<std::uint32_t>(head_ + 1);
+    const std::uint32_t q = s.seq.load(std::memory_order_acquire);  // R2
+    const auto d = static_cast<std::int32_t>(q - want);
+    if (d < 0) return Peek::Empty;  // not written yet (or being overwritten)
+    if (d > 0) {
+      // The slot holds a later lap: every position up to that message - capacity was
+      // written over.
+      if (static_cast<std::uint32_t>(d) % capacity_ != 0) {
+        return corrupt("ring: slot sequence out of order");
+      }
+      skip_lost(head_ + static_cast<std::uint32_t>(d) - capacity_ + 1);
+      continue;
+    }
+    const auto* words = reinterpret_cast<const AliasU64*>(&s);
+    const std::uint32_t type = __atomic_load_n(&s.type, __ATOMIC_RELAXED);
+    const std::uint64_t meta = __atomic_load_n(&words[1], __ATOMIC_RELAXED);
+    std::uint64_t w[8];
+    for (std::size_t i = 0; i < 8; ++i) w[i] = __atomic_load_n(&words[2 + i], __ATOMIC_RELAXED);
+    std::uint64_t caps[kInlineCapsMax];
+    for (std::size_t i = 0; i < kInlineCapsMax; ++i) {
+      caps[i] = __atomic_load_n(&words[10 + i], __ATOMIC_RELAXED);
+    }
+    // O4: pairs with the writer's release fence after its claim (O1): if any word copied
+    // above came from an overwrite, the claim below is at least that overwrite's.
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (prod_->control.claimed.load(std::memory_order_relaxed) > head_ + capacity_) {
+      skip_lost(head_ + 1);  // written over while we copied it
+      continue;
+    }
+    const auto len = static_cast<std::uint16_t>(meta);
+    const auto ncaps = static_cast<std::uint8_t>(meta >> 16);
+    const auto gap = static_cast<std::uint32_t>(meta >> 32);
+    ++head_;
+    if (len > max_len_ || ncaps > kInlineCapsMax) [[unlikely]] {
+      ++corrupt_;
+      cons_->stats.drops.store(corrupt_, std::memory_order_relaxed);
+      publish_head();
+      result = Error(ErrorCode::Corrupted, "ring: slot length or capability count", 0, ring_id_);
+      return Peek::Corrupt;
+    }
+    out.type = type;
+    out.length = len;
+    out.cap_count = ncaps;
+    std::memcpy(out.data.data(), w, sizeof w);
+    for (std::uint8_t i = 0; i < ncaps; ++i) out.caps[i].value = caps[i];
+    last_gap_ = unreported_lost_ + gap;
+    unreported_lost_ = 0;
+    bytes_ += len;
+    publish_head();
+    result = {};
+    return Peek::Ready;
+  }
+  return Peek::Empty;  // overtaken on every pass: nothing to show yet, try again
 }
 
 bool RingReader::ready() const noexcept { return peek(head_) != Peek::Empty; }
@@ -694,6 +870,7 @@ VIPC_ALWAYS_INLINE inline Result<void> RingReader::take(std::uint64_t pos,
   out.type = type;
   out.length = len;
   out.cap_count = ncaps;
+  last_gap_ = read_once(s.gap);
   // Fixed-size copies of the lines in use (out.data has room for 64 bytes).
   if (len > kFirstLinePayload) {
     std::memcpy(out.data.data(), s.payload, kSmallPayloadMax);
@@ -734,6 +911,14 @@ Result<void> RingReader::try_receive(SmallMessage& out) noexcept {
     return Error(closed_ ? ErrorCode::ChannelClosed : ErrorCode::Corrupted, "ring: receive", 0,
                  ring_id_);
   }
+  if (overwrite_) [[unlikely]] {
+    Result<void> r;
+    if (take_overwritten(out, r) != Peek::Empty) return r;
+    auto e = empty_result();
+    if (e.error().code() != ErrorCode::ChannelClosed) return e;
+    if (take_overwritten(out, r) != Peek::Empty) return r;  // published before the close
+    return e;
+  }
   Peek p = peek(head_);
   if (p == Peek::Empty) {
     // While polling, keep pulling the slot's second line: when the writer fills it,
@@ -767,6 +952,11 @@ Result<std::size_t> RingReader::try_receive_batch(std::span<SmallMessage> out) n
     return Error(closed_ ? ErrorCode::ChannelClosed : ErrorCode::Corrupted, "ring: receive", 0,
                  ring_id_);
   }
+  if (overwrite_) [[unlikely]] {
+    // One message per call, so that last_gap() is exact for it.
+    VIPC_TRY(try_receive(out[0]));
+    return std::size_t{1};
+  }
   // Fast loop over ready, well-formed slots, on locals (the copies into `out` could
   // alias members as far as the compiler knows). Anything else (empty, damaged,
   // closed) stops it and is handled one message at a time below, so a batch never
@@ -781,6 +971,10 @@ Result<std::size_t> RingReader::try_receive_batch(std::span<SmallMessage> out) n
     const Slot& sl = slots[head & mask];
     // R2: acquire pairs with the writer's release of seq (R1).
     if (sl.seq.load(std::memory_order_acquire) != static_cast<std::uint32_t>(head + 1)) break;
+    // A gap belongs to the first message of a batch only (last_gap()).
+    const std::uint32_t gap = read_once(sl.gap);
+    if (gap != 0 && n != 0) break;
+    if (n == 0) last_gap_ = gap;
     const std::uint32_t type = read_once(sl.type);
     const std::uint16_t len = read_once(sl.length);
     const std::uint8_t ncaps = read_once(sl.cap_count);

@@ -41,6 +41,10 @@ namespace vipc::core {
 struct RingOptions {
   std::uint32_t capacity = 1024;        // slots; a power of two in [2, 2^20]
   std::uint32_t max_message_size = 64;  // bytes; <= kSmallPayloadMax
+  // Drop-oldest overflow: a writer that finds the ring full overwrites the oldest unread
+  // message instead of failing; the reader skips and counts what it lost (docs/ring.md,
+  // "Overwrite mode"). Both ends learn it from the segment headers.
+  bool overwrite = false;
 };
 
 // The two memfds of one ring, created and initialised by its owner (the broker, or a
@@ -65,6 +69,7 @@ struct RingStats {
   std::uint64_t producer_parks = 0, consumer_parks = 0;
   std::uint64_t producer_wakeups = 0, consumer_wakeups = 0;
   std::uint64_t producer_spins = 0, consumer_spins = 0;
+  std::uint64_t lost = 0;  // overwrite mode: messages the reader found overwritten
   [[nodiscard]] std::uint64_t depth() const noexcept {
     return sent >= received ? sent - received : 0;
   }
@@ -108,8 +113,13 @@ class RingWriter {
   [[nodiscard]] Result<std::size_t> send_batch(std::span<const SmallMessage> msgs,
                                                Deadline deadline = kNoDeadline);
 
-  // Records that the overflow policy dropped `n` messages (the reader sees the count).
+  // Records that the overflow policy dropped `n` messages: counted in the stats, and
+  // carried to the reader in the next message sent (RingReader::last_gap()).
   void count_drops(std::uint64_t n) noexcept;
+  // Overwrite mode (RingOptions::overwrite): try_send never reports ChannelFull; a full
+  // ring loses its oldest unread message instead (counted in stats().drops, an upper
+  // bound: the reader's stats().lost is exact).
+  [[nodiscard]] bool overwrites() const noexcept { return overwrite_; }
   // Marks the producer end closed and wakes the reader; idempotent.
   void close() noexcept;
 
@@ -126,6 +136,8 @@ class RingWriter {
   void write_slot(std::uint64_t pos, std::uint32_t type, const void* data, std::size_t len,
                   const CapabilityHandle* caps, std::uint8_t ncaps) noexcept;
   void write_message(std::uint64_t pos, const SmallMessage& m) noexcept;
+  void overwrite_message(const SmallMessage& m) noexcept;
+  std::uint32_t take_gap() noexcept;
   void after_publish() noexcept;
   void wake_reader(std::uint64_t waiting) noexcept;
   void signal_ready_set() noexcept;
@@ -152,8 +164,11 @@ class RingWriter {
   std::uint64_t epoch_ = 0;           // park epoch of our own waiting word
   std::uint64_t last_woken_ = 0;      // consumer's waiting word we last acted on (dedupe)
   std::uint64_t last_set_woken_ = 0;  // ready set's waiting word we last woke (dedupe)
+  std::uint64_t pending_gap_ = 0;     // drops not yet reported in a slot's gap
+  std::uint64_t claimed_ = 0;         // overwrite mode: control.claimed as we last stored it
   bool asymmetric_ = false;
   bool closed_ = false;
+  bool overwrite_ = false;
   SpinBudget budget_{WaitPolicy{}};
 };
 
@@ -200,6 +215,11 @@ class RingReader {
   [[nodiscard]] std::uint64_t ring_id() const noexcept { return ring_id_; }
   [[nodiscard]] RingStats stats() const noexcept;
   [[nodiscard]] std::uint64_t dropped_by_producer() const noexcept;
+  // Messages of this ring lost right before the one the last successful try_receive /
+  // receive returned (or before the first of the last batch): dropped by the writer's
+  // overflow policy (drop newest) or overwritten before they were read (overwrite mode).
+  [[nodiscard]] std::uint64_t last_gap() const noexcept { return last_gap_; }
+  [[nodiscard]] bool overwrites() const noexcept { return overwrite_; }
 
   // For ReadySet: arms / disarms the ready-set wake-up bit with this ring's index.
   void arm_ready_set(std::uint32_t index) noexcept;
@@ -213,6 +233,10 @@ class RingReader {
   enum class Peek { Ready, Empty, Corrupt };
   Peek peek(std::uint64_t pos) const noexcept;
   Result<void> take(std::uint64_t pos, SmallMessage& out) noexcept;
+  // Overwrite mode's try_receive: Empty when nothing is there, else the taken message or
+  // the damage found.
+  Peek take_overwritten(SmallMessage& out, Result<void>& result) noexcept;
+  void skip_lost(std::uint64_t new_head) noexcept;
   void publish_head() noexcept;
   Result<void> empty_result() const noexcept;
   Result<void> park(Deadline deadline);
@@ -233,9 +257,13 @@ class RingReader {
   std::uint64_t armed_bits_ = 0;  // kWait* bits that stay set between parks (eventfd, ready set)
   std::uint64_t epoch_ = 0;       // park epoch, bumped with every announcement
   std::uint64_t last_woken_ = 0;  // producer's waiting word we last woke (dedupe)
+  std::uint64_t last_gap_ = 0;    // see last_gap()
+  std::uint64_t lost_ = 0;        // overwrite mode: positions skipped as overwritten
+  std::uint64_t unreported_lost_ = 0;  // lost since the last message delivered
   bool asymmetric_ = false;
   bool poisoned_ = false;
   bool closed_ = false;
+  bool overwrite_ = false;
   SpinBudget budget_{WaitPolicy{}};
 };
 

@@ -51,6 +51,7 @@ Result<CreatedSegment> create_segment(const char* name, const SegmentSpec& spec)
   h.slot_size = spec.slot_size;
   h.payload_max = spec.payload_max;
   h.data_offset = spec.data_offset;
+  h.flags = spec.flags;
   std::memcpy(map->data(), &h, sizeof h);
   // Publishes the header before the descriptor can reach anyone (the descriptor is
   // handed over through a socket or fork, both of which order memory).

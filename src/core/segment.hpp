@@ -25,6 +25,7 @@ struct SegmentSpec {
   std::uint32_t slot_size = 0;
   std::uint32_t payload_max = 0;
   std::uint32_t data_offset = 0;
+  std::uint32_t flags = 0;  // layout::kSegment* bits
 };
 
 struct CreatedSegment {

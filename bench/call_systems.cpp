@@ -36,8 +36,7 @@ Round call(const RunConfig& cfg) {
         auto srt = Runtime::connect_to(path);
         if (!srt) throw BenchError("vipc call: server connect: " + srt.error().message());
         ChannelOptions o;
-        o.synchronous = true;
-        o.capacity = 64;
+        o.type = Synchronous{.capacity = 64};
         auto ep = Endpoint::create(*srt, name, o);
         if (!ep) throw BenchError("vipc call: create: " + ep.error().message());
         for (;;) {

@@ -24,7 +24,7 @@ Round fanin(const RunConfig& cfg, std::uint32_t senders, std::uint32_t active,
   const std::string name =
       "bench-fanin-" + std::to_string(::getpid()) + "-" + std::to_string(senders);
   ChannelOptions o;
-  o.capacity = 64;
+  o.type = Asynchronous{.buffer_size = 64};
   o.max_senders = senders;
   auto ep = Endpoint::create(*rt, name, o);
   if (!ep) throw BenchError("vipc fanin: create: " + ep.error().message());

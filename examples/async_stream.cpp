@@ -22,7 +22,8 @@ int main(int argc, char** argv) {
   auto rt = vipc::Runtime::embedded();
   if (!rt) return std::fprintf(stderr, "async stream: %s\n", rt.error().message().c_str()), 1;
   vipc::ChannelOptions options;
-  options.capacity = 64;  // small on purpose: the producer will find it full
+  // Small on purpose: the producer will find it full.
+  options.type = vipc::Asynchronous{.buffer_size = 64};
   auto ep = vipc::Endpoint::create(*rt, "stream", options);
   if (!ep) return std::fprintf(stderr, "async stream: %s\n", ep.error().message().c_str()), 1;
 

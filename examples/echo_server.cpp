@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   vipc::ChannelOptions options;
-  options.synchronous = true;
+  options.type = vipc::Synchronous{};
   auto ep = vipc::Endpoint::create(*rt, name, options);
   if (!ep) {
     std::fprintf(stderr, "echo server: %s\n", ep.error().message().c_str());

@@ -36,6 +36,7 @@
 #include <memory>
 #include <span>
 #include <string_view>
+#include <variant>
 
 #include "vipc/capability.hpp"
 #include "vipc/message.hpp"
@@ -48,15 +49,37 @@ struct PreparedChannel;  // the client library's (src/client/runtime_impl.hpp)
 
 inline constexpr std::chrono::nanoseconds kForever = std::chrono::nanoseconds::max();
 
+// The spec's ChannelType: what kind of channel Endpoint::create makes.
+//
+// Asynchronous: one-way messages; each sender has a ring of `buffer_size` slots, and
+// `overflow_policy` says what a send to a full ring does.
+struct Asynchronous {
+  std::uint32_t buffer_size = 1024;  // slots of each sender's ring; a power of two in [2, 2^20]
+  OverflowPolicy overflow_policy = OverflowPolicy::Block;
+};
+// Synchronous: call / receive_request / reply. Every sender also gets a reply ring;
+// `capacity` is the slots of both (requests a caller may have in flight), `timeout` the
+// bound of Channel::call when the caller gives none. One-way send/receive are refused.
+struct Synchronous {
+  std::uint32_t capacity = 1024;
+  std::chrono::nanoseconds timeout = kForever;
+};
+// FastPath: one-way small messages (<= 64 bytes, anything larger is MessageTooLarge)
+// that never allocate and make no system call while both sides run; a full ring is
+// ChannelFull at once (never a wait). register_only: the message is its inline data
+// only, as if passed in registers: a message carrying capabilities is refused
+// (InvalidArgument).
+struct FastPath {
+  bool register_only = true;
+  std::uint32_t capacity = 1024;  // slots of each sender's ring
+};
+using ChannelType = std::variant<Asynchronous, Synchronous, FastPath>;
+
 struct ChannelOptions {
-  std::uint32_t capacity = 1024;        // slots of each sender's ring; a power of two
+  ChannelType type = Asynchronous{};
   std::uint32_t max_message_size = 64;  // bytes, <= kSmallPayloadMax
   std::uint32_t max_senders = 0;        // 0: 1023; at most 4095
   bool world_openable = false;          // any uid may connect (default: the creator's uid)
-  // Synchronous (the spec's ChannelType::Synchronous): every sender also gets a reply
-  // ring; senders use Channel::call, the receiver Endpoint::receive_request and
-  // Request::reply. One-way send/receive are refused on such a channel.
-  bool synchronous = false;
 };
 
 // The reply type a server may not use: it marks "the server dropped the request".
@@ -69,6 +92,9 @@ struct MessageSource {
   uid_t uid = 0;
   std::uint32_t index = 0;    // the sender's ring in this endpoint
   std::uint64_t ring_id = 0;  // that ring (an index is reused by later senders; this is not)
+  // Messages of this sender lost right before this one by the channel's overflow policy
+  // (dropped newest, or overwritten oldest); 0 normally. For a batch: before its first.
+  std::uint64_t dropped_before = 0;
 };
 
 struct EndpointStats {
@@ -77,8 +103,9 @@ struct EndpointStats {
   std::uint64_t detached = 0;         // senders ever detached
   std::uint64_t revoked_dropped = 0;  // messages discarded with a revoked sender's ring
   std::uint64_t corrupt_senders = 0;  // rings dropped because their memory was corrupt
-  bool broker_lost = false;  // the broker connection closed: senders attached keep working,
-                             // no new ones can come (docs/broker.md, "Broker restart")
+  std::uint64_t dropped = 0;  // messages lost by the overflow policy (sum of dropped_before)
+  bool broker_lost = false;   // the broker connection closed: senders attached keep working,
+                              // no new ones can come (docs/broker.md, "Broker restart")
 };
 
 // A request taken by Endpoint::receive_request: answer it exactly once with reply().
@@ -167,6 +194,13 @@ class Endpoint {
   std::unique_ptr<Impl> impl_;
 };
 
+struct ChannelStats {
+  std::uint64_t sent = 0;         // messages put in the ring
+  std::uint64_t dropped = 0;      // DropNewest: messages dropped; DropOldest: unread messages
+                                  // overwritten (the receiver's count is exact)
+  std::uint64_t full_events = 0;  // sends that found the ring full
+};
+
 class Channel {
  public:
   // Connects to the channel `name` as a new sender (one broker round trip).
@@ -179,19 +213,24 @@ class Channel {
   Channel& operator=(const Channel&) = delete;
   ~Channel();
 
-  // ChannelFull when the ring is full, ChannelClosed when the receiver is gone or this
-  // sender was detached, MessageTooLarge over the channel's message size.
+  // Non-blocking. A full ring: ChannelFull (policies Block and Error, and FastPath),
+  // or the policy's drop (DropNewest, DropOldest: counted, and the send succeeds).
+  // ChannelClosed when the receiver is gone or this sender was detached,
+  // MessageTooLarge over the channel's message size.
   [[nodiscard]] Result<void> try_send(const SmallMessage& m) noexcept;
   [[nodiscard]] Result<void> try_send(std::uint32_t type, const void* data,
                                       std::size_t len) noexcept;
-  // Sends as many as fit, in order; ChannelFull when none did.
+  // Sends as many as fit, in order; ChannelFull when none did. Under DropNewest the ones
+  // that did not fit are dropped (counted) and reported as sent.
   [[nodiscard]] Result<std::size_t> try_send_batch(std::span<const SmallMessage> msgs) noexcept;
-  // Waits for room up to `timeout` (Timeout when it passed).
+  // As try_send, except that under the Block policy it waits for room up to `timeout`
+  // (Timeout when it passed).
   [[nodiscard]] Result<void> send(const SmallMessage& m,
                                   std::chrono::nanoseconds timeout = kForever);
   // Synchronous channels: sends `request` and waits for its response, up to `timeout`
-  // in all. Timeout when it passed (a late response is discarded), ChannelClosed when
-  // the server is gone or dropped the request.
+  // in all (kForever: the channel's Synchronous::timeout). Timeout when it passed (a
+  // late response is discarded), ChannelClosed when the server is gone or dropped the
+  // request.
   [[nodiscard]] Result<SmallMessage> call(const SmallMessage& request,
                                           std::chrono::nanoseconds timeout = kForever);
 
@@ -200,6 +239,8 @@ class Channel {
 
   [[nodiscard]] const Capability& capability() const noexcept;
   [[nodiscard]] std::uint32_t index() const noexcept;
+  [[nodiscard]] OverflowPolicy overflow_policy() const noexcept;
+  [[nodiscard]] ChannelStats stats() const noexcept;
 
   class Impl;
 

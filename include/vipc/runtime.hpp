@@ -59,6 +59,16 @@ class OwnedFd {
   int fd_ = -1;
 };
 
+// What a channel's send does when the sender's ring is full (the spec's OverflowPolicy;
+// docs/channels.md). Every drop is counted, and the receiver learns how many messages it
+// missed before each one it gets (MessageSource::dropped_before).
+enum class OverflowPolicy : std::uint8_t {
+  Block = 0,       // send waits for room, up to its timeout; try_send says ChannelFull
+  Error = 1,       // send and try_send say ChannelFull at once
+  DropNewest = 2,  // the message being sent is dropped (counted); the send succeeds
+  DropOldest = 3,  // the oldest unread message is overwritten (counted); the send succeeds
+};
+
 struct ObjectSpec {
   ObjectKind kind = ObjectKind::Channel;
   std::string name;                     // 1..63 printable ASCII characters, no spaces
@@ -69,6 +79,12 @@ struct ObjectSpec {
   std::uint32_t max_senders = 0;        // Channel, Endpoint: 0 = 1023; at most 4095
   bool anonymous = false;    // no name (leave it empty): reached only through capabilities
   bool synchronous = false;  // Channel, Endpoint: each sender also gets a reply ring
+  // Channel, Endpoint (not synchronous): what a full sender ring does.
+  OverflowPolicy overflow_policy = OverflowPolicy::Block;
+  bool fast_path = false;      // Channel, Endpoint: small messages only, one-way
+  bool register_only = false;  // fast path: inline data only, no capabilities
+  // Synchronous channels: how long a call waits by default (zero: no bound).
+  std::chrono::nanoseconds call_timeout{0};
 };
 
 struct ObjectInfo {
@@ -95,9 +111,13 @@ struct SenderRing {
   std::uint32_t capacity = 0;
   std::uint32_t max_message_size = 0;
   std::uint64_t ring_id = 0;
-  OwnedFd producer;     // the sender writes it
-  OwnedFd consumer;     // the sender maps it read-only
-  OwnedFd ready_set;    // the channel's ready set
+  OverflowPolicy overflow_policy = OverflowPolicy::Block;
+  bool fast_path = false;
+  bool register_only = false;
+  std::chrono::nanoseconds call_timeout{0};  // synchronous channels (zero: no bound)
+  OwnedFd producer;                          // the sender writes it
+  OwnedFd consumer;                          // the sender maps it read-only
+  OwnedFd ready_set;                         // the channel's ready set
   OwnedFd ready_event;  // its eventfd (signalled when the receiver polls the set)
   // Synchronous channels only: the reply ring (the receiver writes it).
   OwnedFd reply_producer;  // map read-only

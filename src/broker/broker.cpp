@@ -127,8 +127,12 @@ struct PreparedRing {
   sys::UniqueFd consumer_ro;  // for the sender
 };
 
-Result<PreparedRing> prepare_ring(std::uint32_t capacity, std::uint32_t max_message_size) {
-  auto seg = core::RingSegments::create({capacity, max_message_size});
+// A sender's ring for a channel object with these flags (a drop-oldest channel's rings
+// overwrite; docs/channels.md).
+Result<PreparedRing> prepare_ring(std::uint32_t capacity, std::uint32_t max_message_size,
+                                  std::uint16_t flags) {
+  const bool overwrite = wire::overflow_of(flags) == wire::kOverflowDropOldest;
+  auto seg = core::RingSegments::create({capacity, max_message_size, overwrite});
   if (!seg) return seg.error();
   auto p = sys::reopen_readonly(seg->producer.get());
   if (!p) return p.error();
@@ -185,6 +189,7 @@ struct Object {
   std::uint16_t flags = 0;
   std::uint32_t capacity = 0;
   std::uint32_t max_message_size = 0;
+  std::uint64_t call_timeout_ns = 0;  // synchronous channels: callers' default bound
   std::string name;
   ClientId owner = 0;
   uid_t owner_uid = 0;
@@ -744,6 +749,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std:
   obj.flags = r.flags;
   obj.capacity = r.capacity;
   obj.max_message_size = r.max_message_size;
+  obj.call_timeout_ns = r.call_timeout_ns;
   obj.name = std::string(name);
   obj.owner = c.id;
   obj.owner_uid = c.cred.uid;
@@ -985,7 +991,7 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   // A spare is taken for good even if a step below fails: it is only memory.
   auto take_ring = [&]() -> Result<PreparedRing> {
     if (ch.spares.empty()) {
-      auto r = prepare_ring(obj.capacity, obj.max_message_size);
+      auto r = prepare_ring(obj.capacity, obj.max_message_size, obj.flags);
       if (!r) return Error(r.error().code(), wire::ctx::kObjectCreate, r.error().sys_errno());
       return r;
     }
@@ -1059,7 +1065,8 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
                            obj.max_message_size,
                            static_cast<std::uint16_t>(obj.kind),
                            obj.flags,
-                           ring.ring_id};
+                           ring.ring_id,
+                           obj.call_timeout_ns};
   const auto nfds = static_cast<std::uint16_t>(reply_fds.size());
   if (attach_reply) {
     wire::AttachReplyBody body;
@@ -1086,7 +1093,7 @@ void Broker::Impl::refill_spares() {
       refill_.pop_back();
       continue;
     }
-    auto prep = prepare_ring(o->second.capacity, o->second.max_message_size);
+    auto prep = prepare_ring(o->second.capacity, o->second.max_message_size, o->second.flags);
     if (!prep) {  // out of memory or descriptors: Connect will make its own
       refill_.pop_back();
       return;

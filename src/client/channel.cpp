@@ -107,7 +107,12 @@ class Endpoint::Impl {
     auto r = s.reader.try_receive(out);
     if (r) {
       set.mark(idx);  // more may follow: come back after the others (round-robin)
-      if (from != nullptr) *from = s.source;
+      const std::uint64_t gap = s.reader.last_gap();
+      counters.dropped += gap;
+      if (from != nullptr) {
+        *from = s.source;
+        from->dropped_before = gap;
+      }
       return true;
     }
     switch (r.error().code()) {
@@ -134,7 +139,12 @@ class Endpoint::Impl {
     auto r = s.reader.try_receive_batch(out);
     if (r) {
       set.mark(idx);
-      if (from != nullptr) *from = s.source;
+      const std::uint64_t gap = s.reader.last_gap();
+      counters.dropped += gap;
+      if (from != nullptr) {
+        *from = s.source;
+        from->dropped_before = gap;
+      }
       return *r;
     }
     if (r.error().code() != ErrorCode::WouldBlock) {
@@ -157,7 +167,12 @@ class Endpoint::Impl {
   void drain_to_backlog(std::uint32_t idx) {
     Sender& s = *senders[idx];
     SmallMessage m;
-    while (s.reader.try_receive(m)) backlog.emplace_back(m, s.source);
+    while (s.reader.try_receive(m)) {
+      MessageSource src = s.source;
+      src.dropped_before = s.reader.last_gap();
+      counters.dropped += src.dropped_before;
+      backlog.emplace_back(m, src);
+    }
     drop(idx);
   }
 
@@ -250,15 +265,38 @@ Endpoint::~Endpoint() = default;
 
 namespace {
 
+// The broker's view of a ChannelType.
 ObjectSpec channel_spec(const ChannelOptions& options) {
   ObjectSpec spec;
   spec.kind = ObjectKind::Channel;
-  spec.capacity = options.capacity;
   spec.max_message_size = options.max_message_size;
   spec.max_senders = options.max_senders;
   spec.world_openable = options.world_openable;
-  spec.synchronous = options.synchronous;
+  if (const auto* a = std::get_if<Asynchronous>(&options.type)) {
+    spec.capacity = a->buffer_size;
+    spec.overflow_policy = a->overflow_policy;
+  } else if (const auto* y = std::get_if<Synchronous>(&options.type)) {
+    spec.capacity = y->capacity;
+    spec.synchronous = true;
+    // kForever (or anything past ~292 years) is "no bound", sent as 0.
+    spec.call_timeout = y->timeout == kForever ? std::chrono::nanoseconds(0) : y->timeout;
+  } else {
+    const auto& f = std::get<FastPath>(options.type);
+    spec.capacity = f.capacity;
+    spec.fast_path = true;
+    spec.register_only = f.register_only;
+    spec.overflow_policy = OverflowPolicy::Error;
+  }
   return spec;
+}
+
+std::uint16_t shape_flags(const ObjectSpec& spec) noexcept {
+  return static_cast<std::uint16_t>(
+      (spec.world_openable ? wire::kObjectWorldOpenable : 0) |
+      (spec.synchronous ? wire::kObjectSynchronous : 0) |
+      (static_cast<unsigned>(spec.overflow_policy) << wire::kObjectOverflowShift) |
+      (spec.fast_path ? wire::kObjectFastPath : 0) |
+      (spec.fast_path && spec.register_only ? wire::kObjectRegisterOnly : 0));
 }
 
 // One broker round trip: the channel, with its ready set mapped.
@@ -280,7 +318,7 @@ Result<Endpoint> Endpoint::open_prepared(Runtime& rt, PreparedChannel&& channel,
   impl->cap = channel.cap;
   impl->object_id = channel.object_id;
   impl->anonymous = anonymous;
-  impl->synchronous = options.synchronous;
+  impl->synchronous = std::holds_alternative<Synchronous>(options.type);
   VIPC_TRY(impl->set.watch(kBrokerIndex));
   return Endpoint(std::move(impl));
 }
@@ -295,19 +333,20 @@ Result<Endpoint> Endpoint::create(Runtime& rt, std::string_view name,
 }
 
 Result<Endpoint> Endpoint::create_anonymous(Runtime& rt, const ChannelOptions& options) {
-  if (options.capacity < 2 || options.capacity > (1u << 20) ||
-      (options.capacity & (options.capacity - 1)) != 0 || options.max_message_size == 0 ||
-      options.max_message_size > kSmallPayloadMax || options.max_senders > wire::kMaxSenders) {
+  ObjectSpec spec = channel_spec(options);
+  if (spec.capacity < 2 || spec.capacity > (1u << 20) ||
+      (spec.capacity & (spec.capacity - 1)) != 0 || spec.max_message_size == 0 ||
+      spec.max_message_size > kSmallPayloadMax || spec.max_senders > wire::kMaxSenders ||
+      static_cast<unsigned>(spec.overflow_policy) > wire::kOverflowDropOldest ||
+      spec.call_timeout.count() < 0) {
     return Error(ErrorCode::InvalidArgument, "endpoint: channel options out of range");
   }
-  const ChannelShape shape{
-      options.capacity, options.max_message_size, options.max_senders,
-      static_cast<std::uint16_t>((options.world_openable ? wire::kObjectWorldOpenable : 0) |
-                                 (options.synchronous ? wire::kObjectSynchronous : 0))};
+  const ChannelShape shape{spec.capacity, spec.max_message_size, spec.max_senders,
+                           shape_flags(spec),
+                           static_cast<std::uint64_t>(spec.call_timeout.count())};
   std::optional<PreparedChannel> prepared = rt.impl_->take_channel(shape);
   if (!prepared) {
     // The pool is empty (first use of this shape): one round trip.
-    ObjectSpec spec = channel_spec(options);
     spec.anonymous = true;
     auto channel = create_channel(rt, spec);
     if (!channel) return channel.error();
@@ -444,6 +483,25 @@ class Channel::Impl {
   std::uint32_t index = 0;
   std::optional<core::RingReader> reply;  // synchronous channels
   std::uint64_t abandoned = 0;            // calls that timed out: their responses are skipped
+  OverflowPolicy policy = OverflowPolicy::Block;
+  bool register_only = false;
+  std::chrono::nanoseconds call_timeout{0};  // 0: none
+
+  // A full ring under the channel's policy: the drop (counted) or the error.
+  Result<void> on_full(Result<void> r) noexcept {
+    if (!r && r.error().code() == ErrorCode::ChannelFull && policy == OverflowPolicy::DropNewest) {
+      writer.count_drops(1);
+      return {};
+    }
+    return r;
+  }
+  Result<void> check_caps(const SmallMessage& m) const noexcept {
+    if (register_only && m.cap_count != 0) [[unlikely]] {
+      return Error(ErrorCode::InvalidArgument,
+                   "channel: a register-only fast path carries no capabilities");
+    }
+    return {};
+  }
 
   static Result<std::unique_ptr<Impl>> from(Result<SenderRing> ring) {
     if (!ring) return ring.error();
@@ -460,6 +518,12 @@ class Channel::Impl {
     impl->reply = std::move(reply);
     impl->cap = ring->cap;
     impl->index = ring->index;
+    impl->policy = ring->overflow_policy;
+    impl->register_only = ring->fast_path && ring->register_only;
+    impl->call_timeout = ring->call_timeout;
+    if (impl->writer.overwrites() != (impl->policy == OverflowPolicy::DropOldest)) {
+      return Error(ErrorCode::ProtocolError, "channel: ring does not match the overflow policy");
+    }
     return impl;
   }
 };
@@ -484,26 +548,44 @@ Result<Channel> Channel::attach(Runtime& rt, const Capability& cap) {
 Result<void> Channel::try_send(const SmallMessage& m) noexcept {
   if (impl_->reply) [[unlikely]]
     return one_way_on_sync("channel: synchronous: use call");
-  return impl_->writer.try_send(m);
+  VIPC_TRY(impl_->check_caps(m));
+  return impl_->on_full(impl_->writer.try_send(m));
 }
 Result<void> Channel::try_send(std::uint32_t type, const void* data, std::size_t len) noexcept {
   if (impl_->reply) [[unlikely]]
     return one_way_on_sync("channel: synchronous: use call");
-  return impl_->writer.try_send(type, data, len);
+  return impl_->on_full(impl_->writer.try_send(type, data, len));
 }
 Result<std::size_t> Channel::try_send_batch(std::span<const SmallMessage> msgs) noexcept {
   if (impl_->reply) [[unlikely]]
     return one_way_on_sync("channel: synchronous: use call");
-  return impl_->writer.try_send_batch(msgs);
+  if (impl_->register_only) {
+    for (const SmallMessage& m : msgs) VIPC_TRY(impl_->check_caps(m));
+  }
+  auto r = impl_->writer.try_send_batch(msgs);
+  if (impl_->policy != OverflowPolicy::DropNewest || msgs.empty()) return r;
+  // Drop newest: what did not fit is dropped, unless a message stopped the batch for
+  // another reason (too large), which is reported as such.
+  const std::size_t sent = r ? *r : 0;
+  if (!r && r.error().code() != ErrorCode::ChannelFull) return r;
+  if (sent < msgs.size() && impl_->writer.free_approx() != 0) {
+    if (sent > 0) return sent;
+    return r;
+  }
+  impl_->writer.count_drops(msgs.size() - sent);
+  return msgs.size();
 }
 Result<void> Channel::send(const SmallMessage& m, std::chrono::nanoseconds timeout) {
   if (impl_->reply) [[unlikely]]
     return one_way_on_sync("channel: synchronous: use call");
+  if (impl_->policy != OverflowPolicy::Block) return try_send(m);
+  VIPC_TRY(impl_->check_caps(m));
   return impl_->writer.send(m, core::deadline_after(timeout));
 }
 
 Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nanoseconds timeout) {
   if (!impl_->reply) return Error(ErrorCode::Unsupported, "channel: not synchronous: use send");
+  if (timeout == kForever && impl_->call_timeout.count() > 0) timeout = impl_->call_timeout;
   const core::Deadline deadline = core::deadline_after(timeout);
   VIPC_TRY(impl_->writer.send(request, deadline));
   SmallMessage response;
@@ -527,5 +609,10 @@ Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nan
 void Channel::close() noexcept { impl_->writer.close(); }
 const Capability& Channel::capability() const noexcept { return impl_->cap; }
 std::uint32_t Channel::index() const noexcept { return impl_->index; }
+OverflowPolicy Channel::overflow_policy() const noexcept { return impl_->policy; }
+ChannelStats Channel::stats() const noexcept {
+  const core::RingStats s = impl_->writer.stats();
+  return ChannelStats{s.sent, s.drops, s.full_events};
+}
 
 }  // namespace vipc

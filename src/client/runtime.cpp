@@ -121,9 +121,22 @@ Result<CreatedObject> Runtime::create(const ObjectSpec& spec) {
   }
   wire::CreateRequest r{};
   r.kind = static_cast<std::uint16_t>(spec.kind);
-  r.flags = static_cast<std::uint16_t>((spec.world_openable ? wire::kObjectWorldOpenable : 0) |
-                                       (spec.anonymous ? wire::kObjectAnonymous : 0) |
-                                       (spec.synchronous ? wire::kObjectSynchronous : 0));
+  r.flags = static_cast<std::uint16_t>(
+      (spec.world_openable ? wire::kObjectWorldOpenable : 0) |
+      (spec.anonymous ? wire::kObjectAnonymous : 0) |
+      (spec.synchronous ? wire::kObjectSynchronous : 0) |
+      (static_cast<unsigned>(spec.overflow_policy) << wire::kObjectOverflowShift) |
+      (spec.fast_path ? wire::kObjectFastPath : 0) |
+      (spec.fast_path && spec.register_only ? wire::kObjectRegisterOnly : 0));
+  if (static_cast<unsigned>(spec.overflow_policy) > wire::kOverflowDropOldest ||
+      spec.call_timeout.count() < 0 || (!spec.synchronous && spec.call_timeout.count() != 0) ||
+      (spec.synchronous && (spec.fast_path || spec.overflow_policy != OverflowPolicy::Block)) ||
+      (!channel &&
+       (spec.synchronous || spec.fast_path || spec.overflow_policy != OverflowPolicy::Block))) {
+    return Error(ErrorCode::InvalidArgument,
+                 "create: overflow policy, fast path and call timeout do not fit this object");
+  }
+  r.call_timeout_ns = static_cast<std::uint64_t>(spec.call_timeout.count());
   r.capacity = spec.capacity;
   r.max_message_size = spec.max_message_size;
   r.max_senders = spec.max_senders;
@@ -228,6 +241,13 @@ Result<SenderRing> sender_ring_of(const wire::ConnectReply& r, std::vector<sys::
   out.capacity = r.capacity;
   out.max_message_size = r.max_message_size;
   out.ring_id = r.ring_id;
+  out.overflow_policy = static_cast<OverflowPolicy>(wire::overflow_of(r.flags));
+  out.fast_path = (r.flags & wire::kObjectFastPath) != 0;
+  out.register_only = (r.flags & wire::kObjectRegisterOnly) != 0;
+  out.call_timeout =
+      std::chrono::nanoseconds(r.call_timeout_ns > static_cast<std::uint64_t>(INT64_MAX)
+                                   ? INT64_MAX
+                                   : static_cast<std::int64_t>(r.call_timeout_ns));
   out.producer = OwnedFd(fds[0].release());
   out.consumer = OwnedFd(fds[1].release());
   out.ready_set = OwnedFd(fds[2].release());

@@ -57,7 +57,9 @@ struct PreparedChannel {
 };
 
 // Which channels a pool holds: (capacity, max message size, max senders, flags).
-using ChannelShape = std::tuple<std::uint32_t, std::uint32_t, std::uint32_t, std::uint16_t>;
+// capacity, max message size, max senders, object flags, call timeout (ns).
+using ChannelShape =
+    std::tuple<std::uint32_t, std::uint32_t, std::uint32_t, std::uint16_t, std::uint64_t>;
 
 class Runtime::Impl {
  public:
@@ -224,6 +226,7 @@ class Runtime::Impl {
       r.max_message_size = std::get<1>(shape);
       r.max_senders = std::get<2>(shape);
       r.flags = static_cast<std::uint16_t>(std::get<3>(shape) | wire::kObjectAnonymous);
+      r.call_timeout_ns = std::get<4>(shape);
       const std::uint64_t id = next_id_++;
       const wire::Packet p = wire::encode_request(id, r);
       if (!platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/true)) return;

@@ -82,7 +82,17 @@ Result<void> check(const CreateRequest& b) noexcept {
   const bool channel = b.kind == static_cast<std::uint16_t>(ObjectKind::Channel) ||
                        b.kind == static_cast<std::uint16_t>(ObjectKind::Endpoint);
   if (!channel && b.max_senders != 0) return protocol(ctx::kBadReserved);
-  if (!channel && (b.flags & kObjectSynchronous) != 0) return protocol(ctx::kBadFlags);
+  constexpr std::uint16_t kChannelOnly =
+      kObjectSynchronous | kObjectOverflowMask | kObjectFastPath | kObjectRegisterOnly;
+  if ((b.flags & kObjectRegisterOnly) != 0 && (b.flags & kObjectFastPath) == 0) {
+    return protocol(ctx::kBadFlags);
+  }
+  if (!channel && (b.flags & kChannelOnly) != 0) return protocol(ctx::kBadFlags);
+  const bool sync = (b.flags & kObjectSynchronous) != 0;
+  if (sync && (b.flags & (kObjectOverflowMask | kObjectFastPath)) != 0) {
+    return protocol(ctx::kBadFlags);  // calls wait for room; a fast path is one-way
+  }
+  if (!sync && b.call_timeout_ns != 0) return protocol(ctx::kBadReserved);
   if (b.max_senders > kMaxSenders) return protocol(ctx::kBadEnum);
   if ((b.flags & kObjectAnonymous) != 0) {
     for (char c : b.name) {

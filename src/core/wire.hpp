@@ -38,7 +38,7 @@ namespace vipc::wire {
 static_assert(std::endian::native == std::endian::little, "wire format is little-endian");
 
 inline constexpr std::uint32_t kMagic = 0x43504956;  // "VIPC" in memory order
-inline constexpr std::uint16_t kProtocolVersion = 2;
+inline constexpr std::uint16_t kProtocolVersion = 3;
 inline constexpr std::size_t kNameSize = 64;  // bytes of a name field, NUL included
 inline constexpr std::size_t kNameMax = kNameSize - 1;
 inline constexpr std::size_t kMaxFds = 6;       // descriptors one packet may carry
@@ -75,8 +75,23 @@ inline constexpr std::uint16_t kObjectAnonymous = 1u << 1;
 // Channel/Endpoint: each sender also gets a reply ring (the receiver writes it), for
 // call/reply (docs/channels.md).
 inline constexpr std::uint16_t kObjectSynchronous = 1u << 2;
-inline constexpr std::uint16_t kObjectFlagsMask =
-    kObjectWorldOpenable | kObjectAnonymous | kObjectSynchronous;
+// Channel/Endpoint: the overflow policy of its senders' rings (two bits; docs/channels.md):
+// 0 block, 1 error, 2 drop newest, 3 drop oldest (the rings are created in overwrite
+// mode). A synchronous channel's is always 0.
+inline constexpr unsigned kObjectOverflowShift = 3;
+inline constexpr std::uint16_t kObjectOverflowMask = 3u << kObjectOverflowShift;
+inline constexpr std::uint16_t kOverflowDropOldest = 3;
+// Channel/Endpoint: a fast-path channel (FastPath): small messages only, never a
+// buffer; not synchronous.
+inline constexpr std::uint16_t kObjectFastPath = 1u << 5;
+// With kObjectFastPath: messages carry inline data only (no capabilities).
+inline constexpr std::uint16_t kObjectRegisterOnly = 1u << 6;
+inline constexpr std::uint16_t kObjectFlagsMask = kObjectWorldOpenable | kObjectAnonymous |
+                                                  kObjectSynchronous | kObjectOverflowMask |
+                                                  kObjectFastPath | kObjectRegisterOnly;
+[[nodiscard]] constexpr std::uint16_t overflow_of(std::uint16_t flags) noexcept {
+  return static_cast<std::uint16_t>((flags & kObjectOverflowMask) >> kObjectOverflowShift);
+}
 
 inline constexpr std::uint32_t kRightsMask = static_cast<std::uint32_t>(Rights::All);
 
@@ -170,8 +185,11 @@ static_assert(offsetof(HelloRequest, reserved) == 4);
 // max senders: Channel and Endpoint only (0: the default, kDefaultMaxSenders); zero
 // for every other kind.
 //
-//  0      2       4          8            12            16                     80
-//  | kind | flags | capacity | max msg    | max senders | name[64]             |
+// call timeout: synchronous channels only (0: none), the default bound of a call on
+// the channel in ns; zero for everything else.
+//
+//  0      2       4          8            12            16                     80        88
+//  | kind | flags | capacity | max msg    | max senders | name[64]             | call to |
 struct CreateRequest {
   std::uint16_t kind;
   std::uint16_t flags;
@@ -179,11 +197,13 @@ struct CreateRequest {
   std::uint32_t max_message_size;
   std::uint32_t max_senders;
   Name name;
+  std::uint64_t call_timeout_ns;
 };
 inline constexpr std::uint32_t kDefaultMaxSenders = 1023;
 // A channel's ready set holds one index per sender plus index 0, the broker's.
 inline constexpr std::uint32_t kMaxSenders = 4095;
-static_assert(sizeof(CreateRequest) == 80);
+static_assert(sizeof(CreateRequest) == 88);
+static_assert(offsetof(CreateRequest, call_timeout_ns) == 80);
 static_assert(offsetof(CreateRequest, kind) == 0);
 static_assert(offsetof(CreateRequest, flags) == 2);
 static_assert(offsetof(CreateRequest, capacity) == 4);
@@ -431,18 +451,20 @@ static_assert(offsetof(PingReply, payload) == 0);
 // and three descriptors: the ring's producer segment (the sender writes it), its
 // consumer segment (mapped read-only by the sender) and the channel's ready set.
 //
-//  0                    24       28         32        36     38      40         48
-//  | cap (record)       | index  | capacity | max msg | kind | flags | ring id  |
+//  0                    24       28         32        36     38      40         48        56
+//  | cap (record)       | index  | capacity | max msg | kind | flags | ring id  | call to |
 struct ConnectReply {
   CapabilityRecord cap;
   std::uint32_t index;  // the ring's index in the channel's ready set (>= 1)
   std::uint32_t capacity;
   std::uint32_t max_message_size;
-  std::uint16_t kind;     // the channel object's kind (Channel or Endpoint)
-  std::uint16_t flags;    // its object flags
-  std::uint64_t ring_id;  // broker-wide id of this sender's ring
+  std::uint16_t kind;             // the channel object's kind (Channel or Endpoint)
+  std::uint16_t flags;            // its object flags
+  std::uint64_t ring_id;          // broker-wide id of this sender's ring
+  std::uint64_t call_timeout_ns;  // synchronous channels: the creator's default (0: none)
 };
-static_assert(sizeof(ConnectReply) == 48);
+static_assert(sizeof(ConnectReply) == 56);
+static_assert(offsetof(ConnectReply, call_timeout_ns) == 48);
 static_assert(offsetof(ConnectReply, cap) == 0);
 static_assert(offsetof(ConnectReply, index) == 24);
 static_assert(offsetof(ConnectReply, capacity) == 28);

@@ -46,7 +46,7 @@ TEST(BrokerRestart, TrafficKeepsFlowingAndNothingLeaks) {
     auto rt = Runtime::connect_to(socket);
     ASSERT_TRUE(rt.ok()) << rt.error().message();
     ChannelOptions o;
-    o.capacity = 64;
+    o.type = Asynchronous{.buffer_size = 64};
     auto ep = Endpoint::create(*rt, "through-restart", o);
     ASSERT_TRUE(ep.ok()) << ep.error().message();
     test::Child sender = test::Child::spawn(

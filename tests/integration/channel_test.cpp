@@ -75,7 +75,7 @@ TEST_F(Channels, SendersInOtherProcessesDeliverExactlyOnceInOrder) {
   const std::uint64_t per_sender = test::kSanitized ? 20'000 : 200'000;
   constexpr std::uint32_t kSenders = 4;
   ChannelOptions o;
-  o.capacity = 256;
+  o.type = Asynchronous{.buffer_size = 256};
   auto ep = Endpoint::create(*rt, "seq", o);
   ASSERT_TRUE(ep.ok()) << ep.error().message();
   const std::string path = rt->socket_path();
@@ -118,7 +118,7 @@ TEST_F(Channels, SendersInOtherProcessesDeliverExactlyOnceInOrder) {
 
 TEST_F(Channels, KilledSenderIsDrainedThenDetachedWithinTheBound) {
   ChannelOptions o;
-  o.capacity = 1024;
+  o.type = Asynchronous{.buffer_size = 1024};
   auto ep = Endpoint::create(*rt, "victim", o);
   ASSERT_TRUE(ep.ok());
   const std::string path = rt->socket_path();
@@ -161,7 +161,7 @@ TEST_F(Channels, SenderBlockedOnFullRingWakesWhenTheReceiverDies) {
         auto crt = Runtime::connect_to(path);
         if (!crt) return 10;
         ChannelOptions o;
-        o.capacity = 4;
+        o.type = Asynchronous{.buffer_size = 4};
         auto ep = Endpoint::create(*crt, "sink", o);
         if (!ep) return 11;
         char c = 1;
@@ -260,9 +260,9 @@ TEST_F(Channels, ConnectChecksNameKindRightsAndSize) {
   EXPECT_EQ(ch->try_send(1, big.data(), big.size()).error().code(), ErrorCode::MessageTooLarge);
   // Bad channel parameters.
   ChannelOptions bad;
-  bad.capacity = 3;
+  bad.type = Asynchronous{.buffer_size = 3};
   EXPECT_EQ(Endpoint::create(*rt, "bad1", bad).error().code(), ErrorCode::InvalidArgument);
-  bad.capacity = 8;
+  bad.type = Asynchronous{.buffer_size = 8};
   bad.max_message_size = 65;
   EXPECT_EQ(Endpoint::create(*rt, "bad2", bad).error().code(), ErrorCode::InvalidArgument);
   bad.max_message_size = 64;
@@ -280,7 +280,7 @@ TEST_F(Channels, ConnectChecksNameKindRightsAndSize) {
 
 TEST_F(Channels, MaxSendersIsEnforcedAndIndicesAreReused) {
   ChannelOptions o;
-  o.capacity = 2;
+  o.type = Asynchronous{.buffer_size = 2};
   o.max_senders = 3;
   auto ep = Endpoint::create(*rt, "small", o);
   ASSERT_TRUE(ep.ok());
@@ -377,7 +377,7 @@ TEST_F(Channels, AnonymousEndpointsComeFromThePoolAndAreReachedByCapability) {
   EXPECT_EQ(from.client_id, other->client_id());
   // Bad options are refused before anything is taken.
   ChannelOptions bad;
-  bad.capacity = 6;
+  bad.type = Asynchronous{.buffer_size = 6};
   EXPECT_EQ(Endpoint::create_anonymous(*rt, bad).error().code(), ErrorCode::InvalidArgument);
   // An anonymous create through the Runtime must not carry a name.
   ObjectSpec spec;
@@ -461,7 +461,7 @@ namespace {
 TEST_F(Channels, ResolveAnswersWithoutTheBrokerForNamesThisProcessResolved) {
   EXPECT_EQ(rt->resolve("later").error().code(), ErrorCode::NotFound);
   ChannelOptions o;
-  o.capacity = 32;
+  o.type = Asynchronous{.buffer_size = 32};
   std::optional<Endpoint> ep;
   {
     auto e = Endpoint::create(*rt, "later", o);
@@ -498,8 +498,7 @@ namespace {
 
 ChannelOptions sync_options() {
   ChannelOptions o;
-  o.synchronous = true;
-  o.capacity = 8;
+  o.type = Synchronous{.capacity = 8};
   return o;
 }
 
@@ -649,7 +648,7 @@ namespace {
 // make it readable, and every message arrives exactly once.
 TEST_F(Channels, PollFdDrivesAnEventLoop) {
   ChannelOptions o;
-  o.capacity = 64;
+  o.type = Asynchronous{.buffer_size = 64};
   auto ep = Endpoint::create(*rt, "polled", o);
   ASSERT_TRUE(ep.ok());
   ASSERT_GE(ep->poll_fd(), 0);

@@ -70,7 +70,7 @@ int run_channel_demo(std::uint64_t per_sender) {
     return 1;
   }
   ChannelOptions o;
-  o.capacity = 256;
+  o.type = Asynchronous{.buffer_size = 256};
   auto ep = Endpoint::create(*rt, "demo.jobs", o);
   if (!ep) {
     fmt::print(stderr, "vipc demo: create: {}\n", ep.error().message());
@@ -154,8 +154,7 @@ int run_call_demo(Runtime& rt) {
     auto srt = Runtime::connect_to(path);
     if (!srt) ::_exit(10);
     ChannelOptions o;
-    o.synchronous = true;
-    o.capacity = 16;
+    o.type = Synchronous{.capacity = 16};
     auto ep = Endpoint::create(*srt, "demo.adder", o);
     if (!ep) ::_exit(11);
     for (;;) {

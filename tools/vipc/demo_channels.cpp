@@ -13,6 +13,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "demo.hpp"
@@ -60,6 +61,7 @@ int reap(pid_t pid) {
 }  // namespace
 
 int run_call_demo(Runtime& rt);
+int run_overflow_demo(Runtime& rt);
 
 int run_channel_demo(std::uint64_t per_sender) {
   fmt::print(
@@ -140,7 +142,7 @@ int run_channel_demo(std::uint64_t per_sender) {
   fmt::print("  a forged capability: {}\n",
              refused ? std::string("ACCEPTED (bug)") : refused.error().message());
   ok = ok && !refused && refused.error().code() == ErrorCode::InvalidCapability;
-  return ok && run_call_demo(*rt) == 0 ? 0 : 1;
+  return ok && run_call_demo(*rt) == 0 && run_overflow_demo(*rt) == 0 ? 0 : 1;
 }
 
 int run_call_demo(Runtime& rt) {
@@ -206,6 +208,65 @@ int run_call_demo(Runtime& rt) {
              dropped ? std::string("answered (bug)") : dropped.error().message());
   ok = ok && !dropped && dropped.error().code() == ErrorCode::ChannelClosed;
   ok = reap(server) == 0 && ok;
+  return ok ? 0 : 1;
+}
+
+// A telemetry stream where only the latest readings matter: a sender process pushes
+// readings as fast as it can into a drop-oldest channel of 64 slots while the receiver
+// takes its time; the sender never waits, the receiver always ends with the newest
+// reading, and every reading is either received or counted as lost.
+int run_overflow_demo(Runtime& rt) {
+  constexpr std::uint64_t kReadings = 200'000;
+  fmt::print("\noverflow: {} readings into a drop-oldest channel of 64 slots, a slow receiver\n",
+             kReadings);
+  ChannelOptions o;
+  o.type = Asynchronous{.buffer_size = 64, .overflow_policy = OverflowPolicy::DropOldest};
+  auto ep = Endpoint::create(rt, "demo.telemetry", o);
+  if (!ep) {
+    fmt::print(stderr, "vipc demo: {}\n", ep.error().message());
+    return 1;
+  }
+  const std::string path = rt.socket_path();
+  std::fflush(nullptr);
+  const pid_t sender = ::fork();
+  if (sender == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    auto srt = Runtime::connect_to(path);
+    if (!srt) ::_exit(10);
+    auto ch = Channel::connect(*srt, "demo.telemetry");
+    if (!ch) ::_exit(11);
+    for (std::uint64_t i = 0; i < kReadings; ++i) {
+      if (!ch->send(SmallMessage(1, &i, sizeof i))) ::_exit(12);  // never waits
+    }
+    fmt::print("  sender: {} sent, {} unread readings overwritten, never waited\n", kReadings,
+               ch->stats().dropped);
+    std::fflush(stdout);
+    ch->close();
+    ::_exit(0);
+  }
+  std::uint64_t received = 0, lost = 0, last = 0, gaps = 0;
+  bool ordered = true;
+  SmallMessage m;
+  MessageSource from;
+  for (;;) {
+    auto r = ep->receive(m, 10s, &from);
+    if (!r) break;  // the sender closed and everything was taken (or 10 s of silence)
+    std::uint64_t v = 0;
+    std::memcpy(&v, m.data.data(), sizeof v);
+    if (received > 0 && v != last + 1 + from.dropped_before) ordered = false;
+    if (from.dropped_before > 0) ++gaps;
+    lost += from.dropped_before;
+    last = v;
+    ++received;
+    if (received % 64 == 0) std::this_thread::sleep_for(200us);  // the slow part
+    if (v == kReadings - 1) break;
+  }
+  const bool sender_ok = reap(sender) == 0;
+  const bool ok = sender_ok && ordered && last == kReadings - 1 && received + lost == kReadings;
+  fmt::print(
+      "  receiver: {} received + {} lost (in {} gaps, each reported with the next reading) = {}"
+      "; newest reading {} kept; in order: {}\n",
+      received, lost, gaps, received + lost, last, ordered ? "yes" : "NO");
   return ok ? 0 : 1;
 }
 

@@ -2,6 +2,7 @@
 // cheap cycle counter where the architecture has one).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -76,17 +77,23 @@ inline std::uint64_t cycles() noexcept {
 // Converts cycles() deltas to nanoseconds; calibrated once against CLOCK_MONOTONIC.
 class CycleClock {
  public:
-  // Calibrates over about `calibrate_ms` milliseconds.
+  // The process's clock, calibrated (about 20 ms) by the first call. Never waits for
+  // another thread's calibration: a thread that finds none calibrates itself and the
+  // first result is kept, so a child forked while a thread of its parent was
+  // calibrating cannot hang here (a function-local static's guard would be inherited
+  // "in progress" with nobody left to finish it).
   static const CycleClock& instance();
-  [[nodiscard]] double ns_per_cycle() const noexcept { return ns_per_cycle_; }
+  [[nodiscard]] double ns_per_cycle() const noexcept {
+    return ns_per_cycle_.load(std::memory_order_relaxed);
+  }
   [[nodiscard]] std::uint64_t to_ns(std::uint64_t cycles_delta) const noexcept {
     return static_cast<std::uint64_t>(
-        std::llround(static_cast<double>(cycles_delta) * ns_per_cycle_));
+        std::llround(static_cast<double>(cycles_delta) * ns_per_cycle()));
   }
+  constexpr CycleClock() noexcept = default;
 
  private:
-  CycleClock();
-  double ns_per_cycle_ = 1.0;
+  std::atomic<double> ns_per_cycle_{0.0};  // 0: not calibrated yet
 };
 
 }  // namespace vipc::core

@@ -15,8 +15,10 @@
 //   ChannelClosed, and a sender blocked on a full ring wakes with it.
 // - Nothing here throws; every failure is a vipc::Error.
 //
-// Caveats: one thread at a time per Endpoint and per Channel (each is one side of
-// SPSC rings; use one Channel per sending thread). The Endpoint's creator is its only
+// Caveats: one thread at a time per Channel (each is one side of an SPSC ring; use one
+// Channel per sending thread), and per Endpoint unless it was created with
+// ChannelOptions::receiver_threads > 1 (then several threads may receive and reply,
+// but poll_fd/arm_poll_fd stay single-threaded). The Endpoint's creator is its only
 // receiver. The Runtime must outlive the Endpoints and Channels made with it.
 //
 //   auto rt = vipc::Runtime::connect().value();
@@ -80,6 +82,12 @@ struct ChannelOptions {
   std::uint32_t max_message_size = 64;  // bytes, <= kSmallPayloadMax
   std::uint32_t max_senders = 0;        // 0: 1023; at most 4095
   bool world_openable = false;          // any uid may connect (default: the creator's uid)
+  // This process's side only (not the channel's): how many threads will receive and
+  // reply on the Endpoint at once. Above 1 the Endpoint serialises its receiving calls
+  // (one thread waits, the others queue behind it; a thread that has taken a request
+  // never holds the others up while it handles or answers it). At 1 (the default) it
+  // takes no lock at all, and must be used by one thread at a time.
+  std::uint32_t receiver_threads = 1;
 };
 
 // The reply type a server may not use: it marks "the server dropped the request".

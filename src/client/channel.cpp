@@ -9,6 +9,7 @@
 #include <array>
 #include <list>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -55,11 +56,33 @@ class Endpoint::Impl {
   EndpointStats counters;
   bool anonymous = false;
   bool synchronous = false;
+  // ChannelOptions::threads > 1: several threads receive and reply at once. One of them
+  // at a time receives (recv_mu, held while it waits: the others queue on it, a leader
+  // and its followers); state_mu guards `senders` and the reply state, so replying never
+  // waits for a receiving thread.
+  bool threaded = false;
+  std::timed_mutex recv_mu;
+  std::mutex state_mu;
+
+  std::unique_lock<std::mutex> state_lock() {
+    return threaded ? std::unique_lock<std::mutex>(state_mu) : std::unique_lock<std::mutex>();
+  }
+  // threaded: takes recv_mu, waiting until `deadline` at most; false when it passed.
+  bool recv_lock(std::unique_lock<std::timed_mutex>& lock, core::Deadline deadline) {
+    if (!threaded) return true;
+    lock = std::unique_lock<std::timed_mutex>(recv_mu, std::defer_lock);
+    if (deadline == core::kNoDeadline) {
+      lock.lock();
+      return true;
+    }
+    return lock.try_lock_until(deadline);
+  }
 
   // Writes reply `seq` for the sender at `idx` (ring `ring_id`), and every held reply
   // that follows it, in request order.
   Result<void> send_reply(std::uint32_t idx, std::uint64_t ring_id, std::uint64_t seq,
                           const SmallMessage& m) {
+    const auto lock = state_lock();
     if (idx >= senders.size() || !senders[idx] || senders[idx]->ring_id != ring_id ||
         !senders[idx]->reply) {
       return Error(ErrorCode::ChannelClosed, "request: the caller is gone");
@@ -158,6 +181,7 @@ class Endpoint::Impl {
     if (idx >= senders.size() || !senders[idx]) return;
     set.remove(senders[idx]->reader, idx);
     senders[idx]->reader.close();
+    const auto lock = state_lock();
     senders[idx].reset();
     --counters.senders;
     ++counters.detached;
@@ -194,7 +218,10 @@ class Endpoint::Impl {
       if (idx >= set.capacity()) {
         return Error(ErrorCode::ProtocolError, "endpoint: sender index out of range", 0, idx);
       }
-      if (idx >= senders.size()) senders.resize(idx + 1);  // grows with the senders seen
+      if (idx >= senders.size()) {
+        const auto lock = state_lock();
+        senders.resize(idx + 1);  // grows with the senders seen
+      }
       if (ev->kind == SenderEventKind::Attached) {
         if (senders[idx]) drain_to_backlog(idx);
         auto reader = core::RingReader::attach(ev->producer.get(), ev->consumer.get());
@@ -216,7 +243,10 @@ class Endpoint::Impl {
               0,
               0,
               {}});
-          senders[idx] = std::move(s);
+          {
+            const auto lock = state_lock();
+            senders[idx] = std::move(s);
+          }
           // Reports the messages it sent before we armed the ring.
           if (auto a = set.add(senders[idx]->reader, idx); !a) {
             senders[idx].reset();
@@ -239,7 +269,8 @@ class Endpoint::Impl {
     }
   }
 
-  Result<void> receive(SmallMessage& out, std::chrono::nanoseconds timeout, MessageSource* from);
+  // Waits until `deadline` (or not at all when `wait` is false).
+  Result<void> receive(SmallMessage& out, core::Deadline deadline, bool wait, MessageSource* from);
 
   Result<void> try_receive(SmallMessage& out, MessageSource* from) {
     if (!backlog.empty()) {
@@ -319,6 +350,7 @@ Result<Endpoint> Endpoint::open_prepared(Runtime& rt, PreparedChannel&& channel,
   impl->object_id = channel.object_id;
   impl->anonymous = anonymous;
   impl->synchronous = std::holds_alternative<Synchronous>(options.type);
+  impl->threaded = options.receiver_threads > 1;
   VIPC_TRY(impl->set.watch(kBrokerIndex));
   return Endpoint(std::move(impl));
 }
@@ -359,24 +391,37 @@ namespace {
 Error one_way_on_sync(const char* what) noexcept { return Error(ErrorCode::Unsupported, what); }
 }  // namespace
 
+namespace {
+// What a receiving thread reports when another one held the endpoint until its deadline.
+Error busy_result(bool wait) noexcept {
+  return wait ? Error(ErrorCode::Timeout, "endpoint: receive")
+              : Error(ErrorCode::WouldBlock, "endpoint: another thread is receiving");
+}
+}  // namespace
+
 Result<void> Endpoint::try_receive(SmallMessage& out, MessageSource* from) {
   if (impl_->synchronous) return one_way_on_sync("endpoint: synchronous: use receive_request");
+  std::unique_lock<std::timed_mutex> lock;
+  if (!impl_->recv_lock(lock, core::Clock::now())) return busy_result(false);
   return impl_->try_receive(out, from);
 }
 
 Result<void> Endpoint::receive(SmallMessage& out, std::chrono::nanoseconds timeout,
                                MessageSource* from) {
   if (impl_->synchronous) return one_way_on_sync("endpoint: synchronous: use receive_request");
-  return impl_->receive(out, timeout, from);
+  const core::Deadline deadline = core::deadline_after(timeout);
+  const bool wait = timeout.count() != 0;
+  std::unique_lock<std::timed_mutex> lock;
+  if (!impl_->recv_lock(lock, wait ? deadline : core::Clock::now())) return busy_result(wait);
+  return impl_->receive(out, deadline, wait, from);
 }
 
-Result<void> Endpoint::Impl::receive(SmallMessage& out, std::chrono::nanoseconds timeout,
+Result<void> Endpoint::Impl::receive(SmallMessage& out, core::Deadline deadline, bool wait,
                                      MessageSource* from) {
-  const core::Deadline deadline = core::deadline_after(timeout);
   for (;;) {
     auto r = try_receive(out, from);
     if (r || r.error().code() != ErrorCode::WouldBlock) return r;
-    if (timeout.count() == 0) return r;
+    if (!wait) return r;
     auto idx = set.wait_next(deadline);
     if (!idx) return idx.error();
     auto got = take(*idx, out, from);
@@ -389,8 +434,12 @@ Result<Request> Endpoint::receive_request(std::chrono::nanoseconds timeout) {
   if (!impl_->synchronous) {
     return Error(ErrorCode::Unsupported, "endpoint: not synchronous: use receive");
   }
+  const core::Deadline deadline = core::deadline_after(timeout);
+  const bool wait = timeout.count() != 0;
+  std::unique_lock<std::timed_mutex> lock;
+  if (!impl_->recv_lock(lock, wait ? deadline : core::Clock::now())) return busy_result(wait);
   Request req;
-  VIPC_TRY(impl_->receive(req.message_, timeout, &req.source_));
+  VIPC_TRY(impl_->receive(req.message_, deadline, wait, &req.source_));
   req.endpoint_ = impl_.get();
   req.index_ = req.source_.index;
   req.ring_id_ = req.source_.ring_id;
@@ -444,6 +493,8 @@ Request::~Request() {
 Result<std::size_t> Endpoint::try_receive_batch(std::span<SmallMessage> out, MessageSource* from) {
   if (impl_->synchronous) return one_way_on_sync("endpoint: synchronous: use receive_request");
   if (out.empty()) return std::size_t{0};
+  std::unique_lock<std::timed_mutex> lock;
+  if (!impl_->recv_lock(lock, core::Clock::now())) return busy_result(false);
   if (!impl_->backlog.empty()) {
     std::size_t n = 0;
     while (n < out.size() && !impl_->backlog.empty()) {

@@ -88,6 +88,17 @@ struct ChannelOptions {
   // never holds the others up while it handles or answers it). At 1 (the default) it
   // takes no lock at all, and must be used by one thread at a time.
   std::uint32_t receiver_threads = 1;
+  // This process's side only. Synchronous channels: a serving thread takes on the
+  // caller's real-time policy and priority (SCHED_FIFO/SCHED_RR) while it handles that
+  // request, when they are above its own, and gives them back when it answers or waits
+  // again (the spec's priority inheritance; where the system permits: EPERM is counted
+  // in EndpointStats::priority_denied and changes nothing).
+  bool inherit_priority = true;
+  // If not 0: serving threads wait for requests at SCHED_FIFO with this priority, so a
+  // real-time caller's request is taken at once even when a busy thread of a middle
+  // priority holds the CPU; a thread drops to its caller's priority as soon as it has
+  // taken the request (docs/channels.md, "Priority inheritance").
+  std::uint8_t priority_ceiling = 0;
 };
 
 // The reply type a server may not use: it marks "the server dropped the request".
@@ -112,8 +123,10 @@ struct EndpointStats {
   std::uint64_t revoked_dropped = 0;  // messages discarded with a revoked sender's ring
   std::uint64_t corrupt_senders = 0;  // rings dropped because their memory was corrupt
   std::uint64_t dropped = 0;  // messages lost by the overflow policy (sum of dropped_before)
-  bool broker_lost = false;   // the broker connection closed: senders attached keep working,
-                              // no new ones can come (docs/broker.md, "Broker restart")
+  std::uint64_t priority_changes = 0;  // scheduling changes made for priority inheritance
+  std::uint64_t priority_denied = 0;   // ... that the system refused (EPERM)
+  bool broker_lost = false;  // the broker connection closed: senders attached keep working,
+                             // no new ones can come (docs/broker.md, "Broker restart")
 };
 
 // A request taken by Endpoint::receive_request: answer it exactly once with reply().
@@ -130,6 +143,8 @@ class Request {
 
   [[nodiscard]] const SmallMessage& message() const noexcept { return message_; }
   [[nodiscard]] const MessageSource& source() const noexcept { return source_; }
+  // The caller's real-time priority as it sent the request (1-99; 0: not real-time).
+  [[nodiscard]] int caller_priority() const noexcept { return sched_tag_ & 0x7f; }
   // InvalidArgument when already answered or `response` uses kDroppedReplyType;
   // ChannelClosed when the caller is gone; MessageTooLarge as a send.
   [[nodiscard]] Result<void> reply(const SmallMessage& response);
@@ -143,6 +158,8 @@ class Request {
   std::uint64_t seq_ = 0;
   SmallMessage message_;
   MessageSource source_;
+  std::uint8_t sched_tag_ = 0;         // the caller's scheduling tag (channel.cpp)
+  const void* boost_owner_ = nullptr;  // the thread that took the caller's priority on
   bool answered_ = true;
 };
 

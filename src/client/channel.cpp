@@ -6,6 +6,9 @@
 // the ready set, handled by core.
 #include "vipc/channel.hpp"
 
+#include <pthread.h>
+#include <sched.h>
+
 #include <array>
 #include <list>
 #include <map>
@@ -25,6 +28,80 @@ namespace vipc {
 namespace {
 
 constexpr std::uint32_t kBrokerIndex = 0;
+
+// ---- priority inheritance (docs/channels.md)
+//
+// A request's slot flags carry its caller's real-time scheduling: bits 0-6 the
+// priority, bit 7 SCHED_RR (0: not real-time). The caller reads its own scheduling once
+// every kSchedRefresh calls (two system calls), so a call costs none in between.
+constexpr std::uint8_t kTagRr = 0x80;
+constexpr std::uint32_t kSchedRefresh = 1024;
+
+std::uint8_t tag_of(int policy, int priority) noexcept {
+  if ((policy != SCHED_FIFO && policy != SCHED_RR) || priority <= 0) return 0;
+  return static_cast<std::uint8_t>((priority > 0x7f ? 0x7f : priority) |
+                                   (policy == SCHED_RR ? kTagRr : 0));
+}
+
+std::uint8_t own_sched_tag() noexcept {
+  thread_local std::uint8_t tag = 0;
+  thread_local std::uint32_t until_refresh = 0;
+  if (until_refresh-- == 0) {
+    until_refresh = kSchedRefresh - 1;
+    int policy = 0;
+    sched_param sp{};
+    tag = ::pthread_getschedparam(::pthread_self(), &policy, &sp) == 0
+              ? tag_of(policy, sp.sched_priority)
+              : 0;
+  }
+  return tag;
+}
+
+// A serving thread's scheduling: what it was when it first served (its base), and the
+// tag it runs at now (0: its base).
+struct ServingThread {
+  bool known = false;
+  int base_policy = SCHED_OTHER;
+  sched_param base{};
+  std::uint8_t applied = 0;
+};
+thread_local ServingThread t_serving;
+
+// Switches the calling thread to `tag` (0: back to its base); false when refused.
+bool apply_sched(std::uint8_t tag, EndpointStats& stats) noexcept {
+  ServingThread& t = t_serving;
+  if (!t.known) {
+    if (::pthread_getschedparam(::pthread_self(), &t.base_policy, &t.base) != 0) return false;
+    t.known = true;
+  }
+  if (tag == t.applied) return true;
+  int rc = 0;
+  if (tag == 0) {
+    rc = ::pthread_setschedparam(::pthread_self(), t.base_policy, &t.base);
+  } else {
+    sched_param sp{};
+    sp.sched_priority = tag & 0x7f;
+    rc =
+        ::pthread_setschedparam(::pthread_self(), (tag & kTagRr) != 0 ? SCHED_RR : SCHED_FIFO, &sp);
+  }
+  if (rc != 0) {
+    ++stats.priority_denied;
+    return false;
+  }
+  ++stats.priority_changes;
+  t.applied = tag;
+  return true;
+}
+
+// The tag a thread should serve `caller_tag` at: the caller's when it is above the
+// thread's own base (inheritance only ever raises), else 0.
+std::uint8_t inherited(std::uint8_t caller_tag) noexcept {
+  if (caller_tag == 0) return 0;
+  const ServingThread& t = t_serving;
+  const bool base_rt = t.base_policy == SCHED_FIFO || t.base_policy == SCHED_RR;
+  if (base_rt && t.base.sched_priority >= (caller_tag & 0x7f)) return 0;
+  return caller_tag;
+}
 
 struct Sender {
   core::RingReader reader;
@@ -61,6 +138,9 @@ class Endpoint::Impl {
   // and its followers); state_mu guards `senders` and the reply state, so replying never
   // waits for a receiving thread.
   bool threaded = false;
+  bool inherit_priority = true;
+  std::uint8_t ceiling_tag = 0;  // SCHED_FIFO priority serving threads wait at (0: none)
+  std::uint8_t last_tag = 0;     // slot flags of the last message taken
   std::timed_mutex recv_mu;
   std::mutex state_mu;
 
@@ -130,6 +210,7 @@ class Endpoint::Impl {
     auto r = s.reader.try_receive(out);
     if (r) {
       set.mark(idx);  // more may follow: come back after the others (round-robin)
+      last_tag = s.reader.last_flags();
       const std::uint64_t gap = s.reader.last_gap();
       counters.dropped += gap;
       if (from != nullptr) {
@@ -351,6 +432,8 @@ Result<Endpoint> Endpoint::open_prepared(Runtime& rt, PreparedChannel&& channel,
   impl->anonymous = anonymous;
   impl->synchronous = std::holds_alternative<Synchronous>(options.type);
   impl->threaded = options.receiver_threads > 1;
+  impl->inherit_priority = options.inherit_priority;
+  impl->ceiling_tag = tag_of(SCHED_FIFO, options.priority_ceiling);
   VIPC_TRY(impl->set.watch(kBrokerIndex));
   return Endpoint(std::move(impl));
 }
@@ -438,8 +521,23 @@ Result<Request> Endpoint::receive_request(std::chrono::nanoseconds timeout) {
   const bool wait = timeout.count() != 0;
   std::unique_lock<std::timed_mutex> lock;
   if (!impl_->recv_lock(lock, wait ? deadline : core::Clock::now())) return busy_result(wait);
+  Endpoint::Impl& ep = *impl_;
+  // Wait at the ceiling (or the thread's own scheduling again, after an inherited one).
+  if (ep.ceiling_tag != 0 || t_serving.applied != 0) {
+    const auto counters_lock = ep.state_lock();
+    (void)apply_sched(ep.ceiling_tag, ep.counters);
+  }
   Request req;
-  VIPC_TRY(impl_->receive(req.message_, deadline, wait, &req.source_));
+  ep.last_tag = 0;
+  VIPC_TRY(ep.receive(req.message_, deadline, wait, &req.source_));
+  req.sched_tag_ = ep.last_tag;
+  if (ep.inherit_priority || ep.ceiling_tag != 0) {
+    const std::uint8_t target = ep.inherit_priority ? inherited(req.sched_tag_) : 0;
+    if (target != t_serving.applied) {
+      const auto counters_lock = ep.state_lock();
+      if (apply_sched(target, ep.counters) && target != 0) req.boost_owner_ = &t_serving;
+    }
+  }
   req.endpoint_ = impl_.get();
   req.index_ = req.source_.index;
   req.ring_id_ = req.source_.ring_id;
@@ -463,9 +561,12 @@ Request::Request(Request&& o) noexcept
       seq_(o.seq_),
       message_(o.message_),
       source_(o.source_),
+      sched_tag_(o.sched_tag_),
+      boost_owner_(o.boost_owner_),
       answered_(o.answered_) {
   o.answered_ = true;
   o.endpoint_ = nullptr;
+  o.boost_owner_ = nullptr;
 }
 
 Result<void> Request::reply(const SmallMessage& response) {
@@ -479,15 +580,25 @@ Result<void> Request::reply(const SmallMessage& response) {
   auto r = ep->send_reply(index_, ring_id_, seq_, response);
   // Answered either way: a reply that could not be written (caller gone) is not retried.
   if (r || r.error().code() != ErrorCode::ChannelFull) answered_ = true;
+  if (answered_ && boost_owner_ == &t_serving) {  // give the caller's priority back
+    boost_owner_ = nullptr;
+    const auto lock = ep->state_lock();
+    (void)apply_sched(0, ep->counters);
+  }
   return r;
 }
 
 Request::~Request() {
   if (answered_ || endpoint_ == nullptr) return;
+  auto* ep = static_cast<Endpoint::Impl*>(endpoint_);
   // Tell the caller its request was dropped (its call fails with ChannelClosed).
   SmallMessage dropped;
   dropped.type = kDroppedReplyType;
-  (void)static_cast<Endpoint::Impl*>(endpoint_)->send_reply(index_, ring_id_, seq_, dropped);
+  (void)ep->send_reply(index_, ring_id_, seq_, dropped);
+  if (boost_owner_ == &t_serving) {
+    const auto lock = ep->state_lock();
+    (void)apply_sched(0, ep->counters);
+  }
 }
 
 Result<std::size_t> Endpoint::try_receive_batch(std::span<SmallMessage> out, MessageSource* from) {
@@ -638,6 +749,7 @@ Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nan
   if (!impl_->reply) return Error(ErrorCode::Unsupported, "channel: not synchronous: use send");
   if (timeout == kForever && impl_->call_timeout.count() > 0) timeout = impl_->call_timeout;
   const core::Deadline deadline = core::deadline_after(timeout);
+  impl_->writer.tag_next(own_sched_tag());  // the caller's priority, for inheritance
   VIPC_TRY(impl_->writer.send(request, deadline));
   SmallMessage response;
   for (;;) {

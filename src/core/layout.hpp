@@ -130,6 +130,8 @@ static_assert(sizeof(SideStats) == kCacheLine);
 //  | payload[48..64)   | capability handles [4] (u64)      | stamp    | rsvd  |
 //  +-------------------+-----------------------------------+----------+-------+
 //
+// flags: the channel's tag of the message (a synchronous request's scheduling priority:
+// bits 0-6 the real-time priority, bit 7 SCHED_RR; 0 for none). Producer-written: a hint.
 // gap: how many messages the producer dropped (drop-newest overflow policy) right before
 // this one; 0 normally. Producer-written like everything else here: it tells the reader
 // about the producer's own messages only.

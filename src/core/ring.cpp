@@ -306,6 +306,7 @@ RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
   last_set_woken_ = o.last_set_woken_;
   pending_gap_ = o.pending_gap_;
   claimed_ = o.claimed_;
+  next_flags_ = o.next_flags_;
   asymmetric_ = o.asymmetric_;
   closed_ = o.closed_;
   overwrite_ = o.overwrite_;
@@ -358,7 +359,8 @@ void RingWriter::write_slot(std::uint64_t pos, std::uint32_t type, const void* d
   s.type = type;
   s.length = static_cast<std::uint16_t>(len);
   s.cap_count = ncaps;
-  s.flags = 0;
+  s.flags = next_flags_;
+  next_flags_ = 0;
   s.gap = take_gap();
   if (len != 0) std::memcpy(s.payload, bytes, len < kFirstLinePayload ? len : kFirstLinePayload);
   // R1: release pairs with the reader's acquire of seq (R2): the fields above are
@@ -380,7 +382,8 @@ VIPC_ALWAYS_INLINE inline void RingWriter::write_message(std::uint64_t pos,
   s.type = m.type;
   s.length = m.length;
   s.cap_count = ncaps;
-  s.flags = 0;
+  s.flags = next_flags_;
+  next_flags_ = 0;
   s.gap = take_gap();
   std::memcpy(s.payload, m.data.data(), kFirstLinePayload);
   s.seq.store(static_cast<std::uint32_t>(pos + 1), std::memory_order_release);  // R1
@@ -407,7 +410,8 @@ void RingWriter::overwrite_message(const SmallMessage& m) noexcept {
   auto* words = reinterpret_cast<AliasU64*>(&s);
   __atomic_store_n(&s.type, m.type, __ATOMIC_RELAXED);
   const std::uint64_t meta = std::uint64_t{m.length} | std::uint64_t{m.cap_count} << 16 |
-                             std::uint64_t{take_gap()} << 32;  // length, caps, flags 0, gap
+                             std::uint64_t{next_flags_} << 24 | std::uint64_t{take_gap()} << 32;
+  next_flags_ = 0;
   __atomic_store_n(&words[1], meta, __ATOMIC_RELAXED);
   std::uint64_t w[8];
   std::memcpy(w, m.data.data(), sizeof w);
@@ -729,6 +733,7 @@ RingReader& RingReader::operator=(RingReader&& o) noexcept {
   epoch_ = o.epoch_;
   last_woken_ = o.last_woken_;
   last_gap_ = o.last_gap_;
+  last_flags_ = o.last_flags_;
   lost_ = o.lost_;
   unreported_lost_ = o.unreported_lost_;
   asymmetric_ = o.asymmetric_;
@@ -831,6 +836,7 @@ RingReader::Peek RingReader::take_overwritten(SmallMessage& out, Result<void>& r
     const auto len = static_cast<std::uint16_t>(meta);
     const auto ncaps = static_cast<std::uint8_t>(meta >> 16);
     const auto gap = static_cast<std::uint32_t>(meta >> 32);
+    last_flags_ = static_cast<std::uint8_t>(meta >> 24);
     ++head_;
     if (len > max_len_ || ncaps > kInlineCapsMax) [[unlikely]] {
       ++corrupt_;
@@ -871,6 +877,7 @@ VIPC_ALWAYS_INLINE inline Result<void> RingReader::take(std::uint64_t pos,
   out.length = len;
   out.cap_count = ncaps;
   last_gap_ = read_once(s.gap);
+  last_flags_ = read_once(s.flags);
   // Fixed-size copies of the lines in use (out.data has room for 64 bytes).
   if (len > kFirstLinePayload) {
     std::memcpy(out.data.data(), s.payload, kSmallPayloadMax);
@@ -974,7 +981,10 @@ Result<std::size_t> RingReader::try_receive_batch(std::span<SmallMessage> out) n
     // A gap belongs to the first message of a batch only (last_gap()).
     const std::uint32_t gap = read_once(sl.gap);
     if (gap != 0 && n != 0) break;
-    if (n == 0) last_gap_ = gap;
+    if (n == 0) {
+      last_gap_ = gap;
+      last_flags_ = read_once(sl.flags);
+    }
     const std::uint32_t type = read_once(sl.type);
     const std::uint16_t len = read_once(sl.length);
     const std::uint8_t ncaps = read_once(sl.cap_count);

@@ -120,6 +120,9 @@ class RingWriter {
   // ring loses its oldest unread message instead (counted in stats().drops, an upper
   // bound: the reader's stats().lost is exact).
   [[nodiscard]] bool overwrites() const noexcept { return overwrite_; }
+  // The slot flags (layout::Slot::flags) of the next message sent: a channel's own tag
+  // (the caller's scheduling priority of a request, docs/channels.md); 0 after it.
+  void tag_next(std::uint8_t flags) noexcept { next_flags_ = flags; }
   // Marks the producer end closed and wakes the reader; idempotent.
   void close() noexcept;
 
@@ -166,6 +169,7 @@ class RingWriter {
   std::uint64_t last_set_woken_ = 0;  // ready set's waiting word we last woke (dedupe)
   std::uint64_t pending_gap_ = 0;     // drops not yet reported in a slot's gap
   std::uint64_t claimed_ = 0;         // overwrite mode: control.claimed as we last stored it
+  std::uint8_t next_flags_ = 0;       // tag_next()
   bool asymmetric_ = false;
   bool closed_ = false;
   bool overwrite_ = false;
@@ -219,6 +223,9 @@ class RingReader {
   // receive returned (or before the first of the last batch): dropped by the writer's
   // overflow policy (drop newest) or overwritten before they were read (overwrite mode).
   [[nodiscard]] std::uint64_t last_gap() const noexcept { return last_gap_; }
+  // The slot flags the writer tagged the last message taken with (RingWriter::tag_next;
+  // for a batch, its first message). Producer-written: a hint, not a credential.
+  [[nodiscard]] std::uint8_t last_flags() const noexcept { return last_flags_; }
   [[nodiscard]] bool overwrites() const noexcept { return overwrite_; }
 
   // For ReadySet: arms / disarms the ready-set wake-up bit with this ring's index.
@@ -258,6 +265,7 @@ class RingReader {
   std::uint64_t epoch_ = 0;       // park epoch, bumped with every announcement
   std::uint64_t last_woken_ = 0;  // producer's waiting word we last woke (dedupe)
   std::uint64_t last_gap_ = 0;    // see last_gap()
+  std::uint8_t last_flags_ = 0;   // see last_flags()
   std::uint64_t lost_ = 0;        // overwrite mode: positions skipped as overwritten
   std::uint64_t unreported_lost_ = 0;  // lost since the last message delivered
   bool asymmetric_ = false;

@@ -1,0 +1,142 @@
+// C++20 coroutines over vipc channels: an EventLoop that suspends coroutines on
+// Endpoint::receive_async and Channel::send_async without a thread per wait.
+//
+// Guarantees
+// - One thread runs the loop (run / run_for / poll); every coroutine suspended on it is
+//   resumed on that thread, one at a time. Any number of coroutines may wait on one
+//   Endpoint: each message goes to exactly one of them, in the order they began to
+//   wait.
+// - A receive wait costs nothing while it waits: the loop sleeps in epoll_wait on the
+//   Endpoint's pollable fd (Endpoint::poll_fd, level-triggered as documented there).
+// - A send wait (the ring is full under the Block policy) is retried by the loop every
+//   `send_retry` (100 us by default): a sender's ring has no descriptor that signals
+//   room, and the loop never blocks a thread on one.
+// - Deadlines: every wait may carry a timeout; Timeout resumes the coroutine then.
+// - Nothing throws: results are vipc::Result values. A coroutine of type vipc::Task that
+//   throws terminates the process (no exceptions cross the library boundary).
+//
+// Caveats: the Endpoints and Channels used with a loop must be used only from the loop's
+// thread while it has waits on them, and must outlive those waits (destroying the loop
+// destroys every coroutine still suspended on it).
+//
+//   vipc::EventLoop loop;
+//   auto consumer = [&](vipc::Endpoint& ep) -> vipc::Task {
+//     for (;;) {
+//       auto got = co_await loop.receive_async(ep);
+//       if (!got) co_return;
+//       use(got->message, got->source);
+//     }
+//   };
+//   consumer(ep);   // starts at once, runs until its first wait
+//   loop.run();     // until no coroutine waits any more (or stop())
+#pragma once
+
+#include <chrono>
+#include <coroutine>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <unordered_map>
+
+#include "vipc/channel.hpp"
+#include "vipc/message.hpp"
+#include "vipc/result.hpp"
+
+namespace vipc {
+
+// A fire-and-forget coroutine: starts when called, frees itself when it finishes.
+struct Task {
+  struct promise_type {
+    Task get_return_object() noexcept { return {}; }
+    std::suspend_never initial_suspend() noexcept { return {}; }
+    std::suspend_never final_suspend() noexcept { return {}; }
+    void return_void() noexcept {}
+    void unhandled_exception() noexcept;  // std::terminate
+  };
+};
+
+struct Received {
+  SmallMessage message;
+  MessageSource source;
+};
+
+class EventLoop {
+ public:
+  struct Options {
+    std::chrono::microseconds send_retry{100};
+  };
+  EventLoop();
+  explicit EventLoop(const Options& options);
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+  ~EventLoop();  // destroys every coroutine still waiting on this loop
+
+  // Whether the loop could be set up (epoll); the wait functions fail with its error
+  // otherwise.
+  [[nodiscard]] Result<void> status() const;
+
+  class ReceiveAwaitable;
+  class SendAwaitable;
+
+  // Suspends until a message arrives at `ep` (or the timeout passes: Timeout; or the
+  // endpoint fails: its error). Never suspends when a message is already there.
+  [[nodiscard]] ReceiveAwaitable receive_async(Endpoint& ep,
+                                               std::chrono::nanoseconds timeout = kForever);
+  // Sends `m` on `ch`; suspends while the ring is full (Block policy), up to `timeout`.
+  // Under the other policies it never suspends (see Channel::try_send).
+  [[nodiscard]] SendAwaitable send_async(Channel& ch, const SmallMessage& m,
+                                         std::chrono::nanoseconds timeout = kForever);
+
+  // Runs until no coroutine waits on the loop or stop() is called.
+  Result<void> run();
+  // Runs for at most `d` (or as run()).
+  Result<void> run_for(std::chrono::nanoseconds d);
+  // Resumes what is ready now, without sleeping; returns how many were resumed.
+  Result<std::size_t> poll();
+  void stop() noexcept;
+  // Coroutines suspended on the loop now.
+  [[nodiscard]] std::size_t waiting() const noexcept;
+
+  class Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+class EventLoop::ReceiveAwaitable {
+ public:
+  bool await_ready() noexcept;
+  bool await_suspend(std::coroutine_handle<> h);
+  Result<Received> await_resume() noexcept { return std::move(result_); }
+
+ private:
+  friend class EventLoop;
+  friend class EventLoop::Impl;
+  ReceiveAwaitable(EventLoop::Impl* loop, Endpoint* ep, std::chrono::nanoseconds timeout)
+      : loop_(loop), ep_(ep), timeout_(timeout) {}
+  EventLoop::Impl* loop_;
+  Endpoint* ep_;
+  std::chrono::nanoseconds timeout_;
+  Result<Received> result_{Error(ErrorCode::WouldBlock, "receive_async: not done")};
+};
+
+class EventLoop::SendAwaitable {
+ public:
+  bool await_ready() noexcept;
+  bool await_suspend(std::coroutine_handle<> h);
+  Result<void> await_resume() noexcept { return result_; }
+
+ private:
+  friend class EventLoop;
+  friend class EventLoop::Impl;
+  SendAwaitable(EventLoop::Impl* loop, Channel* ch, const SmallMessage& m,
+                std::chrono::nanoseconds timeout)
+      : loop_(loop), ch_(ch), message_(m), timeout_(timeout) {}
+  EventLoop::Impl* loop_;
+  Channel* ch_;
+  SmallMessage message_;
+  std::chrono::nanoseconds timeout_;
+  Result<void> result_{Error(ErrorCode::WouldBlock, "send_async: not done")};
+};
+
+}  // namespace vipc

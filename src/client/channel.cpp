@@ -133,7 +133,7 @@ class Endpoint::Impl {
   EndpointStats counters;
   bool anonymous = false;
   bool synchronous = false;
-  // ChannelOptions::threads > 1: several threads receive and reply at once. One of them
+  // ChannelOptions::receiver_threads > 1: several threads receive and reply at once. One
   // at a time receives (recv_mu, held while it waits: the others queue on it, a leader
   // and its followers); state_mu guards `senders` and the reply state, so replying never
   // waits for a receiving thread.

@@ -10,6 +10,7 @@
 #include <sched.h>
 
 #include <array>
+#include <condition_variable>
 #include <list>
 #include <map>
 #include <mutex>
@@ -103,6 +104,56 @@ std::uint8_t inherited(std::uint8_t caller_tag) noexcept {
   return caller_tag;
 }
 
+// A lock whose waiters can give up at a deadline: the receiving side of a threaded
+// Endpoint. (Not std::timed_mutex: its try_lock_until uses pthread_mutex_clocklock,
+// which ThreadSanitizer does not model, so every run would report false errors.)
+class ReceiverLock {
+ public:
+  bool lock_until(core::Deadline deadline) {
+    std::unique_lock<std::mutex> lk(mu_);
+    while (busy_) {
+      if (deadline == core::kNoDeadline) {
+        cv_.wait(lk);
+      } else if (cv_.wait_until(lk, deadline) == std::cv_status::timeout && busy_) {
+        return false;
+      }
+    }
+    busy_ = true;
+    return true;
+  }
+  void unlock() {
+    {
+      const std::lock_guard<std::mutex> lk(mu_);
+      busy_ = false;
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool busy_ = false;
+};
+
+// Holds a ReceiverLock (or nothing, for an Endpoint used by one thread).
+class ReceiverGuard {
+ public:
+  ReceiverGuard() = default;
+  ReceiverGuard(const ReceiverGuard&) = delete;
+  ReceiverGuard& operator=(const ReceiverGuard&) = delete;
+  ~ReceiverGuard() {
+    if (held_ != nullptr) held_->unlock();
+  }
+  bool acquire(ReceiverLock& l, core::Deadline deadline) {
+    if (!l.lock_until(deadline)) return false;
+    held_ = &l;
+    return true;
+  }
+
+ private:
+  ReceiverLock* held_ = nullptr;
+};
+
 struct Sender {
   core::RingReader reader;
   MessageSource source;
@@ -141,21 +192,15 @@ class Endpoint::Impl {
   bool inherit_priority = true;
   std::uint8_t ceiling_tag = 0;  // SCHED_FIFO priority serving threads wait at (0: none)
   std::uint8_t last_tag = 0;     // slot flags of the last message taken
-  std::timed_mutex recv_mu;
+  ReceiverLock recv_mu;
   std::mutex state_mu;
 
   std::unique_lock<std::mutex> state_lock() {
     return threaded ? std::unique_lock<std::mutex>(state_mu) : std::unique_lock<std::mutex>();
   }
   // threaded: takes recv_mu, waiting until `deadline` at most; false when it passed.
-  bool recv_lock(std::unique_lock<std::timed_mutex>& lock, core::Deadline deadline) {
-    if (!threaded) return true;
-    lock = std::unique_lock<std::timed_mutex>(recv_mu, std::defer_lock);
-    if (deadline == core::kNoDeadline) {
-      lock.lock();
-      return true;
-    }
-    return lock.try_lock_until(deadline);
+  bool recv_lock(ReceiverGuard& guard, core::Deadline deadline) {
+    return !threaded || guard.acquire(recv_mu, deadline);
   }
 
   // Writes reply `seq` for the sender at `idx` (ring `ring_id`), and every held reply
@@ -484,7 +529,7 @@ Error busy_result(bool wait) noexcept {
 
 Result<void> Endpoint::try_receive(SmallMessage& out, MessageSource* from) {
   if (impl_->synchronous) return one_way_on_sync("endpoint: synchronous: use receive_request");
-  std::unique_lock<std::timed_mutex> lock;
+  ReceiverGuard lock;
   if (!impl_->recv_lock(lock, core::Clock::now())) return busy_result(false);
   return impl_->try_receive(out, from);
 }
@@ -494,7 +539,7 @@ Result<void> Endpoint::receive(SmallMessage& out, std::chrono::nanoseconds timeo
   if (impl_->synchronous) return one_way_on_sync("endpoint: synchronous: use receive_request");
   const core::Deadline deadline = core::deadline_after(timeout);
   const bool wait = timeout.count() != 0;
-  std::unique_lock<std::timed_mutex> lock;
+  ReceiverGuard lock;
   if (!impl_->recv_lock(lock, wait ? deadline : core::Clock::now())) return busy_result(wait);
   return impl_->receive(out, deadline, wait, from);
 }
@@ -519,7 +564,7 @@ Result<Request> Endpoint::receive_request(std::chrono::nanoseconds timeout) {
   }
   const core::Deadline deadline = core::deadline_after(timeout);
   const bool wait = timeout.count() != 0;
-  std::unique_lock<std::timed_mutex> lock;
+  ReceiverGuard lock;
   if (!impl_->recv_lock(lock, wait ? deadline : core::Clock::now())) return busy_result(wait);
   Endpoint::Impl& ep = *impl_;
   // Wait at the ceiling (or the thread's own scheduling again, after an inherited one).
@@ -604,7 +649,7 @@ Request::~Request() {
 Result<std::size_t> Endpoint::try_receive_batch(std::span<SmallMessage> out, MessageSource* from) {
   if (impl_->synchronous) return one_way_on_sync("endpoint: synchronous: use receive_request");
   if (out.empty()) return std::size_t{0};
-  std::unique_lock<std::timed_mutex> lock;
+  ReceiverGuard lock;
   if (!impl_->recv_lock(lock, core::Clock::now())) return busy_result(false);
   if (!impl_->backlog.empty()) {
     std::size_t n = 0;

@@ -142,8 +142,8 @@ TEST(WireTest, WrongMagicIsRefused) {
 }
 
 TEST(WireTest, UnknownVersionIsUnsupported) {
-  for (std::uint16_t v :
-       {std::uint16_t{0}, std::uint16_t{1}, std::uint16_t{3}, std::uint16_t{0xffff}}) {
+  for (std::uint16_t v : {std::uint16_t{0}, std::uint16_t{kProtocolVersion - 1},
+                          std::uint16_t{kProtocolVersion + 1}, std::uint16_t{0xffff}}) {
     auto b = bytes_of(encode_request(1, PingRequest{1}));
     Header h = header_of(b);
     h.version = v;

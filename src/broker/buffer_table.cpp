@@ -186,9 +186,11 @@ Result<BufferReply> BufferTable::claim(ClientId client, pid_t pid,
   const CapNode& node =
       caps.insert(token, client, t.object, t.rights, source_alive ? t.source : Token{0});
   forget(it);
+  // The mode of this transfer (the buffer may have been handed on since by another).
+  wire::BufferRecord rec = record(t.object, b, caps);
+  rec.mode = static_cast<std::uint16_t>(t.mode);
   BufferReply out;
-  out.packet = wire::encode_reply(
-      request_id, wire::ClaimBufferReply{cap_record(node), record(t.object, b, caps)}, 1);
+  out.packet = wire::encode_reply(request_id, wire::ClaimBufferReply{cap_record(node), rec}, 1);
   out.fds.push_back(std::move(*fd));
   return out;
 }

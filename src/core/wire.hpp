@@ -616,7 +616,8 @@ static_assert(offsetof(StatsReply, own_rate_limited) == 64);
 
 // A buffer or region as the broker reports it. flags: kBufferSealed (F_SEAL_WRITE is on:
 // nobody can write it shared any more), kBufferHugePages. holders: capabilities and
-// pending transfers that keep it alive.
+// pending transfers that keep it alive. mode: in a ClaimBuffer reply, the mode of the
+// transfer claimed; elsewhere, the mode of the buffer's latest transfer.
 //
 //  0           8      16     18     20      22          24        28
 //  | object id | size | kind | mode | flags | numa node | holders | reserved |

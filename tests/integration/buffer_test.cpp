@@ -20,6 +20,7 @@
 #include "core/buffer_descriptor.hpp"
 #include "core/sys.hpp"
 #include "support/daemon.hpp"
+#include "support/pipe.hpp"
 #include "support/process.hpp"
 #include "vipc/buffer.hpp"
 #include "vipc/runtime.hpp"
@@ -30,40 +31,11 @@ namespace {
 using namespace std::chrono_literals;
 using test::Child;
 using test::Daemon;
+using test::Pipe;
 using test::TempDir;
 
 constexpr auto kAlarm = std::chrono::seconds(60);
 constexpr int kFaulted = 42;  // a child's exit status when its forbidden write faulted
-
-// One-way pipe for fixed-size values between a parent and a forked child.
-class Pipe {
- public:
-  Pipe() { ok_ = ::pipe2(fds_, O_CLOEXEC) == 0; }
-  Pipe(const Pipe&) = delete;
-  Pipe& operator=(const Pipe&) = delete;
-  ~Pipe() {
-    if (ok_) {
-      ::close(fds_[0]);
-      ::close(fds_[1]);
-    }
-  }
-  template <class T>
-  bool put(const T& v) {
-    return ::write(fds_[1], &v, sizeof v) == static_cast<ssize_t>(sizeof v);
-  }
-  template <class T>
-  std::optional<T> get(std::chrono::milliseconds limit = 20s) {
-    pollfd p{fds_[0], POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(limit.count())) != 1) return std::nullopt;
-    T v;
-    if (::read(fds_[0], &v, sizeof v) != static_cast<ssize_t>(sizeof v)) return std::nullopt;
-    return v;
-  }
-
- private:
-  int fds_[2] = {-1, -1};
-  bool ok_ = false;
-};
 
 std::byte pattern(std::size_t i) { return static_cast<std::byte>((i * 131 + 7) & 0xff); }
 
@@ -428,6 +400,30 @@ TEST_F(BufferTest, HostileDescriptorIsRejectedAndReleased) {
       },
       5s))
       << test::describe(test::fd_census(daemon->pid()));
+}
+
+TEST_F(BufferTest, PendingTransfersKeepTheirOwnModes) {
+  auto buf = SharedBuffer::allocate(*rt, 4096);
+  ASSERT_TRUE(buf.ok());
+  fill_pattern(*buf->data());
+  auto share = buf->send(TransferMode::Share, GrantTarget::client(rt->client_id()));
+  ASSERT_TRUE(share.ok());
+  auto copy = buf->send(TransferMode::Copy, GrantTarget::client(rt->client_id()));
+  ASSERT_TRUE(copy.ok());
+  // Claimed in the other order: each still arrives as it was sent.
+  auto shared = SharedBuffer::receive(*rt, *share);
+  ASSERT_TRUE(shared.ok()) << shared.error().message();
+  EXPECT_EQ(shared->mode(), TransferMode::Share);
+  EXPECT_TRUE(shared->sealed());
+  auto copied = SharedBuffer::receive(*rt, *copy);
+  ASSERT_TRUE(copied.ok()) << copied.error().message();
+  EXPECT_EQ(copied->mode(), TransferMode::Copy);
+  EXPECT_FALSE(copied->sealed());
+  auto v = copied->view();
+  ASSERT_TRUE(v.ok());
+  EXPECT_TRUE(has_pattern(*v));
+  // A handle is good once.
+  EXPECT_EQ(SharedBuffer::receive(*rt, *share).error().code(), ErrorCode::InvalidCapability);
 }
 
 TEST_F(BufferTest, RightsAreEnforcedByTheBroker) {

@@ -53,9 +53,23 @@ enum class ObjectKind : std::uint16_t {
   Topic = 3,     // one-to-many
   Region = 4,    // shared memory between several processes
   Ring = 5,      // one raw SPSC ring created by the broker (its two memfds go to the creator)
+  Buffer = 7,    // a SharedBuffer: one memfd, handed on by Move, Share or Copy (zero-copy.md)
 };
 inline constexpr std::uint16_t kObjectKindMin = 1;
-inline constexpr std::uint16_t kObjectKindMax = 5;
+inline constexpr std::uint16_t kObjectKindMax = 7;
+// Whether a wire value names a kind (the range has gaps).
+constexpr bool is_object_kind(std::uint16_t kind) noexcept {
+  switch (static_cast<ObjectKind>(kind)) {
+    case ObjectKind::Endpoint:
+    case ObjectKind::Channel:
+    case ObjectKind::Topic:
+    case ObjectKind::Region:
+    case ObjectKind::Ring:
+    case ObjectKind::Buffer:
+      return true;
+  }
+  return false;
+}
 
 // The rights that make sense for a kind; a creator's capability holds all of them.
 constexpr Rights rights_for(ObjectKind kind) noexcept {
@@ -65,6 +79,7 @@ constexpr Rights rights_for(ObjectKind kind) noexcept {
     case ObjectKind::Topic:
       return Rights::Send | Rights::Receive | Rights::Share | Rights::Grant;
     case ObjectKind::Region:
+    case ObjectKind::Buffer:
       return Rights::Map | Rights::Read | Rights::Write | Rights::Share | Rights::Grant;
     case ObjectKind::Ring:
       return Rights::Send | Rights::Receive | Rights::Map | Rights::Share | Rights::Grant;

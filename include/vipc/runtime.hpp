@@ -235,6 +235,8 @@ class Runtime {
  private:
   friend class Endpoint;
   friend class Channel;
+  friend class SharedBuffer;
+  friend class SharedRegion;
   explicit Runtime(std::unique_ptr<Impl> impl) noexcept;
   std::unique_ptr<Impl> impl_;
 };

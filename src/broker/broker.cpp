@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "broker/buffer_table.hpp"
 #include "broker/capability_table.hpp"
 #include "broker/platform.hpp"
 #include "core/clock.hpp"
@@ -297,6 +298,11 @@ class Broker::Impl {
   Result<OutPacket> on(Client& c, const wire::AttachRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::AcceptRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::DestroyRequest& r, std::uint64_t id);
+  // Buffers and regions (buffer_table.hpp, docs/zero-copy.md).
+  Result<OutPacket> on(Client& c, const wire::CreateBufferRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::MapBufferRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::TransferBufferRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::ClaimBufferRequest& r, std::uint64_t id);
   // Unregisters an object and destroys it with every capability on it; returns how many
   // capabilities died. Does not touch the owner's `owned` list.
   std::size_t destroy_object(ObjectId oid);
@@ -339,6 +345,7 @@ class Broker::Impl {
   std::unordered_map<std::string, ObjectId, StringHash, std::equal_to<>> names_;
   std::unordered_map<Token, PendingGrant> pending_;
   CapabilityTable caps_;
+  BufferTable buffers_;
   ClientId next_client_ = 1;
   ObjectId next_object_ = 1;
   std::uint64_t next_ring_ = 1;
@@ -397,6 +404,7 @@ Result<void> Broker::Impl::run(std::atomic<int>& stop_signal) {
       }
     }
     sweep_grants(now_ns());
+    if (buffers_.expire(now_ns()) != 0) buffers_.collect(caps_);
     refill_spares();
   }
   log(LogLevel::Info, "stopping: {} clients, {} objects", clients_.size(), objects_.size());
@@ -557,6 +565,11 @@ void Broker::Impl::drop(ClientId id, const char* why) {
   caps_.release_all(id);
   // Its rings: it can never write again; the receiver drains them, then drops them.
   sweep_rings(wire::DetachReason::Closed);
+  const bool last_of_pid = std::none_of(clients_.begin(), clients_.end(), [&](const auto& kv) {
+    return kv.first != id && kv.second.cred.pid == c.cred.pid;
+  });
+  buffers_.drop_client(id, c.cred.pid, last_of_pid);
+  buffers_.collect(caps_);
   for (auto g = pending_.begin(); g != pending_.end();) {
     if (g->second.granter == id || g->second.target_client == id) {
       if (g->second.granter != id) {
@@ -649,7 +662,9 @@ Result<Token> Broker::Impl::new_token() {
       token_pool_left_ = token_pool_.size();
     }
     const Token t = token_pool_[--token_pool_left_];
-    if (t != 0 && !caps_.contains(t) && pending_.count(t) == 0) return t;
+    if (t != 0 && !caps_.contains(t) && pending_.count(t) == 0 && !buffers_.has_handle(t)) {
+      return t;
+    }
   }
 }
 
@@ -907,6 +922,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::RevokeRequest& r, std:
   if (!src) return src.error();
   const std::size_t revoked = caps_.revoke(r.cap.token);
   sweep_rings(wire::DetachReason::Revoked);
+  buffers_.collect(caps_);
   const CapNode* node = caps_.find(r.cap.token);
   log(LogLevel::Debug, "client {} revoked {} capabilities", c.id, revoked);
   return OutPacket{wire::encode_reply(id, wire::RevokeReply{record_of(*node), revoked}), {}};
@@ -917,6 +933,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ReleaseRequest& r, std
   if (!src) return src.error();
   caps_.release(r.cap.token);
   sweep_rings(wire::DetachReason::Closed);
+  buffers_.collect(caps_);
   return OutPacket{wire::encode_reply(id, wire::ReleaseReply{0}), {}};
 }
 
@@ -1259,6 +1276,70 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::AcceptRequest& r, std:
   }
   const auto nfds = static_cast<std::uint16_t>(fds.size());
   return OutPacket{wire::encode_reply(id, reply, nfds), std::move(fds)};
+}
+
+// ------------------------------------------------------------ buffers and regions
+// Capability checks and limits here; the buffers themselves in buffer_table.cpp.
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateBufferRequest& r,
+                                   std::uint64_t id) {
+  VIPC_TRY(check_capability_room(c));
+  auto token = new_token();
+  if (!token) return token.error();
+  auto made = buffers_.create(c.id, r, id, next_object_, *token, caps_);
+  if (!made) return made.error();
+  ++next_object_;
+  return OutPacket{made->packet, std::move(made->fds)};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::MapBufferRequest& r, std::uint64_t id) {
+  auto cap = redeem(c, r.cap, wire::Opcode::MapBuffer);
+  if (!cap) return cap.error();
+  auto mapped = buffers_.map(**cap, id, caps_);
+  if (!mapped) return mapped.error();
+  return OutPacket{mapped->packet, std::move(mapped->fds)};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::TransferBufferRequest& r,
+                                   std::uint64_t id) {
+  auto cap = redeem(c, r.cap, wire::Opcode::TransferBuffer);
+  if (!cap) return cap.error();
+  const bool target_found =
+      r.target_client != 0
+          ? clients_.count(r.target_client) != 0
+          : std::any_of(clients_.begin(), clients_.end(), [&](const auto& kv) {
+              return static_cast<std::uint32_t>(kv.second.cred.pid) == r.target_pid;
+            });
+  if (!target_found) return Error(ErrorCode::ProcessNotFound, wire::ctx::kTargetUnknown);
+  if (buffers_.pending_of(c.id) >= options_.max_pending_grants_per_client) {
+    if (buffers_.expire(now_ns()) != 0) buffers_.collect(caps_);
+    if (buffers_.pending_of(c.id) >= options_.max_pending_grants_per_client) {
+      return Error(ErrorCode::OutOfMemory, wire::ctx::kLimitReached);
+    }
+  }
+  auto handle = new_token();
+  if (!handle) return handle.error();
+  const std::uint64_t expires = now_ns() + std::uint64_t{options_.grant_timeout_ms} * 1'000'000ull;
+  auto sent = buffers_.transfer(c.id, **cap, r, id, *handle, expires, caps_);
+  if (!sent) return sent.error();
+  return OutPacket{sent->packet, std::move(sent->fds)};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::ClaimBufferRequest& r, std::uint64_t id) {
+  if (rate_limited(c, wire::Opcode::ClaimBuffer)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kRateLimited);
+  }
+  VIPC_TRY(check_capability_room(c));
+  auto token = new_token();
+  if (!token) return token.error();
+  auto got = buffers_.claim(c.id, c.cred.pid, r, id, *token, now_ns(), caps_);
+  if (!got) {
+    if (got.error().code() == ErrorCode::InvalidCapability) {
+      note_failure(c, got.error(), wire::Opcode::ClaimBuffer);
+    }
+    return got.error();
+  }
+  return OutPacket{got->packet, std::move(got->fds)};
 }
 
 // ------------------------------------------------------------ Broker

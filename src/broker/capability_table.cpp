@@ -121,4 +121,9 @@ std::size_t CapabilityTable::count_held(ClientId holder) const noexcept {
   return h == by_holder_.end() ? 0 : h->second.size();
 }
 
+std::size_t CapabilityTable::count_for_object(ObjectId object) const noexcept {
+  const auto o = by_object_.find(object);
+  return o == by_object_.end() ? 0 : o->second.size();
+}
+
 }  // namespace vipc::broker

@@ -66,6 +66,8 @@ class CapabilityTable {
 
   [[nodiscard]] std::size_t size() const noexcept { return nodes_.size(); }
   [[nodiscard]] std::size_t count_held(ClientId holder) const noexcept;
+  // Capabilities (in every space) on `object`.
+  [[nodiscard]] std::size_t count_for_object(ObjectId object) const noexcept;
 
  private:
   void erase_node(Token token);  // unlinks from the indexes only (not from the tree)

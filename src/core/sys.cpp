@@ -113,6 +113,51 @@ Result<Mapping> map_shared(int fd, std::size_t len, int prot, std::uint64_t offs
   return Mapping(p, len);
 }
 
+Result<Mapping> map_file(int fd, std::size_t len, int prot, int flags) {
+  if (len == 0) return Error(ErrorCode::InvalidArgument, "mmap: zero length");
+  void* p = ::mmap(nullptr, len, prot, flags, fd, 0);
+  if (p == MAP_FAILED) return sys_error("mmap");
+  return Mapping(p, len);
+}
+
+Result<bool> fd_writable(int fd) {
+  const int fl = ::fcntl(fd, F_GETFL);
+  if (fl < 0) return sys_error("fcntl(F_GETFL)");
+  return (fl & O_ACCMODE) == O_RDWR || (fl & O_ACCMODE) == O_WRONLY;
+}
+
+Result<void> advise_dont_fork(void* addr, std::size_t len) {
+  if (::madvise(addr, len, MADV_DONTFORK) != 0) return sys_error("madvise(MADV_DONTFORK)");
+  return {};
+}
+
+bool advise_huge_pages(void* addr, std::size_t len) noexcept {
+  return ::madvise(addr, len, MADV_HUGEPAGE) == 0;
+}
+
+int numa_nodes() noexcept {
+  int n = 0;
+  for (int i = 0; i < 1024; ++i) {
+    char path[64];
+    std::snprintf(path, sizeof path, "/sys/devices/system/node/node%d", i);
+    if (::access(path, F_OK) != 0) break;
+    ++n;
+  }
+  return n == 0 ? 1 : n;
+}
+
+Result<void> bind_to_node(void* addr, std::size_t len, unsigned node) {
+  constexpr int kMpolPreferred = 1;  // <linux/mempolicy.h> MPOL_PREFERRED
+  constexpr unsigned kBits = 8 * sizeof(unsigned long);
+  if (node >= 1024) return Error(ErrorCode::InvalidArgument, "mbind: node out of range");
+  unsigned long mask[1024 / kBits] = {};
+  mask[node / kBits] = 1ul << (node % kBits);
+  if (::syscall(SYS_mbind, addr, len, kMpolPreferred, mask, 1024ul, 0u) != 0) {
+    return sys_error("mbind");
+  }
+  return {};
+}
+
 Result<UniqueFd> reopen(int fd, int flags) {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);

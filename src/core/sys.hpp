@@ -64,6 +64,11 @@ class Mapping {
   [[nodiscard]] std::size_t size() const noexcept { return len_; }
   [[nodiscard]] bool valid() const noexcept { return addr_ != nullptr; }
   void reset() noexcept;
+  // Gives up ownership: the caller unmaps it.
+  void release() noexcept {
+    addr_ = nullptr;
+    len_ = 0;
+  }
 
  private:
   void* addr_ = nullptr;
@@ -87,6 +92,18 @@ class Mapping {
 // mmap(MAP_SHARED) of [offset, offset+len) of fd with prot (PROT_READ / PROT_WRITE).
 [[nodiscard]] Result<Mapping> map_shared(int fd, std::size_t len, int prot,
                                          std::uint64_t offset = 0);
+// mmap of [0, len) of fd with prot and flags (MAP_SHARED or MAP_PRIVATE, MAP_POPULATE).
+[[nodiscard]] Result<Mapping> map_file(int fd, std::size_t len, int prot, int flags);
+// Whether fd was opened for writing (fcntl F_GETFL).
+[[nodiscard]] Result<bool> fd_writable(int fd);
+// madvise(MADV_DONTFORK): a forked child does not inherit the mapping.
+[[nodiscard]] Result<void> advise_dont_fork(void* addr, std::size_t len);
+// madvise(MADV_HUGEPAGE) on a mapping; a hint (false when the kernel declined).
+bool advise_huge_pages(void* addr, std::size_t len) noexcept;
+// Number of NUMA nodes with memory (/sys/devices/system/node/node*); 1 when unknown.
+int numa_nodes() noexcept;
+// mbind(MPOL_PREFERRED) of a mapping to one node (only meaningful with several nodes).
+[[nodiscard]] Result<void> bind_to_node(void* addr, std::size_t len, unsigned node);
 // Re-opens an fd through /proc/self/fd with new access flags (O_RDONLY / O_RDWR).
 [[nodiscard]] Result<UniqueFd> reopen(int fd, int flags);
 [[nodiscard]] Result<void> fchmod(int fd, unsigned mode);

@@ -16,7 +16,8 @@ constexpr const char* kContexts[] = {
     ctx::kBadFlags,        ctx::kBadLength,        ctx::kBadFdCount,      ctx::kBadName,
     ctx::kBadEnum,         ctx::kBadRights,        ctx::kBadReserved,     ctx::kBadStatus,
     ctx::kBadTarget,       ctx::kControlTruncated, ctx::kNotChannel,      ctx::kNotReceiver,
-    ctx::kChannelFull,     ctx::kAlreadyConnected, ctx::kNotCreator,
+    ctx::kChannelFull,     ctx::kAlreadyConnected, ctx::kNotCreator,      ctx::kNotBuffer,
+    ctx::kBufferMapped,    ctx::kBufferMode,       ctx::kBufferSealed,
 };
 constexpr std::uint16_t kContextCount = static_cast<std::uint16_t>(std::size(kContexts));
 
@@ -54,7 +55,7 @@ Result<void> check_rights(std::uint32_t rights) noexcept {
 }
 
 Result<void> check_kind(std::uint16_t kind) noexcept {
-  if (kind < kObjectKindMin || kind > kObjectKindMax) return protocol(ctx::kBadEnum);
+  if (!is_object_kind(kind)) return protocol(ctx::kBadEnum);
   return {};
 }
 
@@ -78,6 +79,8 @@ Result<void> check(const HelloRequest& b) noexcept {
 }
 Result<void> check(const CreateRequest& b) noexcept {
   VIPC_TRY(check_kind(b.kind));
+  // Buffers have their own opcode (CreateBuffer): they need a size, not a ring shape.
+  if (b.kind == static_cast<std::uint16_t>(ObjectKind::Buffer)) return protocol(ctx::kBadEnum);
   if ((b.flags & ~kObjectFlagsMask) != 0) return protocol(ctx::kBadFlags);
   const bool channel = b.kind == static_cast<std::uint16_t>(ObjectKind::Channel) ||
                        b.kind == static_cast<std::uint16_t>(ObjectKind::Endpoint);
@@ -137,6 +140,30 @@ Result<void> check(const AttachRequest& b) noexcept { return check_ref(b.cap); }
 Result<void> check(const AcceptRequest& b) noexcept { return check_ref(b.cap); }
 Result<void> check(const DestroyRequest& b) noexcept { return check_ref(b.cap); }
 
+bool buffer_kind(std::uint16_t kind) noexcept {
+  return kind == static_cast<std::uint16_t>(ObjectKind::Buffer) ||
+         kind == static_cast<std::uint16_t>(ObjectKind::Region);
+}
+Result<void> check(const CreateBufferRequest& b) noexcept {
+  if (!buffer_kind(b.kind)) return protocol(ctx::kBadEnum);
+  if ((b.flags & ~kBufferFlagsMask) != 0) return protocol(ctx::kBadFlags);
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return {};
+}
+Result<void> check(const MapBufferRequest& b) noexcept { return check_ref(b.cap); }
+Result<void> check(const TransferBufferRequest& b) noexcept {
+  VIPC_TRY(check_ref(b.cap));
+  VIPC_TRY(check_rights(b.rights));
+  if (b.reserved != 0 || b.reserved2 != 0) return protocol(ctx::kBadReserved);
+  if (b.mode < static_cast<std::uint16_t>(TransferMode::Move) ||
+      b.mode > static_cast<std::uint16_t>(TransferMode::Copy)) {
+    return protocol(ctx::kBadEnum);
+  }
+  if ((b.target_client == 0) == (b.target_pid == 0)) return protocol(ctx::kBadTarget);
+  return {};
+}
+Result<void> check(const ClaimBufferRequest&) noexcept { return {}; }
+
 // ------------------------------------------------------------ reply bodies
 
 Result<void> check(const HelloReply& b) noexcept {
@@ -187,6 +214,27 @@ Result<void> check(const AcceptReply& b) noexcept {
   return {};
 }
 Result<void> check(const StatsReply&) noexcept { return {}; }
+Result<void> check(const BufferRecord& b) noexcept {
+  if (!buffer_kind(b.kind)) return protocol(ctx::kBadEnum);
+  if (b.mode > static_cast<std::uint16_t>(TransferMode::Copy)) return protocol(ctx::kBadEnum);
+  if ((b.flags & ~(kBufferFlagsMask | kBufferSealed)) != 0) return protocol(ctx::kBadFlags);
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  if (b.size == 0 || b.size > kBufferSizeMax) return protocol(ctx::kBadEnum);
+  return {};
+}
+Result<void> check(const CreateBufferReply& b) noexcept {
+  VIPC_TRY(check_rights(b.cap.rights));
+  return check(b.buffer);
+}
+Result<void> check(const ClaimBufferReply& b) noexcept {
+  VIPC_TRY(check_rights(b.cap.rights));
+  return check(b.buffer);
+}
+Result<void> check(const MapBufferReply& b) noexcept { return check(b.buffer); }
+Result<void> check(const TransferBufferReply& b) noexcept {
+  if (b.handle == 0) return protocol(ctx::kBadEnum);
+  return check(b.buffer);
+}
 
 // Decodes alternative I of variant V from the body bytes (exact size already checked).
 template <class V, std::size_t I>
@@ -262,6 +310,14 @@ const char* to_string(Opcode op) noexcept {
       return "Accept";
     case Opcode::Destroy:
       return "Destroy";
+    case Opcode::CreateBuffer:
+      return "CreateBuffer";
+    case Opcode::MapBuffer:
+      return "MapBuffer";
+    case Opcode::TransferBuffer:
+      return "TransferBuffer";
+    case Opcode::ClaimBuffer:
+      return "ClaimBuffer";
   }
   return "Unknown";
 }
@@ -373,6 +429,11 @@ std::uint16_t reply_fd_count(const ReplyBody& body) noexcept {
     // producer, consumer segment, ready set, its eventfd (+ the reply ring's producer,
     // consumer)
     return (c->flags & kObjectSynchronous) != 0 ? 6 : 4;
+  }
+  if (std::holds_alternative<CreateBufferReply>(body) ||
+      std::holds_alternative<MapBufferReply>(body) ||
+      std::holds_alternative<ClaimBufferReply>(body)) {
+    return 1;  // the buffer's memfd
   }
   if (const auto* a = std::get_if<AcceptReply>(&body)) {
     if (a->event != static_cast<std::uint16_t>(SenderEvent::Attached)) return 0;

@@ -45,24 +45,28 @@ inline constexpr std::size_t kMaxFds = 6;       // descriptors one packet may ca
 inline constexpr std::size_t kMaxPacket = 256;  // no valid packet is longer
 
 enum class Opcode : std::uint16_t {
-  Hello = 1,         // version handshake; tells the client its id
-  CreateObject = 2,  // register a named object; returns the creator's capability
-  Lookup = 3,        // name -> object id and kind; grants nothing
-  Open = 4,          // name + rights -> capability, if policy allows
-  Derive = 5,        // capability + fewer rights -> new capability (same holder)
-  Grant = 6,         // capability + rights + target -> one-time transfer handle
-  Claim = 7,         // transfer handle -> capability for the named target
-  Revoke = 8,        // kill every capability derived from this one; bump its generation
-  Release = 9,       // drop a capability from the holder's space
-  Ping = 10,         // echo (request/reply floor)
-  Stats = 11,        // broker counters and the caller's own
-  Connect = 12,      // name + rights (Send) -> capability + this sender's ring (3 fds)
-  Attach = 13,       // capability (Send) -> this sender's ring (3 fds)
-  Accept = 14,       // capability (Receive) -> next sender event of the channel
-  Destroy = 15,      // the creator's capability -> the object is unregistered and dies
+  Hello = 1,            // version handshake; tells the client its id
+  CreateObject = 2,     // register a named object; returns the creator's capability
+  Lookup = 3,           // name -> object id and kind; grants nothing
+  Open = 4,             // name + rights -> capability, if policy allows
+  Derive = 5,           // capability + fewer rights -> new capability (same holder)
+  Grant = 6,            // capability + rights + target -> one-time transfer handle
+  Claim = 7,            // transfer handle -> capability for the named target
+  Revoke = 8,           // kill every capability derived from this one; bump its generation
+  Release = 9,          // drop a capability from the holder's space
+  Ping = 10,            // echo (request/reply floor)
+  Stats = 11,           // broker counters and the caller's own
+  Connect = 12,         // name + rights (Send) -> capability + this sender's ring (3 fds)
+  Attach = 13,          // capability (Send) -> this sender's ring (3 fds)
+  Accept = 14,          // capability (Receive) -> next sender event of the channel
+  Destroy = 15,         // the creator's capability -> the object is unregistered and dies
+  CreateBuffer = 16,    // size -> a new Buffer or Region memfd (1 fd) + the creator's capability
+  MapBuffer = 17,       // capability (Map) -> the memfd, read-write only with Write, unsealed
+  TransferBuffer = 18,  // capability + mode + target -> seal (Move, Share) + transfer handle
+  ClaimBuffer = 19,     // transfer handle -> capability + the memfd (1 fd)
 };
 inline constexpr std::uint16_t kOpcodeMin = 1;
-inline constexpr std::uint16_t kOpcodeMax = 15;
+inline constexpr std::uint16_t kOpcodeMax = 19;
 [[nodiscard]] const char* to_string(Opcode op) noexcept;
 
 inline constexpr std::uint16_t kFlagReply = 1u << 0;
@@ -335,6 +339,84 @@ struct DestroyRequest {
 static_assert(sizeof(DestroyRequest) == 16);
 static_assert(offsetof(DestroyRequest, cap) == 0);
 
+// ---------------------------------------------------------------- buffers and regions
+// (docs/zero-copy.md)
+
+// numa_node: kNoNumaNode or the node the memory should come from (honoured with mbind
+// by the mapping process when the machine has several nodes).
+inline constexpr std::uint16_t kNoNumaNode = 0xffff;
+// CreateBuffer flags.
+inline constexpr std::uint16_t kBufferHugePages = 1u << 0;  // advise huge pages when mapped
+inline constexpr std::uint16_t kBufferFlagsMask = kBufferHugePages;
+// Largest buffer or region: 64 GiB.
+inline constexpr std::uint64_t kBufferSizeMax = std::uint64_t{1} << 36;
+
+// How a buffer is handed on (TransferBufferRequest::mode, BufferRecord::mode).
+enum class TransferMode : std::uint16_t {
+  None = 0,   // never transferred
+  Move = 1,   // sealed; the sender's capability goes with it (needs Grant)
+  Share = 2,  // sealed; the sender keeps a read-only capability (needs Share)
+  Copy = 3,   // sealed like Share; the receiver copies it into memory it owns
+};
+
+// kind: Buffer or Region.
+//
+//  0      2       4           6          8        16
+//  | kind | flags | numa node | reserved | size   |
+struct CreateBufferRequest {
+  std::uint16_t kind;
+  std::uint16_t flags;
+  std::uint16_t numa_node;
+  std::uint16_t reserved;
+  std::uint64_t size;
+};
+static_assert(sizeof(CreateBufferRequest) == 16);
+static_assert(offsetof(CreateBufferRequest, kind) == 0);
+static_assert(offsetof(CreateBufferRequest, flags) == 2);
+static_assert(offsetof(CreateBufferRequest, numa_node) == 4);
+static_assert(offsetof(CreateBufferRequest, reserved) == 6);
+static_assert(offsetof(CreateBufferRequest, size) == 8);
+
+//  0                    16
+//  | cap (ref)          |   needs Map and Read or Write
+struct MapBufferRequest {
+  CapabilityRef cap;
+};
+static_assert(sizeof(MapBufferRequest) == 16);
+static_assert(offsetof(MapBufferRequest, cap) == 0);
+
+// Exactly one of target_client and target_pid is non-zero (as in Grant).
+//
+//  0                    16       20     22         24           28         32
+//  | cap (ref)          | rights | mode | reserved | target pid | reserved |
+//  32               40
+//  | target client  |
+struct TransferBufferRequest {
+  CapabilityRef cap;
+  std::uint32_t rights;
+  std::uint16_t mode;
+  std::uint16_t reserved;
+  std::uint32_t target_pid;
+  std::uint32_t reserved2;
+  std::uint64_t target_client;
+};
+static_assert(sizeof(TransferBufferRequest) == 40);
+static_assert(offsetof(TransferBufferRequest, cap) == 0);
+static_assert(offsetof(TransferBufferRequest, rights) == 16);
+static_assert(offsetof(TransferBufferRequest, mode) == 20);
+static_assert(offsetof(TransferBufferRequest, reserved) == 22);
+static_assert(offsetof(TransferBufferRequest, target_pid) == 24);
+static_assert(offsetof(TransferBufferRequest, reserved2) == 28);
+static_assert(offsetof(TransferBufferRequest, target_client) == 32);
+
+//  0          8
+//  | handle   |
+struct ClaimBufferRequest {
+  std::uint64_t handle;
+};
+static_assert(sizeof(ClaimBufferRequest) == 8);
+static_assert(offsetof(ClaimBufferRequest, handle) == 0);
+
 // ---------------------------------------------------------------- replies
 
 //  0         2          4     8     12    16           24
@@ -554,11 +636,80 @@ static_assert(offsetof(StatsReply, protocol_errors) == 48);
 static_assert(offsetof(StatsReply, own_failed_redemptions) == 56);
 static_assert(offsetof(StatsReply, own_rate_limited) == 64);
 
+// A buffer or region as the broker reports it. flags: kBufferSealed (F_SEAL_WRITE is on:
+// nobody can write it shared any more), kBufferHugePages. holders: capabilities and
+// pending transfers that keep it alive. mode: in a ClaimBuffer reply, the mode of the
+// transfer claimed; elsewhere, the mode of the buffer's latest transfer.
+//
+//  0           8      16     18     20      22          24        28
+//  | object id | size | kind | mode | flags | numa node | holders | reserved |
+inline constexpr std::uint16_t kBufferSealed = 1u << 1;
+struct BufferRecord {
+  std::uint64_t object_id;
+  std::uint64_t size;
+  std::uint16_t kind;
+  std::uint16_t mode;
+  std::uint16_t flags;
+  std::uint16_t numa_node;
+  std::uint32_t holders;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(BufferRecord) == 32);
+static_assert(offsetof(BufferRecord, object_id) == 0);
+static_assert(offsetof(BufferRecord, size) == 8);
+static_assert(offsetof(BufferRecord, kind) == 16);
+static_assert(offsetof(BufferRecord, mode) == 18);
+static_assert(offsetof(BufferRecord, flags) == 20);
+static_assert(offsetof(BufferRecord, numa_node) == 22);
+static_assert(offsetof(BufferRecord, holders) == 24);
+static_assert(offsetof(BufferRecord, reserved) == 28);
+
+// CreateBuffer and ClaimBuffer answer with a capability, the buffer and one descriptor.
+//
+//  0                    24                   56
+//  | cap (record)       | buffer (record)    |
+struct CreateBufferReply {
+  CapabilityRecord cap;
+  BufferRecord buffer;
+};
+struct ClaimBufferReply {
+  CapabilityRecord cap;
+  BufferRecord buffer;
+};
+static_assert(sizeof(CreateBufferReply) == 56);
+static_assert(offsetof(CreateBufferReply, cap) == 0);
+static_assert(offsetof(CreateBufferReply, buffer) == 24);
+static_assert(sizeof(ClaimBufferReply) == 56);
+static_assert(offsetof(ClaimBufferReply, cap) == 0);
+static_assert(offsetof(ClaimBufferReply, buffer) == 24);
+
+// One descriptor: read-write for a holder with Write while the buffer is unsealed,
+// else a read-only open.
+//
+//  0                    32
+//  | buffer (record)    |
+struct MapBufferReply {
+  BufferRecord buffer;
+};
+static_assert(sizeof(MapBufferReply) == 32);
+static_assert(offsetof(MapBufferReply, buffer) == 0);
+
+//  0          8                    40
+//  | handle   | buffer (record)    |   handle: one-time, for the named target
+struct TransferBufferReply {
+  std::uint64_t handle;
+  BufferRecord buffer;
+};
+static_assert(sizeof(TransferBufferReply) == 40);
+static_assert(offsetof(TransferBufferReply, handle) == 0);
+static_assert(offsetof(TransferBufferReply, buffer) == 8);
+
 // Alternative i is the body of opcode i + 1.
 using Request =
     std::variant<HelloRequest, CreateRequest, LookupRequest, OpenRequest, DeriveRequest,
                  GrantRequest, ClaimRequest, RevokeRequest, ReleaseRequest, PingRequest,
-                 StatsRequest, ConnectRequest, AttachRequest, AcceptRequest, DestroyRequest>;
+                 StatsRequest, ConnectRequest, AttachRequest, AcceptRequest, DestroyRequest,
+                 CreateBufferRequest, MapBufferRequest, TransferBufferRequest, ClaimBufferRequest>;
 // Attach answers with the same body as Connect: a distinct type keeps one body type
 // per opcode.
 struct AttachReplyBody : ConnectReply {};
@@ -566,7 +717,8 @@ static_assert(sizeof(AttachReplyBody) == sizeof(ConnectReply));
 using ReplyBody =
     std::variant<HelloReply, CreateReply, LookupReply, OpenReply, DeriveReply, GrantReply,
                  ClaimReply, RevokeReply, ReleaseReply, PingReply, StatsReply, ConnectReply,
-                 AttachReplyBody, AcceptReply, DestroyReply>;
+                 AttachReplyBody, AcceptReply, DestroyReply, CreateBufferReply, MapBufferReply,
+                 TransferBufferReply, ClaimBufferReply>;
 static_assert(std::variant_size_v<Request> == kOpcodeMax);
 static_assert(std::variant_size_v<ReplyBody> == kOpcodeMax);
 
@@ -699,6 +851,11 @@ inline constexpr char kNotReceiver[] = "broker: caller is not the channel's rece
 inline constexpr char kChannelFull[] = "broker: channel has its maximum of senders";
 inline constexpr char kAlreadyConnected[] = "broker: capability already has a ring";
 inline constexpr char kNotCreator[] = "broker: only the creator's capability destroys an object";
+inline constexpr char kNotBuffer[] = "broker: object is not a buffer or region";
+inline constexpr char kBufferMapped[] =
+    "broker: buffer is still mapped writable somewhere (unmap before a transfer)";
+inline constexpr char kBufferMode[] = "broker: transfer mode not allowed for this object";
+inline constexpr char kBufferSealed[] = "broker: buffer is sealed (transferred); map it read-only";
 }  // namespace ctx
 [[nodiscard]] std::uint16_t context_code(const char* context) noexcept;
 [[nodiscard]] const char* context_text(std::uint16_t code) noexcept;

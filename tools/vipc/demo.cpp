@@ -250,9 +250,14 @@ int run_demo(const DemoOptions& options) {
     fmt::print(stderr, "vipc demo: the channel part failed\n");
     return 1;
   }
+  if (run_large_demo(std::size_t{64} << 20) != 0) {
+    fmt::print(stderr, "vipc demo: the large-buffer part failed\n");
+    return 1;
+  }
   fmt::print(
       "\nevery message arrived exactly once and in order.\n"
-      "next: vipc bench pingpong | throughput | send | call | create | lookup  (each beside its "
+      "next: vipc bench pingpong | throughput | send | call | create | lookup | large  (each "
+      "beside its "
       "baseline)\n");
   return 0;
 }

@@ -1,0 +1,296 @@
+#include "large_systems.hpp"
+
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "core/clock.hpp"
+#include "core/sys.hpp"
+#include "vipc/channel.hpp"
+#include "vipc/runtime.hpp"
+
+namespace vipc::bench::large_systems {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr std::uint32_t kData = 1;
+constexpr std::uint32_t kStop = 2;
+
+long minor_faults() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
+// What the peer tells the measuring side, outside the data path.
+struct PeerReport {
+  std::atomic<int> pid{0};
+  std::atomic<long> faults{0};     // minor faults during the measured window
+  std::atomic<long> transfers{0};  // handoffs in the measured window
+  std::atomic<int> measuring{0};   // set by the measuring side after the warm-up
+};
+
+class Fd {
+ public:
+  explicit Fd(int fd) noexcept : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { reset(); }
+  [[nodiscard]] int get() const noexcept { return fd_; }
+  void reset() noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_;
+};
+
+// false on end of file or timeout before the first byte.
+bool read_full(int fd, unsigned char* buf, std::size_t len) {
+  std::size_t got = 0;
+  while (got < len) {
+    const ssize_t n = ::read(fd, buf + got, len - got);
+    if (n > 0) {
+      got += static_cast<std::size_t>(n);
+    } else if (n == 0) {
+      return false;
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (got == 0) return false;
+    } else if (errno != EINTR) {
+      throw BenchError(fmt::format("read: {}", errno_text(errno)));
+    }
+  }
+  return true;
+}
+
+void write_full(int fd, const unsigned char* buf, std::size_t len) {
+  std::size_t put = 0;
+  while (put < len) {
+    const ssize_t n = ::write(fd, buf + put, len - put);
+    if (n > 0) {
+      put += static_cast<std::size_t>(n);
+    } else if (n < 0 && errno != EINTR) {
+      throw BenchError(fmt::format("write: {}", errno_text(errno)));
+    }
+  }
+}
+
+}  // namespace
+
+// The embedded broker's thread must not inherit the measuring process's pin: it serves
+// the receiver's requests while the sender waits, and on a CPU of its own choosing.
+Result<Runtime> unpinned_embedded_runtime() {
+  cpu_set_t pinned;
+  CPU_ZERO(&pinned);
+  if (::sched_getaffinity(0, sizeof pinned, &pinned) != 0) return Runtime::embedded();
+  cpu_set_t all;
+  CPU_ZERO(&all);
+  for (std::size_t c = 0; c < CPU_SETSIZE; ++c) CPU_SET(c, &all);
+  (void)::sched_setaffinity(0, sizeof all, &all);
+  auto rt = Runtime::embedded();
+  (void)::sched_setaffinity(0, sizeof pinned, &pinned);
+  return rt;
+}
+
+Round handoff(const RunConfig& cfg, std::size_t size, TransferMode mode, Faults* faults) {
+  auto rt = unpinned_embedded_runtime();
+  if (!rt) throw BenchError("vipc large: broker: " + rt.error().message());
+  const std::string path = rt->socket_path();
+  const std::string name = "bench-large-" + std::to_string(::getpid());
+  const char* label = mode == TransferMode::Move ? "vipc-move" : "vipc-share";
+  SharedMemory shm(4096);
+  PeerReport* report = shm.construct<PeerReport>();
+  Round round;
+  run_with_peer(
+      cfg, label,
+      [&](PeerSide& peer) {
+        report->pid.store(::getpid());
+        auto srt = Runtime::connect_to(path);
+        if (!srt) throw BenchError(std::string(label) + ": connect: " + srt.error().message());
+        ChannelOptions o;
+        o.synchronous = true;
+        o.capacity = 64;
+        auto ep = Endpoint::create(*srt, name, o);
+        if (!ep) throw BenchError(std::string(label) + ": create: " + ep.error().message());
+        long faults0 = 0;
+        long transfers = 0;
+        bool counting = false;
+        for (;;) {
+          auto req = ep->receive_request(50ms);
+          if (!req) {
+            if (req.error().code() == ErrorCode::Timeout && !peer.stop_requested() &&
+                core::Clock::now() < peer.give_up()) {
+              continue;
+            }
+            break;
+          }
+          if (req->message().type == kStop) break;
+          if (!counting && report->measuring.load(std::memory_order_acquire) != 0) {
+            counting = true;
+            faults0 = minor_faults();
+          }
+          auto b = SharedBuffer::receive(*srt, req->message());
+          if (!b) throw BenchError(std::string(label) + ": receive: " + b.error().message());
+          auto v = b->payload();
+          if (!v || v->empty()) throw BenchError(std::string(label) + ": map failed");
+          const std::byte both[2] = {(*v)[0], (*v)[v->size() - 1]};
+          if (!req->reply(SmallMessage(kData, both, sizeof both))) break;
+          (void)b->release();
+          if (counting) ++transfers;
+        }
+        report->faults.store(counting ? minor_faults() - faults0 : 0);
+        report->transfers.store(transfers);
+      },
+      [&](SelfSide& self) {
+        std::optional<Channel> ch;
+        while (!ch) {
+          auto c = Channel::connect(*rt, name);
+          if (c) {
+            ch.emplace(std::move(*c));
+          } else {
+            self.check_stall();
+            std::this_thread::sleep_for(1ms);
+          }
+        }
+        const auto target = GrantTarget::process(report->pid.load());
+        std::optional<SharedBuffer> shared;
+        LatencyRecorder recorder(round.hist, self);
+        long my_faults0 = 0;
+        long transfers = 0;
+        bool counting = false;
+        for (std::uint64_t seq = 1;; ++seq) {
+          const auto first = static_cast<std::byte>(seq & 0xff);
+          const auto last = static_cast<std::byte>((seq >> 8) & 0xff);
+          std::optional<SharedBuffer> fresh;
+          SharedBuffer* buf = nullptr;
+          if (mode == TransferMode::Move || !shared) {
+            auto b = SharedBuffer::allocate(*rt, size);
+            if (!b) throw BenchError(std::string(label) + ": allocate: " + b.error().message());
+            auto w = b->data();
+            if (!w) throw BenchError(std::string(label) + ": map: " + w.error().message());
+            (*w)[0] = first;
+            (*w)[size - 1] = last;
+            if (mode == TransferMode::Move) {
+              fresh.emplace(std::move(*b));
+              buf = &*fresh;
+            } else {
+              shared.emplace(std::move(*b));
+            }
+          }
+          if (buf == nullptr) buf = &*shared;
+          const std::uint64_t t0 = core::cycles();
+          if (!counting && t0 >= self.warmup_end()) {
+            counting = true;
+            my_faults0 = minor_faults();
+            report->measuring.store(1, std::memory_order_release);
+          }
+          auto m = buf->send(mode, target, kData);
+          if (!m) throw BenchError(std::string(label) + ": send: " + m.error().message());
+          auto r = ch->call(*m, 10s);
+          const std::uint64_t t1 = core::cycles();
+          if (!r) throw BenchError(std::string(label) + ": call: " + r.error().message());
+          const auto* got = reinterpret_cast<const std::byte*>(r->data.data());
+          const std::byte want_first = mode == TransferMode::Move ? first : std::byte{1};
+          const std::byte want_last = mode == TransferMode::Move ? last : std::byte{0};
+          if (r->length != 2 || got[0] != want_first || got[1] != want_last) {
+            throw BenchError(std::string(label) + ": the receiver read the wrong bytes");
+          }
+          if (counting) ++transfers;
+          if (!recorder.record(t0, t1)) break;
+        }
+        const long my_faults = counting ? minor_faults() - my_faults0 : 0;
+        self.request_stop();
+        (void)ch->call(SmallMessage(kStop, nullptr, 0), 100ms);
+        if (faults != nullptr && transfers > 0) {
+          faults->sender_minor_per_transfer =
+              static_cast<double>(my_faults) / static_cast<double>(transfers);
+        }
+      });
+  if (faults != nullptr && report->transfers.load() > 0) {
+    faults->receiver_minor_per_transfer =
+        static_cast<double>(report->faults.load()) / static_cast<double>(report->transfers.load());
+  }
+  return round;
+}
+
+Round memcpy_bytes(const RunConfig& cfg, std::size_t size) {
+  std::vector<unsigned char> src(size, 1), dst(size, 0);
+  Round round;
+  const std::uint64_t warmup_end = core::cycles() + seconds_to_cycles(cfg.timing.warmup_s);
+  const std::uint64_t end = warmup_end + seconds_to_cycles(cfg.timing.measure_s);
+  unsigned sink = 0;
+  for (std::uint64_t seq = 1;; ++seq) {
+    src[seq % size] = static_cast<unsigned char>(seq);
+    const std::uint64_t t0 = core::cycles();
+    std::memcpy(dst.data(), src.data(), size);
+    const std::uint64_t t1 = core::cycles();
+    sink += dst[seq % size];
+    if (t0 >= warmup_end) round.hist.record(t1 - t0);
+    if (t1 >= end) break;
+  }
+  if (sink == 0xffffffffu) throw BenchError("memcpy: impossible");
+  return round;
+}
+
+Round uds_send(const RunConfig& cfg, std::size_t size) {
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
+    throw BenchError(fmt::format("socketpair: {}", errno_text(errno)));
+  }
+  Fd mine(fds[0]);
+  Fd theirs(fds[1]);
+  const timeval tv{0, 200'000};
+  for (int fd : {mine.get(), theirs.get()}) {
+    if (::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) {
+      throw BenchError(fmt::format("setsockopt: {}", errno_text(errno)));
+    }
+  }
+  Round round;
+  run_with_peer(
+      cfg, "uds",
+      [&](PeerSide& peer) {
+        mine.reset();
+        std::vector<unsigned char> buf(size);
+        for (;;) {
+          if (!read_full(theirs.get(), buf.data(), size)) {
+            if (peer.stop_requested()) return;
+            continue;
+          }
+          write_full(theirs.get(), buf.data(), 1);
+        }
+      },
+      [&](SelfSide& self) {
+        theirs.reset();
+        std::vector<unsigned char> msg(size, 3);
+        LatencyRecorder recorder(round.hist, self);
+        for (std::uint64_t seq = 1;; ++seq) {
+          msg[0] = static_cast<unsigned char>(seq);
+          const std::uint64_t t0 = core::cycles();
+          write_full(mine.get(), msg.data(), size);
+          unsigned char ack = 0;
+          while (!read_full(mine.get(), &ack, 1)) self.check_stall();
+          const std::uint64_t t1 = core::cycles();
+          if (ack != msg[0]) throw BenchError("uds: the answer does not match");
+          if (!recorder.record(t0, t1)) break;
+        }
+        self.request_stop();
+        mine.reset();
+      });
+  return round;
+}
+
+}  // namespace vipc::bench::large_systems

@@ -1,0 +1,30 @@
+// The systems of `vipc bench large --size N`: a zero-copy handoff of an N-byte
+// SharedBuffer (Move or Share) between two processes, and its baselines: memcpy of N
+// bytes, and N bytes through a Unix socket.
+#pragma once
+
+#include <cstddef>
+
+#include "harness.hpp"
+#include "vipc/buffer.hpp"
+
+namespace vipc::bench::large_systems {
+
+// What the peer's page faults came to, per handoff (getrusage, measured window only).
+struct Faults {
+  double receiver_minor_per_transfer = 0;
+  double sender_minor_per_transfer = 0;
+};
+
+// Handoff round trip: the sender hands a buffer over (send), the receiver claims it,
+// maps it, reads its first and last byte and answers with those two bytes through a
+// synchronous channel; the sender's call() returns. Move: a new buffer per handoff
+// (allocated and written outside the timed interval); Share: the same sealed buffer
+// every time.
+Round handoff(const RunConfig& cfg, std::size_t size, TransferMode mode, Faults* faults);
+// memcpy of `size` bytes between two buffers written once beforehand.
+Round memcpy_bytes(const RunConfig& cfg, std::size_t size);
+// `size` bytes through a Unix stream socketpair, and a 1-byte answer.
+Round uds_send(const RunConfig& cfg, std::size_t size);
+
+}  // namespace vipc::bench::large_systems

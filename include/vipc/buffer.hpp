@@ -1,0 +1,176 @@
+// vipc::SharedBuffer and vipc::SharedRegion: the spec's LargeMessage payload and
+// SharedRegion: memory of any size handed from process to process without copying, with
+// the three transfer modes made to hold by the kernel (docs/zero-copy.md).
+//
+// Guarantees
+// - The broker creates every buffer (a memfd, mode 0600, its size sealed) and hands its
+//   descriptor only to a holder of a capability on it: read-write only with Map and Write
+//   while the buffer is unsealed, otherwise a read-only open that cannot be mapped
+//   writable.
+// - send() seals the buffer (F_SEAL_WRITE) after unmapping this process's writable
+//   mapping: from then on no process, the sender included, can change the bytes the
+//   receiver reads; a store through an old pointer faults, a writable shared mapping is
+//   refused (BufferTest.MovedBufferCannotBeWrittenByTheOldOwner).
+//   - Move: the sender's capability goes with the buffer (needs Grant).
+//   - Share: the sender keeps a read-only capability; every holder reads the same pages
+//     (needs Share). data() gives any holder of a sealed buffer a private copy-on-write
+//     mapping instead.
+//   - Copy: sealed like Share; receive() copies the payload into a new buffer that the
+//     receiver owns (writable, unshared) and lets go of the sender's.
+// - The buffer lives while a capability on it (in any process) or an unclaimed transfer
+//   exists; a holder that dies loses its capabilities, and the broker closes its memfd
+//   when the last goes. Mappings a live holder has stay valid until it unmaps them.
+// - receive() validates the message (hostile input): one capability slot, a descriptor
+//   with the right magic, and a payload range inside the buffer the broker reports; on
+//   failure the claimed capability is released and Corrupted is returned.
+// - Mapping is lazy (first view()/data()); BufferOptions::prefetch populates the pages at
+//   mapping time; numa_node is honoured with mbind where the machine has several nodes;
+//   buffers of 2 MiB and more are advised huge pages.
+//
+// Caveats: a SharedBuffer or SharedRegion is not thread-safe, and the Runtime must
+// outlive it. Spans from view()/data() die with the next call that remaps (send,
+// release, a data() after a view() on a sealed buffer) and with the object.
+//
+//   auto buf = vipc::SharedBuffer::allocate(rt, 1 << 20).value();
+//   std::memset(buf.data().value().data(), 7, buf.size());
+//   vipc::SmallMessage m = buf.send(vipc::TransferMode::Move, target).value();
+//   channel.send(m);  ...  auto got = vipc::SharedBuffer::receive(rt, m).value();
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+
+#include "vipc/capability.hpp"
+#include "vipc/message.hpp"
+#include "vipc/result.hpp"
+#include "vipc/runtime.hpp"
+
+namespace vipc {
+
+enum class TransferMode : std::uint16_t { None = 0, Move = 1, Share = 2, Copy = 3 };
+
+struct BufferOptions {
+  bool prefetch = false;              // populate every page when mapping (MAP_POPULATE)
+  bool huge_pages = true;             // advise huge pages for buffers of at least 2 MiB
+  std::optional<unsigned> numa_node;  // mbind to this node where there are several
+};
+
+namespace detail {
+// What SharedBuffer and SharedRegion share: a capability, the memfd and one mapping.
+class MappedMemory {
+ public:
+  MappedMemory() noexcept = default;
+  MappedMemory(MappedMemory&& o) noexcept;
+  MappedMemory& operator=(MappedMemory&& o) noexcept;
+  MappedMemory(const MappedMemory&) = delete;
+  MappedMemory& operator=(const MappedMemory&) = delete;
+  ~MappedMemory();
+
+  enum class Access : std::uint8_t { None, ReadShared, WriteShared, WritePrivate };
+
+  Runtime::Impl* rt = nullptr;
+  Capability cap;
+  std::uint64_t size = 0;
+  bool sealed = false;
+  TransferMode mode = TransferMode::None;
+  std::optional<unsigned> numa_node;
+  BufferOptions options;
+  OwnedFd fd;
+  void* addr = nullptr;
+  std::size_t len = 0;
+  Access access = Access::None;
+
+  [[nodiscard]] Result<void> map(Access want);
+  void unmap() noexcept;
+  // Unmaps, closes and releases the capability (best effort when quiet).
+  Result<void> release();
+};
+}  // namespace detail
+
+class SharedBuffer {
+ public:
+  // A new buffer of `size` bytes (1 .. 64 GiB); this process holds every right on it.
+  [[nodiscard]] static Result<SharedBuffer> allocate(Runtime& rt, std::size_t size,
+                                                     const BufferOptions& options = {});
+  // Claims the buffer a message carries (see send()), validates it, and for Copy copies
+  // the payload into a new buffer owned here. Maps nothing yet.
+  [[nodiscard]] static Result<SharedBuffer> receive(Runtime& rt, const SmallMessage& message,
+                                                    const BufferOptions& options = {});
+  // Whether a message looks like one send() made (receive() still validates it all).
+  [[nodiscard]] static bool carries_buffer(const SmallMessage& message) noexcept;
+
+  SharedBuffer() noexcept = default;
+  SharedBuffer(SharedBuffer&&) noexcept = default;
+  SharedBuffer& operator=(SharedBuffer&&) noexcept = default;
+
+  [[nodiscard]] bool valid() const noexcept { return mem_.cap.token != 0; }
+  [[nodiscard]] std::size_t size() const noexcept { return static_cast<std::size_t>(mem_.size); }
+  [[nodiscard]] const Capability& capability() const noexcept { return mem_.cap; }
+  // Sealed: transferred at least once; nobody can write it shared any more.
+  [[nodiscard]] bool sealed() const noexcept { return mem_.sealed; }
+  // How it reached this process (None: allocated here).
+  [[nodiscard]] TransferMode mode() const noexcept { return mem_.mode; }
+
+  // Read-only bytes, mapped on first use.
+  [[nodiscard]] Result<std::span<const std::byte>> view();
+  // The part the sender designated (offset and length from its message); all of it for
+  // a buffer allocated here.
+  [[nodiscard]] Result<std::span<const std::byte>> payload();
+  // Writable bytes: the shared pages while unsealed (needs Write), else a private
+  // copy-on-write mapping that no other process sees.
+  [[nodiscard]] Result<std::span<std::byte>> data();
+
+  // Hands the buffer to `target` and returns the message to deliver to it (over any
+  // channel): a transfer handle in capability slot 0 and a descriptor of
+  // [offset, offset + length) (length 0: to the end). Move empties this object.
+  [[nodiscard]] Result<SmallMessage> send(TransferMode mode, GrantTarget target,
+                                          std::uint32_t type = 0, std::uint64_t offset = 0,
+                                          std::uint64_t length = 0);
+  // Unmaps and drops this process's capability (the destructor does it too).
+  Result<void> release();
+
+ private:
+  detail::MappedMemory mem_;
+  std::uint64_t offset_ = 0;
+  std::uint64_t length_ = 0;
+};
+
+// Long-lived shared memory between several processes: {frames (the memfd's pages),
+// permissions (this holder's rights), refcount (holders in the broker), numa_node}.
+// Never sealed: holders with Write share the same writable pages; holders without it
+// get a read-only descriptor (or a private copy-on-write mapping from data()).
+class SharedRegion {
+ public:
+  [[nodiscard]] static Result<SharedRegion> create(Runtime& rt, std::size_t size,
+                                                   const BufferOptions& options = {});
+  // Redeems a handle from share().
+  [[nodiscard]] static Result<SharedRegion> open(Runtime& rt, CapabilityHandle handle,
+                                                 const BufferOptions& options = {});
+
+  SharedRegion() noexcept = default;
+  SharedRegion(SharedRegion&&) noexcept = default;
+  SharedRegion& operator=(SharedRegion&&) noexcept = default;
+
+  // A one-time handle for `target` with `rights` (a subset of this holder's, including
+  // Map and Read or Write); needs Share.
+  [[nodiscard]] Result<CapabilityHandle> share(GrantTarget target, Rights rights);
+
+  [[nodiscard]] std::size_t size() const noexcept { return static_cast<std::size_t>(mem_.size); }
+  [[nodiscard]] Rights permissions() const noexcept { return mem_.cap.rights; }
+  [[nodiscard]] const Capability& capability() const noexcept { return mem_.cap; }
+  [[nodiscard]] std::optional<unsigned> numa_node() const noexcept { return mem_.numa_node; }
+  // Capabilities and pending shares that keep the region alive (asks the broker).
+  [[nodiscard]] Result<std::uint32_t> refcount();
+
+  [[nodiscard]] Result<std::span<const std::byte>> view();
+  // Shared writable pages with Write; else a private copy-on-write mapping.
+  [[nodiscard]] Result<std::span<std::byte>> data();
+  Result<void> release();
+
+ private:
+  detail::MappedMemory mem_;
+};
+
+}  // namespace vipc

@@ -1,0 +1,254 @@
+#include "broker/buffer_table.hpp"
+
+#include <fcntl.h>
+
+#include <utility>
+
+namespace vipc::broker {
+namespace {
+
+wire::CapabilityRecord cap_record(const CapNode& n) noexcept {
+  return wire::CapabilityRecord{n.token, n.object, static_cast<std::uint32_t>(n.rights),
+                                n.generation};
+}
+
+Error create_error(const Error& e) noexcept {
+  return Error(e.code(), wire::ctx::kObjectCreate, e.sys_errno());
+}
+
+}  // namespace
+
+wire::BufferRecord BufferTable::record(ObjectId id, const Buffer& b,
+                                       const CapabilityTable& caps) const noexcept {
+  return wire::BufferRecord{id,
+                            b.size,
+                            static_cast<std::uint16_t>(b.kind),
+                            static_cast<std::uint16_t>(b.mode),
+                            b.flags,
+                            b.numa_node,
+                            static_cast<std::uint32_t>(caps.count_for_object(id) + b.pending),
+                            0};
+}
+
+Result<sys::UniqueFd> BufferTable::descriptor_for(const Buffer& b, Rights rights) const {
+  if (!contains(rights, Rights::Map)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kMissingRight);
+  }
+  const bool sealed = (b.flags & wire::kBufferSealed) != 0;
+  if (contains(rights, Rights::Write) && !sealed) {
+    auto fd = sys::dup_fd(b.fd.get());
+    if (!fd) return Error(fd.error().code(), wire::ctx::kObjectCreate, fd.error().sys_errno());
+    return fd;
+  }
+  if (!contains(rights, Rights::Read)) {
+    return Error(ErrorCode::PermissionDenied,
+                 sealed ? wire::ctx::kBufferSealed : wire::ctx::kMissingRight);
+  }
+  auto fd = sys::reopen_readonly(b.fd.get());
+  if (!fd) return Error(fd.error().code(), wire::ctx::kObjectCreate, fd.error().sys_errno());
+  return fd;
+}
+
+Result<BufferReply> BufferTable::create(ClientId client, const wire::CreateBufferRequest& r,
+                                        std::uint64_t request_id, ObjectId object, Token token,
+                                        CapabilityTable& caps) {
+  // Check.
+  if (r.size == 0 || r.size > wire::kBufferSizeMax) {
+    return Error(ErrorCode::InvalidArgument, wire::ctx::kBadParameters);
+  }
+  const auto kind = static_cast<ObjectKind>(r.kind);
+  // Prepare: the memfd, private to the broker's uid, its size fixed for good.
+  auto fd = sys::memfd_create(kind == ObjectKind::Region ? "vipc-region" : "vipc-buffer");
+  if (!fd) return create_error(fd.error());
+  if (auto m = sys::fchmod(fd->get(), 0600); !m) return create_error(m.error());
+  if (auto t = sys::ftruncate(fd->get(), r.size); !t) {
+    if (t.error().sys_errno() == EFBIG || t.error().sys_errno() == EINVAL) {
+      return Error(ErrorCode::InvalidArgument, wire::ctx::kBadParameters);
+    }
+    return create_error(t.error());
+  }
+  if (auto s = sys::add_seals(fd->get(), F_SEAL_SHRINK | F_SEAL_GROW); !s) {
+    return create_error(s.error());
+  }
+  auto give = sys::dup_fd(fd->get());
+  if (!give) return create_error(give.error());
+  buffers_.reserve(buffers_.size() + 1);
+  caps.reserve(client, object);
+  // Commit.
+  Buffer b;
+  b.kind = kind;
+  b.size = r.size;
+  b.flags = r.flags & wire::kBufferFlagsMask;
+  b.numa_node = r.numa_node;
+  b.fd = std::move(*fd);
+  const CapNode& node = caps.insert(token, client, object, rights_for(kind), 0);
+  const auto& stored = buffers_.emplace(object, std::move(b)).first->second;
+  BufferReply out;
+  out.packet = wire::encode_reply(
+      request_id, wire::CreateBufferReply{cap_record(node), record(object, stored, caps)}, 1);
+  out.fds.push_back(std::move(*give));
+  return out;
+}
+
+Result<BufferReply> BufferTable::map(const CapNode& cap, std::uint64_t request_id,
+                                     const CapabilityTable& caps) {
+  const auto it = buffers_.find(cap.object);
+  if (it == buffers_.end()) return Error(ErrorCode::InvalidArgument, wire::ctx::kNotBuffer);
+  auto fd = descriptor_for(it->second, cap.rights);
+  if (!fd) return fd.error();
+  BufferReply out;
+  out.packet =
+      wire::encode_reply(request_id, wire::MapBufferReply{record(cap.object, it->second, caps)}, 1);
+  out.fds.push_back(std::move(*fd));
+  return out;
+}
+
+Result<BufferReply> BufferTable::transfer(ClientId client, const CapNode& cap,
+                                          const wire::TransferBufferRequest& r,
+                                          std::uint64_t request_id, Token handle,
+                                          std::uint64_t expires_ns, CapabilityTable& caps) {
+  // Check.
+  const auto it = buffers_.find(cap.object);
+  if (it == buffers_.end()) return Error(ErrorCode::InvalidArgument, wire::ctx::kNotBuffer);
+  Buffer& b = it->second;
+  const auto mode = static_cast<wire::TransferMode>(r.mode);
+  const auto rights = static_cast<Rights>(r.rights);
+  // A region is shared memory by design: it is only shared, never sealed.
+  if (b.kind == ObjectKind::Region && mode != wire::TransferMode::Share) {
+    return Error(ErrorCode::InvalidArgument, wire::ctx::kBufferMode);
+  }
+  const Rights needed = mode == wire::TransferMode::Move ? Rights::Grant : Rights::Share;
+  if (!contains(cap.rights, needed)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kMissingRight);
+  }
+  // The receiver must be able to map what it gets.
+  if (!contains(rights, Rights::Map) || (rights & (Rights::Read | Rights::Write)) == Rights::None) {
+    return Error(ErrorCode::InvalidArgument, wire::ctx::kNoRights);
+  }
+  if (!contains(cap.rights, rights)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kRightsNotSubset);
+  }
+  // Prepare: the seal is the one step the kernel may refuse (EBUSY while any process
+  // maps the buffer writable); once on, it is permanent, so a failure later in this
+  // request would leave a sealed buffer, which is still a valid buffer.
+  if (b.kind == ObjectKind::Buffer && (b.flags & wire::kBufferSealed) == 0) {
+    if (auto s = sys::add_seals(b.fd.get(), F_SEAL_WRITE | F_SEAL_SEAL); !s) {
+      if (s.error().sys_errno() == EBUSY) {
+        return Error(ErrorCode::PermissionDenied, wire::ctx::kBufferMapped, EBUSY);
+      }
+      return Error(s.error().code(), wire::ctx::kObjectCreate, s.error().sys_errno());
+    }
+    b.flags |= wire::kBufferSealed;
+  }
+  pending_.reserve(pending_.size() + 1);
+  // Commit.
+  Transfer t;
+  t.object = cap.object;
+  t.rights = rights;
+  t.mode = mode;
+  t.source = mode == wire::TransferMode::Move ? 0 : cap.token;
+  t.source_generation = cap.generation;
+  t.sender = client;
+  t.target_client = r.target_client;
+  t.target_pid = static_cast<pid_t>(r.target_pid);
+  t.expires_ns = expires_ns;
+  pending_.emplace(handle, t);
+  ++b.pending;
+  b.mode = mode;
+  const ObjectId object = cap.object;
+  // Move: ownership passes; the sender's capability goes now (the transfer holds the
+  // buffer meanwhile).
+  if (mode == wire::TransferMode::Move) caps.release(cap.token);
+  BufferReply out;
+  out.packet =
+      wire::encode_reply(request_id, wire::TransferBufferReply{handle, record(object, b, caps)});
+  return out;
+}
+
+Result<BufferReply> BufferTable::claim(ClientId client, pid_t pid,
+                                       const wire::ClaimBufferRequest& r, std::uint64_t request_id,
+                                       Token token, std::uint64_t now_ns, CapabilityTable& caps) {
+  const auto it = pending_.find(r.handle);
+  if (it == pending_.end() || it->second.expires_ns <= now_ns) {
+    return Error(ErrorCode::InvalidCapability, wire::ctx::kUnknownHandle);
+  }
+  const Transfer t = it->second;
+  const bool is_target = t.target_client != 0 ? t.target_client == client : t.target_pid == pid;
+  if (!is_target) return Error(ErrorCode::InvalidCapability, wire::ctx::kNotTarget);
+  Buffer& b = buffers_.at(t.object);
+  auto fd = descriptor_for(b, t.rights);
+  if (!fd) return fd.error();
+  caps.reserve(client, t.object);
+  // Commit. Shared and copied buffers hang under the sender's capability while it lives
+  // (revoking it revokes the readers); a moved one, or one whose sender let go, is a root.
+  const CapNode* src = t.source != 0 ? caps.find(t.source) : nullptr;
+  const bool source_alive = src != nullptr && src->generation == t.source_generation;
+  const CapNode& node =
+      caps.insert(token, client, t.object, t.rights, source_alive ? t.source : Token{0});
+  forget(it);
+  // The mode of this transfer (the buffer may have been handed on since by another).
+  wire::BufferRecord rec = record(t.object, b, caps);
+  rec.mode = static_cast<std::uint16_t>(t.mode);
+  BufferReply out;
+  out.packet = wire::encode_reply(request_id, wire::ClaimBufferReply{cap_record(node), rec}, 1);
+  out.fds.push_back(std::move(*fd));
+  return out;
+}
+
+void BufferTable::forget(std::unordered_map<Token, Transfer>::iterator it) {
+  if (auto b = buffers_.find(it->second.object); b != buffers_.end() && b->second.pending > 0) {
+    --b->second.pending;
+  }
+  pending_.erase(it);
+}
+
+void BufferTable::drop_client(ClientId client, pid_t pid, bool last_of_pid) {
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    const Transfer& t = it->second;
+    const bool gone =
+        t.target_client == client || (t.target_client == 0 && last_of_pid && t.target_pid == pid);
+    if (gone) {
+      auto next = std::next(it);
+      forget(it);
+      it = next;
+    } else {
+      ++it;
+    }
+  }
+}
+
+std::size_t BufferTable::expire(std::uint64_t now_ns) {
+  std::size_t n = 0;
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    if (it->second.expires_ns <= now_ns) {
+      auto next = std::next(it);
+      forget(it);
+      it = next;
+      ++n;
+    } else {
+      ++it;
+    }
+  }
+  return n;
+}
+
+std::size_t BufferTable::collect(const CapabilityTable& caps) {
+  std::size_t freed = 0;
+  for (auto it = buffers_.begin(); it != buffers_.end();) {
+    if (it->second.pending == 0 && caps.count_for_object(it->first) == 0) {
+      it = buffers_.erase(it);  // closes the memfd: the kernel frees it with its last mapping
+      ++freed;
+    } else {
+      ++it;
+    }
+  }
+  return freed;
+}
+
+std::size_t BufferTable::pending_of(ClientId client) const noexcept {
+  std::size_t n = 0;
+  for (const auto& [handle, t] : pending_) n += t.sender == client ? 1 : 0;
+  return n;
+}
+
+}  // namespace vipc::broker

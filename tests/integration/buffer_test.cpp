@@ -1,0 +1,624 @@
+// SharedBuffer and SharedRegion across real processes and a real vipcd: each transfer
+// mode's semantics, the kernel refusing what a mode forbids (a write after a move
+// faults; a seal cannot be put on while someone maps the buffer writable; nobody can
+// resize a buffer under a reader), hostile descriptors, and reference counts across
+// kill -9 checked against the daemon's own descriptor census.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/buffer_descriptor.hpp"
+#include "core/sys.hpp"
+#include "support/daemon.hpp"
+#include "support/pipe.hpp"
+#include "support/process.hpp"
+#include "vipc/buffer.hpp"
+#include "vipc/runtime.hpp"
+
+namespace vipc {
+namespace {
+
+using namespace std::chrono_literals;
+using test::Child;
+using test::Daemon;
+using test::Pipe;
+using test::TempDir;
+
+constexpr auto kAlarm = std::chrono::seconds(60);
+constexpr int kFaulted = 42;  // a child's exit status when its forbidden write faulted
+
+std::byte pattern(std::size_t i) { return static_cast<std::byte>((i * 131 + 7) & 0xff); }
+
+void fill_pattern(std::span<std::byte> s) {
+  for (std::size_t i = 0; i < s.size(); ++i) s[i] = pattern(i);
+}
+bool has_pattern(std::span<const std::byte> s, std::size_t from = 0) {
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != pattern(from + i)) return false;
+  }
+  return true;
+}
+
+// A SIGSEGV or SIGBUS in a child ends it with kFaulted (also under sanitizers, which
+// would otherwise report and exit with their own status).
+void exit_on_fault() {
+  struct sigaction sa {};
+  sa.sa_handler = [](int) { ::_exit(kFaulted); };
+  ::sigaction(SIGSEGV, &sa, nullptr);
+  ::sigaction(SIGBUS, &sa, nullptr);
+}
+
+// The memfds this process opened since `before` (a forked child inherits its parent's).
+std::vector<int> new_memfds(const test::FdCensus& before) {
+  std::vector<int> out;
+  auto now = test::fd_census(0);
+  if (!now) return out;
+  for (int fd : now->memfd_numbers) {
+    bool old = false;
+    for (int b : before.memfd_numbers) old = old || b == fd;
+    if (!old) out.push_back(fd);
+  }
+  return out;
+}
+
+std::size_t memfds_of(pid_t pid) {
+  auto c = test::fd_census(pid);
+  return c ? c->memfds : 0;
+}
+
+// In a receiver child: its descriptors before it received anything.
+test::FdCensus child_before;
+
+class BufferTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(dir.ok());
+    daemon.emplace(dir.path());
+    ASSERT_TRUE(daemon->ready());
+    auto r = Runtime::connect_to(daemon->socket());
+    ASSERT_TRUE(r.ok()) << r.error().message();
+    rt.emplace(std::move(*r));
+    ASSERT_TRUE(rt->ping().ok());
+    baseline = test::fd_census(daemon->pid());
+    ASSERT_TRUE(baseline.has_value());
+  }
+  // The daemon holds exactly the descriptors it held after set-up (within 5 s).
+  bool back_to_baseline() {
+    return test::wait_for(
+        [&] {
+          auto c = test::fd_census(daemon->pid());
+          return c && *c == *baseline;
+        },
+        5s);
+  }
+  // A child that connects, says so, takes one message, receives the buffer and runs
+  // `check` on it; exits with check's status.
+  template <class F>
+  Child receiver(Pipe& ready, Pipe& messages, F check) {
+    const std::string socket = daemon->socket();
+    return Child::spawn(
+        [&ready, &messages, socket, check]() -> int {
+          auto crt = Runtime::connect_to(socket);
+          if (!crt) return 10;
+          child_before = test::fd_census(0).value_or(test::FdCensus{});
+          if (!ready.put(std::uint8_t{1})) return 11;
+          auto m = messages.get<SmallMessage>();
+          if (!m) return 12;
+          auto b = SharedBuffer::receive(*crt, *m);
+          if (!b) return 13;
+          return check(*crt, *b);
+        },
+        kAlarm);
+  }
+
+  TempDir dir;
+  std::optional<Daemon> daemon;
+  std::optional<Runtime> rt;
+  std::optional<test::FdCensus> baseline;
+};
+
+TEST_F(BufferTest, MoveHandsTheBytesOverAndTheSenderLosesItsCapability) {
+  constexpr std::size_t kSize = 1 << 20;
+  auto buf = SharedBuffer::allocate(*rt, kSize);
+  ASSERT_TRUE(buf.ok()) << buf.error().message();
+  auto bytes = buf->data();
+  ASSERT_TRUE(bytes.ok());
+  fill_pattern(*bytes);
+  const Capability old = buf->capability();
+  Pipe ready, messages;
+  Child c = receiver(ready, messages, [](Runtime&, SharedBuffer& b) -> int {
+    if (b.mode() != TransferMode::Move || !b.sealed() || b.size() != kSize) return 20;
+    auto v = b.payload();
+    if (!v || v->size() != kSize || !has_pattern(*v)) return 21;
+    // The new owner writes into a private copy-on-write mapping.
+    auto w = b.data();
+    if (!w) return 22;
+    (*w)[0] = std::byte{0};
+    return 0;
+  });
+  ASSERT_TRUE(ready.get<std::uint8_t>().has_value());
+  auto m = buf->send(TransferMode::Move, GrantTarget::process(c.pid()));
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  EXPECT_FALSE(buf->valid());
+  ASSERT_TRUE(messages.put(*m));
+  EXPECT_EQ(c.wait(30s), "exit 0");
+  // The sender's capability went with the buffer.
+  EXPECT_EQ(rt->derive(old, Rights::Read).error().code(), ErrorCode::InvalidCapability);
+  EXPECT_TRUE(back_to_baseline()) << test::describe(test::fd_census(daemon->pid()));
+}
+
+TEST_F(BufferTest, MovedBufferCannotBeWrittenByTheOldOwner) {
+  // The old owner keeps its pointer and, being hostile, a copy of its read-write
+  // descriptor taken before the move; the kernel refuses every write through either.
+  Pipe result;
+  const std::string socket = daemon->socket();
+  const pid_t parent = ::getpid();
+  Child owner = Child::spawn(
+      [&]() -> int {
+        auto crt = Runtime::connect_to(socket);
+        if (!crt) return 10;
+        const auto before = test::fd_census(0).value_or(test::FdCensus{});
+        auto b = SharedBuffer::allocate(*crt, 64 << 10);
+        if (!b) return 11;
+        auto w = b->data();
+        if (!w) return 12;
+        fill_pattern(*w);
+        std::byte* stale = w->data();
+        const auto mine = new_memfds(before);
+        if (mine.size() != 1) return 13;
+        const int kept = ::dup(mine[0]);
+        auto m = b->send(TransferMode::Move, GrantTarget::process(parent));
+        if (!m) return 14;
+        if (!result.put(*m)) return 15;
+        // A writable shared mapping of the sealed memfd: EPERM.
+        void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, kept, 0);
+        if (p != MAP_FAILED || errno != EPERM) return 16;
+        // write(2): EPERM. Growing or shrinking: EPERM.
+        const char x = 1;
+        if (::pwrite(kept, &x, 1, 0) != -1 || errno != EPERM) return 17;
+        if (::ftruncate(kept, 0) != -1 || errno != EPERM) return 18;
+        // The old mapping is gone: the store faults.
+        exit_on_fault();
+        *reinterpret_cast<volatile std::byte*>(stale) = std::byte{0};
+        return 19;
+      },
+      kAlarm);
+  auto m = result.get<SmallMessage>();
+  ASSERT_TRUE(m.has_value());
+  auto got = SharedBuffer::receive(*rt, *m);
+  ASSERT_TRUE(got.ok()) << got.error().message();
+  EXPECT_EQ(owner.wait(30s), "exit " + std::to_string(kFaulted));
+  auto v = got->view();
+  ASSERT_TRUE(v.ok());
+  EXPECT_TRUE(has_pattern(*v)) << "the bytes changed after the move";
+  ASSERT_TRUE(got->release().ok());
+  EXPECT_TRUE(back_to_baseline()) << test::describe(test::fd_census(daemon->pid()));
+}
+
+TEST_F(BufferTest, TransferIsRefusedWhileAnyProcessMapsTheBufferWritable) {
+  auto buf = SharedBuffer::allocate(*rt, 8192);
+  ASSERT_TRUE(buf.ok());
+  auto w = buf->data();
+  ASSERT_TRUE(w.ok());
+  // A forked child does not inherit the library's writable mapping (MADV_DONTFORK), but
+  // it inherits the read-write descriptor, maps it writable itself and keeps it.
+  const auto census = test::fd_census(0);
+  ASSERT_TRUE(census.has_value());
+  Pipe hold, done;
+  Child keeper = Child::spawn(
+      [&]() -> int {
+        int mapped = 0;
+        for (int fd : census->memfd_numbers) {
+          if (sys::file_size(fd).value_or(0) != 8192) continue;
+          if (::mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) != MAP_FAILED) {
+            ++mapped;
+          }
+        }
+        if (mapped != 1) return 20;
+        (void)hold.put(std::uint8_t{1});
+        (void)done.get<std::uint8_t>(30s);
+        return 0;
+      },
+      kAlarm);
+  ASSERT_TRUE(hold.get<std::uint8_t>().has_value());
+  auto m = buf->send(TransferMode::Share, GrantTarget::client(rt->client_id()));
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.error().code(), ErrorCode::PermissionDenied);
+  EXPECT_EQ(m.error().sys_errno(), EBUSY);
+  EXPECT_FALSE(buf->sealed());
+  ASSERT_TRUE(done.put(std::uint8_t{1}));
+  EXPECT_EQ(keeper.wait(10s), "exit 0");
+  // Once nobody maps it writable, the same transfer goes through.
+  auto again = buf->send(TransferMode::Share, GrantTarget::client(rt->client_id()));
+  ASSERT_TRUE(again.ok()) << again.error().message();
+  EXPECT_TRUE(buf->sealed());
+  auto mine = SharedBuffer::receive(*rt, *again);
+  ASSERT_TRUE(mine.ok()) << mine.error().message();
+}
+
+TEST_F(BufferTest, ShareGivesEveryReaderTheSameSealedPagesReadOnly) {
+  constexpr std::size_t kSize = 256 << 10;
+  auto buf = SharedBuffer::allocate(*rt, kSize);
+  ASSERT_TRUE(buf.ok());
+  fill_pattern(*buf->data());
+  constexpr std::size_t kReaders = 3;
+  std::vector<std::unique_ptr<Pipe>> ready, messages;
+  std::vector<Child> readers;
+  for (std::size_t i = 0; i < kReaders; ++i) {
+    ready.push_back(std::make_unique<Pipe>());
+    messages.push_back(std::make_unique<Pipe>());
+    readers.push_back(receiver(*ready.back(), *messages.back(), [](Runtime&, SharedBuffer& b) {
+      if (b.mode() != TransferMode::Share || !b.sealed()) return 20;
+      auto v = b.view();
+      if (!v || !has_pattern(*v)) return 21;
+      // Its descriptor is a read-only open: no writable shared mapping.
+      const auto mine = new_memfds(child_before);
+      if (mine.size() != 1) return 22;
+      void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, mine[0], 0);
+      if (p != MAP_FAILED) return 23;
+      // data() is copy-on-write: the write stays here.
+      auto w = b.data();
+      if (!w) return 24;
+      (*w)[0] = std::byte{0xee};
+      auto again = b.view();  // back to the shared pages
+      if (!again || (*again)[0] != pattern(0)) return 25;
+      return 0;
+    }));
+  }
+  for (std::size_t i = 0; i < kReaders; ++i) {
+    ASSERT_TRUE(ready[i]->get<std::uint8_t>().has_value());
+    auto m = buf->send(TransferMode::Share, GrantTarget::process(readers[i].pid()));
+    ASSERT_TRUE(m.ok()) << m.error().message();
+    ASSERT_TRUE(messages[i]->put(*m));
+  }
+  for (auto& r : readers) EXPECT_EQ(r.wait(30s), "exit 0");
+  // The sharer still reads it, unchanged.
+  auto v = buf->view();
+  ASSERT_TRUE(v.ok());
+  EXPECT_TRUE(has_pattern(*v));
+  ASSERT_TRUE(buf->release().ok());
+  EXPECT_TRUE(back_to_baseline()) << test::describe(test::fd_census(daemon->pid()));
+}
+
+TEST_F(BufferTest, CopyGivesTheReceiverItsOwnWritableBuffer) {
+  constexpr std::size_t kSize = 100'000;
+  auto buf = SharedBuffer::allocate(*rt, kSize);
+  ASSERT_TRUE(buf.ok());
+  fill_pattern(*buf->data());
+  Pipe ready, messages;
+  Child c = receiver(ready, messages, [](Runtime&, SharedBuffer& b) -> int {
+    if (b.mode() != TransferMode::Copy || b.sealed()) return 20;
+    // Its own: shared-writable pages nobody else holds.
+    const auto mine = new_memfds(child_before);
+    if (mine.size() != 1) return 21;
+    if (!sys::fd_writable(mine[0]).value_or(false)) return 22;
+    auto v = b.payload();
+    if (!v || v->size() != 1000 || !has_pattern(*v, 5000)) return 23;
+    auto w = b.data();
+    if (!w) return 24;
+    (*w)[0] = std::byte{1};
+    return 0;
+  });
+  ASSERT_TRUE(ready.get<std::uint8_t>().has_value());
+  auto m = buf->send(TransferMode::Copy, GrantTarget::process(c.pid()), 0, 5000, 1000);
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  ASSERT_TRUE(messages.put(*m));
+  EXPECT_EQ(c.wait(30s), "exit 0");
+  auto v = buf->view();
+  ASSERT_TRUE(v.ok());
+  EXPECT_TRUE(has_pattern(*v));
+  ASSERT_TRUE(buf->release().ok());
+  EXPECT_TRUE(back_to_baseline()) << test::describe(test::fd_census(daemon->pid()));
+}
+
+TEST_F(BufferTest, NoHolderCanShrinkOrGrowABuffer) {
+  constexpr std::size_t kSize = 64 << 10;
+  auto buf = SharedBuffer::allocate(*rt, kSize);
+  ASSERT_TRUE(buf.ok());
+  fill_pattern(*buf->data());
+  // The creator holds the read-write descriptor; it still cannot resize the memfd.
+  auto census = test::fd_census(0);
+  ASSERT_TRUE(census.has_value());
+  bool tried = false;
+  for (int fd : census->memfd_numbers) {
+    auto size = sys::file_size(fd);
+    if (!size || *size != kSize) continue;
+    tried = true;
+    EXPECT_EQ(::ftruncate(fd, 0), -1);
+    EXPECT_EQ(errno, EPERM);
+    EXPECT_EQ(::ftruncate(fd, kSize * 2), -1);
+    EXPECT_EQ(errno, EPERM);
+  }
+  EXPECT_TRUE(tried);
+  // A reader in another process touches the last page without SIGBUS.
+  Pipe ready, messages;
+  Child c = receiver(ready, messages, [](Runtime&, SharedBuffer& b) -> int {
+    exit_on_fault();
+    auto v = b.view();
+    if (!v) return 20;
+    return (*v)[kSize - 1] == pattern(kSize - 1) ? 0 : 21;
+  });
+  ASSERT_TRUE(ready.get<std::uint8_t>().has_value());
+  auto m = buf->send(TransferMode::Share, GrantTarget::process(c.pid()));
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(messages.put(*m));
+  EXPECT_EQ(c.wait(30s), "exit 0");
+}
+
+TEST_F(BufferTest, HostileDescriptorIsRejectedAndReleased) {
+  auto buf = SharedBuffer::allocate(*rt, 4096);
+  ASSERT_TRUE(buf.ok());
+  // Not a buffer message at all: nothing is claimed.
+  SmallMessage junk(1, "hello", 5);
+  EXPECT_FALSE(SharedBuffer::carries_buffer(junk));
+  EXPECT_EQ(SharedBuffer::receive(*rt, junk).error().code(), ErrorCode::Corrupted);
+
+  struct Case {
+    std::uint64_t offset, length, size;
+  };
+  const Case cases[] = {
+      {4097, 0, 4096},               // offset past the end
+      {1, 4096, 4096},               // runs one byte past the end
+      {8, ~std::uint64_t{0}, 4096},  // length wraps around
+      {0, 16, 1 << 20},              // claims a bigger buffer than the broker's
+  };
+  for (const Case& k : cases) {
+    auto m = buf->send(TransferMode::Share, GrantTarget::client(rt->client_id()));
+    ASSERT_TRUE(m.ok()) << m.error().message();
+    layout::BufferDescriptor d;
+    std::memcpy(&d, m->data.data(), sizeof d);
+    d.offset = k.offset;
+    d.length = k.length;
+    d.size = k.size;
+    std::memcpy(m->data.data(), &d, sizeof d);
+    auto got = SharedBuffer::receive(*rt, *m);
+    ASSERT_FALSE(got.ok()) << k.offset << " " << k.length;
+    EXPECT_EQ(got.error().code(), ErrorCode::Corrupted);
+  }
+  // A handle someone else was given, or one made up: InvalidCapability.
+  SmallMessage forged = *buf->send(TransferMode::Share, GrantTarget::client(rt->client_id()));
+  forged.caps[0].value ^= 1;
+  EXPECT_EQ(SharedBuffer::receive(*rt, forged).error().code(), ErrorCode::InvalidCapability);
+  // Every capability the rejected receives claimed was released: once the owner lets go
+  // (and the forged case's real handle expires with this connection), nothing is left.
+  ASSERT_TRUE(buf->release().ok());
+  rt.reset();  // its socket and pidfd go too
+  EXPECT_TRUE(test::wait_for(
+      [&] {
+        auto c = test::fd_census(daemon->pid());
+        return c && c->total + 2 == baseline->total && c->memfds == baseline->memfds;
+      },
+      5s))
+      << test::describe(test::fd_census(daemon->pid()));
+}
+
+TEST_F(BufferTest, PendingTransfersKeepTheirOwnModes) {
+  auto buf = SharedBuffer::allocate(*rt, 4096);
+  ASSERT_TRUE(buf.ok());
+  fill_pattern(*buf->data());
+  auto share = buf->send(TransferMode::Share, GrantTarget::client(rt->client_id()));
+  ASSERT_TRUE(share.ok());
+  auto copy = buf->send(TransferMode::Copy, GrantTarget::client(rt->client_id()));
+  ASSERT_TRUE(copy.ok());
+  // Claimed in the other order: each still arrives as it was sent.
+  auto shared = SharedBuffer::receive(*rt, *share);
+  ASSERT_TRUE(shared.ok()) << shared.error().message();
+  EXPECT_EQ(shared->mode(), TransferMode::Share);
+  EXPECT_TRUE(shared->sealed());
+  auto copied = SharedBuffer::receive(*rt, *copy);
+  ASSERT_TRUE(copied.ok()) << copied.error().message();
+  EXPECT_EQ(copied->mode(), TransferMode::Copy);
+  EXPECT_FALSE(copied->sealed());
+  auto v = copied->view();
+  ASSERT_TRUE(v.ok());
+  EXPECT_TRUE(has_pattern(*v));
+  // A handle is good once.
+  EXPECT_EQ(SharedBuffer::receive(*rt, *share).error().code(), ErrorCode::InvalidCapability);
+}
+
+TEST_F(BufferTest, RightsAreEnforcedByTheBroker) {
+  auto buf = SharedBuffer::allocate(*rt, 4096);
+  ASSERT_TRUE(buf.ok());
+  auto m = buf->send(TransferMode::Share, GrantTarget::client(rt->client_id()));
+  ASSERT_TRUE(m.ok());
+  auto reader = SharedBuffer::receive(*rt, *m);
+  ASSERT_TRUE(reader.ok());
+  // A reader holds Map and Read only: it can neither move (Grant) nor share it on.
+  EXPECT_EQ(reader->capability().rights, Rights::Map | Rights::Read);
+  auto moved = reader->send(TransferMode::Move, GrantTarget::client(rt->client_id()));
+  ASSERT_FALSE(moved.ok());
+  EXPECT_EQ(moved.error().code(), ErrorCode::PermissionDenied);
+  auto shared = reader->send(TransferMode::Share, GrantTarget::client(rt->client_id()));
+  ASSERT_FALSE(shared.ok());
+  EXPECT_EQ(shared.error().code(), ErrorCode::PermissionDenied);
+  // A share that would give the receiver no descriptor (no Map) is refused up front.
+  auto region = SharedRegion::create(*rt, 4096);
+  ASSERT_TRUE(region.ok());
+  auto no_map = region->share(GrantTarget::client(rt->client_id()), Rights::Read);
+  ASSERT_FALSE(no_map.ok());
+  EXPECT_EQ(no_map.error().code(), ErrorCode::InvalidArgument);
+  // Nor can a share hand out more than the sharer holds.
+  auto reader_region =
+      SharedRegion::open(*rt, *region->share(GrantTarget::client(rt->client_id()),
+                                             Rights::Map | Rights::Read | Rights::Share));
+  ASSERT_TRUE(reader_region.ok());
+  auto wider = reader_region->share(GrantTarget::client(rt->client_id()),
+                                    Rights::Map | Rights::Read | Rights::Write);
+  ASSERT_FALSE(wider.ok());
+  EXPECT_EQ(wider.error().code(), ErrorCode::PermissionDenied);
+  // Nothing at all for a transfer to a process that is not connected.
+  auto nobody = buf->send(TransferMode::Share, GrantTarget::process(999'999'999));
+  ASSERT_FALSE(nobody.ok());
+  EXPECT_EQ(nobody.error().code(), ErrorCode::ProcessNotFound);
+  // Sizes out of range.
+  EXPECT_EQ(SharedBuffer::allocate(*rt, 0).error().code(), ErrorCode::InvalidArgument);
+  EXPECT_EQ(SharedBuffer::allocate(*rt, std::size_t{1} << 40).error().code(),
+            ErrorCode::InvalidArgument);
+}
+
+TEST_F(BufferTest, LastHolderKilledFreesTheMemfd) {
+  // K readers share one buffer; the owner lets go; readers are killed (kill -9) in a
+  // seeded random order. The broker keeps the memfd until the last one dies; the
+  // last reader still reads the right bytes after all the others died.
+  constexpr std::size_t kReaders = 4;
+  constexpr std::size_t kSize = 1 << 20;
+  const std::size_t memfds_before = memfds_of(daemon->pid());
+  auto buf = SharedBuffer::allocate(*rt, kSize);
+  ASSERT_TRUE(buf.ok());
+  fill_pattern(*buf->data());
+  std::vector<std::unique_ptr<Pipe>> ready, messages, go, verdict;
+  std::vector<Child> readers;
+  const std::string socket = daemon->socket();
+  for (std::size_t i = 0; i < kReaders; ++i) {
+    ready.push_back(std::make_unique<Pipe>());
+    messages.push_back(std::make_unique<Pipe>());
+    go.push_back(std::make_unique<Pipe>());
+    verdict.push_back(std::make_unique<Pipe>());
+    Pipe& r = *ready.back();
+    Pipe& msg = *messages.back();
+    Pipe& g = *go.back();
+    Pipe& out = *verdict.back();
+    readers.push_back(Child::spawn(
+        [&r, &msg, &g, &out, socket]() -> int {
+          auto crt = Runtime::connect_to(socket);
+          if (!crt) return 10;
+          (void)r.put(std::uint8_t{1});
+          auto m = msg.get<SmallMessage>();
+          if (!m) return 11;
+          auto b = SharedBuffer::receive(*crt, *m);
+          if (!b) return 12;
+          auto v = b->view();
+          if (!v) return 13;
+          (void)r.put(std::uint8_t{2});
+          // Asked again later: are the bytes still there?
+          for (;;) {
+            if (!g.get<std::uint8_t>(60s)) return 14;
+            (void)out.put(static_cast<std::uint8_t>(has_pattern(*v) ? 1 : 0));
+          }
+        },
+        kAlarm));
+  }
+  for (std::size_t i = 0; i < kReaders; ++i) {
+    ASSERT_EQ(ready[i]->get<std::uint8_t>(), std::uint8_t{1});
+    auto m = buf->send(TransferMode::Share, GrantTarget::process(readers[i].pid()));
+    ASSERT_TRUE(m.ok()) << m.error().message();
+    ASSERT_TRUE(messages[i]->put(*m));
+    ASSERT_EQ(ready[i]->get<std::uint8_t>(), std::uint8_t{2});
+  }
+  ASSERT_TRUE(buf->release().ok());
+  EXPECT_EQ(memfds_of(daemon->pid()), memfds_before + 1);
+
+  const std::uint32_t seed = static_cast<std::uint32_t>(::getpid());
+  std::printf("seed %u\n", seed);
+  std::vector<std::size_t> order(kReaders);
+  for (std::size_t i = 0; i < kReaders; ++i) order[i] = i;
+  std::uint32_t x = seed | 1;
+  for (std::size_t i = kReaders - 1; i > 0; --i) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    std::swap(order[i], order[x % (i + 1)]);
+  }
+  for (std::size_t k = 0; k + 1 < kReaders; ++k) {
+    const std::size_t victim = order[k];
+    ::kill(readers[victim].pid(), SIGKILL);
+    EXPECT_EQ(readers[victim].wait(10s), "signal 9");
+    // No early free: the survivors still read it, and the broker still holds it.
+    for (std::size_t j = k + 1; j < kReaders; ++j) {
+      ASSERT_TRUE(go[order[j]]->put(std::uint8_t{1}));
+      EXPECT_EQ(verdict[order[j]]->get<std::uint8_t>(), std::uint8_t{1}) << "reader " << order[j];
+    }
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(memfds_of(daemon->pid()), memfds_before + 1) << "freed with holders alive";
+  }
+  const std::size_t last = order[kReaders - 1];
+  ::kill(readers[last].pid(), SIGKILL);
+  EXPECT_EQ(readers[last].wait(10s), "signal 9");
+  EXPECT_TRUE(test::wait_for([&] { return memfds_of(daemon->pid()) == memfds_before; }, 5s));
+  EXPECT_TRUE(back_to_baseline()) << test::describe(test::fd_census(daemon->pid()));
+}
+
+TEST_F(BufferTest, RegionIsSharedWritableWithWriteAndReadOnlyWithout) {
+  constexpr std::size_t kSize = 1 << 16;
+  auto region = SharedRegion::create(*rt, kSize);
+  ASSERT_TRUE(region.ok()) << region.error().message();
+  EXPECT_EQ(region->permissions(), rights_for(ObjectKind::Region));
+  EXPECT_FALSE(region->numa_node().has_value());
+  auto w = region->data();
+  ASSERT_TRUE(w.ok());
+  std::memset(w->data(), 0, kSize);
+  const std::string socket = daemon->socket();
+  Pipe ready_w, handle_w, ready_r, handle_r, done_w;
+  Child writer = Child::spawn(
+      [&]() -> int {
+        auto crt = Runtime::connect_to(socket);
+        if (!crt) return 10;
+        (void)ready_w.put(std::uint8_t{1});
+        auto h = handle_w.get<CapabilityHandle>();
+        if (!h) return 11;
+        auto r = SharedRegion::open(*crt, *h);
+        if (!r) return 12;
+        if (r->permissions() != (Rights::Map | Rights::Read | Rights::Write)) return 13;
+        auto d = r->data();
+        if (!d) return 14;
+        std::memset(d->data(), 0x5a, 100);
+        (void)done_w.put(std::uint8_t{1});
+        return 0;
+      },
+      kAlarm);
+  Child reader = Child::spawn(
+      [&]() -> int {
+        auto crt = Runtime::connect_to(socket);
+        if (!crt) return 10;
+        const auto before = test::fd_census(0).value_or(test::FdCensus{});
+        (void)ready_r.put(std::uint8_t{1});
+        auto h = handle_r.get<CapabilityHandle>();
+        if (!h) return 11;
+        auto r = SharedRegion::open(*crt, *h);
+        if (!r) return 12;
+        const auto mine = new_memfds(before);
+        if (mine.size() != 1) return 13;
+        if (sys::fd_writable(mine[0]).value_or(true)) return 14;
+        auto d = r->data();  // private copy-on-write
+        if (!d) return 15;
+        (*d)[200] = std::byte{0x77};
+        return 0;
+      },
+      kAlarm);
+  ASSERT_TRUE(ready_w.get<std::uint8_t>().has_value());
+  ASSERT_TRUE(ready_r.get<std::uint8_t>().has_value());
+  auto hw =
+      region->share(GrantTarget::process(writer.pid()), Rights::Map | Rights::Read | Rights::Write);
+  ASSERT_TRUE(hw.ok()) << hw.error().message();
+  auto hr = region->share(GrantTarget::process(reader.pid()), Rights::Map | Rights::Read);
+  ASSERT_TRUE(hr.ok());
+  // Regions are shared, never moved.
+  auto d = rt->derive(region->capability(), Rights::Map | Rights::Read | Rights::Grant);
+  ASSERT_TRUE(d.ok());
+  ASSERT_TRUE(handle_w.put(*hw));
+  ASSERT_TRUE(handle_r.put(*hr));
+  ASSERT_TRUE(done_w.get<std::uint8_t>().has_value());
+  EXPECT_EQ((*w)[0], std::byte{0x5a});
+  EXPECT_EQ((*w)[99], std::byte{0x5a});
+  EXPECT_EQ(writer.wait(30s), "exit 0");
+  EXPECT_EQ(reader.wait(30s), "exit 0");
+  EXPECT_EQ((*w)[200], std::byte{0});  // the reader's write stayed private
+  // Both children are gone: the creator's capability and the derived one remain.
+  EXPECT_TRUE(test::wait_for([&] { return region->refcount().value_or(0) == 2; }, 5s));
+  ASSERT_TRUE(rt->release(*d).ok());
+  ASSERT_TRUE(region->release().ok());
+  EXPECT_TRUE(back_to_baseline()) << test::describe(test::fd_census(daemon->pid()));
+}
+
+}  // namespace
+}  // namespace vipc

@@ -122,8 +122,7 @@ Round handoff(const RunConfig& cfg, std::size_t size, TransferMode mode, Faults*
         auto srt = Runtime::connect_to(path);
         if (!srt) throw BenchError(std::string(label) + ": connect: " + srt.error().message());
         ChannelOptions o;
-        o.synchronous = true;
-        o.capacity = 64;
+        o.type = Synchronous{.capacity = 64};
         auto ep = Endpoint::create(*srt, name, o);
         if (!ep) throw BenchError(std::string(label) + ": create: " + ep.error().message());
         long faults0 = 0;

@@ -87,8 +87,7 @@ bool write_full(int fd, const unsigned char* buf, std::size_t len) {
   auto rt = Runtime::connect_to(path);
   if (!rt) ::_exit(10);
   ChannelOptions o;
-  o.synchronous = true;
-  o.capacity = 16;
+  o.type = Synchronous{.capacity = 16};
   auto ep = Endpoint::create(*rt, "demo-large", o);
   if (!ep) ::_exit(11);
   for (;;) {

@@ -44,18 +44,23 @@ std::uint8_t tag_of(int policy, int priority) noexcept {
                                    (policy == SCHED_RR ? kTagRr : 0));
 }
 
+struct CallerSched {
+  std::uint8_t tag = 0;
+  std::uint32_t until_refresh = 0;
+};
+thread_local CallerSched t_caller;
+
 std::uint8_t own_sched_tag() noexcept {
-  thread_local std::uint8_t tag = 0;
-  thread_local std::uint32_t until_refresh = 0;
-  if (until_refresh-- == 0) {
-    until_refresh = kSchedRefresh - 1;
+  CallerSched& c = t_caller;
+  if (c.until_refresh-- == 0) {
+    c.until_refresh = kSchedRefresh - 1;
     int policy = 0;
     sched_param sp{};
-    tag = ::pthread_getschedparam(::pthread_self(), &policy, &sp) == 0
-              ? tag_of(policy, sp.sched_priority)
-              : 0;
+    c.tag = ::pthread_getschedparam(::pthread_self(), &policy, &sp) == 0
+                ? tag_of(policy, sp.sched_priority)
+                : 0;
   }
-  return tag;
+  return c.tag;
 }
 
 // A serving thread's scheduling: what it was when it first served (its base), and the
@@ -67,6 +72,14 @@ struct ServingThread {
   std::uint8_t applied = 0;
 };
 thread_local ServingThread t_serving;
+
+// A child made by fork() inherits the forking thread's copies of both caches, which
+// describe the parent (its scheduling may differ, and the child may change its own
+// before it first calls or serves): start afresh.
+[[maybe_unused]] const int g_sched_fork_reset = ::pthread_atfork(nullptr, nullptr, [] {
+  t_caller = CallerSched{};
+  t_serving = ServingThread{};
+});
 
 // Switches the calling thread to `tag` (0: back to its base); false when refused.
 bool apply_sched(std::uint8_t tag, EndpointStats& stats) noexcept {

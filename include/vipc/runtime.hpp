@@ -215,6 +215,8 @@ class Runtime {
  private:
   friend class Endpoint;
   friend class Channel;
+  friend class Topic;
+  friend class Subscription;
   explicit Runtime(std::unique_ptr<Impl> impl) noexcept;
   std::unique_ptr<Impl> impl_;
 };

@@ -51,7 +51,8 @@ struct Common {
     return control().closed.load(std::memory_order_relaxed) != 0;
   }
   void leave(wire::TopicRole role) noexcept {
-    if (rt == nullptr || closed()) return;  // a destroyed topic took its members with it
+    // A destroyed topic took its members with it.
+    if (rt == nullptr || (dir.mapping.valid() && closed())) return;
     wire::TopicLeaveRequest r{};
     r.cap = wire::to_ref(cap);
     r.role = static_cast<std::uint32_t>(role);
@@ -72,20 +73,21 @@ Result<Answer> join(Runtime::Impl& rti, const Capability& cap, wire::TopicRole r
 Result<void> take_join(Common& c, Runtime& rt, Runtime::Impl& rti, const Capability& cap,
                        const Answer& a, std::size_t want_fds) {
   const auto& reply = std::get<wire::TopicJoinReply>(a.body);
-  if (a.fds.size() != want_fds) {
-    return Error(ErrorCode::ProtocolError, "topic: reply carries the wrong number of descriptors");
-  }
+  // Known first, so that a failure below can leave the topic again.
   c.rt = &rt;
   c.rti = &rti;
   c.cap = cap;
+  c.index = reply.index;
+  c.generation = reply.generation;
+  c.join_version = reply.join_version;
+  if (a.fds.size() != want_fds) {
+    return Error(ErrorCode::ProtocolError, "topic: reply carries the wrong number of descriptors");
+  }
   c.spec = core::TopicSpec{cap.resource, reply.capacity, reply.max_message_size, reply.flags};
   if (!core::valid_topic_spec(c.spec) ||
       reply.index >= (want_fds == 3 ? kTopicPublishersMax : kTopicSubscribersMax)) {
     return Error(ErrorCode::ProtocolError, "topic: broker sent parameters out of range");
   }
-  c.index = reply.index;
-  c.generation = reply.generation;
-  c.join_version = reply.join_version;
   auto dir = core::map_topic_directory(a.fds[want_fds - 2].get());
   if (!dir) return dir.error();
   auto bell = core::map_topic_bell(a.fds[want_fds - 1].get());
@@ -93,6 +95,13 @@ Result<void> take_join(Common& c, Runtime& rt, Runtime::Impl& rti, const Capabil
   c.dir = std::move(*dir);
   c.bell = std::move(*bell);
   return {};
+}
+
+// Leaves again after a join whose answer could not be used.
+Error abandon(Common& c, wire::TopicRole role, const Error& e) {
+  c.leave(role);
+  c.rt = nullptr;
+  return e;
 }
 
 // The StoreLoad barrier after a publish and before the load of the bell (T6).
@@ -273,13 +282,11 @@ Result<Topic> Topic::attach(Runtime& rt, const Capability& cap,
   auto a = join(*rt.impl_, cap, wire::TopicRole::Publisher);
   if (!a) return a.error();
   auto impl = std::make_unique<Impl>();
-  VIPC_TRY(take_join(impl->c, rt, *rt.impl_, cap, *a, 3));
-  auto w = core::TopicRingWriter::attach(a->fds[0].get(), impl->c.spec);
-  if (!w) {
-    impl->c.leave(wire::TopicRole::Publisher);
-    impl->c.rt = nullptr;
-    return w.error();
+  if (auto j = take_join(impl->c, rt, *rt.impl_, cap, *a, 3); !j) {
+    return abandon(impl->c, wire::TopicRole::Publisher, j.error());
   }
+  auto w = core::TopicRingWriter::attach(a->fds[0].get(), impl->c.spec);
+  if (!w) return abandon(impl->c, wire::TopicRole::Publisher, w.error());
   impl->writer = std::move(*w);
   impl->hold_back = (impl->c.spec.flags & wire::kObjectTopicHoldBack) != 0;
   impl->hold_timeout = hold_timeout;
@@ -614,13 +621,11 @@ Result<Subscription> Subscription::attach(Runtime& rt, const Capability& cap,
   auto a = join(*rt.impl_, cap, wire::TopicRole::Subscriber);
   if (!a) return a.error();
   auto impl = std::make_unique<Impl>();
-  VIPC_TRY(take_join(impl->c, rt, *rt.impl_, cap, *a, 4));
-  auto cur = core::map_topic_cursor(a->fds[0].get(), /*writable=*/true);
-  if (!cur) {
-    impl->c.leave(wire::TopicRole::Subscriber);
-    impl->c.rt = nullptr;
-    return cur.error();
+  if (auto j = take_join(impl->c, rt, *rt.impl_, cap, *a, 4); !j) {
+    return abandon(impl->c, wire::TopicRole::Subscriber, j.error());
   }
+  auto cur = core::map_topic_cursor(a->fds[0].get(), /*writable=*/true);
+  if (!cur) return abandon(impl->c, wire::TopicRole::Subscriber, cur.error());
   impl->cursor = std::move(*cur);
   impl->eventfd = std::move(a->fds[1]);
   impl->options = options;

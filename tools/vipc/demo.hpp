@@ -12,5 +12,7 @@ struct DemoOptions {
 int run_demo(const DemoOptions& options);
 // The channel part: sender processes through a broker (demo_channels.cpp).
 int run_channel_demo(std::uint64_t per_sender);
+// The topic part: subscriber processes, one slow (demo_topics.cpp).
+int run_topic_demo(std::uint64_t messages);
 
 }  // namespace vipc::tools

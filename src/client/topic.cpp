@@ -211,6 +211,9 @@ class Topic::Impl {
         waited = true;
         ++hold_waits;
         deadline = core::deadline_after(hold_timeout);
+        // A batch looks at the bell only at its end: wake whoever sleeps on what this
+        // batch published so far, or we would wait for a subscriber that sleeps.
+        wake_if_waiting();
       } else if (core::Clock::now() >= deadline) {
         return Error(ErrorCode::Timeout, "topic: a subscriber holds the publisher back");
       }

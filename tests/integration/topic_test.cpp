@@ -14,6 +14,7 @@
 #include <fstream>
 #include <optional>
 #include <random>
+#include <span>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -177,6 +178,44 @@ TEST_F(Topics, HoldBackDeliversExactlyOnceInOrderWhateverTheSlowestDoes) {
   }
   EXPECT_GT(topic->stats().hold_waits, 0u) << "the slow subscriber never held us back";
   for (auto& c : subs) EXPECT_EQ(c.wait(60s), "exit 0");
+}
+
+// A batch that must wait for room first wakes the subscriber sleeping on what the batch
+// already published (otherwise each batch would wait for the subscriber's park slice).
+TEST_F(Topics, HoldBackBatchWakesASleepingSubscriberBeforeWaiting) {
+  constexpr std::uint64_t kBatches = 100;
+  constexpr std::uint64_t kPerBatch = 16;
+  TopicOptions o;
+  o.capacity = 8;
+  o.policy = TopicPolicy::HoldBack;
+  o.hold_timeout = 20s;
+  auto topic = Topic::create(*rt, "batched", o);
+  ASSERT_TRUE(topic.ok());
+  const std::string path = rt->socket_path();
+  Signal ready;
+  Child sub = Child::spawn(
+      [&] { return account(path, "batched", ready, kBatches * kPerBatch, false, false, true); },
+      kAlarm);
+  ASSERT_TRUE(ready.wait(10s));
+  const auto start = Clock::now();
+  std::uint64_t seq = 0;
+  std::vector<SmallMessage> batch;
+  for (std::uint64_t b = 0; b < kBatches; ++b) {
+    // Give the subscriber time to catch up and park before each batch.
+    std::this_thread::sleep_for(2ms);
+    batch.clear();
+    for (std::uint64_t k = 0; k < kPerBatch; ++k) batch.push_back(seq_message(0, seq + k));
+    std::size_t done = 0;
+    while (done < batch.size()) {
+      auto n = topic->publish_batch(std::span(batch).subspan(done));
+      ASSERT_TRUE(n.ok()) << n.error().message();
+      done += *n;
+    }
+    seq += kPerBatch;
+  }
+  // Each batch stalling for the subscriber's 100 ms park slice would take 10 s.
+  EXPECT_LT(Clock::now() - start, 5s);
+  EXPECT_EQ(sub.wait(30s), "exit 0");
 }
 
 TEST_F(Topics, SeveralPublishersInOtherProcessesEachAccountedExactly) {

@@ -303,6 +303,8 @@ class Broker::Impl {
   }
   // The topic `cap` names, if it carries `need`.
   Result<TopicState*> topic_for(const CapNode& cap, Rights need);
+  // Removes topic members whose capability died or changed generation.
+  void sweep_topics(bool revoked);
   // Unregisters an object and destroys it with every capability on it; returns how many
   // capabilities died. Does not touch the owner's `owned` list.
   std::size_t destroy_object(ObjectId oid);
@@ -919,6 +921,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::RevokeRequest& r, std:
   if (!src) return src.error();
   const std::size_t revoked = caps_.revoke(r.cap.token);
   sweep_rings(wire::DetachReason::Revoked);
+  sweep_topics(/*revoked=*/true);
   const CapNode* node = caps_.find(r.cap.token);
   log(LogLevel::Debug, "client {} revoked {} capabilities", c.id, revoked);
   return OutPacket{wire::encode_reply(id, wire::RevokeReply{record_of(*node), revoked}), {}};
@@ -929,6 +932,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ReleaseRequest& r, std
   if (!src) return src.error();
   caps_.release(r.cap.token);
   sweep_rings(wire::DetachReason::Closed);
+  sweep_topics(/*revoked=*/false);
   return OutPacket{wire::encode_reply(id, wire::ReleaseReply{0}), {}};
 }
 
@@ -1283,13 +1287,23 @@ Result<TopicState*> Broker::Impl::topic_for(const CapNode& cap, Rights need) {
   return obj.topic.get();
 }
 
+void Broker::Impl::sweep_topics(bool revoked) {
+  const auto alive = [&](std::uint64_t token, std::uint32_t generation) {
+    const CapNode* n = caps_.find(token);
+    return n != nullptr && n->generation == generation;
+  };
+  for (auto& [oid, obj] : objects_) {
+    if (obj.topic) obj.topic->sweep(alive, revoked);
+  }
+}
+
 Result<OutPacket> Broker::Impl::on(Client& c, const wire::TopicJoinRequest& r, std::uint64_t id) {
   auto cap = redeem(c, r.cap, wire::Opcode::TopicJoin);
   if (!cap) return cap.error();
   const auto role = static_cast<wire::TopicRole>(r.role);
   auto t = topic_for(**cap, role == wire::TopicRole::Publisher ? Rights::Send : Rights::Receive);
   if (!t) return t.error();
-  auto out = (*t)->join(c.id, role, id);
+  auto out = (*t)->join(c.id, (*cap)->token, (*cap)->generation, role, id);
   if (!out) return out.error();
   return OutPacket{out->packet, std::move(out->fds)};
 }

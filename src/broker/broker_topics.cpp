@@ -69,7 +69,8 @@ std::size_t TopicState::pick(const Member* slots, std::size_t n) const noexcept 
   return oldest;
 }
 
-Result<TopicState::Outcome> TopicState::join(std::uint64_t client, wire::TopicRole role,
+Result<TopicState::Outcome> TopicState::join(std::uint64_t client, std::uint64_t token,
+                                             std::uint32_t generation, wire::TopicRole role,
                                              std::uint64_t request_id) {
   const bool pub = role == wire::TopicRole::Publisher;
   Member* slots = pub ? publishers_.data() : subscribers_.data();
@@ -107,6 +108,8 @@ Result<TopicState::Outcome> TopicState::join(std::uint64_t client, wire::TopicRo
   ++m.generation;
   m.join_version = ++version_;
   m.client = client;
+  m.token = token;
+  m.cap_generation = generation;
   m.segment = std::move(seg->fd);
   m.segment_ro = std::move(*ro);
   m.eventfd = std::move(efd);
@@ -165,11 +168,11 @@ Result<TopicState::Outcome> TopicState::leave(std::uint64_t client, wire::TopicR
   return Outcome{wire::encode_reply(request_id, wire::TopicLeaveReply{0}), {}};
 }
 
-void TopicState::retire(wire::TopicRole role, std::uint32_t index) noexcept {
+void TopicState::retire(wire::TopicRole role, std::uint32_t index, bool withdraw) noexcept {
   const bool pub = role == wire::TopicRole::Publisher;
   Member& m = pub ? publishers_[index] : subscribers_[index];
   m.live = false;
-  m.departed = pub;  // subscribers may still drain its ring
+  m.departed = pub && !withdraw;  // subscribers may still drain its ring
   m.client = 0;
   ++version_;
   if (!pub) {
@@ -183,7 +186,7 @@ void TopicState::retire(wire::TopicRole role, std::uint32_t index) noexcept {
   // The descriptors go (a departed publisher's read-only open stays until its index is
   // reused); other members keep their own mappings.
   m.segment.reset();
-  if (!pub) m.segment_ro.reset();
+  if (!m.departed) m.segment_ro.reset();
   m.eventfd.reset();
 }
 
@@ -197,6 +200,26 @@ std::size_t TopicState::client_gone(std::uint64_t client) noexcept {
   }
   for (std::uint32_t i = 0; i < subscribers_.size(); ++i) {
     if (subscribers_[i].live && subscribers_[i].client == client) {
+      retire(wire::TopicRole::Subscriber, i);
+      ++n;
+    }
+  }
+  return n;
+}
+
+std::size_t TopicState::sweep(const std::function<bool(std::uint64_t, std::uint32_t)>& alive,
+                              bool revoked) noexcept {
+  std::size_t n = 0;
+  for (std::uint32_t i = 0; i < publishers_.size(); ++i) {
+    const Member& m = publishers_[i];
+    if (m.live && !alive(m.token, m.cap_generation)) {
+      retire(wire::TopicRole::Publisher, i, revoked);
+      ++n;
+    }
+  }
+  for (std::uint32_t i = 0; i < subscribers_.size(); ++i) {
+    const Member& m = subscribers_[i];
+    if (m.live && !alive(m.token, m.cap_generation)) {
       retire(wire::TopicRole::Subscriber, i);
       ++n;
     }

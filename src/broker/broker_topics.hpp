@@ -11,14 +11,15 @@
 // - join/member/leave check everything before they change anything.
 //
 // Caveats: at most layout::kTopicPublishersMax publishers and kTopicSubscribersMax
-// subscribers at once; a revoked capability does not eject a member that already
-// joined (it leaves, or dies).
+// subscribers at once. A member removed by revocation keeps the mappings it has
+// (Linux cannot withdraw them); what it writes is no longer read.
 #pragma once
 
 #include <sys/types.h>
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -39,7 +40,9 @@ class TopicState {
     wire::Packet packet;
     std::vector<sys::UniqueFd> fds;
   };
-  [[nodiscard]] Result<Outcome> join(std::uint64_t client, wire::TopicRole role,
+  // `token`/`generation`: the capability the member joined with (sweep()).
+  [[nodiscard]] Result<Outcome> join(std::uint64_t client, std::uint64_t token,
+                                     std::uint32_t generation, wire::TopicRole role,
                                      std::uint64_t request_id);
   [[nodiscard]] Result<Outcome> member(wire::TopicRole role, std::uint32_t index,
                                        std::uint32_t generation, std::uint64_t request_id);
@@ -48,6 +51,11 @@ class TopicState {
                                       std::uint64_t request_id);
   // Every member of that client is gone (it disconnected); returns how many.
   std::size_t client_gone(std::uint64_t client) noexcept;
+  // Removes every member whose capability `alive(token, generation)` says is gone. A
+  // revoked publisher's ring is withdrawn at once (subscribers stop reading it); a
+  // released one departs like a publisher that left (its ring is drained).
+  std::size_t sweep(const std::function<bool(std::uint64_t, std::uint32_t)>& alive,
+                    bool revoked) noexcept;
   // The topic is destroyed: members see `closed` and wake.
   void close() noexcept;
 
@@ -61,6 +69,8 @@ class TopicState {
     std::uint32_t generation = 0;
     std::uint32_t join_version = 0;
     std::uint64_t client = 0;
+    std::uint64_t token = 0;  // the capability it joined with
+    std::uint32_t cap_generation = 0;
     sys::UniqueFd segment;     // ring (publisher) or cursor segment (subscriber), rw
     sys::UniqueFd segment_ro;  // a read-only open, handed to other members
     sys::UniqueFd eventfd;     // subscriber's pollable descriptor
@@ -70,7 +80,7 @@ class TopicState {
   void publish_change(std::atomic<std::uint32_t>& state, const Member& m) noexcept;
   // A free index, else the publisher that departed first; n when every one is live.
   std::size_t pick(const Member* slots, std::size_t n) const noexcept;
-  void retire(wire::TopicRole role, std::uint32_t index) noexcept;
+  void retire(wire::TopicRole role, std::uint32_t index, bool withdraw = false) noexcept;
   void wake_all() noexcept;
 
   core::TopicSpec spec_;

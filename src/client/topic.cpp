@@ -51,8 +51,14 @@ struct Common {
     return control().closed.load(std::memory_order_relaxed) != 0;
   }
   void leave(wire::TopicRole role) noexcept {
-    // A destroyed topic took its members with it.
-    if (rt == nullptr || (dir.mapping.valid() && closed())) return;
+    if (rt == nullptr) return;
+    if (dir.mapping.valid()) {
+      // A destroyed topic took its members with it; a removed member is gone already.
+      const auto& states =
+          role == wire::TopicRole::Publisher ? dir.get()->publishers : dir.get()->subscribers;
+      const std::uint32_t live = generation << layout::kTopicGenerationShift | layout::kTopicLive;
+      if (closed() || states[index].load(std::memory_order_relaxed) != live) return;
+    }
     wire::TopicLeaveRequest r{};
     r.cap = wire::to_ref(cap);
     r.role = static_cast<std::uint32_t>(role);
@@ -135,6 +141,7 @@ class Topic::Impl {
   std::uint64_t last_acted = 0;  // the bell's waiting value we last woke for
   std::uint32_t seen_version = 0;
   std::uint64_t hold_waits = 0;
+  std::uint32_t own_state = 0;  // our directory state word while we are a live member
   std::array<Sub, kTopicSubscribersMax> subs{};
 
   ~Impl() {
@@ -266,6 +273,9 @@ class Topic::Impl {
   Result<void> publish_one(const SmallMessage& m) {
     VIPC_TRY(check(m));
     if (c.closed()) return Error(ErrorCode::ChannelClosed, "topic: destroyed");
+    if (c.dir.get()->publishers[c.index].load(std::memory_order_relaxed) != own_state) {
+      return Error(ErrorCode::ChannelClosed, "topic: this publisher was removed (revoked)");
+    }
     if (hold_back && writer.tail() >= limit) VIPC_TRY(wait_for_room());
     writer.publish(m, core::now_ns());
     return {};
@@ -291,6 +301,7 @@ Result<Topic> Topic::attach(Runtime& rt, const Capability& cap,
   auto w = core::TopicRingWriter::attach(a->fds[0].get(), impl->c.spec);
   if (!w) return abandon(impl->c, wire::TopicRole::Publisher, w.error());
   impl->writer = std::move(*w);
+  impl->own_state = impl->c.generation << layout::kTopicGenerationShift | layout::kTopicLive;
   impl->hold_back = (impl->c.spec.flags & wire::kObjectTopicHoldBack) != 0;
   impl->hold_timeout = hold_timeout;
   return Topic(std::move(impl));
@@ -391,6 +402,7 @@ class Subscription::Impl {
   struct Pub {
     std::uint32_t generation = 0;  // 0: not read
     bool gone = false;             // the directory says it left: drain, then drop
+    bool withdrawn = false;        // its capability was revoked: drop without draining
     core::TopicRingReader reader;
     std::uint64_t pos = 0;
     std::uint64_t pending_missed = 0;  // reported with its next message
@@ -446,6 +458,7 @@ class Subscription::Impl {
       const std::uint32_t gen = state >> layout::kTopicGenerationShift;
       if (p.generation != 0) {
         if (status != layout::kTopicLive || gen != p.generation) p.gone = true;
+        if (gen == p.generation && status == layout::kTopicFree) p.withdrawn = true;
         continue;
       }
       // A departed publisher is read only if it joined after us (we owe its messages).
@@ -492,6 +505,11 @@ class Subscription::Impl {
     for (std::size_t k = 0; k < n && !active.empty(); ++k) {
       const std::uint32_t i = active[(rr + k) % active.size()];
       Pub& p = pubs[i];
+      if (p.withdrawn) {
+        drop(i);
+        --k;  // the vector shrank: the same k names the next ring
+        continue;
+      }
       for (std::uint32_t lap = 0; lap < kLapReadsMax; ++lap) {
         std::uint64_t next = 0;
         std::uint64_t stamp = 0;

@@ -471,6 +471,56 @@ TEST_F(Topics, PollFdBecomesReadableWhenAPublisherPublishes) {
   EXPECT_EQ(pub.wait(10s), "exit 0");
 }
 
+TEST_F(Topics, RevokedMembersAreRemovedReleasedPublishersDrained) {
+  auto topic = Topic::create(*rt, "revocable");
+  ASSERT_TRUE(topic.ok());
+  auto sub = Subscription::subscribe(*rt, "revocable");
+  ASSERT_TRUE(sub.ok());
+  auto send_cap = rt->derive(topic->capability(), Rights::Send);
+  ASSERT_TRUE(send_cap.ok());
+  auto second = Topic::attach(*rt, *send_cap);
+  ASSERT_TRUE(second.ok());
+  SmallMessage m;
+  ASSERT_TRUE(second->publish(seq_message(2, 0)).ok());
+  ASSERT_TRUE(sub->try_receive(m).ok());
+  EXPECT_EQ(seq_of(m).publisher, 2u);
+  EXPECT_EQ(sub->stats().publishers, 2u);
+  // Revoked: its next publish fails, and what it published after the subscriber's last
+  // read is withdrawn with it, not delivered.
+  ASSERT_TRUE(second->publish(seq_message(2, 1)).ok());
+  ASSERT_TRUE(rt->revoke(*send_cap).ok());
+  auto refused = second->publish(seq_message(2, 2));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::ChannelClosed);
+  EXPECT_EQ(sub->try_receive(m).error().code(), ErrorCode::WouldBlock);
+  EXPECT_EQ(sub->stats().publishers, 1u);
+  EXPECT_EQ(topic->stats().publishers, 1u);
+  // A subscriber whose capability is revoked stops counting for the publishers.
+  auto recv_cap = rt->derive(topic->capability(), Rights::Receive);
+  ASSERT_TRUE(recv_cap.ok());
+  auto doomed = Subscription::attach(*rt, *recv_cap);
+  ASSERT_TRUE(doomed.ok());
+  EXPECT_EQ(topic->stats().subscribers, 2u);
+  ASSERT_TRUE(rt->revoke(*recv_cap).ok());
+  EXPECT_EQ(topic->stats().subscribers, 1u);
+  // Released (not revoked): the publisher departs, and what it published is drained.
+  auto third_cap = rt->derive(topic->capability(), Rights::Send);
+  ASSERT_TRUE(third_cap.ok());
+  auto third = Topic::attach(*rt, *third_cap);
+  ASSERT_TRUE(third.ok());
+  ASSERT_TRUE(sub->try_receive(m).error().code() == ErrorCode::WouldBlock);  // sees it
+  for (std::uint64_t i = 0; i < 3; ++i) ASSERT_TRUE(third->publish(seq_message(3, i)).ok());
+  ASSERT_TRUE(rt->release(*third_cap).ok());
+  EXPECT_EQ(third->publish(seq_message(3, 3)).error().code(), ErrorCode::ChannelClosed);
+  for (std::uint64_t i = 0; i < 3; ++i) {
+    auto r = sub->try_receive(m);
+    ASSERT_TRUE(r.ok()) << i;
+    EXPECT_EQ(seq_of(m).publisher, 3u);
+    EXPECT_EQ(seq_of(m).seq, i);
+  }
+  EXPECT_EQ(sub->try_receive(m).error().code(), ErrorCode::WouldBlock);
+}
+
 TEST_F(Topics, BadInputGetsClearErrors) {
   TopicOptions bad;
   bad.capacity = 100;  // not a power of two

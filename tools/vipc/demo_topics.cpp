@@ -124,11 +124,12 @@ bool run_policy(Runtime& rt, TopicPolicy policy, std::uint64_t total) {
   ::close(ready[1]);
   ::close(out[0]);
   ::close(out[1]);
-  fmt::print("  {} messages published in {:.2f} s ({}), {} publish waited for a subscriber\n",
-             st.published, secs,
-             policy == TopicPolicy::Drop ? "drop: a laggard misses messages"
-                                         : "hold-back: the publisher waits for the slowest",
-             st.hold_waits);
+  fmt::print(
+      "  {} messages published in {:.2f} s ({}); publishes that waited for a subscriber: {}\n",
+      st.published, secs,
+      policy == TopicPolicy::Drop ? "drop: a laggard misses messages"
+                                  : "hold-back: the publisher waits for the slowest",
+      st.hold_waits);
   std::uint64_t slow_missed = 0;
   for (std::size_t s = 0; s < tallies.size(); ++s) {
     const Tally& t = tallies[s];

@@ -137,6 +137,7 @@ class Topic::Impl {
   bool hold_back = false;
   bool owner = false;
   std::chrono::nanoseconds hold_timeout{std::chrono::seconds(1)};
+  bool timestamps = false;
   std::uint64_t limit = 0;       // HoldBack: positions below this are free to write (cached)
   std::uint64_t last_acted = 0;  // the bell's waiting value we last woke for
   std::uint32_t seen_version = 0;
@@ -277,7 +278,7 @@ class Topic::Impl {
       return Error(ErrorCode::ChannelClosed, "topic: this publisher was removed (revoked)");
     }
     if (hold_back && writer.tail() >= limit) VIPC_TRY(wait_for_room());
-    writer.publish(m, core::now_ns());
+    writer.publish(m, timestamps ? core::now_ns() : 0);
     return {};
   }
 };
@@ -287,8 +288,7 @@ Topic::Topic(Topic&&) noexcept = default;
 Topic& Topic::operator=(Topic&&) noexcept = default;
 Topic::~Topic() = default;
 
-Result<Topic> Topic::attach(Runtime& rt, const Capability& cap,
-                            std::chrono::nanoseconds hold_timeout) {
+Result<Topic> Topic::attach(Runtime& rt, const Capability& cap, const PublisherOptions& options) {
   if (!cap.allows(Rights::Send)) {
     return Error(ErrorCode::PermissionDenied, "topic: publishing needs Send");
   }
@@ -303,7 +303,8 @@ Result<Topic> Topic::attach(Runtime& rt, const Capability& cap,
   impl->writer = std::move(*w);
   impl->own_state = impl->c.generation << layout::kTopicGenerationShift | layout::kTopicLive;
   impl->hold_back = (impl->c.spec.flags & wire::kObjectTopicHoldBack) != 0;
-  impl->hold_timeout = hold_timeout;
+  impl->hold_timeout = options.hold_timeout;
+  impl->timestamps = options.timestamps;
   return Topic(std::move(impl));
 }
 
@@ -328,7 +329,7 @@ Result<Topic> Topic::create(Runtime& rt, std::string_view name, const TopicOptio
   if (!a) return a.error();
   const auto& reply = std::get<wire::CreateReply>(a->body);
   const Capability cap = wire::from_record(reply.cap);
-  auto t = attach(rt, cap, options.hold_timeout);
+  auto t = attach(rt, cap, PublisherOptions{options.hold_timeout, options.timestamps});
   if (!t) {
     (void)rt.destroy(cap);
     return t.error();
@@ -337,11 +338,10 @@ Result<Topic> Topic::create(Runtime& rt, std::string_view name, const TopicOptio
   return t;
 }
 
-Result<Topic> Topic::open(Runtime& rt, std::string_view name,
-                          std::chrono::nanoseconds hold_timeout) {
+Result<Topic> Topic::open(Runtime& rt, std::string_view name, const PublisherOptions& options) {
   auto cap = rt.open(name, Rights::Send);
   if (!cap) return cap.error();
-  auto t = attach(rt, *cap, hold_timeout);
+  auto t = attach(rt, *cap, options);
   if (!t) (void)rt.release(*cap);
   return t;
 }

@@ -521,6 +521,32 @@ TEST_F(Topics, RevokedMembersAreRemovedReleasedPublishersDrained) {
   EXPECT_EQ(sub->try_receive(m).error().code(), ErrorCode::WouldBlock);
 }
 
+TEST_F(Topics, MessagesCarryThePublishersClockOnlyWhenAskedFor) {
+  TopicOptions o;
+  o.timestamps = true;
+  auto stamped = Topic::create(*rt, "stamped", o);
+  ASSERT_TRUE(stamped.ok());
+  auto sub = Subscription::subscribe(*rt, "stamped");
+  ASSERT_TRUE(sub.ok());
+  auto plain = Topic::open(*rt, "stamped");  // a second publisher, default options
+  ASSERT_TRUE(plain.ok());
+  const std::uint64_t before = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+          .count());
+  ASSERT_TRUE(stamped->publish(seq_message(1, 0)).ok());
+  ASSERT_TRUE(plain->publish(seq_message(2, 0)).ok());
+  SmallMessage m;
+  for (int i = 0; i < 2; ++i) {
+    auto r = sub->try_receive(m);
+    ASSERT_TRUE(r.ok());
+    if (seq_of(m).publisher == 1) {
+      EXPECT_GE(r->stamp_ns, before);
+    } else {
+      EXPECT_EQ(r->stamp_ns, 0u);
+    }
+  }
+}
+
 TEST_F(Topics, BadInputGetsClearErrors) {
   TopicOptions bad;
   bad.capacity = 100;  // not a power of two

@@ -130,7 +130,9 @@ void run_threads(TopicPolicy policy) {
     threads.emplace_back([&, p] {
       auto crt = Runtime::connect_to(path);
       if (!crt) return failures.fetch_add(1), void();
-      auto t = Topic::open(*crt, name, 30s);
+      PublisherOptions po;
+      po.hold_timeout = 30s;
+      auto t = Topic::open(*crt, name, po);
       if (!t) return failures.fetch_add(1), void();
       Rng rng(seed ^ p);
       std::uint64_t seq = 0;

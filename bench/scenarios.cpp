@@ -24,6 +24,7 @@
 #include "large_systems.hpp"
 #include "lookup_systems.hpp"
 #include "report.hpp"
+#include "topic_systems.hpp"
 #include "vipc_systems.hpp"
 
 namespace vipc::bench {
@@ -351,6 +352,61 @@ Report fanin(const Options& o, const RunConfig& cfg) {
   return report;
 }
 
+Report topic(const Options& o, const RunConfig& cfg) {
+  constexpr std::size_t kPerSample = 64;
+  const auto many = static_cast<std::uint32_t>(o.subscribers);
+  std::vector<System> systems = {
+      {"vipc subscribers=1",
+       [](const RunConfig& c) { return topic_systems::publish_cost(c, 1, kPerSample); }},
+      {"vipc",
+       [many](const RunConfig& c) { return topic_systems::publish_cost(c, many, kPerSample); }},
+      {"floor-flag", floors::flag_pingpong},
+      {"floor-slot", floors::slot_pingpong},
+      {"vipc rtt subscribers=1",
+       [](const RunConfig& c) { return topic_systems::publish_rtt(c, 1); }},
+      {"vipc rtt", [many](const RunConfig& c) { return topic_systems::publish_rtt(c, many); }},
+  };
+  auto rounds = interleave(cfg, systems);
+  Report report;
+  report.scenario = "topic";
+  report.title = fmt::format(
+      "topic: publish cost of one 64-byte message with {} subscribers, against 1; "
+      "publish-to-last-subscriber round trip",
+      many);
+  report.params = base_params(o, cfg);
+  report.params["subscribers"] = many;
+  report.params["publishes_per_sample"] = kPerSample;
+  Entry one = latency_entry("vipc", "publish", rounds[0]);
+  Entry vipc = latency_entry("vipc", "publish", rounds[1]);
+  one.labels["subscribers"] = 1;
+  vipc.labels["subscribers"] = many;
+  compare(vipc, one, /*with_p99=*/true);
+  Entry flag = latency_entry("floor-flag", "rtt", rounds[2]);
+  Entry slot = latency_entry("floor-slot", "rtt", rounds[3]);
+  Entry floor = flag.latency->p50 <= slot.latency->p50 ? flag : slot;
+  floor.source = floor.system;
+  floor.system = "floor";
+  Entry rtt_one = latency_entry("vipc", "rtt", rounds[4]);
+  Entry rtt = latency_entry("vipc", "rtt", rounds[5]);
+  rtt_one.labels["subscribers"] = 1;
+  rtt.labels["subscribers"] = many;
+  compare(rtt_one, floor, /*with_p99=*/true);
+  compare(rtt, floor, /*with_p99=*/true);
+  report.entries = {one, vipc, flag, slot, floor, rtt_one, rtt};
+  report.notes.push_back(fmt::format(
+      "publish: each sample is {} back-to-back Topic::publish calls divided by {} (drop "
+      "policy, ring of 1024); between samples, untimed, the publisher waits until every "
+      "subscription is within half a ring. The peer process holds the K subscriptions and "
+      "reads them round-robin with try_receive.",
+      kPerSample, kPerSample));
+  report.notes.push_back(
+      "rtt: publish one message; the peer takes it from every one of its K subscriptions, "
+      "then stores an acknowledgement the publisher spins on: publish-to-last-subscriber "
+      "latency plus one cache-line hop back, compared with the floor (the lower p50 of "
+      "floor-flag and floor-slot in this run).");
+  return report;
+}
+
 Report lookup(const Options& o, const RunConfig& cfg) {
   std::vector<lookup_systems::Workload> workloads;
   std::vector<System> systems;
@@ -555,6 +611,7 @@ constexpr Scenario kScenarios[] = {
     {"send", send, Layout::TwoProcesses},         {"lookup", lookup, Layout::OneProcess},
     {"create", create, Layout::ServerThread},     {"call", call, Layout::TwoProcesses},
     {"fanin", fanin, Layout::TwoProcesses},       {"large", large, Layout::TwoProcesses},
+    {"topic", topic, Layout::TwoProcesses},
 };
 
 }  // namespace
@@ -600,7 +657,11 @@ int run(const Options& options) {
     fmt::print(stderr, "vipc bench fanin: --senders must be in [1, 4095]\n");
     return 2;
   }
-  if (!options.plot.empty() || options.peers || options.subscribers != 1 ||
+  if (name == "topic" && (options.subscribers < 1 || options.subscribers > 255)) {
+    fmt::print(stderr, "vipc bench topic: --subscribers must be in [1, 255]\n");
+    return 2;
+  }
+  if (!options.plot.empty() || options.peers || (options.subscribers != 1 && name != "topic") ||
       (options.senders != 1 && name != "fanin")) {
     fmt::print(stderr,
                "vipc bench {}: --plot, --peers, --subscribers and --senders do not apply; "

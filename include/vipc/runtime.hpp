@@ -237,6 +237,8 @@ class Runtime {
   friend class Channel;
   friend class SharedBuffer;
   friend class SharedRegion;
+  friend class Topic;
+  friend class Subscription;
   explicit Runtime(std::unique_ptr<Impl> impl) noexcept;
   std::unique_ptr<Impl> impl_;
 };

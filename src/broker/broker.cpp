@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "broker/buffer_table.hpp"
+#include "broker/broker_topics.hpp"
 #include "broker/capability_table.hpp"
 #include "broker/platform.hpp"
 #include "core/clock.hpp"
@@ -197,6 +198,7 @@ struct Object {
   Token root = 0;
   std::vector<sys::UniqueFd> fds;         // Ring: producer, consumer
   std::unique_ptr<ChannelState> channel;  // Channel, Endpoint
+  std::unique_ptr<TopicState> topic;      // Topic (broker_topics.hpp)
 };
 
 bool is_channel(ObjectKind k) noexcept {
@@ -303,6 +305,17 @@ class Broker::Impl {
   Result<OutPacket> on(Client& c, const wire::MapBufferRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TransferBufferRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::ClaimBufferRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::TopicJoinRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::TopicMemberRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::TopicLeaveRequest& r, std::uint64_t id);
+  template <std::uint16_t N>
+  Result<OutPacket> on(Client&, const wire::UnassignedBody<N>&, std::uint64_t) {
+    return Error(ErrorCode::ProtocolError, wire::ctx::kBadOpcode);  // never decoded
+  }
+  // The topic `cap` names, if it carries `need`.
+  Result<TopicState*> topic_for(const CapNode& cap, Rights need);
+  // Removes topic members whose capability died or changed generation.
+  void sweep_topics(bool revoked);
   // Unregisters an object and destroys it with every capability on it; returns how many
   // capabilities died. Does not touch the owner's `owned` list.
   std::size_t destroy_object(ObjectId oid);
@@ -561,6 +574,9 @@ void Broker::Impl::drop(ClientId id, const char* why) {
   Client& c = it->second;
   std::size_t revoked = 0;
   for (ObjectId oid : c.owned) revoked += destroy_object(oid);
+  for (auto& [oid, obj] : objects_) {
+    if (obj.topic) obj.topic->client_gone(id);
+  }
   const std::size_t held = caps_.count_held(id);
   caps_.release_all(id);
   // Its rings: it can never write again; the receiver drains them, then drops them.
@@ -756,6 +772,10 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std:
     ch->receiver = c.id;
     ch->free_indices.reserve(ch->max_senders);
     obj.channel = std::move(ch);
+  } else if (kind == ObjectKind::Topic) {
+    auto t = TopicState::create({next_object_, r.capacity, r.max_message_size, r.flags});
+    if (!t) return t.error();
+    obj.topic = std::move(*t);
   }
   auto token = new_token();
   if (!token) return token.error();
@@ -923,6 +943,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::RevokeRequest& r, std:
   const std::size_t revoked = caps_.revoke(r.cap.token);
   sweep_rings(wire::DetachReason::Revoked);
   buffers_.collect(caps_);
+  sweep_topics(/*revoked=*/true);
   const CapNode* node = caps_.find(r.cap.token);
   log(LogLevel::Debug, "client {} revoked {} capabilities", c.id, revoked);
   return OutPacket{wire::encode_reply(id, wire::RevokeReply{record_of(*node), revoked}), {}};
@@ -934,6 +955,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ReleaseRequest& r, std
   caps_.release(r.cap.token);
   sweep_rings(wire::DetachReason::Closed);
   buffers_.collect(caps_);
+  sweep_topics(/*revoked=*/false);
   return OutPacket{wire::encode_reply(id, wire::ReleaseReply{0}), {}};
 }
 
@@ -1195,6 +1217,7 @@ std::size_t Broker::Impl::destroy_object(ObjectId oid) {
   auto o = objects_.find(oid);
   if (o == objects_.end()) return 0;
   if (o->second.channel) close_channel(o->second);
+  if (o->second.topic) o->second.topic->close();
   const std::size_t revoked = caps_.destroy_object(oid);
   names_.erase(o->second.name);
   objects_.erase(o);  // closes the object's descriptors
@@ -1340,6 +1363,59 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ClaimBufferRequest& r,
     return got.error();
   }
   return OutPacket{got->packet, std::move(got->fds)};
+}
+
+// ------------------------------------------------------------ topics (broker_topics.cpp)
+
+Result<TopicState*> Broker::Impl::topic_for(const CapNode& cap, Rights need) {
+  if (!contains(cap.rights, need))
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kMissingRight);
+  Object& obj = objects_.at(cap.object);
+  if (!obj.topic) return Error(ErrorCode::InvalidArgument, wire::ctx::kNotTopic);
+  return obj.topic.get();
+}
+
+void Broker::Impl::sweep_topics(bool revoked) {
+  const auto alive = [&](std::uint64_t token, std::uint32_t generation) {
+    const CapNode* n = caps_.find(token);
+    return n != nullptr && n->generation == generation;
+  };
+  for (auto& [oid, obj] : objects_) {
+    if (obj.topic) obj.topic->sweep(alive, revoked);
+  }
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::TopicJoinRequest& r, std::uint64_t id) {
+  auto cap = redeem(c, r.cap, wire::Opcode::TopicJoin);
+  if (!cap) return cap.error();
+  const auto role = static_cast<wire::TopicRole>(r.role);
+  auto t = topic_for(**cap, role == wire::TopicRole::Publisher ? Rights::Send : Rights::Receive);
+  if (!t) return t.error();
+  auto out = (*t)->join(c.id, (*cap)->token, (*cap)->generation, role, id);
+  if (!out) return out.error();
+  return OutPacket{out->packet, std::move(out->fds)};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::TopicMemberRequest& r, std::uint64_t id) {
+  auto cap = redeem(c, r.cap, wire::Opcode::TopicMember);
+  if (!cap) return cap.error();
+  const auto role = static_cast<wire::TopicRole>(r.role);
+  // A publisher's ring is for readers; a subscriber's cursors are for writers.
+  auto t = topic_for(**cap, role == wire::TopicRole::Publisher ? Rights::Receive : Rights::Send);
+  if (!t) return t.error();
+  auto out = (*t)->member(role, r.index, r.generation, id);
+  if (!out) return out.error();
+  return OutPacket{out->packet, std::move(out->fds)};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::TopicLeaveRequest& r, std::uint64_t id) {
+  auto cap = redeem(c, r.cap, wire::Opcode::TopicLeave);
+  if (!cap) return cap.error();
+  auto t = topic_for(**cap, Rights::None);
+  if (!t) return t.error();
+  auto out = (*t)->leave(c.id, static_cast<wire::TopicRole>(r.role), r.index, r.generation, id);
+  if (!out) return out.error();
+  return OutPacket{out->packet, std::move(out->fds)};
 }
 
 // ------------------------------------------------------------ Broker

@@ -20,6 +20,11 @@ enum class SegmentKind : std::uint16_t {
   RingProducer = 1,  // slots and producer-written state of one SPSC ring
   RingConsumer = 2,  // consumer-written state of one SPSC ring
   ReadySet = 3,      // one receiver's set of ready rings
+  // Topics (src/core/topic_layout.hpp, docs/topics.md).
+  TopicRing = 8,        // one publisher's broadcast ring
+  TopicCursor = 9,      // one subscriber's cursors and counters
+  TopicDirectory = 10,  // a topic's members (written by the broker only)
+  TopicBell = 11,       // a topic's wake-up words (shared by every member)
 };
 
 // Common header at offset 0 of every segment. Written once by the segment's creator

@@ -17,7 +17,8 @@ constexpr const char* kContexts[] = {
     ctx::kBadEnum,         ctx::kBadRights,        ctx::kBadReserved,     ctx::kBadStatus,
     ctx::kBadTarget,       ctx::kControlTruncated, ctx::kNotChannel,      ctx::kNotReceiver,
     ctx::kChannelFull,     ctx::kAlreadyConnected, ctx::kNotCreator,      ctx::kNotBuffer,
-    ctx::kBufferMapped,    ctx::kBufferMode,       ctx::kBufferSealed,
+    ctx::kBufferMapped,    ctx::kBufferMode,       ctx::kBufferSealed,    ctx::kNotTopic,
+    ctx::kTopicFull,       ctx::kTopicMemberGone,
 };
 constexpr std::uint16_t kContextCount = static_cast<std::uint16_t>(std::size(kContexts));
 
@@ -96,6 +97,10 @@ Result<void> check(const CreateRequest& b) noexcept {
     return protocol(ctx::kBadFlags);  // calls wait for room; a fast path is one-way
   }
   if (!sync && b.call_timeout_ns != 0) return protocol(ctx::kBadReserved);
+  if (b.kind != static_cast<std::uint16_t>(ObjectKind::Topic) &&
+      (b.flags & kObjectTopicHoldBack) != 0) {
+    return protocol(ctx::kBadFlags);
+  }
   if (b.max_senders > kMaxSenders) return protocol(ctx::kBadEnum);
   if ((b.flags & kObjectAnonymous) != 0) {
     for (char c : b.name) {
@@ -139,6 +144,32 @@ Result<void> check(const ConnectRequest& b) noexcept {
 Result<void> check(const AttachRequest& b) noexcept { return check_ref(b.cap); }
 Result<void> check(const AcceptRequest& b) noexcept { return check_ref(b.cap); }
 Result<void> check(const DestroyRequest& b) noexcept { return check_ref(b.cap); }
+template <std::uint16_t N>
+Result<void> check(const UnassignedBody<N>&) noexcept {
+  return protocol(ctx::kBadOpcode);
+}
+Result<void> check_role(std::uint32_t role) noexcept {
+  if (role != static_cast<std::uint32_t>(TopicRole::Publisher) &&
+      role != static_cast<std::uint32_t>(TopicRole::Subscriber)) {
+    return protocol(ctx::kBadEnum);
+  }
+  return {};
+}
+Result<void> check(const TopicJoinRequest& b) noexcept {
+  VIPC_TRY(check_ref(b.cap));
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return check_role(b.role);
+}
+Result<void> check(const TopicMemberRequest& b) noexcept {
+  VIPC_TRY(check_ref(b.cap));
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return check_role(b.role);
+}
+Result<void> check(const TopicLeaveRequest& b) noexcept {
+  VIPC_TRY(check_ref(b.cap));
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return check_role(b.role);
+}
 
 bool buffer_kind(std::uint16_t kind) noexcept {
   return kind == static_cast<std::uint16_t>(ObjectKind::Buffer) ||
@@ -235,6 +266,20 @@ Result<void> check(const TransferBufferReply& b) noexcept {
   if (b.handle == 0) return protocol(ctx::kBadEnum);
   return check(b.buffer);
 }
+Result<void> check(const TopicJoinReply& b) noexcept {
+  VIPC_TRY(check_role(b.role));
+  if ((b.flags & ~kObjectFlagsMask) != 0) return protocol(ctx::kBadFlags);
+  return {};
+}
+Result<void> check(const TopicMemberReply& b) noexcept {
+  VIPC_TRY(check_role(b.role));
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return {};
+}
+Result<void> check(const TopicLeaveReply& b) noexcept {
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return {};
+}
 
 // Decodes alternative I of variant V from the body bytes (exact size already checked).
 template <class V, std::size_t I>
@@ -271,7 +316,7 @@ Result<Header> decode_header(std::span<const std::byte> bytes, std::size_t fds_r
   if (h.version != kProtocolVersion) return Error(ErrorCode::Unsupported, ctx::kBadVersion);
   if (h.length > bytes.size()) return protocol(ctx::kTruncated);
   if (h.length < bytes.size()) return protocol(ctx::kBadLength);
-  if (h.opcode < kOpcodeMin || h.opcode > kOpcodeMax) return protocol(ctx::kBadOpcode);
+  if (!opcode_assigned(h.opcode)) return protocol(ctx::kBadOpcode);
   if (h.fd_count != fds_received || h.fd_count > kMaxFds) return protocol(ctx::kBadFdCount);
   return h;
 }
@@ -296,6 +341,12 @@ const char* to_string(Opcode op) noexcept {
       return "Claim";
     case Opcode::Revoke:
       return "Revoke";
+    case Opcode::TopicJoin:
+      return "TopicJoin";
+    case Opcode::TopicMember:
+      return "TopicMember";
+    case Opcode::TopicLeave:
+      return "TopicLeave";
     case Opcode::Release:
       return "Release";
     case Opcode::Ping:
@@ -435,6 +486,12 @@ std::uint16_t reply_fd_count(const ReplyBody& body) noexcept {
       std::holds_alternative<ClaimBufferReply>(body)) {
     return 1;  // the buffer's memfd
   }
+  if (const auto* j = std::get_if<TopicJoinReply>(&body)) {
+    return j->role == static_cast<std::uint16_t>(TopicRole::Publisher) ? 3 : 4;
+  }
+  if (const auto* m = std::get_if<TopicMemberReply>(&body)) {
+    return m->role == static_cast<std::uint16_t>(TopicRole::Publisher) ? 1 : 2;
+  }
   if (const auto* a = std::get_if<AcceptReply>(&body)) {
     if (a->event != static_cast<std::uint16_t>(SenderEvent::Attached)) return 0;
     return (a->flags & kObjectSynchronous) != 0 ? 4 : 2;
@@ -449,7 +506,7 @@ Echo peek_echo(std::span<const std::byte> bytes) noexcept {
   }
   if (bytes.size() >= offsetof(Header, opcode) + sizeof(std::uint16_t)) {
     const auto op = load<std::uint16_t>(bytes, offsetof(Header, opcode));
-    if (op >= kOpcodeMin && op <= kOpcodeMax) e.opcode = op;
+    if (opcode_assigned(op)) e.opcode = op;
   }
   return e;
 }

@@ -64,9 +64,17 @@ enum class Opcode : std::uint16_t {
   MapBuffer = 17,       // capability (Map) -> the memfd, read-write only with Write, unsealed
   TransferBuffer = 18,  // capability + mode + target -> seal (Move, Share) + transfer handle
   ClaimBuffer = 19,     // transfer handle -> capability + the memfd (1 fd)
+  TopicJoin = 20,       // capability + role -> this member's segment of a topic (3 or 4 fds)
+  TopicMember = 21,     // capability + another member's index -> its segment, read-only
+  TopicLeave = 22,      // capability + own index -> the member is gone
+  // 23: not assigned in this version.
 };
 inline constexpr std::uint16_t kOpcodeMin = 1;
-inline constexpr std::uint16_t kOpcodeMax = 19;
+inline constexpr std::uint16_t kOpcodeMax = 23;
+// Whether a number in [kOpcodeMin, kOpcodeMax] names an opcode of this version.
+[[nodiscard]] constexpr bool opcode_assigned(std::uint16_t op) noexcept {
+  return op >= kOpcodeMin && op <= kOpcodeMax && op != 23;
+}
 [[nodiscard]] const char* to_string(Opcode op) noexcept;
 
 inline constexpr std::uint16_t kFlagReply = 1u << 0;
@@ -90,9 +98,12 @@ inline constexpr std::uint16_t kOverflowDropOldest = 3;
 inline constexpr std::uint16_t kObjectFastPath = 1u << 5;
 // With kObjectFastPath: messages carry inline data only (no capabilities).
 inline constexpr std::uint16_t kObjectRegisterOnly = 1u << 6;
-inline constexpr std::uint16_t kObjectFlagsMask = kObjectWorldOpenable | kObjectAnonymous |
-                                                  kObjectSynchronous | kObjectOverflowMask |
-                                                  kObjectFastPath | kObjectRegisterOnly;
+// Topic: a publisher waits (up to its timeout) rather than overwrite what a live
+// subscriber has not read (docs/topics.md); without it, laggards miss messages.
+inline constexpr std::uint16_t kObjectTopicHoldBack = 1u << 7;
+inline constexpr std::uint16_t kObjectFlagsMask =
+    kObjectWorldOpenable | kObjectAnonymous | kObjectSynchronous | kObjectOverflowMask |
+    kObjectFastPath | kObjectRegisterOnly | kObjectTopicHoldBack;
 [[nodiscard]] constexpr std::uint16_t overflow_of(std::uint16_t flags) noexcept {
   return static_cast<std::uint16_t>((flags & kObjectOverflowMask) >> kObjectOverflowShift);
 }
@@ -417,6 +428,57 @@ struct ClaimBufferRequest {
 static_assert(sizeof(ClaimBufferRequest) == 8);
 static_assert(offsetof(ClaimBufferRequest, handle) == 0);
 
+// A body for an opcode this version does not assign (never decoded: kBadOpcode).
+template <std::uint16_t N>
+struct UnassignedBody {
+  std::uint64_t never;
+};
+
+// A topic member's role (TopicJoin, TopicMember, TopicLeave).
+enum class TopicRole : std::uint32_t { Publisher = 1, Subscriber = 2 };
+
+//  0                    16     20         24
+//  | cap (ref)          | role | reserved |   Publisher needs Send, Subscriber Receive
+struct TopicJoinRequest {
+  CapabilityRef cap;
+  std::uint32_t role;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(TopicJoinRequest) == 24);
+static_assert(offsetof(TopicJoinRequest, cap) == 0);
+static_assert(offsetof(TopicJoinRequest, role) == 16);
+static_assert(offsetof(TopicJoinRequest, reserved) == 20);
+
+//  0                    16     20      24           28         32
+//  | cap (ref)          | role | index | generation | reserved |
+// A publisher's ring needs Receive; a subscriber's cursor segment needs Send.
+struct TopicMemberRequest {
+  CapabilityRef cap;
+  std::uint32_t role;
+  std::uint32_t index;
+  std::uint32_t generation;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(TopicMemberRequest) == 32);
+static_assert(offsetof(TopicMemberRequest, role) == 16);
+static_assert(offsetof(TopicMemberRequest, index) == 20);
+static_assert(offsetof(TopicMemberRequest, generation) == 24);
+static_assert(offsetof(TopicMemberRequest, reserved) == 28);
+
+//  0                    16     20      24           28         32
+//  | cap (ref)          | role | index | generation | reserved |   the caller's own member
+struct TopicLeaveRequest {
+  CapabilityRef cap;
+  std::uint32_t role;
+  std::uint32_t index;
+  std::uint32_t generation;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(TopicLeaveRequest) == 32);
+static_assert(offsetof(TopicLeaveRequest, role) == 16);
+static_assert(offsetof(TopicLeaveRequest, index) == 20);
+static_assert(offsetof(TopicLeaveRequest, generation) == 24);
+
 // ---------------------------------------------------------------- replies
 
 //  0         2          4     8     12    16           24
@@ -607,6 +669,54 @@ struct DestroyReply {
 static_assert(sizeof(DestroyReply) == 8);
 static_assert(offsetof(DestroyReply, revoked) == 0);
 
+// The caller's new member of a topic. Descriptors: a publisher gets its ring
+// (read-write), the topic's directory (read-only) and bell (3); a subscriber gets its
+// cursor segment (read-write), its eventfd, the directory and the bell (4).
+//
+//  0      2       4       8            12         16        20             24
+//  | role | flags | index | generation | capacity | max msg | join version |
+struct TopicJoinReply {
+  std::uint16_t role;
+  std::uint16_t flags;  // the topic object's flags (policy)
+  std::uint32_t index;
+  std::uint32_t generation;
+  std::uint32_t capacity;
+  std::uint32_t max_message_size;
+  std::uint32_t join_version;  // the directory version that made this member live
+};
+static_assert(sizeof(TopicJoinReply) == 24);
+static_assert(offsetof(TopicJoinReply, role) == 0);
+static_assert(offsetof(TopicJoinReply, flags) == 2);
+static_assert(offsetof(TopicJoinReply, index) == 4);
+static_assert(offsetof(TopicJoinReply, generation) == 8);
+static_assert(offsetof(TopicJoinReply, capacity) == 12);
+static_assert(offsetof(TopicJoinReply, max_message_size) == 16);
+static_assert(offsetof(TopicJoinReply, join_version) == 20);
+
+// Another member's segment: a publisher's ring (1 descriptor, read-only) or a
+// subscriber's cursor segment (read-only) and eventfd (2).
+//
+//  0      2          4       8            12             16
+//  | role | reserved | index | generation | join version |
+struct TopicMemberReply {
+  std::uint16_t role;
+  std::uint16_t reserved;
+  std::uint32_t index;
+  std::uint32_t generation;
+  std::uint32_t join_version;
+};
+static_assert(sizeof(TopicMemberReply) == 16);
+static_assert(offsetof(TopicMemberReply, index) == 4);
+static_assert(offsetof(TopicMemberReply, generation) == 8);
+static_assert(offsetof(TopicMemberReply, join_version) == 12);
+
+//  0          8
+//  | reserved |
+struct TopicLeaveReply {
+  std::uint64_t reserved;
+};
+static_assert(sizeof(TopicLeaveReply) == 8);
+
 // Broker-wide counters, then the caller's own.
 //
 //  0        8        16     24            32                40             48
@@ -709,7 +819,8 @@ using Request =
     std::variant<HelloRequest, CreateRequest, LookupRequest, OpenRequest, DeriveRequest,
                  GrantRequest, ClaimRequest, RevokeRequest, ReleaseRequest, PingRequest,
                  StatsRequest, ConnectRequest, AttachRequest, AcceptRequest, DestroyRequest,
-                 CreateBufferRequest, MapBufferRequest, TransferBufferRequest, ClaimBufferRequest>;
+                 CreateBufferRequest, MapBufferRequest, TransferBufferRequest, ClaimBufferRequest,
+                 TopicJoinRequest, TopicMemberRequest, TopicLeaveRequest, UnassignedBody<23>>;
 // Attach answers with the same body as Connect: a distinct type keeps one body type
 // per opcode.
 struct AttachReplyBody : ConnectReply {};
@@ -718,7 +829,8 @@ using ReplyBody =
     std::variant<HelloReply, CreateReply, LookupReply, OpenReply, DeriveReply, GrantReply,
                  ClaimReply, RevokeReply, ReleaseReply, PingReply, StatsReply, ConnectReply,
                  AttachReplyBody, AcceptReply, DestroyReply, CreateBufferReply, MapBufferReply,
-                 TransferBufferReply, ClaimBufferReply>;
+                 TransferBufferReply, ClaimBufferReply, TopicJoinReply, TopicMemberReply,
+                 TopicLeaveReply, UnassignedBody<123>>;
 static_assert(std::variant_size_v<Request> == kOpcodeMax);
 static_assert(std::variant_size_v<ReplyBody> == kOpcodeMax);
 
@@ -856,6 +968,9 @@ inline constexpr char kBufferMapped[] =
     "broker: buffer is still mapped writable somewhere (unmap before a transfer)";
 inline constexpr char kBufferMode[] = "broker: transfer mode not allowed for this object";
 inline constexpr char kBufferSealed[] = "broker: buffer is sealed (transferred); map it read-only";
+inline constexpr char kNotTopic[] = "broker: object is not a topic";
+inline constexpr char kTopicFull[] = "broker: topic has its maximum of members of that role";
+inline constexpr char kTopicMemberGone[] = "broker: topic member is gone";
 }  // namespace ctx
 [[nodiscard]] std::uint16_t context_code(const char* context) noexcept;
 [[nodiscard]] const char* context_text(std::uint16_t code) noexcept;

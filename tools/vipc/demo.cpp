@@ -254,11 +254,14 @@ int run_demo(const DemoOptions& options) {
     fmt::print(stderr, "vipc demo: the large-buffer part failed\n");
     return 1;
   }
+  if (run_topic_demo(options.messages) != 0) {
+    fmt::print(stderr, "vipc demo: the topic part failed\n");
+    return 1;
+  }
   fmt::print(
       "\nevery message arrived exactly once and in order.\n"
-      "next: vipc bench pingpong | throughput | send | call | create | lookup | large  (each "
-      "beside its "
-      "baseline)\n");
+      "next: vipc bench pingpong | throughput | send | call | create | lookup | large | topic\n"
+      "      (each beside its baseline)\n");
   return 0;
 }
 

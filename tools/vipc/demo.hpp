@@ -15,5 +15,7 @@ int run_demo(const DemoOptions& options);
 int run_channel_demo(std::uint64_t per_sender);
 // The large-buffer part: move and share against a Unix socket (demo_large.cpp).
 int run_large_demo(std::size_t size);
+// The topic part: subscriber processes, one slow (demo_topics.cpp).
+int run_topic_demo(std::uint64_t messages);
 
 }  // namespace vipc::tools

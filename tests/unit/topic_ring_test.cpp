@@ -195,7 +195,7 @@ TEST(TopicWire, TopicBodiesRoundTripAndUnassignedOpcodesAreRefused) {
   j.role = 3;
   EXPECT_EQ(wire::decode_request(wire::encode_request(9, j).view(), 0).error().context(),
             std::string_view(wire::ctx::kBadEnum));
-  for (const int opcode : {16, 17, 18, 19, 23}) {
+  for (const int opcode : {23}) {  // the opcodes this version leaves unassigned
     const auto op = static_cast<std::uint16_t>(opcode);
     wire::Packet raw = wire::encode_request(1, wire::PingRequest{0});
     std::memcpy(raw.bytes.data() + offsetof(wire::Header, opcode), &op, sizeof op);

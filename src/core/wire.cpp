@@ -252,6 +252,10 @@ const char* to_string(Opcode op) noexcept {
       return "Accept";
     case Opcode::Destroy:
       return "Destroy";
+    case Opcode::MqOpen:
+      return "MqOpen";
+    case Opcode::MqUnlink:
+      return "MqUnlink";
   }
   return "Unknown";
 }

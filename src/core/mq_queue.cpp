@@ -20,6 +20,12 @@
 //     bumped before the waiter read (the waiter sees the change and does not sleep) or
 //     after (the word differs from what the waiter passed to FUTEX_WAIT, or the wake
 //     finds it asleep): no lost wake-up.
+// Q4. A non-blocking call may answer "empty"/"full" from a relaxed read of `count`
+//     without the mutex. A message whose send happens-before the call is seen: its
+//     count store precedes the sender's unlock (Q1), and read-after-happens-before
+//     coherence makes that store (or a later one) visible to the relaxed load. A send
+//     concurrent with the call may be missed, which is the same as the call running
+//     first.
 
 namespace vipc::core {
 
@@ -322,6 +328,11 @@ Result<void> MessageQueue::send(const void* data, std::size_t len, std::uint32_t
   if (priority >= kPriorityMax) return Error(ErrorCode::InvalidArgument, "queue: priority");
   if (len > shape_.message_size) return Error(ErrorCode::MessageTooLarge, "queue: message size");
   QueueHeader* h = hdr();
+  // Q4: a non-blocking call on a full queue answers without the lock, so a busy-polling
+  // peer never competes for it.
+  if (!wait.block && h->count.load(std::memory_order_relaxed) >= shape_.max_messages) {
+    return Error(ErrorCode::ChannelFull, "queue: full");
+  }
   Lock lock(*this);
   if (!lock.held()) return lock.failure();
   bool spun = policy.spin_ns == 0;
@@ -389,6 +400,10 @@ Result<std::size_t> MessageQueue::receive(void* buf, std::size_t cap, std::uint3
     return Error(ErrorCode::MessageTooLarge, "queue: buffer smaller than the message size");
   }
   QueueHeader* h = hdr();
+  if (!wait.block && h->count.load(std::memory_order_relaxed) == 0) {  // Q4
+    cpu_relax();  // a caller polling in a loop leaves the line to the sender a moment
+    return Error(ErrorCode::WouldBlock, "queue: empty");
+  }
   Lock lock(*this);
   if (!lock.held()) return lock.failure();
   bool spun = policy.spin_ns == 0;

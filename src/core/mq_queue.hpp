@@ -44,7 +44,7 @@ inline constexpr std::uint32_t kMagic = 0x3151'4d56;  // "VMQ1" in memory order
 inline constexpr std::uint16_t kVersion = 1;
 inline constexpr std::uint32_t kNil = 0xffff'ffff;    // end of a list
 inline constexpr std::uint32_t kPriorityMax = 32768;  // MQ_PRIO_MAX: priorities 0..32767
-inline constexpr std::size_t kHeaderSize = 384;
+inline constexpr std::size_t kHeaderSize = 448;
 inline constexpr std::size_t kSlotHeader = 16;
 
 // Notification registration states (QueueHeader::notify_state).
@@ -52,23 +52,26 @@ inline constexpr std::uint32_t kNotifyNone = 0;
 inline constexpr std::uint32_t kNotifyArmed = 1;  // a process waits for the next arrival
 inline constexpr std::uint32_t kNotifyFired = 2;  // a sender fired it: the process delivers
 
-// The segment: a header of six cache lines, then max_messages slots.
+// The segment: a header of seven cache lines, then max_messages slots.
 //
 //  line 0 (written once by the broker before any descriptor is handed out)
 //   0        4     6          8            12            16          24        32
 //   | magic  | ver | reserved | max msgs   | message size| slot size | segment | queue id
 //                                                        | (u32)+pad | size    |
 //  line 1-2: pthread_mutex_t (process-shared, robust), padded to 128 bytes
-//  line 3 (guarded by the mutex; `count` also read without it by spinners)
-//   192     196     200     204          208             212          216
-//   | count | head  | tail  | free head  | notify state  | notify pid | notify deliver | reg
+//  line 3 (guarded by the mutex)
+//   192        196     200     204          208             212          216       220
+//   | reserved | head  | tail  | free head  | notify state  | notify pid | deliver | reg
 //  line 4: futex words (not_empty, not_full) and waiter counts
 //   256         260        264               268              272             276
 //   | not_empty | not_full | receivers_parked| senders_parked   | receivers_busy| senders_busy
 //  line 5: notification details (guarded by the mutex)
 //   320          324         328            336
 //   | notify_word| sender pid| sender uid   | reserved
-//  384: slot 0, slot 1, ...: each slot_size bytes, 64-byte aligned
+//  line 6
+//   384     388
+//   | count | reserved (the line is the count's alone)
+//  448: slot 0, slot 1, ...: each slot_size bytes, 64-byte aligned
 //   0       4          8        12         16
 //   | next  | priority | length | reserved | payload[message size]
 //
@@ -101,7 +104,7 @@ struct QueueHeader {
     std::uint8_t mutex_bytes[128];
   };
   // line 3: guarded by the mutex
-  std::atomic<std::uint32_t> count;  // written under the mutex; spinners read it relaxed
+  std::uint32_t reserved3;
   std::uint32_t head;
   std::uint32_t tail;
   std::uint32_t free_head;
@@ -123,6 +126,10 @@ struct QueueHeader {
   std::uint32_t notify_sender_pid;         // who fired it (si_pid)
   std::uint32_t notify_sender_uid;         // (si_uid)
   std::uint8_t pad5[52];
+  // line 6: the message count alone, so that pollers reading it (Q2, Q4) do not pull
+  // the lines the mutex holder writes
+  std::atomic<std::uint32_t> count;  // written under the mutex; pollers read it relaxed
+  std::uint8_t pad6[60];
 };
 static_assert(sizeof(pthread_mutex_t) <= 128);
 static_assert(sizeof(QueueHeader) == kHeaderSize);
@@ -134,7 +141,7 @@ static_assert(offsetof(QueueHeader, slot_size) == 16);
 static_assert(offsetof(QueueHeader, segment_size) == 24);
 static_assert(offsetof(QueueHeader, queue_id) == 32);
 static_assert(offsetof(QueueHeader, mutex) == 64);
-static_assert(offsetof(QueueHeader, count) == 192);
+static_assert(offsetof(QueueHeader, count) == 384);
 static_assert(offsetof(QueueHeader, head) == 196);
 static_assert(offsetof(QueueHeader, tail) == 200);
 static_assert(offsetof(QueueHeader, free_head) == 204);

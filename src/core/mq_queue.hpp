@@ -58,13 +58,17 @@ inline constexpr std::uint32_t kNotifyFired = 2;  // a sender fired it: the proc
 //   0        4     6          8            12            16          24        32
 //   | magic  | ver | reserved | max msgs   | message size| slot size | segment | queue id
 //                                                        | (u32)+pad | size    |
-//  line 1-2: pthread_mutex_t (process-shared, robust), padded to 128 bytes
+//  line 1: the mutex and what every operation changes under it, so that taking the
+//  lock brings them along (one line transfer between processes, not several)
+//   64                     104    108    112         116            120           124
+//   | pthread_mutex_t (40) | head | tail | free head | recv. parked | send. parked | rsv
+//  line 2: reserved
 //  line 3 (guarded by the mutex)
-//   192        196     200     204          208             212          216       220
-//   | reserved | head  | tail  | free head  | notify state  | notify pid | deliver | reg
-//  line 4: futex words (not_empty, not_full) and waiter counts
-//   256         260        264               268              272             276
-//   | not_empty | not_full | receivers_parked| senders_parked   | receivers_busy| senders_busy
+//   192        208             212          216       220
+//   | reserved | notify state  | notify pid | deliver | reg
+//  line 4: futex words (not_empty, not_full) and busy counts
+//   256         260        264        272              276
+//   | not_empty | not_full | reserved | receivers_busy | senders_busy
 //  line 5: notification details (guarded by the mutex)
 //   320          324         328            336
 //   | notify_word| sender pid| sender uid   | reserved
@@ -98,27 +102,28 @@ struct QueueHeader {
   std::uint64_t segment_size;
   std::uint64_t queue_id;
   std::uint8_t pad0[24];
-  // lines 1-2
-  union {
-    pthread_mutex_t mutex;
-    std::uint8_t mutex_bytes[128];
-  };
+  // line 1
+  pthread_mutex_t mutex;
+  std::uint32_t head;                           // guarded by the mutex
+  std::uint32_t tail;                           // guarded by the mutex
+  std::uint32_t free_head;                      // guarded by the mutex
+  std::atomic<std::uint32_t> receivers_parked;  // changed under the mutex
+  std::atomic<std::uint32_t> senders_parked;    // changed under the mutex
+  std::uint32_t reserved1b;
+  // line 2
+  std::uint8_t pad2[64];
   // line 3: guarded by the mutex
-  std::uint32_t reserved3;
-  std::uint32_t head;
-  std::uint32_t tail;
-  std::uint32_t free_head;
+  std::uint32_t reserved3[4];
   std::uint32_t notify_state;
   std::uint32_t notify_pid;      // the registered process (kernel pid)
   std::uint32_t notify_deliver;  // 0: SIGEV_NONE (firing just ends the registration)
   std::uint32_t notify_reg;      // bumped by every registration (names one)
   std::uint8_t pad3[32];
   // line 4: futex words and waiter counts
-  std::atomic<std::uint32_t> not_empty;         // bumped when a parked receiver must wake
-  std::atomic<std::uint32_t> not_full;          // bumped when a parked sender must wake
-  std::atomic<std::uint32_t> receivers_parked;  // changed under the mutex
-  std::atomic<std::uint32_t> senders_parked;    // changed under the mutex
-  std::atomic<std::uint32_t> receivers_busy;    // spinning or parked receivers
+  std::atomic<std::uint32_t> not_empty;  // bumped when a parked receiver must wake
+  std::atomic<std::uint32_t> not_full;   // bumped when a parked sender must wake
+  std::uint32_t reserved4[2];
+  std::atomic<std::uint32_t> receivers_busy;  // spinning or parked receivers
   std::atomic<std::uint32_t> senders_busy;
   std::uint8_t pad4[40];
   // line 5: notification
@@ -131,7 +136,7 @@ struct QueueHeader {
   std::atomic<std::uint32_t> count;  // written under the mutex; pollers read it relaxed
   std::uint8_t pad6[60];
 };
-static_assert(sizeof(pthread_mutex_t) <= 128);
+static_assert(sizeof(pthread_mutex_t) == 40);
 static_assert(sizeof(QueueHeader) == kHeaderSize);
 static_assert(offsetof(QueueHeader, magic) == 0);
 static_assert(offsetof(QueueHeader, version) == 4);
@@ -142,17 +147,17 @@ static_assert(offsetof(QueueHeader, segment_size) == 24);
 static_assert(offsetof(QueueHeader, queue_id) == 32);
 static_assert(offsetof(QueueHeader, mutex) == 64);
 static_assert(offsetof(QueueHeader, count) == 384);
-static_assert(offsetof(QueueHeader, head) == 196);
-static_assert(offsetof(QueueHeader, tail) == 200);
-static_assert(offsetof(QueueHeader, free_head) == 204);
+static_assert(offsetof(QueueHeader, head) == 104);
+static_assert(offsetof(QueueHeader, tail) == 108);
+static_assert(offsetof(QueueHeader, free_head) == 112);
+static_assert(offsetof(QueueHeader, receivers_parked) == 116);
+static_assert(offsetof(QueueHeader, senders_parked) == 120);
 static_assert(offsetof(QueueHeader, notify_state) == 208);
 static_assert(offsetof(QueueHeader, notify_pid) == 212);
 static_assert(offsetof(QueueHeader, notify_deliver) == 216);
 static_assert(offsetof(QueueHeader, notify_reg) == 220);
 static_assert(offsetof(QueueHeader, not_empty) == 256);
 static_assert(offsetof(QueueHeader, not_full) == 260);
-static_assert(offsetof(QueueHeader, receivers_parked) == 264);
-static_assert(offsetof(QueueHeader, senders_parked) == 268);
 static_assert(offsetof(QueueHeader, receivers_busy) == 272);
 static_assert(offsetof(QueueHeader, senders_busy) == 276);
 static_assert(offsetof(QueueHeader, notify_word) == 320);

@@ -34,8 +34,20 @@ struct Link {
   std::uint64_t next_id = 1;
 };
 
+Link* g_link = nullptr;
+
+// A fork while another thread holds the mutex would leave it locked in the child: the
+// forking thread takes it first and both sides release it (a plain mutex may be
+// unlocked by the child's thread).
+void before_fork() { g_link->mu.lock(); }
+void after_fork() { g_link->mu.unlock(); }
+
 Link& link() {
-  static Link* l = new Link;  // never destroyed: usable from atexit handlers and threads
+  static Link* l = [] {
+    g_link = new Link;  // never destroyed: usable from atexit handlers and threads
+    (void)::pthread_atfork(&before_fork, &after_fork, &after_fork);
+    return g_link;
+  }();
   return *l;
 }
 
@@ -94,7 +106,8 @@ int call(const wire::MqRequest& req, wire::DecodedMqReply* out, sys::UniqueFd* f
         l.sock.reset();
         break;
       }
-      if (pkt->truncated || pkt->fds_truncated) return EPROTO;
+      if (pkt->fds_truncated) return EMFILE;  // no descriptor left for the queue
+      if (pkt->truncated) return EPROTO;
       auto reply = wire::decode_mq_reply({buf.data(), pkt->size}, pkt->fds.size());
       if (!reply) return EPROTO;
       if (reply->header.request_id != id) continue;  // a stale reply: not ours

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -434,6 +435,27 @@ static void test_permissions(void) {
   CHECK(mq_unlink(qname) == 0);
 }
 
+static void test_no_descriptor_left_is_emfile(void) {
+  mqd_t q = make(qname, O_RDWR, 2, 8);
+  CHECK(q != (mqd_t)-1);
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    mqd_t c = mq_open(qname, O_RDWR); /* the child's first call (a vipc child connects) */
+    if (c == (mqd_t)-1 || mq_close(c) != 0) _exit(1);
+    struct rlimit rl = {64, 64};
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(2);
+    while (dup(0) >= 0) {
+    }
+    errno = 0;
+    if (mq_open(qname, O_RDWR) != (mqd_t)-1 || errno != EMFILE) _exit(3);
+    _exit(0);
+  }
+  CHECK(child_status(pid) == 0);
+  CHECK(mq_close(q) == 0);
+  CHECK(mq_unlink(qname) == 0);
+}
+
 /* ------------------------------------------------------------ mq_notify */
 
 static volatile sig_atomic_t got_signal;
@@ -689,6 +711,7 @@ int main(int argc, char** argv) {
       {"ForkInheritsDescriptors", test_fork_inherits_descriptors, 0},
       {"UnlinkWhileOpen", test_unlink_while_open, 0},
       {"Permissions", test_permissions, 0},
+      {"NoDescriptorLeftIsEmfile", test_no_descriptor_left_is_emfile, 0},
       {"NotifySignal", test_notify_signal, 0},
       {"NotifyBusyForAnotherProcess", test_notify_busy_for_another_process, 0},
       {"NotifyNoneEndsWithAMessage", test_notify_none_ends_with_a_message, 0},

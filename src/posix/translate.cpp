@@ -6,12 +6,14 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <thread>
 
 #include "broker/config.hpp"
@@ -24,31 +26,36 @@ namespace {
 
 // ------------------------------------------------------------ the broker connection
 
-// This process's connection to the broker, made on first need; a forked child (another
-// pid) drops the inherited one and connects again, since the broker ends a connection
-// when the process that opened it exits.
+// This process's connection to the broker, made on first need. A forked child (another
+// pid) gets a Link of its own: the broker ends a connection when the process that opened
+// it exits, and the parent's mutex may have been held, at the fork, by a thread that does
+// not exist in the child.
 struct Link {
+  explicit Link(pid_t p) noexcept : pid(p) {}
+  const pid_t pid;
   std::mutex mu;
-  pid_t pid = 0;
   sys::UniqueFd sock;
   std::uint64_t next_id = 1;
 };
 
-Link* g_link = nullptr;
+std::atomic<Link*> g_link{nullptr};
 
-// A fork while another thread holds the mutex would leave it locked in the child: the
-// forking thread takes it first and both sides release it (a plain mutex may be
-// unlocked by the child's thread).
-void before_fork() { g_link->mu.lock(); }
-void after_fork() { g_link->mu.unlock(); }
-
-Link& link() {
-  static Link* l = [] {
-    g_link = new Link;  // never destroyed: usable from atexit handlers and threads
-    (void)::pthread_atfork(&before_fork, &after_fork, &after_fork);
-    return g_link;
-  }();
-  return *l;
+Link* link() noexcept {
+  const pid_t me = ::getpid();
+  // acquire pairs with the compare_exchange's release: a Link is complete when seen.
+  Link* l = g_link.load(std::memory_order_acquire);
+  while (l == nullptr || l->pid != me) {
+    auto* fresh = new (std::nothrow) Link(me);
+    if (fresh == nullptr) return nullptr;
+    if (g_link.compare_exchange_strong(l, fresh, std::memory_order_acq_rel)) {
+      // The parent's Link is left as it is (its mutex may be locked for good here); only
+      // this process's copy of its socket is closed.
+      if (l != nullptr) (void)::close(l->sock.release());
+      return fresh;
+    }
+    delete fresh;  // another thread of this process installed one: use it
+  }
+  return l;
 }
 
 bool lacks_daemon(const Error& e) noexcept {
@@ -83,12 +90,10 @@ int connect_locked(Link& l) noexcept {
 // One request/reply with the broker. Retries once on a fresh connection when the old
 // one is gone (a restarted broker). On success *fd holds the reply's descriptor, if any.
 int call(const wire::MqRequest& req, wire::DecodedMqReply* out, sys::UniqueFd* fd) noexcept {
-  Link& l = link();
+  Link* lp = link();
+  if (lp == nullptr) return ENOMEM;
+  Link& l = *lp;
   const std::lock_guard<std::mutex> lock(l.mu);
-  if (l.pid != ::getpid()) {
-    l.sock.reset();
-    l.pid = ::getpid();
-  }
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (!l.sock.valid()) {
       if (const int e = connect_locked(l); e != 0) return e;

@@ -109,5 +109,32 @@ TEST_F(PosixMqConformance, WithoutABrokerKernelCallsAreRefusedNotUsed) {
   EXPECT_EQ(count_lines(r.output, "FAIL OpenCreateAndExclusive"), 1u) << r.output;
 }
 
+TEST(PosixMqAutoStart, APreloadedProgramStartsADetachedDaemon) {
+  // No daemon runs: the preloaded library starts vipcd, which outlives the program and
+  // is neither its child nor in its process group or session.
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const ProgramRun r = run("env VIPC_RUNTIME_DIR=" + dir.path() +
+                           " VIPC_VIPCD=" VIPC_TEST_VIPCD " LD_PRELOAD=" VIPC_TEST_POSIX_LIB
+                           " " VIPC_TEST_MQ_CONFORMANCE " PriorityOrderAndFifo");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(count_lines(r.output, "ok PriorityOrderAndFifo"), 1u) << r.output;
+  pid_t daemon = 0;
+  {
+    std::FILE* f = std::fopen((dir.path() + "/vipcd.sock.lock").c_str(), "r");
+    ASSERT_NE(f, nullptr);
+    int pid = 0;
+    EXPECT_EQ(std::fscanf(f, "%d", &pid), 1);
+    std::fclose(f);
+    daemon = pid;
+  }
+  ASSERT_GT(daemon, 0);
+  EXPECT_EQ(::kill(daemon, 0), 0);  // it outlived the program
+  EXPECT_NE(::getpgid(daemon), ::getpgrp());
+  EXPECT_NE(::getsid(daemon), ::getsid(0));  // another session
+  ::kill(daemon, SIGTERM);
+  EXPECT_TRUE(wait_for([&] { return ::kill(daemon, 0) != 0; }, std::chrono::seconds(10)));
+}
+
 }  // namespace
 }  // namespace vipc::test

@@ -36,12 +36,8 @@ MqRegistry::Out MqRegistry::handle(const MqCred& cred, std::span<const std::byte
                                    std::size_t fds_received) {
   auto req = wire::decode_mq_request(bytes, fds_received);
   if (!req) {
-    const auto op = wire::peek_opcode(bytes);
-    std::uint64_t id = 0;
-    if (bytes.size() >= sizeof(wire::Header)) {
-      std::memcpy(&id, bytes.data() + offsetof(wire::Header, request_id), sizeof id);
-    }
-    return {wire::encode_error(wire::is_mq_opcode(op) ? op : 0, id, req.error()), {}};
+    const wire::Echo echo = wire::peek_echo(bytes);
+    return {wire::encode_error(echo.opcode, echo.request_id, req.error()), {}};
   }
   const std::uint64_t id = req->header.request_id;
   const std::uint16_t op = req->header.opcode;

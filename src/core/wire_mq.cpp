@@ -105,6 +105,7 @@ Result<DecodedMqReply> decode_mq_reply(std::span<const std::byte> bytes,
     out.error = Error(static_cast<ErrorCode>(h.status), context_text(h.context), h.sys_errno);
     return out;
   }
+  if (h.context != 0 || h.sys_errno != 0) return protocol(ctx::kBadReserved);
   const auto body = bytes.subspan(sizeof(Header));
   if (h.opcode == static_cast<std::uint16_t>(Opcode::MqOpen)) {
     if (body.size() != sizeof(MqOpenReply)) return protocol(ctx::kBadLength);

@@ -11,10 +11,12 @@
 #include <vector>
 
 // Memory ordering (docs/posix.md, "Queue memory ordering"):
-// Q1. Every field of line 3 and 5, the slots and the parked counts are read and written
-//     only under the mutex, whose lock/unlock give the happens-before edges.
-// Q2. `count` is also read without the mutex by a spinning waiter, relaxed: it is only a
-//     hint that decides when to take the mutex and look again (Q1).
+// Q1. The list heads, `queued`, the notification fields, the slots and the parked counts
+//     are read and written only under the mutex, whose lock/unlock give the
+//     happens-before edges.
+// Q2. `count` (a copy of `queued`, stored under the mutex) is read without the mutex by
+//     a spinning waiter, relaxed: only a hint that decides when to take the mutex and
+//     look again (Q1); nothing under the mutex reads it.
 // Q3. A waiter registers as parked and reads the futex word under the mutex; a waker
 //     bumps the word under the mutex after seeing the parked count. So either the waker
 //     bumped before the waiter read (the waiter sees the change and does not sleep) or
@@ -189,7 +191,7 @@ std::uint32_t MessageQueue::size_approx() const noexcept {
 
 bool MessageQueue::lists_look_valid() const noexcept {
   const QueueHeader* h = hdr();
-  const std::uint32_t n = h->count.load(std::memory_order_relaxed);
+  const std::uint32_t n = h->queued;
   const std::uint32_t m = shape_.max_messages;
   if (n > m) return false;
   if ((h->head == kNil) != (n == 0) || (h->tail == kNil) != (n == 0)) return false;
@@ -211,6 +213,7 @@ void MessageQueue::repair() noexcept {
   } catch (const std::bad_alloc&) {
     // Without room to remember what was seen, drop everything: still consistent.
     h->head = h->tail = kNil;
+    h->queued = 0;
     h->count.store(0, std::memory_order_relaxed);
     h->free_head = kNil;
     for (std::uint32_t i = m; i-- > 0;) {
@@ -242,6 +245,7 @@ void MessageQueue::repair() noexcept {
     slot(prev)->next = kNil;
   }
   h->tail = prev;
+  h->queued = n;
   h->count.store(n, std::memory_order_relaxed);
   h->free_head = kNil;
   for (std::uint32_t i = m; i-- > 0;) {
@@ -255,7 +259,7 @@ bool MessageQueue::push_locked(const void* data, std::size_t len, std::uint32_t 
   QueueHeader* h = hdr();
   const std::uint32_t m = shape_.max_messages;
   if (!lists_look_valid()) repair();
-  const std::uint32_t n = h->count.load(std::memory_order_relaxed);
+  const std::uint32_t n = h->queued;
   if (n >= m) return false;
   const std::uint32_t i = h->free_head;
   Slot* s = slot(i);
@@ -302,6 +306,7 @@ bool MessageQueue::push_locked(const void* data, std::size_t len, std::uint32_t 
     slot(at)->next = i;
     if (nx == kNil) h->tail = i;
   }
+  h->queued = n + 1;
   h->count.store(n + 1, std::memory_order_relaxed);  // Q1 (Q2 for spinners)
   return true;
 }
@@ -310,7 +315,7 @@ bool MessageQueue::pop_locked(void* buf, std::size_t* len, std::uint32_t* priori
   QueueHeader* h = hdr();
   const std::uint32_t m = shape_.max_messages;
   if (!lists_look_valid()) repair();
-  const std::uint32_t n = h->count.load(std::memory_order_relaxed);
+  const std::uint32_t n = h->queued;
   if (n == 0) return false;
   const std::uint32_t i = h->head;
   Slot* s = slot(i);
@@ -329,6 +334,7 @@ bool MessageQueue::pop_locked(void* buf, std::size_t* len, std::uint32_t* priori
   if (next == kNil) h->tail = kNil;
   s->next = h->free_head;
   h->free_head = i;
+  h->queued = n - 1;
   h->count.store(n - 1, std::memory_order_relaxed);
   return true;
 }
@@ -347,7 +353,7 @@ Result<void> MessageQueue::send(const void* data, std::size_t len, std::uint32_t
   if (!lock.held()) return lock.failure();
   bool spun = policy.spin_ns == 0;
   for (;;) {
-    const std::uint32_t before = h->count.load(std::memory_order_relaxed);
+    const std::uint32_t before = h->queued;
     if (push_locked(data, len, priority)) {
       const bool wake = h->receivers_parked.load(std::memory_order_relaxed) > 0;
       if (wake) h->not_empty.fetch_add(1, std::memory_order_relaxed);  // Q3
@@ -393,7 +399,7 @@ Result<void> MessageQueue::send(const void* data, std::size_t len, std::uint32_t
     if (!relocked) return lock.failure();
     if (!r) {
       // A wake meant for us may have been consumed: pass it on.
-      if (h->count.load(std::memory_order_relaxed) < shape_.max_messages &&
+      if (h->queued < shape_.max_messages &&
           h->senders_parked.load(std::memory_order_relaxed) > 0) {
         h->not_full.fetch_add(1, std::memory_order_relaxed);
         lock.unlock();
@@ -451,8 +457,7 @@ Result<std::size_t> MessageQueue::receive(void* buf, std::size_t cap, std::uint3
     h->receivers_busy.fetch_sub(1, std::memory_order_relaxed);
     if (!relocked) return lock.failure();
     if (!r) {
-      if (h->count.load(std::memory_order_relaxed) > 0 &&
-          h->receivers_parked.load(std::memory_order_relaxed) > 0) {
+      if (h->queued > 0 && h->receivers_parked.load(std::memory_order_relaxed) > 0) {
         h->not_empty.fetch_add(1, std::memory_order_relaxed);
         lock.unlock();
         (void)sys::futex_wake(&h->not_empty, 1);

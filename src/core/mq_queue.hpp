@@ -61,7 +61,7 @@ inline constexpr std::uint32_t kNotifyFired = 2;  // a sender fired it: the proc
 //  line 1: the mutex and what every operation changes under it, so that taking the
 //  lock brings them along (one line transfer between processes, not several)
 //   64                     104    108    112         116            120           124
-//   | pthread_mutex_t (40) | head | tail | free head | recv. parked | send. parked | rsv
+//   | pthread_mutex_t (40) | head | tail | free head | recv. parked | send. parked | queued
 //  line 2: reserved
 //  line 3 (guarded by the mutex)
 //   192        208             212          216       220
@@ -109,7 +109,7 @@ struct QueueHeader {
   std::uint32_t free_head;                      // guarded by the mutex
   std::atomic<std::uint32_t> receivers_parked;  // changed under the mutex
   std::atomic<std::uint32_t> senders_parked;    // changed under the mutex
-  std::uint32_t reserved1b;
+  std::uint32_t queued;  // guarded by the mutex: the message count (`count` mirrors it)
   // line 2
   std::uint8_t pad2[64];
   // line 3: guarded by the mutex
@@ -131,9 +131,9 @@ struct QueueHeader {
   std::uint32_t notify_sender_pid;         // who fired it (si_pid)
   std::uint32_t notify_sender_uid;         // (si_uid)
   std::uint8_t pad5[52];
-  // line 6: the message count alone, so that pollers reading it (Q2, Q4) do not pull
-  // the lines the mutex holder writes
-  std::atomic<std::uint32_t> count;  // written under the mutex; pollers read it relaxed
+  // line 6: a copy of `queued` alone on its line, for pollers (Q2, Q4): they never pull
+  // the lines the mutex holder works on, and the holder only ever stores to this one
+  std::atomic<std::uint32_t> count;  // stored under the mutex; pollers read it relaxed
   std::uint8_t pad6[60];
 };
 static_assert(sizeof(pthread_mutex_t) == 40);
@@ -152,6 +152,7 @@ static_assert(offsetof(QueueHeader, tail) == 108);
 static_assert(offsetof(QueueHeader, free_head) == 112);
 static_assert(offsetof(QueueHeader, receivers_parked) == 116);
 static_assert(offsetof(QueueHeader, senders_parked) == 120);
+static_assert(offsetof(QueueHeader, queued) == 124);
 static_assert(offsetof(QueueHeader, notify_state) == 208);
 static_assert(offsetof(QueueHeader, notify_pid) == 212);
 static_assert(offsetof(QueueHeader, notify_deliver) == 216);

@@ -123,7 +123,7 @@ TEST(MessageQueue, ScribbledListsAreRepairedNotTrusted) {
   // A peer points the second message's link at itself and lies about the count.
   const std::uint32_t second = r.slot(r.h()->head)->next;
   r.slot(second)->next = second;
-  r.h()->count.store(4);
+  r.h()->queued = 4;
   // Nothing crashes or loops; what validates is kept, every slot is usable again.
   EXPECT_EQ(receive(f.q), "a");
   for (int i = 0; i < 16; ++i) {

@@ -5,6 +5,7 @@
 // proves no kernel queue was used.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <string>
@@ -134,6 +135,36 @@ TEST(PosixMqAutoStart, APreloadedProgramStartsADetachedDaemon) {
   EXPECT_NE(::getsid(daemon), ::getsid(0));  // another session
   ::kill(daemon, SIGTERM);
   EXPECT_TRUE(wait_for([&] { return ::kill(daemon, 0) != 0; }, std::chrono::seconds(10)));
+}
+
+TEST(PosixMqAsAnotherUser, ModeBitsAreEnforcedForKernelAndVipc) {
+  // The suite's permission test needs a caller that is not root: run it as nobody
+  // (setpriv), against the kernel and against a vipcd that nobody's program starts.
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to switch to another user";
+  if (::access("/usr/bin/setpriv", X_OK) != 0) GTEST_SKIP() << "setpriv not installed";
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  ASSERT_EQ(::chown(dir.path().c_str(), 65534, 65534), 0);
+  const std::string as_nobody = "/usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups ";
+  const ProgramRun kernel =
+      run(as_nobody + "env -u LD_PRELOAD " VIPC_TEST_MQ_CONFORMANCE " Permissions");
+  EXPECT_EQ(kernel.status, 0) << kernel.output;
+  EXPECT_EQ(count_lines(kernel.output, "ok Permissions"), 1u) << kernel.output;
+  const ProgramRun vipc =
+      run(as_nobody + "env VIPC_RUNTIME_DIR=" + dir.path() +
+          " VIPC_VIPCD=" VIPC_TEST_VIPCD " MQ_TEST_FORBID_KERNEL=1 LD_PRELOAD=" VIPC_TEST_POSIX_LIB
+          " " VIPC_TEST_MQ_CONFORMANCE " Permissions");
+  EXPECT_EQ(vipc.status, 0) << vipc.output;
+  EXPECT_EQ(count_lines(vipc.output, "ok Permissions"), 1u) << vipc.output;
+  // Stop the daemon nobody's program started.
+  std::FILE* f = std::fopen((dir.path() + "/vipcd.sock.lock").c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  int pid = 0;
+  EXPECT_EQ(std::fscanf(f, "%d", &pid), 1);
+  std::fclose(f);
+  ASSERT_GT(pid, 0);
+  ::kill(pid, SIGTERM);
+  EXPECT_TRUE(wait_for([&] { return ::kill(pid, 0) != 0; }, std::chrono::seconds(10)));
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 #include "harness.hpp"
 #include "large_systems.hpp"
 #include "lookup_systems.hpp"
+#include "mq_systems.hpp"
 #include "report.hpp"
 #include "topic_systems.hpp"
 #include "vipc_systems.hpp"
@@ -600,6 +601,43 @@ Report large(const Options& o, const RunConfig& cfg) {
   return report;
 }
 
+// vipc's POSIX layer (libvipc-posix.so) against the kernel's POSIX queues.
+Report mq(const Options& o, const RunConfig& cfg) {
+  const auto kernel = mq_systems::kernel_api();
+  const auto vipc = mq_systems::vipc_api();
+  const bool blocking = o.blocking;
+  std::vector<System> systems = {
+      {"mq",
+       [&](const RunConfig& c) {
+         return mq_systems::pingpong(c, *kernel, kMessageBytes, blocking);
+       }},
+      {"vipc",
+       [&](const RunConfig& c) { return mq_systems::pingpong(c, *vipc, kMessageBytes, blocking); }},
+  };
+  auto rounds = interleave(cfg, systems);
+  Report report;
+  report.scenario = "mq";
+  report.title = blocking ? "mq --blocking: 64-byte POSIX message queue round trip between two "
+                            "processes, both blocking in mq_receive"
+                          : "mq: 64-byte POSIX message queue round trip between two processes, "
+                            "both busy-waiting (O_NONBLOCK, retry on EAGAIN)";
+  report.params = base_params(o, cfg);
+  report.params["mode"] = blocking ? "blocking" : "busy";
+  Entry kern = latency_entry("mq", "rtt", rounds[0]);
+  Entry ours = latency_entry("vipc", "rtt", rounds[1]);
+  compare(ours, kern, /*with_p99=*/true);
+  report.entries = {kern, ours};
+  report.notes.push_back(
+      "mq: glibc's mq_* (kernel queues); vipc: the same calls in libvipc-posix.so (loaded "
+      "with dlopen), against a broker on a private socket; one queue each way, mq_maxmsg 8.");
+  if (blocking) {
+    report.notes.push_back(
+        "vipc's mq_receive spins briefly (adaptive) before it parks on a futex; the kernel's "
+        "sleeps at once.");
+  }
+  return report;
+}
+
 struct Scenario {
   const char* name;
   Report (*run)(const Options&, const RunConfig&);
@@ -611,7 +649,7 @@ constexpr Scenario kScenarios[] = {
     {"send", send, Layout::TwoProcesses},         {"lookup", lookup, Layout::OneProcess},
     {"create", create, Layout::ServerThread},     {"call", call, Layout::TwoProcesses},
     {"fanin", fanin, Layout::TwoProcesses},       {"large", large, Layout::TwoProcesses},
-    {"topic", topic, Layout::TwoProcesses},
+    {"topic", topic, Layout::TwoProcesses},       {"mq", mq, Layout::TwoProcesses},
 };
 
 }  // namespace
@@ -645,8 +683,8 @@ int run(const Options& options) {
                name, kMessageBytes);
     return 2;
   }
-  if (options.blocking && name != "pingpong") {
-    fmt::print(stderr, "vipc bench {}: --blocking applies to pingpong only\n", name);
+  if (options.blocking && name != "pingpong" && name != "mq") {
+    fmt::print(stderr, "vipc bench {}: --blocking applies to pingpong and mq only\n", name);
     return 2;
   }
   if (!(options.seconds > 0.0)) {

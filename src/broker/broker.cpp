@@ -24,6 +24,7 @@
 #include "core/ready_set.hpp"
 #include "core/ring.hpp"
 #include "core/wire.hpp"
+#include "core/wire_mq.hpp"
 
 namespace vipc::broker {
 
@@ -346,6 +347,7 @@ class Broker::Impl {
   Result<Token> new_token();
 
   BrokerOptions options_;
+  MqRegistry mq_{options_.mq};  // POSIX message queues (broker_mq.cpp)
   sys::UniqueFd listen_;
   platform::Epoll epoll_;
   sys::UniqueFd stop_fd_;
@@ -503,6 +505,13 @@ void Broker::Impl::read_requests(Client& c) {
 
 void Broker::Impl::handle_packet(Client& c, const platform::ReceivedPacket& pkt,
                                  std::span<const std::byte> bytes) {
+  if (!pkt.truncated && !pkt.fds_truncated && wire::is_mq_opcode(wire::peek_opcode(bytes))) {
+    MqRegistry::Out out = mq_.handle({c.cred.pid, c.cred.uid, c.cred.gid}, bytes, pkt.fds.size());
+    OutPacket o{out.packet, {}};
+    if (out.fd.valid()) o.fds.push_back(std::move(out.fd));
+    queue(c, std::move(o));
+    return;
+  }
   Result<wire::DecodedRequest> req = Error(ErrorCode::ProtocolError, wire::ctx::kOversized);
   if (pkt.fds_truncated) {
     req = Error(ErrorCode::ProtocolError, wire::ctx::kControlTruncated);

@@ -36,6 +36,7 @@
 #include <string>
 #include <thread>
 
+#include "broker/broker_mq.hpp"
 #include "core/sys.hpp"
 #include "vipc/result.hpp"
 
@@ -56,6 +57,7 @@ struct BrokerOptions {
   std::uint32_t failed_redemptions_per_second = 64;
   LogLevel log_level = LogLevel::Info;
   std::string log_prefix = "vipcd";
+  MqLimits mq;  // POSIX message queues (docs/posix.md)
 };
 
 class Broker {

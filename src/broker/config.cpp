@@ -88,6 +88,42 @@ bool read_rate_limit(std::string_view source, const toml::table& t, BrokerOption
   return true;
 }
 
+// [mq]: POSIX message-queue limits (docs/posix.md).
+bool read_mq(std::string_view source, const toml::table& t, BrokerOptions& o,
+             std::string& diagnostic) {
+  MqLimits& m = o.mq;
+  for (const auto& [k, node] : t) {
+    const std::string_view key = k.str();
+    bool ok = false;
+    if (key == "max_queues") {
+      ok = read_u32(source, "mq", key, node, m.max_queues, 1, 1u << 20, diagnostic);
+    } else if (key == "max_messages") {
+      ok = read_u32(source, "mq", key, node, m.max_messages, 1, 1u << 24, diagnostic);
+    } else if (key == "max_message_size") {
+      ok = read_u32(source, "mq", key, node, m.max_message_size, 1, 1u << 30, diagnostic);
+    } else if (key == "max_queue_mib") {
+      std::uint32_t mib = 0;
+      ok = read_u32(source, "mq", key, node, mib, 1, 1u << 16, diagnostic);
+      m.max_queue_bytes = static_cast<std::uint64_t>(mib) << 20;
+    } else if (key == "default_max_messages") {
+      ok = read_u32(source, "mq", key, node, m.default_max_messages, 1, 1u << 24, diagnostic);
+    } else if (key == "default_message_size") {
+      ok = read_u32(source, "mq", key, node, m.default_message_size, 1, 1u << 30, diagnostic);
+    } else {
+      diagnostic = fmt::format(
+          "{}: unknown key '{}' in [mq] (known: max_queues, max_messages, max_message_size, "
+          "max_queue_mib, default_max_messages, default_message_size)",
+          where(source, node), key);
+    }
+    if (!ok) return false;
+  }
+  if (m.default_max_messages > m.max_messages || m.default_message_size > m.max_message_size) {
+    diagnostic = fmt::format("{}: [mq] defaults exceed the maxima", source);
+    return false;
+  }
+  return true;
+}
+
 bool file_exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
 
 }  // namespace
@@ -132,10 +168,17 @@ Result<DaemonConfig> parse_config(std::string_view text, std::string_view source
       const bool ok = key == "limits" ? read_limits(source, *t, cfg.broker, diagnostic)
                                       : read_rate_limit(source, *t, cfg.broker, diagnostic);
       if (!ok) return invalid;
+    } else if (key == "mq") {
+      const auto* t = node.as_table();
+      if (t == nullptr) {
+        diagnostic = fmt::format("{}: 'mq' must be a table", where(source, node));
+        return invalid;
+      }
+      if (!read_mq(source, *t, cfg.broker, diagnostic)) return invalid;
     } else {
-      diagnostic =
-          fmt::format("{}: unknown key '{}' (known: socket, log_level, [limits], [rate_limit])",
-                      where(source, node), key);
+      diagnostic = fmt::format(
+          "{}: unknown key '{}' (known: socket, log_level, [limits], [rate_limit], [mq])",
+          where(source, node), key);
       return invalid;
     }
   }

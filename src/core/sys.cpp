@@ -5,6 +5,7 @@
 #include <linux/membarrier.h>
 #include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/random.h>
@@ -232,6 +233,27 @@ Result<void> futex_wait(const std::atomic<std::uint32_t>* word, std::uint32_t ex
   if (err == EINTR) return Error(ErrorCode::Interrupted, "futex wait", err);
   return sys_error("futex wait", err);
 }
+
+Result<void> futex_wait_realtime(const std::atomic<std::uint32_t>* word, std::uint32_t expected,
+                                 const struct timespec* deadline) {
+  long rc = ::syscall(SYS_futex, word, FUTEX_WAIT_BITSET | FUTEX_CLOCK_REALTIME, expected, deadline,
+                      nullptr, FUTEX_BITSET_MATCH_ANY);
+  if (rc == 0) return {};
+  int err = errno;
+  if (err == EAGAIN) return {};
+  if (err == ETIMEDOUT) return Error(ErrorCode::Timeout, "futex wait", err);
+  if (err == EINTR) return Error(ErrorCode::Interrupted, "futex wait", err);
+  return sys_error("futex wait", err);
+}
+
+Result<void> queue_signal_to_self(int signo, siginfo_t* info) {
+  if (::syscall(SYS_rt_sigqueueinfo, ::getpid(), signo, info) != 0) {
+    return sys_error("rt_sigqueueinfo");
+  }
+  return {};
+}
+
+bool process_exists(pid_t pid) noexcept { return ::kill(pid, 0) == 0 || errno != ESRCH; }
 
 int futex_wake(const std::atomic<std::uint32_t>* word, int n) noexcept {
   long rc = ::syscall(SYS_futex, word, FUTEX_WAKE, n, nullptr, nullptr, 0);

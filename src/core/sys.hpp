@@ -6,6 +6,7 @@
 // broker.
 #pragma once
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <atomic>
@@ -123,6 +124,10 @@ int numa_nodes() noexcept;
 // a signal. deadline == nullptr waits without bound.
 [[nodiscard]] Result<void> futex_wait(const std::atomic<std::uint32_t>* word,
                                       std::uint32_t expected, const struct timespec* deadline);
+// As futex_wait, with an absolute CLOCK_REALTIME deadline (POSIX timed calls).
+[[nodiscard]] Result<void> futex_wait_realtime(const std::atomic<std::uint32_t>* word,
+                                               std::uint32_t expected,
+                                               const struct timespec* deadline);
 // Wakes up to n waiters; returns how many were woken.
 int futex_wake(const std::atomic<std::uint32_t>* word, int n) noexcept;
 
@@ -141,5 +146,11 @@ bool heavy_fence() noexcept;
 [[nodiscard]] Result<void> pin_to_cpu(int cpu);
 // Number of CPUs this process may run on.
 int online_cpus() noexcept;
+
+// rt_sigqueueinfo(getpid(), signo, info): queues a signal with a full siginfo (any
+// si_code, e.g. SI_MESGQ) to the calling process.
+[[nodiscard]] Result<void> queue_signal_to_self(int signo, siginfo_t* info);
+// Whether a process with this pid exists (kill(pid, 0) does not fail with ESRCH).
+[[nodiscard]] bool process_exists(pid_t pid) noexcept;
 
 }  // namespace vipc::sys

@@ -369,6 +369,10 @@ const char* to_string(Opcode op) noexcept {
       return "TransferBuffer";
     case Opcode::ClaimBuffer:
       return "ClaimBuffer";
+    case Opcode::MqOpen:
+      return "MqOpen";
+    case Opcode::MqUnlink:
+      return "MqUnlink";
   }
   return "Unknown";
 }
@@ -431,7 +435,11 @@ Result<DecodedReply> decode_reply(std::span<const std::byte> bytes,
   std::uint16_t opcode = 0;
   if (bytes.size() >= sizeof(Header)) opcode = load<Header>(bytes, 0).opcode;
   Header h{};
-  if (opcode == 0 && bytes.size() >= sizeof(Header) && bytes.size() <= kMaxPacket) {
+  // An error reply to a POSIX queue request (opcodes outside the variant, decoded in
+  // full by decode_mq_reply) is still an error reply every client can read.
+  const bool mq = opcode == static_cast<std::uint16_t>(Opcode::MqOpen) ||
+                  opcode == static_cast<std::uint16_t>(Opcode::MqUnlink);
+  if ((opcode == 0 || mq) && bytes.size() >= sizeof(Header) && bytes.size() <= kMaxPacket) {
     h = load<Header>(bytes, 0);
     if (h.magic != kMagic) return protocol(ctx::kBadMagic);
     if (h.version != kProtocolVersion) return Error(ErrorCode::Unsupported, ctx::kBadVersion);
@@ -506,7 +514,10 @@ Echo peek_echo(std::span<const std::byte> bytes) noexcept {
   }
   if (bytes.size() >= offsetof(Header, opcode) + sizeof(std::uint16_t)) {
     const auto op = load<std::uint16_t>(bytes, offsetof(Header, opcode));
-    if (opcode_assigned(op)) e.opcode = op;
+    if (opcode_assigned(op) || op == static_cast<std::uint16_t>(Opcode::MqOpen) ||
+        op == static_cast<std::uint16_t>(Opcode::MqUnlink)) {
+      e.opcode = op;
+    }
   }
   return e;
 }

@@ -42,7 +42,7 @@ inline constexpr std::uint16_t kProtocolVersion = 3;
 inline constexpr std::size_t kNameSize = 64;  // bytes of a name field, NUL included
 inline constexpr std::size_t kNameMax = kNameSize - 1;
 inline constexpr std::size_t kMaxFds = 6;       // descriptors one packet may carry
-inline constexpr std::size_t kMaxPacket = 256;  // no valid packet is longer
+inline constexpr std::size_t kMaxPacket = 512;  // no valid packet is longer
 
 enum class Opcode : std::uint16_t {
   Hello = 1,            // version handshake; tells the client its id
@@ -68,6 +68,10 @@ enum class Opcode : std::uint16_t {
   TopicMember = 21,     // capability + another member's index -> its segment, read-only
   TopicLeave = 22,      // capability + own index -> the member is gone
   // 23: not assigned in this version.
+  // POSIX message queues (core/wire_mq.hpp; decoded by decode_mq_request, not by
+  // decode_request, so they are outside kOpcodeMin..kOpcodeMax).
+  MqOpen = 24,    // name, oflag, mode, attributes -> the queue's segment (1 fd)
+  MqUnlink = 25,  // name -> the name is gone; open descriptors keep the queue
 };
 inline constexpr std::uint16_t kOpcodeMin = 1;
 inline constexpr std::uint16_t kOpcodeMax = 23;

@@ -8,6 +8,7 @@
 #include <variant>
 
 #include "core/wire.hpp"
+#include "core/wire_mq.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using namespace vipc::wire;
@@ -36,6 +37,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
     } else if (rep->error.context() == nullptr) {
       std::abort();
+    }
+  }
+  // The POSIX queue opcodes: the same properties.
+  if (auto req = decode_mq_request(bytes, fds)) {
+    const Packet p = encode_mq_request(req->header.request_id, req->body);
+    if (p.size != bytes.size() || std::memcmp(p.bytes.data(), bytes.data(), p.size) != 0) {
+      std::abort();
+    }
+  }
+  if (auto rep = decode_mq_reply(bytes, fds)) {
+    if (rep->ok()) {
+      const Packet p = encode_mq_reply(rep->header.request_id, rep->body);
+      if (p.size != bytes.size() || std::memcmp(p.bytes.data(), bytes.data(), p.size) != 0) {
+        std::abort();
+      }
     }
   }
   (void)peek_echo(bytes);

@@ -290,7 +290,7 @@ TEST_F(Embedded, MalformedPacketGetsAnErrorAndTheConnectionKeepsWorking) {
   EXPECT_STREQ(r2.error.context(), wire::ctx::kBadFdCount);
   EXPECT_EQ(r2.header.request_id, 5u);
   // Oversized.
-  std::array<std::byte, 300> big{};
+  std::array<std::byte, wire::kMaxPacket + 44> big{};
   std::memcpy(big.data(), ping.bytes.data(), ping.size);
   EXPECT_STREQ(exchange(big, {}).error.context(), wire::ctx::kOversized);
   // Another version.

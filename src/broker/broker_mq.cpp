@@ -1,0 +1,109 @@
+#include "broker/broker_mq.hpp"
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/mq_queue.hpp"
+#include "core/wire_mq.hpp"
+
+namespace vipc::broker {
+namespace {
+
+constexpr char kMqRefused[] = "broker";
+
+wire::Packet refuse(std::uint16_t opcode, std::uint64_t id, ErrorCode code, int posix_errno) {
+  return wire::encode_error(opcode, id, Error(code, kMqRefused, posix_errno));
+}
+
+// The kernel's generic permission check on an inode: owner, else group, else other bits.
+bool permitted(const MqCred& c, uid_t uid, gid_t gid, std::uint32_t mode,
+               std::uint32_t flags) noexcept {
+  if (c.uid == 0) return true;
+  std::uint32_t bits = mode & 07;
+  if (c.uid == uid) {
+    bits = (mode >> 6) & 07;
+  } else if (c.gid == gid) {
+    bits = (mode >> 3) & 07;
+  }
+  if ((flags & wire::kMqRead) != 0 && (bits & 04) == 0) return false;
+  if ((flags & wire::kMqWrite) != 0 && (bits & 02) == 0) return false;
+  return true;
+}
+
+}  // namespace
+
+MqRegistry::Out MqRegistry::handle(const MqCred& cred, std::span<const std::byte> bytes,
+                                   std::size_t fds_received) {
+  auto req = wire::decode_mq_request(bytes, fds_received);
+  if (!req) {
+    const wire::Echo echo = wire::peek_echo(bytes);
+    return {wire::encode_error(echo.opcode, echo.request_id, req.error()), {}};
+  }
+  const std::uint64_t id = req->header.request_id;
+  const std::uint16_t op = req->header.opcode;
+  if (const auto* u = std::get_if<wire::MqUnlinkRequest>(&req->body)) {
+    const auto it = queues_.find(std::string(wire::mq_name_view(u->name)));
+    if (it == queues_.end()) return {refuse(op, id, ErrorCode::NotFound, ENOENT), {}};
+    // /dev/mqueue is sticky: only the owner (or root) removes a name.
+    if (cred.uid != 0 && cred.uid != it->second.uid) {
+      return {refuse(op, id, ErrorCode::PermissionDenied, EACCES), {}};
+    }
+    const std::uint64_t qid = it->second.id;
+    queues_.erase(it);
+    return {wire::encode_mq_reply(id, wire::MqUnlinkReply{qid}), {}};
+  }
+  const auto& r = std::get<wire::MqOpenRequest>(req->body);
+  std::string name(wire::mq_name_view(r.name));
+  const auto it = queues_.find(name);
+  if (it != queues_.end()) {
+    const bool excl = (r.flags & (wire::kMqCreate | wire::kMqExclusive)) ==
+                      (wire::kMqCreate | wire::kMqExclusive);
+    if (excl) return {refuse(op, id, ErrorCode::AlreadyExists, EEXIST), {}};
+    const Queue& q = it->second;
+    if (!permitted(cred, q.uid, q.gid, q.mode, r.flags)) {
+      return {refuse(op, id, ErrorCode::PermissionDenied, EACCES), {}};
+    }
+    auto dup = q.fd.duplicate();
+    if (!dup) return {refuse(op, id, ErrorCode::OutOfMemory, ENFILE), {}};
+    const wire::MqOpenReply reply{q.id, q.max_messages, q.message_size, q.segment_size, 0, 0};
+    return {wire::encode_mq_reply(id, reply), std::move(*dup)};
+  }
+  if ((r.flags & wire::kMqCreate) == 0) return {refuse(op, id, ErrorCode::NotFound, ENOENT), {}};
+  core::QueueShape shape{limits_.default_max_messages, limits_.default_message_size};
+  if ((r.flags & wire::kMqDefaultShape) == 0) {
+    shape = {r.max_messages, r.message_size};
+    if (shape.max_messages == 0 || shape.message_size == 0 ||
+        shape.max_messages > limits_.max_messages ||
+        shape.message_size > limits_.max_message_size) {
+      return {refuse(op, id, ErrorCode::InvalidArgument, EINVAL), {}};
+    }
+  }
+  const std::uint64_t size = core::MessageQueue::segment_size(shape);
+  if (size == 0 || size > limits_.max_queue_bytes) {
+    return {refuse(op, id, ErrorCode::OutOfMemory, ENOMEM), {}};
+  }
+  if (queues_.size() >= limits_.max_queues) {
+    return {refuse(op, id, ErrorCode::OutOfMemory, ENOSPC), {}};
+  }
+  // Prepare everything that can fail, then commit.
+  const std::uint64_t qid = next_id_;
+  auto seg = core::MessageQueue::create_segment(shape, qid);
+  if (!seg) return {refuse(op, id, ErrorCode::OutOfMemory, ENOMEM), {}};
+  auto dup = seg->duplicate();
+  if (!dup) return {refuse(op, id, ErrorCode::OutOfMemory, ENFILE), {}};
+  Queue q;
+  q.fd = std::move(*seg);
+  q.id = qid;
+  q.uid = cred.uid;
+  q.gid = cred.gid;
+  q.mode = r.mode & 0777u;
+  q.max_messages = shape.max_messages;
+  q.message_size = shape.message_size;
+  q.segment_size = size;
+  queues_.emplace(std::move(name), std::move(q));
+  ++next_id_;
+  const wire::MqOpenReply reply{qid, shape.max_messages, shape.message_size, size, 1, 0};
+  return {wire::encode_mq_reply(id, reply), std::move(*dup)};
+}
+
+}  // namespace vipc::broker

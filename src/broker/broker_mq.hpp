@@ -1,0 +1,77 @@
+// vipc::broker::MqRegistry: the broker's registry of POSIX message queues
+// (docs/posix.md): names, owners, modes, and each queue's shared segment.
+//
+// Guarantees
+// - The broker creates every queue's segment (core::MessageQueue::create_segment) and
+//   hands a descriptor only to a caller that passes the permission check: the caller's
+//   uid and gid (SO_PEERCRED, never anything the client says) against the queue's owner,
+//   group and mode bits, as the kernel checks an inode (uid 0 passes).
+// - O_CREAT/O_EXCL, limits and attributes are checked before anything changes; a refused
+//   request changes nothing and its reply carries the POSIX errno.
+// - Unlink removes the name and the broker's descriptor at once; the queue's memory lives
+//   until the last process that mapped it unmaps it (the kernel's memfd refcount).
+// - Queues outlive the clients that created them (POSIX kernel persistence), not a
+//   broker restart.
+//
+// Caveats: supplementary groups are not consulted (SO_PEERCRED carries one gid).
+//
+//   MqRegistry reg(MqLimits{});
+//   auto out = reg.handle(cred, bytes, fds_received);
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <unordered_map>
+
+#include "core/sys.hpp"
+#include "core/wire.hpp"
+
+namespace vipc::broker {
+
+struct MqLimits {
+  std::uint32_t max_queues = 256;                // registered names (ENOSPC beyond)
+  std::uint32_t max_messages = 65536;            // mq_maxmsg ceiling (EINVAL beyond)
+  std::uint32_t max_message_size = 16u << 20;    // mq_msgsize ceiling (EINVAL beyond)
+  std::uint64_t max_queue_bytes = 256ull << 20;  // one queue's segment (ENOMEM beyond)
+  std::uint32_t default_max_messages = 10;       // mq_open(O_CREAT, attr = NULL)
+  std::uint32_t default_message_size = 8192;
+};
+
+struct MqCred {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+class MqRegistry {
+ public:
+  struct Out {
+    wire::Packet packet;
+    sys::UniqueFd fd;  // the segment, for a successful MqOpen
+  };
+  explicit MqRegistry(MqLimits limits) noexcept : limits_(limits) {}
+  // Decodes and answers one MqOpen or MqUnlink packet.
+  [[nodiscard]] Out handle(const MqCred& cred, std::span<const std::byte> bytes,
+                           std::size_t fds_received);
+  [[nodiscard]] std::size_t size() const noexcept { return queues_.size(); }
+
+ private:
+  struct Queue {
+    sys::UniqueFd fd;
+    std::uint64_t id = 0;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    std::uint32_t mode = 0;
+    std::uint32_t max_messages = 0;
+    std::uint32_t message_size = 0;
+    std::uint64_t segment_size = 0;
+  };
+  MqLimits limits_;
+  std::unordered_map<std::string, Queue> queues_;
+  std::uint64_t next_id_ = 1;
+};
+
+}  // namespace vipc::broker

@@ -1,0 +1,259 @@
+// vipc::core::MessageQueue: a many-sender, many-receiver message queue with priorities in
+// one shared-memory segment (the memory behind a POSIX message queue, docs/posix.md).
+//
+// Guarantees
+// - Messages are received highest priority first and in send order within one priority,
+//   across every sender and receiver of every process that maps the segment.
+// - Every operation holds a process-shared robust mutex for a few loads and stores and
+//   one copy of the payload; a process that dies holding it costs the next locker a
+//   repair (EOWNERDEAD: the lists are rebuilt from what validates), never a hang.
+// - A blocked sender or receiver spins briefly, then parks on a futex word of the
+//   segment; a wake-up (a futex system call) happens only when somebody is parked.
+//   A signal handler running during the park ends the call with Interrupted (no restart).
+// - Everything read from the segment is validated on every use (indices, lengths,
+//   priorities, counts, list shape); a segment scribbled by another process is repaired
+//   (messages that do not validate are dropped), never trusted.
+//
+// Caveats: the lock is shared by every process that maps the queue, so a process that
+// stops (SIGSTOP) while holding it stalls the others; a peer that scribbles the mutex
+// itself can stall them too (it could equally fill the queue). Any holder of the
+// segment's descriptor can read and write every message: access modes are enforced by
+// the descriptor's owner, not by the memory (docs/posix.md, "Trust").
+//
+//   auto seg = MessageQueue::create_segment({.max_messages = 10, .message_size = 64}, 1);
+//   auto q = MessageQueue::attach(seg->get()).value();
+//   (void)q.send(bytes, len, /*priority=*/3, QueueWait::nonblocking());
+#pragma once
+
+#include <pthread.h>
+#include <time.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "core/sys.hpp"
+#include "core/wait.hpp"
+#include "vipc/result.hpp"
+
+namespace vipc::core {
+
+namespace mq_layout {
+
+inline constexpr std::uint32_t kMagic = 0x3151'4d56;  // "VMQ1" in memory order
+inline constexpr std::uint16_t kVersion = 1;
+inline constexpr std::uint32_t kNil = 0xffff'ffff;    // end of a list
+inline constexpr std::uint32_t kPriorityMax = 32768;  // MQ_PRIO_MAX: priorities 0..32767
+inline constexpr std::size_t kHeaderSize = 448;
+inline constexpr std::size_t kSlotHeader = 16;
+
+// Notification registration states (QueueHeader::notify_state).
+inline constexpr std::uint32_t kNotifyNone = 0;
+inline constexpr std::uint32_t kNotifyArmed = 1;  // a process waits for the next arrival
+inline constexpr std::uint32_t kNotifyFired = 2;  // a sender fired it: the process delivers
+
+// The segment: a header of seven cache lines, then max_messages slots.
+//
+//  line 0 (written once by the broker before any descriptor is handed out)
+//   0        4     6          8            12            16          24        32
+//   | magic  | ver | reserved | max msgs   | message size| slot size | segment | queue id
+//                                                        | (u32)+pad | size    |
+//  line 1: the mutex and what every operation changes under it, so that taking the
+//  lock brings them along (one line transfer between processes, not several)
+//   64                     104    108    112         116            120           124
+//   | pthread_mutex_t (40) | head | tail | free head | recv. parked | send. parked | queued
+//  line 2: reserved
+//  line 3 (guarded by the mutex)
+//   192        208             212          216       220
+//   | reserved | notify state  | notify pid | deliver | reg
+//  line 4: futex words (not_empty, not_full) and busy counts
+//   256         260        264        272              276
+//   | not_empty | not_full | reserved | receivers_busy | senders_busy
+//  line 5: notification details (guarded by the mutex)
+//   320          324         328            336
+//   | notify_word| sender pid| sender uid   | reserved
+//  line 6
+//   384     388
+//   | count | reserved (the line is the count's alone)
+//  448: slot 0, slot 1, ...: each slot_size bytes, 64-byte aligned
+//   0       4          8        12         16
+//   | next  | priority | length | reserved | payload[message size]
+//
+// The list from `head` through `next` holds the queued messages, highest priority first,
+// oldest first within a priority; `tail` is its last slot. The free list from `free_head`
+// holds the other slots. count + (length of free list) == max messages.
+struct Slot {
+  std::uint32_t next;
+  std::uint32_t priority;
+  std::uint32_t length;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(Slot) == kSlotHeader);
+
+struct QueueHeader {
+  // line 0: immutable
+  std::uint32_t magic;
+  std::uint16_t version;
+  std::uint16_t reserved0;
+  std::uint32_t max_messages;
+  std::uint32_t message_size;
+  std::uint32_t slot_size;
+  std::uint32_t reserved1;
+  std::uint64_t segment_size;
+  std::uint64_t queue_id;
+  std::uint8_t pad0[24];
+  // line 1
+  pthread_mutex_t mutex;
+  std::uint32_t head;                           // guarded by the mutex
+  std::uint32_t tail;                           // guarded by the mutex
+  std::uint32_t free_head;                      // guarded by the mutex
+  std::atomic<std::uint32_t> receivers_parked;  // changed under the mutex
+  std::atomic<std::uint32_t> senders_parked;    // changed under the mutex
+  std::uint32_t queued;  // guarded by the mutex: the message count (`count` mirrors it)
+  // line 2
+  std::uint8_t pad2[64];
+  // line 3: guarded by the mutex
+  std::uint32_t reserved3[4];
+  std::uint32_t notify_state;
+  std::uint32_t notify_pid;      // the registered process (kernel pid)
+  std::uint32_t notify_deliver;  // 0: SIGEV_NONE (firing just ends the registration)
+  std::uint32_t notify_reg;      // bumped by every registration (names one)
+  std::uint8_t pad3[32];
+  // line 4: futex words and waiter counts
+  std::atomic<std::uint32_t> not_empty;  // bumped when a parked receiver must wake
+  std::atomic<std::uint32_t> not_full;   // bumped when a parked sender must wake
+  std::uint32_t reserved4[2];
+  std::atomic<std::uint32_t> receivers_busy;  // spinning or parked receivers
+  std::atomic<std::uint32_t> senders_busy;
+  std::uint8_t pad4[40];
+  // line 5: notification
+  std::atomic<std::uint32_t> notify_word;  // futex of the registered process's notifier
+  std::uint32_t notify_sender_pid;         // who fired it (si_pid)
+  std::uint32_t notify_sender_uid;         // (si_uid)
+  std::uint8_t pad5[52];
+  // line 6: a copy of `queued` alone on its line, for pollers (Q2, Q4): they never pull
+  // the lines the mutex holder works on, and the holder only ever stores to this one
+  std::atomic<std::uint32_t> count;  // stored under the mutex; pollers read it relaxed
+  std::uint8_t pad6[60];
+};
+static_assert(sizeof(pthread_mutex_t) == 40);
+static_assert(sizeof(QueueHeader) == kHeaderSize);
+static_assert(offsetof(QueueHeader, magic) == 0);
+static_assert(offsetof(QueueHeader, version) == 4);
+static_assert(offsetof(QueueHeader, max_messages) == 8);
+static_assert(offsetof(QueueHeader, message_size) == 12);
+static_assert(offsetof(QueueHeader, slot_size) == 16);
+static_assert(offsetof(QueueHeader, segment_size) == 24);
+static_assert(offsetof(QueueHeader, queue_id) == 32);
+static_assert(offsetof(QueueHeader, mutex) == 64);
+static_assert(offsetof(QueueHeader, count) == 384);
+static_assert(offsetof(QueueHeader, head) == 104);
+static_assert(offsetof(QueueHeader, tail) == 108);
+static_assert(offsetof(QueueHeader, free_head) == 112);
+static_assert(offsetof(QueueHeader, receivers_parked) == 116);
+static_assert(offsetof(QueueHeader, senders_parked) == 120);
+static_assert(offsetof(QueueHeader, queued) == 124);
+static_assert(offsetof(QueueHeader, notify_state) == 208);
+static_assert(offsetof(QueueHeader, notify_pid) == 212);
+static_assert(offsetof(QueueHeader, notify_deliver) == 216);
+static_assert(offsetof(QueueHeader, notify_reg) == 220);
+static_assert(offsetof(QueueHeader, not_empty) == 256);
+static_assert(offsetof(QueueHeader, not_full) == 260);
+static_assert(offsetof(QueueHeader, receivers_busy) == 272);
+static_assert(offsetof(QueueHeader, senders_busy) == 276);
+static_assert(offsetof(QueueHeader, notify_word) == 320);
+static_assert(offsetof(QueueHeader, notify_sender_pid) == 324);
+static_assert(offsetof(QueueHeader, notify_sender_uid) == 328);
+static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
+
+}  // namespace mq_layout
+
+struct QueueShape {
+  std::uint32_t max_messages = 10;
+  std::uint32_t message_size = 8192;
+};
+
+// How a blocking call may wait.
+struct QueueWait {
+  bool block = true;
+  // Absolute CLOCK_REALTIME deadline; nullptr: no bound. Checked (tv_nsec range) only
+  // when the call would block, as POSIX allows.
+  const struct timespec* deadline = nullptr;
+  static QueueWait nonblocking() noexcept { return {false, nullptr}; }
+};
+
+// What a notification registration sees fire (the process that registered delivers it).
+struct NotifyFired {
+  std::uint32_t sender_pid = 0;
+  std::uint32_t sender_uid = 0;
+};
+
+class MessageQueue {
+ public:
+  // Creates a sealed memfd holding an initialised, empty queue (the broker calls this).
+  // InvalidArgument for a zero or too large shape.
+  [[nodiscard]] static Result<sys::UniqueFd> create_segment(QueueShape shape,
+                                                            std::uint64_t queue_id);
+  // Segment bytes a shape needs (0 when it overflows).
+  [[nodiscard]] static std::uint64_t segment_size(QueueShape shape) noexcept;
+  // Maps a queue segment and validates its header against the file's size
+  // (Corrupted when anything is off).
+  [[nodiscard]] static Result<MessageQueue> attach(int fd);
+
+  MessageQueue() noexcept = default;
+  MessageQueue(MessageQueue&&) noexcept = default;
+  MessageQueue& operator=(MessageQueue&&) noexcept = default;
+
+  [[nodiscard]] QueueShape shape() const noexcept { return shape_; }
+  [[nodiscard]] std::uint64_t queue_id() const noexcept { return queue_id_; }
+  // Messages queued now (approximate: it may change at once).
+  [[nodiscard]] std::uint32_t size_approx() const noexcept;
+
+  // Errors: MessageTooLarge (len > message size), InvalidArgument (priority >= 32768, or
+  // a bad deadline when the call would block), ChannelFull (full and not blocking),
+  // Timeout, Interrupted.
+  [[nodiscard]] Result<void> send(const void* data, std::size_t len, std::uint32_t priority,
+                                  QueueWait wait, const WaitPolicy& policy = {});
+  // Copies the oldest message of the highest priority into buf (cap >= message size,
+  // else MessageTooLarge). Errors: WouldBlock (empty and not blocking), Timeout,
+  // InvalidArgument (bad deadline when it would block), Interrupted.
+  [[nodiscard]] Result<std::size_t> receive(void* buf, std::size_t cap, std::uint32_t* priority,
+                                            QueueWait wait, const WaitPolicy& policy = {});
+
+  // Notification (mq_notify): arm for `pid` (AlreadyExists if a live process, `pid`
+  // included, is registered: a registration whose process is gone is taken over). A
+  // sender that puts a message into an empty queue while no receiver waits ends the
+  // registration: with `deliver` it moves to Fired and wakes notify_word (the process's
+  // notifier delivers it, wait_notify), without it (SIGEV_NONE) it is simply removed.
+  // Returns the registration's number (for wait_notify).
+  [[nodiscard]] Result<std::uint32_t> arm_notify(std::uint32_t pid, bool deliver);
+  // Removes pid's registration (armed or fired but not yet delivered); false if pid had
+  // none.
+  bool disarm_notify(std::uint32_t pid);
+  // For the registered process's notifier thread: waits until registration `reg` of
+  // `pid` fired (returns who fired it, and removes the registration) or was removed or
+  // replaced (NotFound).
+  [[nodiscard]] Result<NotifyFired> wait_notify(std::uint32_t pid, std::uint32_t reg);
+  // Wakes notifier threads (after disarm).
+  void wake_notifier() noexcept;
+
+ private:
+  class Lock;
+  [[nodiscard]] mq_layout::QueueHeader* hdr() const noexcept {
+    return static_cast<mq_layout::QueueHeader*>(map_.data());
+  }
+  [[nodiscard]] mq_layout::Slot* slot(std::uint32_t i) const noexcept;
+  [[nodiscard]] std::byte* payload(std::uint32_t i) const noexcept;
+  [[nodiscard]] bool lists_look_valid() const noexcept;
+  void repair() noexcept;
+  [[nodiscard]] bool push_locked(const void* data, std::size_t len,
+                                 std::uint32_t priority) noexcept;
+  [[nodiscard]] bool pop_locked(void* buf, std::size_t* len, std::uint32_t* priority) noexcept;
+
+  sys::Mapping map_;
+  QueueShape shape_{};
+  std::uint32_t slot_size_ = 0;
+  std::uint64_t queue_id_ = 0;
+};
+
+}  // namespace vipc::core

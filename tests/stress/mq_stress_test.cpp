@@ -1,0 +1,173 @@
+// Multi-process stress of core::MessageQueue (the memory behind POSIX queues): several
+// sender and receiver processes on one small queue, every message delivered exactly once,
+// in order within a sender and priority; then processes killed (SIGKILL) mid-operation,
+// after which the queue still holds exactly its capacity.
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "core/mq_queue.hpp"
+#include "support/process.hpp"
+
+namespace vipc::core {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr int kSenders = 3;
+constexpr int kReceivers = 2;
+constexpr std::uint32_t kPerSender = 20000;
+constexpr std::uint32_t kPriorities = 4;
+
+struct Msg {
+  std::uint32_t sender;
+  std::uint32_t seq;
+  std::uint32_t check;
+};
+
+std::uint32_t check_of(std::uint32_t sender, std::uint32_t seq) {
+  return (sender * 2654435761u) ^ (seq * 40503u) ^ 0x5bd1e995u;
+}
+
+// Shared between the processes: how often each (sender, seq) arrived, and errors.
+struct Tally {
+  std::atomic<std::uint32_t> seen[kSenders][kPerSender];
+  std::atomic<std::uint32_t> received;
+  std::atomic<std::uint32_t> out_of_order;
+  std::atomic<std::uint32_t> corrupt;
+};
+
+TEST(MessageQueueStress, ManySendersAndReceiversExactlyOnceInOrder) {
+  auto seg = MessageQueue::create_segment({8, 64}, 1);
+  ASSERT_TRUE(seg.ok());
+  void* mem =
+      ::mmap(nullptr, sizeof(Tally), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  auto* tally = new (mem) Tally{};
+  const int fd = seg->get();
+  std::vector<test::Child> kids;
+  for (int r = 0; r < kReceivers; ++r) {
+    kids.push_back(test::Child::spawn(
+        [&]() -> int {
+          auto q = MessageQueue::attach(fd);
+          if (!q) return 1;
+          std::uint32_t last[kSenders][kPriorities];
+          std::memset(last, 0xff, sizeof last);
+          char buf[64];
+          for (;;) {
+            std::uint32_t prio = 0;
+            const timespec far{::time(nullptr) + 60, 0};
+            auto n = q->receive(buf, sizeof buf, &prio, {true, &far});
+            if (!n) return 2;
+            if (*n == 1) return 0;  // the end marker
+            Msg m{};
+            if (*n != sizeof m) {
+              tally->corrupt.fetch_add(1);
+              continue;
+            }
+            std::memcpy(&m, buf, sizeof m);
+            if (m.sender >= kSenders || m.seq >= kPerSender ||
+                m.check != check_of(m.sender, m.seq) || prio != m.seq % kPriorities) {
+              tally->corrupt.fetch_add(1);
+              continue;
+            }
+            std::uint32_t& l = last[m.sender][prio];
+            if (l != 0xffffffffu && m.seq <= l) tally->out_of_order.fetch_add(1);
+            l = m.seq;
+            tally->seen[m.sender][m.seq].fetch_add(1);
+            tally->received.fetch_add(1);
+          }
+        },
+        120s));
+  }
+  std::vector<test::Child> senders;
+  for (int s = 0; s < kSenders; ++s) {
+    senders.push_back(test::Child::spawn(
+        [&, s]() -> int {
+          auto q = MessageQueue::attach(fd);
+          if (!q) return 1;
+          for (std::uint32_t i = 0; i < kPerSender; ++i) {
+            const Msg m{static_cast<std::uint32_t>(s), i,
+                        check_of(static_cast<std::uint32_t>(s), i)};
+            if (!q->send(&m, sizeof m, i % kPriorities, QueueWait{})) return 2;
+          }
+          return 0;
+        },
+        120s));
+  }
+  for (auto& c : senders) EXPECT_EQ(c.wait(120s), "exit 0");
+  auto q = MessageQueue::attach(fd);
+  ASSERT_TRUE(q.ok());
+  for (int r = 0; r < kReceivers; ++r) ASSERT_TRUE(q->send("e", 1, 0, QueueWait{}));
+  for (auto& c : kids) EXPECT_EQ(c.wait(120s), "exit 0");
+  EXPECT_EQ(tally->received.load(), kSenders * kPerSender);
+  EXPECT_EQ(tally->out_of_order.load(), 0u);
+  EXPECT_EQ(tally->corrupt.load(), 0u);
+  std::uint32_t wrong = 0;
+  for (auto& row : tally->seen) {
+    for (auto& n : row) wrong += n.load() == 1 ? 0u : 1u;
+  }
+  EXPECT_EQ(wrong, 0u);
+  ::munmap(mem, sizeof(Tally));
+}
+
+TEST(MessageQueueStress, ProcessesKilledMidOperationLeaveAConsistentQueue) {
+  auto seg = MessageQueue::create_segment({16, 32}, 2);
+  ASSERT_TRUE(seg.ok());
+  const int fd = seg->get();
+  const auto seed = static_cast<unsigned>(::getpid());
+  std::printf("seed %u\n", seed);
+  std::srand(seed);
+  const auto end = std::chrono::steady_clock::now() + 2s;
+  int rounds = 0;
+  while (std::chrono::steady_clock::now() < end) {
+    std::vector<test::Child> kids;
+    for (int k = 0; k < 4; ++k) {
+      kids.push_back(test::Child::spawn(
+          [fd, k]() -> int {
+            auto q = MessageQueue::attach(fd);
+            if (!q) return 1;
+            char buf[32] = "payload";
+            for (std::uint32_t i = 0;; ++i) {
+              if (k % 2 == 0) {
+                (void)q->send(buf, 8, i % 7, QueueWait::nonblocking());
+              } else {
+                (void)q->receive(buf, sizeof buf, nullptr, QueueWait::nonblocking());
+              }
+            }
+          },
+          30s));
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(500 + std::rand() % 3000));
+    for (auto& c : kids) ::kill(c.pid(), SIGKILL);
+    for (auto& c : kids) (void)c.wait(10s);
+    ++rounds;
+  }
+  // Whatever the kills tore, the queue is usable and holds exactly its capacity.
+  auto q = MessageQueue::attach(fd);
+  ASSERT_TRUE(q.ok());
+  char buf[32];
+  while (q->receive(buf, sizeof buf, nullptr, QueueWait::nonblocking())) {
+  }
+  for (int i = 0; i < 16; ++i)
+    EXPECT_TRUE(q->send("x", 1, static_cast<std::uint32_t>(i % 3), QueueWait::nonblocking())) << i;
+  EXPECT_EQ(q->send("x", 1, 0, QueueWait::nonblocking()).error().code(), ErrorCode::ChannelFull);
+  std::uint32_t last = mq_layout::kPriorityMax;
+  for (int i = 0; i < 16; ++i) {
+    std::uint32_t prio = 0;
+    ASSERT_TRUE(q->receive(buf, sizeof buf, &prio, QueueWait::nonblocking())) << i;
+    EXPECT_LE(prio, last);
+    last = prio;
+  }
+  EXPECT_FALSE(q->receive(buf, sizeof buf, nullptr, QueueWait::nonblocking()));
+  std::printf("%d rounds of kills\n", rounds);
+}
+
+}  // namespace
+}  // namespace vipc::core

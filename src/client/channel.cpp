@@ -54,11 +54,12 @@ std::uint8_t own_sched_tag() noexcept {
   CallerSched& c = t_caller;
   if (c.until_refresh-- == 0) {
     c.until_refresh = kSchedRefresh - 1;
-    int policy = 0;
+    // The calling thread's, from the kernel (sched_* with pid 0 act on the calling
+    // thread). Not pthread_getschedparam: glibc caches what it read first, and neither
+    // sched_setscheduler nor a fork refreshes that cache.
     sched_param sp{};
-    c.tag = ::pthread_getschedparam(::pthread_self(), &policy, &sp) == 0
-                ? tag_of(policy, sp.sched_priority)
-                : 0;
+    const int policy = ::sched_getscheduler(0);
+    c.tag = policy >= 0 && ::sched_getparam(0, &sp) == 0 ? tag_of(policy, sp.sched_priority) : 0;
   }
   return c.tag;
 }
@@ -84,19 +85,19 @@ thread_local ServingThread t_serving;
 // Switches the calling thread to `tag` (0: back to its base); false when refused.
 bool apply_sched(std::uint8_t tag, EndpointStats& stats) noexcept {
   ServingThread& t = t_serving;
-  if (!t.known) {
-    if (::pthread_getschedparam(::pthread_self(), &t.base_policy, &t.base) != 0) return false;
+  if (!t.known) {  // from the kernel, as in own_sched_tag()
+    t.base_policy = ::sched_getscheduler(0);
+    if (t.base_policy < 0 || ::sched_getparam(0, &t.base) != 0) return false;
     t.known = true;
   }
   if (tag == t.applied) return true;
   int rc = 0;
   if (tag == 0) {
-    rc = ::pthread_setschedparam(::pthread_self(), t.base_policy, &t.base);
+    rc = ::sched_setscheduler(0, t.base_policy, &t.base);
   } else {
     sched_param sp{};
     sp.sched_priority = tag & 0x7f;
-    rc =
-        ::pthread_setschedparam(::pthread_self(), (tag & kTagRr) != 0 ? SCHED_RR : SCHED_FIFO, &sp);
+    rc = ::sched_setscheduler(0, (tag & kTagRr) != 0 ? SCHED_RR : SCHED_FIFO, &sp);
   }
   if (rc != 0) {
     ++stats.priority_denied;

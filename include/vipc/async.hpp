@@ -55,7 +55,8 @@ struct Task {
   };
 };
 
-struct Received {
+// What receive_async hands a coroutine: the message and who sent it.
+struct ChannelMessage {
   SmallMessage message;
   MessageSource source;
 };
@@ -107,7 +108,7 @@ class EventLoop::ReceiveAwaitable {
  public:
   bool await_ready() noexcept;
   bool await_suspend(std::coroutine_handle<> h);
-  Result<Received> await_resume() noexcept { return std::move(result_); }
+  Result<ChannelMessage> await_resume() noexcept { return std::move(result_); }
 
  private:
   friend class EventLoop;
@@ -117,7 +118,7 @@ class EventLoop::ReceiveAwaitable {
   EventLoop::Impl* loop_;
   Endpoint* ep_;
   std::chrono::nanoseconds timeout_;
-  Result<Received> result_{Error(ErrorCode::WouldBlock, "receive_async: not done")};
+  Result<ChannelMessage> result_{Error(ErrorCode::WouldBlock, "receive_async: not done")};
 };
 
 class EventLoop::SendAwaitable {

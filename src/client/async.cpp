@@ -86,13 +86,14 @@ class EventLoop::Impl {
   std::size_t serve(EndpointWaits& w) {
     std::size_t resumed = 0;
     while (!w.queue.empty()) {
-      Received r;
+      ChannelMessage r;
       auto got = w.ep->try_receive(r.message, &r.source);
       if (!got && got.error().code() == ErrorCode::WouldBlock) break;
       const ReceiveWait next = w.queue.front();
       w.queue.pop_front();
       --waiting;
-      next.aw->result_ = got ? Result<Received>(std::move(r)) : Result<Received>(got.error());
+      next.aw->result_ =
+          got ? Result<ChannelMessage>(std::move(r)) : Result<ChannelMessage>(got.error());
       next.h.resume();  // may queue new waits (on this endpoint too): the loop re-reads
       ++resumed;
     }
@@ -258,7 +259,7 @@ bool EventLoop::ReceiveAwaitable::await_ready() noexcept {
     result_ = loop_->setup.error();
     return true;
   }
-  Received r;
+  ChannelMessage r;
   auto got = ep_->try_receive(r.message, &r.source);
   if (got) {
     result_ = std::move(r);

@@ -259,9 +259,10 @@ int run_demo(const DemoOptions& options) {
     return 1;
   }
   fmt::print(
-      "\nevery message arrived exactly once and in order.\n"
+      "\nevery message arrived exactly once and in order, or was counted as lost where the\n"
+      "channel's or topic's policy lets it drop.\n"
       "next: vipc bench pingpong | throughput | send | call | create | lookup | large | topic\n"
-      "      (each beside its baseline)\n");
+      "      | mq  (each beside its baseline)\n");
   return 0;
 }
 

@@ -16,8 +16,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "broker/buffer_table.hpp"
 #include "broker/broker_topics.hpp"
+#include "broker/buffer_table.hpp"
 #include "broker/capability_table.hpp"
 #include "broker/platform.hpp"
 #include "core/clock.hpp"

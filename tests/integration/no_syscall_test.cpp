@@ -19,6 +19,7 @@
 #include "core/clock.hpp"
 #include "core/ring.hpp"
 #include "core/wait.hpp"
+#include "support/no_syscall.hpp"
 #include "support/process.hpp"
 
 namespace vipc::core {
@@ -26,40 +27,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-#if defined(__SANITIZE_THREAD__) || defined(VIPC_TSAN)
-constexpr bool kThreadSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr bool kThreadSanitizer = true;
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
-
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kAddressSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kAddressSanitizer = true;
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
+using test::kAddressSanitizer;
 
 constexpr std::uint64_t kPairs = kAddressSanitizer ? 20'000 : 100'000;
-
-// ThreadSanitizer's runtime maps memory for its own bookkeeping (event traces, sync
-// objects) from inside instrumented loads and stores, so no instrumented code can run
-// under a no-syscall filter. The property is about the library's code, which the
-// release and ASan builds check.
-#define VIPC_SKIP_UNDER_TSAN()                                                          \
-  do {                                                                                  \
-    if (kThreadSanitizer) GTEST_SKIP() << "the TSan runtime makes system calls itself"; \
-  } while (0)
 
 // Exit codes of the filtered children.
 constexpr int kSetupFailed = 20;
@@ -68,48 +38,17 @@ constexpr int kUnexpected = 22;
 constexpr int kWrongMessage = 23;
 constexpr int kStarved = 24;
 
-// Leaves through exit_group directly: library exit paths (atexit handlers, sanitizer
-// exit hooks) make other calls. Deliberately not [[noreturn]] (and never inlined, so
-// the compiler cannot find out): AddressSanitizer precedes every call of a noreturn
-// function with __asan_handle_no_return, which itself calls sigaltstack().
-__attribute__((noinline)) void exit_now(int code) { ::syscall(SYS_exit_group, code); }
-
-// From here on every system call but exit and exit_group kills the process with
-// SIGSYS. The context is never released: freeing it could call into the kernel.
-bool forbid_syscalls() {
-  scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
-  if (ctx == nullptr) return false;
-  if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(exit_group), 0) != 0) return false;
-  if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(exit), 0) != 0) return false;
-  return seccomp_load(ctx) == 0;
-}
-
-// Exit code of a child whose body returned instead of calling exit_now.
-constexpr int kFellThrough = 25;
-
-using vipc::test::Child;
-
-// A forked child running `body`, which must leave through exit_now: returning would
-// run destructors (close, munmap, futex wakes), which are system calls. Killed and
-// reaped by the destructor if still running.
-template <class F>
-Child spawn_filtered(F&& body) {
-  return Child::spawn(
-      [&body] {
-        body();
-        exit_now(kFellThrough);
-        return kFellThrough;
-      },
-      0s);
-}
+using test::Child;
+using test::exit_now;
+using test::forbid_syscalls;
+using test::spawn_filtered;
 
 template <class F>
 std::string run_child(F&& body) {
-  Child child = spawn_filtered(std::forward<F>(body));
-  return child.wait(30s);
+  return test::run_filtered(std::forward<F>(body));
 }
 
-const std::string kSigsys = "signal " + std::to_string(SIGSYS);
+const std::string& kSigsys = test::kKilledBySigsys;
 
 void fill(SmallMessage& m, std::uint64_t seq) {
   m.type = static_cast<std::uint32_t>(seq);

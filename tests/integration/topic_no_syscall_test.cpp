@@ -4,9 +4,7 @@
 // kills it on any system call but exit, then publishes and receives; it must exit
 // normally, not die of SIGSYS.
 #include <gtest/gtest.h>
-#include <seccomp.h>
 #include <signal.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -14,6 +12,7 @@
 #include <optional>
 #include <string>
 
+#include "support/no_syscall.hpp"
 #include "support/process.hpp"
 #include "vipc/runtime.hpp"
 #include "vipc/topic.hpp"
@@ -23,31 +22,10 @@ namespace {
 
 using namespace std::chrono_literals;
 
-#if defined(__SANITIZE_THREAD__) || defined(VIPC_TSAN)
-constexpr bool kThreadSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr bool kThreadSanitizer = true;
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
-
-// Leaves through exit_group directly (library exit paths make other calls).
-__attribute__((noinline)) void exit_now(int code) { ::syscall(SYS_exit_group, code); }
-
-bool forbid_syscalls() {
-  scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
-  if (ctx == nullptr) return false;
-  if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(exit_group), 0) != 0) return false;
-  if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(exit), 0) != 0) return false;
-  return seccomp_load(ctx) == 0;
-}
+using test::exit_now;
 
 TEST(TopicNoSyscall, PublishAndReceiveMakeNoSystemCallWhileNobodySleeps) {
-  if (kThreadSanitizer) GTEST_SKIP() << "the TSan runtime makes system calls itself";
+  VIPC_SKIP_UNDER_TSAN();
   auto rt = Runtime::embedded();
   ASSERT_TRUE(rt.ok());
   const std::string path = rt->socket_path();
@@ -63,7 +41,7 @@ TEST(TopicNoSyscall, PublishAndReceiveMakeNoSystemCallWhileNobodySleeps) {
           if (!topic) exit_now(11);
           auto sub = Subscription::subscribe(*crt, name);
           if (!sub) exit_now(12);
-          if (!forbid_syscalls()) exit_now(13);
+          if (!test::forbid_syscalls()) exit_now(13);
           if (!filtered) (void)::getppid();  // the control: one forbidden call
           SmallMessage m;
           for (std::uint64_t i = 0; i < 100'000; ++i) {

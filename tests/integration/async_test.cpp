@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/embedded.hpp"
 #include "support/process.hpp"
 #include "support/sanitizers.hpp"
 #include "vipc/async.hpp"
@@ -32,15 +33,7 @@ std::uint64_t number_of(const SmallMessage& m) {
   return n;
 }
 
-class Coroutines : public ::testing::Test {
- protected:
-  void SetUp() override {
-    auto r = Runtime::embedded();
-    ASSERT_TRUE(r.ok()) << r.error().message();
-    rt.emplace(std::move(*r));
-  }
-  std::optional<Runtime> rt;
-};
+using Coroutines = test::EmbeddedBrokerTest;
 
 struct Slot {
   bool done = false;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "client/runtime_impl.hpp"
+#include "support/embedded.hpp"
 #include "support/process.hpp"
 #include "support/sanitizers.hpp"
 #include "vipc/channel.hpp"
@@ -28,34 +29,13 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 using test::Child;
+using test::Seq;
+using test::seq_message;
+using test::seq_of;
 
 constexpr auto kAlarm = std::chrono::seconds(120);
 
-struct Seq {
-  std::uint32_t sender = 0;
-  std::uint64_t seq = 0;
-};
-
-SmallMessage seq_message(std::uint32_t sender, std::uint64_t seq) {
-  Seq s{sender, seq};
-  return SmallMessage(1, &s, sizeof s);
-}
-
-Seq seq_of(const SmallMessage& m) {
-  Seq s;
-  std::memcpy(&s, m.data.data(), sizeof s);
-  return s;
-}
-
-class Channels : public ::testing::Test {
- protected:
-  void SetUp() override {
-    auto r = Runtime::embedded();
-    ASSERT_TRUE(r.ok()) << r.error().message();
-    rt.emplace(std::move(*r));
-  }
-  std::optional<Runtime> rt;
-};
+using Channels = test::EmbeddedBrokerTest;
 
 // In a child: connects to `name` and sends `count` messages (blocking on full).
 int send_sequence(const std::string& path, const std::string& name, std::uint32_t id,
@@ -93,10 +73,10 @@ TEST_F(Channels, SendersInOtherProcessesDeliverExactlyOnceInOrder) {
     auto r = ep->receive(m, 20s, &from);
     ASSERT_TRUE(r.ok()) << r.error().message() << " after " << total;
     const Seq s = seq_of(m);
-    ASSERT_LT(s.sender, kSenders);
-    ASSERT_EQ(s.seq, next[s.sender]) << "sender " << s.sender;
-    ++next[s.sender];
-    auto [it, fresh] = pid_of.emplace(s.sender, from.pid);
+    ASSERT_LT(s.source, kSenders);
+    ASSERT_EQ(s.seq, next[s.source]) << "sender " << s.source;
+    ++next[s.source];
+    auto [it, fresh] = pid_of.emplace(s.source, from.pid);
     ASSERT_EQ(it->second, from.pid) << "one sender's messages came from two rings";
     ++total;
   }
@@ -304,7 +284,7 @@ TEST_F(Channels, MaxSendersIsEnforcedAndIndicesAreReused) {
   ASSERT_TRUE(again->try_send(seq_message(9, 9)).ok());
   MessageSource from;
   ASSERT_TRUE(ep->receive(m, 2s, &from).ok());
-  EXPECT_EQ(seq_of(m).sender, 9u);
+  EXPECT_EQ(seq_of(m).source, 9u);
   EXPECT_EQ(from.index, again->index());
 }
 
@@ -523,7 +503,7 @@ TEST_F(Channels, CallsFromOtherProcessesGetTheirOwnReplies) {
             auto r = ch->call(seq_message(static_cast<std::uint32_t>(c), i), 10s);
             if (!r) return 13;
             const Seq s = seq_of(*r);
-            if (s.sender != static_cast<std::uint32_t>(c) || s.seq != i + 1) return 14;
+            if (s.source != static_cast<std::uint32_t>(c) || s.seq != i + 1) return 14;
           }
           return 0;
         },
@@ -535,8 +515,8 @@ TEST_F(Channels, CallsFromOtherProcessesGetTheirOwnReplies) {
     auto req = ep->receive_request(10s);
     ASSERT_TRUE(req.ok()) << req.error().message() << " after " << served;
     Seq s = seq_of(req->message());
-    ASSERT_TRUE(req->reply(seq_message(s.sender, s.seq + 1)).ok());
-    EXPECT_EQ(req->reply(seq_message(s.sender, s.seq + 1)).error().code(),
+    ASSERT_TRUE(req->reply(seq_message(s.source, s.seq + 1)).ok());
+    EXPECT_EQ(req->reply(seq_message(s.source, s.seq + 1)).error().code(),
               ErrorCode::InvalidArgument);  // exactly once
   }
   for (auto& c : clients) EXPECT_EQ(c.wait(10s), "exit 0");
@@ -679,8 +659,8 @@ TEST_F(Channels, PollFdDrivesAnEventLoop) {
         break;
       }
       const Seq s = seq_of(m);
-      ASSERT_EQ(s.seq, next[s.sender]);
-      ++next[s.sender];
+      ASSERT_EQ(s.seq, next[s.source]);
+      ++next[s.source];
       ++total;
     }
   }

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/embedded.hpp"
 #include "support/process.hpp"
 #include "support/sanitizers.hpp"
 #include "vipc/channel.hpp"
@@ -33,15 +34,7 @@ struct Tag {
   std::uint64_t n = 0;
 };
 
-class ServerThreads : public ::testing::Test {
- protected:
-  void SetUp() override {
-    auto r = Runtime::embedded();
-    ASSERT_TRUE(r.ok()) << r.error().message();
-    rt.emplace(std::move(*r));
-  }
-  std::optional<Runtime> rt;
-};
+using ServerThreads = test::EmbeddedBrokerTest;
 
 TEST_F(ServerThreads, APoolOfThreadsServesManyCallers) {
   constexpr int kThreads = 4;

@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include "support/embedded.hpp"
+#include "support/pipe.hpp"
 #include "support/process.hpp"
 #include "support/sanitizers.hpp"
 #include "vipc/runtime.hpp"
@@ -31,60 +33,19 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 using test::Child;
+using test::Seq;
+using test::seq_message;
+using test::seq_of;
 
 constexpr auto kAlarm = std::chrono::seconds(120);
 
-struct Seq {
-  std::uint32_t publisher = 0;
-  std::uint64_t seq = 0;
-};
-
-SmallMessage seq_message(std::uint32_t publisher, std::uint64_t seq) {
-  Seq s{publisher, seq};
-  return SmallMessage(1, &s, sizeof s);
-}
-
-Seq seq_of(const SmallMessage& m) {
-  Seq s;
-  std::memcpy(&s, m.data.data(), sizeof s);
-  return s;
-}
-
-// A pipe a child writes one byte to when it is ready.
-struct Signal {
-  int fds[2] = {-1, -1};
-  Signal() { EXPECT_EQ(::pipe(fds), 0); }
-  ~Signal() {
-    ::close(fds[0]);
-    ::close(fds[1]);
-  }
-  void post() const {
-    const char c = 1;
-    (void)!::write(fds[1], &c, 1);
-  }
-  bool wait(std::chrono::milliseconds limit) const {
-    pollfd p{fds[0], POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(limit.count())) != 1) return false;
-    char c = 0;
-    return ::read(fds[0], &c, 1) == 1;
-  }
-};
-
-class Topics : public ::testing::Test {
- protected:
-  void SetUp() override {
-    auto r = Runtime::embedded();
-    ASSERT_TRUE(r.ok()) << r.error().message();
-    rt.emplace(std::move(*r));
-  }
-  std::optional<Runtime> rt;
-};
+using Topics = test::EmbeddedBrokerTest;
 
 // In a child: subscribes, posts `ready`, then receives until `total` messages of
 // publisher 0 are accounted for. Exit 0 when every message was delivered in order or
 // counted as missed, the statistics agree, and (if `must_miss`) something was missed;
 // `slow`: sleeps 1 ms every 16 messages.
-int account(const std::string& path, const std::string& name, const Signal& ready,
+int account(const std::string& path, const std::string& name, test::Pipe& ready,
             std::uint64_t total, bool slow, bool must_miss, bool must_not_miss) {
   auto crt = Runtime::connect_to(path);
   if (!crt) return 10;
@@ -123,7 +84,7 @@ TEST_F(Topics, DropPolicyAccountsForEveryMessageOfEverySubscriber) {
   auto topic = Topic::create(*rt, "drop", o);
   ASSERT_TRUE(topic.ok()) << topic.error().message();
   const std::string path = rt->socket_path();
-  Signal ready;
+  test::Pipe ready;
   std::vector<Child> subs;
   constexpr int kSubs = 4;
   for (int i = 0; i < kSubs; ++i) {
@@ -152,7 +113,7 @@ TEST_F(Topics, HoldBackDeliversExactlyOnceInOrderWhateverTheSlowestDoes) {
   auto topic = Topic::create(*rt, "hold", o);
   ASSERT_TRUE(topic.ok()) << topic.error().message();
   const std::string path = rt->socket_path();
-  Signal ready;
+  test::Pipe ready;
   std::vector<Child> subs;
   constexpr int kSubs = 3;
   for (int i = 0; i < kSubs; ++i) {
@@ -192,7 +153,7 @@ TEST_F(Topics, HoldBackBatchWakesASleepingSubscriberBeforeWaiting) {
   auto topic = Topic::create(*rt, "batched", o);
   ASSERT_TRUE(topic.ok());
   const std::string path = rt->socket_path();
-  Signal ready;
+  test::Pipe ready;
   Child sub = Child::spawn(
       [&] { return account(path, "batched", ready, kBatches * kPerBatch, false, false, true); },
       kAlarm);
@@ -258,14 +219,14 @@ TEST_F(Topics, SeveralPublishersInOtherProcessesEachAccountedExactly) {
                         << delivered[2] << "/" << delivered[3] << ", missed " << missed[1] << "/"
                         << missed[2] << "/" << missed[3];
     const Seq s = seq_of(m);
-    ASSERT_GE(s.publisher, 1u);
-    ASSERT_LE(s.publisher, kPubs);
-    ASSERT_EQ(s.seq, next[s.publisher] + r->missed) << "publisher " << s.publisher;
-    if (index_of[s.publisher] == ~0u) index_of[s.publisher] = r->publisher;
-    ASSERT_EQ(index_of[s.publisher], r->publisher) << "one publisher, two rings";
-    missed[s.publisher] += r->missed;
-    ++delivered[s.publisher];
-    next[s.publisher] = s.seq + 1;
+    ASSERT_GE(s.source, 1u);
+    ASSERT_LE(s.source, kPubs);
+    ASSERT_EQ(s.seq, next[s.source] + r->missed) << "publisher " << s.source;
+    if (index_of[s.source] == ~0u) index_of[s.source] = r->publisher;
+    ASSERT_EQ(index_of[s.source], r->publisher) << "one publisher, two rings";
+    missed[s.source] += r->missed;
+    ++delivered[s.source];
+    next[s.source] = s.seq + 1;
   }
   for (std::uint32_t p = 1; p <= kPubs; ++p) EXPECT_EQ(delivered[p] + missed[p], per_pub);
   for (auto& c : pubs) EXPECT_EQ(c.wait(30s), "exit 0");
@@ -317,7 +278,7 @@ TEST_F(Topics, KilledSubscriberIsReclaimedAndStopsHoldingThePublisherBack) {
   auto topic = Topic::create(*rt, "stuck", o);
   ASSERT_TRUE(topic.ok());
   const std::string path = rt->socket_path();
-  Signal ready;
+  test::Pipe ready;
   Child stuck = Child::spawn(
       [&] {
         auto crt = Runtime::connect_to(path);
@@ -367,7 +328,7 @@ TEST_F(Topics, HostilePublisherScribblingItsRingIsReportedAndHurtsNoOne) {
   auto sub = Subscription::subscribe(*rt, "hostile");
   ASSERT_TRUE(sub.ok());
   const std::string path = rt->socket_path();
-  Signal published, scribbled;
+  test::Pipe published, scribbled;
   Child vandal = Child::spawn(
       [&] {
         auto crt = Runtime::connect_to(path);
@@ -417,8 +378,8 @@ TEST_F(Topics, HostilePublisherScribblingItsRingIsReportedAndHurtsNoOne) {
         break;
       }
       const Seq s = seq_of(m);
-      if (s.publisher == 9) continue;  // the vandal's own early messages
-      ASSERT_EQ(s.publisher, 0u);
+      if (s.source == 9) continue;  // the vandal's own early messages
+      ASSERT_EQ(s.source, 0u);
       ASSERT_EQ(s.seq, next);
       ++next;
     }
@@ -483,7 +444,7 @@ TEST_F(Topics, RevokedMembersAreRemovedReleasedPublishersDrained) {
   SmallMessage m;
   ASSERT_TRUE(second->publish(seq_message(2, 0)).ok());
   ASSERT_TRUE(sub->try_receive(m).ok());
-  EXPECT_EQ(seq_of(m).publisher, 2u);
+  EXPECT_EQ(seq_of(m).source, 2u);
   EXPECT_EQ(sub->stats().publishers, 2u);
   // Revoked: its next publish fails, and what it published after the subscriber's last
   // read is withdrawn with it, not delivered.
@@ -515,7 +476,7 @@ TEST_F(Topics, RevokedMembersAreRemovedReleasedPublishersDrained) {
   for (std::uint64_t i = 0; i < 3; ++i) {
     auto r = sub->try_receive(m);
     ASSERT_TRUE(r.ok()) << i;
-    EXPECT_EQ(seq_of(m).publisher, 3u);
+    EXPECT_EQ(seq_of(m).source, 3u);
     EXPECT_EQ(seq_of(m).seq, i);
   }
   EXPECT_EQ(sub->try_receive(m).error().code(), ErrorCode::WouldBlock);
@@ -539,7 +500,7 @@ TEST_F(Topics, MessagesCarryThePublishersClockOnlyWhenAskedFor) {
   for (int i = 0; i < 2; ++i) {
     auto r = sub->try_receive(m);
     ASSERT_TRUE(r.ok());
-    if (seq_of(m).publisher == 1) {
+    if (seq_of(m).source == 1) {
       EXPECT_GE(r->stamp_ns, before);
     } else {
       EXPECT_EQ(r->stamp_ns, 0u);

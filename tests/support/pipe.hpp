@@ -28,6 +28,9 @@ class Pipe {
     static_assert(std::is_trivially_copyable_v<T>);
     return ::write(fds_[1], &v, sizeof v) == static_cast<ssize_t>(sizeof v);
   }
+  // A one-byte "ready" notice, and the bounded wait for one.
+  bool post() { return put<char>(1); }
+  bool wait(std::chrono::milliseconds limit) { return get<char>(limit).has_value(); }
   // nullopt when nothing came within `limit` or the read was short.
   template <class T>
   std::optional<T> get(std::chrono::milliseconds limit = std::chrono::seconds(20)) {

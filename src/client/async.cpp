@@ -1,9 +1,9 @@
 // EventLoop and the coroutine awaitables (include/vipc/async.hpp).
 //
-// One epoll instance watches the poll fd of every Endpoint some coroutine waits on.
-// Each step of the loop: (1) hands the messages already waiting to the coroutines
-// queued on their endpoint, in queue order, and arms each endpoint that still has
-// waiters (Endpoint::arm_poll_fd; "pending" means serve it again, not sleep);
+// One epoll instance watches the poll fd of every Endpoint and Subscription some
+// coroutine waits on. Each step of the loop: (1) hands the messages already waiting to
+// the coroutines queued on their object, in queue order, and arms each object that still
+// has waiters (arm_poll_fd; "pending" means serve it again, not sleep);
 // (2) retries suspended sends when their retry time came; (3) resumes the waits whose
 // deadline passed with Timeout; (4) sleeps in epoll_wait only when nothing was resumed,
 // until the next deadline or send retry at the latest.
@@ -28,12 +28,12 @@ void Task::promise_type::unhandled_exception() noexcept { std::terminate(); }
 class EventLoop::Impl {
  public:
   struct ReceiveWait {
-    ReceiveAwaitable* aw;
+    Wait* aw;
     std::coroutine_handle<> h;
     core::Deadline deadline;
   };
-  struct EndpointWaits {
-    Endpoint* ep = nullptr;
+  // The waits on one pollable object (an Endpoint or a Subscription), in arrival order.
+  struct FdWaits {
     std::deque<ReceiveWait> queue;
   };
   struct SendWait {
@@ -59,8 +59,8 @@ class EventLoop::Impl {
     for (auto& s : sends) s.h.destroy();
   }
 
-  Result<void> add(ReceiveAwaitable* aw, std::coroutine_handle<> h) {
-    const int fd = aw->ep_->poll_fd();
+  Result<void> add(Wait* aw, std::coroutine_handle<> h) {
+    const int fd = aw->fd();
     auto [it, fresh] = endpoints.try_emplace(fd);
     if (fresh) {
       epoll_event ev{};
@@ -70,7 +70,6 @@ class EventLoop::Impl {
         endpoints.erase(it);
         return Error(ErrorCode::SystemError, "event loop: epoll_ctl", errno);
       }
-      it->second.ep = aw->ep_;
     }
     it->second.queue.push_back({aw, h, core::deadline_after(aw->timeout_)});
     ++waiting;
@@ -82,20 +81,32 @@ class EventLoop::Impl {
     ++waiting;
   }
 
-  // Hands what `w`'s endpoint holds to its waiters; returns how many were resumed.
-  std::size_t serve(EndpointWaits& w) {
+  // Hands what the object behind `fd` holds to its waiters, oldest wait first; returns
+  // how many were resumed. Waits of different kinds on one Endpoint (messages and
+  // requests) each take their own kind: one that finds nothing does not stop the others.
+  std::size_t serve(int fd) {
     std::size_t resumed = 0;
-    while (!w.queue.empty()) {
-      ChannelMessage r;
-      auto got = w.ep->try_receive(r.message, &r.source);
-      if (!got && got.error().code() == ErrorCode::WouldBlock) break;
-      const ReceiveWait next = w.queue.front();
-      w.queue.pop_front();
-      --waiting;
-      next.aw->result_ =
-          got ? Result<ChannelMessage>(std::move(r)) : Result<ChannelMessage>(got.error());
-      next.h.resume();  // may queue new waits (on this endpoint too): the loop re-reads
-      ++resumed;
+    for (bool progress = true; progress;) {
+      progress = false;
+      auto it = endpoints.find(fd);
+      if (it == endpoints.end()) break;
+      auto& q = it->second.queue;
+      unsigned empty_kinds = 0;  // kinds found empty in this pass: FIFO within a kind
+      for (std::size_t i = 0; i < q.size(); ++i) {
+        const unsigned bit = 1u << q[i].aw->kind();
+        if ((empty_kinds & bit) != 0) continue;
+        if (!q[i].aw->take()) {
+          empty_kinds |= bit;
+          continue;
+        }
+        const ReceiveWait next = q[i];
+        q.erase(q.begin() + static_cast<std::ptrdiff_t>(i));
+        --waiting;
+        next.h.resume();  // may queue new waits (on this object too): look again
+        ++resumed;
+        progress = true;
+        break;
+      }
     }
     return resumed;
   }
@@ -111,9 +122,11 @@ class EventLoop::Impl {
     for (int fd : fds) {
       auto it = endpoints.find(fd);
       if (it == endpoints.end()) continue;
-      resumed += serve(it->second);
+      resumed += serve(fd);
+      it = endpoints.find(fd);
+      if (it == endpoints.end()) continue;
       if (!it->second.queue.empty()) {
-        auto armed = it->second.ep->arm_poll_fd();
+        auto armed = it->second.queue.front().aw->arm();
         if (!armed) {
           fail_all(it->second, armed.error());
           resumed += 1;
@@ -153,7 +166,7 @@ class EventLoop::Impl {
           const ReceiveWait w = q[i];
           q.erase(q.begin() + static_cast<std::ptrdiff_t>(i));
           --waiting;
-          w.aw->result_ = Error(ErrorCode::Timeout, "receive_async");
+          w.aw->fail(Error(ErrorCode::Timeout, "receive_async: nothing came in time"));
           w.h.resume();
           ++resumed;
           it = endpoints.find(fd);  // the resumed coroutine may have changed the map
@@ -197,12 +210,12 @@ class EventLoop::Impl {
     return resumed;
   }
 
-  void fail_all(EndpointWaits& w, const Error& e) {
+  void fail_all(FdWaits& w, const Error& e) {
     while (!w.queue.empty()) {
       const ReceiveWait next = w.queue.front();
       w.queue.pop_front();
       --waiting;
-      next.aw->result_ = e;
+      next.aw->fail(e);
       next.h.resume();
     }
   }
@@ -220,7 +233,7 @@ class EventLoop::Impl {
   Options options;
   Result<void> setup;
   sys::UniqueFd epfd;
-  std::unordered_map<int, EndpointWaits> endpoints;  // by poll fd
+  std::unordered_map<int, FdWaits> endpoints;  // by poll fd
   std::deque<SendWait> sends;
   core::Deadline next_send_retry{};
   std::size_t waiting = 0;
@@ -236,6 +249,16 @@ Result<void> EventLoop::status() const { return impl_->setup; }
 EventLoop::ReceiveAwaitable EventLoop::receive_async(Endpoint& ep,
                                                      std::chrono::nanoseconds timeout) {
   return ReceiveAwaitable(impl_.get(), &ep, timeout);
+}
+
+EventLoop::RequestAwaitable EventLoop::receive_request_async(Endpoint& ep,
+                                                             std::chrono::nanoseconds timeout) {
+  return RequestAwaitable(impl_.get(), &ep, timeout);
+}
+
+EventLoop::SubscriptionAwaitable EventLoop::receive_async(Subscription& sub,
+                                                          std::chrono::nanoseconds timeout) {
+  return SubscriptionAwaitable(impl_.get(), &sub, timeout);
 }
 
 EventLoop::SendAwaitable EventLoop::send_async(Channel& ch, const SmallMessage& m,
@@ -254,27 +277,50 @@ Result<std::size_t> EventLoop::poll() {
 void EventLoop::stop() noexcept { impl_->stopped = true; }
 std::size_t EventLoop::waiting() const noexcept { return impl_->waiting; }
 
-bool EventLoop::ReceiveAwaitable::await_ready() noexcept {
+bool EventLoop::Wait::await_ready() noexcept {
   if (!loop_->setup) {
-    result_ = loop_->setup.error();
+    fail(loop_->setup.error());
     return true;
   }
-  ChannelMessage r;
-  auto got = ep_->try_receive(r.message, &r.source);
-  if (got) {
-    result_ = std::move(r);
-    return true;
-  }
-  if (got.error().code() != ErrorCode::WouldBlock || timeout_.count() <= 0) {
-    result_ = got.error();
+  if (take()) return true;
+  if (timeout_.count() <= 0) {
+    fail(Error(ErrorCode::WouldBlock, "receive: nothing is waiting"));
     return true;
   }
   return false;
 }
 
-bool EventLoop::ReceiveAwaitable::await_suspend(std::coroutine_handle<> h) {
+bool EventLoop::ReceiveAwaitable::take() noexcept {
+  ChannelMessage r;
+  auto got = ep_->try_receive(r.message, &r.source);
+  if (!got && got.error().code() == ErrorCode::WouldBlock) return false;
+  result_ = got ? Result<ChannelMessage>(std::move(r)) : Result<ChannelMessage>(got.error());
+  return true;
+}
+
+bool EventLoop::RequestAwaitable::take() noexcept {
+  auto got = ep_->receive_request(std::chrono::nanoseconds::zero());
+  if (!got && got.error().code() == ErrorCode::WouldBlock) return false;
+  result_.emplace(std::move(got));
+  return true;
+}
+
+bool EventLoop::SubscriptionAwaitable::take() noexcept {
+  TopicMessage r;
+  auto got = sub_->try_receive(r.message);
+  if (!got && got.error().code() == ErrorCode::WouldBlock) return false;
+  if (got) {
+    r.info = *got;
+    result_ = std::move(r);
+  } else {
+    result_ = got.error();
+  }
+  return true;
+}
+
+bool EventLoop::Wait::await_suspend(std::coroutine_handle<> h) {
   if (auto r = loop_->add(this, h); !r) {
-    result_ = r.error();
+    fail(r.error());
     return false;  // resume at once with the error
   }
   return true;

@@ -132,6 +132,16 @@ class SharedBuffer {
   Result<void> release();
 
  private:
+  friend class Topic;
+  // Topic::publish_buffer: shares with every live subscriber of the topic `topic`.
+  [[nodiscard]] Result<SmallMessage> share_with_topic(const Capability& topic, std::uint32_t type,
+                                                      std::uint64_t offset, std::uint64_t length);
+  // The range check and the seal's precondition shared by send and share_with_topic.
+  [[nodiscard]] Result<void> prepare_transfer(std::uint64_t offset, std::uint64_t& length);
+  // The message that carries a transfer handle and the descriptor of the range.
+  [[nodiscard]] SmallMessage transfer_message(TransferMode mode, std::uint64_t handle,
+                                              std::uint32_t type, std::uint64_t offset,
+                                              std::uint64_t length) const noexcept;
   detail::MappedMemory mem_;
   std::uint64_t offset_ = 0;
   std::uint64_t length_ = 0;

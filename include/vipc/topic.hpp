@@ -41,6 +41,8 @@
 
 namespace vipc {
 
+class SharedBuffer;
+
 enum class TopicPolicy : std::uint8_t {
   Drop,      // a laggard misses messages (and is told how many); publishers never wait
   HoldBack,  // publishers wait for the slowest live subscriber, up to their timeout
@@ -126,6 +128,18 @@ class Topic {
   // Publishes messages in order; returns how many were published (stops at the first
   // failure, which it returns if nothing was published).
   [[nodiscard]] Result<std::size_t> publish_batch(std::span<const SmallMessage> messages);
+  // A payload of any size, published once: `buffer` is sealed and shared (Share mode,
+  // read-only) with every subscriber live now, each of which takes it from the message
+  // it receives with SharedBuffer::receive(rt, message) (SharedBuffer::carries_buffer
+  // tells such a message apart). [offset, offset + length) is the part the subscribers
+  // get (length 0: to the end). This process keeps its capability (release it when
+  // done); the broker frees the memory after the last holder lets go, crashes included,
+  // and withdraws the share from a subscriber that missed the message when the
+  // publisher's pending shares reach the broker's limit (Drop) or after the broker's
+  // grant timeout. Under HoldBack a full set of pending shares is ChannelFull (retry).
+  // Needs Send on the topic and Share on the buffer.
+  [[nodiscard]] Result<void> publish_buffer(SharedBuffer& buffer, std::uint32_t type = 0,
+                                            std::uint64_t offset = 0, std::uint64_t length = 0);
 
   [[nodiscard]] TopicStats stats();
   [[nodiscard]] const Capability& capability() const noexcept;

@@ -309,6 +309,7 @@ class Broker::Impl {
   Result<OutPacket> on(Client& c, const wire::TopicJoinRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TopicMemberRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TopicLeaveRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::TopicShareBufferRequest& r, std::uint64_t id);
   template <std::uint16_t N>
   Result<OutPacket> on(Client&, const wire::UnassignedBody<N>&, std::uint64_t) {
     return Error(ErrorCode::ProtocolError, wire::ctx::kBadOpcode);  // never decoded
@@ -1425,6 +1426,40 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::TopicLeaveRequest& r, 
   auto out = (*t)->leave(c.id, static_cast<wire::TopicRole>(r.role), r.index, r.generation, id);
   if (!out) return out.error();
   return OutPacket{out->packet, std::move(out->fds)};
+}
+
+// A large payload published once for every live subscriber (docs/topics.md, "Large
+// payloads"). At the pending limit the publisher's oldest share makes room under Drop
+// (a laggard that far behind loses that payload, as it would lose ring slots); under
+// HoldBack the publisher is told (ChannelFull) and may retry.
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::TopicShareBufferRequest& r,
+                                   std::uint64_t id) {
+  auto topic_cap = redeem(c, r.topic, wire::Opcode::TopicShareBuffer);
+  if (!topic_cap) return topic_cap.error();
+  auto t = topic_for(**topic_cap, Rights::Send);
+  if (!t) return t.error();
+  auto cap = redeem(c, r.buffer, wire::Opcode::TopicShareBuffer);
+  if (!cap) return cap.error();
+  // Subscribers read: a sealed buffer has nothing else to give.
+  if ((static_cast<Rights>(r.rights) & ~(Rights::Map | Rights::Read)) != Rights::None) {
+    return Error(ErrorCode::InvalidArgument, wire::ctx::kRightsNotSubset);
+  }
+  if (buffers_.pending_of(c.id) >= options_.max_pending_grants_per_client) {
+    if (buffers_.expire(now_ns()) != 0) buffers_.collect(caps_);
+    if (buffers_.pending_of(c.id) >= options_.max_pending_grants_per_client) {
+      if ((*t)->holds_back() || !buffers_.evict_oldest_share(c.id)) {
+        return Error(ErrorCode::ChannelFull, wire::ctx::kLimitReached);
+      }
+      buffers_.collect(caps_);
+    }
+  }
+  auto handle = new_token();
+  if (!handle) return handle.error();
+  const std::uint64_t expires = now_ns() + std::uint64_t{options_.grant_timeout_ms} * 1'000'000ull;
+  auto sent = buffers_.share_with(c.id, **cap, static_cast<Rights>(r.rights), (*topic_cap)->object,
+                                  (*t)->subscriber_clients(), id, *handle, expires, caps_);
+  if (!sent) return sent.error();
+  return OutPacket{sent->packet, std::move(sent->fds)};
 }
 
 // ------------------------------------------------------------ Broker

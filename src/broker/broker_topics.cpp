@@ -241,6 +241,18 @@ std::size_t TopicState::publishers() const noexcept {
   return n;
 }
 
+bool TopicState::holds_back() const noexcept {
+  return (spec_.flags & wire::kObjectTopicHoldBack) != 0;
+}
+
+std::vector<std::uint64_t> TopicState::subscriber_clients() const {
+  std::vector<std::uint64_t> out;
+  for (const Member& m : subscribers_) {
+    if (m.live) out.push_back(m.client);
+  }
+  return out;
+}
+
 std::size_t TopicState::subscribers() const noexcept {
   std::size_t n = 0;
   for (const Member& m : subscribers_) n += m.live ? 1 : 0;

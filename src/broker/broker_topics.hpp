@@ -59,6 +59,9 @@ class TopicState {
   // The topic is destroyed: members see `closed` and wake.
   void close() noexcept;
 
+  // The client of every live subscriber, once per subscriber.
+  [[nodiscard]] std::vector<std::uint64_t> subscriber_clients() const;
+  [[nodiscard]] bool holds_back() const noexcept;
   [[nodiscard]] std::size_t publishers() const noexcept;
   [[nodiscard]] std::size_t subscribers() const noexcept;
 

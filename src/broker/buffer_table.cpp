@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <utility>
 
 namespace vipc::broker {
@@ -107,14 +108,49 @@ Result<BufferReply> BufferTable::transfer(ClientId client, const CapNode& cap,
                                           const wire::TransferBufferRequest& r,
                                           std::uint64_t request_id, Token handle,
                                           std::uint64_t expires_ns, CapabilityTable& caps) {
+  Transfer t;
+  t.target_client = r.target_client;
+  t.target_pid = static_cast<pid_t>(r.target_pid);
+  auto rec = begin(client, cap, static_cast<wire::TransferMode>(r.mode),
+                   static_cast<Rights>(r.rights), std::move(t), handle, expires_ns, caps);
+  if (!rec) return rec.error();
+  BufferReply out;
+  out.packet = wire::encode_reply(request_id, wire::TransferBufferReply{handle, *rec});
+  return out;
+}
+
+Result<BufferReply> BufferTable::share_with(ClientId client, const CapNode& cap, Rights rights,
+                                            ObjectId topic, std::vector<ClientId> subscribers,
+                                            std::uint64_t request_id, Token handle,
+                                            std::uint64_t expires_ns, CapabilityTable& caps) {
+  Transfer t;
+  t.topic = topic;
+  t.subscribers = std::move(subscribers);
+  auto rec =
+      begin(client, cap, wire::TransferMode::Share, rights, std::move(t), handle, expires_ns, caps);
+  if (!rec) return rec.error();
+  wire::TopicShareBufferReply body{};
+  body.handle = handle;
+  body.buffer = *rec;
+  BufferReply out;
+  out.packet = wire::encode_reply(request_id, body);
+  return out;
+}
+
+Result<wire::BufferRecord> BufferTable::begin(ClientId client, const CapNode& cap,
+                                              wire::TransferMode mode, Rights rights, Transfer t,
+                                              Token handle, std::uint64_t expires_ns,
+                                              CapabilityTable& caps) {
   // Check.
   const auto it = buffers_.find(cap.object);
   if (it == buffers_.end()) return Error(ErrorCode::InvalidArgument, wire::ctx::kNotBuffer);
   Buffer& b = it->second;
-  const auto mode = static_cast<wire::TransferMode>(r.mode);
-  const auto rights = static_cast<Rights>(r.rights);
   // A region is shared memory by design: it is only shared, never sealed.
   if (b.kind == ObjectKind::Region && mode != wire::TransferMode::Share) {
+    return Error(ErrorCode::InvalidArgument, wire::ctx::kBufferMode);
+  }
+  // A topic's subscribers get sealed buffers only: a region stays writable.
+  if (b.kind == ObjectKind::Region && t.topic != 0) {
     return Error(ErrorCode::InvalidArgument, wire::ctx::kBufferMode);
   }
   const Rights needed = mode == wire::TransferMode::Move ? Rights::Grant : Rights::Share;
@@ -141,28 +177,26 @@ Result<BufferReply> BufferTable::transfer(ClientId client, const CapNode& cap,
     b.flags |= wire::kBufferSealed;
   }
   pending_.reserve(pending_.size() + 1);
-  // Commit.
-  Transfer t;
+  // Commit. A topic share nobody can claim (no subscriber) is not kept.
+  const bool kept = t.topic == 0 || !t.subscribers.empty();
   t.object = cap.object;
   t.rights = rights;
   t.mode = mode;
   t.source = mode == wire::TransferMode::Move ? 0 : cap.token;
   t.source_generation = cap.generation;
   t.sender = client;
-  t.target_client = r.target_client;
-  t.target_pid = static_cast<pid_t>(r.target_pid);
   t.expires_ns = expires_ns;
-  pending_.emplace(handle, t);
-  ++b.pending;
+  t.serial = ++serial_;
+  if (kept) {
+    pending_.emplace(handle, std::move(t));
+    ++b.pending;
+  }
   b.mode = mode;
   const ObjectId object = cap.object;
   // Move: ownership passes; the sender's capability goes now (the transfer holds the
   // buffer meanwhile).
   if (mode == wire::TransferMode::Move) caps.release(cap.token);
-  BufferReply out;
-  out.packet =
-      wire::encode_reply(request_id, wire::TransferBufferReply{handle, record(object, b, caps)});
-  return out;
+  return record(object, b, caps);
 }
 
 Result<BufferReply> BufferTable::claim(ClientId client, pid_t pid,
@@ -172,9 +206,13 @@ Result<BufferReply> BufferTable::claim(ClientId client, pid_t pid,
   if (it == pending_.end() || it->second.expires_ns <= now_ns) {
     return Error(ErrorCode::InvalidCapability, wire::ctx::kUnknownHandle);
   }
-  const Transfer t = it->second;
-  const bool is_target = t.target_client != 0 ? t.target_client == client : t.target_pid == pid;
+  Transfer& pending = it->second;
+  auto subscriber = std::find(pending.subscribers.begin(), pending.subscribers.end(), client);
+  const bool is_target = pending.topic != 0           ? subscriber != pending.subscribers.end()
+                         : pending.target_client != 0 ? pending.target_client == client
+                                                      : pending.target_pid == pid;
   if (!is_target) return Error(ErrorCode::InvalidCapability, wire::ctx::kNotTarget);
+  const Transfer& t = pending;
   Buffer& b = buffers_.at(t.object);
   auto fd = descriptor_for(b, t.rights);
   if (!fd) return fd.error();
@@ -185,10 +223,14 @@ Result<BufferReply> BufferTable::claim(ClientId client, pid_t pid,
   const bool source_alive = src != nullptr && src->generation == t.source_generation;
   const CapNode& node =
       caps.insert(token, client, t.object, t.rights, source_alive ? t.source : Token{0});
-  forget(it);
   // The mode of this transfer (the buffer may have been handed on since by another).
-  wire::BufferRecord rec = record(t.object, b, caps);
-  rec.mode = static_cast<std::uint16_t>(t.mode);
+  const auto mode = static_cast<std::uint16_t>(t.mode);
+  const ObjectId object = t.object;
+  // A topic share stays for the subscribers that have not claimed it yet.
+  if (pending.topic != 0) pending.subscribers.erase(subscriber);
+  if (pending.topic == 0 || pending.subscribers.empty()) forget(it);
+  wire::BufferRecord rec = record(object, b, caps);
+  rec.mode = mode;
   BufferReply out;
   out.packet = wire::encode_reply(request_id, wire::ClaimBufferReply{cap_record(node), rec}, 1);
   out.fds.push_back(std::move(*fd));
@@ -204,9 +246,14 @@ void BufferTable::forget(std::unordered_map<Token, Transfer>::iterator it) {
 
 void BufferTable::drop_client(ClientId client, pid_t pid, bool last_of_pid) {
   for (auto it = pending_.begin(); it != pending_.end();) {
-    const Transfer& t = it->second;
-    const bool gone =
-        t.target_client == client || (t.target_client == 0 && last_of_pid && t.target_pid == pid);
+    Transfer& t = it->second;
+    if (t.topic != 0) {
+      std::erase(t.subscribers, client);
+    }
+    const bool gone = t.topic != 0
+                          ? t.subscribers.empty()
+                          : t.target_client == client ||
+                                (t.target_client == 0 && last_of_pid && t.target_pid == pid);
     if (gone) {
       auto next = std::next(it);
       forget(it);
@@ -243,6 +290,18 @@ std::size_t BufferTable::collect(const CapabilityTable& caps) {
     }
   }
   return freed;
+}
+
+bool BufferTable::evict_oldest_share(ClientId client) {
+  auto oldest = pending_.end();
+  for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+    const Transfer& t = it->second;
+    if (t.topic == 0 || t.sender != client) continue;
+    if (oldest == pending_.end() || t.serial < oldest->second.serial) oldest = it;
+  }
+  if (oldest == pending_.end()) return false;
+  forget(oldest);
+  return true;
 }
 
 std::size_t BufferTable::pending_of(ClientId client) const noexcept {

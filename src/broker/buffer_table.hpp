@@ -59,6 +59,18 @@ class BufferTable {
                                              const wire::TransferBufferRequest& r,
                                              std::uint64_t request_id, Token handle,
                                              std::uint64_t expires_ns, CapabilityTable& caps);
+  // Shares `cap`'s buffer (sealed, Share mode, `rights` for the readers) with the
+  // subscribers of topic `topic` live now: `subscribers` holds one client id per live
+  // subscriber (a client with two subscriptions is listed twice), and each entry may
+  // claim the handle once. The share goes when every entry claimed it, left (its client
+  // disconnected) or it expired; with no subscriber it is not kept at all. Needs Share.
+  [[nodiscard]] Result<BufferReply> share_with(ClientId client, const CapNode& cap, Rights rights,
+                                               ObjectId topic, std::vector<ClientId> subscribers,
+                                               std::uint64_t request_id, Token handle,
+                                               std::uint64_t expires_ns, CapabilityTable& caps);
+  // Drops the oldest topic share `client` made, to make room for a new one; false when
+  // it has none pending.
+  bool evict_oldest_share(ClientId client);
   // Redeems a pending transfer for its target (client id, or any connection of the
   // target pid) under the new capability `token`. InvalidCapability when the handle is
   // unknown or expired (kUnknownHandle) or names someone else (kNotTarget; the handle
@@ -101,9 +113,17 @@ class BufferTable {
     ClientId sender = 0;
     ClientId target_client = 0;
     pid_t target_pid = 0;
+    ObjectId topic = 0;                 // a topic share: claimable by `subscribers`
+    std::vector<ClientId> subscribers;  // one entry per subscriber yet to claim
     std::uint64_t expires_ns = 0;
+    std::uint64_t serial = 0;  // creation order
   };
 
+  // Checks, seals, and records `t` (its target fields set) under `handle`.
+  [[nodiscard]] Result<wire::BufferRecord> begin(ClientId client, const CapNode& cap,
+                                                 wire::TransferMode mode, Rights rights, Transfer t,
+                                                 Token handle, std::uint64_t expires_ns,
+                                                 CapabilityTable& caps);
   [[nodiscard]] wire::BufferRecord record(ObjectId id, const Buffer& b,
                                           const CapabilityTable& caps) const noexcept;
   // The descriptor a holder of `rights` gets.
@@ -112,6 +132,7 @@ class BufferTable {
 
   std::unordered_map<ObjectId, Buffer> buffers_;
   std::unordered_map<Token, Transfer> pending_;
+  std::uint64_t serial_ = 0;
 };
 
 }  // namespace vipc::broker

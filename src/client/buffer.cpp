@@ -188,9 +188,10 @@ bool SharedBuffer::carries_buffer(const SmallMessage& message) noexcept {
 
 Result<SharedBuffer> SharedBuffer::receive(Runtime& rt, const SmallMessage& message,
                                            const BufferOptions& options) {
-  const auto d = layout::parse_descriptor(message);
-  if (!d) return Error(ErrorCode::Corrupted, "buffer: message carries no buffer descriptor");
-  auto m = claim_memory(rt.impl_.get(), message.caps[0], options);
+  const auto parsed = layout::parse_descriptor(message);
+  if (!parsed) return Error(ErrorCode::Corrupted, "buffer: message carries no buffer descriptor");
+  const layout::BufferDescriptor* d = &parsed->d;
+  auto m = claim_memory(rt.impl_.get(), CapabilityHandle{parsed->handle}, options);
   if (!m) return m.error();
   // The range is the sender's word; the size is the broker's.
   if (d->size != m->size || !layout::range_inside(d->offset, d->length, m->size) ||
@@ -237,16 +238,36 @@ Result<std::span<std::byte>> SharedBuffer::data() {
   return std::span<std::byte>(static_cast<std::byte*>(mem_.addr), mem_.len);
 }
 
-Result<SmallMessage> SharedBuffer::send(TransferMode mode, GrantTarget target, std::uint32_t type,
-                                        std::uint64_t offset, std::uint64_t length) {
+Result<void> SharedBuffer::prepare_transfer(std::uint64_t offset, std::uint64_t& length) {
   if (!valid()) return Error(ErrorCode::InvalidCapability, "buffer: released or moved away");
-  if (mode == TransferMode::None) return Error(ErrorCode::InvalidArgument, "buffer: no mode");
   if (length == 0 && offset <= mem_.size) length = mem_.size - offset;
   if (!layout::range_inside(offset, length, mem_.size)) {
     return Error(ErrorCode::InvalidArgument, "buffer: range outside the buffer");
   }
   // The kernel refuses the seal while a writable shared mapping exists.
   if (mem_.access == detail::MappedMemory::Access::WriteShared) mem_.unmap();
+  return {};
+}
+
+SmallMessage SharedBuffer::transfer_message(TransferMode mode, std::uint64_t handle,
+                                            std::uint32_t type, std::uint64_t offset,
+                                            std::uint64_t length) const noexcept {
+  layout::BufferDescriptor d{layout::kBufferDescriptorMagic,
+                             layout::kBufferDescriptorVersion,
+                             static_cast<std::uint16_t>(mode),
+                             offset,
+                             length,
+                             mem_.size};
+  SmallMessage m(type, &d, sizeof d);
+  m.cap_count = 1;
+  m.caps[0] = CapabilityHandle{handle};
+  return m;
+}
+
+Result<SmallMessage> SharedBuffer::send(TransferMode mode, GrantTarget target, std::uint32_t type,
+                                        std::uint64_t offset, std::uint64_t length) {
+  if (mode == TransferMode::None) return Error(ErrorCode::InvalidArgument, "buffer: no mode");
+  VIPC_TRY(prepare_transfer(offset, length));
   wire::TransferBufferRequest r{};
   r.cap = wire::to_ref(mem_.cap);
   // The receiver gets read access; with Move, everything the sender had.
@@ -259,21 +280,34 @@ Result<SmallMessage> SharedBuffer::send(TransferMode mode, GrantTarget target, s
   auto a = mem_.rt->call(r);
   if (!a) return a.error();
   const auto& rep = std::get<wire::TransferBufferReply>(a->body);
-  layout::BufferDescriptor d{layout::kBufferDescriptorMagic,
-                             layout::kBufferDescriptorVersion,
-                             static_cast<std::uint16_t>(mode),
-                             offset,
-                             length,
-                             mem_.size};
-  SmallMessage m(type, &d, sizeof d);
-  m.cap_count = 1;
-  m.caps[0] = CapabilityHandle{rep.handle};
+  SmallMessage m = transfer_message(mode, rep.handle, type, offset, length);
   mem_.sealed = true;
   if (mode == TransferMode::Move) {
     // The broker already dropped the capability; forget it without asking again.
     mem_.cap = Capability{};
     (void)mem_.release();
   }
+  return m;
+}
+
+Result<SmallMessage> SharedBuffer::share_with_topic(const Capability& topic, std::uint32_t type,
+                                                    std::uint64_t offset, std::uint64_t length) {
+  VIPC_TRY(prepare_transfer(offset, length));
+  wire::TopicShareBufferRequest r{};
+  r.buffer = wire::to_ref(mem_.cap);
+  r.topic = wire::to_ref(topic);
+  r.rights = static_cast<std::uint32_t>(mem_.cap.rights & (Rights::Map | Rights::Read));
+  auto a = mem_.rt->call(r);
+  if (!a) return a.error();
+  const auto& rep = std::get<wire::TopicShareBufferReply>(a->body);
+  mem_.sealed = true;
+  // Topic slots carry no capabilities: the handle follows the descriptor inline.
+  SmallMessage m = transfer_message(TransferMode::Share, rep.handle, type, offset, length);
+  const std::uint64_t handle = m.caps[0].value;
+  std::memcpy(m.data.data() + sizeof(layout::BufferDescriptor), &handle, sizeof handle);
+  m.length = static_cast<std::uint16_t>(layout::kInlineHandleDescriptorSize);
+  m.cap_count = 0;
+  m.caps[0] = CapabilityHandle{};
   return m;
 }
 

@@ -17,6 +17,7 @@
 #include "core/segment.hpp"
 #include "core/topic.hpp"
 #include "core/wait.hpp"
+#include "vipc/buffer.hpp"
 
 namespace vipc {
 namespace {
@@ -350,6 +351,13 @@ Result<void> Topic::publish(const SmallMessage& m) {
   VIPC_TRY(impl_->publish_one(m));
   impl_->wake_if_waiting();
   return {};
+}
+
+Result<void> Topic::publish_buffer(SharedBuffer& buffer, std::uint32_t type, std::uint64_t offset,
+                                   std::uint64_t length) {
+  auto m = buffer.share_with_topic(capability(), type, offset, length);
+  if (!m) return m.error();
+  return publish(*m);
 }
 
 Result<std::size_t> Topic::publish_batch(std::span<const SmallMessage> messages) {

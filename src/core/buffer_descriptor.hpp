@@ -1,6 +1,8 @@
 // vipc::layout::BufferDescriptor: what a LargeMessage carries inline in its SmallMessage
 // (ring slot): which part of the buffer is the payload, and how it was handed on. The
-// buffer itself travels as a transfer handle in capability slot 0 (docs/zero-copy.md).
+// buffer itself travels as a transfer handle: in capability slot 0 on channels, or, on
+// carriers without capability slots (topics), in the 8 bytes after the descriptor
+// (docs/zero-copy.md, docs/topics.md "Large payloads").
 //
 // Guarantees: parse_descriptor() reads a slot written by another process (hostile
 // input) and accepts it only if the magic, version, mode and reserved fields are right
@@ -42,17 +44,34 @@ static_assert(offsetof(BufferDescriptor, length) == 16);
 static_assert(offsetof(BufferDescriptor, size) == 24);
 static_assert(sizeof(BufferDescriptor) <= kSmallPayloadMax);
 
-// The descriptor in `m`, if its shape is right (one capability slot, exact length, magic,
-// version, a known mode). The range is checked against the real size by the receiver.
-inline std::optional<BufferDescriptor> parse_descriptor(const SmallMessage& m) noexcept {
-  if (m.cap_count != 1 || m.length != sizeof(BufferDescriptor)) return std::nullopt;
+// The inline form: the descriptor, then the handle, no capability slot.
+inline constexpr std::size_t kInlineHandleDescriptorSize = sizeof(BufferDescriptor) + 8;
+static_assert(kInlineHandleDescriptorSize <= kSmallPayloadMax);
+
+struct ParsedDescriptor {
   BufferDescriptor d;
+  std::uint64_t handle;  // the transfer handle to claim
+};
+
+// The descriptor in `m`, if its shape is right (one capability slot and exactly the
+// descriptor, or no slot and the descriptor followed by the handle; magic, version, a
+// known mode). The range is checked against the real size by the receiver.
+inline std::optional<ParsedDescriptor> parse_descriptor(const SmallMessage& m) noexcept {
+  ParsedDescriptor p{};
+  if (m.cap_count == 1 && m.length == sizeof(BufferDescriptor)) {
+    p.handle = m.caps[0].value;
+  } else if (m.cap_count == 0 && m.length == kInlineHandleDescriptorSize) {
+    std::memcpy(&p.handle, m.data.data() + sizeof(BufferDescriptor), sizeof p.handle);
+  } else {
+    return std::nullopt;
+  }
+  BufferDescriptor& d = p.d;
   std::memcpy(&d, m.data.data(), sizeof d);  // one copy: the slot may change under us
   if (d.magic != kBufferDescriptorMagic || d.version != kBufferDescriptorVersion) {
     return std::nullopt;
   }
   if (d.mode < 1 || d.mode > 3) return std::nullopt;
-  return d;
+  return p;
 }
 
 // Whether [offset, offset + length) lies inside a buffer of `size` bytes (no overflow).

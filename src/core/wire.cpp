@@ -194,6 +194,13 @@ Result<void> check(const TransferBufferRequest& b) noexcept {
   return {};
 }
 Result<void> check(const ClaimBufferRequest&) noexcept { return {}; }
+Result<void> check(const TopicShareBufferRequest& b) noexcept {
+  VIPC_TRY(check_ref(b.buffer));
+  VIPC_TRY(check_ref(b.topic));
+  VIPC_TRY(check_rights(b.rights));
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return {};
+}
 
 // ------------------------------------------------------------ reply bodies
 
@@ -265,6 +272,9 @@ Result<void> check(const MapBufferReply& b) noexcept { return check(b.buffer); }
 Result<void> check(const TransferBufferReply& b) noexcept {
   if (b.handle == 0) return protocol(ctx::kBadEnum);
   return check(b.buffer);
+}
+Result<void> check(const TopicShareBufferReply& b) noexcept {
+  return check(static_cast<const TransferBufferReply&>(b));
 }
 Result<void> check(const TopicJoinReply& b) noexcept {
   VIPC_TRY(check_role(b.role));
@@ -369,6 +379,8 @@ const char* to_string(Opcode op) noexcept {
       return "TransferBuffer";
     case Opcode::ClaimBuffer:
       return "ClaimBuffer";
+    case Opcode::TopicShareBuffer:
+      return "TopicShareBuffer";
     case Opcode::MqOpen:
       return "MqOpen";
     case Opcode::MqUnlink:

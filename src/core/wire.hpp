@@ -45,29 +45,30 @@ inline constexpr std::size_t kMaxFds = 6;       // descriptors one packet may ca
 inline constexpr std::size_t kMaxPacket = 512;  // no valid packet is longer
 
 enum class Opcode : std::uint16_t {
-  Hello = 1,            // version handshake; tells the client its id
-  CreateObject = 2,     // register a named object; returns the creator's capability
-  Lookup = 3,           // name -> object id and kind; grants nothing
-  Open = 4,             // name + rights -> capability, if policy allows
-  Derive = 5,           // capability + fewer rights -> new capability (same holder)
-  Grant = 6,            // capability + rights + target -> one-time transfer handle
-  Claim = 7,            // transfer handle -> capability for the named target
-  Revoke = 8,           // kill every capability derived from this one; bump its generation
-  Release = 9,          // drop a capability from the holder's space
-  Ping = 10,            // echo (request/reply floor)
-  Stats = 11,           // broker counters and the caller's own
-  Connect = 12,         // name + rights (Send) -> capability + this sender's ring (3 fds)
-  Attach = 13,          // capability (Send) -> this sender's ring (3 fds)
-  Accept = 14,          // capability (Receive) -> next sender event of the channel
-  Destroy = 15,         // the creator's capability -> the object is unregistered and dies
-  CreateBuffer = 16,    // size -> a new Buffer or Region memfd (1 fd) + the creator's capability
-  MapBuffer = 17,       // capability (Map) -> the memfd, read-write only with Write, unsealed
-  TransferBuffer = 18,  // capability + mode + target -> seal (Move, Share) + transfer handle
-  ClaimBuffer = 19,     // transfer handle -> capability + the memfd (1 fd)
-  TopicJoin = 20,       // capability + role -> this member's segment of a topic (3 or 4 fds)
-  TopicMember = 21,     // capability + another member's index -> its segment, read-only
-  TopicLeave = 22,      // capability + own index -> the member is gone
-  // 23: not assigned in this version.
+  Hello = 1,              // version handshake; tells the client its id
+  CreateObject = 2,       // register a named object; returns the creator's capability
+  Lookup = 3,             // name -> object id and kind; grants nothing
+  Open = 4,               // name + rights -> capability, if policy allows
+  Derive = 5,             // capability + fewer rights -> new capability (same holder)
+  Grant = 6,              // capability + rights + target -> one-time transfer handle
+  Claim = 7,              // transfer handle -> capability for the named target
+  Revoke = 8,             // kill every capability derived from this one; bump its generation
+  Release = 9,            // drop a capability from the holder's space
+  Ping = 10,              // echo (request/reply floor)
+  Stats = 11,             // broker counters and the caller's own
+  Connect = 12,           // name + rights (Send) -> capability + this sender's ring (3 fds)
+  Attach = 13,            // capability (Send) -> this sender's ring (3 fds)
+  Accept = 14,            // capability (Receive) -> next sender event of the channel
+  Destroy = 15,           // the creator's capability -> the object is unregistered and dies
+  CreateBuffer = 16,      // size -> a new Buffer or Region memfd (1 fd) + the creator's capability
+  MapBuffer = 17,         // capability (Map) -> the memfd, read-write only with Write, unsealed
+  TransferBuffer = 18,    // capability + mode + target -> seal (Move, Share) + transfer handle
+  ClaimBuffer = 19,       // transfer handle -> capability + the memfd (1 fd)
+  TopicJoin = 20,         // capability + role -> this member's segment of a topic (3 or 4 fds)
+  TopicMember = 21,       // capability + another member's index -> its segment, read-only
+  TopicLeave = 22,        // capability + own index -> the member is gone
+  TopicShareBuffer = 23,  // buffer + topic capability (Send) -> a handle every live
+                          // subscriber of the topic may claim once (Share)
   // POSIX message queues (core/wire_mq.hpp; decoded by decode_mq_request, not by
   // decode_request, so they are outside kOpcodeMin..kOpcodeMax).
   MqOpen = 24,    // name, oflag, mode, attributes -> the queue's segment (1 fd)
@@ -77,7 +78,7 @@ inline constexpr std::uint16_t kOpcodeMin = 1;
 inline constexpr std::uint16_t kOpcodeMax = 23;
 // Whether a number in [kOpcodeMin, kOpcodeMax] names an opcode of this version.
 [[nodiscard]] constexpr bool opcode_assigned(std::uint16_t op) noexcept {
-  return op >= kOpcodeMin && op <= kOpcodeMax && op != 23;
+  return op >= kOpcodeMin && op <= kOpcodeMax;
 }
 [[nodiscard]] const char* to_string(Opcode op) noexcept;
 
@@ -431,6 +432,24 @@ struct ClaimBufferRequest {
 };
 static_assert(sizeof(ClaimBufferRequest) == 8);
 static_assert(offsetof(ClaimBufferRequest, handle) == 0);
+
+// Shares a sealed buffer with every subscriber of a topic live now: one handle that
+// each of them may claim once (ClaimBuffer), read-only. Needs Share on the buffer and
+// Send on the topic.
+//
+//  0              16             32       36         40
+//  | buffer (ref) | topic (ref)  | rights | reserved |
+struct TopicShareBufferRequest {
+  CapabilityRef buffer;
+  CapabilityRef topic;
+  std::uint32_t rights;  // for the subscribers: a subset of Map | Read
+  std::uint32_t reserved;
+};
+static_assert(sizeof(TopicShareBufferRequest) == 40);
+static_assert(offsetof(TopicShareBufferRequest, buffer) == 0);
+static_assert(offsetof(TopicShareBufferRequest, topic) == 16);
+static_assert(offsetof(TopicShareBufferRequest, rights) == 32);
+static_assert(offsetof(TopicShareBufferRequest, reserved) == 36);
 
 // A body for an opcode this version does not assign (never decoded: kBadOpcode).
 template <std::uint16_t N>
@@ -824,17 +843,21 @@ using Request =
                  GrantRequest, ClaimRequest, RevokeRequest, ReleaseRequest, PingRequest,
                  StatsRequest, ConnectRequest, AttachRequest, AcceptRequest, DestroyRequest,
                  CreateBufferRequest, MapBufferRequest, TransferBufferRequest, ClaimBufferRequest,
-                 TopicJoinRequest, TopicMemberRequest, TopicLeaveRequest, UnassignedBody<23>>;
+                 TopicJoinRequest, TopicMemberRequest, TopicLeaveRequest, TopicShareBufferRequest>;
 // Attach answers with the same body as Connect: a distinct type keeps one body type
 // per opcode.
 struct AttachReplyBody : ConnectReply {};
 static_assert(sizeof(AttachReplyBody) == sizeof(ConnectReply));
+// TopicShareBuffer answers like TransferBuffer: the handle (claimable once by each
+// subscriber that was live) and the buffer's record.
+struct TopicShareBufferReply : TransferBufferReply {};
+static_assert(sizeof(TopicShareBufferReply) == sizeof(TransferBufferReply));
 using ReplyBody =
     std::variant<HelloReply, CreateReply, LookupReply, OpenReply, DeriveReply, GrantReply,
                  ClaimReply, RevokeReply, ReleaseReply, PingReply, StatsReply, ConnectReply,
                  AttachReplyBody, AcceptReply, DestroyReply, CreateBufferReply, MapBufferReply,
                  TransferBufferReply, ClaimBufferReply, TopicJoinReply, TopicMemberReply,
-                 TopicLeaveReply, UnassignedBody<123>>;
+                 TopicLeaveReply, TopicShareBufferReply>;
 static_assert(std::variant_size_v<Request> == kOpcodeMax);
 static_assert(std::variant_size_v<ReplyBody> == kOpcodeMax);
 

@@ -13,10 +13,13 @@
 
 #include <chrono>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "broker/broker.hpp"
 #include "core/buffer_descriptor.hpp"
 #include "core/sys.hpp"
 #include "support/daemon.hpp"
@@ -24,6 +27,7 @@
 #include "support/process.hpp"
 #include "vipc/buffer.hpp"
 #include "vipc/runtime.hpp"
+#include "vipc/topic.hpp"
 
 namespace vipc {
 namespace {
@@ -74,6 +78,12 @@ std::vector<int> new_memfds(const test::FdCensus& before) {
 std::size_t memfds_of(pid_t pid) {
   auto c = test::fd_census(pid);
   return c ? c->memfds : 0;
+}
+
+// Only the SharedBuffers' memfds (a topic's own segments come and go with its members).
+std::size_t buffers_of(pid_t pid) {
+  auto c = test::fd_census(pid);
+  return c ? c->buffer_memfds : 0;
 }
 
 // In a receiver child: its descriptors before it received anything.
@@ -618,6 +628,205 @@ TEST_F(BufferTest, RegionIsSharedWritableWithWriteAndReadOnlyWithout) {
   ASSERT_TRUE(rt->release(*d).ok());
   ASSERT_TRUE(region->release().ok());
   EXPECT_TRUE(back_to_baseline()) << test::describe(test::fd_census(daemon->pid()));
+}
+
+// ------------------------------------------------------------ topics
+
+// A subscriber child: subscribes to `topic`, says so, then takes `count` messages, each
+// carrying a buffer of `size` bytes with the pattern and type k, and releases each.
+int subscribe_and_take(const std::string& socket, const std::string& topic, Pipe& ready,
+                       std::uint32_t count, std::size_t size) {
+  auto crt = Runtime::connect_to(socket);
+  if (!crt) return 10;
+  auto sub = Subscription::subscribe(*crt, topic);
+  if (!sub) return 11;
+  if (!ready.put(std::uint8_t{1})) return 12;
+  for (std::uint32_t k = 0; k < count; ++k) {
+    SmallMessage m;
+    auto got = sub->receive(m, 20s);
+    if (!got || got->missed != 0) return 13;
+    if (m.type != k || !SharedBuffer::carries_buffer(m)) return 14;
+    auto b = SharedBuffer::receive(*crt, m);
+    if (!b) return 15;
+    if (b->mode() != TransferMode::Share || b->size() != size) return 16;
+    auto v = b->payload();
+    if (!v || !has_pattern(*v)) return 17;
+    if (!b->release()) return 18;
+  }
+  return 0;
+}
+
+TEST_F(BufferTest, TopicPayloadIsPublishedOnceForEverySubscriberAndFreedAfterTheLast) {
+  constexpr int kSubscribers = 3;
+  constexpr std::uint32_t kMessages = 4;
+  constexpr std::size_t kSize = 1 << 20;
+  const std::size_t buffers_before = buffers_of(daemon->pid());
+  TopicOptions to;
+  to.capacity = 16;
+  auto topic = Topic::create(*rt, "frames", to);
+  ASSERT_TRUE(topic.ok()) << topic.error().message();
+  // This process subscribes too, to hand one message to a process that is not a
+  // subscriber.
+  std::optional<Subscription> own;
+  {
+    auto s = Subscription::subscribe(*rt, "frames");
+    ASSERT_TRUE(s.ok()) << s.error().message();
+    own.emplace(std::move(*s));
+  }
+  const std::string socket = daemon->socket();
+  std::vector<std::unique_ptr<Pipe>> ready;
+  std::vector<Child> subs;
+  for (int i = 0; i < kSubscribers; ++i) {
+    ready.push_back(std::make_unique<Pipe>());
+    Pipe& r = *ready.back();
+    subs.push_back(Child::spawn(
+        [&r, socket] { return subscribe_and_take(socket, "frames", r, kMessages, kSize); },
+        kAlarm));
+  }
+  for (auto& r : ready) ASSERT_EQ(r->get<std::uint8_t>(), std::uint8_t{1});
+  for (std::uint32_t k = 0; k < kMessages; ++k) {
+    auto buf = SharedBuffer::allocate(*rt, kSize);
+    ASSERT_TRUE(buf.ok());
+    fill_pattern(*buf->data());
+    ASSERT_TRUE(topic->publish_buffer(*buf, k).ok());
+    EXPECT_TRUE(buf->sealed());
+    ASSERT_TRUE(buf->release().ok());  // the subscribers' claims keep it alive
+  }
+  for (auto& c : subs) EXPECT_EQ(c.wait(30s), "exit 0");
+
+  // The message names the share; only a subscriber of the topic may claim it.
+  SmallMessage first;
+  auto got = own->receive(first, 5s);
+  ASSERT_TRUE(got.ok()) << got.error().message();
+  Pipe verdict;
+  Child stranger = Child::spawn(
+      [&verdict, &first, socket]() -> int {
+        auto crt = Runtime::connect_to(socket);
+        if (!crt) return 10;
+        auto b = SharedBuffer::receive(*crt, first);
+        (void)verdict.put(b ? std::uint16_t{0} : static_cast<std::uint16_t>(b.error().code()));
+        return 0;
+      },
+      kAlarm);
+  EXPECT_EQ(verdict.get<std::uint16_t>(), static_cast<std::uint16_t>(ErrorCode::InvalidCapability));
+  EXPECT_EQ(stranger.wait(10s), "exit 0");
+  {
+    auto b = SharedBuffer::receive(*rt, first);
+    ASSERT_TRUE(b.ok()) << b.error().message();
+    auto v = b->payload();
+    ASSERT_TRUE(v.ok());
+    EXPECT_TRUE(has_pattern(*v));
+    // And only once per subscriber.
+    EXPECT_EQ(SharedBuffer::receive(*rt, first).error().code(), ErrorCode::InvalidCapability);
+  }
+  // Three buffers are still waiting for this process's subscription.
+  EXPECT_EQ(buffers_of(daemon->pid()), buffers_before + kMessages - 1);
+  own.reset();
+  topic = Error(ErrorCode::ChannelClosed, "gone");
+  rt.reset();  // the last claimant disconnects: every share and buffer goes
+  EXPECT_TRUE(test::wait_for([&] { return buffers_of(daemon->pid()) == buffers_before; }, 5s));
+}
+
+TEST_F(BufferTest, TopicPayloadHeldByAKilledSubscriberIsFreedWithIt) {
+  const std::size_t buffers_before = buffers_of(daemon->pid());
+  auto topic = Topic::create(*rt, "held");
+  ASSERT_TRUE(topic.ok());
+  const std::string socket = daemon->socket();
+  Pipe holder_ready, idler_ready, idler_go;
+  Child holder = Child::spawn(
+      [&holder_ready, socket]() -> int {
+        auto crt = Runtime::connect_to(socket);
+        if (!crt) return 10;
+        auto sub = Subscription::subscribe(*crt, "held");
+        if (!sub) return 11;
+        (void)holder_ready.put(std::uint8_t{1});
+        SmallMessage m;
+        if (!sub->receive(m, 20s)) return 12;
+        auto b = SharedBuffer::receive(*crt, m);
+        if (!b) return 13;
+        auto v = b->view();
+        if (!v || !has_pattern(*v)) return 14;
+        (void)holder_ready.put(std::uint8_t{2});
+        ::pause();  // holds it until killed
+        return 15;
+      },
+      kAlarm);
+  // A subscriber that never reads: the share waits for it until it leaves.
+  Child idler = Child::spawn(
+      [&idler_ready, &idler_go, socket]() -> int {
+        auto crt = Runtime::connect_to(socket);
+        if (!crt) return 10;
+        auto sub = Subscription::subscribe(*crt, "held");
+        if (!sub) return 11;
+        (void)idler_ready.put(std::uint8_t{1});
+        return idler_go.get<std::uint8_t>(30s) ? 0 : 12;
+      },
+      kAlarm);
+  ASSERT_EQ(holder_ready.get<std::uint8_t>(), std::uint8_t{1});
+  ASSERT_EQ(idler_ready.get<std::uint8_t>(), std::uint8_t{1});
+  {
+    auto buf = SharedBuffer::allocate(*rt, 1 << 20);
+    ASSERT_TRUE(buf.ok());
+    fill_pattern(*buf->data());
+    ASSERT_TRUE(topic->publish_buffer(*buf).ok());
+  }  // the publisher lets go of its own capability
+  ASSERT_EQ(holder_ready.get<std::uint8_t>(), std::uint8_t{2});
+  EXPECT_EQ(buffers_of(daemon->pid()), buffers_before + 1);
+  ASSERT_TRUE(idler_go.put(std::uint8_t{1}));
+  EXPECT_EQ(idler.wait(10s), "exit 0");
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(buffers_of(daemon->pid()), buffers_before + 1) << "freed under a live holder";
+  ::kill(holder.pid(), SIGKILL);
+  EXPECT_EQ(holder.wait(10s), "signal 9");
+  EXPECT_TRUE(test::wait_for([&] { return buffers_of(daemon->pid()) == buffers_before; }, 5s));
+}
+
+TEST_F(BufferTest, TopicSharesAreBoundedPerPublisher) {
+  // A subscriber that claims nothing must not make the broker keep every payload:
+  // under Drop the publisher's oldest unclaimed share makes room; under HoldBack the
+  // publisher is told (ChannelFull) instead.
+  const std::uint32_t limit = broker::BrokerOptions{}.max_pending_grants_per_client;
+  const std::size_t buffers_before = buffers_of(daemon->pid());
+  TopicOptions drop;
+  drop.capacity = 256;
+  auto loose = Topic::create(*rt, "loose", drop);
+  ASSERT_TRUE(loose.ok());
+  TopicOptions hold = drop;
+  hold.policy = TopicPolicy::HoldBack;
+  auto strict = Topic::create(*rt, "strict", hold);
+  ASSERT_TRUE(strict.ok());
+  const std::string socket = daemon->socket();
+  Pipe ready, go;
+  Child idler = Child::spawn(
+      [&ready, &go, socket]() -> int {
+        auto crt = Runtime::connect_to(socket);
+        if (!crt) return 10;
+        auto a = Subscription::subscribe(*crt, "loose");
+        auto b = Subscription::subscribe(*crt, "strict");
+        if (!a || !b) return 11;
+        (void)ready.put(std::uint8_t{1});
+        return go.get<std::uint8_t>(60s) ? 0 : 12;
+      },
+      kAlarm);
+  ASSERT_EQ(ready.get<std::uint8_t>(), std::uint8_t{1});
+  for (std::uint32_t k = 0; k < limit + 8; ++k) {
+    auto buf = SharedBuffer::allocate(*rt, 4096);
+    ASSERT_TRUE(buf.ok());
+    auto p = loose->publish_buffer(*buf, k);
+    ASSERT_TRUE(p.ok()) << k << ": " << p.error().message();
+  }
+  EXPECT_EQ(buffers_of(daemon->pid()), buffers_before + limit);
+  // The Drop topic's shares fill the publisher's limit: HoldBack is refused, not
+  // evicting anything.
+  auto buf = SharedBuffer::allocate(*rt, 4096);
+  ASSERT_TRUE(buf.ok());
+  auto r = strict->publish_buffer(*buf);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), ErrorCode::ChannelFull);
+  ASSERT_TRUE(buf->release().ok());
+  ASSERT_TRUE(go.put(std::uint8_t{1}));
+  EXPECT_EQ(idler.wait(10s), "exit 0");
+  EXPECT_TRUE(test::wait_for([&] { return buffers_of(daemon->pid()) == buffers_before; }, 5s));
 }
 
 }  // namespace

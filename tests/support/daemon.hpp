@@ -156,6 +156,7 @@ class Daemon {
 struct FdCensus {
   std::size_t total = 0;
   std::size_t memfds = 0;
+  std::size_t buffer_memfds = 0;  // SharedBuffers (the broker names them vipc-buffer)
   std::vector<int> memfd_numbers;
   friend bool operator==(const FdCensus& a, const FdCensus& b) {
     return a.total == b.total && a.memfds == b.memfds;
@@ -179,8 +180,10 @@ inline std::optional<FdCensus> fd_census(pid_t pid) {
     char link[256];
     const ssize_t n = ::readlinkat(own, e->d_name, link, sizeof link - 1);
     if (n <= 0) continue;  // closed meanwhile
-    if (std::string_view(link, static_cast<std::size_t>(n)).starts_with("/memfd:")) {
+    const std::string_view target(link, static_cast<std::size_t>(n));
+    if (target.starts_with("/memfd:")) {
       ++c.memfds;
+      if (target.starts_with("/memfd:vipc-buffer")) ++c.buffer_memfds;
       c.memfd_numbers.push_back(fd);
     }
   }

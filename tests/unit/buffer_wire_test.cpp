@@ -115,7 +115,10 @@ SmallMessage descriptor_message(const layout::BufferDescriptor& d) {
 TEST(BufferDescriptorTest, ParsesOnlyWellFormedDescriptors) {
   const layout::BufferDescriptor good{
       layout::kBufferDescriptorMagic, layout::kBufferDescriptorVersion, 2, 0, 4096, 4096};
-  EXPECT_TRUE(layout::parse_descriptor(descriptor_message(good)).has_value());
+  auto parsed = layout::parse_descriptor(descriptor_message(good));
+  ASSERT_TRUE(parsed.has_value());
+  EXPECT_EQ(parsed->handle, 42u);
+  EXPECT_EQ(parsed->d.length, 4096u);
   auto bad_magic = good;
   bad_magic.magic ^= 1;
   auto bad_version = good;
@@ -131,6 +134,22 @@ TEST(BufferDescriptorTest, ParsesOnlyWellFormedDescriptors) {
   SmallMessage short_msg = descriptor_message(good);
   short_msg.length = 31;
   EXPECT_FALSE(layout::parse_descriptor(short_msg).has_value());
+
+  // The inline form (topics): no capability slot, the handle right after the descriptor.
+  SmallMessage inline_form = no_cap;
+  const std::uint64_t handle = 77;
+  std::memcpy(inline_form.data.data() + sizeof good, &handle, sizeof handle);
+  inline_form.length = layout::kInlineHandleDescriptorSize;
+  parsed = layout::parse_descriptor(inline_form);
+  ASSERT_TRUE(parsed.has_value());
+  EXPECT_EQ(parsed->handle, 77u);
+  // Either form exactly: a capability slot beside an inline handle, or a length off by
+  // one, is not a descriptor.
+  SmallMessage both = inline_form;
+  both.cap_count = 1;
+  EXPECT_FALSE(layout::parse_descriptor(both).has_value());
+  inline_form.length = layout::kInlineHandleDescriptorSize - 1;
+  EXPECT_FALSE(layout::parse_descriptor(inline_form).has_value());
 }
 
 TEST(BufferDescriptorTest, RangeCheckHasNoOverflow) {

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "support/embedded.hpp"
+#include "support/pipe.hpp"
 #include "support/process.hpp"
 #include "vipc/channel.hpp"
 #include "vipc/runtime.hpp"
@@ -31,39 +33,18 @@ std::uint64_t number_of(const SmallMessage& m) {
   return n;
 }
 
-class Overflow : public ::testing::Test {
+// Two pipes between the test and its sender child: "done" (child to parent) and "go on"
+// (parent to child).
+class Overflow : public test::EmbeddedBrokerTest {
  protected:
-  void SetUp() override {
-    auto r = Runtime::embedded();
-    ASSERT_TRUE(r.ok()) << r.error().message();
-    rt.emplace(std::move(*r));
-    ASSERT_EQ(::pipe(go_), 0);
-    ASSERT_EQ(::pipe(done_), 0);
-  }
-  void TearDown() override {
-    for (int fd : {go_[0], go_[1], done_[0], done_[1]}) ::close(fd);
-  }
-  // Parent side of the two pipes: wait for the child's "done", then say "go on".
-  void wait_child() {
-    char c = 0;
-    ASSERT_EQ(::read(done_[0], &c, 1), 1);
-  }
-  void release_child() {
-    char c = 1;
-    ASSERT_EQ(::write(go_[1], &c, 1), 1);
-  }
+  // Parent side.
+  void wait_child() { ASSERT_TRUE(done_.wait(std::chrono::seconds(60))); }
+  void release_child() { ASSERT_TRUE(go_.post()); }
   // Child side.
-  bool tell_parent() {
-    char c = 1;
-    return ::write(done_[1], &c, 1) == 1;
-  }
-  bool wait_parent() {
-    char c = 0;
-    return ::read(go_[0], &c, 1) == 1;
-  }
-  std::optional<Runtime> rt;
-  int go_[2]{-1, -1};
-  int done_[2]{-1, -1};
+  bool tell_parent() { return done_.post(); }
+  bool wait_parent() { return go_.wait(std::chrono::seconds(60)); }
+  test::Pipe go_;
+  test::Pipe done_;
 };
 
 // Receives until `n` messages came; returns them with their sources.

@@ -1,9 +1,11 @@
 #include "core/mq_queue.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -358,6 +360,12 @@ Result<void> MessageQueue::send(const void* data, std::size_t len, std::uint32_t
       const bool wake = h->receivers_parked.load(std::memory_order_relaxed) > 0;
       if (wake) h->not_empty.fetch_add(1, std::memory_order_relaxed);  // Q3
       bool fire = false;
+      // A receiver that is waiting takes the message instead of the notification; one
+      // that died waiting no longer counts.
+      if (before == 0 && h->notify_state == kNotifyArmed &&
+          h->receivers_busy.load(std::memory_order_relaxed) != 0) {
+        reap_dead_receivers();
+      }
       if (before == 0 && h->notify_state == kNotifyArmed &&
           h->receivers_busy.load(std::memory_order_relaxed) == 0) {
         if (h->notify_deliver != 0) {
@@ -436,8 +444,9 @@ Result<std::size_t> MessageQueue::receive(void* buf, std::size_t cap, std::uint3
     if (!deadline_valid(wait.deadline)) return Error(ErrorCode::InvalidArgument, "queue: deadline");
     if (!spun) {
       spun = true;
-      lock.unlock();
       h->receivers_busy.fetch_add(1, std::memory_order_relaxed);
+      note_busy(+1, false);
+      lock.unlock();
       SpinBudget& budget = t_recv_budget;
       (void)spin_then_yield(budget, [&] {
         return h->count.load(std::memory_order_relaxed) > 0;  // Q2
@@ -445,10 +454,12 @@ Result<std::size_t> MessageQueue::receive(void* buf, std::size_t cap, std::uint3
       const bool relocked = lock.relock();
       h->receivers_busy.fetch_sub(1, std::memory_order_relaxed);
       if (!relocked) return lock.failure();
+      note_busy(-1, false);
       continue;
     }
     h->receivers_busy.fetch_add(1, std::memory_order_relaxed);
     h->receivers_parked.fetch_add(1, std::memory_order_relaxed);
+    note_busy(+1, true);
     const std::uint32_t seq = h->not_empty.load(std::memory_order_relaxed);  // Q3
     lock.unlock();
     auto r = sys::futex_wait_realtime(&h->not_empty, seq, wait.deadline);
@@ -456,6 +467,7 @@ Result<std::size_t> MessageQueue::receive(void* buf, std::size_t cap, std::uint3
     h->receivers_parked.fetch_sub(1, std::memory_order_relaxed);
     h->receivers_busy.fetch_sub(1, std::memory_order_relaxed);
     if (!relocked) return lock.failure();
+    note_busy(-1, true);
     if (!r) {
       if (h->queued > 0 && h->receivers_parked.load(std::memory_order_relaxed) > 0) {
         h->not_empty.fetch_add(1, std::memory_order_relaxed);
@@ -464,6 +476,50 @@ Result<std::size_t> MessageQueue::receive(void* buf, std::size_t cap, std::uint3
       }
       return r.error();
     }
+  }
+}
+
+void MessageQueue::note_busy(int delta, bool parked) noexcept {
+  QueueHeader* h = hdr();
+  const auto pid = static_cast<std::uint32_t>(::getpid());
+  BusyReceivers* mine = nullptr;
+  BusyReceivers* free_entry = nullptr;
+  for (BusyReceivers& e : h->busy_receivers) {
+    if (e.pid == pid) {
+      mine = &e;
+      break;
+    }
+    if (e.pid == 0 && free_entry == nullptr) free_entry = &e;
+  }
+  if (mine == nullptr) {
+    if (delta < 0 || free_entry == nullptr) return;  // not tracked
+    mine = free_entry;
+    *mine = BusyReceivers{pid, 0, 0};
+  }
+  // Counts of a scribbled entry saturate instead of wrapping.
+  const auto step = [delta](std::uint16_t v) -> std::uint16_t {
+    if (delta < 0) return v == 0 ? 0 : static_cast<std::uint16_t>(v - 1);
+    return v == 0xffff ? v : static_cast<std::uint16_t>(v + 1);
+  };
+  mine->busy = step(mine->busy);
+  if (parked) mine->parked = step(mine->parked);
+  if (mine->busy == 0 && mine->parked == 0) mine->pid = 0;
+}
+
+void MessageQueue::reap_dead_receivers() noexcept {
+  QueueHeader* h = hdr();
+  const auto take_back = [](std::atomic<std::uint32_t>& counter, std::uint32_t n) {
+    const std::uint32_t now = counter.load(std::memory_order_relaxed);
+    counter.store(now - std::min(now, n), std::memory_order_relaxed);
+  };
+  for (BusyReceivers& e : h->busy_receivers) {
+    if (e.pid == 0) continue;
+    const bool dead = e.pid > static_cast<std::uint32_t>(INT32_MAX) ||
+                      (::kill(static_cast<pid_t>(e.pid), 0) != 0 && errno == ESRCH);
+    if (!dead && (e.busy != 0 || e.parked != 0)) continue;
+    take_back(h->receivers_busy, e.busy);
+    take_back(h->receivers_parked, e.parked);
+    e = BusyReceivers{0, 0, 0};
   }
 }
 

@@ -41,7 +41,7 @@ namespace vipc::core {
 namespace mq_layout {
 
 inline constexpr std::uint32_t kMagic = 0x3151'4d56;  // "VMQ1" in memory order
-inline constexpr std::uint16_t kVersion = 1;
+inline constexpr std::uint16_t kVersion = 2;
 inline constexpr std::uint32_t kNil = 0xffff'ffff;    // end of a list
 inline constexpr std::uint32_t kPriorityMax = 32768;  // MQ_PRIO_MAX: priorities 0..32767
 inline constexpr std::size_t kHeaderSize = 448;
@@ -62,7 +62,8 @@ inline constexpr std::uint32_t kNotifyFired = 2;  // a sender fired it: the proc
 //  lock brings them along (one line transfer between processes, not several)
 //   64                     104    108    112         116            120           124
 //   | pthread_mutex_t (40) | head | tail | free head | recv. parked | send. parked | queued
-//  line 2: reserved
+//  line 2 (guarded by the mutex): the receivers spinning or parked, by process
+//   128: 8 entries of | pid (u32) | busy (u16) | parked (u16) |   (pid 0: free entry)
 //  line 3 (guarded by the mutex)
 //   192        208             212          216       220
 //   | reserved | notify state  | notify pid | deliver | reg
@@ -90,6 +91,18 @@ struct Slot {
 };
 static_assert(sizeof(Slot) == kSlotHeader);
 
+// A process with receivers spinning or parked on the queue. When a notification would
+// be suppressed because receivers look busy, the sender checks these processes and
+// takes back the counts of any that died while waiting (a killed process never
+// decrements them itself).
+struct BusyReceivers {
+  std::uint32_t pid;
+  std::uint16_t busy;    // of receivers_busy
+  std::uint16_t parked;  // of receivers_parked
+};
+static_assert(sizeof(BusyReceivers) == 8);
+inline constexpr std::size_t kBusyReceiversMax = 8;  // more processes: not tracked
+
 struct QueueHeader {
   // line 0: immutable
   std::uint32_t magic;
@@ -110,8 +123,8 @@ struct QueueHeader {
   std::atomic<std::uint32_t> receivers_parked;  // changed under the mutex
   std::atomic<std::uint32_t> senders_parked;    // changed under the mutex
   std::uint32_t queued;  // guarded by the mutex: the message count (`count` mirrors it)
-  // line 2
-  std::uint8_t pad2[64];
+  // line 2: guarded by the mutex
+  BusyReceivers busy_receivers[kBusyReceiversMax];
   // line 3: guarded by the mutex
   std::uint32_t reserved3[4];
   std::uint32_t notify_state;
@@ -147,6 +160,7 @@ static_assert(offsetof(QueueHeader, segment_size) == 24);
 static_assert(offsetof(QueueHeader, queue_id) == 32);
 static_assert(offsetof(QueueHeader, mutex) == 64);
 static_assert(offsetof(QueueHeader, count) == 384);
+static_assert(offsetof(QueueHeader, busy_receivers) == 128);
 static_assert(offsetof(QueueHeader, head) == 104);
 static_assert(offsetof(QueueHeader, tail) == 108);
 static_assert(offsetof(QueueHeader, free_head) == 112);
@@ -246,6 +260,12 @@ class MessageQueue {
   [[nodiscard]] std::byte* payload(std::uint32_t i) const noexcept;
   [[nodiscard]] bool lists_look_valid() const noexcept;
   void repair() noexcept;
+  // Under the mutex: this process's entry of busy_receivers gains or loses a waiting
+  // receiver (busy, and parked too with `parked`); untracked when the table is full.
+  void note_busy(int delta, bool parked) noexcept;
+  // Under the mutex: takes back the counts of tracked processes that died while their
+  // receivers waited.
+  void reap_dead_receivers() noexcept;
   [[nodiscard]] bool push_locked(const void* data, std::size_t len,
                                  std::uint32_t priority) noexcept;
   [[nodiscard]] bool pop_locked(void* buf, std::size_t* len, std::uint32_t* priority) noexcept;

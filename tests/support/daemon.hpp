@@ -56,16 +56,6 @@ class TempDir {
   std::string path_;
 };
 
-// Polls `done` every 2 ms until it holds or `limit` passed; returns its last value.
-inline bool wait_for(const std::function<bool()>& done, std::chrono::milliseconds limit) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return done();
-}
-
 // vipcd --foreground on `dir`/vipcd.sock, as a child of the test (killed with the test,
 // and by SIGALRM after `alarm`). The destructor kills it if it still runs.
 class Daemon {

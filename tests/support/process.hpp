@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -116,5 +117,15 @@ class Child {
   bool started_;
   std::string outcome_;
 };
+
+// Polls `done` every 2 ms until it holds or `limit` passed; returns its last value.
+inline bool wait_for(const std::function<bool()>& done, std::chrono::milliseconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return done();
+}
 
 }  // namespace vipc::test

@@ -4,9 +4,12 @@
 
 #include <gtest/gtest.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -198,6 +201,54 @@ TEST(MessageQueue, RegistrationOfADeadProcessIsTakenOver) {
       10s);
   ASSERT_EQ(child.wait(10s), "exit 0");
   EXPECT_TRUE(f.q.arm_notify(static_cast<std::uint32_t>(::getpid()), true).ok());
+}
+
+TEST(MessageQueue, AReceiverKilledWhileWaitingNoLongerSuppressesTheNotification) {
+  auto f = make_queue(2, 8);
+  const Raw peer = raw(f);
+  const auto me = static_cast<std::uint32_t>(::getpid());
+  const auto parked_receiver = [&] {
+    return test::Child::spawn(
+        [&]() -> int {
+          auto q = MessageQueue::attach(f.fd.get());
+          if (!q) return 1;
+          char buf[8];
+          auto n = q->receive(buf, sizeof buf, nullptr, QueueWait{});
+          return n && *n == 1 ? 0 : 2;
+        },
+        10s);
+  };
+  const auto parked = [&](std::uint32_t n) {
+    return test::wait_for(
+        [&] {
+          return std::atomic_ref<std::uint32_t>(peer.h()->busy_receivers[0].pid).load() != 0 &&
+                 peer.h()->receivers_parked.load() == n;
+        },
+        5s);
+  };
+  // The control: a live waiting receiver takes the message; the registration stays.
+  auto live = parked_receiver();
+  ASSERT_TRUE(parked(1));
+  ASSERT_TRUE(f.q.arm_notify(me, false).ok());
+  ASSERT_TRUE(send(f.q, "a", 0));
+  EXPECT_EQ(live.wait(10s), "exit 0");
+  EXPECT_EQ(f.q.arm_notify(me, false).error().code(), ErrorCode::AlreadyExists);
+  ASSERT_TRUE(f.q.disarm_notify(me));
+  EXPECT_EQ(peer.h()->receivers_busy.load(), 0u);
+  EXPECT_EQ(peer.h()->busy_receivers[0].pid, 0u);
+
+  // A receiver killed while parked: the next arrival fires the registration.
+  auto doomed = parked_receiver();
+  ASSERT_TRUE(parked(1));
+  ::kill(doomed.pid(), SIGKILL);
+  EXPECT_EQ(doomed.wait(10s), "signal 9");
+  EXPECT_EQ(peer.h()->receivers_busy.load(), 1u);  // nobody took it back yet
+  ASSERT_TRUE(f.q.arm_notify(me, false).ok());
+  ASSERT_TRUE(send(f.q, "b", 0));
+  EXPECT_TRUE(f.q.arm_notify(me, false).ok()) << "the registration did not fire";
+  EXPECT_EQ(peer.h()->receivers_busy.load(), 0u);
+  EXPECT_EQ(peer.h()->receivers_parked.load(), 0u);
+  EXPECT_EQ(receive(f.q), "b");
 }
 
 }  // namespace

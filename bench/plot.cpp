@@ -89,7 +89,7 @@ void plot_report(const Report& report, const std::string& file) {
                         quoted(report.title.substr(0, report.title.find('\n'))));
   script +=
       "set style data histogram\nset style histogram errorbars gap 1 lw 1\n"
-      "set style fill solid 0.85 border -1\nset logscale y\nset grid ytics mytics\n"
+      "set style fill solid 0.85 border -1\nset logscale y\nset grid ytics\n"
       "set xtics rotate by -30 nomirror\nset key top center horizontal opaque\nset bars 0.5\n";
   for (std::size_t i = 0; i < panels.size(); ++i) {
     const Panel& p = panels[i];

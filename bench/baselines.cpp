@@ -12,59 +12,10 @@
 #include <fmt/format.h>
 
 #include "core/clock.hpp"
+#include "fd_io.hpp"
 
 namespace vipc::bench::baselines {
 namespace {
-
-// Owns one socket descriptor.
-class Socket {
- public:
-  explicit Socket(int fd) noexcept : fd_(fd) {}
-  Socket(const Socket&) = delete;
-  Socket& operator=(const Socket&) = delete;
-  ~Socket() { reset(); }
-  [[nodiscard]] int get() const noexcept { return fd_; }
-  void reset() noexcept {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_;
-};
-
-enum class Io { Done, Closed, TimedOut };
-
-// Reads exactly len bytes (Closed on end of file, TimedOut when SO_RCVTIMEO expired
-// before the first byte).
-Io read_full(int fd, unsigned char* buf, std::size_t len) {
-  std::size_t got = 0;
-  while (got < len) {
-    ssize_t n = ::read(fd, buf + got, len - got);
-    if (n > 0) {
-      got += static_cast<std::size_t>(n);
-    } else if (n == 0) {
-      return Io::Closed;
-    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (got == 0) return Io::TimedOut;
-    } else if (errno != EINTR) {
-      throw BenchError(fmt::format("read: {}", errno_text(errno)));
-    }
-  }
-  return Io::Done;
-}
-
-void write_full(int fd, const unsigned char* buf, std::size_t len) {
-  std::size_t put = 0;
-  while (put < len) {
-    ssize_t n = ::write(fd, buf + put, len - put);
-    if (n > 0) {
-      put += static_cast<std::size_t>(n);
-    } else if (n < 0 && errno != EINTR) {
-      throw BenchError(fmt::format("write: {}", errno_text(errno)));
-    }
-  }
-}
 
 // A bounded read(2), so an idle side can look at the stop flag or the stall check.
 void set_receive_timeout(int fd) {
@@ -81,8 +32,8 @@ Round uds_pingpong(const RunConfig& cfg, std::size_t size) {
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
     throw BenchError(fmt::format("socketpair: {}", errno_text(errno)));
   }
-  Socket mine(fds[0]);
-  Socket theirs(fds[1]);
+  Fd mine(fds[0]);
+  Fd theirs(fds[1]);
   set_receive_timeout(mine.get());
   set_receive_timeout(theirs.get());
   Round round;
@@ -98,7 +49,7 @@ Round uds_pingpong(const RunConfig& cfg, std::size_t size) {
             if (peer.stop_requested()) return;
             continue;
           }
-          write_full(theirs.get(), buf.data(), size);
+          if (write_full(theirs.get(), buf.data(), size) == Io::Closed) return;
         }
       },
       [&mine, &theirs, size, &round](SelfSide& self) {
@@ -109,7 +60,9 @@ Round uds_pingpong(const RunConfig& cfg, std::size_t size) {
         for (std::uint64_t seq = 1;; ++seq) {
           std::memcpy(msg.data(), &seq, size < sizeof seq ? size : sizeof seq);
           const std::uint64_t t0 = core::cycles();
-          write_full(mine.get(), msg.data(), size);
+          if (write_full(mine.get(), msg.data(), size) == Io::Closed) {
+            throw BenchError("the peer closed its socket");
+          }
           Io r;
           while ((r = read_full(mine.get(), reply.data(), size)) == Io::TimedOut) {
             self.check_stall();

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -140,6 +141,8 @@ class PeerProcess {
 [[noreturn]] void peer_main(const RunConfig& cfg, const std::string& name, pid_t parent,
                             ControlBlock* control, const std::function<void(PeerSide&)>& peer) {
   for (int sig : kHandledSignals) ::signal(sig, SIG_DFL);
+  // A write to a descriptor the other side closed fails with EPIPE instead of killing.
+  ::signal(SIGPIPE, SIG_IGN);
   // Dies with the measuring process, whatever ends it.
   if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) ::_exit(1);
   ::alarm(alarm_seconds(cfg.timing));
@@ -229,7 +232,8 @@ void SelfSide::wait_for_progress(std::uint64_t n) {
 
 void run_with_peer(const RunConfig& cfg, const std::string& name,
                    const std::function<void(PeerSide&)>& peer,
-                   const std::function<void(SelfSide&)>& self) {
+                   const std::function<void(SelfSide&)>& self,
+                   const std::function<void()>& prepare) {
   SharedMemory control_memory(sizeof(ControlBlock));
   ControlBlock* control = control_memory.construct<ControlBlock>();
 
@@ -256,6 +260,7 @@ void run_with_peer(const RunConfig& cfg, const std::string& name,
       }
       std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
+    if (prepare) prepare();
     SelfSide side(control, pid, cfg.timing);
     self(side);
     side.request_stop();
@@ -270,11 +275,73 @@ void run_with_peer(const RunConfig& cfg, const std::string& name,
   ::alarm(0);
 }
 
+SampleLog::SampleLog(std::size_t capacity)
+    : capacity_(capacity), memory_(sizeof(Header) + capacity * sizeof(std::uint64_t)) {
+  header_ = memory_.construct<Header>();
+  samples_ = reinterpret_cast<std::uint64_t*>(header_ + 1);
+}
+
+bool SampleLog::add(std::uint64_t cycles) noexcept {
+  if (header_->count >= capacity_) return false;
+  samples_[header_->count++] = cycles;
+  return true;
+}
+
+void SampleLog::set_rate(std::uint64_t messages, std::uint64_t cycles) noexcept {
+  header_->messages = messages;
+  header_->cycles = cycles;
+}
+
+Round SampleLog::to_round() const {
+  Round round;
+  const std::uint64_t n = std::min<std::uint64_t>(header_->count, capacity_);
+  for (std::uint64_t i = 0; i < n; ++i) round.hist.record(samples_[i]);
+  round.messages = header_->messages;
+  round.cycles = header_->cycles;
+  return round;
+}
+
+Round run_in_child(const RunConfig& cfg, const std::string& name, SampleLog& log, double extra_s,
+                   const std::function<void(SampleLog&)>& measure) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid < 0) throw BenchError(fmt::format("fork: {}", errno_text(errno)));
+  if (pid == 0) {
+    int code = 0;
+    try {
+      if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) ::_exit(1);
+      measure(log);
+    } catch (const std::exception& e) {
+      write_stderr(fmt::format("vipc bench: {}\n", e.what()).c_str());
+      code = 1;
+    } catch (...) {
+      code = 1;
+    }
+    // No exit handlers: they belong to the parent's objects, copied by the fork.
+    ::_exit(code);
+  }
+  PeerProcess process(pid);
+  const double limit = static_cast<double>(alarm_seconds(cfg.timing)) + extra_s;
+  ::alarm(static_cast<unsigned>(std::ceil(limit)) + 5);
+  try {
+    process.finish(limit);
+  } catch (const BenchError& e) {
+    ::alarm(0);
+    throw BenchError(fmt::format("{}: the measuring child: {}", name, e.what()));
+  }
+  ::alarm(0);
+  return log.to_round();
+}
+
 RunGuard::RunGuard(const CpuPair& cpus) {
   struct sigaction sa {};
   sa.sa_handler = on_fatal_signal;
   sigemptyset(&sa.sa_mask);
   for (int sig : kHandledSignals) ::sigaction(sig, &sa, nullptr);
+  // A write to a descriptor the peer closed (it died) fails with EPIPE and is reported.
+  ::signal(SIGPIPE, SIG_IGN);
 
   cpu_set_t saved;
   CPU_ZERO(&saved);
@@ -294,6 +361,7 @@ RunGuard::RunGuard(const CpuPair& cpus) {
 RunGuard::~RunGuard() {
   ::alarm(0);
   for (int sig : kHandledSignals) ::signal(sig, SIG_DFL);
+  ::signal(SIGPIPE, SIG_DFL);
   if (pinned_ && saved_affinity_.size() == sizeof(cpu_set_t)) {
     cpu_set_t saved;
     std::memcpy(&saved, saved_affinity_.data(), sizeof saved);

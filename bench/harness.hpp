@@ -201,9 +201,46 @@ class RateWindow {
 // Forks the peer process (pinned to cfg.cpus.peer) running `peer`, runs `self` here,
 // then stops and reaps the peer. `name` names the system in error messages. The peer
 // is killed and reaped on every path; a failure of either side throws BenchError.
+// `prepare`, when given, runs here after the peer is ready and before the clock starts
+// (warm-up and measurement): for libraries that connect the two sides asynchronously.
 void run_with_peer(const RunConfig& cfg, const std::string& name,
                    const std::function<void(PeerSide&)>& peer,
-                   const std::function<void(SelfSide&)>& self);
+                   const std::function<void(SelfSide&)>& self,
+                   const std::function<void()>& prepare = {});
+
+// Latency samples (in cycles) and a message count of a measurement made in another
+// process, in shared memory mapped before the fork. Each sample is one plain store
+// into its own slot, published to the reading process by the writer's exit (the reader
+// reads only after waitpid has reaped the writer).
+class SampleLog {
+ public:
+  explicit SampleLog(std::size_t capacity);
+  // False when the log is full (the sample is not kept): end the measurement.
+  bool add(std::uint64_t cycles) noexcept;
+  void set_rate(std::uint64_t messages, std::uint64_t cycles) noexcept;
+  // The samples and counts as a Round (read after the writer has been reaped).
+  [[nodiscard]] Round to_round() const;
+
+ private:
+  struct Header {
+    std::uint64_t count;
+    std::uint64_t messages;
+    std::uint64_t cycles;
+  };
+  std::size_t capacity_;
+  SharedMemory memory_;
+  Header* header_;
+  std::uint64_t* samples_;
+};
+
+// Runs `measure` in a new child of this process (same pinning), which may itself use
+// run_with_peer: for peer libraries with per-process state that a fork must not copy
+// (iceoryx's runtime may be initialised once per process, after the fork). The child
+// records into `log`; this process waits for it (killed on every error path and by the
+// watchdog and signal handlers) and returns log.to_round(). `extra_s` is added to the
+// child's time limit (e.g. for starting a daemon).
+Round run_in_child(const RunConfig& cfg, const std::string& name, SampleLog& log, double extra_s,
+                   const std::function<void(SampleLog&)>& measure);
 
 // Installs the signal handlers (SIGALRM watchdog, SIGINT/SIGTERM/SIGHUP) that kill the
 // current peer before exiting, and pins this process to cpus.self; undoes both on

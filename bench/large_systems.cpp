@@ -18,6 +18,7 @@
 
 #include "core/clock.hpp"
 #include "core/sys.hpp"
+#include "fd_io.hpp"
 #include "vipc/channel.hpp"
 #include "vipc/runtime.hpp"
 
@@ -42,52 +43,6 @@ struct PeerReport {
   std::atomic<long> transfers{0};  // handoffs in the measured window
   std::atomic<int> measuring{0};   // set by the measuring side after the warm-up
 };
-
-class Fd {
- public:
-  explicit Fd(int fd) noexcept : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { reset(); }
-  [[nodiscard]] int get() const noexcept { return fd_; }
-  void reset() noexcept {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_;
-};
-
-// false on end of file or timeout before the first byte.
-bool read_full(int fd, unsigned char* buf, std::size_t len) {
-  std::size_t got = 0;
-  while (got < len) {
-    const ssize_t n = ::read(fd, buf + got, len - got);
-    if (n > 0) {
-      got += static_cast<std::size_t>(n);
-    } else if (n == 0) {
-      return false;
-    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (got == 0) return false;
-    } else if (errno != EINTR) {
-      throw BenchError(fmt::format("read: {}", errno_text(errno)));
-    }
-  }
-  return true;
-}
-
-void write_full(int fd, const unsigned char* buf, std::size_t len) {
-  std::size_t put = 0;
-  while (put < len) {
-    const ssize_t n = ::write(fd, buf + put, len - put);
-    if (n > 0) {
-      put += static_cast<std::size_t>(n);
-    } else if (n < 0 && errno != EINTR) {
-      throw BenchError(fmt::format("write: {}", errno_text(errno)));
-    }
-  }
-}
 
 }  // namespace
 
@@ -265,11 +220,11 @@ Round uds_send(const RunConfig& cfg, std::size_t size) {
         mine.reset();
         std::vector<unsigned char> buf(size);
         for (;;) {
-          if (!read_full(theirs.get(), buf.data(), size)) {
+          if (read_full(theirs.get(), buf.data(), size) != Io::Done) {
             if (peer.stop_requested()) return;
             continue;
           }
-          write_full(theirs.get(), buf.data(), 1);
+          if (write_full(theirs.get(), buf.data(), 1) == Io::Closed) return;
         }
       },
       [&](SelfSide& self) {
@@ -279,9 +234,11 @@ Round uds_send(const RunConfig& cfg, std::size_t size) {
         for (std::uint64_t seq = 1;; ++seq) {
           msg[0] = static_cast<unsigned char>(seq);
           const std::uint64_t t0 = core::cycles();
-          write_full(mine.get(), msg.data(), size);
+          if (write_full(mine.get(), msg.data(), size) == Io::Closed) {
+            throw BenchError("uds: the peer closed its socket");
+          }
           unsigned char ack = 0;
-          while (!read_full(mine.get(), &ack, 1)) self.check_stall();
+          while (read_full(mine.get(), &ack, 1) != Io::Done) self.check_stall();
           const std::uint64_t t1 = core::cycles();
           if (ack != msg[0]) throw BenchError("uds: the answer does not match");
           if (!recorder.record(t0, t1)) break;

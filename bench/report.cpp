@@ -107,6 +107,7 @@ json entry_json(const Entry& e) {
   if (e.ratio_p99) j["ratio_p99"] = round_significant(*e.ratio_p99, 4);
   if (e.ratio) j["ratio"] = round_significant(*e.ratio, 4);
   if (!e.stats.is_null()) j["stats"] = e.stats;
+  if (!e.skipped.empty()) j["skipped"] = e.skipped;
   return j;
 }
 
@@ -205,6 +206,12 @@ json machine_json() {
 }
 
 void print_json(const Report& report) {
+  std::fputs(report_json(report).dump(2).c_str(), stdout);
+  std::fputs("\n", stdout);
+  std::fflush(stdout);
+}
+
+json report_json(const Report& report) {
   json doc;
   doc["scenario"] = report.scenario;
   doc["params"] = report.params;
@@ -213,9 +220,7 @@ void print_json(const Report& report) {
   for (const Entry& e : report.entries) results.push_back(entry_json(e));
   doc["results"] = results;
   if (!report.notes.empty()) doc["notes"] = report.notes;
-  std::fputs(doc.dump(2).c_str(), stdout);
-  std::fputs("\n", stdout);
-  std::fflush(stdout);
+  return doc;
 }
 
 void print_table(const Report& report) {
@@ -260,6 +265,13 @@ void print_table(const Report& report) {
                                 format_rate(e.rate->msgs_per_s), e.rate->bytes_per_s / 1e6,
                                 format_ratio(e.ratio)));
     }
+  }
+  bool any_skipped = false;
+  for (const Entry& e : report.entries) {
+    if (e.skipped.empty()) continue;
+    if (!any_skipped) out += "\n";
+    any_skipped = true;
+    add_line(out, fmt::format("{:<{}}  skipped: {}", name_of(e), width, e.skipped));
   }
   std::string baselines;
   for (const Entry& e : report.entries) {

@@ -43,6 +43,9 @@ struct Entry {
   std::string baseline;
   std::optional<double> ratio_p50, ratio_p99, ratio;
   nlohmann::ordered_json stats;  // the rings' own counters (vipc entries), or null
+  // Not measured (a peer that is not installed or cannot run here): why. Such an
+  // entry has no latency or rate.
+  std::string skipped;
 };
 
 struct Report {
@@ -66,6 +69,8 @@ void compare(Entry& e, const Entry& base, bool with_p99);
 // cpu model, cores and kernel of this machine.
 nlohmann::ordered_json machine_json();
 
+// The JSON document of BENCHMARKS.md.
+nlohmann::ordered_json report_json(const Report& report);
 // One JSON document (BENCHMARKS.md) or a table, on stdout.
 void print_json(const Report& report);
 void print_table(const Report& report);

@@ -21,12 +21,16 @@
 #include "fanin_systems.hpp"
 #include "floors.hpp"
 #include "harness.hpp"
+#include "iceoryx_systems.hpp"
+#include "kernel_systems.hpp"
 #include "large_systems.hpp"
 #include "lookup_systems.hpp"
 #include "mq_systems.hpp"
+#include "plot.hpp"
 #include "report.hpp"
 #include "topic_systems.hpp"
 #include "vipc_systems.hpp"
+#include "zmq_systems.hpp"
 
 namespace vipc::bench {
 namespace {
@@ -41,6 +45,7 @@ constexpr std::size_t kLookupNames[] = {64, 1000};        // lookup: table sizes
 constexpr std::uint64_t kLookupSeed = 0x6c6f6f6b7570ULL;  // lookup: names and order
 constexpr std::size_t kCreateUdsBytes = 32;               // create: uds request and reply
 constexpr std::size_t kConnectDrainEvery = 64;            // create: connects between drains
+constexpr std::size_t kPeersLargeBytes = std::size_t{1} << 20;  // peers: large messages
 
 struct System {
   std::string name;
@@ -638,6 +643,180 @@ Report mq(const Options& o, const RunConfig& cfg) {
   return report;
 }
 
+// One system of `peers`: how it is measured and where its entry goes.
+struct PeerPart {
+  std::string system;   // the entry's system name
+  std::string test;     // pingpong, throughput, large
+  std::string mode;     // pingpong: busy or blocking
+  std::string skipped;  // why it is not measured (not installed, cannot run here)
+  std::function<Round(const RunConfig&)> measure;
+};
+
+// The fastest measured entry among `entries` whose system is in `names` (lowest p50, or
+// highest msgs/s), or nullptr.
+const Entry* fastest_of(const std::vector<Entry>& entries, const std::vector<std::string>& names,
+                        const std::string& test, const std::string& mode) {
+  const Entry* best = nullptr;
+  for (const Entry& e : entries) {
+    if (std::find(names.begin(), names.end(), e.system) == names.end()) continue;
+    if (e.labels.value("test", std::string()) != test) continue;
+    if (!mode.empty() && e.labels.value("mode", std::string()) != mode) continue;
+    if (!e.skipped.empty()) continue;
+    if (e.latency && (best == nullptr || e.latency->p50 < best->latency->p50)) best = &e;
+    if (e.rate && (best == nullptr || e.rate->msgs_per_s > best->rate->msgs_per_s)) best = &e;
+  }
+  return best;
+}
+
+// vipc beside the IPC its users run today: the kernel's mechanisms and the peers, in
+// their low-latency configurations (docs/benchmarks.md), all interleaved in one run.
+Report peers(const Options& o, const RunConfig& cfg) {
+  using kernel_systems::Mode;
+  using kernel_systems::Transport;
+  using vipc_systems::Wait;
+  const std::size_t large = o.size == kMessageBytes ? kPeersLargeBytes : o.size;
+  const std::string iox_skip = iceoryx_systems::unavailable_reason(cfg);
+  const std::string zmq_skip = zmq_systems::unavailable_reason();
+  const auto fd_rtt = [](Transport t, Mode m) {
+    return
+        [t, m](const RunConfig& c) { return kernel_systems::fd_pingpong(c, t, m, kMessageBytes); };
+  };
+  const auto kernel_mq = mq_systems::kernel_api();
+  std::vector<PeerPart> parts;
+  for (const char* mode : {"busy", "blocking"}) {
+    const bool busy = std::string(mode) == "busy";
+    const Mode m = busy ? Mode::Busy : Mode::Blocking;
+    parts.push_back({"vipc", "pingpong", mode, "", [busy](const RunConfig& c) {
+                       return vipc_systems::pingpong(c, busy ? Wait::Busy : Wait::Park);
+                     }});
+    if (!busy) {
+      parts.push_back({"vipc-adaptive", "pingpong", mode, "", [](const RunConfig& c) {
+                         return vipc_systems::pingpong(c, Wait::Adaptive);
+                       }});
+    }
+    parts.push_back({"uds", "pingpong", mode, "", fd_rtt(Transport::UdsStream, m)});
+    parts.push_back({"uds-seqpacket", "pingpong", mode, "", fd_rtt(Transport::UdsSeqpacket, m)});
+    parts.push_back({"pipe", "pingpong", mode, "", fd_rtt(Transport::Pipe, m)});
+    parts.push_back({"mq", "pingpong", mode, "", [kernel_mq, busy](const RunConfig& c) {
+                       return mq_systems::pingpong(c, *kernel_mq, kMessageBytes, !busy);
+                     }});
+    parts.push_back({"eventfd", "pingpong", mode, "",
+                     [m](const RunConfig& c) { return kernel_systems::eventfd_pingpong(c, m); }});
+    parts.push_back({"iceoryx", "pingpong", mode, iox_skip,
+                     [busy](const RunConfig& c) { return iceoryx_systems::pingpong(c, !busy); }});
+    parts.push_back({"zmq", "pingpong", mode, zmq_skip,
+                     [](const RunConfig& c) { return zmq_systems::pingpong(c, kMessageBytes); }});
+  }
+  const auto fd_tput = [](Transport t) {
+    return [t](const RunConfig& c) { return kernel_systems::fd_throughput(c, t, kMessageBytes); };
+  };
+  parts.push_back({"vipc", "throughput", "", "",
+                   [](const RunConfig& c) { return vipc_systems::throughput(c, 1); }});
+  parts.push_back({"uds", "throughput", "", "", fd_tput(Transport::UdsStream)});
+  parts.push_back({"uds-seqpacket", "throughput", "", "", fd_tput(Transport::UdsSeqpacket)});
+  parts.push_back({"pipe", "throughput", "", "", fd_tput(Transport::Pipe)});
+  parts.push_back({"mq", "throughput", "", "", [](const RunConfig& c) {
+                     return kernel_systems::mq_throughput(c, kMessageBytes);
+                   }});
+  parts.push_back({"iceoryx", "throughput", "", iox_skip, iceoryx_systems::throughput});
+  parts.push_back({"zmq", "throughput", "", zmq_skip, zmq_systems::throughput});
+  parts.push_back({"vipc-move", "large", "", "", [large](const RunConfig& c) {
+                     return large_systems::handoff(c, large, TransferMode::Move, nullptr);
+                   }});
+  parts.push_back({"vipc-share", "large", "", "", [large](const RunConfig& c) {
+                     return large_systems::handoff(c, large, TransferMode::Share, nullptr);
+                   }});
+  parts.push_back({"uds", "large", "", "",
+                   [large](const RunConfig& c) { return large_systems::uds_send(c, large); }});
+  parts.push_back({"pipe", "large", "", "",
+                   [large](const RunConfig& c) { return kernel_systems::pipe_large(c, large); }});
+  parts.push_back({"iceoryx", "large", "", iox_skip,
+                   [large](const RunConfig& c) { return iceoryx_systems::large(c, large); }});
+  parts.push_back({"zmq", "large", "", zmq_skip,
+                   [large](const RunConfig& c) { return zmq_systems::large(c, large); }});
+
+  std::vector<System> systems;
+  std::vector<std::size_t> measured;  // parts[i] measured as systems[k]
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    if (!parts[i].skipped.empty()) continue;
+    const PeerPart& p = parts[i];
+    systems.push_back({p.system + " " + p.test + (p.mode.empty() ? "" : " " + p.mode), p.measure});
+    measured.push_back(i);
+  }
+  auto rounds = interleave(cfg, systems);
+
+  Report report;
+  report.scenario = "peers";
+  report.title = fmt::format(
+      "peers: vipc beside Unix sockets, pipes, POSIX mq, eventfd, iceoryx and ZeroMQ (64-byte "
+      "round trips busy and blocking, 64-byte messages/s, {}-byte round trips)",
+      large);
+  report.params = base_params(o, cfg);
+  report.params["large_size"] = large;
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    const PeerPart& p = parts[i];
+    Entry e;
+    if (p.skipped.empty()) {
+      e = p.test == "throughput" ? rate_entry(p.system, 1, rounds[k])
+                                 : latency_entry(p.system, "rtt", rounds[k]);
+      ++k;
+    } else {
+      e.system = p.system;
+      e.metric = p.test == "throughput" ? "msgs_per_s" : "rtt";
+      e.skipped = p.skipped;
+    }
+    e.labels["test"] = p.test;
+    if (!p.mode.empty()) e.labels["mode"] = p.mode;
+    if (p.test == "large") e.labels["size"] = large;
+    report.entries.push_back(std::move(e));
+  }
+  // vipc against the fastest peer of the same test in this run.
+  const std::vector<std::string> all_peers = {"uds",     "uds-seqpacket", "pipe", "mq",
+                                              "eventfd", "iceoryx",       "zmq"};
+  const std::vector<std::string> kernel = {"uds", "uds-seqpacket", "pipe", "mq", "eventfd"};
+  const std::vector<Entry> snapshot = report.entries;
+  for (Entry& e : report.entries) {
+    if (e.system.rfind("vipc", 0) != 0 || !e.skipped.empty()) continue;
+    const std::string test = e.labels.value("test", std::string());
+    const std::string mode = e.labels.value("mode", std::string());
+    const bool to_kernel = test == "pingpong" && mode == "blocking";
+    const Entry* base = fastest_of(snapshot, to_kernel ? kernel : all_peers, test, mode);
+    if (base != nullptr) compare(e, *base, /*with_p99=*/e.latency.has_value());
+  }
+  std::string spread;
+  for (const Entry& e : report.entries) {
+    if (!e.skipped.empty()) continue;
+    const std::vector<double>& r = e.latency ? e.latency->round_p50 : e.rate->round_msgs_per_s;
+    if (r.empty()) continue;
+    const auto [lo, hi] = std::minmax_element(r.begin(), r.end());
+    const std::string where =
+        e.labels.value("test", std::string()) +
+        (e.labels.contains("mode") ? "/" + e.labels["mode"].get<std::string>() : std::string());
+    spread += fmt::format("{}{} {}: {}", spread.empty() ? "" : "; ", e.system, where,
+                          e.latency ? fmt::format("{:.0f}-{:.0f} ns", *lo, *hi)
+                                    : fmt::format("{:.2f}-{:.2f} M/s", *lo / 1e6, *hi / 1e6));
+  }
+  report.notes.push_back("spread over the rounds (p50, or msgs/s, lowest-highest): " + spread +
+                         ".");
+  report.notes.push_back(
+      "ratios: each vipc entry against the fastest peer of its test in this run; blocking "
+      "round trips against the fastest kernel mechanism (uds, uds-seqpacket, pipe, mq, "
+      "eventfd). Below 1 (latency) or above 1 (msgs/s): vipc is faster.");
+  report.notes.push_back(
+      "busy: vipc spins on try_receive; uds, uds-seqpacket, pipe, mq and eventfd retry "
+      "non-blocking read(2)/mq_receive on EAGAIN; iceoryx polls take(); zmq blocks in "
+      "zmq_recv (its I/O thread would starve beside a polling thread). blocking: vipc parks "
+      "on every message (park_immediately), vipc-adaptive spins first; the kernel "
+      "mechanisms sleep in read(2)/mq_receive; iceoryx waits in a WaitSet.");
+  report.notes.push_back(fmt::format(
+      "throughput: one message per send and receive, counted by the receiver; large: {} "
+      "bytes out (vipc: a SharedBuffer handed over; iceoryx: a loaned chunk; zmq: "
+      "zmq_msg_init_data, no copy on send; uds, pipe: written), a small answer back.",
+      large));
+  return report;
+}
+
 struct Scenario {
   const char* name;
   Report (*run)(const Options&, const RunConfig&);
@@ -650,6 +829,7 @@ constexpr Scenario kScenarios[] = {
     {"create", create, Layout::ServerThread},     {"call", call, Layout::TwoProcesses},
     {"fanin", fanin, Layout::TwoProcesses},       {"large", large, Layout::TwoProcesses},
     {"topic", topic, Layout::TwoProcesses},       {"mq", mq, Layout::TwoProcesses},
+    {"peers", peers, Layout::TwoProcesses},
 };
 
 }  // namespace
@@ -678,7 +858,16 @@ int run(const Options& options) {
     fmt::print(stderr, "vipc bench large: --size must be in [2, {}]\n", kLargeMax);
     return 2;
   }
-  if (options.size != kMessageBytes && name != "large") {
+  if (name == "peers" && (options.size < 2 || options.size > kLargeMax)) {
+    fmt::print(stderr, "vipc bench peers: --size (the large messages) must be in [2, {}]\n",
+               kLargeMax);
+    return 2;
+  }
+  if (!options.plot.empty() && name == "peers" && plot_terminal(options.plot).empty()) {
+    fmt::print(stderr, "vipc bench peers: --plot FILE must end in .png or .svg\n");
+    return 2;
+  }
+  if (options.size != kMessageBytes && name != "large" && name != "peers") {
     fmt::print(stderr, "vipc bench {}: measures {}-byte messages; --size is not supported here\n",
                name, kMessageBytes);
     return 2;
@@ -699,8 +888,8 @@ int run(const Options& options) {
     fmt::print(stderr, "vipc bench topic: --subscribers must be in [1, 255]\n");
     return 2;
   }
-  if (!options.plot.empty() || options.peers || (options.subscribers != 1 && name != "topic") ||
-      (options.senders != 1 && name != "fanin")) {
+  if ((!options.plot.empty() && name != "peers") || options.peers ||
+      (options.subscribers != 1 && name != "topic") || (options.senders != 1 && name != "fanin")) {
     fmt::print(stderr,
                "vipc bench {}: --plot, --peers, --subscribers and --senders do not apply; "
                "ignored\n",
@@ -729,6 +918,10 @@ int run(const Options& options) {
       print_json(report);
     } else {
       print_table(report);
+    }
+    if (!options.plot.empty()) {
+      plot_report(report, options.plot);
+      if (!options.json) fmt::print("plot: {}\n", options.plot);
     }
     return 0;
   } catch (const std::exception& e) {

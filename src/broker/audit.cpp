@@ -1,6 +1,8 @@
 #include "broker/audit.hpp"
 
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -94,7 +96,14 @@ Result<std::unique_ptr<AuditLog>> AuditLog::open(const AuditOptions& options) {
     if (!probe) return Error(ErrorCode::SystemError, "audit: cannot open the file", EACCES);
   }
   log->pending_.reserve(options.buffer);
+  // The writer takes no signals: vipcd's arrive through its signalfd, which works only
+  // while every thread blocks them (a thread made before they were blocked would take
+  // SIGTERM's default action).
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
   log->thread_ = std::thread([p = log.get()] { p->run(); });
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
   AuditEvent start;
   start.event = "audit_start";
   start.pid = ::getpid();

@@ -313,6 +313,8 @@ class Endpoint::Impl {
     auto r = s.reader.try_receive(out);
     if (r) {
       set.mark(idx);  // more may follow: come back after the others (round-robin)
+      const std::uint64_t gap = s.reader.last_gap();
+      counters.dropped += gap;
       if (limited) {
         if (s.bucket.available() == 0) [[unlikely]] {
           ++counters.rate_limited;  // Reject: over the rate, discarded
@@ -325,8 +327,6 @@ class Endpoint::Impl {
         return false;
       }
       last_tag = s.reader.last_flags();
-      const std::uint64_t gap = s.reader.last_gap();
-      counters.dropped += gap;
       if (from != nullptr) {
         *from = s.source;
         from->dropped_before = gap;

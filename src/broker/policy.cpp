@@ -1,9 +1,9 @@
 #include "broker/policy.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <array>
+#include <utility>
+
+#include "broker/platform.hpp"
 
 namespace vipc::broker {
 
@@ -37,11 +37,8 @@ const ChannelRule* Policy::rule_for(std::string_view channel) const noexcept {
 }
 
 std::string executable_of(pid_t pid) {
-  std::array<char, 4096> buf{};
-  const std::string link = "/proc/" + std::to_string(pid) + "/exe";
-  const ssize_t n = ::readlink(link.c_str(), buf.data(), buf.size() - 1);
-  if (n <= 0) return {};
-  return std::string(buf.data(), static_cast<std::size_t>(n));
+  auto exe = platform::process_executable(pid);
+  return exe ? std::move(*exe) : std::string();
 }
 
 }  // namespace vipc::broker

@@ -2,9 +2,12 @@
 // every mistake refused with the line and the reason.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <string>
 
 #include "broker/config.hpp"
+#include "broker/platform.hpp"
 
 namespace vipc::broker {
 namespace {
@@ -76,6 +79,18 @@ TEST(PolicyConfig, RuleAdmitsOnlyListedCredentials) {
   EXPECT_TRUE(r.admits(5, 6, 8, "/bin/a"));
 }
 
+TEST(PolicyConfig, ExecutableOfAProcessIsItsProcExeLink) {
+  auto self = platform::self_executable();
+  ASSERT_TRUE(self.ok());
+  auto mine = platform::process_executable(::getpid());
+  ASSERT_TRUE(mine.ok()) << mine.error().message();
+  EXPECT_EQ(*mine, *self);
+  EXPECT_EQ(executable_of(::getpid()), *self);
+  // No such process (pid_max is at most 2^22): an error, and "" for the policy check.
+  EXPECT_FALSE(platform::process_executable(1 << 23).ok());
+  EXPECT_EQ(executable_of(1 << 23), "");
+}
+
 struct Bad {
   const char* text;
   const char* where;   // "t.toml:LINE:"
@@ -90,12 +105,12 @@ TEST(PolicyConfig, MistakesAreRefusedWithLineAndReason) {
       {"[[policy.channel]]\nname = \"a*b\"\n", "t.toml:2:", "prefix ending in '*'"},
       {"[[policy.channel]]\nname = \"a\"\nallowed_uids = [-3]\n", "t.toml:3:", "[0, 2^31)"},
       {"[[policy.channel]]\nname = \"a\"\nallowed_gids = \"x\"\n", "t.toml:3:", "array"},
-      {"[[policy.channel]]\nname = \"a\"\nallowed_executables = [\"rel/path\"]\n", "t.toml:3:",
-       "absolute paths"},
+      {"[[policy.channel]]\nname = \"a\"\nallowed_executables = [\"rel/path\"]\n",
+       "t.toml:3:", "absolute paths"},
       {"[[policy.channel]]\nname = \"a\"\naudit = 1\n", "t.toml:3:", "true or false"},
       {"[[policy.channel]]\nname = \"a\"\nfoo = 1\n", "t.toml:3:", "unknown key 'foo'"},
-      {"[[policy.channel]]\nname = \"a\"\n[[policy.channel]]\nname = \"a\"\n", "t.toml:3:",
-       "a second [[policy.channel]] for 'a'"},
+      {"[[policy.channel]]\nname = \"a\"\n[[policy.channel]]\nname = \"a\"\n",
+       "t.toml:3:", "a second [[policy.channel]] for 'a'"},
       {"[audit]\npath = \"relative\"\n", "t.toml:2:", "absolute path"},
       {"[audit]\nbuffer = 0\n", "t.toml:2:", "out of range"},
       {"[audit]\nmax_kib = 0\n", "t.toml:2:", "out of range"},

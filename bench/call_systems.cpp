@@ -23,11 +23,12 @@ constexpr std::size_t kSize = 64;
 
 }  // namespace
 
-Round call(const RunConfig& cfg) {
+Round call(const RunConfig& cfg, bool rate_limited) {
   auto rt = Runtime::embedded();
   if (!rt) throw BenchError("vipc call: broker: " + rt.error().message());
   const std::string path = rt->socket_path();
-  const std::string name = "bench-call-" + std::to_string(::getpid());
+  const std::string name =
+      "bench-call-" + std::to_string(::getpid()) + (rate_limited ? "-limited" : "");
   Round round;
   run_with_peer(
       cfg, "vipc call",
@@ -37,6 +38,8 @@ Round call(const RunConfig& cfg) {
         if (!srt) throw BenchError("vipc call: server connect: " + srt.error().message());
         ChannelOptions o;
         o.type = Synchronous{.capacity = 64};
+        if (rate_limited)
+          o.rate_limit = RateLimit{.messages_per_second = 100'000'000, .burst = 100'000};
         auto ep = Endpoint::create(*srt, name, o);
         if (!ep) throw BenchError("vipc call: create: " + ep.error().message());
         for (;;) {

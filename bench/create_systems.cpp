@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -21,6 +22,8 @@
 
 #include <fmt/format.h>
 
+#include "broker/broker.hpp"
+#include "broker/platform.hpp"
 #include "core/clock.hpp"
 #include "vipc/channel.hpp"
 #include "vipc/runtime.hpp"
@@ -369,6 +372,43 @@ Round vipc_create(const RunConfig& cfg, int server_cpu) {
     check_new(*ep, last_id);
     return {t0, t1};  // ep destroyed here, untimed: its destructor destroys the channel
   });
+}
+
+Round vipc_create_audited(const RunConfig& cfg, int server_cpu) {
+  auto dir = platform::make_temp_dir("/tmp/vipc-bench-audit-XXXXXX");
+  if (!dir) fail("audit directory", dir.error());
+  struct RemoveDir {
+    std::string path;
+    ~RemoveDir() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  } remove{*dir};
+  std::unique_ptr<broker::EmbeddedBroker> eb;
+  {
+    ScopedAffinity on_server_cpu(server_cpu);  // the broker's threads inherit the pinning
+    broker::BrokerOptions options;
+    options.log_level = broker::LogLevel::Warn;
+    options.audit.path = *dir + "/audit.jsonl";
+    auto started = broker::EmbeddedBroker::start(std::move(options));
+    if (!started) fail("audited broker", started.error());
+    eb = std::move(*started);
+  }
+  auto rt = Runtime::connect_to(eb->socket_path());
+  if (!rt) fail("Runtime::connect_to", rt.error());
+  std::uint64_t n = 0, last_id = 0;
+  char name[48];
+  Round round = measure(cfg, [&]() -> Span {
+    const auto end = fmt::format_to_n(name, sizeof name - 1, "bench.audited-{}", ++n);
+    const std::string_view view(name, std::min(end.size, sizeof name - 1));
+    const std::uint64_t t0 = core::cycles();
+    auto ep = Endpoint::create(*rt, view);
+    const std::uint64_t t1 = core::cycles();
+    if (!ep) fail("Endpoint::create", ep.error());
+    check_new(*ep, last_id);
+    return {t0, t1};
+  });
+  return round;
 }
 
 Round vipc_create_anonymous(const RunConfig& cfg, int server_cpu) {

@@ -38,6 +38,11 @@ Round vipc_connect(const RunConfig& cfg, int server_cpu, std::size_t drain_every
 // time; the Endpoint is destroyed (its destructor destroys the channel) untimed.
 Round vipc_create(const RunConfig& cfg, int server_cpu);
 
+// vipc-audited, metric `create`: vipc_create with the broker's audit trail on (every
+// control operation recorded; docs/policy.md), written to a private temporary directory
+// removed afterwards.
+Round vipc_create_audited(const RunConfig& cfg, int server_cpu);
+
 // vipc-anonymous, metric `create`: vipc::Endpoint::create_anonymous() (a channel with no
 // name, taken from the Runtime's pool of prepared channels, which the taking thread
 // tops up when it runs low). Untimed after each sample: the Endpoint is destroyed (its

@@ -226,7 +226,8 @@ Report call(const Options& o, const RunConfig& cfg) {
       {"floor-flag", floors::flag_pingpong},
       {"floor-slot", floors::slot_pingpong},
       {"uds", [](const RunConfig& c) { return baselines::uds_pingpong(c, kMessageBytes); }},
-      {"vipc", call_systems::call},
+      {"vipc", [](const RunConfig& c) { return call_systems::call(c); }},
+      {"vipc-rate-limited", [](const RunConfig& c) { return call_systems::call(c, true); }},
   };
   auto rounds = interleave(cfg, systems);
   Report report;
@@ -241,7 +242,13 @@ Report call(const Options& o, const RunConfig& cfg) {
   Entry uds = latency_entry("uds", "rtt", rounds[2]);
   Entry vipc = latency_entry("vipc", "rtt", rounds[3]);
   compare(vipc, floor, /*with_p99=*/true);
-  report.entries = {flag, slot, floor, uds, vipc};
+  Entry limited = latency_entry("vipc-rate-limited", "rtt", rounds[4]);
+  compare(limited, vipc, /*with_p99=*/true);
+  report.entries = {flag, slot, floor, uds, vipc, limited};
+  report.notes.push_back(
+      "vipc-rate-limited: the same, with a per-sender RateLimit on the server's endpoint "
+      "(100,000,000/s, bursts of 100,000) that the calls never reach; compared with vipc (target: "
+      "<= 1.05x, docs/policy.md).");
   report.notes.push_back(
       "floor = the lower p50 of floor-flag and floor-slot in this run (busy-waiting on both "
       "sides).");
@@ -471,7 +478,7 @@ Report create(const Options& o, const RunConfig& cfg) {
     int cpu;
   };
   const Placement placements[] = {{"other-cpu", cfg.cpus.peer}, {"same-cpu", cfg.cpus.self}};
-  constexpr std::size_t kPerPlacement = 4;
+  constexpr std::size_t kPerPlacement = 5;
   std::vector<System> systems;
   for (const Placement& p : placements) {
     const int cpu = p.cpu;
@@ -486,6 +493,9 @@ Report create(const Options& o, const RunConfig& cfg) {
                        [cpu](const RunConfig& c) { return create_systems::vipc_create(c, cpu); }});
     systems.push_back({"vipc-anonymous" + at, [cpu](const RunConfig& c) {
                          return create_systems::vipc_create_anonymous(c, cpu);
+                       }});
+    systems.push_back({"vipc create audited" + at, [cpu](const RunConfig& c) {
+                         return create_systems::vipc_create_audited(c, cpu);
                        }});
   }
   auto rounds = interleave(cfg, systems);
@@ -507,12 +517,19 @@ Report create(const Options& o, const RunConfig& cfg) {
     Entry connect = latency_entry("vipc", "connect", rounds[k + 1]);
     Entry created = latency_entry("vipc", "create", rounds[k + 2]);
     Entry anonymous = latency_entry("vipc-anonymous", "create", rounds[k + 3]);
-    for (Entry* e : {&uds, &connect, &created, &anonymous}) {
+    Entry audited = latency_entry("vipc-audited", "create", rounds[k + 4]);
+    for (Entry* e : {&uds, &connect, &created, &anonymous, &audited}) {
       e->labels["server"] = placements[i].label;
-      if (e != &uds) compare(*e, uds, /*with_p99=*/true);
+      if (e != &uds && e != &audited) compare(*e, uds, /*with_p99=*/true);
     }
-    report.entries.insert(report.entries.end(), {uds, connect, created, anonymous});
+    compare(audited, created, /*with_p99=*/true);
+    report.entries.insert(report.entries.end(), {uds, connect, created, anonymous, audited});
   }
+  report.notes.push_back(
+      "vipc-audited: vipc create with the broker's audit trail on (every control operation "
+      "recorded, hash-chained, written by the audit thread to a file in a private temporary "
+      "directory); compared with vipc create of the same placement (target: <= 1.1x, "
+      "docs/policy.md).");
   report.notes.push_back(fmt::format(
       "One process; each sample is one operation timed alone. The server is a thread started "
       "for each measurement, pinned to CPU {} (server=\"other-cpu\") or to the client's own "

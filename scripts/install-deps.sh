@@ -9,7 +9,7 @@ packages=(
   g++ clang clang-format clang-tidy libclang-rt-14-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libfmt-dev libspdlog-dev
-  liburing-dev libsystemd-dev libasio-dev libseccomp-dev libcap-dev
+  liburing-dev libsystemd-dev libssl-dev libasio-dev libseccomp-dev libcap-dev
   libzmq3-dev cppzmq-dev
   iceoryx libiceoryx-posh-dev libiceoryx-hoofs-dev
   gnuplot-nox valgrind strace procps

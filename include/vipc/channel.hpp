@@ -39,6 +39,7 @@
 #include <span>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 #include "vipc/capability.hpp"
 #include "vipc/message.hpp"
@@ -77,6 +78,40 @@ struct FastPath {
 };
 using ChannelType = std::variant<Asynchronous, Synchronous, FastPath>;
 
+// What the receiving side does with a sender that sends faster than its RateLimit.
+enum class RateLimitAction : std::uint8_t {
+  // Leaves the sender's messages in its ring until its rate allows them: a flooding
+  // sender fills its own ring (and then waits or fails as its overflow policy says)
+  // and slows only itself. Counted in EndpointStats::held_back.
+  Hold = 0,
+  // Takes the messages over the rate and discards them, counted in
+  // EndpointStats::rate_limited: the sender never blocks, the receiver never sees them.
+  Reject = 1,
+};
+
+// A token bucket per sender, enforced by the receiving side (docs/policy.md): it never
+// takes more from one sender's ring than `messages_per_second` on average, in bursts of
+// at most `burst`. messages_per_second 0: no limit.
+struct RateLimit {
+  std::uint32_t messages_per_second = 0;
+  std::uint32_t burst = 0;  // 0: messages_per_second / 10, at least 1
+  RateLimitAction action = RateLimitAction::Hold;
+};
+
+// Which messages the receiving side accepts (docs/policy.md). A message that fails the
+// filter is taken from its sender's ring, discarded and counted
+// (EndpointStats::filtered); it never reaches the receiver. (The maximum message size
+// is ChannelOptions::max_message_size: a send over it fails with MessageTooLarge.)
+struct MessageFilter {
+  std::vector<std::uint32_t> allowed_types;  // empty: every type
+  // Senders allowed by kernel credentials, checked when each sender attaches (before any
+  // of its messages is taken): empty lists allow everyone. A refused sender's ring is
+  // never read (EndpointStats::refused_senders). The broker's policy configuration
+  // refuses such senders at connect already (docs/policy.md, "Source restrictions").
+  std::vector<uid_t> allowed_uids;
+  std::vector<pid_t> allowed_pids;
+};
+
 struct ChannelOptions {
   ChannelType type = Asynchronous{};
   std::uint32_t max_message_size = 64;  // bytes, <= kSmallPayloadMax
@@ -99,6 +134,9 @@ struct ChannelOptions {
   // priority holds the CPU; a thread drops to its caller's priority as soon as it has
   // taken the request (docs/channels.md, "Priority inheritance").
   std::uint8_t priority_ceiling = 0;
+  // This process's side only: enforced where the messages are taken (docs/policy.md).
+  RateLimit rate_limit;
+  MessageFilter filter;
 };
 
 // The reply type a server may not use: it marks "the server dropped the request".
@@ -125,6 +163,10 @@ struct EndpointStats {
   std::uint64_t dropped = 0;  // messages lost by the overflow policy (sum of dropped_before)
   std::uint64_t priority_changes = 0;  // scheduling changes made for priority inheritance
   std::uint64_t priority_denied = 0;   // ... that the system refused (EPERM)
+  std::uint64_t held_back = 0;         // RateLimitAction::Hold: a sender was held back
+  std::uint64_t rate_limited = 0;      // RateLimitAction::Reject: messages discarded
+  std::uint64_t filtered = 0;          // messages discarded by the MessageFilter
+  std::uint64_t refused_senders = 0;   // senders refused by the filter's source lists
   bool broker_lost = false;  // the broker connection closed: senders attached keep working,
                              // no new ones can come (docs/broker.md, "Broker restart")
 };

@@ -16,13 +16,16 @@
 #include <unordered_map>
 #include <vector>
 
+#include "broker/audit.hpp"
 #include "broker/broker_topics.hpp"
 #include "broker/buffer_table.hpp"
 #include "broker/capability_table.hpp"
+#include "broker/config.hpp"
 #include "broker/platform.hpp"
 #include "core/clock.hpp"
 #include "core/ready_set.hpp"
 #include "core/ring.hpp"
+#include "core/token_bucket.hpp"
 #include "core/wire.hpp"
 #include "core/wire_mq.hpp"
 
@@ -121,6 +124,7 @@ struct Client {
   std::uint64_t last_log_ns = 0;       // last warning about this client
   std::uint64_t suppressed_lines = 0;  // warnings not logged since (at most one a second)
   std::uint32_t pending_grants = 0;
+  core::TokenBucket creates;  // Policy::creates_per_second (docs/policy.md)
 };
 
 // A ring with the read-only opens its two peers will get, made before it is needed.
@@ -257,6 +261,7 @@ class Broker::Impl {
   }
 
   void stop() noexcept { (void)sys::eventfd_signal(stop_fd_.get()); }
+  void set_audit(std::unique_ptr<AuditLog> a) noexcept { audit_ = std::move(a); }
 
   Result<void> run(std::atomic<int>& stop_signal);
 
@@ -371,6 +376,18 @@ class Broker::Impl {
   std::array<Token, 32> token_pool_{};
   std::size_t token_pool_left_ = 0;
 
+  // ---- policy and audit (docs/policy.md)
+  // Whether `c` may create an object now (Policy::creates_per_second).
+  bool may_create(Client& c);
+  // Source restrictions of the channel `obj` for the sender `c`.
+  Result<void> check_source(const Client& c, const Object& obj);
+  // SIGHUP: the [policy] of the configuration file again, or the running one kept.
+  void reload_policy();
+  // Records the outcome of control request `req` (audit_ set).
+  void audit_request(const Client& c, const wire::DecodedRequest& req, const Error* error,
+                     std::uint64_t started_ns);
+  std::unique_ptr<AuditLog> audit_;
+
   std::uint64_t failed_total_ = 0;
   std::uint64_t rate_limited_total_ = 0;
   std::uint64_t protocol_errors_ = 0;
@@ -400,7 +417,9 @@ Result<void> Broker::Impl::run(std::atomic<int>& stop_signal) {
           if (id == 0) {
             (void)sys::eventfd_drain(stop_fd_.get());
             running_ = false;
-          } else if (auto sig = platform::read_signal(signal_fd_.get()); sig && *sig != 0) {
+          } else if (auto sig = platform::read_signal(signal_fd_.get()); sig && *sig == SIGHUP) {
+            reload_policy();
+          } else if (sig && *sig != 0) {
             log(LogLevel::Info, "signal {} received, shutting down", *sig);
             stop_signal.store(*sig);
             running_ = false;
@@ -534,7 +553,9 @@ void Broker::Impl::handle_packet(Client& c, const platform::ReceivedPacket& pkt,
     queue(c, OutPacket{wire::encode_error(echo.opcode, echo.request_id, req.error()), {}});
     return;
   }
+  const std::uint64_t started = audit_ ? now_ns() : 0;
   auto reply = dispatch(c, *req);
+  if (audit_) audit_request(c, *req, reply ? nullptr : &reply.error(), started);
   if (!reply) {
     log(LogLevel::Debug, "client {}: {} refused: {}", c.id,
         wire::to_string(static_cast<wire::Opcode>(req->header.opcode)), reply.error().message());
@@ -716,6 +737,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::HelloRequest& r, std::
 
 Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std::uint64_t id) {
   // Check.
+  if (!may_create(c)) return Error(ErrorCode::PermissionDenied, wire::ctx::kCreateRateLimited);
   const bool anonymous = (r.flags & wire::kObjectAnonymous) != 0;
   const std::string_view name = anonymous ? std::string_view{} : wire::name_view(r.name);
   if (!anonymous && names_.find(name) != names_.end())
@@ -999,6 +1021,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ConnectRequest& r, std
         c.cred.pid, c.cred.uid, obj.name);
     return Error(ErrorCode::PermissionDenied, wire::ctx::kPolicyDenied);
   }
+  VIPC_TRY(check_source(c, obj));
   VIPC_TRY(check_capability_room(c));
   auto token = new_token();
   if (!token) return token.error();
@@ -1021,6 +1044,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::AttachRequest& r, std:
   }
   Object& obj = objects_.at((*cap)->object);
   if (!obj.channel) return Error(ErrorCode::InvalidArgument, wire::ctx::kNotChannel);
+  VIPC_TRY(check_source(c, obj));
   for (const auto& [index, ring] : obj.channel->rings) {
     if (ring.cap == r.cap.token && !ring.detached) {
       return Error(ErrorCode::AlreadyExists, wire::ctx::kAlreadyConnected);
@@ -1462,6 +1486,109 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::TopicShareBufferReques
   return OutPacket{sent->packet, std::move(sent->fds)};
 }
 
+// ------------------------------------------------------------ policy and audit
+
+bool Broker::Impl::may_create(Client& c) {
+  const Policy& p = options_.policy;
+  if (p.creates_per_second == 0) return true;
+  if (c.creates.rate() != p.creates_per_second) {  // first create, or a reloaded policy
+    c.creates =
+        core::TokenBucket(p.creates_per_second,
+                          p.create_burst != 0 ? p.create_burst : p.creates_per_second, now_ns());
+  }
+  if (c.creates.try_take_at(now_ns())) return true;
+  ++c.rate_limited;
+  ++rate_limited_total_;
+  if (log_budget(c)) {
+    log(LogLevel::Warn, "client {} (pid {} uid {}): creating objects too fast (rate limited)", c.id,
+        c.cred.pid, c.cred.uid);
+  }
+  return false;
+}
+
+Result<void> Broker::Impl::check_source(const Client& c, const Object& obj) {
+  const ChannelRule* rule = options_.policy.rule_for(obj.name);
+  if (rule == nullptr || obj.name.empty()) return {};
+  const std::string exe = rule->needs_executable() ? executable_of(c.cred.pid) : std::string();
+  if (rule->admits(c.cred.uid, c.cred.gid, c.cred.pid, exe)) return {};
+  log(LogLevel::Info, "client {} (pid {} uid {} gid {}): sender refused by the policy of '{}'",
+      c.id, c.cred.pid, c.cred.uid, c.cred.gid, obj.name);
+  return Error(ErrorCode::PermissionDenied, wire::ctx::kSourceDenied);
+}
+
+void Broker::Impl::reload_policy() {
+  if (options_.config_path.empty()) {
+    log(LogLevel::Info, "SIGHUP: no configuration file to reload");
+    return;
+  }
+  std::string diagnostic;
+  auto cfg = load_config(options_.config_path, diagnostic);
+  AuditEvent ev;
+  ev.event = "policy_reload";
+  ev.pid = ::getpid();
+  ev.name = options_.config_path;
+  if (!cfg) {
+    log(LogLevel::Warn, "SIGHUP: configuration error: {}; the running policy stays in force",
+        diagnostic);
+    ev.outcome = to_string(ErrorCode::InvalidArgument);
+    ev.reason = "the configuration was refused; the running policy stays in force";
+  } else {
+    options_.policy = std::move(cfg->broker.policy);
+    log(LogLevel::Info, "SIGHUP: policy reloaded from {} ({} channel rules)", options_.config_path,
+        options_.policy.channels.size());
+    ev.count = options_.policy.channels.size();
+  }
+  if (audit_) audit_->record(std::move(ev));
+}
+
+void Broker::Impl::audit_request(const Client& c, const wire::DecodedRequest& req,
+                                 const Error* error, std::uint64_t started_ns) {
+  const auto op = static_cast<wire::Opcode>(req.header.opcode);
+  // Not control operations: keep-alives, statistics, and a receiver taking its events.
+  if (op == wire::Opcode::Ping || op == wire::Opcode::Stats || op == wire::Opcode::Accept) return;
+  AuditEvent ev;
+  ev.event = wire::to_string(op);
+  std::visit(
+      [&](const auto& body) {
+        using B = std::decay_t<decltype(body)>;
+        if constexpr (requires { body.name; }) {
+          if constexpr (std::is_same_v<decltype(body.name), wire::Name>) {
+            ev.name = std::string(wire::name_view(body.name));
+          }
+        }
+        if constexpr (requires { body.cap.token; }) {
+          if (const CapNode* n = caps_.find(body.cap.token); n != nullptr) {
+            ev.object = n->object;
+            if (auto o = objects_.find(n->object); o != objects_.end()) ev.name = o->second.name;
+          }
+        }
+        if constexpr (requires { body.rights; }) ev.rights = body.rights;
+        if constexpr (std::is_same_v<B, wire::GrantRequest>) {
+          ev.target = body.target_client != 0 ? body.target_client : body.target_pid;
+        }
+      },
+      req.body);
+  // A channel whose rule asks for it is audited even when control operations are not.
+  const bool wanted = options_.audit.control || error != nullptr || [&] {
+    const ChannelRule* r = options_.policy.rule_for(ev.name);
+    return r != nullptr && r->audit_messages;
+  }();
+  if (!wanted) return;
+  if (ev.object == 0 && !ev.name.empty()) {
+    if (auto it = names_.find(ev.name); it != names_.end()) ev.object = it->second;
+  }
+  ev.client = c.id;
+  ev.pid = c.cred.pid;
+  ev.uid = c.cred.uid;
+  ev.gid = c.cred.gid;
+  if (error != nullptr) {
+    ev.outcome = to_string(error->code());
+    ev.reason = error->context();
+  }
+  ev.duration_ns = now_ns() - started_ns;
+  audit_->record(std::move(ev));
+}
+
 // ------------------------------------------------------------ Broker
 
 Broker::Broker(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
@@ -1474,8 +1601,15 @@ Result<std::unique_ptr<Broker>> Broker::create(sys::UniqueFd listen_fd, BrokerOp
   if (!stop_fd) return stop_fd.error();
   VIPC_TRY(epoll->add(listen_fd.get(), EPOLLIN, tagged(0, kTagListen)));
   VIPC_TRY(epoll->add(stop_fd->get(), EPOLLIN, tagged(0, kTagControl)));
+  std::unique_ptr<AuditLog> audit;
+  if (!options.audit.path.empty()) {
+    auto a = AuditLog::open(options.audit);
+    if (!a) return a.error();
+    audit = std::move(*a);
+  }
   auto impl = std::make_unique<Impl>(std::move(options), std::move(listen_fd), std::move(*epoll),
                                      std::move(*stop_fd));
+  impl->set_audit(std::move(audit));
   return std::unique_ptr<Broker>(new Broker(std::move(impl)));
 }
 

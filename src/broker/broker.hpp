@@ -37,6 +37,7 @@
 #include <thread>
 
 #include "broker/broker_mq.hpp"
+#include "broker/policy.hpp"
 #include "core/sys.hpp"
 #include "vipc/result.hpp"
 
@@ -57,7 +58,13 @@ struct BrokerOptions {
   std::uint32_t failed_redemptions_per_second = 64;
   LogLevel log_level = LogLevel::Info;
   std::string log_prefix = "vipcd";
-  MqLimits mq;  // POSIX message queues (docs/posix.md)
+  MqLimits mq;         // POSIX message queues (docs/posix.md)
+  Policy policy;       // source restrictions, control-operation rates (docs/policy.md)
+  AuditOptions audit;  // the audit trail (docs/policy.md); path empty: none
+  // The configuration file the options came from: SIGHUP reloads its [policy] from it
+  // (a file that fails to load leaves the running policy in force). Empty: SIGHUP
+  // reloads nothing.
+  std::string config_path;
 };
 
 class Broker {

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "broker/platform.hpp"
 
@@ -124,6 +125,181 @@ bool read_mq(std::string_view source, const toml::table& t, BrokerOptions& o,
   return true;
 }
 
+// A list of non-negative integers (uids, gids, pids).
+template <class T>
+bool read_ids(std::string_view source, std::string_view key, const toml::node& node,
+              std::vector<T>& out, std::string& diagnostic) {
+  const auto* a = node.as_array();
+  if (a == nullptr) {
+    diagnostic = fmt::format("{}: 'policy.channel.{}' must be an array of integers",
+                             where(source, node), key);
+    return false;
+  }
+  for (const auto& e : *a) {
+    const auto* v = e.as_integer();
+    if (v == nullptr || v->get() < 0 || v->get() > 0x7fffffff) {
+      diagnostic = fmt::format("{}: 'policy.channel.{}' must hold integers in [0, 2^31)",
+                               where(source, e), key);
+      return false;
+    }
+    out.push_back(static_cast<T>(v->get()));
+  }
+  return true;
+}
+
+bool read_channel_rule(std::string_view source, const toml::node& node, ChannelRule& rule,
+                       std::string& diagnostic) {
+  const auto* t = node.as_table();
+  if (t == nullptr) {
+    diagnostic = fmt::format("{}: each [[policy.channel]] must be a table", where(source, node));
+    return false;
+  }
+  for (const auto& [k, v] : *t) {
+    const std::string_view key = k.str();
+    bool ok = true;
+    if (key == "name") {
+      const auto* s = v.as_string();
+      const bool bad_star = s != nullptr && s->get().find('*') != std::string::npos &&
+                            s->get().find('*') != s->get().size() - 1;
+      if (s == nullptr || s->get().empty() || s->get().size() > 255 || bad_star) {
+        diagnostic = fmt::format(
+            "{}: 'policy.channel.name' must be a channel name, or a prefix ending in '*' "
+            "(1 to 255 characters, '*' only last)",
+            where(source, v));
+        ok = false;
+      } else {
+        rule.name = s->get();
+      }
+    } else if (key == "allowed_uids") {
+      ok = read_ids(source, key, v, rule.uids, diagnostic);
+    } else if (key == "allowed_gids") {
+      ok = read_ids(source, key, v, rule.gids, diagnostic);
+    } else if (key == "allowed_pids") {
+      ok = read_ids(source, key, v, rule.pids, diagnostic);
+    } else if (key == "allowed_executables") {
+      const auto* a = v.as_array();
+      ok = a != nullptr;
+      if (ok) {
+        for (const auto& e : *a) {
+          const auto* s = e.as_string();
+          if (s == nullptr || s->get().empty() || s->get().front() != '/') {
+            ok = false;
+            break;
+          }
+          rule.executables.push_back(s->get());
+        }
+      }
+      if (!ok) {
+        diagnostic = fmt::format(
+            "{}: 'policy.channel.allowed_executables' must be an array of absolute paths",
+            where(source, v));
+      }
+    } else if (key == "audit") {
+      const auto* b = v.as_boolean();
+      if (b == nullptr) {
+        diagnostic =
+            fmt::format("{}: 'policy.channel.audit' must be true or false", where(source, v));
+        ok = false;
+      } else {
+        rule.audit_messages = b->get();
+      }
+    } else {
+      diagnostic = fmt::format(
+          "{}: unknown key '{}' in [[policy.channel]] (known: name, allowed_uids, "
+          "allowed_gids, allowed_pids, allowed_executables, audit)",
+          where(source, v), key);
+      ok = false;
+    }
+    if (!ok) return false;
+  }
+  if (rule.name.empty()) {
+    diagnostic = fmt::format("{}: [[policy.channel]] needs a 'name'", where(source, node));
+    return false;
+  }
+  return true;
+}
+
+// [policy]: control-operation rates and [[policy.channel]] rules (docs/policy.md).
+bool read_policy(std::string_view source, const toml::table& t, Policy& p,
+                 std::string& diagnostic) {
+  for (const auto& [k, node] : t) {
+    const std::string_view key = k.str();
+    bool ok = false;
+    if (key == "creates_per_second") {
+      ok = read_u32(source, "policy", key, node, p.creates_per_second, 0, 1u << 24, diagnostic);
+    } else if (key == "create_burst") {
+      ok = read_u32(source, "policy", key, node, p.create_burst, 0, 1u << 24, diagnostic);
+    } else if (key == "channel") {
+      const auto* a = node.as_array();
+      if (a == nullptr) {
+        diagnostic = fmt::format("{}: 'policy.channel' must be an array of tables ([[...]])",
+                                 where(source, node));
+      } else {
+        ok = true;
+        for (const auto& e : *a) {
+          ChannelRule rule;
+          if (!read_channel_rule(source, e, rule, diagnostic)) return false;
+          for (const ChannelRule& other : p.channels) {
+            if (other.name == rule.name) {
+              diagnostic = fmt::format("{}: a second [[policy.channel]] for '{}'", where(source, e),
+                                       rule.name);
+              return false;
+            }
+          }
+          p.channels.push_back(std::move(rule));
+        }
+      }
+    } else {
+      diagnostic = fmt::format(
+          "{}: unknown key '{}' in [policy] (known: creates_per_second, create_burst, "
+          "[[policy.channel]])",
+          where(source, node), key);
+    }
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// [audit]: the audit trail (docs/policy.md).
+bool read_audit(std::string_view source, const toml::table& t, AuditOptions& a,
+                std::string& diagnostic) {
+  for (const auto& [k, node] : t) {
+    const std::string_view key = k.str();
+    bool ok = false;
+    if (key == "path") {
+      const auto* s = node.as_string();
+      if (s == nullptr || s->get().empty() || s->get().front() != '/') {
+        diagnostic = fmt::format("{}: 'audit.path' must be an absolute path", where(source, node));
+      } else {
+        a.path = s->get();
+        ok = true;
+      }
+    } else if (key == "max_kib") {
+      std::uint32_t kib = 0;
+      ok = read_u32(source, "audit", key, node, kib, 1, 1u << 22, diagnostic);
+      a.max_bytes = static_cast<std::uint64_t>(kib) << 10;
+    } else if (key == "keep") {
+      ok = read_u32(source, "audit", key, node, a.keep, 0, 1000, diagnostic);
+    } else if (key == "buffer") {
+      ok = read_u32(source, "audit", key, node, a.buffer, 1, 1u << 20, diagnostic);
+    } else if (key == "control") {
+      const auto* b = node.as_boolean();
+      if (b == nullptr) {
+        diagnostic = fmt::format("{}: 'audit.control' must be true or false", where(source, node));
+      } else {
+        a.control = b->get();
+        ok = true;
+      }
+    } else {
+      diagnostic = fmt::format(
+          "{}: unknown key '{}' in [audit] (known: path, max_kib, keep, buffer, control)",
+          where(source, node), key);
+    }
+    if (!ok) return false;
+  }
+  return true;
+}
+
 bool file_exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
 
 }  // namespace
@@ -175,9 +351,19 @@ Result<DaemonConfig> parse_config(std::string_view text, std::string_view source
         return invalid;
       }
       if (!read_mq(source, *t, cfg.broker, diagnostic)) return invalid;
+    } else if (key == "policy" || key == "audit") {
+      const auto* t = node.as_table();
+      if (t == nullptr) {
+        diagnostic = fmt::format("{}: '{}' must be a table", where(source, node), key);
+        return invalid;
+      }
+      const bool ok = key == "policy" ? read_policy(source, *t, cfg.broker.policy, diagnostic)
+                                      : read_audit(source, *t, cfg.broker.audit, diagnostic);
+      if (!ok) return invalid;
     } else {
       diagnostic = fmt::format(
-          "{}: unknown key '{}' (known: socket, log_level, [limits], [rate_limit], [mq])",
+          "{}: unknown key '{}' (known: socket, log_level, [limits], [rate_limit], [mq], "
+          "[policy], [audit])",
           where(source, node), key);
       return invalid;
     }
@@ -193,7 +379,9 @@ Result<DaemonConfig> load_config(const std::string& path, std::string& diagnosti
   }
   std::stringstream ss;
   ss << in.rdbuf();
-  return parse_config(ss.str(), path, diagnostic);
+  auto cfg = parse_config(ss.str(), path, diagnostic);
+  if (cfg) cfg->broker.config_path = path;
+  return cfg;
 }
 
 Result<std::string> find_config_file(const std::string& explicit_path) {

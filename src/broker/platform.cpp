@@ -333,6 +333,14 @@ Result<std::string> self_executable() {
   return std::string(buf, static_cast<std::size_t>(n));
 }
 
+Result<std::string> process_executable(pid_t pid) {
+  char buf[4096];
+  const std::string link = "/proc/" + std::to_string(pid) + "/exe";
+  const ssize_t n = ::readlink(link.c_str(), buf, sizeof buf - 1);
+  if (n < 0) return sys_error("readlink(/proc/PID/exe)");
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
 Result<std::size_t> count_open_fds(pid_t pid) {
   const std::string dir = pid == 0 ? "/proc/self/fd" : "/proc/" + std::to_string(pid) + "/fd";
   DIR* d = ::opendir(dir.c_str());

@@ -108,6 +108,8 @@ void rmdir_quietly(const std::string& path) noexcept;
 [[nodiscard]] bool is_executable(const std::string& path) noexcept;
 // readlink("/proc/self/exe").
 [[nodiscard]] Result<std::string> self_executable();
+// readlink("/proc/PID/exe"): the executable of a live process.
+[[nodiscard]] Result<std::string> process_executable(pid_t pid);
 // Number of entries in /proc/<pid>/fd (pid 0: this process).
 [[nodiscard]] Result<std::size_t> count_open_fds(pid_t pid);
 

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <array>
 #include <condition_variable>
 #include <list>
@@ -23,6 +24,7 @@
 #include "core/ready_set.hpp"
 #include "core/ring.hpp"
 #include "core/sys.hpp"
+#include "core/token_bucket.hpp"
 
 namespace vipc {
 
@@ -178,6 +180,36 @@ struct Sender {
   std::uint64_t requests = 0;                  // requests taken (the next one's seq)
   std::uint64_t next_reply = 0;                // seq of the next reply to write
   std::map<std::uint64_t, SmallMessage> held;  // answered out of order, not yet written
+  // ChannelOptions::rate_limit (docs/policy.md): this sender's bucket, and whether it is
+  // in the endpoint's held-back list now.
+  core::TokenBucket bucket;
+  bool held_back = false;
+};
+
+// The receiving side's policy (ChannelOptions::rate_limit and ::filter).
+struct ReceivePolicy {
+  RateLimit limit;
+  std::vector<std::uint32_t> types;  // sorted; empty: all
+  std::vector<uid_t> uids;
+  std::vector<pid_t> pids;
+
+  [[nodiscard]] bool limited() const noexcept { return limit.messages_per_second != 0; }
+  [[nodiscard]] bool filters() const noexcept { return !types.empty(); }
+  [[nodiscard]] bool type_allowed(std::uint32_t t) const noexcept {
+    return std::binary_search(types.begin(), types.end(), t);
+  }
+  [[nodiscard]] bool source_allowed(uid_t uid, pid_t pid) const noexcept {
+    return (uids.empty() || std::find(uids.begin(), uids.end(), uid) != uids.end()) &&
+           (pids.empty() || std::find(pids.begin(), pids.end(), pid) != pids.end());
+  }
+  [[nodiscard]] core::TokenBucket bucket() const noexcept {
+    if (!limited()) return {};
+    const std::uint32_t burst = limit.burst != 0 ? limit.burst
+                                : limit.messages_per_second / 10 != 0
+                                    ? limit.messages_per_second / 10
+                                    : 1;
+    return core::TokenBucket(limit.messages_per_second, burst, core::now_ns());
+  }
 };
 
 }  // namespace
@@ -206,6 +238,12 @@ class Endpoint::Impl {
   bool inherit_priority = true;
   std::uint8_t ceiling_tag = 0;  // SCHED_FIFO priority serving threads wait at (0: none)
   std::uint8_t last_tag = 0;     // slot flags of the last message taken
+  ReceivePolicy policy;
+  // Senders held back by their rate limit (RateLimitAction::Hold): their indices are not
+  // marked again until `held_until`, when release_held() marks them all (a sender that
+  // writes meanwhile marks itself, and is held back again at once).
+  std::vector<std::uint32_t> held;
+  core::Deadline held_until = core::kNoDeadline;
   ReceiverLock recv_mu;
   std::mutex state_mu;
 
@@ -266,12 +304,29 @@ class Endpoint::Impl {
     }
     if (idx >= senders.size() || !senders[idx]) return false;
     Sender& s = *senders[idx];
+    const bool limited = policy.limited();
+    if (limited && policy.limit.action == RateLimitAction::Hold && s.bucket.available() == 0)
+        [[unlikely]] {
+      hold(idx, s);
+      return false;
+    }
     auto r = s.reader.try_receive(out);
     if (r) {
       set.mark(idx);  // more may follow: come back after the others (round-robin)
-      last_tag = s.reader.last_flags();
       const std::uint64_t gap = s.reader.last_gap();
       counters.dropped += gap;
+      if (limited) {
+        if (s.bucket.available() == 0) [[unlikely]] {
+          ++counters.rate_limited;  // Reject: over the rate, discarded
+          return false;
+        }
+        s.bucket.consume(1);
+      }
+      if (policy.filters() && !policy.type_allowed(out.type)) [[unlikely]] {
+        ++counters.filtered;
+        return false;
+      }
+      last_tag = s.reader.last_flags();
       if (from != nullptr) {
         *from = s.source;
         from->dropped_before = gap;
@@ -299,9 +354,38 @@ class Endpoint::Impl {
     }
     if (idx >= senders.size() || !senders[idx]) return std::size_t{0};
     Sender& s = *senders[idx];
-    auto r = s.reader.try_receive_batch(out);
+    std::span<SmallMessage> room = out;
+    if (policy.limited()) {
+      const std::uint64_t tokens = s.bucket.available();
+      if (tokens == 0) {
+        if (policy.limit.action == RateLimitAction::Hold) {
+          hold(idx, s);
+          return std::size_t{0};
+        }
+        // Reject: one message at a time through take(), which discards it.
+        SmallMessage discard;
+        auto got = take(idx, discard, nullptr);
+        if (!got) return got.error();
+        return std::size_t{0};
+      }
+      if (tokens < room.size()) room = room.first(tokens);
+    }
+    auto r = s.reader.try_receive_batch(room);
     if (r) {
       set.mark(idx);
+      if (policy.limited()) s.bucket.consume(*r);
+      if (policy.filters()) {
+        std::size_t kept = 0;
+        for (std::size_t i = 0; i < *r; ++i) {
+          if (policy.type_allowed(out[i].type)) {
+            if (kept != i) out[kept] = out[i];
+            ++kept;
+          } else {
+            ++counters.filtered;
+          }
+        }
+        *r = kept;
+      }
       const std::uint64_t gap = s.reader.last_gap();
       counters.dropped += gap;
       if (from != nullptr) {
@@ -315,6 +399,30 @@ class Endpoint::Impl {
       drop(idx);
     }
     return std::size_t{0};
+  }
+
+  // Leaves sender `idx` unmarked until its bucket has a token again.
+  void hold(std::uint32_t idx, Sender& s) {
+    ++counters.held_back;
+    const core::Deadline at =
+        core::Clock::now() + std::chrono::nanoseconds(s.bucket.ns_until_token());
+    if (at < held_until) held_until = at;
+    if (s.held_back) return;
+    s.held_back = true;
+    held.push_back(idx);
+  }
+
+  // Marks the held-back senders again once their time came (cheap when none is held).
+  void release_held() {
+    if (held.empty() || core::Clock::now() < held_until) return;
+    for (const std::uint32_t idx : held) {
+      if (idx < senders.size() && senders[idx]) {
+        senders[idx]->held_back = false;
+        set.mark(idx);
+      }
+    }
+    held.clear();
+    held_until = core::kNoDeadline;
   }
 
   void drop(std::uint32_t idx) {
@@ -364,6 +472,12 @@ class Endpoint::Impl {
       }
       if (ev->kind == SenderEventKind::Attached) {
         if (senders[idx]) drain_to_backlog(idx);
+        if (!policy.source_allowed(static_cast<uid_t>(ev->sender_uid),
+                                   static_cast<pid_t>(ev->sender_pid))) {
+          ++counters.refused_senders;  // its ring is never read
+          if (ev->pending == 0) return {};
+          continue;
+        }
         auto reader = core::RingReader::attach(ev->producer.get(), ev->consumer.get());
         std::optional<core::RingWriter> reply;
         if (reader && ev->synchronous) {
@@ -382,7 +496,9 @@ class Endpoint::Impl {
               std::move(reply),
               0,
               0,
-              {}});
+              {},
+              policy.bucket(),
+              false});
           {
             const auto lock = state_lock();
             senders[idx] = std::move(s);
@@ -419,6 +535,7 @@ class Endpoint::Impl {
       backlog.pop_front();
       return {};
     }
+    release_held();
     for (;;) {
       auto idx = set.try_next();
       if (!idx) return idx.error();
@@ -493,6 +610,11 @@ Result<Endpoint> Endpoint::open_prepared(Runtime& rt, PreparedChannel&& channel,
   impl->threaded = options.receiver_threads > 1;
   impl->inherit_priority = options.inherit_priority;
   impl->ceiling_tag = tag_of(SCHED_FIFO, options.priority_ceiling);
+  impl->policy.limit = options.rate_limit;
+  impl->policy.types = options.filter.allowed_types;
+  std::sort(impl->policy.types.begin(), impl->policy.types.end());
+  impl->policy.uids = options.filter.allowed_uids;
+  impl->policy.pids = options.filter.allowed_pids;
   VIPC_TRY(impl->set.watch(kBrokerIndex));
   return Endpoint(std::move(impl));
 }
@@ -564,8 +686,13 @@ Result<void> Endpoint::Impl::receive(SmallMessage& out, core::Deadline deadline,
     auto r = try_receive(out, from);
     if (r || r.error().code() != ErrorCode::WouldBlock) return r;
     if (!wait) return r;
-    auto idx = set.wait_next(deadline);
-    if (!idx) return idx.error();
+    // Held-back senders are due again at held_until: wake up for them.
+    const bool for_held = !held.empty() && held_until < deadline;
+    auto idx = set.wait_next(for_held ? held_until : deadline);
+    if (!idx) {
+      if (for_held && idx.error().code() == ErrorCode::Timeout) continue;
+      return idx.error();
+    }
     auto got = take(*idx, out, from);
     if (!got) return got.error();
     if (*got) return {};
@@ -674,6 +801,7 @@ Result<std::size_t> Endpoint::try_receive_batch(std::span<SmallMessage> out, Mes
     }
     return n;
   }
+  impl_->release_held();
   for (;;) {
     auto idx = impl_->set.try_next();
     if (!idx) return idx.error();

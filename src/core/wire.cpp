@@ -18,7 +18,7 @@ constexpr const char* kContexts[] = {
     ctx::kBadTarget,       ctx::kControlTruncated, ctx::kNotChannel,      ctx::kNotReceiver,
     ctx::kChannelFull,     ctx::kAlreadyConnected, ctx::kNotCreator,      ctx::kNotBuffer,
     ctx::kBufferMapped,    ctx::kBufferMode,       ctx::kBufferSealed,    ctx::kNotTopic,
-    ctx::kTopicFull,       ctx::kTopicMemberGone,
+    ctx::kTopicFull,       ctx::kTopicMemberGone,  ctx::kSourceDenied,    ctx::kCreateRateLimited,
 };
 constexpr std::uint16_t kContextCount = static_cast<std::uint16_t>(std::size(kContexts));
 

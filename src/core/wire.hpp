@@ -998,6 +998,9 @@ inline constexpr char kBufferSealed[] = "broker: buffer is sealed (transferred);
 inline constexpr char kNotTopic[] = "broker: object is not a topic";
 inline constexpr char kTopicFull[] = "broker: topic has its maximum of members of that role";
 inline constexpr char kTopicMemberGone[] = "broker: topic member is gone";
+inline constexpr char kSourceDenied[] =
+    "broker: the channel's policy refuses this sender (uid, gid, pid or executable)";
+inline constexpr char kCreateRateLimited[] = "broker: too many objects created (rate limited)";
 }  // namespace ctx
 [[nodiscard]] std::uint16_t context_code(const char* context) noexcept;
 [[nodiscard]] const char* context_text(std::uint16_t code) noexcept;

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <string>
 
+#include "audit.hpp"
 #include "demo.hpp"
 #ifdef VIPC_HAVE_BENCH
 #include "bench.hpp"
@@ -16,6 +17,9 @@ int main(int argc, char** argv) {
   vipc::tools::DemoOptions demo_opts;
   demo->add_option("--messages", demo_opts.messages, "Messages per mode")
       ->check(CLI::PositiveNumber);
+
+  vipc::tools::AuditCommand audit_cmd;
+  vipc::tools::add_audit_command(app, audit_cmd);
 
 #ifdef VIPC_HAVE_BENCH
   auto* bench = app.add_subcommand("bench", "Run a benchmark scenario beside its floor");
@@ -39,6 +43,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   if (demo->parsed()) return vipc::tools::run_demo(demo_opts);
+  if (const int rc = vipc::tools::run_audit_command(audit_cmd); rc >= 0) return rc;
 #ifdef VIPC_HAVE_BENCH
   if (bench->parsed()) return vipc::bench::run(bo);
 #endif

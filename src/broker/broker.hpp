@@ -58,6 +58,9 @@ struct BrokerOptions {
   LogLevel log_level = LogLevel::Info;
   std::string log_prefix = "vipcd";
   MqLimits mq;  // POSIX message queues (docs/posix.md)
+  // Where the `trace`, `messages` and `channels` views are kept current (the runtime
+  // directory; docs/observability.md). Empty: no files.
+  std::string debug_dir;
 };
 
 class Broker {

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "client/runtime_impl.hpp"
+#include "client/trace.hpp"
 #include "core/clock.hpp"
 #include "core/ready_set.hpp"
 #include "core/ring.hpp"
@@ -268,6 +269,10 @@ class Endpoint::Impl {
     Sender& s = *senders[idx];
     auto r = s.reader.try_receive(out);
     if (r) {
+      if (client::trace::on()) [[unlikely]] {
+        client::trace::record(layout::kTraceReceive, s.ring_id, s.reader.next_position() - 1,
+                              out.type, out.length, out.cap_count);
+      }
       set.mark(idx);  // more may follow: come back after the others (round-robin)
       last_tag = s.reader.last_flags();
       const std::uint64_t gap = s.reader.last_gap();
@@ -301,6 +306,13 @@ class Endpoint::Impl {
     Sender& s = *senders[idx];
     auto r = s.reader.try_receive_batch(out);
     if (r) {
+      if (client::trace::on()) [[unlikely]] {
+        const std::uint64_t first = s.reader.next_position() - *r;
+        for (std::size_t i = 0; i < *r; ++i) {
+          client::trace::record(layout::kTraceReceive, s.ring_id, first + i, out[i].type,
+                                out[i].length, out[i].cap_count);
+        }
+      }
       set.mark(idx);
       const std::uint64_t gap = s.reader.last_gap();
       counters.dropped += gap;
@@ -707,6 +719,29 @@ class Channel::Impl {
   OverflowPolicy policy = OverflowPolicy::Block;
   bool register_only = false;
   std::chrono::nanoseconds call_timeout{0};  // 0: none
+  std::uint64_t ring_id = 0;                 // the broker's id of this ring (trace records)
+  std::uint64_t traced_up_to = 0;            // positions below this were recorded (tracing)
+
+  // Records the messages written since the last call (tracing on only): a send the
+  // overflow policy dropped wrote nothing and records nothing.
+  void trace_sent(const SmallMessage* msgs, std::size_t count) noexcept {
+    const std::uint64_t next = writer.next_position();
+    std::uint64_t first = traced_up_to;
+    if (next - first > count) first = next - count;
+    for (std::uint64_t p = first; p < next; ++p) {
+      const SmallMessage& m = msgs[count - (next - p)];
+      client::trace::record(layout::kTraceSend, ring_id, p, m.type, m.length, m.cap_count);
+    }
+    traced_up_to = next;
+  }
+  void trace_sent(std::uint32_t type, std::size_t len) noexcept {
+    const std::uint64_t next = writer.next_position();
+    if (next != traced_up_to) {
+      client::trace::record(layout::kTraceSend, ring_id, next - 1, type,
+                            static_cast<std::uint32_t>(len), 0);
+    }
+    traced_up_to = next;
+  }
 
   // A full ring under the channel's policy: the drop (counted) or the error.
   Result<void> on_full(Result<void> r) noexcept {
@@ -742,6 +777,8 @@ class Channel::Impl {
     impl->policy = ring->overflow_policy;
     impl->register_only = ring->fast_path && ring->register_only;
     impl->call_timeout = ring->call_timeout;
+    impl->ring_id = ring->ring_id;
+    impl->traced_up_to = impl->writer.next_position();
     if (impl->writer.overwrites() != (impl->policy == OverflowPolicy::DropOldest)) {
       return Error(ErrorCode::ProtocolError, "channel: ring does not match the overflow policy");
     }
@@ -770,12 +807,18 @@ Result<void> Channel::try_send(const SmallMessage& m) noexcept {
   if (impl_->reply) [[unlikely]]
     return one_way_on_sync("channel: synchronous: use call");
   VIPC_TRY(impl_->check_caps(m));
-  return impl_->on_full(impl_->writer.try_send(m));
+  auto r = impl_->on_full(impl_->writer.try_send(m));
+  if (client::trace::on()) [[unlikely]]
+    impl_->trace_sent(&m, 1);
+  return r;
 }
 Result<void> Channel::try_send(std::uint32_t type, const void* data, std::size_t len) noexcept {
   if (impl_->reply) [[unlikely]]
     return one_way_on_sync("channel: synchronous: use call");
-  return impl_->on_full(impl_->writer.try_send(type, data, len));
+  auto r = impl_->on_full(impl_->writer.try_send(type, data, len));
+  if (client::trace::on()) [[unlikely]]
+    impl_->trace_sent(type, len);
+  return r;
 }
 Result<std::size_t> Channel::try_send_batch(std::span<const SmallMessage> msgs) noexcept {
   if (impl_->reply) [[unlikely]]
@@ -784,6 +827,8 @@ Result<std::size_t> Channel::try_send_batch(std::span<const SmallMessage> msgs) 
     for (const SmallMessage& m : msgs) VIPC_TRY(impl_->check_caps(m));
   }
   auto r = impl_->writer.try_send_batch(msgs);
+  if (client::trace::on()) [[unlikely]]
+    impl_->trace_sent(msgs.data(), r ? *r : 0);
   if (impl_->policy != OverflowPolicy::DropNewest || msgs.empty()) return r;
   // Drop newest: what did not fit is dropped, unless a message stopped the batch for
   // another reason (too large), which is reported as such.
@@ -801,7 +846,10 @@ Result<void> Channel::send(const SmallMessage& m, std::chrono::nanoseconds timeo
     return one_way_on_sync("channel: synchronous: use call");
   if (impl_->policy != OverflowPolicy::Block) return try_send(m);
   VIPC_TRY(impl_->check_caps(m));
-  return impl_->writer.send(m, core::deadline_after(timeout));
+  auto r = impl_->writer.send(m, core::deadline_after(timeout));
+  if (client::trace::on()) [[unlikely]]
+    impl_->trace_sent(&m, 1);
+  return r;
 }
 
 Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nanoseconds timeout) {
@@ -810,6 +858,8 @@ Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nan
   const core::Deadline deadline = core::deadline_after(timeout);
   impl_->writer.tag_next(own_sched_tag());  // the caller's priority, for inheritance
   VIPC_TRY(impl_->writer.send(request, deadline));
+  if (client::trace::on()) [[unlikely]]
+    impl_->trace_sent(&request, 1);
   SmallMessage response;
   for (;;) {
     auto r = impl_->reply->receive(response, deadline);

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "demo.hpp"
+#include "observe.hpp"
 #ifdef VIPC_HAVE_BENCH
 #include "bench.hpp"
 #endif
@@ -16,6 +17,8 @@ int main(int argc, char** argv) {
   vipc::tools::DemoOptions demo_opts;
   demo->add_option("--messages", demo_opts.messages, "Messages per mode")
       ->check(CLI::PositiveNumber);
+
+  const vipc::tools::ObserveCommands observe(app);  // trace, messages, channels, stats, top
 
 #ifdef VIPC_HAVE_BENCH
   auto* bench = app.add_subcommand("bench", "Run a benchmark scenario beside its floor");
@@ -33,12 +36,14 @@ int main(int argc, char** argv) {
   bench->add_option("--senders", bo.senders, "Senders (fanin)")->check(CLI::PositiveNumber);
   bench->add_flag("--peers", bo.peers, "Include the peer systems");
   bench->add_flag("--blocking", bo.blocking, "Receiver parks (pingpong)");
+  bench->add_flag("--trace", bo.trace, "pingpong: channels through a broker, tracing off vs on");
   bench->add_option("--plot", bo.plot, "Render a plot (PNG or SVG) with gnuplot");
 #endif
 
   CLI11_PARSE(app, argc, argv);
 
   if (demo->parsed()) return vipc::tools::run_demo(demo_opts);
+  if (const int rc = observe.run(); rc >= 0) return rc;
 #ifdef VIPC_HAVE_BENCH
   if (bench->parsed()) return vipc::bench::run(bo);
 #endif

@@ -734,6 +734,24 @@ class Channel::Impl {
     }
     traced_up_to = next;
   }
+  // The sends with tracing on (out of line: the untraced path stays small).
+  [[gnu::noinline, gnu::cold]] Result<void> try_send_traced(const SmallMessage& m) noexcept {
+    auto r = on_full(writer.try_send(m));
+    trace_sent(&m, 1);
+    return r;
+  }
+  [[gnu::noinline, gnu::cold]] Result<void> try_send_traced(std::uint32_t type, const void* data,
+                                                            std::size_t len) noexcept {
+    auto r = on_full(writer.try_send(type, data, len));
+    trace_sent(type, len);
+    return r;
+  }
+  [[gnu::noinline, gnu::cold]] Result<void> send_traced(const SmallMessage& m,
+                                                        core::Deadline deadline) {
+    auto r = writer.send(m, deadline);
+    trace_sent(&m, 1);
+    return r;
+  }
   void trace_sent(std::uint32_t type, std::size_t len) noexcept {
     const std::uint64_t next = writer.next_position();
     if (next != traced_up_to) {
@@ -807,18 +825,18 @@ Result<void> Channel::try_send(const SmallMessage& m) noexcept {
   if (impl_->reply) [[unlikely]]
     return one_way_on_sync("channel: synchronous: use call");
   VIPC_TRY(impl_->check_caps(m));
-  auto r = impl_->on_full(impl_->writer.try_send(m));
+  // Tracing is checked first and handled out of line, so that the untraced path pays
+  // the check only (docs/observability.md, "Cost").
   if (client::trace::on()) [[unlikely]]
-    impl_->trace_sent(&m, 1);
-  return r;
+    return impl_->try_send_traced(m);
+  return impl_->on_full(impl_->writer.try_send(m));
 }
 Result<void> Channel::try_send(std::uint32_t type, const void* data, std::size_t len) noexcept {
   if (impl_->reply) [[unlikely]]
     return one_way_on_sync("channel: synchronous: use call");
-  auto r = impl_->on_full(impl_->writer.try_send(type, data, len));
   if (client::trace::on()) [[unlikely]]
-    impl_->trace_sent(type, len);
-  return r;
+    return impl_->try_send_traced(type, data, len);
+  return impl_->on_full(impl_->writer.try_send(type, data, len));
 }
 Result<std::size_t> Channel::try_send_batch(std::span<const SmallMessage> msgs) noexcept {
   if (impl_->reply) [[unlikely]]
@@ -846,10 +864,9 @@ Result<void> Channel::send(const SmallMessage& m, std::chrono::nanoseconds timeo
     return one_way_on_sync("channel: synchronous: use call");
   if (impl_->policy != OverflowPolicy::Block) return try_send(m);
   VIPC_TRY(impl_->check_caps(m));
-  auto r = impl_->writer.send(m, core::deadline_after(timeout));
   if (client::trace::on()) [[unlikely]]
-    impl_->trace_sent(&m, 1);
-  return r;
+    return impl_->send_traced(m, core::deadline_after(timeout));
+  return impl_->writer.send(m, core::deadline_after(timeout));
 }
 
 Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nanoseconds timeout) {

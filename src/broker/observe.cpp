@@ -185,46 +185,67 @@ void Observer::drain_ring(std::uint64_t, ClientRing& r, const RingLookup& lookup
   for (;;) {
     scratch_.clear();
     const std::size_t n = r.reader.drain(scratch_, 4096);
-    for (const core::TraceEvent& e : scratch_) on_event(e, r.pid, lookup);
+    if (n != 0 && ns_per_cycle_ == 0) ns_per_cycle_ = core::CycleClock::instance().ns_per_cycle();
+    // Stamps are cycle counts: turned into CLOCK_MONOTONIC here, against a pair of
+    // readings taken now (the counter is shared by every CPU of the machine).
+    const std::uint64_t now_cycles = core::cycles();
+    const std::uint64_t now_mono = core::now_ns();
+    for (const core::TraceEvent& e : scratch_) {
+      const std::uint64_t ago = e.stamp < now_cycles ? now_cycles - e.stamp : 0;
+      const auto ago_ns = static_cast<std::uint64_t>(static_cast<double>(ago) * ns_per_cycle_);
+      on_event(e, ago_ns < now_mono ? now_mono - ago_ns : 0, r.pid, lookup);
+    }
     records_ += n;
     if (n < 4096) break;
   }
 }
 
-void Observer::on_event(const core::TraceEvent& e, pid_t pid, const RingLookup& lookup) {
-  if (e.kind == layout::kTraceSend) {
-    if (pending_count_ >= kPendingMax) expire_pending(0, true, lookup);
-    auto [it, fresh] = pending_[e.ring_id].insert_or_assign(e.position, Pending{e, pid});
-    (void)it;
-    if (fresh) ++pending_count_;
-    return;
+void Observer::on_event(const core::TraceEvent& e, std::uint64_t mono_ns, pid_t pid,
+                        const RingLookup& lookup) {
+  // A send and its receive may be drained in either order (the receiver can record
+  // before the sender does), so whichever comes first waits for the other.
+  const bool is_send = e.kind == layout::kTraceSend;
+  auto& mine = is_send ? sends_ : receives_;
+  auto& other = is_send ? receives_ : sends_;
+  if (auto rit = other.find(e.ring_id); rit != other.end()) {
+    if (auto pit = rit->second.find(e.position); pit != rit->second.end()) {
+      const Pending match = pit->second;
+      rit->second.erase(pit);
+      --pending_count_;
+      if (rit->second.empty()) other.erase(rit);
+      const Pending self{e, pid, mono_ns};
+      emit_pair(is_send ? &self : &match, is_send ? &match : &self, lookup);
+      return;
+    }
   }
-  // A receive: its send, if it was recorded, gives the source and the latency.
-  const std::optional<TracedRing> info = lookup(e.ring_id);
+  if (pending_count_ >= kPendingMax) expire_pending(0, true, lookup);
+  auto [it, fresh] = mine[e.ring_id].insert_or_assign(e.position, Pending{e, pid, mono_ns});
+  (void)it;
+  if (fresh) ++pending_count_;
+}
+
+void Observer::emit_pair(const Pending* send, const Pending* receive, const RingLookup& lookup) {
+  const Pending& any = send != nullptr ? *send : *receive;
   Message m;
-  m.dst = pid;
-  m.type = e.type;
-  m.size = e.size;
-  m.caps = e.cap_count;
-  m.time_ns = e.time_ns;
-  if (info) {
+  m.time_ns = send != nullptr ? send->mono_ns : receive->mono_ns;
+  m.type = any.event.type;
+  m.size = any.event.size;
+  m.caps = any.event.cap_count;
+  if (const std::optional<TracedRing> info = lookup(any.event.ring_id)) {
     m.object_id = info->object_id;
     m.channel = info->channel;
     m.src = info->sender_pid;
+    m.dst = info->receiver_pid;
+  } else {
+    m.channel = fmt::format("ring#{}", any.event.ring_id);
   }
-  if (auto rit = pending_.find(e.ring_id); rit != pending_.end()) {
-    if (auto pit = rit->second.find(e.position); pit != rit->second.end()) {
-      const Pending& p = pit->second;
-      m.src = p.pid;
-      m.time_ns = p.send.time_ns;
-      if (e.time_ns >= p.send.time_ns) {
-        m.latency_ns = e.time_ns - p.send.time_ns;
-        m.has_latency = true;
-      }
-      rit->second.erase(pit);
-      --pending_count_;
-      if (rit->second.empty()) pending_.erase(rit);
-    }
+  if (send != nullptr) m.src = send->pid;
+  if (receive != nullptr) m.dst = receive->pid;
+  if (send != nullptr && receive != nullptr && receive->event.stamp >= send->event.stamp) {
+    // From the two cycle counts, not the converted times: no conversion error between.
+    m.latency_ns = static_cast<std::uint64_t>(
+        static_cast<double>(receive->event.stamp - send->event.stamp) * ns_per_cycle_);
+    m.has_latency = true;
   }
   if (m.has_latency && m.object_id != 0) {
     ChannelLatency& l = latency_[m.object_id];
@@ -235,34 +256,22 @@ void Observer::on_event(const core::TraceEvent& e, pid_t pid, const RingLookup& 
 }
 
 void Observer::expire_pending(std::uint64_t now_ns, bool all, const RingLookup& lookup) {
-  // Sends nobody was seen receiving (yet): shown without a latency once they are old
+  // Halves whose partner was not seen (yet): shown without a latency once they are old
   // (or when the table is full), so that a stuck receiver's messages still appear.
-  for (auto rit = pending_.begin(); rit != pending_.end();) {
-    const std::optional<TracedRing> info = lookup(rit->first);
-    for (auto pit = rit->second.begin(); pit != rit->second.end();) {
-      const Pending& p = pit->second;
-      if (all || p.send.time_ns + kPendingAgeNs <= now_ns) {
-        Message m;
-        m.time_ns = p.send.time_ns;
-        m.src = p.pid;
-        m.type = p.send.type;
-        m.size = p.send.size;
-        m.caps = p.send.cap_count;
-        if (info) {
-          m.object_id = info->object_id;
-          m.channel = info->channel;
-          m.dst = info->receiver_pid;
+  for (auto* table : {&sends_, &receives_}) {
+    const bool sends = table == &sends_;
+    for (auto rit = table->begin(); rit != table->end();) {
+      for (auto pit = rit->second.begin(); pit != rit->second.end();) {
+        if (all || pit->second.mono_ns + kPendingAgeNs <= now_ns) {
+          emit_pair(sends ? &pit->second : nullptr, sends ? nullptr : &pit->second, lookup);
+          pit = rit->second.erase(pit);
+          --pending_count_;
         } else {
-          m.channel = fmt::format("ring#{}", rit->first);
+          ++pit;
         }
-        emit(std::move(m));
-        pit = rit->second.erase(pit);
-        --pending_count_;
-      } else {
-        ++pit;
       }
+      rit = rit->second.empty() ? table->erase(rit) : std::next(rit);
     }
-    rit = rit->second.empty() ? pending_.erase(rit) : std::next(rit);
   }
 }
 

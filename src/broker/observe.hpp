@@ -127,9 +127,12 @@ class Observer {
     core::TraceRingReader reader;
   };
   struct Pending {
-    core::TraceEvent send;
+    core::TraceEvent event;  // stamp: cycles, as recorded
     pid_t pid = 0;
+    std::uint64_t mono_ns = 0;  // the stamp on CLOCK_MONOTONIC
   };
+  using PendingTable =
+      std::unordered_map<std::uint64_t, std::unordered_map<std::uint64_t, Pending>>;
   struct Message {
     std::uint64_t seq = 0;
     std::uint64_t time_ns = 0;  // send (or receive, when the send was not seen)
@@ -148,7 +151,10 @@ class Observer {
 
   Observer(std::string dir, core::TraceSwitch sw) noexcept;
   void drain_ring(std::uint64_t client, ClientRing& r, const RingLookup& lookup);
-  void on_event(const core::TraceEvent& e, pid_t pid, const RingLookup& lookup);
+  void on_event(const core::TraceEvent& e, std::uint64_t mono_ns, pid_t pid,
+                const RingLookup& lookup);
+  // One message from its send and / or its receive (either may be null, not both).
+  void emit_pair(const Pending* send, const Pending* receive, const RingLookup& lookup);
   void emit(Message m);
   void expire_pending(std::uint64_t now_ns, bool all, const RingLookup& lookup);
   void write_file(const char* name, const std::string& text) noexcept;
@@ -158,7 +164,8 @@ class Observer {
   std::map<std::uint64_t, ClientRing> rings_;  // by client
   std::vector<core::TraceEvent> scratch_;
   std::unordered_map<std::uint64_t, std::optional<TracedRing>> ring_cache_;  // one drain's
-  std::unordered_map<std::uint64_t, std::unordered_map<std::uint64_t, Pending>> pending_;
+  PendingTable sends_;     // by ring id, then position: sends whose receive was not seen
+  PendingTable receives_;  // receives whose send was not seen
   std::size_t pending_count_ = 0;
   std::deque<Message> messages_;
   std::unordered_map<std::uint64_t, ChannelLatency> latency_;  // by object id
@@ -167,6 +174,7 @@ class Observer {
   std::uint64_t lost_gone_ = 0;  // lost + rejected of rings already dropped
   std::uint64_t last_drain_ns_ = 0;
   std::uint64_t last_files_ns_ = 0;
+  double ns_per_cycle_ = 0;  // core::CycleClock's, once there is something to convert
   bool wrote_files_ = false;
 };
 

@@ -40,7 +40,7 @@ void record(std::uint16_t kind, std::uint64_t ring_id, std::uint64_t position, s
   core::TraceRingWriter* w = writer.load(std::memory_order_acquire);
   if (w == nullptr) return;
   core::TraceEvent e;
-  e.time_ns = core::now_ns();
+  e.stamp = core::cycles();
   e.ring_id = ring_id;
   e.position = position;
   e.kind = kind;

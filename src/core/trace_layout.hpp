@@ -57,15 +57,17 @@ static_assert(offsetof(TraceFlagSegment, enabled) == 64);
 //
 //  0         8          16        24         32     34     36     40     44         64
 //  +---------+----------+---------+----------+------+------+------+------+----------+
-//  | seq     | time_ns  | ring id | position | kind | caps | type | size | reserved |
+//  | seq     | stamp    | ring id | position | kind | caps | type | size | reserved |
 //  +---------+----------+---------+----------+------+------+------+------+----------+
 //
 // seq: position + 1 once the record of `position` is complete (0 before the first lap).
-// time_ns: CLOCK_MONOTONIC of the event. ring id and position: the channel ring and the
-// message's position in it (a send and its receive carry the same pair).
+// stamp: core::cycles() at the event (the machine's cycle counter, which costs less
+// than a clock_gettime; the broker converts it to CLOCK_MONOTONIC as it drains). ring id and
+// position: the channel ring and the message's position in it (a send and its receive carry the
+// same pair).
 struct alignas(kCacheLine) TraceRecord {
   std::uint64_t seq;
-  std::uint64_t time_ns;
+  std::uint64_t stamp;
   std::uint64_t ring_id;
   std::uint64_t position;
   std::uint16_t kind;
@@ -77,7 +79,7 @@ struct alignas(kCacheLine) TraceRecord {
 };
 static_assert(sizeof(TraceRecord) == kTraceRecordSize);
 static_assert(offsetof(TraceRecord, seq) == 0);
-static_assert(offsetof(TraceRecord, time_ns) == 8);
+static_assert(offsetof(TraceRecord, stamp) == 8);
 static_assert(offsetof(TraceRecord, ring_id) == 16);
 static_assert(offsetof(TraceRecord, position) == 24);
 static_assert(offsetof(TraceRecord, kind) == 32);

@@ -103,7 +103,7 @@ bool TraceRingWriter::record(const TraceEvent& e) noexcept {
     }
   }
   layout::TraceRecord& r = records_[t & mask_];
-  store_relaxed(r.time_ns, e.time_ns);
+  store_relaxed(r.stamp, e.stamp);
   store_relaxed(r.ring_id, e.ring_id);
   store_relaxed(r.position, e.position);
   store_relaxed(r.kind, e.kind);
@@ -176,7 +176,7 @@ std::size_t TraceRingReader::drain(std::vector<TraceEvent>& out, std::size_t max
       continue;
     }
     TraceEvent e;
-    e.time_ns = load_relaxed(r.time_ns);
+    e.stamp = load_relaxed(r.stamp);
     e.ring_id = load_relaxed(r.ring_id);
     e.position = load_relaxed(r.position);
     e.kind = load_relaxed(r.kind);

@@ -37,7 +37,7 @@ namespace vipc::core {
 
 // One validated trace record, copied out of shared memory.
 struct TraceEvent {
-  std::uint64_t time_ns = 0;  // CLOCK_MONOTONIC
+  std::uint64_t stamp = 0;  // core::cycles() at the event
   std::uint64_t ring_id = 0;
   std::uint64_t position = 0;
   std::uint16_t kind = 0;  // layout::kTraceSend / kTraceReceive

@@ -54,7 +54,7 @@ std::uint64_t write_until(TraceRingWriter& w, std::uint64_t writer, const std::a
     e.kind = (seq & 1) != 0 ? layout::kTraceReceive : layout::kTraceSend;
     e.type = check_of(writer, seq);
     e.size = static_cast<std::uint32_t>(seq & 0xffff);
-    e.time_ns = seq;
+    e.stamp = seq;
     (void)w.record(e);
     ++seq;
     if (rng.next() % 64 == 0) std::this_thread::yield();
@@ -69,7 +69,7 @@ struct Checker {
     ASSERT_LT(e.ring_id, last.size());
     ASSERT_EQ(e.type, check_of(e.ring_id, e.position)) << "torn record";
     ASSERT_EQ(e.size, static_cast<std::uint32_t>(e.position & 0xffff));
-    ASSERT_EQ(e.time_ns, e.position);
+    ASSERT_EQ(e.stamp, e.position);
     ASSERT_GT(static_cast<std::int64_t>(e.position), last[e.ring_id]) << "duplicate or reorder";
     last[e.ring_id] = static_cast<std::int64_t>(e.position);
     ++taken;

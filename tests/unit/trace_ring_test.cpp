@@ -16,7 +16,7 @@ namespace {
 
 TraceEvent event(std::uint64_t pos, std::uint16_t kind = layout::kTraceSend) {
   TraceEvent e;
-  e.time_ns = 1000 + pos;
+  e.stamp = 1000 + pos;
   e.ring_id = 7;
   e.position = pos;
   e.kind = kind;
@@ -48,7 +48,7 @@ TEST(TraceRingTest, RecordsRoundTripInOrder) {
   ASSERT_EQ(out.size(), 10u);
   for (std::uint64_t i = 0; i < 10; ++i) {
     EXPECT_EQ(out[i].position, i);
-    EXPECT_EQ(out[i].time_ns, 1000 + i);
+    EXPECT_EQ(out[i].stamp, 1000 + i);
     EXPECT_EQ(out[i].ring_id, 7u);
     EXPECT_EQ(out[i].kind, layout::kTraceSend);
     EXPECT_EQ(out[i].cap_count, 1);

@@ -121,14 +121,13 @@ Result<Observer::Attached> Observer::attach(std::uint64_t client, pid_t pid,
   if (!reader) return reader.error();
   auto sw = switch_.reader_fd();
   if (!sw) return sw.error();
-  auto ring = sys::dup_fd(reader->fd());
-  if (!ring) return ring.error();
   if (auto it = rings_.find(client); it != rings_.end()) {
     lost_gone_ += it->second.reader.lost() + it->second.reader.rejected();
     rings_.erase(it);
   }
+  sys::UniqueFd ring = reader->release_fd();
   rings_.emplace(client, ClientRing{pid, std::move(*reader)});
-  return Attached{std::move(*sw), std::move(*ring), capacity};
+  return Attached{std::move(*sw), std::move(ring), capacity};
 }
 
 void Observer::forget(std::uint64_t client, const RingLookup& lookup) {

@@ -271,7 +271,7 @@ class Endpoint::Impl {
     if (r) {
       if (client::trace::on()) [[unlikely]] {
         client::trace::record(layout::kTraceReceive, s.ring_id, s.reader.next_position() - 1,
-                              out.type, out.length, out.cap_count);
+                              out.type, out.length, out.cap_count, core::cycles());
       }
       set.mark(idx);  // more may follow: come back after the others (round-robin)
       last_tag = s.reader.last_flags();
@@ -310,7 +310,7 @@ class Endpoint::Impl {
         const std::uint64_t first = s.reader.next_position() - *r;
         for (std::size_t i = 0; i < *r; ++i) {
           client::trace::record(layout::kTraceReceive, s.ring_id, first + i, out[i].type,
-                                out[i].length, out[i].cap_count);
+                                out[i].length, out[i].cap_count, core::cycles());
         }
       }
       set.mark(idx);
@@ -724,39 +724,43 @@ class Channel::Impl {
 
   // Records the messages written since the last call (tracing on only): a send the
   // overflow policy dropped wrote nothing and records nothing.
-  void trace_sent(const SmallMessage* msgs, std::size_t count) noexcept {
+  // stamp: core::cycles() taken before the send.
+  void trace_sent(const SmallMessage* msgs, std::size_t count, std::uint64_t stamp) noexcept {
     const std::uint64_t next = writer.next_position();
     std::uint64_t first = traced_up_to;
     if (next - first > count) first = next - count;
     for (std::uint64_t p = first; p < next; ++p) {
       const SmallMessage& m = msgs[count - (next - p)];
-      client::trace::record(layout::kTraceSend, ring_id, p, m.type, m.length, m.cap_count);
+      client::trace::record(layout::kTraceSend, ring_id, p, m.type, m.length, m.cap_count, stamp);
     }
     traced_up_to = next;
   }
   // The sends with tracing on (out of line: the untraced path stays small).
   [[gnu::noinline, gnu::cold]] Result<void> try_send_traced(const SmallMessage& m) noexcept {
+    const std::uint64_t stamp = core::cycles();
     auto r = on_full(writer.try_send(m));
-    trace_sent(&m, 1);
+    trace_sent(&m, 1, stamp);
     return r;
   }
   [[gnu::noinline, gnu::cold]] Result<void> try_send_traced(std::uint32_t type, const void* data,
                                                             std::size_t len) noexcept {
+    const std::uint64_t stamp = core::cycles();
     auto r = on_full(writer.try_send(type, data, len));
-    trace_sent(type, len);
+    trace_sent(type, len, stamp);
     return r;
   }
   [[gnu::noinline, gnu::cold]] Result<void> send_traced(const SmallMessage& m,
                                                         core::Deadline deadline) {
+    const std::uint64_t stamp = core::cycles();
     auto r = writer.send(m, deadline);
-    trace_sent(&m, 1);
+    trace_sent(&m, 1, stamp);
     return r;
   }
-  void trace_sent(std::uint32_t type, std::size_t len) noexcept {
+  void trace_sent(std::uint32_t type, std::size_t len, std::uint64_t stamp) noexcept {
     const std::uint64_t next = writer.next_position();
     if (next != traced_up_to) {
       client::trace::record(layout::kTraceSend, ring_id, next - 1, type,
-                            static_cast<std::uint32_t>(len), 0);
+                            static_cast<std::uint32_t>(len), 0, stamp);
     }
     traced_up_to = next;
   }
@@ -844,9 +848,11 @@ Result<std::size_t> Channel::try_send_batch(std::span<const SmallMessage> msgs) 
   if (impl_->register_only) {
     for (const SmallMessage& m : msgs) VIPC_TRY(impl_->check_caps(m));
   }
+  const bool traced = client::trace::on();
+  const std::uint64_t stamp = traced ? core::cycles() : 0;
   auto r = impl_->writer.try_send_batch(msgs);
-  if (client::trace::on()) [[unlikely]]
-    impl_->trace_sent(msgs.data(), r ? *r : 0);
+  if (traced) [[unlikely]]
+    impl_->trace_sent(msgs.data(), r ? *r : 0, stamp);
   if (impl_->policy != OverflowPolicy::DropNewest || msgs.empty()) return r;
   // Drop newest: what did not fit is dropped, unless a message stopped the batch for
   // another reason (too large), which is reported as such.
@@ -874,9 +880,11 @@ Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nan
   if (timeout == kForever && impl_->call_timeout.count() > 0) timeout = impl_->call_timeout;
   const core::Deadline deadline = core::deadline_after(timeout);
   impl_->writer.tag_next(own_sched_tag());  // the caller's priority, for inheritance
+  const bool traced = client::trace::on();
+  const std::uint64_t stamp = traced ? core::cycles() : 0;
   VIPC_TRY(impl_->writer.send(request, deadline));
-  if (client::trace::on()) [[unlikely]]
-    impl_->trace_sent(&request, 1);
+  if (traced) [[unlikely]]
+    impl_->trace_sent(&request, 1, stamp);
   SmallMessage response;
   for (;;) {
     auto r = impl_->reply->receive(response, deadline);

@@ -36,11 +36,11 @@ void forget_in_child() noexcept {
 }  // namespace
 
 void record(std::uint16_t kind, std::uint64_t ring_id, std::uint64_t position, std::uint32_t type,
-            std::uint32_t size, std::uint16_t cap_count) noexcept {
+            std::uint32_t size, std::uint16_t cap_count, std::uint64_t stamp) noexcept {
   core::TraceRingWriter* w = writer.load(std::memory_order_acquire);
   if (w == nullptr) return;
   core::TraceEvent e;
-  e.stamp = core::cycles();
+  e.stamp = stamp;
   e.ring_id = ring_id;
   e.position = position;
   e.kind = kind;

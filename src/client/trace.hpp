@@ -51,8 +51,10 @@ extern SwitchPage switch_page;
 }
 
 // Appends one event to the process's ring (no-op without one). Called only when on().
+// stamp: core::cycles() at the event; a send is stamped before it publishes the
+// message, a receive after it took it, so that a receive's stamp is never earlier.
 void record(std::uint16_t kind, std::uint64_t ring_id, std::uint64_t position, std::uint32_t type,
-            std::uint32_t size, std::uint16_t cap_count) noexcept;
+            std::uint32_t size, std::uint16_t cap_count, std::uint64_t stamp) noexcept;
 
 // Asks the broker for its switch and a trace ring for this process, replacing the
 // previous ones (best effort: without them this process keeps what it had). Called

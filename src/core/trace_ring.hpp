@@ -27,6 +27,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "core/sys.hpp"
@@ -107,6 +108,9 @@ class TraceRingReader {
   TraceRingReader& operator=(TraceRingReader&&) noexcept = default;
 
   [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+  // Gives up the descriptor (for the writing process): the reader keeps its mapping
+  // only, so it holds no descriptor per traced process.
+  [[nodiscard]] sys::UniqueFd release_fd() noexcept { return std::move(fd_); }
   [[nodiscard]] std::uint32_t capacity() const noexcept { return capacity_; }
   // Appends up to `max` records to out (TR3-TR4); returns how many. now_ns: the
   // CLOCK_MONOTONIC time, for the stuck-record rule.

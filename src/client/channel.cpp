@@ -258,6 +258,18 @@ class Endpoint::Impl {
     }
   }
 
+  // Records the last `n` messages taken from `s` (tracing on only; out of line, so that
+  // the untraced receive pays the check only).
+  [[gnu::noinline, gnu::cold]] static void trace_received(const Sender& s, const SmallMessage* msgs,
+                                                          std::size_t n) noexcept {
+    const std::uint64_t stamp = core::cycles();
+    const std::uint64_t first = s.reader.next_position() - n;
+    for (std::size_t i = 0; i < n; ++i) {
+      client::trace::record(layout::kTraceReceive, s.ring_id, first + i, msgs[i].type,
+                            msgs[i].length, msgs[i].cap_count, stamp);
+    }
+  }
+
   // Takes one message from ring `idx`: true when it did, false when the ring had none
   // (or is gone).
   Result<bool> take(std::uint32_t idx, SmallMessage& out, MessageSource* from) {
@@ -269,10 +281,8 @@ class Endpoint::Impl {
     Sender& s = *senders[idx];
     auto r = s.reader.try_receive(out);
     if (r) {
-      if (client::trace::on()) [[unlikely]] {
-        client::trace::record(layout::kTraceReceive, s.ring_id, s.reader.next_position() - 1,
-                              out.type, out.length, out.cap_count, core::cycles());
-      }
+      if (client::trace::on()) [[unlikely]]
+        trace_received(s, &out, 1);
       set.mark(idx);  // more may follow: come back after the others (round-robin)
       last_tag = s.reader.last_flags();
       const std::uint64_t gap = s.reader.last_gap();
@@ -306,13 +316,8 @@ class Endpoint::Impl {
     Sender& s = *senders[idx];
     auto r = s.reader.try_receive_batch(out);
     if (r) {
-      if (client::trace::on()) [[unlikely]] {
-        const std::uint64_t first = s.reader.next_position() - *r;
-        for (std::size_t i = 0; i < *r; ++i) {
-          client::trace::record(layout::kTraceReceive, s.ring_id, first + i, out[i].type,
-                                out[i].length, out[i].cap_count, core::cycles());
-        }
-      }
+      if (client::trace::on()) [[unlikely]]
+        trace_received(s, out.data(), *r);
       set.mark(idx);
       const std::uint64_t gap = s.reader.last_gap();
       counters.dropped += gap;

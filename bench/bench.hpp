@@ -18,6 +18,7 @@ struct Options {
   int senders = 1;
   bool peers = false;
   bool blocking = false;  // pingpong --blocking: receiver parks
+  bool trace = false;     // pingpong --trace: channel API through a broker, tracing off vs on
   std::string plot;       // --plot FILE.png|svg
 };
 

@@ -17,6 +17,7 @@
 #include "baselines.hpp"
 #include "bench.hpp"
 #include "call_systems.hpp"
+#include "core/sys.hpp"
 #include "create_systems.hpp"
 #include "fanin_systems.hpp"
 #include "floors.hpp"
@@ -29,6 +30,7 @@
 #include "plot.hpp"
 #include "report.hpp"
 #include "topic_systems.hpp"
+#include "trace_systems.hpp"
 #include "vipc_systems.hpp"
 #include "zmq_systems.hpp"
 
@@ -217,7 +219,50 @@ Report pingpong_blocking(const Options& o, const RunConfig& cfg) {
   return report;
 }
 
+Report pingpong_traced(const Options& o, const RunConfig& cfg) {
+  std::uint64_t misses[2] = {0, 0};
+  std::string misses_why;
+  if (auto c = sys::open_cache_miss_counter(0); !c) misses_why = c.error().message();
+  std::vector<System> systems = {
+      {"vipc-untraced",
+       [&](const RunConfig& c) { return trace_systems::channel_pingpong(c, false, &misses[0]); }},
+      {"vipc-traced",
+       [&](const RunConfig& c) { return trace_systems::channel_pingpong(c, true, &misses[1]); }},
+  };
+  auto rounds = interleave(cfg, systems);
+
+  Report report;
+  report.scenario = "pingpong";
+  report.title =
+      "pingpong --trace: 64-byte round trip through Channel/Endpoint and a broker, tracing off "
+      "vs on";
+  report.params = base_params(o, cfg);
+  report.params["mode"] = "busy";
+  report.params["trace"] = true;
+  Entry off = latency_entry("vipc-untraced", "rtt", rounds[0]);
+  Entry on = latency_entry("vipc-traced", "rtt", rounds[1]);
+  compare(on, off, /*with_p99=*/true);
+  report.entries = {off, on};
+  report.notes.push_back(
+      "vipc-traced: every send and receive recorded in the process's trace ring, drained by "
+      "the broker (docs/observability.md); ratio = traced / untraced, target <= 1.3.");
+  if (misses_why.empty()) {
+    for (int i = 0; i < 2; ++i) {
+      std::uint64_t n = 0;
+      for (const Round& r : rounds[static_cast<std::size_t>(i)]) n += r.hist.count();
+      report.notes.push_back(fmt::format(
+          "cache misses per message ({}, both processes, user space, warm-up included): {:.2f}",
+          systems[static_cast<std::size_t>(i)].name,
+          n == 0 ? 0.0 : static_cast<double>(misses[i]) / static_cast<double>(2 * n)));
+    }
+  } else {
+    report.notes.push_back("cache misses per message: not available: " + misses_why);
+  }
+  return report;
+}
+
 Report pingpong(const Options& o, const RunConfig& cfg) {
+  if (o.trace) return pingpong_traced(o, cfg);
   return o.blocking ? pingpong_blocking(o, cfg) : pingpong_busy(o, cfg);
 }
 
@@ -887,6 +932,10 @@ int run(const Options& options) {
   if (options.size != kMessageBytes && name != "large" && name != "peers") {
     fmt::print(stderr, "vipc bench {}: measures {}-byte messages; --size is not supported here\n",
                name, kMessageBytes);
+    return 2;
+  }
+  if (options.trace && (name != "pingpong" || options.blocking)) {
+    fmt::print(stderr, "vipc bench {}: --trace applies to pingpong (busy) only\n", name);
     return 2;
   }
   if (options.blocking && name != "pingpong" && name != "mq") {

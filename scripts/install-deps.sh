@@ -12,7 +12,7 @@ packages=(
   liburing-dev libsystemd-dev libssl-dev libasio-dev libseccomp-dev libcap-dev
   libzmq3-dev cppzmq-dev
   iceoryx libiceoryx-posh-dev libiceoryx-hoofs-dev
-  gnuplot-nox valgrind strace procps
+  gnuplot-nox valgrind strace procps tmux
 )
 
 missing=()

@@ -34,6 +34,7 @@
 #include "vipc/capability.hpp"
 #include "vipc/message.hpp"
 #include "vipc/result.hpp"
+#include "vipc/trace.hpp"
 
 namespace vipc {
 
@@ -229,6 +230,10 @@ class Runtime {
 
   [[nodiscard]] Result<std::uint64_t> ping(std::uint64_t payload = 0);
   [[nodiscard]] Result<BrokerStats> stats();
+  // Switches tracing on or off system-wide, or only asks (docs/observability.md). Each
+  // call also makes the broker drain the trace rings and rewrite the runtime
+  // directory's `trace`, `messages` and `channels` views before it answers.
+  [[nodiscard]] Result<TraceStatus> trace(TraceAction action = TraceAction::Query);
 
   class Impl;
 

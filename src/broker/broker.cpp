@@ -21,6 +21,7 @@
 #include "broker/buffer_table.hpp"
 #include "broker/capability_table.hpp"
 #include "broker/config.hpp"
+#include "broker/observe.hpp"
 #include "broker/platform.hpp"
 #include "core/clock.hpp"
 #include "core/ready_set.hpp"
@@ -264,6 +265,7 @@ class Broker::Impl {
   void set_audit(std::unique_ptr<AuditLog> a) noexcept { audit_ = std::move(a); }
 
   Result<void> run(std::atomic<int>& stop_signal);
+  void set_observer(std::unique_ptr<Observer> o) noexcept { observe_ = std::move(o); }
 
  private:
   // ---- logging
@@ -315,6 +317,14 @@ class Broker::Impl {
   Result<OutPacket> on(Client& c, const wire::TopicMemberRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TopicLeaveRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TopicShareBufferRequest& r, std::uint64_t id);
+  // Tracing and statistics (observe.hpp, docs/observability.md).
+  Result<OutPacket> on(Client& c, const wire::TraceAttachRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::TraceControlRequest& r, std::uint64_t id);
+  // Names a channel ring for trace records; the objects and clients as the views show them.
+  std::optional<TracedRing> traced_ring(std::uint64_t ring_id) const;
+  std::vector<ObjectView> object_views() const;
+  // Drains the trace rings when due and rewrites the views when due (or `force`).
+  void observe(bool force);
   template <std::uint16_t N>
   Result<OutPacket> on(Client&, const wire::UnassignedBody<N>&, std::uint64_t) {
     return Error(ErrorCode::ProtocolError, wire::ctx::kBadOpcode);  // never decoded
@@ -353,7 +363,8 @@ class Broker::Impl {
   Result<Token> new_token();
 
   BrokerOptions options_;
-  MqRegistry mq_{options_.mq};  // POSIX message queues (broker_mq.cpp)
+  MqRegistry mq_{options_.mq};         // POSIX message queues (broker_mq.cpp)
+  std::unique_ptr<Observer> observe_;  // null if its switch could not be made
   sys::UniqueFd listen_;
   platform::Epoll epoll_;
   sys::UniqueFd stop_fd_;
@@ -404,7 +415,9 @@ Result<void> Broker::Impl::run(std::atomic<int>& stop_signal) {
       listen_paused_until_ = resumed ? 0 : now_ns() + kListenPauseNs;
     }
     // While spare rings are owed, only look for requests, then make one ring.
-    auto n = epoll_.wait(events, !refill_.empty() ? 0 : listen_paused_until_ != 0 ? 100 : 1000);
+    int timeout = !refill_.empty() ? 0 : listen_paused_until_ != 0 ? 100 : 1000;
+    if (observe_) timeout = std::min(timeout, observe_->wait_ms(now_ns()));
+    auto n = epoll_.wait(events, timeout);
     if (!n) return n.error();
     for (std::size_t i = 0; i < *n && running_; ++i) {
       const auto [mask, data] = events[i];
@@ -441,9 +454,11 @@ Result<void> Broker::Impl::run(std::atomic<int>& stop_signal) {
     sweep_grants(now_ns());
     if (buffers_.expire(now_ns()) != 0) buffers_.collect(caps_);
     refill_spares();
+    observe(false);
   }
   log(LogLevel::Info, "stopping: {} clients, {} objects", clients_.size(), objects_.size());
   while (!clients_.empty()) drop(clients_.begin()->first, "broker stopping");
+  if (observe_) observe_->remove_files();
   return {};
 }
 
@@ -603,6 +618,10 @@ void Broker::Impl::drop(ClientId id, const char* why) {
   auto it = clients_.find(id);
   if (it == clients_.end()) return;
   Client& c = it->second;
+  // Its last trace records first, while its channels still have their names.
+  if (observe_) {
+    observe_->forget(id, [this](std::uint64_t ring) { return traced_ring(ring); });
+  }
   std::size_t revoked = 0;
   for (ObjectId oid : c.owned) revoked += destroy_object(oid);
   for (auto& [oid, obj] : objects_) {
@@ -1591,6 +1610,111 @@ void Broker::Impl::audit_request(const Client& c, const wire::DecodedRequest& re
 
 // ------------------------------------------------------------ Broker
 
+// ------------------------------------------------------------ tracing and statistics
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::TraceAttachRequest& r, std::uint64_t id) {
+  if (!observe_) return Error(ErrorCode::Unsupported, wire::ctx::kBroker);
+  auto a = observe_->attach(c.id, c.cred.pid, r.capacity);
+  if (!a) return Error(a.error().code(), wire::ctx::kObjectCreate, a.error().sys_errno());
+  const wire::TraceAttachReply reply{a->capacity, observe_->enabled() ? 1u : 0u};
+  std::vector<sys::UniqueFd> fds;
+  fds.push_back(std::move(a->switch_fd));
+  fds.push_back(std::move(a->ring_fd));
+  return OutPacket{wire::encode_reply(id, reply, 2), std::move(fds)};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::TraceControlRequest& r,
+                                   std::uint64_t id) {
+  if (!observe_) return Error(ErrorCode::Unsupported, wire::ctx::kBroker);
+  const auto action = static_cast<wire::TraceAction>(r.action);
+  // Switching is for the broker's own user (and root), like the spec's debugfs file.
+  if (action != wire::TraceAction::Query && c.cred.uid != ::geteuid() && c.cred.uid != 0) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kPolicyDenied);
+  }
+  if (action != wire::TraceAction::Query) {
+    observe_->set_enabled(action == wire::TraceAction::On);
+    log(LogLevel::Info, "tracing {} (client {}, pid {})",
+        action == wire::TraceAction::On ? "on" : "off", c.id, c.cred.pid);
+  }
+  observe(true);
+  return OutPacket{wire::encode_reply(id, observe_->status()), {}};
+}
+
+std::optional<TracedRing> Broker::Impl::traced_ring(std::uint64_t ring_id) const {
+  for (const auto& [oid, obj] : objects_) {
+    if (!obj.channel) continue;
+    for (const auto& [index, ring] : obj.channel->rings) {
+      if (ring.ring_id != ring_id) continue;
+      TracedRing t;
+      t.object_id = oid;
+      t.channel = obj.name.empty() ? fmt::format("#{}", oid) : obj.name;
+      t.sender_pid = ring.pid;
+      if (auto c = clients_.find(obj.channel->receiver); c != clients_.end()) {
+        t.receiver_pid = c->second.cred.pid;
+      }
+      return t;
+    }
+  }
+  return std::nullopt;
+}
+
+std::vector<ObjectView> Broker::Impl::object_views() const {
+  std::vector<ObjectView> out;
+  out.reserve(objects_.size());
+  for (const auto& [oid, obj] : objects_) {
+    ObjectView v;
+    v.id = oid;
+    v.name = obj.name;
+    v.kind = obj.kind;
+    v.flags = obj.flags;
+    v.capacity = obj.capacity;
+    v.max_message_size = obj.max_message_size;
+    v.owner_uid = obj.owner_uid;
+    if (auto c = clients_.find(obj.owner); c != clients_.end()) v.owner_pid = c->second.cred.pid;
+    if (obj.channel) {
+      if (auto c = clients_.find(obj.channel->receiver); c != clients_.end()) {
+        v.receiver_pid = c->second.cred.pid;
+      }
+      for (const auto& [index, ring] : obj.channel->rings) {
+        SenderView s;
+        s.index = index;
+        s.ring_id = ring.ring_id;
+        s.pid = ring.pid;
+        s.uid = ring.uid;
+        if (auto st = core::sample_ring_stats(ring.producer.get(), ring.consumer.get())) {
+          s.sampled = true;
+          s.stats = *st;
+        }
+        v.senders.push_back(s);
+      }
+    }
+    if (obj.topic) {
+      v.publishers = obj.topic->publishers();
+      v.subscribers = obj.topic->subscribers();
+    }
+    out.push_back(std::move(v));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const ObjectView& a, const ObjectView& b) { return a.id < b.id; });
+  return out;
+}
+
+void Broker::Impl::observe(bool force) {
+  if (!observe_) return;
+  const std::uint64_t now = now_ns();
+  if (force || observe_->enabled()) {
+    observe_->drain(
+        now, [this](std::uint64_t ring) { return traced_ring(ring); }, force);
+  }
+  if (!force && !observe_->files_due(now)) return;
+  std::vector<ClientView> clients;
+  clients.reserve(clients_.size());
+  for (const auto& [cid, c] : clients_) clients.push_back({cid, c.cred.pid, c.cred.uid});
+  std::sort(clients.begin(), clients.end(),
+            [](const ClientView& a, const ClientView& b) { return a.id < b.id; });
+  observe_->write_views(now, object_views(), clients, buffers_.size());
+}
+
 Broker::Broker(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
 Broker::~Broker() = default;
 
@@ -1607,9 +1731,11 @@ Result<std::unique_ptr<Broker>> Broker::create(sys::UniqueFd listen_fd, BrokerOp
     if (!a) return a.error();
     audit = std::move(*a);
   }
+  std::string debug_dir = options.debug_dir;
   auto impl = std::make_unique<Impl>(std::move(options), std::move(listen_fd), std::move(*epoll),
                                      std::move(*stop_fd));
   impl->set_audit(std::move(audit));
+  if (auto o = Observer::create(std::move(debug_dir))) impl->set_observer(std::move(*o));
   return std::unique_ptr<Broker>(new Broker(std::move(impl)));
 }
 
@@ -1641,6 +1767,7 @@ Result<std::unique_ptr<EmbeddedBroker>> EmbeddedBroker::start(BrokerOptions opti
     return listen.error();
   }
   if (options.log_prefix == "vipcd") options.log_prefix = "vipc embedded broker";
+  if (options.debug_dir.empty()) options.debug_dir = eb->dir_;
   auto broker = Broker::create(std::move(*listen), std::move(options));
   if (!broker) {
     platform::unlink_quietly(eb->socket_path_);

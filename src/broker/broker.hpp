@@ -65,6 +65,9 @@ struct BrokerOptions {
   // (a file that fails to load leaves the running policy in force). Empty: SIGHUP
   // reloads nothing.
   std::string config_path;
+  // Where the `trace`, `messages` and `channels` views are kept current (the runtime
+  // directory; docs/observability.md). Empty: no files.
+  std::string debug_dir;
 };
 
 class Broker {

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "client/runtime_impl.hpp"
+#include "client/trace.hpp"
 #include "core/clock.hpp"
 #include "core/ready_set.hpp"
 #include "core/ring.hpp"
@@ -295,6 +296,18 @@ class Endpoint::Impl {
     }
   }
 
+  // Records the last `n` messages taken from `s` (tracing on only; out of line, so that
+  // the untraced receive pays the check only).
+  [[gnu::noinline, gnu::cold]] static void trace_received(const Sender& s, const SmallMessage* msgs,
+                                                          std::size_t n) noexcept {
+    const std::uint64_t stamp = core::cycles();
+    const std::uint64_t first = s.reader.next_position() - n;
+    for (std::size_t i = 0; i < n; ++i) {
+      client::trace::record(layout::kTraceReceive, s.ring_id, first + i, msgs[i].type,
+                            msgs[i].length, msgs[i].cap_count, stamp);
+    }
+  }
+
   // Takes one message from ring `idx`: true when it did, false when the ring had none
   // (or is gone).
   Result<bool> take(std::uint32_t idx, SmallMessage& out, MessageSource* from) {
@@ -312,6 +325,8 @@ class Endpoint::Impl {
     }
     auto r = s.reader.try_receive(out);
     if (r) {
+      if (client::trace::on()) [[unlikely]]
+        trace_received(s, &out, 1);
       set.mark(idx);  // more may follow: come back after the others (round-robin)
       const std::uint64_t gap = s.reader.last_gap();
       counters.dropped += gap;
@@ -372,6 +387,8 @@ class Endpoint::Impl {
     }
     auto r = s.reader.try_receive_batch(room);
     if (r) {
+      if (client::trace::on()) [[unlikely]]
+        trace_received(s, out.data(), *r);
       set.mark(idx);
       if (policy.limited()) s.bucket.consume(*r);
       if (policy.filters()) {
@@ -835,6 +852,51 @@ class Channel::Impl {
   OverflowPolicy policy = OverflowPolicy::Block;
   bool register_only = false;
   std::chrono::nanoseconds call_timeout{0};  // 0: none
+  std::uint64_t ring_id = 0;                 // the broker's id of this ring (trace records)
+  std::uint64_t traced_up_to = 0;            // positions below this were recorded (tracing)
+
+  // Records the messages written since the last call (tracing on only): a send the
+  // overflow policy dropped wrote nothing and records nothing.
+  // stamp: core::cycles() taken before the send.
+  void trace_sent(const SmallMessage* msgs, std::size_t count, std::uint64_t stamp) noexcept {
+    const std::uint64_t next = writer.next_position();
+    std::uint64_t first = traced_up_to;
+    if (next - first > count) first = next - count;
+    for (std::uint64_t p = first; p < next; ++p) {
+      const SmallMessage& m = msgs[count - (next - p)];
+      client::trace::record(layout::kTraceSend, ring_id, p, m.type, m.length, m.cap_count, stamp);
+    }
+    traced_up_to = next;
+  }
+  // The sends with tracing on (out of line: the untraced path stays small).
+  [[gnu::noinline, gnu::cold]] Result<void> try_send_traced(const SmallMessage& m) noexcept {
+    const std::uint64_t stamp = core::cycles();
+    auto r = on_full(writer.try_send(m));
+    trace_sent(&m, 1, stamp);
+    return r;
+  }
+  [[gnu::noinline, gnu::cold]] Result<void> try_send_traced(std::uint32_t type, const void* data,
+                                                            std::size_t len) noexcept {
+    const std::uint64_t stamp = core::cycles();
+    auto r = on_full(writer.try_send(type, data, len));
+    trace_sent(type, len, stamp);
+    return r;
+  }
+  [[gnu::noinline, gnu::cold]] Result<void> send_traced(const SmallMessage& m,
+                                                        core::Deadline deadline) {
+    const std::uint64_t stamp = core::cycles();
+    auto r = writer.send(m, deadline);
+    trace_sent(&m, 1, stamp);
+    return r;
+  }
+  void trace_sent(std::uint32_t type, std::size_t len, std::uint64_t stamp) noexcept {
+    const std::uint64_t next = writer.next_position();
+    if (next != traced_up_to) {
+      client::trace::record(layout::kTraceSend, ring_id, next - 1, type,
+                            static_cast<std::uint32_t>(len), 0, stamp);
+    }
+    traced_up_to = next;
+  }
 
   // A full ring under the channel's policy: the drop (counted) or the error.
   Result<void> on_full(Result<void> r) noexcept {
@@ -870,6 +932,8 @@ class Channel::Impl {
     impl->policy = ring->overflow_policy;
     impl->register_only = ring->fast_path && ring->register_only;
     impl->call_timeout = ring->call_timeout;
+    impl->ring_id = ring->ring_id;
+    impl->traced_up_to = impl->writer.next_position();
     if (impl->writer.overwrites() != (impl->policy == OverflowPolicy::DropOldest)) {
       return Error(ErrorCode::ProtocolError, "channel: ring does not match the overflow policy");
     }
@@ -898,11 +962,17 @@ Result<void> Channel::try_send(const SmallMessage& m) noexcept {
   if (impl_->reply) [[unlikely]]
     return one_way_on_sync("channel: synchronous: use call");
   VIPC_TRY(impl_->check_caps(m));
+  // Tracing is checked first and handled out of line, so that the untraced path pays
+  // the check only (docs/observability.md, "Cost").
+  if (client::trace::on()) [[unlikely]]
+    return impl_->try_send_traced(m);
   return impl_->on_full(impl_->writer.try_send(m));
 }
 Result<void> Channel::try_send(std::uint32_t type, const void* data, std::size_t len) noexcept {
   if (impl_->reply) [[unlikely]]
     return one_way_on_sync("channel: synchronous: use call");
+  if (client::trace::on()) [[unlikely]]
+    return impl_->try_send_traced(type, data, len);
   return impl_->on_full(impl_->writer.try_send(type, data, len));
 }
 Result<std::size_t> Channel::try_send_batch(std::span<const SmallMessage> msgs) noexcept {
@@ -911,7 +981,11 @@ Result<std::size_t> Channel::try_send_batch(std::span<const SmallMessage> msgs) 
   if (impl_->register_only) {
     for (const SmallMessage& m : msgs) VIPC_TRY(impl_->check_caps(m));
   }
+  const bool traced = client::trace::on();
+  const std::uint64_t stamp = traced ? core::cycles() : 0;
   auto r = impl_->writer.try_send_batch(msgs);
+  if (traced) [[unlikely]]
+    impl_->trace_sent(msgs.data(), r ? *r : 0, stamp);
   if (impl_->policy != OverflowPolicy::DropNewest || msgs.empty()) return r;
   // Drop newest: what did not fit is dropped, unless a message stopped the batch for
   // another reason (too large), which is reported as such.
@@ -929,6 +1003,8 @@ Result<void> Channel::send(const SmallMessage& m, std::chrono::nanoseconds timeo
     return one_way_on_sync("channel: synchronous: use call");
   if (impl_->policy != OverflowPolicy::Block) return try_send(m);
   VIPC_TRY(impl_->check_caps(m));
+  if (client::trace::on()) [[unlikely]]
+    return impl_->send_traced(m, core::deadline_after(timeout));
   return impl_->writer.send(m, core::deadline_after(timeout));
 }
 
@@ -937,7 +1013,11 @@ Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nan
   if (timeout == kForever && impl_->call_timeout.count() > 0) timeout = impl_->call_timeout;
   const core::Deadline deadline = core::deadline_after(timeout);
   impl_->writer.tag_next(own_sched_tag());  // the caller's priority, for inheritance
+  const bool traced = client::trace::on();
+  const std::uint64_t stamp = traced ? core::cycles() : 0;
   VIPC_TRY(impl_->writer.send(request, deadline));
+  if (traced) [[unlikely]]
+    impl_->trace_sent(&request, 1, stamp);
   SmallMessage response;
   for (;;) {
     auto r = impl_->reply->receive(response, deadline);

@@ -10,6 +10,7 @@
 #include "broker/platform.hpp"
 #include "client/autostart.hpp"
 #include "client/runtime_impl.hpp"
+#include "client/trace.hpp"
 #include "core/clock.hpp"
 #include "core/sys.hpp"
 #include "core/wire.hpp"
@@ -78,6 +79,7 @@ Result<Runtime> Runtime::connect(const ConnectOptions& options) {
   impl->call_timeout = options.call_timeout;
   VIPC_TRY(impl->configure_socket());
   VIPC_TRY(impl->hello());
+  client::trace::attach(*impl);
   return Runtime(std::move(impl));
 }
 
@@ -101,6 +103,7 @@ Result<Runtime> Runtime::embedded() {
   impl->sock = std::move(*sock);
   VIPC_TRY(impl->configure_socket());
   VIPC_TRY(impl->hello());
+  client::trace::attach(*impl);
   return Runtime(std::move(impl));
 }
 

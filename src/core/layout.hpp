@@ -25,6 +25,9 @@ enum class SegmentKind : std::uint16_t {
   TopicCursor = 9,      // one subscriber's cursors and counters
   TopicDirectory = 10,  // a topic's members (written by the broker only)
   TopicBell = 11,       // a topic's wake-up words (shared by every member)
+  // Tracing (src/core/trace_layout.hpp, docs/observability.md).
+  TraceRing = 16,  // one process's trace records (the process writes, the broker drains)
+  TraceFlag = 17,  // the system-wide trace switch (the broker writes, everyone reads)
 };
 
 // Common header at offset 0 of every segment. Written once by the segment's creator

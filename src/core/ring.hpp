@@ -129,6 +129,9 @@ class RingWriter {
   void set_wait_policy(const WaitPolicy& p) noexcept { budget_ = SpinBudget(p); }
   [[nodiscard]] std::uint32_t capacity() const noexcept { return capacity_; }
   [[nodiscard]] std::uint64_t ring_id() const noexcept { return ring_id_; }
+  // The position the next message will take (messages sent so far, in overwrite mode
+  // included); tracing pairs a send with its receive by (ring_id, position).
+  [[nodiscard]] std::uint64_t next_position() const noexcept { return tail_; }
   [[nodiscard]] RingStats stats() const noexcept;
   // Free slots as far as this writer knows (never more than the truth).
   [[nodiscard]] std::size_t free_approx() const noexcept;
@@ -217,6 +220,8 @@ class RingReader {
   void set_wait_policy(const WaitPolicy& p) noexcept { budget_ = SpinBudget(p); }
   [[nodiscard]] std::uint32_t capacity() const noexcept { return capacity_; }
   [[nodiscard]] std::uint64_t ring_id() const noexcept { return ring_id_; }
+  // The position the next message taken will have (one past the last one taken).
+  [[nodiscard]] std::uint64_t next_position() const noexcept { return head_; }
   [[nodiscard]] RingStats stats() const noexcept;
   [[nodiscard]] std::uint64_t dropped_by_producer() const noexcept;
   // Messages of this ring lost right before the one the last successful try_receive /

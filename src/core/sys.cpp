@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
+#include <linux/perf_event.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -119,6 +120,48 @@ Result<Mapping> map_file(int fd, std::size_t len, int prot, int flags) {
   void* p = ::mmap(nullptr, len, prot, flags, fd, 0);
   if (p == MAP_FAILED) return sys_error("mmap");
   return Mapping(p, len);
+}
+
+Result<void> map_over(void* addr, std::size_t len, int fd, int prot) {
+  if (len == 0) return Error(ErrorCode::InvalidArgument, "mmap: zero length");
+  void* p = ::mmap(addr, len, prot, MAP_SHARED | MAP_FIXED, fd, 0);
+  if (p == MAP_FAILED) return sys_error("mmap(MAP_FIXED)");
+  return {};
+}
+
+Result<UniqueFd> open_cache_miss_counter(pid_t pid) {
+  perf_event_attr attr{};
+  attr.size = sizeof attr;
+  attr.type = PERF_TYPE_HARDWARE;
+  attr.config = PERF_COUNT_HW_CACHE_MISSES;
+  attr.exclude_kernel = 1;
+  attr.exclude_hv = 1;
+  attr.inherit = 1;
+  const long fd = ::syscall(SYS_perf_event_open, &attr, pid, -1, -1, PERF_FLAG_FD_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT || err == EOPNOTSUPP || err == ENODEV) {
+      return Error(ErrorCode::Unsupported,
+                   "perf_event_open: no hardware cache-miss counter on this machine", err);
+    }
+    if (err == EACCES || err == EPERM) {
+      return Error(ErrorCode::PermissionDenied,
+                   "perf_event_open: not permitted (kernel.perf_event_paranoid)", err);
+    }
+    return sys_error("perf_event_open", err);
+  }
+  return UniqueFd(static_cast<int>(fd));
+}
+
+Result<std::uint64_t> read_counter(int fd) {
+  std::uint64_t v = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd, &v, sizeof v);
+    if (n == static_cast<ssize_t>(sizeof v)) return v;
+    if (n < 0 && errno == EINTR) continue;
+    return n < 0 ? sys_error("read(counter)")
+                 : Error(ErrorCode::SystemError, "read(counter): short");
+  }
 }
 
 Result<bool> fd_writable(int fd) {

@@ -95,6 +95,16 @@ class Mapping {
                                          std::uint64_t offset = 0);
 // mmap of [0, len) of fd with prot and flags (MAP_SHARED or MAP_PRIVATE, MAP_POPULATE).
 [[nodiscard]] Result<Mapping> map_file(int fd, std::size_t len, int prot, int flags);
+// mmap(MAP_SHARED | MAP_FIXED) of [0, len) of fd over [addr, addr + len), which must
+// be page-aligned memory this process owns: the pages are replaced, not unmapped later.
+[[nodiscard]] Result<void> map_over(void* addr, std::size_t len, int fd, int prot);
+// A hardware cache-miss counter (perf_event_open, PERF_COUNT_HW_CACHE_MISSES) of
+// process `pid` (0: this one) and the threads it creates from now on, user space only,
+// counting from now. Unsupported when the machine exposes no hardware counters
+// (typical in virtual machines), PermissionDenied when perf_event_paranoid forbids it.
+[[nodiscard]] Result<UniqueFd> open_cache_miss_counter(pid_t pid);
+// The counter's value (read(2) of 8 bytes).
+[[nodiscard]] Result<std::uint64_t> read_counter(int fd);
 // Whether fd was opened for writing (fcntl F_GETFL).
 [[nodiscard]] Result<bool> fd_writable(int fd);
 // madvise(MADV_DONTFORK): a forked child does not inherit the mapping.

@@ -1,5 +1,7 @@
 #include "core/wire.hpp"
 
+#include "core/trace_layout.hpp"
+
 #include <cstring>
 #include <utility>
 
@@ -148,6 +150,20 @@ template <std::uint16_t N>
 Result<void> check(const UnassignedBody<N>&) noexcept {
   return protocol(ctx::kBadOpcode);
 }
+Result<void> check(const TraceAttachRequest& b) noexcept {
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  const std::uint32_t c = b.capacity;
+  if (c != 0 &&
+      (c < layout::kTraceCapacityMin || c > layout::kTraceCapacityMax || (c & (c - 1)) != 0)) {
+    return protocol(ctx::kBadEnum);
+  }
+  return {};
+}
+Result<void> check(const TraceControlRequest& b) noexcept {
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  if (b.action > static_cast<std::uint32_t>(TraceAction::Off)) return protocol(ctx::kBadEnum);
+  return {};
+}
 Result<void> check_role(std::uint32_t role) noexcept {
   if (role != static_cast<std::uint32_t>(TopicRole::Publisher) &&
       role != static_cast<std::uint32_t>(TopicRole::Subscriber)) {
@@ -286,6 +302,19 @@ Result<void> check(const TopicMemberReply& b) noexcept {
   if (b.reserved != 0) return protocol(ctx::kBadReserved);
   return {};
 }
+Result<void> check(const TraceAttachReply& b) noexcept {
+  if (b.enabled > 1) return protocol(ctx::kBadEnum);
+  if (b.capacity < layout::kTraceCapacityMin || b.capacity > layout::kTraceCapacityMax ||
+      (b.capacity & (b.capacity - 1)) != 0) {
+    return protocol(ctx::kBadEnum);
+  }
+  return {};
+}
+Result<void> check(const TraceControlReply& b) noexcept {
+  if (b.enabled > 1) return protocol(ctx::kBadEnum);
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return {};
+}
 Result<void> check(const TopicLeaveReply& b) noexcept {
   if (b.reserved != 0) return protocol(ctx::kBadReserved);
   return {};
@@ -357,6 +386,10 @@ const char* to_string(Opcode op) noexcept {
       return "TopicMember";
     case Opcode::TopicLeave:
       return "TopicLeave";
+    case Opcode::TraceAttach:
+      return "TraceAttach";
+    case Opcode::TraceControl:
+      return "TraceControl";
     case Opcode::Release:
       return "Release";
     case Opcode::Ping:
@@ -506,6 +539,7 @@ std::uint16_t reply_fd_count(const ReplyBody& body) noexcept {
       std::holds_alternative<ClaimBufferReply>(body)) {
     return 1;  // the buffer's memfd
   }
+  if (std::holds_alternative<TraceAttachReply>(body)) return 2;  // the switch, the ring
   if (const auto* j = std::get_if<TopicJoinReply>(&body)) {
     return j->role == static_cast<std::uint16_t>(TopicRole::Publisher) ? 3 : 4;
   }

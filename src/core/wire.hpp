@@ -38,7 +38,7 @@ namespace vipc::wire {
 static_assert(std::endian::native == std::endian::little, "wire format is little-endian");
 
 inline constexpr std::uint32_t kMagic = 0x43504956;  // "VIPC" in memory order
-inline constexpr std::uint16_t kProtocolVersion = 3;
+inline constexpr std::uint16_t kProtocolVersion = 4;
 inline constexpr std::size_t kNameSize = 64;  // bytes of a name field, NUL included
 inline constexpr std::size_t kNameMax = kNameSize - 1;
 inline constexpr std::size_t kMaxFds = 6;       // descriptors one packet may carry
@@ -73,12 +73,16 @@ enum class Opcode : std::uint16_t {
   // decode_request, so they are outside kOpcodeMin..kOpcodeMax).
   MqOpen = 24,    // name, oflag, mode, attributes -> the queue's segment (1 fd)
   MqUnlink = 25,  // name -> the name is gone; open descriptors keep the queue
+  // 26-31: not assigned in this version.
+  // Tracing and statistics (docs/observability.md).
+  TraceAttach = 32,   // -> the trace switch (read-only) + this process's trace ring (2 fds)
+  TraceControl = 33,  // on / off / query: drains the trace rings and rewrites the views
 };
 inline constexpr std::uint16_t kOpcodeMin = 1;
-inline constexpr std::uint16_t kOpcodeMax = 23;
+inline constexpr std::uint16_t kOpcodeMax = 33;
 // Whether a number in [kOpcodeMin, kOpcodeMax] names an opcode of this version.
 [[nodiscard]] constexpr bool opcode_assigned(std::uint16_t op) noexcept {
-  return op >= kOpcodeMin && op <= kOpcodeMax;
+  return (op >= kOpcodeMin && op <= 23) || op == 32 || op == 33;
 }
 [[nodiscard]] const char* to_string(Opcode op) noexcept;
 
@@ -456,6 +460,30 @@ template <std::uint16_t N>
 struct UnassignedBody {
   std::uint64_t never;
 };
+
+// Tracing (docs/observability.md). capacity: records of the caller's trace ring, 0 for
+// the broker's default, else a power of two in [kTraceCapacityMin, kTraceCapacityMax].
+//
+//  0          4          8
+//  | capacity | reserved |
+struct TraceAttachRequest {
+  std::uint32_t capacity;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(TraceAttachRequest) == 8);
+static_assert(offsetof(TraceAttachRequest, capacity) == 0);
+
+// TraceControlRequest::action.
+enum class TraceAction : std::uint32_t { Query = 0, On = 1, Off = 2 };
+
+//  0        4
+//  | action | reserved |
+struct TraceControlRequest {
+  std::uint32_t action;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(TraceControlRequest) == 8);
+static_assert(offsetof(TraceControlRequest, action) == 0);
 
 // A topic member's role (TopicJoin, TopicMember, TopicLeave).
 enum class TopicRole : std::uint32_t { Publisher = 1, Subscriber = 2 };
@@ -837,13 +865,44 @@ static_assert(sizeof(TransferBufferReply) == 40);
 static_assert(offsetof(TransferBufferReply, handle) == 0);
 static_assert(offsetof(TransferBufferReply, buffer) == 8);
 
+// TraceAttach: the ring's capacity and the switch's state; fds: the switch (read-only),
+// the ring (read-write).
+//
+//  0          4         8
+//  | capacity | enabled |
+struct TraceAttachReply {
+  std::uint32_t capacity;
+  std::uint32_t enabled;
+};
+static_assert(sizeof(TraceAttachReply) == 8);
+static_assert(offsetof(TraceAttachReply, enabled) == 4);
+
+// TraceControl: the state after the action, and the broker's trace counters.
+//
+//  0         4          8         16     24           32
+//  | enabled | reserved | records | lost | processes  |
+struct TraceControlReply {
+  std::uint32_t enabled;
+  std::uint32_t reserved;
+  std::uint64_t records;    // trace records drained since the broker started
+  std::uint64_t lost;       // records lost (rings full) or rejected (malformed)
+  std::uint64_t processes;  // processes with a trace ring
+};
+static_assert(sizeof(TraceControlReply) == 32);
+static_assert(offsetof(TraceControlReply, records) == 8);
+static_assert(offsetof(TraceControlReply, lost) == 16);
+static_assert(offsetof(TraceControlReply, processes) == 24);
+
 // Alternative i is the body of opcode i + 1.
 using Request =
     std::variant<HelloRequest, CreateRequest, LookupRequest, OpenRequest, DeriveRequest,
                  GrantRequest, ClaimRequest, RevokeRequest, ReleaseRequest, PingRequest,
                  StatsRequest, ConnectRequest, AttachRequest, AcceptRequest, DestroyRequest,
                  CreateBufferRequest, MapBufferRequest, TransferBufferRequest, ClaimBufferRequest,
-                 TopicJoinRequest, TopicMemberRequest, TopicLeaveRequest, TopicShareBufferRequest>;
+                 TopicJoinRequest, TopicMemberRequest, TopicLeaveRequest, TopicShareBufferRequest,
+                 UnassignedBody<24>, UnassignedBody<25>, UnassignedBody<26>, UnassignedBody<27>,
+                 UnassignedBody<28>, UnassignedBody<29>, UnassignedBody<30>, UnassignedBody<31>,
+                 TraceAttachRequest, TraceControlRequest>;
 // Attach answers with the same body as Connect: a distinct type keeps one body type
 // per opcode.
 struct AttachReplyBody : ConnectReply {};
@@ -857,7 +916,9 @@ using ReplyBody =
                  ClaimReply, RevokeReply, ReleaseReply, PingReply, StatsReply, ConnectReply,
                  AttachReplyBody, AcceptReply, DestroyReply, CreateBufferReply, MapBufferReply,
                  TransferBufferReply, ClaimBufferReply, TopicJoinReply, TopicMemberReply,
-                 TopicLeaveReply, TopicShareBufferReply>;
+                 TopicLeaveReply, TopicShareBufferReply, UnassignedBody<124>, UnassignedBody<125>,
+                 UnassignedBody<126>, UnassignedBody<127>, UnassignedBody<128>, UnassignedBody<129>,
+                 UnassignedBody<130>, UnassignedBody<131>, TraceAttachReply, TraceControlReply>;
 static_assert(std::variant_size_v<Request> == kOpcodeMax);
 static_assert(std::variant_size_v<ReplyBody> == kOpcodeMax);
 

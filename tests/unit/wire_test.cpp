@@ -303,3 +303,56 @@ TEST(WireTest, OpcodeOfMapsBodiesToOpcodes) {
 
 }  // namespace
 }  // namespace vipc::wire
+
+namespace vipc::wire {
+namespace {
+
+TEST(WireTraceTest, TraceRequestsRoundTrip) {
+  auto a = decode_request(encode_request(5, TraceAttachRequest{1024, 0}).view(), 0);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(std::get<TraceAttachRequest>(a->body).capacity, 1024u);
+  EXPECT_EQ(a->header.opcode, static_cast<std::uint16_t>(Opcode::TraceAttach));
+  auto c = decode_request(
+      encode_request(6, TraceControlRequest{static_cast<std::uint32_t>(TraceAction::On), 0}).view(),
+      0);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(std::get<TraceControlRequest>(c->body).action, 1u);
+  EXPECT_EQ(c->header.opcode, 33);
+}
+
+TEST(WireTraceTest, BadTraceFieldsAreRefused) {
+  for (std::uint32_t cap : {1u, 63u, 100u, 1u << 20}) {
+    auto r = decode_request(encode_request(1, TraceAttachRequest{cap, 0}).view(), 0);
+    ASSERT_FALSE(r) << cap;
+    EXPECT_EQ(r.error().context(), std::string_view(ctx::kBadEnum));
+  }
+  auto rsv = decode_request(encode_request(1, TraceAttachRequest{0, 1}).view(), 0);
+  ASSERT_FALSE(rsv);
+  EXPECT_EQ(rsv.error().context(), std::string_view(ctx::kBadReserved));
+  auto act = decode_request(encode_request(1, TraceControlRequest{3, 0}).view(), 0);
+  ASSERT_FALSE(act);
+  EXPECT_EQ(act.error().context(), std::string_view(ctx::kBadEnum));
+}
+
+TEST(WireTraceTest, AttachReplyCarriesTwoDescriptors) {
+  const Packet p = encode_reply(1, TraceAttachReply{4096, 1}, 2);
+  EXPECT_FALSE(decode_reply(p.view(), 0));
+  auto r = decode_reply(p.view(), 2);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(reply_fd_count(r->body), 2);
+  EXPECT_FALSE(decode_reply(encode_reply(1, TraceAttachReply{4096, 2}, 2).view(), 2));
+}
+
+// 23 is TopicShareBuffer; 24 and 25 are the queue opcodes, decoded by decode_mq_request.
+TEST(WireTraceTest, UnassignedNumbersAroundTheTraceOpcodesAreRefused) {
+  for (int op : {24, 25, 26, 31, 34}) {
+    auto b = bytes_of(encode_request(1, PingRequest{1}));
+    Header h = header_of(b);
+    h.opcode = static_cast<std::uint16_t>(op);
+    put_header(b, h);
+    EXPECT_EQ(request_error(b).context(), std::string_view(ctx::kBadOpcode)) << op;
+  }
+}
+
+}  // namespace
+}  // namespace vipc::wire

@@ -5,6 +5,7 @@
 
 #include "audit.hpp"
 #include "demo.hpp"
+#include "observe.hpp"
 #ifdef VIPC_HAVE_BENCH
 #include "bench.hpp"
 #endif
@@ -20,6 +21,7 @@ int main(int argc, char** argv) {
 
   vipc::tools::AuditCommand audit_cmd;
   vipc::tools::add_audit_command(app, audit_cmd);
+  const vipc::tools::ObserveCommands observe(app);  // trace, messages, channels, stats, top
 
 #ifdef VIPC_HAVE_BENCH
   auto* bench = app.add_subcommand("bench", "Run a benchmark scenario beside its floor");
@@ -37,6 +39,7 @@ int main(int argc, char** argv) {
   bench->add_option("--senders", bo.senders, "Senders (fanin)")->check(CLI::PositiveNumber);
   bench->add_flag("--peers", bo.peers, "Include the peer systems");
   bench->add_flag("--blocking", bo.blocking, "Receiver parks (pingpong)");
+  bench->add_flag("--trace", bo.trace, "pingpong: channels through a broker, tracing off vs on");
   bench->add_option("--plot", bo.plot, "Render a plot (PNG or SVG) with gnuplot");
 #endif
 
@@ -44,6 +47,7 @@ int main(int argc, char** argv) {
 
   if (demo->parsed()) return vipc::tools::run_demo(demo_opts);
   if (const int rc = vipc::tools::run_audit_command(audit_cmd); rc >= 0) return rc;
+  if (const int rc = observe.run(); rc >= 0) return rc;
 #ifdef VIPC_HAVE_BENCH
   if (bench->parsed()) return vipc::bench::run(bo);
 #endif

@@ -99,6 +99,7 @@ int serve(const std::string& cli_socket, const std::string& cli_config, bool det
     fmt::print(stderr, "vipcd: listen on {}: {}\n", socket_path, listen.error().message());
     return kExitError;
   }
+  config.broker.debug_dir = dir;  // the trace, messages and channels views
   auto b = broker::Broker::create(std::move(*listen), config.broker);
   if (!b) {
     platform::unlink_quietly(socket_path);

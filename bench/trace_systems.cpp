@@ -1,0 +1,137 @@
+#include "trace_systems.hpp"
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <functional>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "core/clock.hpp"
+#include "core/sys.hpp"
+#include "vipc/channel.hpp"
+#include "vipc/runtime.hpp"
+
+namespace vipc::bench::trace_systems {
+
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::size_t kSize = 64;
+constexpr std::uint32_t kData = 1;
+constexpr std::uint32_t kStop = 2;
+
+bool spin_receive(Endpoint& ep, SmallMessage& m, const std::function<bool()>& keep_going) {
+  for (;;) {
+    auto r = ep.try_receive(m);
+    if (r) return true;
+    if (r.error().code() != ErrorCode::WouldBlock) {
+      throw BenchError("vipc traced pingpong: receive: " + r.error().message());
+    }
+    if (!keep_going()) return false;
+  }
+}
+
+void send_one(Channel& ch, std::uint32_t type, const void* data, std::size_t len) {
+  for (;;) {
+    auto r = ch.try_send(type, data, len);
+    if (r) return;
+    if (r.error().code() != ErrorCode::ChannelFull) {
+      throw BenchError("vipc traced pingpong: send: " + r.error().message());
+    }
+  }
+}
+
+// The embedded broker's thread (it drains the trace rings) must not inherit the
+// measuring process's pin, as in `vipc bench large`: it runs where the scheduler puts
+// it, like a vipcd would.
+Result<Runtime> unpinned_embedded_runtime() {
+  cpu_set_t pinned;
+  CPU_ZERO(&pinned);
+  if (::sched_getaffinity(0, sizeof pinned, &pinned) != 0) return Runtime::embedded();
+  cpu_set_t all;
+  CPU_ZERO(&all);
+  for (std::size_t c = 0; c < CPU_SETSIZE; ++c) CPU_SET(c, &all);
+  (void)::sched_setaffinity(0, sizeof all, &all);
+  auto rt = Runtime::embedded();
+  (void)::sched_setaffinity(0, sizeof pinned, &pinned);
+  return rt;
+}
+
+}  // namespace
+
+Round channel_pingpong(const RunConfig& cfg, bool traced, std::uint64_t* cache_misses) {
+  auto rt = unpinned_embedded_runtime();
+  if (!rt) throw BenchError("vipc traced pingpong: broker: " + rt.error().message());
+  auto st = rt->trace(traced ? TraceAction::On : TraceAction::Off);
+  if (!st || st->enabled != traced) throw BenchError("vipc traced pingpong: cannot switch tracing");
+  static int instance = 0;
+  const std::string base =
+      "bench-trace-" + std::to_string(::getpid()) + "-" + std::to_string(instance++);
+  const std::string ping = base + "-ping", pong = base + "-pong";
+  auto pong_ep = Endpoint::create(*rt, pong);
+  if (!pong_ep) throw BenchError("vipc traced pingpong: create: " + pong_ep.error().message());
+  const std::string path = rt->socket_path();
+  // Counts this process and the peer it forks (inherit), user space only.
+  auto counter = sys::open_cache_miss_counter(0);
+  std::uint64_t misses_before = 0;
+  if (counter) misses_before = sys::read_counter(counter->get()).value_or(0);
+  Round round;
+  run_with_peer(
+      cfg, traced ? "vipc traced" : "vipc untraced",
+      [&](PeerSide& peer) {
+        auto prt = Runtime::connect_to(path);
+        if (!prt) throw BenchError("vipc traced pingpong: peer connect: " + prt.error().message());
+        auto in = Endpoint::create(*prt, ping);
+        if (!in) throw BenchError("vipc traced pingpong: peer create: " + in.error().message());
+        auto out = Channel::connect(*prt, pong);
+        if (!out) throw BenchError("vipc traced pingpong: peer connect: " + out.error().message());
+        SmallMessage m;
+        for (;;) {
+          if (!spin_receive(*in, m, [&] { return !peer.stop_requested(); })) return;
+          if (m.type == kStop) return;
+          send_one(*out, m.type, m.data.data(), m.length);
+        }
+      },
+      [&](SelfSide& self) {
+        // Untimed: the peer creates its endpoint after the fork.
+        std::optional<Channel> out;
+        while (!out) {
+          auto c = Channel::connect(*rt, ping);
+          if (c) {
+            out.emplace(std::move(*c));
+          } else {
+            self.check_stall();
+            std::this_thread::sleep_for(1ms);
+          }
+        }
+        LatencyRecorder recorder(round.hist, self);
+        unsigned char payload[kSize] = {};
+        SmallMessage reply;
+        for (std::uint64_t seq = 1;; ++seq) {
+          std::memcpy(payload, &seq, sizeof seq);
+          const std::uint64_t t0 = core::cycles();
+          send_one(*out, kData, payload, kSize);
+          spin_receive(*pong_ep, reply, [&] {
+            self.check_stall();
+            return true;
+          });
+          const std::uint64_t t1 = core::cycles();
+          if (reply.length != kSize || std::memcmp(reply.data.data(), payload, kSize) != 0) {
+            throw BenchError("vipc traced pingpong: the reply does not match the message");
+          }
+          if (!recorder.record(t0, t1)) break;
+        }
+        self.request_stop();
+        send_one(*out, kStop, nullptr, 0);
+      });
+  if (counter && cache_misses != nullptr) {
+    *cache_misses += sys::read_counter(counter->get()).value_or(misses_before) - misses_before;
+  }
+  return round;
+}
+
+}  // namespace vipc::bench::trace_systems

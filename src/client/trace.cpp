@@ -1,0 +1,93 @@
+#include "client/trace.hpp"
+
+#include <pthread.h>
+#include <sys/mman.h>
+
+#include <mutex>
+
+#include "client/runtime_impl.hpp"
+#include "core/clock.hpp"
+#include "core/segment.hpp"
+#include "core/trace_ring.hpp"
+#include "core/wire.hpp"
+#include "vipc/runtime.hpp"
+
+namespace vipc {
+
+namespace client::trace {
+
+SwitchPage switch_page{};
+
+namespace {
+
+std::mutex attach_mu;
+// The process's ring. A ring replaced by a later Runtime's is never freed (a record()
+// on another thread may still be using it); after kAttachMax attachments a process
+// keeps its last ring.
+std::atomic<core::TraceRingWriter*> writer{nullptr};
+unsigned attachments = 0;
+constexpr unsigned kAttachMax = 64;
+
+void forget_in_child() noexcept {
+  writer.store(nullptr, std::memory_order_relaxed);
+  attachments = 0;
+}
+
+}  // namespace
+
+void record(std::uint16_t kind, std::uint64_t ring_id, std::uint64_t position, std::uint32_t type,
+            std::uint32_t size, std::uint16_t cap_count, std::uint64_t stamp) noexcept {
+  core::TraceRingWriter* w = writer.load(std::memory_order_acquire);
+  if (w == nullptr) return;
+  core::TraceEvent e;
+  e.stamp = stamp;
+  e.ring_id = ring_id;
+  e.position = position;
+  e.kind = kind;
+  e.cap_count = cap_count;
+  e.type = type;
+  e.size = size;
+  (void)w->record(e);
+}
+
+// Asks the broker for the switch and a ring, once per process (best effort: a broker
+// that refuses leaves tracing off in this process).
+void attach(Runtime::Impl& rt) noexcept {
+#if VIPC_TRACE_ENABLED
+  const std::lock_guard<std::mutex> lock(attach_mu);
+  if (attachments >= kAttachMax) return;
+  static std::once_flag atfork_once;
+  std::call_once(atfork_once, [] { ::pthread_atfork(nullptr, nullptr, forget_in_child); });
+  if (core::page_size() != kSwitchPageSize) return;
+  auto a = rt.call(wire::TraceAttachRequest{0, 0});
+  if (!a || a->fds.size() != 2) return;
+  // Validates the switch segment before it replaces our page.
+  auto sw = core::map_trace_switch(a->fds[0].get());
+  if (!sw || sw->mapping.size() != kSwitchPageSize) return;
+  auto w = core::TraceRingWriter::attach(a->fds[1].get());
+  if (!w) return;
+  if (!sys::map_over(&switch_page, kSwitchPageSize, a->fds[0].get(), PROT_READ)) return;
+  auto* owned = new (std::nothrow) core::TraceRingWriter(std::move(*w));
+  if (owned == nullptr) return;
+  writer.store(owned, std::memory_order_release);
+  ++attachments;
+#else
+  (void)rt;
+#endif
+}
+
+}  // namespace client::trace
+
+Result<TraceStatus> Runtime::trace(TraceAction action) {
+  wire::TraceControlRequest r{};
+  r.action = static_cast<std::uint32_t>(action);
+  if (action != TraceAction::Query && action != TraceAction::On && action != TraceAction::Off) {
+    return Error(ErrorCode::InvalidArgument, "trace: unknown action");
+  }
+  auto a = impl_->call(r);
+  if (!a) return a.error();
+  const auto& b = std::get<wire::TraceControlReply>(a->body);
+  return TraceStatus{b.enabled != 0, b.records, b.lost, b.processes};
+}
+
+}  // namespace vipc

@@ -1,0 +1,128 @@
+// vipc::layout, tracing: the shared-memory structures behind `vipc trace`, `vipc
+// messages` and the runtime directory's `trace` / `messages` files
+// (docs/observability.md).
+//
+// Two kinds of segment, both created by the broker:
+// - TraceFlagSegment: one per broker. The broker maps it read-write and stores the
+//   switch; every client maps it read-only (a read-only reopen of the memfd) and loads
+//   the switch with one relaxed load before recording anything.
+// - TraceRingSegment: one per client process. The process maps it read-write and
+//   appends records from any of its threads (multi-producer: a CAS claims a position);
+//   the broker maps it read-write, drains it and publishes its head. The process never
+//   waits for room: a full ring counts the record in `lost` and drops it.
+// Everything the broker reads from a ring is written by a possibly hostile process: it
+// is validated (tail - head within capacity, seq matching the position, kind, sizes),
+// and a ring that breaks the rules is reset and counted, never trusted.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "core/layout.hpp"
+
+namespace vipc::layout {
+
+inline constexpr std::uint32_t kTraceRecordSize = 64;
+inline constexpr std::uint32_t kTraceCapacityMin = 64;
+inline constexpr std::uint32_t kTraceCapacityMax = 1u << 16;
+inline constexpr std::uint32_t kTraceCapacityDefault = 4096;
+
+// TraceRecord::kind.
+inline constexpr std::uint16_t kTraceSend = 1;     // a channel message written to a ring
+inline constexpr std::uint16_t kTraceReceive = 2;  // a channel message taken from a ring
+inline constexpr std::uint16_t kTraceKindMax = kTraceReceive;
+
+// The switch: one cache line after the header.
+//
+//  0        64                    128
+//  +--------+---------------------+
+//  | header | enabled (u32) + pad |
+//  +--------+---------------------+
+//
+// Ordering (TR0): the broker stores `enabled` relaxed and clients load it relaxed. The
+// switch orders nothing else: a record made just before or after a change is equally
+// valid, and every record carries its own publication word (TR2).
+struct TraceFlagSegment {
+  SegmentHeader header;  // 0
+  WordLine enabled;      // 64: 1 while tracing is on
+};
+static_assert(sizeof(TraceFlagSegment) == 128);
+static_assert(offsetof(TraceFlagSegment, enabled) == 64);
+
+// One event, one cache line. Every field is accessed with relaxed atomic operations
+// (std::atomic_ref) besides seq's release store / acquire load, so a reader racing a
+// late writer reads a torn record at worst (rejected by the seq re-check, TR3), never
+// undefined behaviour.
+//
+//  0         8          16        24         32     34     36     40     44         64
+//  +---------+----------+---------+----------+------+------+------+------+----------+
+//  | seq     | stamp    | ring id | position | kind | caps | type | size | reserved |
+//  +---------+----------+---------+----------+------+------+------+------+----------+
+//
+// seq: position + 1 once the record of `position` is complete (0 before the first lap).
+// stamp: core::cycles() at the event (the machine's cycle counter, which costs less
+// than a clock_gettime; the broker converts it to CLOCK_MONOTONIC as it drains). ring id and
+// position: the channel ring and the message's position in it (a send and its receive carry the
+// same pair).
+struct alignas(kCacheLine) TraceRecord {
+  std::uint64_t seq;
+  std::uint64_t stamp;
+  std::uint64_t ring_id;
+  std::uint64_t position;
+  std::uint16_t kind;
+  std::uint16_t cap_count;
+  std::uint32_t type;
+  std::uint32_t size;
+  std::uint32_t reserved0;
+  std::uint64_t reserved1[2];
+};
+static_assert(sizeof(TraceRecord) == kTraceRecordSize);
+static_assert(offsetof(TraceRecord, seq) == 0);
+static_assert(offsetof(TraceRecord, stamp) == 8);
+static_assert(offsetof(TraceRecord, ring_id) == 16);
+static_assert(offsetof(TraceRecord, position) == 24);
+static_assert(offsetof(TraceRecord, kind) == 32);
+static_assert(offsetof(TraceRecord, cap_count) == 34);
+static_assert(offsetof(TraceRecord, type) == 36);
+static_assert(offsetof(TraceRecord, size) == 40);
+
+// One process's trace ring.
+//
+//  0        64             128            192            256
+//  +--------+--------------+--------------+--------------+--------------------------
+//  | header | tail (u64)   | head (u64)   | lost (u64)   | records[capacity] (64 B)
+//  |        | writers: CAS | broker:store | writers: add |
+//  +--------+--------------+--------------+--------------+--------------------------
+//
+// Ordering (docs/observability.md, TR1-TR4):
+// TR1 a writer claims position t with a CAS tail t -> t+1 after checking
+//     t - head < capacity, head loaded with acquire (pairs with TR4: the broker has
+//     finished reading the slot's previous record before the writer overwrites it);
+// TR2 it fills the record's fields (relaxed) and stores seq = t + 1 with release;
+// TR3 the broker loads seq with acquire (pairs with TR2); seq == head + 1 means the
+//     record is complete; it copies the fields and loads seq again (relaxed, after an
+//     acquire fence) to reject a record overwritten while it was copied;
+// TR4 the broker stores head + n with release after copying n records.
+// A full ring (t - head >= capacity) makes the writer add 1 to `lost` (relaxed) and
+// return: the sender never waits for the tracer.
+struct alignas(kCacheLine) TraceCounterLine {
+  std::atomic<std::uint64_t> value;
+  std::uint64_t pad[7];
+};
+static_assert(sizeof(TraceCounterLine) == kCacheLine);
+
+struct TraceRingSegment {
+  SegmentHeader header;   // 0
+  TraceCounterLine tail;  // 64
+  TraceCounterLine head;  // 128
+  TraceCounterLine lost;  // 192
+  // TraceRecord records[capacity];  // 256
+};
+static_assert(sizeof(TraceRingSegment) == 256);
+static_assert(offsetof(TraceRingSegment, tail) == 64);
+static_assert(offsetof(TraceRingSegment, head) == 128);
+static_assert(offsetof(TraceRingSegment, lost) == 192);
+inline constexpr std::uint32_t kTraceRecordsOffset = sizeof(TraceRingSegment);
+
+}  // namespace vipc::layout

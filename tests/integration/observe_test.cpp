@@ -1,0 +1,420 @@
+// The trace, messages, channels and stats views and `vipc top`, against a real vipcd
+// and several sender processes (docs/observability.md).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "support/daemon.hpp"
+#include "support/process.hpp"
+#include "vipc/channel.hpp"
+#include "vipc/runtime.hpp"
+
+namespace vipc {
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+// Runs a command, returns its stdout (and exit status).
+std::pair<int, std::string> run(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return {-1, out};
+  std::array<char, 4096> buf{};
+  std::size_t n = 0;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+json run_json(const std::string& cmd) {
+  auto [rc, out] = run(cmd);
+  EXPECT_EQ(rc, 0) << cmd << "\n" << out;
+  json j = json::parse(out, nullptr, false);
+  EXPECT_FALSE(j.is_discarded()) << cmd << "\n" << out;
+  return j;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+const json* object_named(const json& channels, const std::string& name) {
+  for (const json& o : channels["objects"]) {
+    if (o["name"] == name) return &o;
+  }
+  return nullptr;
+}
+
+// A sender process: connects to `name` and sends `count` messages of `type` with
+// `size` bytes (payload: the sequence number), then waits until told to go (a byte on
+// `hold`, or EOF) so that its ring stays while the views are read.
+test::Child spawn_sender(const std::string& socket, const std::string& name, std::uint32_t type,
+                         std::size_t size, int count, const int hold[2]) {
+  const int hold_fd = hold[0], hold_write = hold[1];
+  return test::Child::spawn(
+      [=]() -> int {
+        ::close(hold_write);  // EOF on hold_fd once the test closes its end
+        auto rt = Runtime::connect_to(socket);
+        if (!rt) return 10;
+        auto ch = Channel::connect(*rt, name);
+        if (!ch) return 11;
+        std::array<unsigned char, 64> payload{};
+        for (int i = 0; i < count; ++i) {
+          std::memcpy(payload.data(), &i, sizeof i);
+          if (!ch->send(SmallMessage(type, payload.data(), size), 5s)) return 12;
+        }
+        char c = 0;
+        (void)!::read(hold_fd, &c, 1);
+        return 0;
+      },
+      60s);
+}
+
+class ObserveTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(dir_.ok());
+    daemon_ = std::make_unique<test::Daemon>(dir_.path());
+    ASSERT_TRUE(daemon_->ready());
+    vipc_ = std::string(VIPC_TEST_VIPC) + " ";
+    sock_ = " --socket " + daemon_->socket();
+  }
+  test::TempDir dir_;
+  std::unique_ptr<test::Daemon> daemon_;
+  std::string vipc_;
+  std::string sock_;
+};
+
+TEST_F(ObserveTest, ViewsShowAScriptedScenarioOfSeveralProcesses) {
+  auto rt = Runtime::connect_to(daemon_->socket());
+  ASSERT_TRUE(rt);
+  auto sink = Endpoint::create(*rt, "obs-sink");
+  ASSERT_TRUE(sink);
+  auto stuck = Endpoint::create(*rt, "obs-stuck");
+  ASSERT_TRUE(stuck);
+
+  // Tracing on from the CLI.
+  json on = run_json(vipc_ + "trace on --format json" + sock_);
+  EXPECT_EQ(on["enabled"], true);
+  ASSERT_TRUE(rt->trace().value().enabled);
+
+  int hold[2];
+  ASSERT_EQ(::pipe(hold), 0);
+  constexpr int kCount = 200;
+  auto a = spawn_sender(daemon_->socket(), "obs-sink", 101, 16, kCount, hold);
+  auto b = spawn_sender(daemon_->socket(), "obs-sink", 202, 48, kCount, hold);
+  auto c = spawn_sender(daemon_->socket(), "obs-stuck", 303, 8, 5, hold);
+  const std::set<pid_t> senders{a.pid(), b.pid()};
+
+  int got = 0;
+  SmallMessage m;
+  MessageSource from;
+  std::map<std::uint32_t, int> by_type;
+  while (got < 2 * kCount) {
+    auto r = sink->receive(m, 10s, &from);
+    ASSERT_TRUE(r) << r.error().message();
+    ++by_type[m.type];
+    ++got;
+  }
+  EXPECT_EQ(by_type[101], kCount);
+  EXPECT_EQ(by_type[202], kCount);
+  // The stuck channel's messages are written, never read.
+  ASSERT_TRUE(test::wait_for(
+      [&] {
+        json ch = run_json(vipc_ + "channels --format json" + sock_);
+        const json* s = object_named(ch, "obs-stuck");
+        return s != nullptr && (*s)["totals"]["sent"] == 5;
+      },
+      10s));
+
+  // messages: one line per message, with source, destination, type, size, latency.
+  // (A sender records a send right after it; the last records may trail the receives.)
+  json msgs;
+  auto sink_count = [&] {
+    msgs = run_json(vipc_ + "messages --format json" + sock_);
+    int n = 0;
+    for (const json& x : msgs["messages"]) n += x["channel"] == "obs-sink" ? 1 : 0;
+    return n;
+  };
+  EXPECT_TRUE(test::wait_for([&] { return sink_count() == 2 * kCount; }, 10s));
+  EXPECT_EQ(msgs["tracing"], true);
+  int sink_msgs = 0;
+  for (const json& x : msgs["messages"]) {
+    if (x["channel"] != "obs-sink") continue;
+    ++sink_msgs;
+    EXPECT_TRUE(senders.count(x["src_pid"].get<pid_t>()) == 1) << x.dump();
+    EXPECT_EQ(x["dst_pid"].get<pid_t>(), ::getpid());
+    const auto type = x["type"].get<std::uint32_t>();
+    ASSERT_TRUE(type == 101 || type == 202) << x.dump();
+    EXPECT_EQ(x["size"].get<std::uint32_t>(), type == 101 ? 16u : 48u);
+    EXPECT_EQ(x["caps"], 0);
+    ASSERT_TRUE(x["latency_ns"].is_number_unsigned()) << x.dump();
+    for (const char* k : {"seq", "time", "time_ns"}) EXPECT_TRUE(x.contains(k)) << k;
+  }
+  EXPECT_EQ(sink_msgs, 2 * kCount);
+
+  // channels: owner, peers, depth, counters.
+  json ch = run_json(vipc_ + "channels --format json" + sock_);
+  const json* s = object_named(ch, "obs-sink");
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ((*s)["kind"], "channel");
+  EXPECT_EQ((*s)["owner_pid"].get<pid_t>(), ::getpid());
+  EXPECT_EQ((*s)["receiver_pid"].get<pid_t>(), ::getpid());
+  ASSERT_EQ((*s)["senders"].size(), 2u);
+  std::set<pid_t> seen;
+  for (const json& r : (*s)["senders"]) {
+    seen.insert(r["pid"].get<pid_t>());
+    EXPECT_EQ(r["sent"], kCount);
+    EXPECT_EQ(r["received"], kCount);
+    EXPECT_EQ(r["depth"], 0);
+  }
+  EXPECT_EQ(seen, senders);
+  EXPECT_EQ((*s)["totals"]["sent"], 2 * kCount);
+  EXPECT_EQ((*s)["totals"]["bytes_sent"], kCount * (16 + 48));
+  EXPECT_EQ((*s)["latency"]["count"], 2 * kCount);
+  const json* st = object_named(ch, "obs-stuck");
+  ASSERT_NE(st, nullptr);
+  EXPECT_EQ((*st)["totals"]["depth"], 5);
+  EXPECT_EQ((*st)["senders"][0]["pid"].get<pid_t>(), c.pid());
+
+  // stats: the schema, and the figures of this channel.
+  json stats = run_json(vipc_ + "stats obs-sink --interval 0.1 --format json" + sock_);
+  EXPECT_EQ(stats["name"], "obs-sink");
+  EXPECT_EQ(stats["totals"]["received"], 2 * kCount);
+  for (const char* k : {"messages_per_s", "bytes_per_s", "sent_per_s"}) {
+    EXPECT_TRUE(stats["throughput"][k].is_number()) << k;
+  }
+  for (const char* k : {"parks", "wakeups", "spins"}) {
+    EXPECT_TRUE(stats["contention"][k].is_number_unsigned()) << k;
+  }
+  EXPECT_TRUE(stats["contention"].contains("spin_to_park"));
+  EXPECT_EQ(stats["latency"]["count"], 2 * kCount);
+  EXPECT_LE(stats["latency"]["p50_ns"].get<std::uint64_t>(),
+            stats["latency"]["max_ns"].get<std::uint64_t>());
+  ASSERT_TRUE(stats["cache_misses"]["available"].is_boolean());
+  if (!stats["cache_misses"]["available"].get<bool>()) {
+    EXPECT_FALSE(stats["cache_misses"]["reason"].get<std::string>().empty());
+  }
+  auto [rc_text, text] = run(vipc_ + "stats obs-sink --interval 0.1" + sock_);
+  EXPECT_EQ(rc_text, 0);
+  EXPECT_NE(text.find("cache misses"), std::string::npos) << text;
+  EXPECT_NE(text.find("spin-to-park"), std::string::npos) << text;
+  auto [rc_none, none] = run(vipc_ + "stats no-such-object --interval 0.1" + sock_ + " 2>&1");
+  EXPECT_NE(rc_none, 0);
+  EXPECT_NE(none.find("no object named"), std::string::npos) << none;
+
+  // The same views as plain text in the runtime directory.
+  const std::string d = dir_.path();
+  EXPECT_NE(read_file(d + "/trace").find("tracing: on"), std::string::npos);
+  EXPECT_NE(read_file(d + "/channels").find("obs-stuck"), std::string::npos);
+  const std::string messages_text = read_file(d + "/messages");
+  EXPECT_NE(messages_text.find("obs-sink"), std::string::npos);
+  EXPECT_NE(messages_text.find(std::to_string(a.pid())), std::string::npos);
+  auto [rc_ch, ch_text] = run(vipc_ + "channels" + sock_);
+  EXPECT_EQ(rc_ch, 0);
+  EXPECT_NE(ch_text.find("obs-sink"), std::string::npos);
+
+  // trace status and off.
+  json off = run_json(vipc_ + "trace off --format json" + sock_);
+  EXPECT_EQ(off["enabled"], false);
+  EXPECT_GE(off["records"].get<std::uint64_t>(), 4u * kCount);
+  EXPECT_EQ(off["lost"], 0);
+  EXPECT_GE(off["processes"].get<std::uint64_t>(), 4u);
+
+  ::close(hold[1]);
+  EXPECT_EQ(a.wait_until(core::deadline_after(10s)), "exit 0");
+  EXPECT_EQ(b.wait_until(core::deadline_after(10s)), "exit 0");
+  EXPECT_EQ(c.wait_until(core::deadline_after(10s)), "exit 0");
+  ::close(hold[0]);
+}
+
+TEST_F(ObserveTest, TracingOnAndOffWhileTrafficFlows) {
+  auto rt = Runtime::connect_to(daemon_->socket());
+  ASSERT_TRUE(rt);
+  auto sink = Endpoint::create(*rt, "obs-flow");
+  ASSERT_TRUE(sink);
+  int hold[2];
+  ASSERT_EQ(::pipe(hold), 0);
+  std::atomic<bool> stop{false};
+  // The sender sends sequence numbers until its pipe closes; every one must arrive,
+  // once, in order, whatever tracing does meanwhile.
+  auto sender = test::Child::spawn(
+      [&]() -> int {
+        ::close(hold[1]);
+        auto crt = Runtime::connect_to(daemon_->socket());
+        if (!crt) return 10;
+        auto ch = Channel::connect(*crt, "obs-flow");
+        if (!ch) return 11;
+        ::fcntl(hold[0], F_SETFL, O_NONBLOCK);
+        for (std::uint64_t i = 0;; ++i) {
+          if (!ch->send(SmallMessage(7, &i, sizeof i), 5s)) return 12;
+          char c = 0;
+          if ((i & 255) == 0 && ::read(hold[0], &c, 1) == 0) return 0;
+        }
+      },
+      60s);
+  ::close(hold[0]);
+  std::uint64_t expected = 0;
+  std::thread receiver([&] {
+    SmallMessage m;
+    while (!stop.load()) {
+      auto r = sink->receive(m, 100ms);
+      if (!r) continue;
+      std::uint64_t v = 0;
+      std::memcpy(&v, m.data.data(), sizeof v);
+      if (v != expected) {
+        ADD_FAILURE() << "got " << v << " expected " << expected;
+        expected = v;
+      }
+      ++expected;
+    }
+  });
+  auto records = [&] { return rt->trace().value().records; };
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(records(), 0u);  // off: nothing recorded
+  for (int round = 0; round < 3; ++round) {
+    ASSERT_TRUE(rt->trace(TraceAction::On).value().enabled);
+    const std::uint64_t before = records();
+    EXPECT_TRUE(test::wait_for([&] { return records() > before + 100; }, 10s));
+    ASSERT_FALSE(rt->trace(TraceAction::Off).value().enabled);
+    // Records made before the switch was seen are drained; then nothing more comes.
+    std::this_thread::sleep_for(50ms);
+    const std::uint64_t settled = records();
+    std::this_thread::sleep_for(200ms);
+    EXPECT_EQ(records(), settled);
+  }
+  const TraceStatus st = rt->trace().value();
+  EXPECT_GE(st.processes, 2u);
+  ::close(hold[1]);
+  EXPECT_EQ(sender.wait_until(core::deadline_after(20s)), "exit 0");
+  stop.store(true);
+  receiver.join();
+  EXPECT_GT(expected, 0u);
+}
+
+TEST_F(ObserveTest, MessagesFollowModePrintsNewMessages) {
+  auto rt = Runtime::connect_to(daemon_->socket());
+  ASSERT_TRUE(rt);
+  auto sink = Endpoint::create(*rt, "obs-follow");
+  ASSERT_TRUE(sink);
+  ASSERT_TRUE(rt->trace(TraceAction::On));
+  const std::string out = dir_.path() + "/follow.out";
+  FILE* f = ::popen(
+      (vipc_ + "messages -f --duration 3 --format json" + sock_ + " > " + out).c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  std::this_thread::sleep_for(500ms);
+  auto ch = Channel::connect(*rt, "obs-follow");
+  ASSERT_TRUE(ch);
+  for (std::uint32_t i = 0; i < 10; ++i) ASSERT_TRUE(ch->send(SmallMessage(500 + i, "x", 1)));
+  SmallMessage m;
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(sink->receive(m, 5s));
+  EXPECT_EQ(WEXITSTATUS(::pclose(f)), 0);
+  std::istringstream lines(read_file(out));
+  std::string line;
+  std::set<std::uint32_t> types;
+  while (std::getline(lines, line)) {
+    json j = json::parse(line, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << line;
+    if (j["channel"] == "obs-follow") types.insert(j["type"].get<std::uint32_t>());
+  }
+  EXPECT_EQ(types.size(), 10u);
+}
+
+TEST_F(ObserveTest, TraceSwitchIsForTheBrokersUserOnly) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
+  auto child = test::Child::spawn(
+      [&]() -> int {
+        if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 10;
+        auto rt = Runtime::connect_to(daemon_->socket());
+        if (!rt) return 0;  // the socket's permissions keep nobody out: also fine
+        auto r = rt->trace(TraceAction::On);
+        if (r) return 11;
+        if (r.error().code() != ErrorCode::PermissionDenied) return 12;
+        return rt->trace(TraceAction::Query) ? 0 : 13;
+      },
+      30s);
+  EXPECT_EQ(child.wait_until(core::deadline_after(20s)), "exit 0");
+}
+
+// `vipc top` in a real terminal (tmux): a stuck receiver is marked, q quits.
+TEST_F(ObserveTest, TopShowsAStuckPeerInATerminal) {
+  if (run("command -v tmux").first != 0) GTEST_SKIP() << "tmux not installed";
+  auto rt = Runtime::connect_to(daemon_->socket());
+  ASSERT_TRUE(rt);
+  auto busy = Endpoint::create(*rt, "obs-top-busy");
+  ASSERT_TRUE(busy);
+  auto stuck = Endpoint::create(*rt, "obs-top-stuck");
+  ASSERT_TRUE(stuck);
+  auto to_stuck = Channel::connect(*rt, "obs-top-stuck");
+  ASSERT_TRUE(to_stuck);
+  for (int i = 0; i < 7; ++i) ASSERT_TRUE(to_stuck->send(SmallMessage(1, "s", 1)));
+  std::atomic<bool> stop{false};
+  std::thread traffic([&] {
+    auto brt = Runtime::connect_to(daemon_->socket());
+    if (!brt) return;
+    auto ch = Channel::connect(*brt, "obs-top-busy");
+    if (!ch) return;
+    SmallMessage m;
+    while (!stop.load()) {
+      for (int i = 0; i < 100; ++i) (void)ch->try_send(SmallMessage(2, "b", 1));
+      while (busy->try_receive(m)) {
+      }
+      std::this_thread::sleep_for(1ms);
+    }
+  });
+  const std::string session = "vipc-top-" + std::to_string(::getpid());
+  const std::string cmd = "tmux new-session -d -s " + session + " -x 160 -y 40 '" + vipc_ +
+                          "top --interval 0.3" + sock_ + "'";
+  ASSERT_EQ(run(cmd).first, 0);
+  std::string screen;
+  const bool shown = test::wait_for(
+      [&] {
+        screen = run("tmux capture-pane -p -t " + session).second;
+        return screen.find("obs-top-stuck") != std::string::npos &&
+               screen.find("STUCK") != std::string::npos &&
+               screen.find("obs-top-busy") != std::string::npos;
+      },
+      15s);
+  EXPECT_TRUE(shown) << screen;
+  // The busiest channel comes first; the stuck one shows its depth.
+  const auto busy_at = screen.find("obs-top-busy");
+  const auto stuck_at = screen.find("obs-top-stuck");
+  EXPECT_LT(busy_at, stuck_at) << screen;
+  EXPECT_NE(screen.find("vipc top"), std::string::npos);
+  std::istringstream rows(screen);
+  std::string row;
+  bool stuck_depth = false;
+  while (std::getline(rows, row)) {
+    if (row.find("obs-top-stuck") != std::string::npos) {
+      stuck_depth = row.find(" 7 ") != std::string::npos && row.find("STUCK") != std::string::npos;
+    }
+  }
+  EXPECT_TRUE(stuck_depth) << screen;
+  ASSERT_EQ(run("tmux send-keys -t " + session + " q").first, 0);
+  EXPECT_TRUE(test::wait_for(
+      [&] { return run("tmux has-session -t " + session + " 2>/dev/null").first != 0; }, 10s));
+  (void)run("tmux kill-session -t " + session + " 2>/dev/null");
+  stop.store(true);
+  traffic.join();
+}
+
+}  // namespace
+}  // namespace vipc

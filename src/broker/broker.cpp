@@ -1696,6 +1696,19 @@ std::vector<ObjectView> Broker::Impl::object_views() const {
   }
   std::sort(out.begin(), out.end(),
             [](const ObjectView& a, const ObjectView& b) { return a.id < b.id; });
+  // POSIX queues after the objects (their ids are a namespace of their own).
+  for (MqRegistry::QueueView& q : mq_.views()) {
+    ObjectView v;
+    v.id = q.id;
+    v.name = std::move(q.name);
+    v.queue = true;
+    v.owner_uid = q.uid;
+    v.capacity = q.max_messages;
+    v.max_message_size = q.message_size;
+    v.queued = q.queued;
+    v.mode = q.mode;
+    out.push_back(std::move(v));
+  }
   return out;
 }
 

@@ -1,5 +1,9 @@
 #include "broker/broker_mq.hpp"
 
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -104,6 +108,24 @@ MqRegistry::Out MqRegistry::handle(const MqCred& cred, std::span<const std::byte
   ++next_id_;
   const wire::MqOpenReply reply{qid, shape.max_messages, shape.message_size, size, 1, 0};
   return {wire::encode_mq_reply(id, reply), std::move(*dup)};
+}
+
+std::vector<MqRegistry::QueueView> MqRegistry::views() const {
+  std::vector<QueueView> out;
+  out.reserve(queues_.size());
+  for (const auto& [name, q] : queues_) {
+    QueueView v{name, q.id, q.uid, q.mode, q.max_messages, q.message_size, 0};
+    // The message count from the segment's header (written by every process that uses
+    // the queue: read once, clamped to the shape the broker made).
+    if (auto m = sys::map_shared(q.fd.get(), sizeof(core::mq_layout::QueueHeader), PROT_READ)) {
+      const auto* h = static_cast<const core::mq_layout::QueueHeader*>(m->data());
+      v.queued = std::min(h->count.load(std::memory_order_relaxed), q.max_messages);
+    }
+    out.push_back(std::move(v));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const QueueView& a, const QueueView& b) { return a.name < b.name; });
+  return out;
 }
 
 }  // namespace vipc::broker

@@ -25,6 +25,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "core/sys.hpp"
 #include "core/wire.hpp"
@@ -57,6 +58,19 @@ class MqRegistry {
   [[nodiscard]] Out handle(const MqCred& cred, std::span<const std::byte> bytes,
                            std::size_t fds_received);
   [[nodiscard]] std::size_t size() const noexcept { return queues_.size(); }
+
+  // What the views show of a queue (docs/observability.md).
+  struct QueueView {
+    std::string name;
+    std::uint64_t id = 0;
+    uid_t uid = 0;
+    std::uint32_t mode = 0;
+    std::uint32_t max_messages = 0;
+    std::uint32_t message_size = 0;
+    std::uint32_t queued = 0;  // messages in the queue now (as the segment says)
+  };
+  // Every queue with a name, in name order.
+  [[nodiscard]] std::vector<QueueView> views() const;
 
  private:
   struct Queue {

@@ -395,15 +395,17 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
       const std::string name = o.name.empty() ? fmt::format("#{}", o.id) : o.name;
       const std::size_t peers =
           o.kind == ObjectKind::Topic ? o.publishers + o.subscribers : o.senders.size();
+      const char* kind = o.queue ? "queue" : kind_name(o.kind);
+      const std::uint64_t depth = o.queue ? o.queued : total.depth();
       text += fmt::format(
           "{:<20}  {:<8}  {:>7}  {:>7}  {:>7}  {:>10}  {:>10}  {:>6}  {:>8}  {:>8}  {:>8}  "
           "{:<11}\n",
-          name, kind_name(o.kind), o.owner_pid, peers, o.senders.size(), total.sent, total.received,
-          total.depth(), total.drops + total.lost, total.full_events,
-          total.producer_parks + total.consumer_parks, policy_name(o.flags));
+          name, kind, o.owner_pid, peers, o.senders.size(), total.sent, total.received, depth,
+          total.drops + total.lost, total.full_events, total.producer_parks + total.consumer_parks,
+          o.queue ? "-" : policy_name(o.flags));
       json jo{{"id", o.id},
               {"name", name},
-              {"kind", kind_name(o.kind)},
+              {"kind", kind},
               {"owner_pid", o.owner_pid},
               {"owner_uid", o.owner_uid},
               {"capacity", o.capacity},
@@ -416,6 +418,11 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
       if (o.kind == ObjectKind::Topic) {
         jo["publishers"] = o.publishers;
         jo["subscribers"] = o.subscribers;
+      }
+      if (o.queue) {
+        jo["queued"] = o.queued;
+        jo["mode"] = o.mode;
+        jo["policy"] = "-";
       }
       json lat{{"count", 0}};
       if (auto it = latency_.find(o.id); it != latency_.end()) {

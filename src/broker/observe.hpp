@@ -72,6 +72,11 @@ struct ObjectView {
   pid_t receiver_pid = 0;
   std::vector<SenderView> senders;
   std::size_t publishers = 0, subscribers = 0;  // topics
+  // A POSIX message queue (docs/posix.md): not a broker object; `capacity` is its
+  // mq_maxmsg, `max_message_size` its mq_msgsize, `queued` its mq_curmsgs.
+  bool queue = false;
+  std::uint32_t queued = 0;
+  std::uint32_t mode = 0;
 };
 
 struct ClientView {

@@ -117,5 +117,31 @@ TEST(MqRegistry, MalformedRequestsAreRefused) {
   EXPECT_EQ(reg.size(), 0u);
 }
 
+TEST(MqRegistry, ViewsShowEveryQueueWithItsShapeAndDepth) {
+  MqRegistry reg(MqLimits{});
+  const auto rw = wire::kMqRead | wire::kMqWrite;
+  EXPECT_TRUE(reg.views().empty());
+  auto b = ask(reg, kOwner, open_req("b", rw | wire::kMqCreate, 0640, 8, 100));
+  ASSERT_EQ(b.err, 0);
+  auto a = ask(reg, kGroupMate, open_req("a", rw | wire::kMqCreate, 0600, 4, 32));
+  ASSERT_EQ(a.err, 0);
+  auto q = core::MessageQueue::attach(b.fd.get());
+  ASSERT_TRUE(q.ok());
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(q->send("x", 1, 0, core::QueueWait::nonblocking()).ok());
+  }
+  const auto v = reg.views();
+  ASSERT_EQ(v.size(), 2u);
+  EXPECT_EQ(v[0].name, "a");  // in name order
+  EXPECT_EQ(v[0].uid, kGroupMate.uid);
+  EXPECT_EQ(v[0].max_messages, 4u);
+  EXPECT_EQ(v[0].queued, 0u);
+  EXPECT_EQ(v[1].name, "b");
+  EXPECT_EQ(v[1].mode, 0640u);
+  EXPECT_EQ(v[1].max_messages, 8u);
+  EXPECT_EQ(v[1].message_size, 100u);
+  EXPECT_EQ(v[1].queued, 3u);
+}
+
 }  // namespace
 }  // namespace vipc::broker

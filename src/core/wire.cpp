@@ -348,6 +348,13 @@ static_assert(sizeof(Header) + sizeof(StatsReply) <= kMaxPacket);
 
 // Checks shared by requests and replies: size, magic, version, length, opcode, fds.
 Result<Header> decode_header(std::span<const std::byte> bytes, std::size_t fds_received) noexcept {
+  return check_header(bytes, fds_received, &opcode_assigned);
+}
+
+}  // namespace
+
+Result<Header> check_header(std::span<const std::byte> bytes, std::size_t fds_received,
+                            bool (*opcode_ok)(std::uint16_t) noexcept) noexcept {
   if (bytes.size() > kMaxPacket) return protocol(ctx::kOversized);
   if (bytes.size() < sizeof(Header)) return protocol(ctx::kTruncated);
   const auto h = load<Header>(bytes, 0);
@@ -355,12 +362,10 @@ Result<Header> decode_header(std::span<const std::byte> bytes, std::size_t fds_r
   if (h.version != kProtocolVersion) return Error(ErrorCode::Unsupported, ctx::kBadVersion);
   if (h.length > bytes.size()) return protocol(ctx::kTruncated);
   if (h.length < bytes.size()) return protocol(ctx::kBadLength);
-  if (!opcode_assigned(h.opcode)) return protocol(ctx::kBadOpcode);
+  if (!opcode_ok(h.opcode)) return protocol(ctx::kBadOpcode);
   if (h.fd_count != fds_received || h.fd_count > kMaxFds) return protocol(ctx::kBadFdCount);
   return h;
 }
-
-}  // namespace
 
 const char* to_string(Opcode op) noexcept {
   switch (op) {

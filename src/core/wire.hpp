@@ -964,6 +964,13 @@ struct DecodedReply {
 };
 
 // Header + body bytes; the typed encoders below are what callers use.
+// The checks every packet gets before its body is looked at: size, magic, version,
+// length, an opcode `opcode_ok` accepts, and the descriptor count. Shared by the
+// decoders of this file and of wire_mq.hpp.
+[[nodiscard]] Result<Header> check_header(std::span<const std::byte> bytes,
+                                          std::size_t fds_received,
+                                          bool (*opcode_ok)(std::uint16_t) noexcept) noexcept;
+
 [[nodiscard]] Packet encode_raw(Opcode op, std::uint16_t flags, std::uint16_t fd_count,
                                 std::uint64_t request_id, const void* body,
                                 std::size_t body_size) noexcept;

@@ -25,19 +25,6 @@ Result<void> check_name(const MqName& n) noexcept {
   return {};
 }
 
-Result<Header> check_header(std::span<const std::byte> bytes, std::size_t fds_received) noexcept {
-  if (bytes.size() > kMaxPacket) return protocol(ctx::kOversized);
-  if (bytes.size() < sizeof(Header)) return protocol(ctx::kTruncated);
-  const auto h = load<Header>(bytes, 0);
-  if (h.magic != kMagic) return protocol(ctx::kBadMagic);
-  if (h.version != kProtocolVersion) return Error(ErrorCode::Unsupported, ctx::kBadVersion);
-  if (h.length > bytes.size()) return protocol(ctx::kTruncated);
-  if (h.length < bytes.size()) return protocol(ctx::kBadLength);
-  if (!is_mq_opcode(h.opcode)) return protocol(ctx::kBadOpcode);
-  if (h.fd_count != fds_received || h.fd_count > kMaxFds) return protocol(ctx::kBadFdCount);
-  return h;
-}
-
 }  // namespace
 
 std::uint16_t peek_opcode(std::span<const std::byte> bytes) noexcept {
@@ -68,7 +55,7 @@ Packet encode_mq_reply(std::uint64_t request_id, const MqReply& body) noexcept {
 
 Result<DecodedMqRequest> decode_mq_request(std::span<const std::byte> bytes,
                                            std::size_t fds_received) noexcept {
-  auto hr = check_header(bytes, fds_received);
+  auto hr = check_header(bytes, fds_received, &is_mq_opcode);
   if (!hr) return hr.error();
   const Header h = *hr;
   if (h.flags != 0) return protocol(ctx::kBadFlags);
@@ -91,7 +78,7 @@ Result<DecodedMqRequest> decode_mq_request(std::span<const std::byte> bytes,
 
 Result<DecodedMqReply> decode_mq_reply(std::span<const std::byte> bytes,
                                        std::size_t fds_received) noexcept {
-  auto hr = check_header(bytes, fds_received);
+  auto hr = check_header(bytes, fds_received, &is_mq_opcode);
   if (!hr) return hr.error();
   const Header h = *hr;
   if (h.flags != kFlagReply) return protocol(ctx::kBadFlags);

@@ -184,7 +184,7 @@ TEST_F(Coroutines, DestroyingTheLoopFreesWhatStillWaits) {
 
 TEST_F(Coroutines, RequestsFromOtherProcessesAreServedByCoroutines) {
   constexpr int kClients = 3;
-  const std::uint64_t per_client = test::kSanitized ? 200 : 2000;
+  constexpr std::uint64_t per_client = test::kSanitized ? 200 : 2000;
   ChannelOptions o;
   o.type = Synchronous{.capacity = 8, .timeout = 30s};
   auto ep = Endpoint::create(*rt, "co.server", o);
@@ -193,7 +193,7 @@ TEST_F(Coroutines, RequestsFromOtherProcessesAreServedByCoroutines) {
   std::vector<Child> clients;
   for (int c = 0; c < kClients; ++c) {
     clients.push_back(Child::spawn(
-        [&path, c, per_client]() -> int {
+        [&path, c]() -> int {
           auto crt = Runtime::connect_to(path);
           if (!crt) return 10;
           auto ch = Channel::connect(*crt, "co.server");

@@ -27,6 +27,12 @@ std::mutex attach_mu;
 std::atomic<core::TraceRingWriter*> writer{nullptr};
 unsigned attachments = 0;
 constexpr unsigned kAttachMax = 64;
+// Every ring this address space ever attached, so that none becomes unreachable (a
+// replaced ring stays valid for a record() in flight; it is reclaimed with the process).
+// Not reset in a forked child, which inherits the parent's rings: once it is full, no
+// further ring is attached.
+core::TraceRingWriter* kept[kAttachMax] = {};
+unsigned kept_count = 0;
 
 void forget_in_child() noexcept {
   writer.store(nullptr, std::memory_order_relaxed);
@@ -55,7 +61,7 @@ void record(std::uint16_t kind, std::uint64_t ring_id, std::uint64_t position, s
 void attach(Runtime::Impl& rt) noexcept {
 #if VIPC_TRACE_ENABLED
   const std::lock_guard<std::mutex> lock(attach_mu);
-  if (attachments >= kAttachMax) return;
+  if (attachments >= kAttachMax || kept_count >= kAttachMax) return;
   static std::once_flag atfork_once;
   std::call_once(atfork_once, [] { ::pthread_atfork(nullptr, nullptr, forget_in_child); });
   if (core::page_size() != kSwitchPageSize) return;
@@ -69,6 +75,7 @@ void attach(Runtime::Impl& rt) noexcept {
   if (!sys::map_over(&switch_page, kSwitchPageSize, a->fds[0].get(), PROT_READ)) return;
   auto* owned = new (std::nothrow) core::TraceRingWriter(std::move(*w));
   if (owned == nullptr) return;
+  kept[kept_count++] = owned;
   writer.store(owned, std::memory_order_release);
   ++attachments;
 #else

@@ -175,6 +175,17 @@ class PeerProcess {
 
 std::string errno_text(int err) { return std::generic_category().message(err); }
 
+struct timespec realtime_after_ms(long ms) {
+  struct timespec t {};
+  ::clock_gettime(CLOCK_REALTIME, &t);
+  t.tv_nsec += ms * 1'000'000L;
+  while (t.tv_nsec >= 1'000'000'000L) {
+    t.tv_nsec -= 1'000'000'000L;
+    ++t.tv_sec;
+  }
+  return t;
+}
+
 double cycles_per_second() { return 1e9 / core::CycleClock::instance().ns_per_cycle(); }
 
 std::uint64_t seconds_to_cycles(double s) {

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <time.h>
 
 #include <atomic>
 #include <cstddef>
@@ -259,6 +260,9 @@ class RunGuard {
 
 // The text of an errno value (thread-safe, unlike strerror).
 std::string errno_text(int err);
+
+// CLOCK_REALTIME `ms` milliseconds from now: the absolute timeout mq_timed* take.
+struct timespec realtime_after_ms(long ms);
 
 // The first two CPUs this process may run on.
 CpuPair choose_cpus();

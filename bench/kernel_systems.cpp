@@ -330,17 +330,6 @@ Round eventfd_pingpong(const RunConfig& cfg, Mode mode) {
 
 namespace {
 
-struct timespec after_ms(long ms) {
-  struct timespec t {};
-  ::clock_gettime(CLOCK_REALTIME, &t);
-  t.tv_nsec += ms * 1'000'000L;
-  while (t.tv_nsec >= 1'000'000'000L) {
-    t.tv_nsec -= 1'000'000'000L;
-    ++t.tv_sec;
-  }
-  return t;
-}
-
 // One kernel queue, opened by this process and unlinked at once; the forked peer uses
 // the inherited descriptor.
 class KernelQueue {
@@ -376,7 +365,7 @@ Round mq_throughput(const RunConfig& cfg, std::size_t size) {
         std::vector<char> msg(size, 0x5a);
         for (std::uint64_t seq = 1;;) {
           std::memcpy(msg.data(), &seq, std::min(size, sizeof seq));
-          const struct timespec until = after_ms(200);
+          const struct timespec until = realtime_after_ms(200);
           if (::mq_timedsend(queue.get(), msg.data(), size, 0, &until) == 0) {
             ++seq;
           } else if (errno == ETIMEDOUT) {
@@ -390,7 +379,7 @@ Round mq_throughput(const RunConfig& cfg, std::size_t size) {
         RateWindow window(self);
         std::vector<char> buf(size);
         for (std::uint64_t expected = 1;;) {
-          const struct timespec until = after_ms(200);
+          const struct timespec until = realtime_after_ms(200);
           const ssize_t n = ::mq_timedreceive(queue.get(), buf.data(), size, nullptr, &until);
           if (n < 0) {
             if (errno == ETIMEDOUT) {

@@ -75,17 +75,6 @@ std::string find_library() {
   return "libvipc-posix.so";
 }
 
-struct timespec after_ms(long ms) {
-  struct timespec t {};
-  ::clock_gettime(CLOCK_REALTIME, &t);
-  t.tv_nsec += ms * 1'000'000L;
-  while (t.tv_nsec >= 1'000'000'000L) {
-    t.tv_nsec -= 1'000'000'000L;
-    ++t.tv_sec;
-  }
-  return t;
-}
-
 }  // namespace
 
 std::shared_ptr<const MqApi> kernel_api() {
@@ -167,7 +156,7 @@ Round pingpong(const RunConfig& cfg, const MqApi& api, std::size_t size, bool bl
           for (;;) {
             ssize_t n;
             if (blocking) {
-              const struct timespec t = after_ms(100);
+              const struct timespec t = realtime_after_ms(100);
               n = api.timedreceive(a, buf.data(), size, nullptr, &t);
             } else {
               n = api.receive(a, buf.data(), size, nullptr);
@@ -200,7 +189,7 @@ Round pingpong(const RunConfig& cfg, const MqApi& api, std::size_t size, bool bl
             std::uint64_t spins = 0;
             for (;;) {
               if (blocking) {
-                const struct timespec t = after_ms(100);
+                const struct timespec t = realtime_after_ms(100);
                 n = api.timedreceive(b, reply.data(), size, nullptr, &t);
               } else {
                 n = api.receive(b, reply.data(), size, nullptr);

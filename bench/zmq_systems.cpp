@@ -150,17 +150,32 @@ bool answer_handshake(PairSocket& sock, PeerSide& peer) {
   return sock.send(m.data(), m.size());
 }
 
-// Round trip of `size` bytes, answered with `answer` bytes (0: the same bytes).
-Round round_trip(const RunConfig& cfg, std::size_t size, std::size_t answer, bool zero_copy) {
+// Runs one round between a bound peer and this side's connected socket: the peer's
+// body gets its socket once the handshake is answered, this side's once it is made.
+template <typename PeerBody, typename SelfBody>
+void run_pair(const RunConfig& cfg, PeerBody&& peer_body, SelfBody&& self_body) {
   EndpointDir dir;
   const std::string endpoint = dir.endpoint();
   std::unique_ptr<PairSocket> sock;
-  Round round;
   run_with_peer(
       cfg, "zmq",
       [&](PeerSide& peer) {
         PairSocket p(endpoint, /*bind=*/true);
-        if (!answer_handshake(p, peer)) return;
+        if (answer_handshake(p, peer)) peer_body(p, peer);
+      },
+      [&](SelfSide& self) { self_body(*sock, self); },
+      [&] {
+        sock = std::make_unique<PairSocket>(endpoint, /*bind=*/false);
+        handshake(*sock);
+      });
+}
+
+// Round trip of `size` bytes, answered with `answer` bytes (0: the same bytes).
+Round round_trip(const RunConfig& cfg, std::size_t size, std::size_t answer, bool zero_copy) {
+  Round round;
+  run_pair(
+      cfg,
+      [&](PairSocket& p, PeerSide& peer) {
         for (;;) {
           Message m;
           if (!p.receive(&m.msg)) {
@@ -175,17 +190,17 @@ Round round_trip(const RunConfig& cfg, std::size_t size, std::size_t answer, boo
           }
         }
       },
-      [&](SelfSide& self) {
+      [&](PairSocket& sock, SelfSide& self) {
         LatencyRecorder recorder(round.hist, self);
         std::vector<unsigned char> msg(size, 0x5a);
         for (std::uint64_t seq = 1;; ++seq) {
           std::memcpy(msg.data(), &seq, std::min(size, sizeof seq));
           const std::uint64_t t0 = core::cycles();
           const bool sent =
-              zero_copy ? sock->send_zero_copy(msg.data(), size) : sock->send(msg.data(), size);
+              zero_copy ? sock.send_zero_copy(msg.data(), size) : sock.send(msg.data(), size);
           if (!sent) throw BenchError("zmq: the send timed out");
           Message reply;
-          while (!sock->receive(&reply.msg)) self.check_stall();
+          while (!sock.receive(&reply.msg)) self.check_stall();
           const std::uint64_t t1 = core::cycles();
           if (answer == 0) {
             if (reply.size() != size || std::memcmp(reply.data(), msg.data(), size) != 0) {
@@ -197,12 +212,7 @@ Round round_trip(const RunConfig& cfg, std::size_t size, std::size_t answer, boo
           if (!recorder.record(t0, t1)) break;
         }
         self.request_stop();
-      },
-      [&] {
-        sock = std::make_unique<PairSocket>(endpoint, /*bind=*/false);
-        handshake(*sock);
       });
-  sock.reset();
   return round;
 }
 
@@ -220,15 +230,10 @@ Round large(const RunConfig& cfg, std::size_t size) {
 
 Round throughput(const RunConfig& cfg) {
   constexpr std::size_t kSize = 64;
-  EndpointDir dir;
-  const std::string endpoint = dir.endpoint();
-  std::unique_ptr<PairSocket> sock;
   Round round;
-  run_with_peer(
-      cfg, "zmq",
-      [&](PeerSide& peer) {
-        PairSocket p(endpoint, /*bind=*/true);
-        if (!answer_handshake(p, peer)) return;
+  run_pair(
+      cfg,
+      [&](PairSocket& p, PeerSide& peer) {
         unsigned char msg[kSize];
         std::memset(msg, 0x5a, sizeof msg);
         for (std::uint64_t seq = 1;;) {
@@ -240,11 +245,11 @@ Round throughput(const RunConfig& cfg) {
           }
         }
       },
-      [&](SelfSide& self) {
+      [&](PairSocket& sock, SelfSide& self) {
         RateWindow window(self);
         for (std::uint64_t expected = 1;;) {
           Message m;
-          if (!sock->receive(&m.msg)) {
+          if (!sock.receive(&m.msg)) {
             self.check_stall();
             continue;
           }
@@ -260,12 +265,7 @@ Round throughput(const RunConfig& cfg) {
         round.messages = window.messages();
         round.cycles = window.cycles();
         self.request_stop();
-      },
-      [&] {
-        sock = std::make_unique<PairSocket>(endpoint, /*bind=*/false);
-        handshake(*sock);
       });
-  sock.reset();
   return round;
 }
 

@@ -1,5 +1,6 @@
 #include "broker/broker_mq.hpp"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -34,6 +35,11 @@ bool permitted(const MqCred& c, uid_t uid, gid_t gid, std::uint32_t mode,
   return true;
 }
 
+// Every mq_open gets an open file description of its own, as with the kernel's queues:
+// its flags (O_NONBLOCK) are then shared with the opener's forked children and nobody
+// else. A dup() would share one description among every opener.
+Result<sys::UniqueFd> open_description(int fd) { return sys::reopen(fd, O_RDWR); }
+
 }  // namespace
 
 MqRegistry::Out MqRegistry::handle(const MqCred& cred, std::span<const std::byte> bytes,
@@ -67,7 +73,7 @@ MqRegistry::Out MqRegistry::handle(const MqCred& cred, std::span<const std::byte
     if (!permitted(cred, q.uid, q.gid, q.mode, r.flags)) {
       return {refuse(op, id, ErrorCode::PermissionDenied, EACCES), {}};
     }
-    auto dup = q.fd.duplicate();
+    auto dup = open_description(q.fd.get());
     if (!dup) return {refuse(op, id, ErrorCode::OutOfMemory, ENFILE), {}};
     const wire::MqOpenReply reply{q.id, q.max_messages, q.message_size, q.segment_size, 0, 0};
     return {wire::encode_mq_reply(id, reply), std::move(*dup)};
@@ -93,7 +99,7 @@ MqRegistry::Out MqRegistry::handle(const MqCred& cred, std::span<const std::byte
   const std::uint64_t qid = next_id_;
   auto seg = core::MessageQueue::create_segment(shape, qid);
   if (!seg) return {refuse(op, id, ErrorCode::OutOfMemory, ENOMEM), {}};
-  auto dup = seg->duplicate();
+  auto dup = open_description(seg->get());
   if (!dup) return {refuse(op, id, ErrorCode::OutOfMemory, ENFILE), {}};
   Queue q;
   q.fd = std::move(*seg);

@@ -30,6 +30,10 @@
 //     coherence makes that store (or a later one) visible to the relaxed load. A send
 //     concurrent with the call may be missed, which is the same as the call running
 //     first.
+// Q5. `flags_gen` is bumped (release) after the bumper changed a description's flags with
+//     fcntl(F_SETFL); a reader that loads the new value (acquire) and then calls
+//     fcntl(F_GETFL) sees the change. The kernel orders the two fcntl calls on the open
+//     file description; the generation only tells readers when to look.
 
 namespace vipc::core {
 
@@ -189,6 +193,14 @@ std::byte* MessageQueue::payload(std::uint32_t i) const noexcept {
 std::uint32_t MessageQueue::size_approx() const noexcept {
   const std::uint32_t n = hdr()->count.load(std::memory_order_relaxed);  // Q2
   return n > shape_.max_messages ? shape_.max_messages : n;
+}
+
+std::uint32_t MessageQueue::flags_generation() const noexcept {
+  return hdr()->flags_gen.load(std::memory_order_acquire);  // Q5
+}
+
+void MessageQueue::bump_flags_generation() noexcept {
+  hdr()->flags_gen.fetch_add(1, std::memory_order_release);  // Q5
 }
 
 bool MessageQueue::lists_look_valid() const noexcept {

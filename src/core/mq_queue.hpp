@@ -41,7 +41,7 @@ namespace vipc::core {
 namespace mq_layout {
 
 inline constexpr std::uint32_t kMagic = 0x3151'4d56;  // "VMQ1" in memory order
-inline constexpr std::uint16_t kVersion = 2;
+inline constexpr std::uint16_t kVersion = 3;
 inline constexpr std::uint32_t kNil = 0xffff'ffff;    // end of a list
 inline constexpr std::uint32_t kPriorityMax = 32768;  // MQ_PRIO_MAX: priorities 0..32767
 inline constexpr std::size_t kHeaderSize = 448;
@@ -74,8 +74,8 @@ inline constexpr std::uint32_t kNotifyFired = 2;  // a sender fired it: the proc
 //   320          324         328            336
 //   | notify_word| sender pid| sender uid   | reserved
 //  line 6
-//   384     388
-//   | count | reserved (the line is the count's alone)
+//   384     388         392
+//   | count | flags gen | reserved
 //  448: slot 0, slot 1, ...: each slot_size bytes, 64-byte aligned
 //   0       4          8        12         16
 //   | next  | priority | length | reserved | payload[message size]
@@ -144,10 +144,12 @@ struct QueueHeader {
   std::uint32_t notify_sender_pid;         // who fired it (si_pid)
   std::uint32_t notify_sender_uid;         // (si_uid)
   std::uint8_t pad5[52];
-  // line 6: a copy of `queued` alone on its line, for pollers (Q2, Q4): they never pull
-  // the lines the mutex holder works on, and the holder only ever stores to this one
+  // line 6: a copy of `queued`, for pollers (Q2, Q4): they never pull the lines the
+  // mutex holder works on, and the holder only ever stores to this one. Beside it the
+  // flags generation (Q5), which every call reads and only mq_setattr writes.
   std::atomic<std::uint32_t> count;  // stored under the mutex; pollers read it relaxed
-  std::uint8_t pad6[60];
+  std::atomic<std::uint32_t> flags_gen;
+  std::uint8_t pad6[56];
 };
 static_assert(sizeof(pthread_mutex_t) == 40);
 static_assert(sizeof(QueueHeader) == kHeaderSize);
@@ -160,6 +162,7 @@ static_assert(offsetof(QueueHeader, segment_size) == 24);
 static_assert(offsetof(QueueHeader, queue_id) == 32);
 static_assert(offsetof(QueueHeader, mutex) == 64);
 static_assert(offsetof(QueueHeader, count) == 384);
+static_assert(offsetof(QueueHeader, flags_gen) == 388);
 static_assert(offsetof(QueueHeader, busy_receivers) == 128);
 static_assert(offsetof(QueueHeader, head) == 104);
 static_assert(offsetof(QueueHeader, tail) == 108);
@@ -222,6 +225,12 @@ class MessageQueue {
   [[nodiscard]] std::uint64_t queue_id() const noexcept { return queue_id_; }
   // Messages queued now (approximate: it may change at once).
   [[nodiscard]] std::uint32_t size_approx() const noexcept;
+  // The flags generation (Q5): a holder that changed the flags of a description of this
+  // queue (O_NONBLOCK, kept by the kernel in the open file description) bumps it, so that
+  // every process sharing that description re-reads them. Any value may be read: a
+  // scribbled one costs a re-read, never a wrong answer.
+  [[nodiscard]] std::uint32_t flags_generation() const noexcept;
+  void bump_flags_generation() noexcept;
 
   // Errors: MessageTooLarge (len > message size), InvalidArgument (priority >= 32768, or
   // a bad deadline when the call would block), ChannelFull (full and not blocking),

@@ -32,13 +32,34 @@
 namespace vipc::posix {
 namespace {
 
-// One open queue descriptor of this process.
+// One open queue descriptor of this process. O_NONBLOCK lives where the kernel keeps it,
+// in the open file description's flags (F_GETFL), so that a forked child and its parent
+// share it as they would a kernel queue's; `nonblock` caches it, re-read whenever the
+// queue's flags generation moved (mq_setattr in any process bumps it, Q5).
 struct Descriptor {
   core::MessageQueue q;
+  int fd = -1;
   bool read = false;
   bool write = false;
   std::atomic<bool> nonblock{false};
+  std::atomic<std::uint32_t> flags_gen{0};
 };
+
+// The description's O_NONBLOCK, read from the kernel; false if it cannot be read.
+bool description_nonblock(int fd) noexcept {
+  const int fl = ::fcntl(fd, F_GETFL);
+  return fl >= 0 && (fl & O_NONBLOCK) != 0;
+}
+
+// Whether calls on this descriptor must not block: the cache, refreshed after a change.
+bool nonblocking(Descriptor* d) noexcept {
+  const std::uint32_t gen = d->q.flags_generation();  // acquire (Q5), before F_GETFL
+  if (gen != d->flags_gen.load(std::memory_order_relaxed)) {
+    d->nonblock.store(description_nonblock(d->fd), std::memory_order_relaxed);
+    d->flags_gen.store(gen, std::memory_order_relaxed);
+  }
+  return d->nonblock.load(std::memory_order_relaxed);
+}
 
 // Descriptor number -> Descriptor, lock-free to read: 1024 pages of 1024 entries,
 // allocated on first use and never freed.
@@ -113,13 +134,19 @@ mqd_t open_queue(const char* name, int oflag, mode_t mode, const struct mq_attr*
   if (acc == (O_WRONLY | O_RDWR) && !created) return fail(EINVAL);
   auto q = core::MessageQueue::attach(seg.get());
   if (!q) return fail(ENOMEM);
+  // The broker opened a description of our own (never shared with other openers), so
+  // its O_NONBLOCK is this descriptor's and its forked children's alone.
+  const int fd = seg.get();
+  const bool nb = (oflag & O_NONBLOCK) != 0;
+  if (nb && ::fcntl(fd, F_SETFL, O_NONBLOCK) != 0) return fail(ENOMEM);
   auto* d = new (std::nothrow) Descriptor{};
   if (d == nullptr) return fail(ENOMEM);
   d->q = std::move(*q);
+  d->fd = fd;
   d->read = r.read;
   d->write = r.write;
-  d->nonblock.store((oflag & O_NONBLOCK) != 0, std::memory_order_relaxed);
-  const int fd = seg.get();
+  d->flags_gen.store(d->q.flags_generation(), std::memory_order_relaxed);
+  d->nonblock.store(nb, std::memory_order_relaxed);
   std::atomic<Descriptor*>* e = entry(fd, true);
   if (e == nullptr) {
     delete d;
@@ -136,7 +163,7 @@ int send_impl(mqd_t mqd, const char* msg, size_t len, unsigned prio,
   if (prio >= core::mq_layout::kPriorityMax) return fail(EINVAL);
   Descriptor* d = lookup(mqd);
   if (d == nullptr || !d->write) return fail(EBADF);
-  core::QueueWait w{!d->nonblock.load(std::memory_order_relaxed), abs_timeout};
+  core::QueueWait w{!nonblocking(d), abs_timeout};
   auto r = d->q.send(msg, len, prio, w);
   if (!r) return fail(to_errno(r.error()));
   return 0;
@@ -146,7 +173,7 @@ ssize_t receive_impl(mqd_t mqd, char* msg, size_t len, unsigned* prio,
                      const struct timespec* abs_timeout) noexcept {
   Descriptor* d = lookup(mqd);
   if (d == nullptr || !d->read) return fail(EBADF);
-  core::QueueWait w{!d->nonblock.load(std::memory_order_relaxed), abs_timeout};
+  core::QueueWait w{!nonblocking(d), abs_timeout};
   auto r = d->q.receive(msg, len, prio, w);
   if (!r) return fail(to_errno(r.error()));
   return static_cast<ssize_t>(*r);
@@ -158,16 +185,26 @@ int setattr_impl(mqd_t mqd, const struct mq_attr* attr, struct mq_attr* old) noe
   }
   Descriptor* d = lookup(mqd);
   if (d == nullptr) return fail(EBADF);
+  const int fl = ::fcntl(d->fd, F_GETFL);
+  if (fl < 0) return fail(EBADF);
   if (old != nullptr) {
     const auto shape = d->q.shape();
     *old = {};
-    old->mq_flags = d->nonblock.load(std::memory_order_relaxed) ? O_NONBLOCK : 0;
+    old->mq_flags = (fl & O_NONBLOCK) != 0 ? O_NONBLOCK : 0;
     old->mq_maxmsg = shape.max_messages;
     old->mq_msgsize = shape.message_size;
     old->mq_curmsgs = d->q.size_approx();
   }
   if (attr != nullptr) {
-    d->nonblock.store((attr->mq_flags & O_NONBLOCK) != 0, std::memory_order_relaxed);
+    const bool nb = (attr->mq_flags & O_NONBLOCK) != 0;
+    if (nb != ((fl & O_NONBLOCK) != 0)) {
+      // Change the description, then tell every process sharing it to look again (Q5).
+      if (::fcntl(d->fd, F_SETFL, nb ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK)) != 0) {
+        return fail(EBADF);
+      }
+      d->q.bump_flags_generation();
+    }
+    d->nonblock.store(nb, std::memory_order_relaxed);
   }
   return 0;
 }

@@ -52,7 +52,7 @@ std::size_t count_lines(const std::string& out, const std::string& prefix) {
 
 // Every test of the suite (KernelMqueueUntouched runs under vipc only; Permissions is
 // skipped as root).
-constexpr std::size_t kSuiteTests = 28;
+constexpr std::size_t kSuiteTests = 29;
 
 class PosixMqConformance : public ::testing::Test {
  protected:

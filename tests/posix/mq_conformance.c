@@ -410,6 +410,50 @@ static void test_fork_inherits_descriptors(void) {
   CHECK(mq_unlink(qname) == 0);
 }
 
+/* O_NONBLOCK belongs to the open file description: a forked child shares it with its
+   parent, and another mq_open of the same queue has a description of its own. */
+static void test_nonblock_shared_with_a_forked_child(void) {
+  mqd_t q = make(qname, O_RDWR, 2, 8);
+  CHECK(q != (mqd_t)-1);
+  mqd_t other = mq_open(qname, O_RDWR);
+  CHECK(other != (mqd_t)-1);
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    struct mq_attr n;
+    memset(&n, 0, sizeof n);
+    n.mq_flags = O_NONBLOCK;
+    _exit(mq_setattr(q, &n, NULL) == 0 ? 0 : 1);
+  }
+  CHECK(child_status(pid) == 0);
+  struct mq_attr a;
+  CHECK(mq_getattr(q, &a) == 0 && (a.mq_flags & O_NONBLOCK) != 0);
+  char buf[8];
+  alarm(5); /* a call that blocks after all is killed by SIGALRM: a failure, not a hang */
+  CHECK_ERR(mq_receive(q, buf, sizeof buf, NULL), EAGAIN);
+  CHECK(mq_send(q, "a", 1, 0) == 0 && mq_send(q, "b", 1, 0) == 0);
+  CHECK_ERR(mq_send(q, "c", 1, 0), EAGAIN);
+  alarm(0);
+  /* the other description still blocks */
+  CHECK(mq_getattr(other, &a) == 0 && a.mq_flags == 0);
+  struct timespec t = from_now_ms(50);
+  CHECK_ERR(mq_timedsend(other, "c", 1, 0, &t), ETIMEDOUT);
+  /* and back: the parent clears it, a second child sees the change */
+  memset(&a, 0, sizeof a);
+  CHECK(mq_setattr(q, &a, NULL) == 0);
+  pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    struct mq_attr c;
+    if (mq_getattr(q, &c) != 0 || c.mq_flags != 0) _exit(1);
+    struct timespec u = from_now_ms(50);
+    _exit(mq_timedsend(q, "c", 1, 0, &u) == -1 && errno == ETIMEDOUT ? 0 : 2);
+  }
+  CHECK(child_status(pid) == 0);
+  CHECK(mq_close(other) == 0 && mq_close(q) == 0);
+  CHECK(mq_unlink(qname) == 0);
+}
+
 static void test_unlink_while_open(void) {
   mqd_t q = make(qname, O_RDWR, 4, 16);
   CHECK(q != (mqd_t)-1);
@@ -717,6 +761,7 @@ int main(int argc, char** argv) {
       {"EintrWhenAHandlerRuns", test_eintr_when_a_handler_runs, 0},
       {"BlockingAcrossProcesses", test_blocking_across_processes, 0},
       {"ForkInheritsDescriptors", test_fork_inherits_descriptors, 0},
+      {"NonblockSharedWithAForkedChild", test_nonblock_shared_with_a_forked_child, 0},
       {"UnlinkWhileOpen", test_unlink_while_open, 0},
       {"Permissions", test_permissions, 0},
       {"NoDescriptorLeftIsEmfile", test_no_descriptor_left_is_emfile, 0},

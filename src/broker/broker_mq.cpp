@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "broker/platform.hpp"
 #include "core/mq_queue.hpp"
 #include "core/wire_mq.hpp"
 
@@ -20,14 +21,22 @@ wire::Packet refuse(std::uint16_t opcode, std::uint64_t id, ErrorCode code, int 
   return wire::encode_error(opcode, id, Error(code, kMqRefused, posix_errno));
 }
 
+// Whether the caller is in group `gid`: its gid (from SO_PEERCRED), else one of its
+// supplementary groups, read from /proc/PID/status only when the first does not match
+// (the client's pidfd keeps its pid from being reused while it is connected).
+bool in_group(const MqCred& c, gid_t gid) {
+  if (c.gid == gid) return true;
+  auto groups = platform::process_groups(c.pid);
+  return groups && std::find(groups->begin(), groups->end(), gid) != groups->end();
+}
+
 // The kernel's generic permission check on an inode: owner, else group, else other bits.
-bool permitted(const MqCred& c, uid_t uid, gid_t gid, std::uint32_t mode,
-               std::uint32_t flags) noexcept {
+bool permitted(const MqCred& c, uid_t uid, gid_t gid, std::uint32_t mode, std::uint32_t flags) {
   if (c.uid == 0) return true;
   std::uint32_t bits = mode & 07;
   if (c.uid == uid) {
     bits = (mode >> 6) & 07;
-  } else if (c.gid == gid) {
+  } else if (in_group(c, gid)) {
     bits = (mode >> 3) & 07;
   }
   if ((flags & wire::kMqRead) != 0 && (bits & 04) == 0) return false;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -339,6 +340,31 @@ Result<std::string> process_executable(pid_t pid) {
   const ssize_t n = ::readlink(link.c_str(), buf, sizeof buf - 1);
   if (n < 0) return sys_error("readlink(/proc/PID/exe)");
   return std::string(buf, static_cast<std::size_t>(n));
+}
+
+Result<std::vector<gid_t>> process_groups(pid_t pid) {
+  const std::string path = "/proc/" + std::to_string(pid) + "/status";
+  std::FILE* f = std::fopen(path.c_str(), "re");
+  if (f == nullptr) return sys_error("open(/proc/PID/status)");
+  std::vector<gid_t> groups;
+  bool found = false;
+  char line[4096];
+  while (!found && std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::strncmp(line, "Groups:", 7) != 0) continue;
+    found = true;
+    const char* p = line + 7;
+    for (;;) {
+      char* end = nullptr;
+      errno = 0;
+      const unsigned long g = std::strtoul(p, &end, 10);
+      if (end == p) break;
+      if (errno == 0 && g <= 0xffff'fffeUL) groups.push_back(static_cast<gid_t>(g));
+      p = end;
+    }
+  }
+  std::fclose(f);
+  if (!found) return Error(ErrorCode::NotFound, "/proc/PID/status: no Groups line");
+  return groups;
 }
 
 Result<std::size_t> count_open_fds(pid_t pid) {

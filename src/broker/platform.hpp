@@ -110,6 +110,8 @@ void rmdir_quietly(const std::string& path) noexcept;
 [[nodiscard]] Result<std::string> self_executable();
 // readlink("/proc/PID/exe"): the executable of a live process.
 [[nodiscard]] Result<std::string> process_executable(pid_t pid);
+// The supplementary groups of a live process (the "Groups:" line of /proc/PID/status).
+[[nodiscard]] Result<std::vector<gid_t>> process_groups(pid_t pid);
 // Number of entries in /proc/<pid>/fd (pid 0: this process).
 [[nodiscard]] Result<std::size_t> count_open_fds(pid_t pid);
 

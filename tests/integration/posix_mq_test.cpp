@@ -4,6 +4,7 @@
 // linked. Under vipc a seccomp filter fails every kernel mqueue system call, so passing
 // proves no kernel queue was used.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -97,6 +98,21 @@ TEST_F(PosixMqConformance, PassesPreloadedIntoAFortifiedBuild) {
 TEST_F(PosixMqConformance, PassesLinkedFirst) {
   const ProgramRun r = run(vipc_env() + VIPC_TEST_MQ_CONFORMANCE_LINKED);
   expect_pass(r, kSuiteTests);
+}
+
+TEST_F(PosixMqConformance, SupplementaryGroupsGrantGroupAccessForKernelAndVipc) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to make processes of another uid";
+  const ProgramRun kernel =
+      run(std::string("env -u LD_PRELOAD ") + VIPC_TEST_MQ_CONFORMANCE " SupplementaryGroups");
+  EXPECT_EQ(kernel.status, 0) << kernel.output;
+  EXPECT_EQ(count_lines(kernel.output, "ok SupplementaryGroups"), 1u) << kernel.output;
+  // Let nobody reach the daemon: the directory searchable, the socket writable.
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0711), 0);
+  ASSERT_EQ(::chmod(daemon_->socket().c_str(), 0777), 0);
+  const ProgramRun vipc = run(vipc_env() + "LD_PRELOAD=" VIPC_TEST_POSIX_LIB
+                                           " " VIPC_TEST_MQ_CONFORMANCE " SupplementaryGroups");
+  EXPECT_EQ(vipc.status, 0) << vipc.output;
+  EXPECT_EQ(count_lines(vipc.output, "ok SupplementaryGroups"), 1u) << vipc.output;
 }
 
 TEST_F(PosixMqConformance, WithoutABrokerKernelCallsAreRefusedNotUsed) {

@@ -198,22 +198,33 @@ class Topic::Impl {
     return cur;
   }
 
+  // The lowest position a live subscriber still needs from our ring (our tail if none).
+  std::uint64_t lowest_needed() {
+    refresh();
+    std::uint64_t low = writer.tail();
+    for (std::uint32_t i = 0; i < kTopicSubscribersMax; ++i) {
+      const Sub& s = subs[i];
+      if (s.generation == 0) continue;
+      if (const auto n = needed(s)) low = std::min(low, *n);
+    }
+    return low;
+  }
+
   // HoldBack, when the cached limit says the ring may be full: rescans the cursors of
   // live subscribers, waiting until the slowest lets us write or the deadline passes.
   Result<void> wait_for_room() {
     core::Deadline deadline{};
     bool waited = false;
     for (std::uint32_t round = 0;; ++round) {
-      // T4: orders our tail store before the cursor loads (a subscriber joining now
-      // either sees our tail or we see its cursor; docs/topics.md, "Joining").
+      // T4 (joining, docs/topics.md): look at the cursors, claim what that look allows
+      // us to overwrite, then look again. A subscriber joining now stores its cursor,
+      // fences and loads the claim: either our second look (after the second fence)
+      // sees its cursor, or it sees our claim and starts at or above it.
       std::atomic_thread_fence(std::memory_order_seq_cst);
-      refresh();
-      std::uint64_t low = writer.tail();
-      for (std::uint32_t i = 0; i < kTopicSubscribersMax; ++i) {
-        const Sub& s = subs[i];
-        if (s.generation == 0) continue;
-        if (const auto n = needed(s)) low = std::min(low, *n);
-      }
+      const std::uint64_t first = lowest_needed();
+      writer.claim_hold(first);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      const std::uint64_t low = std::min(first, lowest_needed());
       limit = low + writer.capacity();
       if (writer.tail() < limit) return {};
       if (!waited) {
@@ -501,8 +512,19 @@ class Subscription::Impl {
         p.pos = t - back;
       }
       set_cursor(i, p.pos);
-      // T4 (joining): the publisher's rescan sees this cursor, or we see its tail.
+      // T4 (joining): the publisher's second look sees this cursor, or we see the claim
+      // it made before that look. Positions below the claim may be overwritten before
+      // it counts us, so we start at the claim: history reaches back only as far as the
+      // publisher still holds it for us (always, for a publisher that joined after us,
+      // which counts us from its first message).
       std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (joined <= c.join_version) {
+        const std::uint64_t claim = std::min(p.reader.hold_claim(), p.reader.tail());
+        if (claim > p.pos) {
+          p.pos = claim;
+          set_cursor(i, p.pos);
+        }
+      }
       active.push_back(i);
     }
   }

@@ -14,7 +14,7 @@ namespace vipc::layout {
 
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint64_t kSegmentMagic = 0x0047455343504956ULL;  // "VIPCSEG\0" (LE)
-inline constexpr std::uint16_t kLayoutVersion = 2;
+inline constexpr std::uint16_t kLayoutVersion = 3;
 
 enum class SegmentKind : std::uint16_t {
   RingProducer = 1,  // slots and producer-written state of one SPSC ring

@@ -162,6 +162,13 @@ void TopicRingWriter::publish(const SmallMessage& m, std::uint64_t stamp) noexce
   seg_->tail.tail.store(tail_, std::memory_order_release);
 }
 
+void TopicRingWriter::claim_hold(std::uint64_t pos) noexcept {
+  if (seg_ == nullptr || pos <= claim_) return;
+  claim_ = pos;
+  // T4 (joining): seq_cst, then the caller's fence and second look at the cursors.
+  seg_->control.hold_claim.store(pos, std::memory_order_seq_cst);
+}
+
 void TopicRingWriter::close() noexcept {
   if (seg_ != nullptr) seg_->control.closed.store(1, std::memory_order_release);
 }
@@ -187,6 +194,10 @@ Result<TopicRingReader> TopicRingReader::attach(int fd, const TopicSpec& spec) {
 
 std::uint64_t TopicRingReader::tail() const noexcept {
   return seg_->tail.tail.load(std::memory_order_acquire);  // T3
+}
+
+std::uint64_t TopicRingReader::hold_claim() const noexcept {
+  return seg_->control.hold_claim.load(std::memory_order_seq_cst);  // T4 (joining)
 }
 
 bool TopicRingReader::asymmetric_fence() const noexcept {

@@ -68,6 +68,9 @@ class TopicRingWriter {
   [[nodiscard]] std::uint64_t tail() const noexcept { return tail_; }
   [[nodiscard]] std::uint32_t capacity() const noexcept { return capacity_; }
   [[nodiscard]] bool asymmetric_fence() const noexcept { return asymmetric_; }
+  // HoldBack: announces (seq_cst) that positions below `pos` may be overwritten before
+  // the cursors are looked at again; the claim only grows (T4, joining).
+  void claim_hold(std::uint64_t pos) noexcept;
   void close() noexcept;
 
  private:
@@ -76,6 +79,7 @@ class TopicRingWriter {
   layout::TopicSlot* slots_ = nullptr;
   std::uint32_t capacity_ = 0;
   std::uint64_t tail_ = 0;
+  std::uint64_t claim_ = 0;
   bool asymmetric_ = false;
 };
 
@@ -97,6 +101,8 @@ class TopicRingReader {
   [[nodiscard]] std::uint64_t tail() const noexcept;
   [[nodiscard]] bool ready(std::uint64_t pos) const noexcept;
   [[nodiscard]] bool asymmetric_fence() const noexcept;
+  // The publisher's hold claim (T4, joining), as written: validate before use.
+  [[nodiscard]] std::uint64_t hold_claim() const noexcept;
   [[nodiscard]] std::uint32_t capacity() const noexcept { return capacity_; }
 
  private:

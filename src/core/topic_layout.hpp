@@ -68,14 +68,19 @@ static_assert(offsetof(TopicSlot, reserved1) == 96);
 //  0      64      128                    192                   256
 //  +------+-------+----------------------+---------------------+-----------------
 //  |header| (pad) | control: closed,     | tail (u64): next    | slots[capacity]
-//  |      |       | fence mode, index    | position to publish |
+//  |      |       | fence mode, hold     | position to publish |
+//  |      |       | claim                |                     |
 //  +------+-------+----------------------+---------------------+-----------------
 struct alignas(kCacheLine) TopicRingControl {
   std::atomic<std::uint32_t> closed;      // the publisher left (informative)
   std::atomic<std::uint32_t> fence_mode;  // kFenceFull or kFenceAsymmetric (T6)
-  std::uint32_t pad[14];
+  // HoldBack: the publisher may overwrite positions below this without looking at the
+  // cursors again; never decreases (T4, joining). 0 under Drop.
+  std::atomic<std::uint64_t> hold_claim;
+  std::uint32_t pad[12];
 };
 static_assert(sizeof(TopicRingControl) == kCacheLine);
+static_assert(offsetof(TopicRingControl, hold_claim) == 8);
 
 struct alignas(kCacheLine) TopicTailLine {
   std::atomic<std::uint64_t> tail;  // release store after each publish (T3)

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -139,6 +140,63 @@ TEST_F(Topics, HoldBackDeliversExactlyOnceInOrderWhateverTheSlowestDoes) {
   }
   EXPECT_GT(topic->stats().hold_waits, 0u) << "the slow subscriber never held us back";
   for (auto& c : subs) EXPECT_EQ(c.wait(60s), "exit 0");
+}
+
+// Subscribers joining a hold-back publisher that never stops, over and over, with and
+// without history: each gets an unbroken run of messages from wherever it starts, with
+// nothing missed (the publisher's claim tells a joiner where its guarantee begins).
+TEST_F(Topics, HoldBackJoinersMissNothingWhileThePublisherRuns) {
+  TopicOptions o;
+  o.capacity = 8;
+  o.policy = TopicPolicy::HoldBack;
+  o.hold_timeout = 20s;
+  auto topic = Topic::create(*rt, "joiners", o);
+  ASSERT_TRUE(topic.ok()) << topic.error().message();
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> published{0};
+  std::string publish_error;
+  std::thread publisher([&] {
+    for (std::uint64_t i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+      auto r = topic->publish(seq_message(0, i));
+      if (!r) {
+        publish_error = r.error().message();
+        return;
+      }
+      published.store(i + 1, std::memory_order_relaxed);
+    }
+  });
+  const std::string path = rt->socket_path();
+  const int rounds = test::kSanitized ? 30 : 200;
+  Child joiner = Child::spawn(
+      [&] {
+        auto crt = Runtime::connect_to(path);
+        if (!crt) return 10;
+        for (int round = 0; round < rounds; ++round) {
+          SubscribeOptions so;
+          so.history = round % 2 == 0 ? 0 : 7;
+          auto sub = Subscription::subscribe(*crt, "joiners", so);
+          if (!sub) return 11;
+          SmallMessage m;
+          std::uint64_t next = 0;
+          for (int k = 0; k < 30; ++k) {
+            auto r = sub->receive(m, 10s);
+            if (!r) return 12;
+            if (r->missed != 0) return 13;  // a message lost while joining
+            const std::uint64_t seq = seq_of(m).seq;
+            if (k > 0 && seq != next) return 14;
+            if (r->sequence != seq) return 15;
+            next = seq + 1;
+          }
+          if (sub->stats().missed != 0) return 16;
+        }
+        return 0;
+      },
+      kAlarm);
+  EXPECT_EQ(joiner.wait(120s), "exit 0");
+  stop.store(true);
+  publisher.join();
+  EXPECT_EQ(publish_error, "");
+  EXPECT_GT(published.load(), static_cast<std::uint64_t>(rounds) * 30);
 }
 
 // A batch that must wait for room first wakes the subscriber sleeping on what the batch

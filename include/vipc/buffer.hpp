@@ -41,6 +41,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string_view>
 
 #include "vipc/capability.hpp"
 #include "vipc/message.hpp"
@@ -151,12 +152,29 @@ class SharedBuffer {
 // permissions (this holder's rights), refcount (holders in the broker), numa_node}.
 // Never sealed: holders with Write share the same writable pages; holders without it
 // get a read-only descriptor (or a private copy-on-write mapping from data()).
+// Who may open a named region, and with what (SharedRegion::create with a name).
+struct RegionAccess {
+  Rights open_rights = Rights::Map | Rights::Read;  // the most an open of the name gets
+  bool world_openable = false;  // any uid may open it (else only this process's uid)
+};
+
 class SharedRegion {
  public:
   [[nodiscard]] static Result<SharedRegion> create(Runtime& rt, std::size_t size,
                                                    const BufferOptions& options = {});
+  // A region registered under `name` in the broker's namespace (shared with channels and
+  // topics; AlreadyExists when taken). The name lives as long as the region does.
+  [[nodiscard]] static Result<SharedRegion> create(Runtime& rt, std::string_view name,
+                                                   std::size_t size,
+                                                   const RegionAccess& access = {},
+                                                   const BufferOptions& options = {});
   // Redeems a handle from share().
   [[nodiscard]] static Result<SharedRegion> open(Runtime& rt, CapabilityHandle handle,
+                                                 const BufferOptions& options = {});
+  // Opens a named region with `rights` (Map and Read or Write among them; at most the
+  // creator's RegionAccess::open_rights): PermissionDenied beyond them or for another
+  // uid unless world-openable, NotFound for an unknown name.
+  [[nodiscard]] static Result<SharedRegion> open(Runtime& rt, std::string_view name, Rights rights,
                                                  const BufferOptions& options = {});
 
   SharedRegion() noexcept = default;

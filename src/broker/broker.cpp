@@ -313,6 +313,9 @@ class Broker::Impl {
   Result<OutPacket> on(Client& c, const wire::MapBufferRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TransferBufferRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::ClaimBufferRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::NameRegionRequest& r, std::uint64_t id);
+  Result<OutPacket> open_region(Client& c, const BufferTable::RegionName& n,
+                                const wire::OpenRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TopicJoinRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TopicMemberRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TopicLeaveRequest& r, std::uint64_t id);
@@ -759,7 +762,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std:
   if (!may_create(c)) return Error(ErrorCode::PermissionDenied, wire::ctx::kCreateRateLimited);
   const bool anonymous = (r.flags & wire::kObjectAnonymous) != 0;
   const std::string_view name = anonymous ? std::string_view{} : wire::name_view(r.name);
-  if (!anonymous && names_.find(name) != names_.end())
+  if (!anonymous && (names_.find(name) != names_.end() || buffers_.find_name(name) != nullptr))
     return Error(ErrorCode::AlreadyExists, wire::ctx::kNameTaken);
   if (c.owned.size() >= options_.max_objects_per_client) {
     return Error(ErrorCode::OutOfMemory, wire::ctx::kLimitReached);
@@ -859,7 +862,13 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::CreateRequest& r, std:
 
 Result<OutPacket> Broker::Impl::on(Client&, const wire::LookupRequest& r, std::uint64_t id) {
   const auto it = names_.find(wire::name_view(r.name));
-  if (it == names_.end()) return Error(ErrorCode::NotFound, wire::ctx::kNameUnknown);
+  if (it == names_.end()) {
+    if (const auto* n = buffers_.find_name(wire::name_view(r.name))) {
+      return OutPacket{wire::encode_reply(id, wire::LookupReply{BufferTable::region_record(*n)}),
+                       {}};
+    }
+    return Error(ErrorCode::NotFound, wire::ctx::kNameUnknown);
+  }
   return OutPacket{wire::encode_reply(id, wire::LookupReply{record_of(objects_.at(it->second))}),
                    {}};
 }
@@ -868,7 +877,11 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::OpenRequest& r, std::u
   const auto rights = static_cast<Rights>(r.rights);
   if (rights == Rights::None) return Error(ErrorCode::InvalidArgument, wire::ctx::kNoRights);
   const auto it = names_.find(wire::name_view(r.name));
-  if (it == names_.end()) return Error(ErrorCode::NotFound, wire::ctx::kNameUnknown);
+  if (it == names_.end()) {
+    if (const auto* n = buffers_.find_name(wire::name_view(r.name)))
+      return open_region(c, *n, r, id);
+    return Error(ErrorCode::NotFound, wire::ctx::kNameUnknown);
+  }
   const Object& obj = objects_.at(it->second);
   if (!contains(rights_for(obj.kind), rights)) {
     return Error(ErrorCode::InvalidArgument, wire::ctx::kRightsForKind);
@@ -885,6 +898,42 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::OpenRequest& r, std::u
   const Token parent = caps_.contains(obj.root) ? obj.root : 0;
   const CapNode& node = caps_.insert(*token, c.id, obj.id, rights, parent);
   return OutPacket{wire::encode_reply(id, wire::OpenReply{record_of(node)}), {}};
+}
+
+// Open of a named region: the rights its namer allowed, to its uid or to any uid when it
+// is world-openable; the capability is a child of the namer's (revoking that one revokes
+// it) while that one lives.
+Result<OutPacket> Broker::Impl::open_region(Client& c, const BufferTable::RegionName& n,
+                                            const wire::OpenRequest& r, std::uint64_t id) {
+  const auto rights = static_cast<Rights>(r.rights);
+  if (!contains(n.open_rights, rights)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kRightsNotSubset);
+  }
+  if (c.cred.uid != n.owner_uid && !n.world_openable) {
+    log(LogLevel::Info, "client {} (pid {} uid {}): open of region '{}' denied by policy", c.id,
+        c.cred.pid, c.cred.uid, wire::name_view(r.name));
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kPolicyDenied);
+  }
+  VIPC_TRY(check_capability_room(c));
+  auto token = new_token();
+  if (!token) return token.error();
+  caps_.reserve(c.id, n.object);
+  const Token parent = caps_.contains(n.namer) ? n.namer : 0;
+  const CapNode& node = caps_.insert(*token, c.id, n.object, rights, parent);
+  return OutPacket{wire::encode_reply(id, wire::OpenReply{record_of(node)}), {}};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::NameRegionRequest& r, std::uint64_t id) {
+  auto cap = redeem(c, r.cap, wire::Opcode::NameRegion);
+  if (!cap) return cap.error();
+  if (names_.find(wire::name_view(r.name)) != names_.end()) {
+    return Error(ErrorCode::AlreadyExists, wire::ctx::kNameTaken);
+  }
+  auto rec = buffers_.name_region(**cap, r, c.cred.uid);
+  if (!rec) return rec.error();
+  log(LogLevel::Debug, "client {} named region {} '{}'", c.id, rec->object_id,
+      wire::name_view(r.name));
+  return OutPacket{wire::encode_reply(id, wire::NameRegionReply{*rec}), {}};
 }
 
 Result<OutPacket> Broker::Impl::on(Client& c, const wire::DeriveRequest& r, std::uint64_t id) {

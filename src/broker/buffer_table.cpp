@@ -279,10 +279,53 @@ std::size_t BufferTable::expire(std::uint64_t now_ns) {
   return n;
 }
 
+Result<wire::ObjectRecord> BufferTable::name_region(const CapNode& cap,
+                                                    const wire::NameRegionRequest& r, uid_t uid) {
+  const auto it = buffers_.find(cap.object);
+  if (it == buffers_.end() || it->second.kind != ObjectKind::Region) {
+    return Error(ErrorCode::InvalidArgument, wire::ctx::kNotBuffer);
+  }
+  if (!contains(cap.rights, Rights::Grant)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kMissingRight);
+  }
+  const auto rights = static_cast<Rights>(r.rights);
+  if (!contains(cap.rights, rights)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kRightsNotSubset);
+  }
+  const std::string_view name = wire::name_view(r.name);
+  if (!it->second.name.empty() || names_.count(std::string(name)) != 0) {
+    return Error(ErrorCode::AlreadyExists, wire::ctx::kNameTaken);
+  }
+  RegionName n;
+  n.object = cap.object;
+  n.open_rights = rights;
+  n.world_openable = (r.flags & wire::kObjectWorldOpenable) != 0;
+  n.owner_uid = uid;
+  n.namer = cap.token;
+  it->second.name = std::string(name);
+  const RegionName& stored = names_.emplace(it->second.name, n).first->second;
+  return region_record(stored);
+}
+
+const BufferTable::RegionName* BufferTable::find_name(std::string_view name) const {
+  const auto it = names_.find(std::string(name));
+  return it == names_.end() ? nullptr : &it->second;
+}
+
+wire::ObjectRecord BufferTable::region_record(const RegionName& n) noexcept {
+  wire::ObjectRecord rec{};
+  rec.object_id = n.object;
+  rec.kind = static_cast<std::uint16_t>(ObjectKind::Region);
+  rec.flags = n.world_openable ? wire::kObjectWorldOpenable : 0;
+  rec.owner_uid = static_cast<std::uint32_t>(n.owner_uid);
+  return rec;
+}
+
 std::size_t BufferTable::collect(const CapabilityTable& caps) {
   std::size_t freed = 0;
   for (auto it = buffers_.begin(); it != buffers_.end();) {
     if (it->second.pending == 0 && caps.count_for_object(it->first) == 0) {
+      if (!it->second.name.empty()) names_.erase(it->second.name);
       it = buffers_.erase(it);  // closes the memfd: the kernel frees it with its last mapping
       ++freed;
     } else {

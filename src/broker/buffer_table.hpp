@@ -26,6 +26,8 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -87,6 +89,24 @@ class BufferTable {
   // Frees every buffer no capability and no transfer holds any more; returns how many.
   std::size_t collect(const CapabilityTable& caps);
 
+  // A region's name (docs/zero-copy.md, "Named regions"): what an Open of it may grant,
+  // to whom, and the capability it was named with (the parent of what Open grants, so
+  // revoking that one revokes them too).
+  struct RegionName {
+    ObjectId object = 0;
+    Rights open_rights = Rights::None;
+    bool world_openable = false;
+    uid_t owner_uid = 0;
+    Token namer = 0;
+  };
+  // Registers `r.name` for `cap`'s region. `cap` was redeemed by the caller, which also
+  // checked that no other kind of object has the name. Needs Grant; `r.rights` must be a
+  // subset of `cap`'s. A region has one name at most; the name goes when the region does.
+  [[nodiscard]] Result<wire::ObjectRecord> name_region(const CapNode& cap,
+                                                       const wire::NameRegionRequest& r, uid_t uid);
+  [[nodiscard]] const RegionName* find_name(std::string_view name) const;
+  [[nodiscard]] static wire::ObjectRecord region_record(const RegionName& n) noexcept;
+
   [[nodiscard]] bool is_buffer(ObjectId object) const noexcept {
     return buffers_.count(object) != 0;
   }
@@ -103,6 +123,7 @@ class BufferTable {
     wire::TransferMode mode = wire::TransferMode::None;
     std::uint32_t pending = 0;  // transfers not yet claimed
     sys::UniqueFd fd;           // read-write; the only one the broker keeps
+    std::string name;           // a region's name, if it has one
   };
   struct Transfer {
     ObjectId object = 0;
@@ -132,6 +153,7 @@ class BufferTable {
 
   std::unordered_map<ObjectId, Buffer> buffers_;
   std::unordered_map<Token, Transfer> pending_;
+  std::unordered_map<std::string, RegionName> names_;
   std::uint64_t serial_ = 0;
 };
 

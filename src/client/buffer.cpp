@@ -324,6 +324,54 @@ Result<SharedRegion> SharedRegion::create(Runtime& rt, std::size_t size,
   return r;
 }
 
+Result<SharedRegion> SharedRegion::create(Runtime& rt, std::string_view name, std::size_t size,
+                                          const RegionAccess& access,
+                                          const BufferOptions& options) {
+  if (!wire::valid_name(name)) return Error(ErrorCode::InvalidArgument, "region: bad name");
+  if (!contains(Rights::Map | Rights::Read | Rights::Write | Rights::Share | Rights::Grant,
+                access.open_rights) ||
+      access.open_rights == Rights::None) {
+    return Error(ErrorCode::InvalidArgument, "region: open rights must be region rights");
+  }
+  auto r = create(rt, size, options);
+  if (!r) return r.error();
+  wire::NameRegionRequest req{};
+  req.cap = wire::to_ref(r->mem_.cap);
+  req.rights = static_cast<std::uint32_t>(access.open_rights);
+  req.flags = access.world_openable ? wire::kObjectWorldOpenable : 0;
+  req.name = wire::make_name(name);
+  auto a = rt.impl_->call(req);
+  if (!a) return a.error();  // the region dies with `r`
+  return r;
+}
+
+Result<SharedRegion> SharedRegion::open(Runtime& rt, std::string_view name, Rights rights,
+                                        const BufferOptions& options) {
+  if (!wire::valid_name(name)) return Error(ErrorCode::InvalidArgument, "region: bad name");
+  auto cap = rt.open(name, rights);
+  if (!cap) return cap.error();
+  auto a = rt.impl_->call(wire::MapBufferRequest{wire::to_ref(*cap)});
+  if (!a) {
+    (void)rt.release(*cap);
+    return a.error();
+  }
+  const auto& rep = std::get<wire::MapBufferReply>(a->body);
+  if (static_cast<ObjectKind>(rep.buffer.kind) != ObjectKind::Region) {
+    (void)rt.release(*cap);
+    return Error(ErrorCode::InvalidArgument, "region: the name is not a region's");
+  }
+  detail::MappedMemory m;
+  fill(m, rt.impl_.get(), wire::CapabilityRecord{}, rep.buffer, std::move(a->fds.at(0)), options);
+  m.cap = *cap;
+  if (auto ok = check_memfd(m.fd.get(), rep.buffer); !ok) {
+    (void)m.release();
+    return ok.error();
+  }
+  SharedRegion out;
+  out.mem_ = std::move(m);
+  return out;
+}
+
 Result<SharedRegion> SharedRegion::open(Runtime& rt, CapabilityHandle handle,
                                         const BufferOptions& options) {
   auto m = claim_memory(rt.impl_.get(), handle, options);

@@ -118,6 +118,14 @@ Result<void> check(const OpenRequest& b) noexcept {
   if (b.reserved != 0) return protocol(ctx::kBadReserved);
   return check_name(b.name);
 }
+Result<void> check(const NameRegionRequest& b) noexcept {
+  VIPC_TRY(check_ref(b.cap));
+  VIPC_TRY(check_rights(b.rights));
+  if (b.rights == 0) return protocol(ctx::kBadRights);
+  if ((b.flags & ~kObjectWorldOpenable) != 0) return protocol(ctx::kBadFlags);
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return check_name(b.name);
+}
 Result<void> check(const DeriveRequest& b) noexcept {
   VIPC_TRY(check_ref(b.cap));
   VIPC_TRY(check_rights(b.rights));
@@ -231,6 +239,7 @@ Result<void> check(const CreateReply& b) noexcept {
 }
 Result<void> check(const LookupReply& b) noexcept { return check_object(b.object); }
 Result<void> check(const OpenReply& b) noexcept { return check_rights(b.cap.rights); }
+Result<void> check(const NameRegionReply& b) noexcept { return check_object(b.object); }
 Result<void> check(const DeriveReply& b) noexcept { return check_rights(b.cap.rights); }
 Result<void> check(const GrantReply& b) noexcept {
   if (b.handle == 0) return protocol(ctx::kBadEnum);
@@ -395,6 +404,8 @@ const char* to_string(Opcode op) noexcept {
       return "TraceAttach";
     case Opcode::TraceControl:
       return "TraceControl";
+    case Opcode::NameRegion:
+      return "NameRegion";
     case Opcode::Release:
       return "Release";
     case Opcode::Ping:

@@ -38,7 +38,7 @@ namespace vipc::wire {
 static_assert(std::endian::native == std::endian::little, "wire format is little-endian");
 
 inline constexpr std::uint32_t kMagic = 0x43504956;  // "VIPC" in memory order
-inline constexpr std::uint16_t kProtocolVersion = 4;
+inline constexpr std::uint16_t kProtocolVersion = 5;
 inline constexpr std::size_t kNameSize = 64;  // bytes of a name field, NUL included
 inline constexpr std::size_t kNameMax = kNameSize - 1;
 inline constexpr std::size_t kMaxFds = 6;       // descriptors one packet may carry
@@ -77,12 +77,15 @@ enum class Opcode : std::uint16_t {
   // Tracing and statistics (docs/observability.md).
   TraceAttach = 32,   // -> the trace switch (read-only) + this process's trace ring (2 fds)
   TraceControl = 33,  // on / off / query: drains the trace rings and rewrites the views
+  // Shared regions by name (docs/zero-copy.md, "Named regions").
+  NameRegion = 34,  // region capability (Grant) + name + rights openers may get -> the
+                    // name is registered; Open of it then grants a capability on the region
 };
 inline constexpr std::uint16_t kOpcodeMin = 1;
-inline constexpr std::uint16_t kOpcodeMax = 33;
+inline constexpr std::uint16_t kOpcodeMax = 34;
 // Whether a number in [kOpcodeMin, kOpcodeMax] names an opcode of this version.
 [[nodiscard]] constexpr bool opcode_assigned(std::uint16_t op) noexcept {
-  return (op >= kOpcodeMin && op <= 23) || op == 32 || op == 33;
+  return (op >= kOpcodeMin && op <= 23) || op == 32 || op == 33 || op == 34;
 }
 [[nodiscard]] const char* to_string(Opcode op) noexcept;
 
@@ -893,6 +896,30 @@ static_assert(offsetof(TraceControlReply, records) == 8);
 static_assert(offsetof(TraceControlReply, lost) == 16);
 static_assert(offsetof(TraceControlReply, processes) == 24);
 
+// NameRegion. `rights`: what an Open of the name may ask for (a subset of the region's
+// rights, and of the namer's); flags: kObjectWorldOpenable or 0.
+//
+//  0                    16       20      22         24        88
+//  | cap (ref)          | rights | flags | reserved | name[64] |
+struct NameRegionRequest {
+  CapabilityRef cap;
+  std::uint32_t rights;
+  std::uint16_t flags;
+  std::uint16_t reserved;
+  Name name;
+};
+static_assert(sizeof(NameRegionRequest) == 88);
+static_assert(offsetof(NameRegionRequest, rights) == 16);
+static_assert(offsetof(NameRegionRequest, flags) == 20);
+static_assert(offsetof(NameRegionRequest, reserved) == 22);
+static_assert(offsetof(NameRegionRequest, name) == 24);
+
+// The region as Lookup shows it: kind Region, capacity 0, the namer's uid.
+struct NameRegionReply {
+  ObjectRecord object;
+};
+static_assert(sizeof(NameRegionReply) == 24);
+
 // Alternative i is the body of opcode i + 1.
 using Request =
     std::variant<HelloRequest, CreateRequest, LookupRequest, OpenRequest, DeriveRequest,
@@ -902,7 +929,7 @@ using Request =
                  TopicJoinRequest, TopicMemberRequest, TopicLeaveRequest, TopicShareBufferRequest,
                  UnassignedBody<24>, UnassignedBody<25>, UnassignedBody<26>, UnassignedBody<27>,
                  UnassignedBody<28>, UnassignedBody<29>, UnassignedBody<30>, UnassignedBody<31>,
-                 TraceAttachRequest, TraceControlRequest>;
+                 TraceAttachRequest, TraceControlRequest, NameRegionRequest>;
 // Attach answers with the same body as Connect: a distinct type keeps one body type
 // per opcode.
 struct AttachReplyBody : ConnectReply {};
@@ -918,7 +945,8 @@ using ReplyBody =
                  TransferBufferReply, ClaimBufferReply, TopicJoinReply, TopicMemberReply,
                  TopicLeaveReply, TopicShareBufferReply, UnassignedBody<124>, UnassignedBody<125>,
                  UnassignedBody<126>, UnassignedBody<127>, UnassignedBody<128>, UnassignedBody<129>,
-                 UnassignedBody<130>, UnassignedBody<131>, TraceAttachReply, TraceControlReply>;
+                 UnassignedBody<130>, UnassignedBody<131>, TraceAttachReply, TraceControlReply,
+                 NameRegionReply>;
 static_assert(std::variant_size_v<Request> == kOpcodeMax);
 static_assert(std::variant_size_v<ReplyBody> == kOpcodeMax);
 

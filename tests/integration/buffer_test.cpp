@@ -4,9 +4,11 @@
 // resize a buffer under a reader), hostile descriptors, and reference counts across
 // kill -9 checked against the daemon's own descriptor census.
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -26,6 +28,7 @@
 #include "support/pipe.hpp"
 #include "support/process.hpp"
 #include "vipc/buffer.hpp"
+#include "vipc/channel.hpp"
 #include "vipc/runtime.hpp"
 #include "vipc/topic.hpp"
 
@@ -626,6 +629,106 @@ TEST_F(BufferTest, RegionIsSharedWritableWithWriteAndReadOnlyWithout) {
   // Both children are gone: the creator's capability and the derived one remain.
   EXPECT_TRUE(test::wait_for([&] { return region->refcount().value_or(0) == 2; }, 5s));
   ASSERT_TRUE(rt->release(*d).ok());
+  ASSERT_TRUE(region->release().ok());
+  EXPECT_TRUE(back_to_baseline()) << test::describe(test::fd_census(daemon->pid()));
+}
+
+// A named region: opened by name from other processes with at most the rights its
+// creator allowed, in one namespace with channels, gone with the region, and closed to
+// other uids unless world-openable.
+TEST_F(BufferTest, NamedRegionIsOpenedByNameWithTheRightsItsCreatorAllowed) {
+  constexpr std::size_t kSize = 1 << 16;
+  RegionAccess shared;
+  shared.open_rights = Rights::Map | Rights::Read | Rights::Write;
+  auto region = SharedRegion::create(*rt, "cam.frames", kSize, shared);
+  ASSERT_TRUE(region.ok()) << region.error().message();
+  auto w = region->data();
+  ASSERT_TRUE(w.ok());
+  fill_pattern(*w);
+  auto readonly = SharedRegion::create(*rt, "cam.config", 4096);
+  ASSERT_TRUE(readonly.ok()) << readonly.error().message();
+  // One namespace: names are unique across regions, channels and topics.
+  EXPECT_EQ(SharedRegion::create(*rt, "cam.frames", 4096).error().code(), ErrorCode::AlreadyExists);
+  EXPECT_EQ(Endpoint::create(*rt, "cam.frames").error().code(), ErrorCode::AlreadyExists);
+  auto info = rt->lookup("cam.frames");
+  ASSERT_TRUE(info.ok()) << info.error().message();
+  EXPECT_EQ(info->kind, ObjectKind::Region);
+  EXPECT_EQ(SharedRegion::open(*rt, "cam.nothing", Rights::Map | Rights::Read).error().code(),
+            ErrorCode::NotFound);
+  const std::string socket = daemon->socket();
+  Pipe done;
+  Child writer = Child::spawn(
+      [&]() -> int {
+        auto crt = Runtime::connect_to(socket);
+        if (!crt) return 10;
+        // More than the creator allowed (Share) is refused.
+        auto more =
+            SharedRegion::open(*crt, "cam.frames", Rights::Map | Rights::Read | Rights::Share);
+        if (more || more.error().code() != ErrorCode::PermissionDenied) return 11;
+        auto r = SharedRegion::open(*crt, "cam.frames", Rights::Map | Rights::Read | Rights::Write);
+        if (!r) return 12;
+        if (r->size() != kSize) return 13;
+        auto d = r->data();
+        if (!d || !has_pattern(*d)) return 14;
+        std::memset(d->data(), 0x5a, 100);  // shared: the creator sees it
+        // The read-only one: Write refused; read-only pages, private writes.
+        auto no =
+            SharedRegion::open(*crt, "cam.config", Rights::Map | Rights::Read | Rights::Write);
+        if (no || no.error().code() != ErrorCode::PermissionDenied) return 15;
+        auto ro = SharedRegion::open(*crt, "cam.config", Rights::Map | Rights::Read);
+        if (!ro) return 16;
+        auto p = ro->data();  // private copy-on-write
+        if (!p) return 17;
+        (*p)[0] = std::byte{0x77};
+        (void)done.put(std::uint8_t{1});
+        return 0;
+      },
+      kAlarm);
+  ASSERT_TRUE(done.get<std::uint8_t>().has_value());
+  EXPECT_EQ(writer.wait(30s), "exit 0");
+  EXPECT_EQ((*w)[0], std::byte{0x5a});
+  EXPECT_EQ((*w)[99], std::byte{0x5a});
+  auto cv = readonly->view();
+  ASSERT_TRUE(cv.ok());
+  EXPECT_EQ((*cv)[0], std::byte{0});  // the child's write stayed private
+
+  // Another uid: refused, until a region is world-openable (the socket made reachable).
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::chmod(dir.path().c_str(), 0711), 0);
+    ASSERT_EQ(::chmod(socket.c_str(), 0777), 0);
+    RegionAccess world;
+    world.world_openable = true;
+    auto open_to_all = SharedRegion::create(*rt, "cam.public", 4096, world);
+    ASSERT_TRUE(open_to_all.ok()) << open_to_all.error().message();
+    Child stranger = Child::spawn(
+        [&]() -> int {
+          if (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0) {
+            return 10;
+          }
+          auto crt = Runtime::connect_to(socket);
+          if (!crt) return 11;
+          auto mine = SharedRegion::open(*crt, "cam.frames", Rights::Map | Rights::Read);
+          if (mine || mine.error().code() != ErrorCode::PermissionDenied) return 12;
+          auto pub = SharedRegion::open(*crt, "cam.public", Rights::Map | Rights::Read);
+          if (!pub) return 13;
+          auto v = pub->view();
+          return v && v->size() == 4096 ? 0 : 14;
+        },
+        kAlarm);
+    EXPECT_EQ(stranger.wait(30s), "exit 0");
+    ASSERT_TRUE(open_to_all->release().ok());
+  }
+  // The name goes with the region; it can be taken again.
+  ASSERT_TRUE(readonly->release().ok());
+  EXPECT_TRUE(test::wait_for(
+      [&] {
+        auto r = SharedRegion::open(*rt, "cam.config", Rights::Map | Rights::Read);
+        return !r && r.error().code() == ErrorCode::NotFound;
+      },
+      5s));
+  auto again = SharedRegion::create(*rt, "cam.config", 4096);
+  ASSERT_TRUE(again.ok()) << again.error().message();
+  ASSERT_TRUE(again->release().ok());
   ASSERT_TRUE(region->release().ok());
   EXPECT_TRUE(back_to_baseline()) << test::describe(test::fd_census(daemon->pid()));
 }

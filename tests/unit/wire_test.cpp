@@ -345,13 +345,43 @@ TEST(WireTraceTest, AttachReplyCarriesTwoDescriptors) {
 
 // 23 is TopicShareBuffer; 24 and 25 are the queue opcodes, decoded by decode_mq_request.
 TEST(WireTraceTest, UnassignedNumbersAroundTheTraceOpcodesAreRefused) {
-  for (int op : {24, 25, 26, 31, 34}) {
+  for (int op : {24, 25, 26, 31, 35}) {
     auto b = bytes_of(encode_request(1, PingRequest{1}));
     Header h = header_of(b);
     h.opcode = static_cast<std::uint16_t>(op);
     put_header(b, h);
     EXPECT_EQ(request_error(b).context(), std::string_view(ctx::kBadOpcode)) << op;
   }
+}
+
+TEST(WireTest, NameRegionRoundTripsAndRefusesBadFields) {
+  NameRegionRequest r{};
+  r.cap = {7, 3, 0};
+  r.rights = static_cast<std::uint32_t>(Rights::Map | Rights::Read);
+  r.flags = kObjectWorldOpenable;
+  r.name = make_name("cam.frames");
+  auto d = decode_request(encode_request(5, r).view(), 0);
+  ASSERT_TRUE(d.ok()) << d.error().message();
+  EXPECT_EQ(d->header.opcode, static_cast<std::uint16_t>(Opcode::NameRegion));
+  const auto& got = std::get<NameRegionRequest>(d->body);
+  EXPECT_EQ(name_view(got.name), "cam.frames");
+  EXPECT_EQ(got.flags, kObjectWorldOpenable);
+  auto bad = r;
+  bad.flags = 2;
+  EXPECT_EQ(request_error(bytes_of(encode_request(5, bad))).context(),
+            std::string_view(ctx::kBadFlags));
+  bad = r;
+  bad.reserved = 1;
+  EXPECT_EQ(request_error(bytes_of(encode_request(5, bad))).context(),
+            std::string_view(ctx::kBadReserved));
+  bad = r;
+  bad.rights = 0;
+  EXPECT_EQ(request_error(bytes_of(encode_request(5, bad))).context(),
+            std::string_view(ctx::kBadRights));
+  bad = r;
+  bad.name = make_name("");
+  EXPECT_EQ(request_error(bytes_of(encode_request(5, bad))).context(),
+            std::string_view(ctx::kBadName));
 }
 
 }  // namespace

@@ -42,6 +42,7 @@
 #include <optional>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include "vipc/capability.hpp"
 #include "vipc/message.hpp"
@@ -129,6 +130,15 @@ class SharedBuffer {
   [[nodiscard]] Result<SmallMessage> send(TransferMode mode, GrantTarget target,
                                           std::uint32_t type = 0, std::uint64_t offset = 0,
                                           std::uint64_t length = 0);
+  // The spec's LargeMessage: as send(), and with it any number of capabilities (1 ..
+  // 1024, each with the rights the target gets; Grant needed on each) for the same
+  // target (Runtime::grant_batch), granted before the buffer moves: a refused
+  // capability leaves the buffer here, untransferred. The message carries the batch's
+  // handle in capability slot 1; the target takes both with LargeMessage::receive().
+  [[nodiscard]] Result<SmallMessage> send_with(TransferMode mode, GrantTarget target,
+                                               std::span<const BatchGrant> capabilities,
+                                               std::uint32_t type = 0, std::uint64_t offset = 0,
+                                               std::uint64_t length = 0);
   // Unmaps and drops this process's capability (the destructor does it too).
   Result<void> release();
 
@@ -146,6 +156,18 @@ class SharedBuffer {
   detail::MappedMemory mem_;
   std::uint64_t offset_ = 0;
   std::uint64_t length_ = 0;
+};
+
+// The spec's LargeMessage {header, payload, capabilities}: what SharedBuffer::send_with
+// hands over, as its target receives it.
+struct LargeMessage {
+  std::uint32_t type = 0;
+  SharedBuffer payload;
+  std::vector<Capability> capabilities;
+  // Claims the buffer (validated as SharedBuffer::receive does) and every capability the
+  // message carries; on failure what was claimed is released again.
+  [[nodiscard]] static Result<LargeMessage> receive(Runtime& rt, const SmallMessage& message,
+                                                    const BufferOptions& options = {});
 };
 
 // Long-lived shared memory between several processes: {frames (the memfd's pages),

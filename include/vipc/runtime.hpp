@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -156,6 +157,12 @@ struct GrantTarget {
   static GrantTarget process(pid_t p) noexcept { return {0, p}; }
 };
 
+// One capability of a batch grant, with the rights its receiver gets (a subset of it).
+struct BatchGrant {
+  Capability cap;
+  Rights rights = Rights::None;
+};
+
 struct RevokeResult {
   Capability cap;             // the same capability with its new generation
   std::uint64_t revoked = 0;  // capabilities destroyed (all descendants)
@@ -211,6 +218,13 @@ class Runtime {
   [[nodiscard]] Result<CapabilityHandle> grant(const Capability& cap, Rights rights,
                                                GrantTarget target);
   [[nodiscard]] Result<Capability> claim(CapabilityHandle handle);
+  // Any number of capabilities (1 .. 1024) for one target under one handle; each needs
+  // Grant. Each broker round trip carries 12, checked whole; if one fails, no handle is
+  // returned, so the target gets none of them (the pages already accepted wait for the
+  // grant timeout). claim_batch() turns them all into capabilities at once.
+  [[nodiscard]] Result<CapabilityHandle> grant_batch(std::span<const BatchGrant> caps,
+                                                     GrantTarget target);
+  [[nodiscard]] Result<std::vector<Capability>> claim_batch(CapabilityHandle handle);
   [[nodiscard]] Result<RevokeResult> revoke(const Capability& cap);
   [[nodiscard]] Result<void> release(const Capability& cap);
   // Channels (docs/channels.md). A sender's ring, with a new capability (one round trip):

@@ -221,6 +221,19 @@ struct PendingGrant {
   std::uint64_t expires_ns = 0;
 };
 
+// A batch of grants for one target under one handle (GrantBatch, ClaimBatch). The first
+// claim turns every grant into a capability at once; `made` then holds their records
+// until the target has taken the last page.
+struct PendingBatch {
+  std::vector<PendingGrant> grants;  // target fields in grants are unused
+  ClientId granter = 0;
+  ClientId target_client = 0;
+  pid_t target_pid = 0;
+  std::uint64_t expires_ns = 0;
+  std::vector<wire::CapabilityRecord> made;
+  std::uint32_t served = 0;  // records handed out so far
+};
+
 wire::ObjectRecord record_of(const Object& o) noexcept {
   return wire::ObjectRecord{o.id,
                             static_cast<std::uint16_t>(o.kind),
@@ -314,6 +327,14 @@ class Broker::Impl {
   Result<OutPacket> on(Client& c, const wire::TransferBufferRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::ClaimBufferRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::NameRegionRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::GrantBatchRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::ClaimBatchRequest& r, std::uint64_t id);
+  // Whether client `c` is the target a grant or batch names.
+  static bool is_target(const Client& c, ClientId target_client, pid_t target_pid) noexcept {
+    return target_client != 0 ? target_client == c.id : target_pid == c.cred.pid;
+  }
+  // Drops a batch; the granter's pending count goes down with it.
+  void forget_batch(std::unordered_map<Token, PendingBatch>::iterator it);
   Result<OutPacket> open_region(Client& c, const BufferTable::RegionName& n,
                                 const wire::OpenRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TopicJoinRequest& r, std::uint64_t id);
@@ -379,6 +400,7 @@ class Broker::Impl {
   std::unordered_map<ObjectId, Object> objects_;
   std::unordered_map<std::string, ObjectId, StringHash, std::equal_to<>> names_;
   std::unordered_map<Token, PendingGrant> pending_;
+  std::unordered_map<Token, PendingBatch> batches_;
   CapabilityTable caps_;
   BufferTable buffers_;
   ClientId next_client_ = 1;
@@ -639,6 +661,10 @@ void Broker::Impl::drop(ClientId id, const char* why) {
   });
   buffers_.drop_client(id, c.cred.pid, last_of_pid);
   buffers_.collect(caps_);
+  for (auto b = batches_.begin(); b != batches_.end();) {
+    const bool gone = b->second.granter == id || b->second.target_client == id;
+    b = gone ? (forget_batch(b), batches_.begin()) : std::next(b);
+  }
   for (auto g = pending_.begin(); g != pending_.end();) {
     if (g->second.granter == id || g->second.target_client == id) {
       if (g->second.granter != id) {
@@ -660,7 +686,17 @@ void Broker::Impl::drop(ClientId id, const char* why) {
   clients_.erase(it);  // closes the socket and the pidfd
 }
 
+void Broker::Impl::forget_batch(std::unordered_map<Token, PendingBatch>::iterator it) {
+  if (auto gr = clients_.find(it->second.granter); gr != clients_.end()) {
+    --gr->second.pending_grants;
+  }
+  batches_.erase(it);
+}
+
 void Broker::Impl::sweep_grants(std::uint64_t now) {
+  for (auto b = batches_.begin(); b != batches_.end();) {
+    b = b->second.expires_ns <= now ? (forget_batch(b), batches_.begin()) : std::next(b);
+  }
   for (auto g = pending_.begin(); g != pending_.end();) {
     if (g->second.expires_ns <= now) {
       if (auto gr = clients_.find(g->second.granter); gr != clients_.end()) {
@@ -1035,6 +1071,124 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ClaimRequest& r, std::
   forget();
   const CapNode& node = caps_.insert(*token, c.id, object, g.rights, g.source);
   return OutPacket{wire::encode_reply(id, wire::ClaimReply{record_of(node)}), {}};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::GrantBatchRequest& r, std::uint64_t id) {
+  // Check every entry before anything changes: a batch is granted whole or not at all.
+  std::vector<PendingGrant> grants;
+  grants.reserve(r.count);
+  for (std::uint32_t i = 0; i < r.count; ++i) {
+    const wire::BatchEntry& e = r.entries[i];
+    auto src = redeem(c, e.cap, wire::Opcode::GrantBatch);
+    if (!src) return src.error();
+    const auto rights = static_cast<Rights>(e.rights);
+    if (!contains((*src)->rights, Rights::Grant)) {
+      return Error(ErrorCode::PermissionDenied, wire::ctx::kMissingRight);
+    }
+    if (!contains((*src)->rights, rights)) {
+      return Error(ErrorCode::PermissionDenied, wire::ctx::kRightsNotSubset);
+    }
+    PendingGrant g;
+    g.source = e.cap.token;
+    g.source_generation = e.cap.generation;
+    g.rights = rights;
+    g.granter = c.id;
+    grants.push_back(g);
+  }
+  const auto target_pid = static_cast<pid_t>(r.target_pid);
+  if (r.append_to != 0) {
+    const auto it = batches_.find(r.append_to);
+    if (it == batches_.end() || it->second.granter != c.id || !it->second.made.empty() ||
+        it->second.target_client != r.target_client || it->second.target_pid != target_pid) {
+      return Error(ErrorCode::InvalidCapability, wire::ctx::kUnknownHandle);
+    }
+    PendingBatch& b = it->second;
+    if (b.grants.size() + grants.size() > wire::kBatchMax) {
+      return Error(ErrorCode::OutOfMemory, wire::ctx::kLimitReached);
+    }
+    b.grants.insert(b.grants.end(), grants.begin(), grants.end());
+    const auto total = static_cast<std::uint32_t>(b.grants.size());
+    return OutPacket{wire::encode_reply(id, wire::GrantBatchReply{r.append_to, total, 0}), {}};
+  }
+  const bool target_found =
+      r.target_client != 0 ? clients_.count(r.target_client) != 0
+                           : std::any_of(clients_.begin(), clients_.end(), [&](const auto& kv) {
+                               return kv.second.cred.pid == target_pid;
+                             });
+  if (!target_found) return Error(ErrorCode::ProcessNotFound, wire::ctx::kTargetUnknown);
+  const std::uint64_t now = now_ns();
+  if (c.pending_grants >= options_.max_pending_grants_per_client) sweep_grants(now);
+  if (c.pending_grants >= options_.max_pending_grants_per_client) {
+    return Error(ErrorCode::OutOfMemory, wire::ctx::kLimitReached);
+  }
+  auto handle = new_token();
+  if (!handle) return handle.error();
+  batches_.reserve(batches_.size() + 1);
+  // Commit.
+  PendingBatch b;
+  b.grants = std::move(grants);
+  b.granter = c.id;
+  b.target_client = r.target_client;
+  b.target_pid = target_pid;
+  b.expires_ns = now + std::uint64_t{options_.grant_timeout_ms} * 1'000'000ull;
+  const auto total = static_cast<std::uint32_t>(b.grants.size());
+  batches_.emplace(*handle, std::move(b));
+  ++c.pending_grants;
+  return OutPacket{wire::encode_reply(id, wire::GrantBatchReply{*handle, total, 0}), {}};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::ClaimBatchRequest& r, std::uint64_t id) {
+  if (rate_limited(c, wire::Opcode::ClaimBatch)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kRateLimited);
+  }
+  const auto it = batches_.find(r.handle);
+  if (it == batches_.end() || it->second.expires_ns <= now_ns()) {
+    Error e(ErrorCode::InvalidCapability, wire::ctx::kUnknownHandle);
+    note_failure(c, e, wire::Opcode::ClaimBatch);
+    return e;
+  }
+  PendingBatch& b = it->second;
+  if (!is_target(c, b.target_client, b.target_pid)) {
+    Error e(ErrorCode::InvalidCapability, wire::ctx::kNotTarget);  // the target keeps it
+    note_failure(c, e, wire::Opcode::ClaimBatch);
+    return e;
+  }
+  if (r.offset != b.served) return Error(ErrorCode::InvalidArgument, wire::ctx::kBadParameters);
+  if (b.made.empty()) {
+    // The first page: every capability at once, or none.
+    for (const PendingGrant& g : b.grants) {
+      const CapNode* src = caps_.find(g.source);
+      if (src == nullptr || src->holder != b.granter || src->generation != g.source_generation) {
+        forget_batch(it);
+        return Error(ErrorCode::InvalidCapability, wire::ctx::kGrantSourceGone);
+      }
+    }
+    if (caps_.count_held(c.id) + b.grants.size() > options_.max_capabilities_per_client) {
+      return Error(ErrorCode::OutOfMemory, wire::ctx::kLimitReached);
+    }
+    std::vector<Token> tokens;
+    tokens.reserve(b.grants.size());
+    for (std::size_t i = 0; i < b.grants.size(); ++i) {
+      auto token = new_token();
+      if (!token) return token.error();
+      tokens.push_back(*token);
+    }
+    b.made.reserve(b.grants.size());
+    for (const PendingGrant& g : b.grants) caps_.reserve(c.id, caps_.find(g.source)->object);
+    // Commit.
+    for (std::size_t i = 0; i < b.grants.size(); ++i) {
+      const PendingGrant& g = b.grants[i];
+      const ObjectId object = caps_.find(g.source)->object;
+      b.made.push_back(record_of(caps_.insert(tokens[i], c.id, object, g.rights, g.source)));
+    }
+  }
+  wire::ClaimBatchReply out{};
+  out.total = static_cast<std::uint32_t>(b.made.size());
+  out.count = std::min<std::uint32_t>(wire::kBatchPage, out.total - b.served);
+  for (std::uint32_t i = 0; i < out.count; ++i) out.caps[i] = b.made[b.served + i];
+  b.served += out.count;
+  if (b.served == out.total) forget_batch(it);
+  return OutPacket{wire::encode_reply(id, out), {}};
 }
 
 Result<OutPacket> Broker::Impl::on(Client& c, const wire::RevokeRequest& r, std::uint64_t id) {

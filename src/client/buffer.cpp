@@ -190,6 +190,11 @@ Result<SharedBuffer> SharedBuffer::receive(Runtime& rt, const SmallMessage& mess
                                            const BufferOptions& options) {
   const auto parsed = layout::parse_descriptor(message);
   if (!parsed) return Error(ErrorCode::Corrupted, "buffer: message carries no buffer descriptor");
+  if (parsed->batch != 0) {
+    return Error(
+        ErrorCode::InvalidArgument,
+        "buffer: the message carries capabilities too: take it with LargeMessage::receive");
+  }
   const layout::BufferDescriptor* d = &parsed->d;
   auto m = claim_memory(rt.impl_.get(), CapabilityHandle{parsed->handle}, options);
   if (!m) return m.error();
@@ -314,6 +319,45 @@ Result<SmallMessage> SharedBuffer::share_with_topic(const Capability& topic, std
 Result<void> SharedBuffer::release() { return mem_.release(); }
 
 // ------------------------------------------------------------ SharedRegion
+
+Result<SmallMessage> SharedBuffer::send_with(TransferMode mode, GrantTarget target,
+                                             std::span<const BatchGrant> capabilities,
+                                             std::uint32_t type, std::uint64_t offset,
+                                             std::uint64_t length) {
+  if (mem_.rt == nullptr) return Error(ErrorCode::InvalidCapability, "buffer: released");
+  if (capabilities.empty()) return send(mode, target, type, offset, length);
+  // The capabilities first: their checks are the likelier to fail, and a batch left
+  // behind by a failed transfer only waits for its expiry.
+  auto batch = mem_.rt->grant_batch(capabilities, target);
+  if (!batch) return batch.error();
+  auto m = send(mode, target, type, offset, length);
+  if (!m) return m.error();
+  m->caps[1] = *batch;
+  m->cap_count = 2;
+  return m;
+}
+
+Result<LargeMessage> LargeMessage::receive(Runtime& rt, const SmallMessage& message,
+                                           const BufferOptions& options) {
+  const auto parsed = layout::parse_descriptor(message);
+  if (!parsed) return Error(ErrorCode::Corrupted, "buffer: message carries no buffer descriptor");
+  SmallMessage head = message;  // the buffer's part alone
+  if (head.cap_count == 2) {
+    head.cap_count = 1;
+    head.caps[1] = CapabilityHandle{};
+  }
+  auto buffer = SharedBuffer::receive(rt, head, options);
+  if (!buffer) return buffer.error();
+  LargeMessage out;
+  out.type = message.type;
+  out.payload = std::move(*buffer);
+  if (parsed->batch != 0) {
+    auto caps = rt.claim_batch(CapabilityHandle{parsed->batch});
+    if (!caps) return caps.error();  // the buffer goes with `out`
+    out.capabilities = std::move(*caps);
+  }
+  return out;
+}
 
 Result<SharedRegion> SharedRegion::create(Runtime& rt, std::size_t size,
                                           const BufferOptions& options) {

@@ -217,6 +217,58 @@ Result<Capability> Runtime::claim(CapabilityHandle handle) {
   return wire::from_record(std::get<wire::ClaimReply>(a->body).cap);
 }
 
+Result<CapabilityHandle> Runtime::grant_batch(std::span<const BatchGrant> caps,
+                                              GrantTarget target) {
+  return impl_->grant_batch(caps, target);
+}
+
+Result<CapabilityHandle> Runtime::Impl::grant_batch(std::span<const BatchGrant> caps,
+                                                    GrantTarget target) {
+  if ((target.client_id == 0) == (target.pid == 0)) {
+    return Error(ErrorCode::InvalidArgument, "grant_batch: name exactly one target");
+  }
+  if (caps.empty() || caps.size() > wire::kBatchMax) {
+    return Error(ErrorCode::InvalidArgument, "grant_batch: 1 to 1024 capabilities");
+  }
+  std::uint64_t handle = 0;
+  for (std::size_t first = 0; first < caps.size(); first += wire::kBatchPage) {
+    wire::GrantBatchRequest r{};
+    r.target_client = target.client_id;
+    r.target_pid = static_cast<std::uint32_t>(target.pid);
+    r.append_to = handle;
+    r.count =
+        static_cast<std::uint32_t>(std::min<std::size_t>(wire::kBatchPage, caps.size() - first));
+    for (std::uint32_t i = 0; i < r.count; ++i) {
+      r.entries[i].cap = wire::to_ref(caps[first + i].cap);
+      r.entries[i].rights = static_cast<std::uint32_t>(caps[first + i].rights);
+    }
+    auto a = call(r);
+    if (!a) return a.error();  // what was added before expires unclaimed
+    handle = std::get<wire::GrantBatchReply>(a->body).handle;
+  }
+  return CapabilityHandle{handle};
+}
+
+Result<std::vector<Capability>> Runtime::claim_batch(CapabilityHandle handle) {
+  std::vector<Capability> out;
+  for (;;) {
+    wire::ClaimBatchRequest r{};
+    r.handle = handle.value;
+    r.offset = static_cast<std::uint32_t>(out.size());
+    auto a = impl_->call(r);
+    if (!a) {
+      for (const Capability& c : out) (void)release(c);  // best effort: keep none of it
+      return a.error();
+    }
+    const auto& rep = std::get<wire::ClaimBatchReply>(a->body);
+    if (rep.total < out.size() + rep.count) {
+      return Error(ErrorCode::ProtocolError, "claim_batch: the broker's pages do not add up");
+    }
+    for (std::uint32_t i = 0; i < rep.count; ++i) out.push_back(wire::from_record(rep.caps[i]));
+    if (out.size() == rep.total) return out;
+  }
+}
+
 Result<RevokeResult> Runtime::revoke(const Capability& cap) {
   auto a = impl_->call(wire::RevokeRequest{wire::to_ref(cap)});
   if (!a) return a.error();

@@ -26,6 +26,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -98,6 +99,9 @@ class Runtime::Impl {
                                    0};
     if (!resolved->update(name, v)) (void)resolved->insert(name, v);
   }
+
+  // Runtime::grant_batch (runtime.cpp), also used by SharedBuffer::send_with.
+  Result<CapabilityHandle> grant_batch(std::span<const BatchGrant> caps, GrantTarget target);
 
   template <class Request>
   Result<Answer> call(const Request& request) {

@@ -1,8 +1,9 @@
 // vipc::layout::BufferDescriptor: what a LargeMessage carries inline in its SmallMessage
 // (ring slot): which part of the buffer is the payload, and how it was handed on. The
-// buffer itself travels as a transfer handle: in capability slot 0 on channels, or, on
-// carriers without capability slots (topics), in the 8 bytes after the descriptor
-// (docs/zero-copy.md, docs/topics.md "Large payloads").
+// buffer itself travels as a transfer handle: in capability slot 0 on channels (slot 1
+// may hold the handle of a batch of capabilities sent with it), or, on carriers without
+// capability slots (topics), in the 8 bytes after the descriptor (docs/zero-copy.md,
+// docs/topics.md "Large payloads").
 //
 // Guarantees: parse_descriptor() reads a slot written by another process (hostile
 // input) and accepts it only if the magic, version, mode and reserved fields are right
@@ -51,15 +52,21 @@ static_assert(kInlineHandleDescriptorSize <= kSmallPayloadMax);
 struct ParsedDescriptor {
   BufferDescriptor d;
   std::uint64_t handle;  // the transfer handle to claim
+  std::uint64_t batch;   // a batch of capabilities with it (slot 1), or 0
 };
 
-// The descriptor in `m`, if its shape is right (one capability slot and exactly the
-// descriptor, or no slot and the descriptor followed by the handle; magic, version, a
-// known mode). The range is checked against the real size by the receiver.
+// The descriptor in `m`, if its shape is right (one capability slot, or two with a
+// batch handle in the second, and exactly the descriptor; or no slot and the descriptor
+// followed by the handle; magic, version, a known mode). The range is checked against the real size
+// by the receiver.
 inline std::optional<ParsedDescriptor> parse_descriptor(const SmallMessage& m) noexcept {
   ParsedDescriptor p{};
-  if (m.cap_count == 1 && m.length == sizeof(BufferDescriptor)) {
+  if ((m.cap_count == 1 || m.cap_count == 2) && m.length == sizeof(BufferDescriptor)) {
     p.handle = m.caps[0].value;
+    if (m.cap_count == 2) {
+      p.batch = m.caps[1].value;
+      if (p.batch == 0) return std::nullopt;
+    }
   } else if (m.cap_count == 0 && m.length == kInlineHandleDescriptorSize) {
     std::memcpy(&p.handle, m.data.data() + sizeof(BufferDescriptor), sizeof p.handle);
   } else {

@@ -139,6 +139,30 @@ Result<void> check(const GrantRequest& b) noexcept {
   return {};
 }
 Result<void> check(const ClaimRequest&) noexcept { return {}; }
+Result<void> check(const GrantBatchRequest& b) noexcept {
+  if ((b.target_client == 0) == (b.target_pid == 0)) return protocol(ctx::kBadTarget);
+  if (b.count == 0 || b.count > kBatchPage) return protocol(ctx::kBadEnum);
+  for (std::uint32_t i = 0; i < kBatchPage; ++i) {
+    const BatchEntry& e = b.entries[i];
+    if (i >= b.count) {
+      if (e.cap.token != 0 || e.cap.generation != 0 || e.cap.reserved != 0 || e.rights != 0 ||
+          e.reserved != 0) {
+        return protocol(ctx::kBadReserved);
+      }
+      continue;
+    }
+    VIPC_TRY(check_ref(e.cap));
+    VIPC_TRY(check_rights(e.rights));
+    if (e.rights == 0) return protocol(ctx::kBadRights);
+    if (e.reserved != 0) return protocol(ctx::kBadReserved);
+  }
+  return {};
+}
+Result<void> check(const ClaimBatchRequest& b) noexcept {
+  if (b.handle == 0 || b.offset >= kBatchMax) return protocol(ctx::kBadEnum);
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return {};
+}
 Result<void> check(const RevokeRequest& b) noexcept { return check_ref(b.cap); }
 Result<void> check(const ReleaseRequest& b) noexcept { return check_ref(b.cap); }
 Result<void> check(const PingRequest&) noexcept { return {}; }
@@ -240,6 +264,19 @@ Result<void> check(const CreateReply& b) noexcept {
 Result<void> check(const LookupReply& b) noexcept { return check_object(b.object); }
 Result<void> check(const OpenReply& b) noexcept { return check_rights(b.cap.rights); }
 Result<void> check(const NameRegionReply& b) noexcept { return check_object(b.object); }
+Result<void> check(const GrantBatchReply& b) noexcept {
+  if (b.handle == 0 || b.total == 0 || b.total > kBatchMax) return protocol(ctx::kBadEnum);
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return {};
+}
+Result<void> check(const ClaimBatchReply& b) noexcept {
+  if (b.total == 0 || b.total > kBatchMax || b.count == 0 || b.count > kBatchPage ||
+      b.count > b.total) {
+    return protocol(ctx::kBadEnum);
+  }
+  for (std::uint32_t i = 0; i < b.count; ++i) VIPC_TRY(check_rights(b.caps[i].rights));
+  return {};
+}
 Result<void> check(const DeriveReply& b) noexcept { return check_rights(b.cap.rights); }
 Result<void> check(const GrantReply& b) noexcept {
   if (b.handle == 0) return protocol(ctx::kBadEnum);
@@ -406,6 +443,10 @@ const char* to_string(Opcode op) noexcept {
       return "TraceControl";
     case Opcode::NameRegion:
       return "NameRegion";
+    case Opcode::GrantBatch:
+      return "GrantBatch";
+    case Opcode::ClaimBatch:
+      return "ClaimBatch";
     case Opcode::Release:
       return "Release";
     case Opcode::Ping:

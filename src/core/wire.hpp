@@ -80,12 +80,16 @@ enum class Opcode : std::uint16_t {
   // Shared regions by name (docs/zero-copy.md, "Named regions").
   NameRegion = 34,  // region capability (Grant) + name + rights openers may get -> the
                     // name is registered; Open of it then grants a capability on the region
+  // Capabilities in batches (a LargeMessage's, docs/zero-copy.md).
+  GrantBatch = 35,  // up to kBatchPage capabilities + rights + one target -> one handle
+                    // (or more added to a pending batch of the caller's)
+  ClaimBatch = 36,  // handle + offset -> the target's new capabilities, a page at a time
 };
 inline constexpr std::uint16_t kOpcodeMin = 1;
-inline constexpr std::uint16_t kOpcodeMax = 34;
+inline constexpr std::uint16_t kOpcodeMax = 36;
 // Whether a number in [kOpcodeMin, kOpcodeMax] names an opcode of this version.
 [[nodiscard]] constexpr bool opcode_assigned(std::uint16_t op) noexcept {
-  return (op >= kOpcodeMin && op <= 23) || op == 32 || op == 33 || op == 34;
+  return (op >= kOpcodeMin && op <= 23) || (op >= 32 && op <= 36);
 }
 [[nodiscard]] const char* to_string(Opcode op) noexcept;
 
@@ -920,6 +924,70 @@ struct NameRegionReply {
 };
 static_assert(sizeof(NameRegionReply) == 24);
 
+// GrantBatch / ClaimBatch: a batch holds up to kBatchMax capabilities for one target,
+// granted and claimed kBatchPage at a time under one handle.
+inline constexpr std::uint32_t kBatchPage = 12;
+inline constexpr std::uint32_t kBatchMax = 1024;
+
+//  0                    16       20         24
+//  | cap (ref)          | rights | reserved |
+struct BatchEntry {
+  CapabilityRef cap;
+  std::uint32_t rights;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(BatchEntry) == 24);
+
+// Exactly one of target_client and target_pid is non-zero (as in Grant); `count` entries
+// (1..kBatchPage) are used, the rest are zero. append_to 0 starts a batch; otherwise
+// the entries join the caller's pending, unclaimed batch of that handle (same target).
+//
+//  0                8            12      16          24
+//  | target client  | target pid | count | append_to | entries[12] (24 each)
+struct GrantBatchRequest {
+  std::uint64_t target_client;
+  std::uint32_t target_pid;
+  std::uint32_t count;
+  std::uint64_t append_to;
+  BatchEntry entries[kBatchPage];
+};
+static_assert(sizeof(GrantBatchRequest) == 312);
+static_assert(offsetof(GrantBatchRequest, target_pid) == 8);
+static_assert(offsetof(GrantBatchRequest, count) == 12);
+static_assert(offsetof(GrantBatchRequest, append_to) == 16);
+static_assert(offsetof(GrantBatchRequest, entries) == 24);
+
+//  0        8       12
+//  | handle | total | reserved |
+struct GrantBatchReply {
+  std::uint64_t handle;
+  std::uint32_t total;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(GrantBatchReply) == 16);
+
+// The first claim (offset 0) creates every capability of the batch at once (all or
+// nothing); pages follow in order, and the batch is gone after its last page.
+//
+//  0        8        12
+//  | handle | offset | reserved |
+struct ClaimBatchRequest {
+  std::uint64_t handle;
+  std::uint32_t offset;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(ClaimBatchRequest) == 16);
+
+//  0       4       8
+//  | total | count | caps[12] (records, 24 each)
+struct ClaimBatchReply {
+  std::uint32_t total;
+  std::uint32_t count;
+  CapabilityRecord caps[kBatchPage];
+};
+static_assert(sizeof(ClaimBatchReply) == 296);
+static_assert(offsetof(ClaimBatchReply, caps) == 8);
+
 // Alternative i is the body of opcode i + 1.
 using Request =
     std::variant<HelloRequest, CreateRequest, LookupRequest, OpenRequest, DeriveRequest,
@@ -929,7 +997,8 @@ using Request =
                  TopicJoinRequest, TopicMemberRequest, TopicLeaveRequest, TopicShareBufferRequest,
                  UnassignedBody<24>, UnassignedBody<25>, UnassignedBody<26>, UnassignedBody<27>,
                  UnassignedBody<28>, UnassignedBody<29>, UnassignedBody<30>, UnassignedBody<31>,
-                 TraceAttachRequest, TraceControlRequest, NameRegionRequest>;
+                 TraceAttachRequest, TraceControlRequest, NameRegionRequest, GrantBatchRequest,
+                 ClaimBatchRequest>;
 // Attach answers with the same body as Connect: a distinct type keeps one body type
 // per opcode.
 struct AttachReplyBody : ConnectReply {};
@@ -946,7 +1015,7 @@ using ReplyBody =
                  TopicLeaveReply, TopicShareBufferReply, UnassignedBody<124>, UnassignedBody<125>,
                  UnassignedBody<126>, UnassignedBody<127>, UnassignedBody<128>, UnassignedBody<129>,
                  UnassignedBody<130>, UnassignedBody<131>, TraceAttachReply, TraceControlReply,
-                 NameRegionReply>;
+                 NameRegionReply, GrantBatchReply, ClaimBatchReply>;
 static_assert(std::variant_size_v<Request> == kOpcodeMax);
 static_assert(std::variant_size_v<ReplyBody> == kOpcodeMax);
 

@@ -633,6 +633,95 @@ TEST_F(BufferTest, RegionIsSharedWritableWithWriteAndReadOnlyWithout) {
   EXPECT_TRUE(back_to_baseline()) << test::describe(test::fd_census(daemon->pid()));
 }
 
+// The spec's LargeMessage: a buffer and more capabilities than a message has slots, in
+// one message; a batch is granted whole or not at all, and only its target claims it.
+TEST_F(BufferTest, LargeMessageCarriesABufferAndManyCapabilities) {
+  constexpr std::size_t kSize = 1 << 20;
+  constexpr std::size_t kCaps = 30;  // three pages of a batch
+  auto buf = SharedBuffer::allocate(*rt, kSize);
+  ASSERT_TRUE(buf.ok()) << buf.error().message();
+  auto bytes = buf->data();
+  ASSERT_TRUE(bytes.ok());
+  fill_pattern(*bytes);
+  std::vector<SharedRegion> regions;
+  std::vector<BatchGrant> grants;
+  for (std::size_t i = 0; i < kCaps; ++i) {
+    auto r = SharedRegion::create(*rt, 4096);
+    ASSERT_TRUE(r.ok()) << r.error().message();
+    grants.push_back({r->capability(), Rights::Map | Rights::Read});
+    regions.push_back(std::move(*r));
+  }
+  const std::string socket = daemon->socket();
+  Pipe ready, messages, handles;
+  Child target = Child::spawn(
+      [&]() -> int {
+        auto crt = Runtime::connect_to(socket);
+        if (!crt) return 10;
+        if (!ready.put(std::uint8_t{1})) return 11;
+        auto m = messages.get<SmallMessage>();
+        if (!m) return 12;
+        if (m->cap_count != 2) return 13;
+        // The buffer alone cannot be taken from such a message.
+        auto alone = SharedBuffer::receive(*crt, *m);
+        if (alone || alone.error().code() != ErrorCode::InvalidArgument) return 14;
+        auto got = LargeMessage::receive(*crt, *m);
+        if (!got) return 15;
+        if (got->type != 7 || got->payload.mode() != TransferMode::Share) return 16;
+        auto v = got->payload.payload();
+        if (!v || v->size() != kSize || !has_pattern(*v)) return 17;
+        if (got->capabilities.size() != kCaps) return 18;
+        for (const Capability& c : got->capabilities) {
+          if (c.rights != (Rights::Map | Rights::Read)) return 19;
+          // Real capabilities: the broker derives from them, and no more than they hold.
+          auto d = crt->derive(c, Rights::Read);
+          if (!d) return 20;
+          auto more = crt->derive(c, Rights::Write);
+          if (more || more.error().code() != ErrorCode::PermissionDenied) return 21;
+        }
+        // A second batch: the handle of one meant for another process is not ours.
+        auto h = handles.get<CapabilityHandle>();
+        if (!h) return 22;
+        auto stolen = crt->claim_batch(*h);
+        if (stolen || stolen.error().code() != ErrorCode::InvalidCapability) return 23;
+        return 0;
+      },
+      kAlarm);
+  ASSERT_TRUE(ready.get<std::uint8_t>().has_value());
+  // One capability without Grant spoils the whole batch, and the buffer does not move.
+  auto weak = rt->derive(regions[0].capability(), Rights::Map | Rights::Read);
+  ASSERT_TRUE(weak.ok());
+  std::vector<BatchGrant> spoiled = grants;
+  spoiled.push_back({*weak, Rights::Map | Rights::Read});
+  auto refused = buf->send_with(TransferMode::Share, GrantTarget::process(target.pid()), spoiled);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::PermissionDenied);
+  EXPECT_FALSE(buf->sealed());
+  auto m = buf->send_with(TransferMode::Share, GrantTarget::process(target.pid()), grants, 7);
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  ASSERT_TRUE(messages.put(*m));
+  auto other = rt->grant_batch(std::span(grants).first(3), GrantTarget::process(::getpid()));
+  ASSERT_TRUE(other.ok()) << other.error().message();
+  ASSERT_TRUE(handles.put(*other));
+  EXPECT_EQ(target.wait(30s), "exit 0");
+  // The theft did not burn it: its target still claims the three.
+  auto mine = rt->claim_batch(*other);
+  ASSERT_TRUE(mine.ok()) << mine.error().message();
+  ASSERT_EQ(mine->size(), 3u);
+  EXPECT_EQ(mine->at(0).rights, Rights::Map | Rights::Read);
+  // Bad batches: empty, too many, no target.
+  EXPECT_EQ(rt->grant_batch({}, GrantTarget::process(::getpid())).error().code(),
+            ErrorCode::InvalidArgument);
+  std::vector<BatchGrant> too_many(1025, grants[0]);
+  EXPECT_EQ(rt->grant_batch(too_many, GrantTarget::process(::getpid())).error().code(),
+            ErrorCode::InvalidArgument);
+  EXPECT_EQ(rt->grant_batch(grants, GrantTarget{}).error().code(), ErrorCode::InvalidArgument);
+  for (const Capability& c : *mine) ASSERT_TRUE(rt->release(c).ok());
+  ASSERT_TRUE(rt->release(*weak).ok());
+  regions.clear();
+  ASSERT_TRUE(buf->release().ok());
+  EXPECT_TRUE(back_to_baseline()) << test::describe(test::fd_census(daemon->pid()));
+}
+
 // A named region: opened by name from other processes with at most the rights its
 // creator allowed, in one namespace with channels, gone with the region, and closed to
 // other uids unless world-openable.

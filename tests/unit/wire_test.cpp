@@ -345,13 +345,53 @@ TEST(WireTraceTest, AttachReplyCarriesTwoDescriptors) {
 
 // 23 is TopicShareBuffer; 24 and 25 are the queue opcodes, decoded by decode_mq_request.
 TEST(WireTraceTest, UnassignedNumbersAroundTheTraceOpcodesAreRefused) {
-  for (int op : {24, 25, 26, 31, 35}) {
+  for (int op : {24, 25, 26, 31, 37}) {
     auto b = bytes_of(encode_request(1, PingRequest{1}));
     Header h = header_of(b);
     h.opcode = static_cast<std::uint16_t>(op);
     put_header(b, h);
     EXPECT_EQ(request_error(b).context(), std::string_view(ctx::kBadOpcode)) << op;
   }
+}
+
+TEST(WireTest, BatchesRoundTripAndRefuseBadCountsAndLeftovers) {
+  GrantBatchRequest g{};
+  g.target_pid = 42;
+  g.count = 2;
+  for (std::uint32_t i = 0; i < 2; ++i) {
+    g.entries[i].cap = {100 + i, 1, 0};
+    g.entries[i].rights = static_cast<std::uint32_t>(Rights::Read);
+  }
+  auto d = decode_request(encode_request(9, g).view(), 0);
+  ASSERT_TRUE(d.ok()) << d.error().message();
+  EXPECT_EQ(std::get<GrantBatchRequest>(d->body).entries[1].cap.token, 101u);
+  auto bad = g;
+  bad.count = 0;
+  EXPECT_EQ(request_error(bytes_of(encode_request(9, bad))).context(),
+            std::string_view(ctx::kBadEnum));
+  bad.count = kBatchPage + 1;
+  EXPECT_EQ(request_error(bytes_of(encode_request(9, bad))).context(),
+            std::string_view(ctx::kBadEnum));
+  bad = g;
+  bad.entries[5].cap.token = 7;  // beyond count: must be zero
+  EXPECT_EQ(request_error(bytes_of(encode_request(9, bad))).context(),
+            std::string_view(ctx::kBadReserved));
+  bad = g;
+  bad.entries[1].rights = 0;
+  EXPECT_EQ(request_error(bytes_of(encode_request(9, bad))).context(),
+            std::string_view(ctx::kBadRights));
+  bad = g;
+  bad.target_client = 3;  // two targets
+  EXPECT_EQ(request_error(bytes_of(encode_request(9, bad))).context(),
+            std::string_view(ctx::kBadTarget));
+  ClaimBatchRequest c{77, 12, 0};
+  ASSERT_TRUE(decode_request(encode_request(9, c).view(), 0).ok());
+  c.reserved = 1;
+  EXPECT_EQ(request_error(bytes_of(encode_request(9, c))).context(),
+            std::string_view(ctx::kBadReserved));
+  c = {0, 0, 0};
+  EXPECT_EQ(request_error(bytes_of(encode_request(9, c))).context(),
+            std::string_view(ctx::kBadEnum));
 }
 
 TEST(WireTest, NameRegionRoundTripsAndRefusesBadFields) {

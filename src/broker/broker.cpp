@@ -1758,26 +1758,34 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ReportViolationsReques
                  : e.rule == static_cast<std::uint32_t>(wire::ViolationRule::Type)
                      ? to_string(ErrorCode::PolicyViolation)
                      : to_string(ErrorCode::Corrupted);
-    ev.reason = e.rule == static_cast<std::uint32_t>(wire::ViolationRule::Rate)
-                    ? "over the receiver's rate limit"
-                : e.rule == static_cast<std::uint32_t>(wire::ViolationRule::Type)
-                    ? "message type not allowed by the receiver's filter"
-                    : "the sender's ring failed validation (e.g. a message over the maximum size)";
-    // The broker's own record of the ring's sender, while it has it; else the receiver's.
+    // The broker's own record of the ring's sender while it has it; else the receiver's
+    // (what the broker told it at attach), and the reason says so.
+    static constexpr const char* kReasons[2][3] = {
+        {"message type not allowed by the receiver's filter", "over the receiver's rate limit",
+         "the sender's ring failed validation (e.g. a message over the maximum size)"},
+        {"message type not allowed by the receiver's filter (sender as reported by the "
+         "receiver)",
+         "over the receiver's rate limit (sender as reported by the receiver)",
+         "the sender's ring failed validation (sender as reported by the receiver)"}};
     ev.client = e.sender_client;
     ev.pid = static_cast<pid_t>(e.pid);
     ev.uid = static_cast<uid_t>(e.uid);
+    bool known = false;
     for (const auto& [index, ring] : obj.channel->rings) {
       if (ring.ring_id == e.ring_id) {
         ev.client = ring.sender;
         ev.pid = ring.pid;
         ev.uid = ring.uid;
         ev.gid = ring.gid;
+        known = true;
         break;
       }
     }
-    log(LogLevel::Info, "'{}': sender pid {} uid {} (ring {}): {} message(s) refused: {}", obj.name,
-        ev.pid, ev.uid, e.ring_id, e.count, ev.reason);
+    ev.reason = kReasons[known ? 0 : 1][e.rule - 1];
+    if (log_budget(c)) {
+      log(LogLevel::Info, "'{}': sender pid {} uid {} (ring {}): {} message(s) refused: {}",
+          obj.name, ev.pid, ev.uid, e.ring_id, e.count, ev.reason);
+    }
     if (!audit_) continue;
     ev.object = obj.id;
     ev.name = obj.name;

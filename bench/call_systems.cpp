@@ -38,8 +38,12 @@ Round call(const RunConfig& cfg, bool rate_limited) {
         if (!srt) throw BenchError("vipc call: server connect: " + srt.error().message());
         ChannelOptions o;
         o.type = Synchronous{.capacity = 64};
-        if (rate_limited)
-          o.rate_limit = RateLimit{.messages_per_second = 100'000'000, .burst = 100'000};
+        // Reject: the limit is handed to the caller too, so both sides check it.
+        if (rate_limited) {
+          o.rate_limit = RateLimit{.messages_per_second = 100'000'000,
+                                   .burst = 100'000,
+                                   .action = RateLimitAction::Reject};
+        }
         auto ep = Endpoint::create(*srt, name, o);
         if (!ep) throw BenchError("vipc call: create: " + ep.error().message());
         for (;;) {

@@ -292,7 +292,8 @@ Report call(const Options& o, const RunConfig& cfg) {
   report.entries = {flag, slot, floor, uds, vipc, limited};
   report.notes.push_back(
       "vipc-rate-limited: the same, with a per-sender RateLimit on the server's endpoint "
-      "(100,000,000/s, bursts of 100,000) that the calls never reach; compared with vipc (target: "
+      "(100,000,000/s, bursts of 100,000, Reject: checked by the caller and by the server) "
+      "that the calls never reach; compared with vipc (target: "
       "<= 1.05x, docs/policy.md).");
   report.notes.push_back(
       "floor = the lower p50 of floor-flag and floor-slot in this run (busy-waiting on both "

@@ -266,6 +266,9 @@ struct ChannelStats {
   std::uint64_t dropped = 0;      // DropNewest: messages dropped; DropOldest: unread messages
                                   // overwritten (the receiver's count is exact)
   std::uint64_t full_events = 0;  // sends that found the ring full
+  // Sends refused here by the receiver's filter (PolicyViolation, RateLimited;
+  // docs/policy.md, "Filters at the sender"): nothing was written.
+  std::uint64_t refused = 0;
 };
 
 class Channel {
@@ -283,7 +286,9 @@ class Channel {
   // Non-blocking. A full ring: ChannelFull (policies Block and Error, and FastPath),
   // or the policy's drop (DropNewest, DropOldest: counted, and the send succeeds).
   // ChannelClosed when the receiver is gone or this sender was detached,
-  // MessageTooLarge over the channel's message size.
+  // MessageTooLarge over the channel's message size. PolicyViolation (a type the
+  // receiver's filter does not allow) or RateLimited (over its rate limit with
+  // RateLimitAction::Reject): refused here, nothing sent (docs/policy.md).
   [[nodiscard]] Result<void> try_send(const SmallMessage& m) noexcept;
   [[nodiscard]] Result<void> try_send(std::uint32_t type, const void* data,
                                       std::size_t len) noexcept;

@@ -37,6 +37,8 @@ enum class ErrorCode : std::uint16_t {
   Unsupported,      // the kernel or build lacks a needed feature
   Interrupted,      // a signal interrupted a blocking call
   MessagesLost,     // the overflow policy dropped messages (count in object())
+  PolicyViolation,  // the receiver's filter refuses the message (its type)
+  RateLimited,      // over the receiver's rate limit: the message was not sent
 };
 
 // Stable, human-readable name of a code ("ChannelFull").

@@ -116,6 +116,7 @@ struct SenderRing {
   OverflowPolicy overflow_policy = OverflowPolicy::Block;
   bool fast_path = false;
   bool register_only = false;
+  bool receiver_filter = false;              // the receiver registered a filter for its senders
   std::chrono::nanoseconds call_timeout{0};  // synchronous channels (zero: no bound)
   OwnedFd producer;                          // the sender writes it
   OwnedFd consumer;                          // the sender maps it read-only

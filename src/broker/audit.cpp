@@ -68,7 +68,8 @@ std::string sha256_hex(std::string_view data) {
   return out;
 }
 
-Result<std::unique_ptr<AuditLog>> AuditLog::open(const AuditOptions& options) {
+Result<std::unique_ptr<AuditLog>> AuditLog::open(const AuditOptions& options,
+                                                 const AuditChain& resume) {
   if (options.path.empty() || options.buffer == 0 || options.max_bytes == 0) {
     return Error(ErrorCode::InvalidArgument, "audit: path, buffer and max_bytes must be set");
   }
@@ -89,6 +90,9 @@ Result<std::unique_ptr<AuditLog>> AuditLog::open(const AuditOptions& options) {
       } else {
         return Error(ErrorCode::Corrupted, "audit: the last line of the file is not a record");
       }
+    } else {
+      log->seq_ = resume.next_seq;
+      log->prev_ = resume.prev;
     }
     std::error_code ec;
     const auto size = std::filesystem::file_size(options.path, ec);
@@ -114,20 +118,36 @@ Result<std::unique_ptr<AuditLog>> AuditLog::open(const AuditOptions& options) {
   return log;
 }
 
-AuditLog::~AuditLog() {
+AuditLog::~AuditLog() { (void)close(); }
+
+AuditChain AuditLog::close() {
   {
     const std::lock_guard<std::mutex> lk(mu_);
     stopping_ = true;
+    closed_ = true;
   }
   cv_.notify_one();
   if (thread_.joinable()) thread_.join();
+  // The writer has stopped: its chain state is ours to read.
+  return AuditChain{seq_, prev_};
+}
+
+Result<void> AuditLog::reconfigure(const AuditOptions& options) {
+  if (options.path != path_ || options.buffer == 0 || options.max_bytes == 0) {
+    return Error(ErrorCode::InvalidArgument, "audit: reconfigure keeps the path; sizes not zero");
+  }
+  const std::lock_guard<std::mutex> lk(mu_);
+  buffer_ = options.buffer;
+  max_bytes_ = options.max_bytes;
+  keep_ = options.keep;
+  return {};
 }
 
 bool AuditLog::record(AuditEvent event) noexcept {
   if (event.time_ns == 0) event.time_ns = realtime_ns();
   {
     const std::lock_guard<std::mutex> lk(mu_);
-    if (pending_.size() >= options_.buffer) {
+    if (closed_ || pending_.size() >= buffer_) {
       ++lost_;
       return false;
     }
@@ -140,7 +160,7 @@ bool AuditLog::record(AuditEvent event) noexcept {
     ++accepted_;
     // The writer wakes by itself every kWriterPeriod; only a filling buffer wakes it
     // early, so a burst of control operations costs no context switch each.
-    if (pending_.size() < options_.buffer / 2) return true;
+    if (pending_.size() < buffer_ / 2) return true;
   }
   cv_.notify_one();
   return true;
@@ -163,7 +183,6 @@ AuditStats AuditLog::stats() const {
 
 void AuditLog::run() {
   std::vector<AuditEvent> batch;
-  batch.reserve(options_.buffer);
   for (;;) {
     std::uint64_t lost_now = 0;
     bool stop = false;
@@ -172,7 +191,13 @@ void AuditLog::run() {
       cv_.wait_for(lk, kWriterPeriod);
       if (pending_.empty() && !stopping_) continue;
       batch.swap(pending_);
-      pending_.reserve(options_.buffer);
+      // Best effort: record() copes with a push_back that allocates (or fails).
+      try {
+        pending_.reserve(buffer_);
+      } catch (...) {
+      }
+      writer_max_bytes_ = max_bytes_;
+      writer_keep_ = keep_;
       lost_now = lost_;
       stop = stopping_;
     }
@@ -200,17 +225,17 @@ void AuditLog::write_batch(std::vector<AuditEvent>& batch, std::uint64_t lost_no
     j["hash"] = hash;
     std::string line = j.dump();
     line += '\n';
-    if (file_bytes_ + out.size() + line.size() > options_.max_bytes &&
+    if (file_bytes_ + out.size() + line.size() > writer_max_bytes_ &&
         file_bytes_ + out.size() > 0) {
       emit(out);
       out.clear();
       // Rotate: path.keep is dropped, path.i -> path.i+1, path -> path.1.
       std::error_code ec;
-      const std::string& p = options_.path;
-      if (options_.keep == 0) {
+      const std::string& p = path_;
+      if (writer_keep_ == 0) {
         std::filesystem::remove(p, ec);
       } else {
-        for (std::uint32_t i = options_.keep; i > 1; --i) {
+        for (std::uint32_t i = writer_keep_; i > 1; --i) {
           std::filesystem::rename(p + "." + std::to_string(i - 1), p + "." + std::to_string(i), ec);
         }
         std::filesystem::rename(p, p + ".1", ec);
@@ -245,7 +270,7 @@ void AuditLog::write_batch(std::vector<AuditEvent>& batch, std::uint64_t lost_no
 
 void AuditLog::emit(const std::string& text) {
   if (text.empty()) return;
-  std::ofstream f(options_.path, std::ios::app | std::ios::binary);
+  std::ofstream f(path_, std::ios::app | std::ios::binary);
   f.write(text.data(), static_cast<std::streamsize>(text.size()));
   f.flush();
   if (!f) {

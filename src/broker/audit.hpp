@@ -57,6 +57,13 @@ struct AuditEvent {
   std::uint64_t time_ns = 0;      // CLOCK_REALTIME when it happened (0: set by record())
 };
 
+// Where a chain stands: the seq of the next record and the hash of the last one ("" and
+// 0 for a new chain).
+struct AuditChain {
+  std::uint64_t next_seq = 0;
+  std::string prev;
+};
+
 struct AuditStats {
   std::uint64_t accepted = 0;  // records taken by record()
   std::uint64_t lost = 0;      // records refused because the buffer was full
@@ -68,7 +75,10 @@ struct AuditStats {
 class AuditLog {
  public:
   // Opens (appends to) options.path, resuming its chain, and starts the writer thread.
-  [[nodiscard]] static Result<std::unique_ptr<AuditLog>> open(const AuditOptions& options);
+  // A file without records continues `resume` instead (the chain of a trail that moved
+  // to this path), so that verifying the old file then the new one links them.
+  [[nodiscard]] static Result<std::unique_ptr<AuditLog>> open(const AuditOptions& options,
+                                                              const AuditChain& resume = {});
   ~AuditLog();  // writes what is buffered, then stops the thread
   AuditLog(const AuditLog&) = delete;
   AuditLog& operator=(const AuditLog&) = delete;
@@ -78,16 +88,34 @@ class AuditLog {
   // Waits until every record accepted so far is written (tests, shutdown).
   void flush();
   [[nodiscard]] AuditStats stats() const;
-  [[nodiscard]] const AuditOptions& options() const noexcept { return options_; }
+  [[nodiscard]] const std::string& path() const noexcept { return path_; }
+  // Takes new rotation settings and buffer size (options.path must be path()): the
+  // records already accepted are kept, the next file rotation uses the new sizes, and
+  // the chain goes on. InvalidArgument for another path or a zero size.
+  [[nodiscard]] Result<void> reconfigure(const AuditOptions& options);
+  // Writes what is buffered, stops the writer and returns where the chain stands (the
+  // log records nothing afterwards: record() counts its records as lost).
+  AuditChain close();
 
  private:
-  explicit AuditLog(AuditOptions options) : options_(std::move(options)) {}
+  explicit AuditLog(const AuditOptions& options)
+      : path_(options.path),
+        buffer_(options.buffer),
+        max_bytes_(options.max_bytes),
+        keep_(options.keep),
+        writer_max_bytes_(options.max_bytes),
+        writer_keep_(options.keep) {}
   void run();
   void write_batch(std::vector<AuditEvent>& batch, std::uint64_t lost_now);
   void emit(const std::string& body_json_without_chain);
 
-  AuditOptions options_;
+  const std::string path_;
   mutable std::mutex mu_;
+  // Settings reconfigure() may change, guarded by mu_ (the writer copies the rotation
+  // sizes into its own fields when it takes a batch).
+  std::uint32_t buffer_;
+  std::uint64_t max_bytes_;
+  std::uint32_t keep_;
   std::condition_variable cv_;       // the writer waits for records
   std::condition_variable idle_cv_;  // flush() waits for the writer
   std::vector<AuditEvent> pending_;
@@ -95,8 +123,11 @@ class AuditLog {
   std::uint64_t lost_ = 0;
   std::uint64_t done_ = 0;  // records of `accepted_` the writer has handled
   bool stopping_ = false;
+  bool closed_ = false;
   AuditStats written_;  // guarded by mu_ (the writer updates it)
-  // The writer's own state (only its thread touches these after open()).
+  // The writer's own state (only its thread touches these after open() until close()).
+  std::uint64_t writer_max_bytes_;
+  std::uint32_t writer_keep_;
   std::uint64_t seq_ = 0;
   std::string prev_;  // hex SHA-256 of the last record written
   std::uint64_t file_bytes_ = 0;

@@ -157,6 +157,7 @@ struct SenderRing {
   ClientId sender = 0;
   pid_t pid = 0;
   uid_t uid = 0;
+  gid_t gid = 0;
   Token cap = 0;                     // the capability the ring belongs to
   std::uint32_t cap_generation = 0;  // its generation when connected
   sys::UniqueFd producer;
@@ -205,6 +206,8 @@ struct Object {
   std::vector<sys::UniqueFd> fds;         // Ring: producer, consumer
   std::unique_ptr<ChannelState> channel;  // Channel, Endpoint
   std::unique_ptr<TopicState> topic;      // Topic (broker_topics.hpp)
+  // Channel/Endpoint: the filter its receiver registered for its senders (SenderFilter).
+  std::optional<wire::SenderFilterSpec> sender_filter;
 };
 
 bool is_channel(ObjectKind k) noexcept {
@@ -344,6 +347,13 @@ class Broker::Impl {
   // Tracing and statistics (observe.hpp, docs/observability.md).
   Result<OutPacket> on(Client& c, const wire::TraceAttachRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TraceControlRequest& r, std::uint64_t id);
+  // Filters at the sender and violation reports (docs/policy.md).
+  Result<OutPacket> on(Client& c, const wire::SenderFilterRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::ReportViolationsRequest& r, std::uint64_t id);
+  // The channel `ref` names, if `c` holds it with `need` (and is its receiver, when
+  // `receiver`).
+  Result<Object*> policy_channel(Client& c, const wire::CapabilityRef& ref, wire::Opcode op,
+                                 Rights need, bool receiver);
   // Names a channel ring for trace records; the objects and clients as the views show them.
   std::optional<TracedRing> traced_ring(std::uint64_t ring_id) const;
   std::vector<ObjectView> object_views() const;
@@ -417,8 +427,18 @@ class Broker::Impl {
   bool may_create(Client& c);
   // Source restrictions of the channel `obj` for the sender `c`.
   Result<void> check_source(const Client& c, const Object& obj);
-  // SIGHUP: the [policy] of the configuration file again, or the running one kept.
+  // SIGHUP: the [policy] and [audit] of the configuration file again, or the running
+  // ones kept.
   void reload_policy();
+  // Applies a reloaded [audit] (same path: new sizes; another path: the trail moves
+  // there, its chain continuing; none: the trail stops). False if the new trail could
+  // not be opened (the running one is kept).
+  bool reload_audit(const AuditOptions& next);
+  // Whether a [[policy.channel]] rule asks for the channel's operations to be audited.
+  bool channel_audited(std::string_view name) const noexcept {
+    const ChannelRule* r = options_.policy.rule_for(name);
+    return r != nullptr && r->audit_messages;
+  }
   // Records the outcome of control request `req` (audit_ set).
   void audit_request(const Client& c, const wire::DecodedRequest& req, const Error* error,
                      std::uint64_t started_ns);
@@ -1344,6 +1364,7 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   ring.sender = c.id;
   ring.pid = c.cred.pid;
   ring.uid = c.cred.uid;
+  ring.gid = c.cred.gid;
   ring.cap = node->token;
   ring.cap_generation = node->generation;
   ring.producer = std::move(prep->seg.producer);
@@ -1354,12 +1375,14 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   queue_event(ch, {wire::SenderEvent::Attached, wire::DetachReason::None, index});
   log(LogLevel::Debug, "client {} connected to '{}' as sender {} (ring {})", c.id, obj.name, index,
       ring.ring_id);
+  const auto reply_flags =
+      static_cast<std::uint16_t>(obj.flags | (obj.sender_filter ? wire::kObjectSenderFilter : 0u));
   wire::ConnectReply reply{record_of(*node),
                            index,
                            obj.capacity,
                            obj.max_message_size,
                            static_cast<std::uint16_t>(obj.kind),
-                           obj.flags,
+                           reply_flags,
                            ring.ring_id,
                            obj.call_timeout_ns};
   const auto nfds = static_cast<std::uint16_t>(reply_fds.size());
@@ -1406,6 +1429,19 @@ void Broker::Impl::queue_event(ChannelState& ch, SenderEventRec ev) {
 void Broker::Impl::detach_ring(Object& obj, SenderRing& ring, wire::DetachReason reason) {
   ChannelState& ch = *obj.channel;
   ring.detached = true;
+  if (audit_ && (options_.audit.control || channel_audited(obj.name))) {
+    AuditEvent ev;
+    ev.event = "Detach";
+    ev.reason = reason == wire::DetachReason::Revoked ? "revoked" : "closed";
+    ev.client = ring.sender;
+    ev.pid = ring.pid;
+    ev.uid = ring.uid;
+    ev.gid = ring.gid;
+    ev.object = obj.id;
+    ev.name = obj.name;
+    ev.target = ring.ring_id;
+    audit_->record(std::move(ev));
+  }
   // The sender may be alive (revoke): it gets ChannelClosed on its next send and wakes
   // if it waits for room. The receiver, if it waits on this ring, wakes and drains.
   if (auto r = core::close_consumer_end(ring.consumer.get()); !r) {
@@ -1732,10 +1768,23 @@ Result<void> Broker::Impl::check_source(const Client& c, const Object& obj) {
   const ChannelRule* rule = options_.policy.rule_for(obj.name);
   if (rule == nullptr || obj.name.empty()) return {};
   const std::string exe = rule->needs_executable() ? executable_of(c.cred.pid) : std::string();
-  if (rule->admits(c.cred.uid, c.cred.gid, c.cred.pid, exe)) return {};
-  log(LogLevel::Info, "client {} (pid {} uid {} gid {}): sender refused by the policy of '{}'",
-      c.id, c.cred.pid, c.cred.uid, c.cred.gid, obj.name);
-  return Error(ErrorCode::PermissionDenied, wire::ctx::kSourceDenied);
+  if (!rule->admits(c.cred.uid, c.cred.gid, c.cred.pid, exe)) {
+    log(LogLevel::Info, "client {} (pid {} uid {} gid {}): sender refused by the policy of '{}'",
+        c.id, c.cred.pid, c.cred.uid, c.cred.gid, obj.name);
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kSourceDenied);
+  }
+  // Required capabilities, from the broker's own tables (docs/policy.md).
+  for (const ChannelRule::Requirement& req : rule->requires_caps) {
+    const auto it = names_.find(req.object);
+    if (it == names_.end() || !caps_.holds(c.id, it->second, static_cast<Rights>(req.rights))) {
+      log(LogLevel::Info,
+          "client {} (pid {} uid {}): sender refused on '{}': it holds no capability on '{}' "
+          "with rights {:#x}",
+          c.id, c.cred.pid, c.cred.uid, obj.name, req.object, req.rights);
+      return Error(ErrorCode::PermissionDenied, wire::ctx::kCapabilityRequired);
+    }
+  }
+  return {};
 }
 
 void Broker::Impl::reload_policy() {
@@ -1759,15 +1808,70 @@ void Broker::Impl::reload_policy() {
     log(LogLevel::Info, "SIGHUP: policy reloaded from {} ({} channel rules)", options_.config_path,
         options_.policy.channels.size());
     ev.count = options_.policy.channels.size();
+    if (!reload_audit(cfg->broker.audit)) {
+      ev.outcome = to_string(ErrorCode::SystemError);
+      ev.reason = "the new audit trail could not be opened; the running one stays";
+    }
   }
   if (audit_) audit_->record(std::move(ev));
+}
+
+bool Broker::Impl::reload_audit(const AuditOptions& next) {
+  if (audit_ && next.path == audit_->path()) {
+    if (auto r = audit_->reconfigure(next); !r) return false;  // sizes checked when parsed
+    options_.audit = next;
+    return true;
+  }
+  if (!audit_ && next.path.empty()) {
+    options_.audit = next;
+    return true;
+  }
+  // The trail moves, starts or stops: the old one says where it goes, then hands its
+  // chain on, so that verifying the old file then the new one links them.
+  AuditChain chain;
+  if (audit_) {
+    AuditEvent moved;
+    moved.event = "audit_stop";
+    moved.pid = ::getpid();
+    moved.name = next.path;
+    audit_->record(std::move(moved));
+    chain = audit_->close();
+  }
+  if (next.path.empty()) {
+    audit_.reset();
+    log(LogLevel::Info, "SIGHUP: the audit trail is off");
+    options_.audit = next;
+    return true;
+  }
+  auto opened = AuditLog::open(next, chain);
+  if (!opened) {
+    log(LogLevel::Warn, "SIGHUP: audit trail {}: {}; the running one stays", next.path,
+        opened.error().message());
+    if (audit_) {
+      auto again = AuditLog::open(options_.audit, chain);
+      audit_ = again ? std::move(*again) : nullptr;
+      if (!again) {
+        log(LogLevel::Error, "audit trail {}: {}; auditing stopped", options_.audit.path,
+            again.error().message());
+      }
+    }
+    return false;
+  }
+  audit_ = std::move(*opened);
+  log(LogLevel::Info, "SIGHUP: audit trail now {}", next.path);
+  options_.audit = next;
+  return true;
 }
 
 void Broker::Impl::audit_request(const Client& c, const wire::DecodedRequest& req,
                                  const Error* error, std::uint64_t started_ns) {
   const auto op = static_cast<wire::Opcode>(req.header.opcode);
   // Not control operations: keep-alives, statistics, and a receiver taking its events.
-  if (op == wire::Opcode::Ping || op == wire::Opcode::Stats || op == wire::Opcode::Accept) return;
+  // Violation reports are audited as policy_violation records of their own.
+  if (op == wire::Opcode::Ping || op == wire::Opcode::Stats || op == wire::Opcode::Accept ||
+      op == wire::Opcode::ReportViolations) {
+    return;
+  }
   AuditEvent ev;
   ev.event = wire::to_string(op);
   std::visit(
@@ -1791,10 +1895,7 @@ void Broker::Impl::audit_request(const Client& c, const wire::DecodedRequest& re
       },
       req.body);
   // A channel whose rule asks for it is audited even when control operations are not.
-  const bool wanted = options_.audit.control || error != nullptr || [&] {
-    const ChannelRule* r = options_.policy.rule_for(ev.name);
-    return r != nullptr && r->audit_messages;
-  }();
+  const bool wanted = options_.audit.control || error != nullptr || channel_audited(ev.name);
   if (!wanted) return;
   if (ev.object == 0 && !ev.name.empty()) {
     if (auto it = names_.find(ev.name); it != names_.end()) ev.object = it->second;
@@ -1809,6 +1910,93 @@ void Broker::Impl::audit_request(const Client& c, const wire::DecodedRequest& re
   }
   ev.duration_ns = now_ns() - started_ns;
   audit_->record(std::move(ev));
+}
+
+Result<Object*> Broker::Impl::policy_channel(Client& c, const wire::CapabilityRef& ref,
+                                             wire::Opcode op, Rights need, bool receiver) {
+  auto cap = redeem(c, ref, op);
+  if (!cap) return cap.error();
+  if (!contains((*cap)->rights, need)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kMissingRight);
+  }
+  Object& obj = objects_.at((*cap)->object);
+  if (!obj.channel) return Error(ErrorCode::InvalidArgument, wire::ctx::kNotChannel);
+  if (receiver && obj.channel->receiver != c.id) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kNotReceiverFilter);
+  }
+  return &obj;
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::SenderFilterRequest& r,
+                                   std::uint64_t id) {
+  const bool set = r.action == static_cast<std::uint32_t>(wire::FilterAction::Set);
+  auto obj = policy_channel(c, r.cap, wire::Opcode::SenderFilter,
+                            set ? Rights::Receive : Rights::Send, set);
+  if (!obj) return obj.error();
+  if (set) {
+    const bool empty = r.filter.messages_per_second == 0 && r.filter.type_count == 0;
+    if (empty) {
+      (*obj)->sender_filter.reset();
+    } else {
+      (*obj)->sender_filter = r.filter;
+    }
+  }
+  wire::SenderFilterReply reply{};
+  if ((*obj)->sender_filter) reply.filter = *(*obj)->sender_filter;
+  return OutPacket{wire::encode_reply(id, reply), {}};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::ReportViolationsRequest& r,
+                                   std::uint64_t id) {
+  auto got = policy_channel(c, r.cap, wire::Opcode::ReportViolations, Rights::Receive, true);
+  if (!got) return got.error();
+  Object& obj = **got;
+  wire::ReportViolationsReply reply{0};
+  for (std::uint32_t i = 0; i < r.entry_count; ++i) {
+    const wire::ViolationEntry& e = r.entries[i];
+    AuditEvent ev;
+    ev.event = "policy_violation";
+    ev.outcome = e.rule == static_cast<std::uint32_t>(wire::ViolationRule::Rate)
+                     ? to_string(ErrorCode::RateLimited)
+                 : e.rule == static_cast<std::uint32_t>(wire::ViolationRule::Type)
+                     ? to_string(ErrorCode::PolicyViolation)
+                     : to_string(ErrorCode::Corrupted);
+    // The broker's own record of the ring's sender while it has it; else the receiver's
+    // (what the broker told it at attach), and the reason says so.
+    static constexpr const char* kReasons[2][3] = {
+        {"message type not allowed by the receiver's filter", "over the receiver's rate limit",
+         "the sender's ring failed validation (e.g. a message over the maximum size)"},
+        {"message type not allowed by the receiver's filter (sender as reported by the "
+         "receiver)",
+         "over the receiver's rate limit (sender as reported by the receiver)",
+         "the sender's ring failed validation (sender as reported by the receiver)"}};
+    ev.client = e.sender_client;
+    ev.pid = static_cast<pid_t>(e.pid);
+    ev.uid = static_cast<uid_t>(e.uid);
+    bool known = false;
+    for (const auto& [index, ring] : obj.channel->rings) {
+      if (ring.ring_id == e.ring_id) {
+        ev.client = ring.sender;
+        ev.pid = ring.pid;
+        ev.uid = ring.uid;
+        ev.gid = ring.gid;
+        known = true;
+        break;
+      }
+    }
+    ev.reason = kReasons[known ? 0 : 1][e.rule - 1];
+    if (log_budget(c)) {
+      log(LogLevel::Info, "'{}': sender pid {} uid {} (ring {}): {} message(s) refused: {}",
+          obj.name, ev.pid, ev.uid, e.ring_id, e.count, ev.reason);
+    }
+    if (!audit_) continue;
+    ev.object = obj.id;
+    ev.name = obj.name;
+    ev.target = e.ring_id;
+    ev.count = e.count;
+    if (audit_->record(std::move(ev))) ++reply.recorded;
+  }
+  return OutPacket{wire::encode_reply(id, reply), {}};
 }
 
 // ------------------------------------------------------------ Broker

@@ -61,8 +61,8 @@ struct BrokerOptions {
   MqLimits mq;         // POSIX message queues (docs/posix.md)
   Policy policy;       // source restrictions, control-operation rates (docs/policy.md)
   AuditOptions audit;  // the audit trail (docs/policy.md); path empty: none
-  // The configuration file the options came from: SIGHUP reloads its [policy] from it
-  // (a file that fails to load leaves the running policy in force). Empty: SIGHUP
+  // The configuration file the options came from: SIGHUP reloads its [policy] and
+  // [audit] from it (a file that fails to load leaves the running ones in force). Empty: SIGHUP
   // reloads nothing.
   std::string config_path;
   // Where the `trace`, `messages` and `channels` views are kept current (the runtime

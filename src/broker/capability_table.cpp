@@ -121,6 +121,18 @@ std::size_t CapabilityTable::count_held(ClientId holder) const noexcept {
   return h == by_holder_.end() ? 0 : h->second.size();
 }
 
+bool CapabilityTable::holds(ClientId holder, ObjectId object, Rights need) const noexcept {
+  const auto h = by_holder_.find(holder);
+  if (h == by_holder_.end()) return false;
+  for (const Token t : h->second) {
+    const auto n = nodes_.find(t);
+    if (n != nodes_.end() && n->second.object == object && vipc::contains(n->second.rights, need)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 std::size_t CapabilityTable::count_for_object(ObjectId object) const noexcept {
   const auto o = by_object_.find(object);
   return o == by_object_.end() ? 0 : o->second.size();

@@ -68,6 +68,8 @@ class CapabilityTable {
   [[nodiscard]] std::size_t count_held(ClientId holder) const noexcept;
   // Capabilities (in every space) on `object`.
   [[nodiscard]] std::size_t count_for_object(ObjectId object) const noexcept;
+  // Whether `holder` holds a capability on `object` with every right of `need`.
+  [[nodiscard]] bool holds(ClientId holder, ObjectId object, Rights need) const noexcept;
 
  private:
   void erase_node(Token token);  // unlinks from the indexes only (not from the tree)

@@ -194,6 +194,26 @@ bool read_channel_rule(std::string_view source, const toml::node& node, ChannelR
             "{}: 'policy.channel.allowed_executables' must be an array of absolute paths",
             where(source, v));
       }
+    } else if (key == "requires") {
+      const auto* a = v.as_array();
+      ok = a != nullptr;
+      if (ok) {
+        for (const auto& e : *a) {
+          const auto* s = e.as_string();
+          ChannelRule::Requirement req;
+          if (s == nullptr || !parse_requirement(s->get(), req)) {
+            ok = false;
+            break;
+          }
+          rule.requires_caps.push_back(std::move(req));
+        }
+      }
+      if (!ok) {
+        diagnostic = fmt::format(
+            "{}: 'policy.channel.requires' must be an array of \"object:right+right\" "
+            "(rights: send, receive, share, grant, map, read, write)",
+            where(source, v));
+      }
     } else if (key == "audit") {
       const auto* b = v.as_boolean();
       if (b == nullptr) {
@@ -206,7 +226,7 @@ bool read_channel_rule(std::string_view source, const toml::node& node, ChannelR
     } else {
       diagnostic = fmt::format(
           "{}: unknown key '{}' in [[policy.channel]] (known: name, allowed_uids, "
-          "allowed_gids, allowed_pids, allowed_executables, audit)",
+          "allowed_gids, allowed_pids, allowed_executables, requires, audit)",
           where(source, v), key);
       ok = false;
     }

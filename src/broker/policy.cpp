@@ -36,6 +36,31 @@ const ChannelRule* Policy::rule_for(std::string_view channel) const noexcept {
   return prefix;
 }
 
+bool parse_requirement(std::string_view text, ChannelRule::Requirement& out) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string_view::npos || colon == 0 || colon > 255) return false;
+  static constexpr std::pair<std::string_view, std::uint32_t> kRights[] = {
+      {"send", 1u << 0}, {"receive", 1u << 1}, {"share", 1u << 2}, {"grant", 1u << 3},
+      {"map", 1u << 4},  {"read", 1u << 5},    {"write", 1u << 6}};
+  std::uint32_t rights = 0;
+  std::string_view rest = text.substr(colon + 1);
+  while (!rest.empty()) {
+    const auto plus = rest.find('+');
+    const std::string_view word = rest.substr(0, plus);
+    const auto* r = std::find_if(std::begin(kRights), std::end(kRights),
+                                 [&](const auto& k) { return k.first == word; });
+    if (r == std::end(kRights)) return false;
+    rights |= r->second;
+    if (plus == std::string_view::npos) break;
+    rest = rest.substr(plus + 1);
+    if (rest.empty()) return false;  // "send+"
+  }
+  if (rights == 0) return false;
+  out.object = std::string(text.substr(0, colon));
+  out.rights = rights;
+  return true;
+}
+
 std::string executable_of(pid_t pid) {
   auto exe = platform::process_executable(pid);
   return exe ? std::move(*exe) : std::string();

@@ -28,7 +28,14 @@ struct ChannelRule {
   std::vector<gid_t> gids;
   std::vector<pid_t> pids;
   std::vector<std::string> executables;  // absolute paths, compared with /proc/PID/exe
-  bool audit_messages = false;           // audit every connect and detach on it
+  // Capabilities a sender must hold (in its own space, checked by the broker) to
+  // connect or attach: `rights` on the object named `object` ("motor.auth:send").
+  struct Requirement {
+    std::string object;
+    std::uint32_t rights = 0;  // vipc::Rights bits, not 0
+  };
+  std::vector<Requirement> requires_caps;
+  bool audit_messages = false;  // audit every connect and detach on it
 
   [[nodiscard]] bool matches(std::string_view channel) const noexcept;
   [[nodiscard]] bool needs_executable() const noexcept { return !executables.empty(); }
@@ -54,6 +61,10 @@ struct AuditOptions {
   std::uint32_t buffer = 4096;            // records waiting for the writer at most
   bool control = true;                    // audit every control operation
 };
+
+// "name:right+right" (rights: send, receive, share, grant, map, read, write) -> the
+// requirement; false when the text is not one.
+[[nodiscard]] bool parse_requirement(std::string_view text, ChannelRule::Requirement& out);
 
 // /proc/PID/exe of a live process ("" when it cannot be read).
 [[nodiscard]] std::string executable_of(pid_t pid);

@@ -32,6 +32,8 @@ namespace vipc {
 namespace {
 
 constexpr std::uint32_t kBrokerIndex = 0;
+// How often at most a receiver reports refused messages to the broker while they come.
+constexpr std::uint64_t kReportPeriodNs = 100'000'000;
 
 // ---- priority inheritance (docs/channels.md)
 //
@@ -245,6 +247,11 @@ class Endpoint::Impl {
   // writes meanwhile marks itself, and is held back again at once).
   std::vector<std::uint32_t> held;
   core::Deadline held_until = core::kNoDeadline;
+  // Messages refused by the policy and not yet reported to the broker, per sender and
+  // rule (docs/policy.md, "Violations are audited"); reported at most every
+  // kReportPeriodNs, when the endpoint waits, and when it closes.
+  std::vector<wire::ViolationEntry> violations;
+  std::uint64_t next_report_ns = 0;
   ReceiverLock recv_mu;
   std::mutex state_mu;
 
@@ -281,6 +288,7 @@ class Endpoint::Impl {
   }
 
   ~Impl() {
+    if (!violations.empty()) report_violations(/*force=*/true);
     for (std::uint32_t i = 1; i < senders.size(); ++i) {
       if (senders[i]) senders[i]->reader.close();
     }
@@ -305,6 +313,49 @@ class Endpoint::Impl {
     for (std::size_t i = 0; i < n; ++i) {
       client::trace::record(layout::kTraceReceive, s.ring_id, first + i, msgs[i].type,
                             msgs[i].length, msgs[i].cap_count, stamp);
+    }
+  }
+
+  // Counts `n` messages of `s` refused by `rule`, and reports the counts when due (out
+  // of line: only a refused message pays for it).
+  [[gnu::noinline, gnu::cold]] void note_violation(const Sender& s, wire::ViolationRule rule,
+                                                   std::uint32_t n) noexcept {
+    const auto r = static_cast<std::uint32_t>(rule);
+    auto it = std::find_if(
+        violations.begin(), violations.end(),
+        [&](const wire::ViolationEntry& e) { return e.ring_id == s.ring_id && e.rule == r; });
+    if (it != violations.end()) {
+      it->count = it->count > UINT32_MAX - n ? UINT32_MAX : it->count + n;
+    } else {
+      try {
+        violations.push_back(wire::ViolationEntry{s.ring_id, s.source.client_id,
+                                                  static_cast<std::uint32_t>(s.source.pid),
+                                                  static_cast<std::uint32_t>(s.source.uid), r, n});
+      } catch (...) {
+        return;  // out of memory: the counters (EndpointStats) still have it
+      }
+    }
+    report_violations(/*force=*/false);
+  }
+
+  // Sends the counts to the broker without waiting: at most every kReportPeriodNs unless
+  // `force`; what cannot be sent now (the connection busy or full) waits for next time.
+  void report_violations(bool force) noexcept {
+    const std::uint64_t now = core::now_ns();
+    if (!force && now < next_report_ns) return;
+    next_report_ns = now + kReportPeriodNs;
+    if (rt == nullptr || counters.broker_lost) {
+      violations.clear();
+      return;
+    }
+    while (!violations.empty()) {
+      wire::ReportViolationsRequest req{};
+      req.cap = wire::to_ref(cap);
+      const std::size_t n = std::min(violations.size(), wire::kViolationEntriesMax);
+      req.entry_count = static_cast<std::uint32_t>(n);
+      std::copy_n(violations.end() - static_cast<std::ptrdiff_t>(n), n, req.entries.begin());
+      if (!rt->impl_->report_nowait(req)) return;
+      violations.resize(violations.size() - n);
     }
   }
 
@@ -333,12 +384,14 @@ class Endpoint::Impl {
       if (limited) {
         if (s.bucket.available() == 0) [[unlikely]] {
           ++counters.rate_limited;  // Reject: over the rate, discarded
+          note_violation(s, wire::ViolationRule::Rate, 1);
           return false;
         }
         s.bucket.consume(1);
       }
       if (policy.filters() && !policy.type_allowed(out.type)) [[unlikely]] {
         ++counters.filtered;
+        note_violation(s, wire::ViolationRule::Type, 1);
         return false;
       }
       last_tag = s.reader.last_flags();
@@ -356,6 +409,7 @@ class Endpoint::Impl {
         return false;
       default:  // Corrupted: the sender scribbled over its ring; drop it, serve the rest
         ++counters.corrupt_senders;
+        note_violation(s, wire::ViolationRule::Corrupt, 1);
         drop(idx);
         return false;
     }
@@ -401,6 +455,8 @@ class Endpoint::Impl {
             ++counters.filtered;
           }
         }
+        if (kept != *r) [[unlikely]]
+          note_violation(s, wire::ViolationRule::Type, static_cast<std::uint32_t>(*r - kept));
         *r = kept;
       }
       const std::uint64_t gap = s.reader.last_gap();
@@ -412,7 +468,10 @@ class Endpoint::Impl {
       return *r;
     }
     if (r.error().code() != ErrorCode::WouldBlock) {
-      if (r.error().code() != ErrorCode::ChannelClosed) ++counters.corrupt_senders;
+      if (r.error().code() != ErrorCode::ChannelClosed) {
+        ++counters.corrupt_senders;
+        note_violation(s, wire::ViolationRule::Corrupt, 1);
+      }
       drop(idx);
     }
     return std::size_t{0};
@@ -466,6 +525,7 @@ class Endpoint::Impl {
   }
 
   Result<void> accept_events() {
+    if (!violations.empty()) report_violations(/*force=*/false);
     for (;;) {
       auto ev = rt->accept(cap);
       if (!ev) {
@@ -633,6 +693,29 @@ Result<Endpoint> Endpoint::open_prepared(Runtime& rt, PreparedChannel&& channel,
   impl->policy.uids = options.filter.allowed_uids;
   impl->policy.pids = options.filter.allowed_pids;
   VIPC_TRY(impl->set.watch(kBrokerIndex));
+  // Hands the filter to the broker for the senders (docs/policy.md, "Filters at the
+  // sender"): only the rules a sender can check by itself, and only when there are some.
+  wire::SenderFilterSpec f{};
+  if (options.rate_limit.action == RateLimitAction::Reject && impl->policy.limited()) {
+    const RateLimit& l = options.rate_limit;
+    f.messages_per_second = l.messages_per_second;
+    f.burst = l.burst != 0                      ? l.burst
+              : l.messages_per_second / 10 != 0 ? l.messages_per_second / 10
+                                                : 1;
+  }
+  std::vector<std::uint32_t> types = impl->policy.types;
+  types.erase(std::unique(types.begin(), types.end()), types.end());
+  impl->policy.types = types;
+  if (!types.empty() && types.size() <= wire::kFilterTypesMax) {  // else the receiver only
+    f.type_count = static_cast<std::uint32_t>(types.size());
+    std::copy(types.begin(), types.end(), f.types.begin());
+  }
+  if (f.messages_per_second != 0 || f.type_count != 0) {
+    auto a = rt.impl_->call(wire::SenderFilterRequest{
+        wire::to_ref(impl->cap), static_cast<std::uint32_t>(wire::FilterAction::Set), 0, f});
+    if (!a) return a.error();
+  }
+  impl->next_report_ns = core::now_ns();
   return Endpoint(std::move(impl));
 }
 
@@ -703,6 +786,9 @@ Result<void> Endpoint::Impl::receive(SmallMessage& out, core::Deadline deadline,
     auto r = try_receive(out, from);
     if (r || r.error().code() != ErrorCode::WouldBlock) return r;
     if (!wait) return r;
+    // About to wait: a good time to report what the policy refused.
+    if (!violations.empty()) [[unlikely]]
+      report_violations(/*force=*/false);
     // Held-back senders are due again at held_until: wake up for them.
     const bool for_held = !held.empty() && held_until < deadline;
     auto idx = set.wait_next(for_held ? held_until : deadline);
@@ -854,6 +940,65 @@ class Channel::Impl {
   std::chrono::nanoseconds call_timeout{0};  // 0: none
   std::uint64_t ring_id = 0;                 // the broker's id of this ring (trace records)
   std::uint64_t traced_up_to = 0;            // positions below this were recorded (tracing)
+  // The receiver's filter, if it registered one (docs/policy.md, "Filters at the
+  // sender"): this process's copy, checked before a message is written. The receiver
+  // enforces the same rules whatever a sender does.
+  struct SendFilter {
+    core::TokenBucket bucket;          // unlimited() when the receiver set no rate
+    std::vector<std::uint32_t> types;  // sorted; empty: every type
+    std::uint64_t refused = 0;
+  };
+  std::unique_ptr<SendFilter> filter;  // null: nothing to check (the common case)
+
+  // Reads the receiver's filter from the broker (one round trip; only when the connect
+  // reply said there is one).
+  Result<void> load_filter(Runtime& rt) {
+    auto a = rt.impl_->call(wire::SenderFilterRequest{
+        wire::to_ref(cap), static_cast<std::uint32_t>(wire::FilterAction::Get), 0, {}});
+    if (!a) return a.error();
+    const wire::SenderFilterSpec& f = std::get<wire::SenderFilterReply>(a->body).filter;
+    if (f.messages_per_second == 0 && f.type_count == 0) return {};
+    auto sf = std::make_unique<SendFilter>();
+    if (f.messages_per_second != 0) {
+      sf->bucket = core::TokenBucket(f.messages_per_second, f.burst, core::now_ns());
+    }
+    sf->types.assign(f.types.begin(), f.types.begin() + f.type_count);  // checked sorted
+    filter = std::move(sf);
+    return {};
+  }
+  // Whether the filter lets a message of `type` go now (a token is taken by sent()).
+  Result<void> admit(std::uint32_t type) noexcept {
+    SendFilter& f = *filter;
+    if (!f.types.empty() && !std::binary_search(f.types.begin(), f.types.end(), type)) {
+      ++f.refused;
+      return Error(ErrorCode::PolicyViolation,
+                   "channel: the receiver's filter does not allow this message type");
+    }
+    if (f.bucket.available() == 0) {
+      ++f.refused;
+      return Error(ErrorCode::RateLimited, "channel: over the receiver's rate limit (not sent)");
+    }
+    return {};
+  }
+  void sent(std::size_t n) noexcept {
+    if (filter) filter->bucket.consume(n);
+  }
+  // The one-way sends of a filtered channel (out of line: the unfiltered path pays the
+  // check only).
+  [[gnu::noinline, gnu::cold]] Result<void> try_send_filtered(const SmallMessage& m) noexcept {
+    VIPC_TRY(admit(m.type));
+    auto r = client::trace::on() ? try_send_traced(m) : on_full(writer.try_send(m));
+    if (r) sent(1);
+    return r;
+  }
+  [[gnu::noinline, gnu::cold]] Result<void> try_send_filtered(std::uint32_t type, const void* data,
+                                                              std::size_t len) noexcept {
+    VIPC_TRY(admit(type));
+    auto r = client::trace::on() ? try_send_traced(type, data, len)
+                                 : on_full(writer.try_send(type, data, len));
+    if (r) sent(1);
+    return r;
+  }
 
   // Records the messages written since the last call (tracing on only): a send the
   // overflow policy dropped wrote nothing and records nothing.
@@ -947,14 +1092,20 @@ Channel& Channel::operator=(Channel&&) noexcept = default;
 Channel::~Channel() = default;
 
 Result<Channel> Channel::connect(Runtime& rt, std::string_view name) {
-  auto impl = Impl::from(rt.connect_sender(name, Rights::Send));
+  auto ring = rt.connect_sender(name, Rights::Send);
+  const bool filtered = ring && ring->receiver_filter;
+  auto impl = Impl::from(std::move(ring));
   if (!impl) return impl.error();
+  if (filtered) VIPC_TRY((*impl)->load_filter(rt));
   return Channel(std::move(*impl));
 }
 
 Result<Channel> Channel::attach(Runtime& rt, const Capability& cap) {
-  auto impl = Impl::from(rt.attach_sender(cap));
+  auto ring = rt.attach_sender(cap);
+  const bool filtered = ring && ring->receiver_filter;
+  auto impl = Impl::from(std::move(ring));
   if (!impl) return impl.error();
+  if (filtered) VIPC_TRY((*impl)->load_filter(rt));
   return Channel(std::move(*impl));
 }
 
@@ -962,8 +1113,10 @@ Result<void> Channel::try_send(const SmallMessage& m) noexcept {
   if (impl_->reply) [[unlikely]]
     return one_way_on_sync("channel: synchronous: use call");
   VIPC_TRY(impl_->check_caps(m));
-  // Tracing is checked first and handled out of line, so that the untraced path pays
-  // the check only (docs/observability.md, "Cost").
+  // Tracing and filters are checked first and handled out of line, so that the plain
+  // path pays the checks only (docs/observability.md and docs/policy.md, "Cost").
+  if (impl_->filter) [[unlikely]]
+    return impl_->try_send_filtered(m);
   if (client::trace::on()) [[unlikely]]
     return impl_->try_send_traced(m);
   return impl_->on_full(impl_->writer.try_send(m));
@@ -971,6 +1124,8 @@ Result<void> Channel::try_send(const SmallMessage& m) noexcept {
 Result<void> Channel::try_send(std::uint32_t type, const void* data, std::size_t len) noexcept {
   if (impl_->reply) [[unlikely]]
     return one_way_on_sync("channel: synchronous: use call");
+  if (impl_->filter) [[unlikely]]
+    return impl_->try_send_filtered(type, data, len);
   if (client::trace::on()) [[unlikely]]
     return impl_->try_send_traced(type, data, len);
   return impl_->on_full(impl_->writer.try_send(type, data, len));
@@ -981,9 +1136,17 @@ Result<std::size_t> Channel::try_send_batch(std::span<const SmallMessage> msgs) 
   if (impl_->register_only) {
     for (const SmallMessage& m : msgs) VIPC_TRY(impl_->check_caps(m));
   }
+  if (impl_->filter) [[unlikely]] {
+    // Every message must pass the type filter; as many as there are tokens go.
+    for (const SmallMessage& m : msgs) VIPC_TRY(impl_->admit(m.type));
+    const std::uint64_t tokens = impl_->filter->bucket.available();
+    if (tokens < msgs.size()) msgs = msgs.first(tokens);
+  }
   const bool traced = client::trace::on();
   const std::uint64_t stamp = traced ? core::cycles() : 0;
   auto r = impl_->writer.try_send_batch(msgs);
+  if (impl_->filter && r) [[unlikely]]
+    impl_->sent(*r);
   if (traced) [[unlikely]]
     impl_->trace_sent(msgs.data(), r ? *r : 0, stamp);
   if (impl_->policy != OverflowPolicy::DropNewest || msgs.empty()) return r;
@@ -1003,6 +1166,13 @@ Result<void> Channel::send(const SmallMessage& m, std::chrono::nanoseconds timeo
     return one_way_on_sync("channel: synchronous: use call");
   if (impl_->policy != OverflowPolicy::Block) return try_send(m);
   VIPC_TRY(impl_->check_caps(m));
+  if (impl_->filter) [[unlikely]] {
+    VIPC_TRY(impl_->admit(m.type));  // over the rate: refused at once, never waited for
+    auto r = client::trace::on() ? impl_->send_traced(m, core::deadline_after(timeout))
+                                 : impl_->writer.send(m, core::deadline_after(timeout));
+    if (r) impl_->sent(1);
+    return r;
+  }
   if (client::trace::on()) [[unlikely]]
     return impl_->send_traced(m, core::deadline_after(timeout));
   return impl_->writer.send(m, core::deadline_after(timeout));
@@ -1012,10 +1182,14 @@ Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nan
   if (!impl_->reply) return Error(ErrorCode::Unsupported, "channel: not synchronous: use send");
   if (timeout == kForever && impl_->call_timeout.count() > 0) timeout = impl_->call_timeout;
   const core::Deadline deadline = core::deadline_after(timeout);
+  if (impl_->filter) [[unlikely]]
+    VIPC_TRY(impl_->admit(request.type));
   impl_->writer.tag_next(own_sched_tag());  // the caller's priority, for inheritance
   const bool traced = client::trace::on();
   const std::uint64_t stamp = traced ? core::cycles() : 0;
   VIPC_TRY(impl_->writer.send(request, deadline));
+  if (impl_->filter) [[unlikely]]
+    impl_->sent(1);
   if (traced) [[unlikely]]
     impl_->trace_sent(&request, 1, stamp);
   SmallMessage response;
@@ -1042,7 +1216,7 @@ std::uint32_t Channel::index() const noexcept { return impl_->index; }
 OverflowPolicy Channel::overflow_policy() const noexcept { return impl_->policy; }
 ChannelStats Channel::stats() const noexcept {
   const core::RingStats s = impl_->writer.stats();
-  return ChannelStats{s.sent, s.drops, s.full_events};
+  return ChannelStats{s.sent, s.drops, s.full_events, impl_->filter ? impl_->filter->refused : 0};
 }
 
 }  // namespace vipc

@@ -299,6 +299,7 @@ Result<SenderRing> sender_ring_of(const wire::ConnectReply& r, std::vector<sys::
   out.overflow_policy = static_cast<OverflowPolicy>(wire::overflow_of(r.flags));
   out.fast_path = (r.flags & wire::kObjectFastPath) != 0;
   out.register_only = (r.flags & wire::kObjectRegisterOnly) != 0;
+  out.receiver_filter = (r.flags & wire::kObjectSenderFilter) != 0;
   out.call_timeout =
       std::chrono::nanoseconds(r.call_timeout_ns > static_cast<std::uint64_t>(INT64_MAX)
                                    ? INT64_MAX

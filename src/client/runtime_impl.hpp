@@ -171,6 +171,18 @@ class Runtime::Impl {
     (void)platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/true);
   }
 
+  // Sends a ReportViolations without waiting for its reply (dropped when it comes), and
+  // never waits for the connection either: false when another thread is using it (try
+  // again later) or the socket is full.
+  bool report_nowait(const wire::ReportViolationsRequest& r) {
+    const std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
+    if (!lock.owns_lock()) return false;
+    poll_async_locked();  // the replies of earlier reports, so that they never pile up
+    const std::uint64_t id = next_id_++;
+    const wire::Packet p = wire::encode_request(id, r);
+    return platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/true).ok();
+  }
+
   // A prepared anonymous channel of this shape from the pool, if there is one; tops the
   // pool up (without waiting) when it runs low.
   std::optional<PreparedChannel> take_channel(const ChannelShape& shape) {

@@ -43,6 +43,10 @@ const char* to_string(ErrorCode code) noexcept {
       return "Interrupted";
     case ErrorCode::MessagesLost:
       return "MessagesLost";
+    case ErrorCode::PolicyViolation:
+      return "PolicyViolation";
+    case ErrorCode::RateLimited:
+      return "RateLimited";
   }
   return "UnknownError";
 }

@@ -8,23 +8,26 @@
 namespace vipc::wire {
 namespace {
 
+// clang-format off
 constexpr const char* kContexts[] = {
-    ctx::kBroker,          ctx::kUnknownToken,     ctx::kStaleGeneration, ctx::kMissingRight,
-    ctx::kRightsNotSubset, ctx::kRightsForKind,    ctx::kNoRights,        ctx::kRateLimited,
-    ctx::kPolicyDenied,    ctx::kNameTaken,        ctx::kNameUnknown,     ctx::kUnknownHandle,
-    ctx::kNotTarget,       ctx::kGrantSourceGone,  ctx::kTargetUnknown,   ctx::kLimitReached,
-    ctx::kBadParameters,   ctx::kObjectCreate,     ctx::kVersion,         ctx::kTruncated,
-    ctx::kOversized,       ctx::kBadMagic,         ctx::kBadVersion,      ctx::kBadOpcode,
-    ctx::kBadFlags,        ctx::kBadLength,        ctx::kBadFdCount,      ctx::kBadName,
-    ctx::kBadEnum,         ctx::kBadRights,        ctx::kBadReserved,     ctx::kBadStatus,
-    ctx::kBadTarget,       ctx::kControlTruncated, ctx::kNotChannel,      ctx::kNotReceiver,
-    ctx::kChannelFull,     ctx::kAlreadyConnected, ctx::kNotCreator,      ctx::kNotBuffer,
-    ctx::kBufferMapped,    ctx::kBufferMode,       ctx::kBufferSealed,    ctx::kNotTopic,
-    ctx::kTopicFull,       ctx::kTopicMemberGone,  ctx::kSourceDenied,    ctx::kCreateRateLimited,
+    ctx::kBroker,            ctx::kUnknownToken,       ctx::kStaleGeneration, ctx::kMissingRight,
+    ctx::kRightsNotSubset,   ctx::kRightsForKind,      ctx::kNoRights,        ctx::kRateLimited,
+    ctx::kPolicyDenied,      ctx::kNameTaken,          ctx::kNameUnknown,     ctx::kUnknownHandle,
+    ctx::kNotTarget,         ctx::kGrantSourceGone,    ctx::kTargetUnknown,   ctx::kLimitReached,
+    ctx::kBadParameters,     ctx::kObjectCreate,       ctx::kVersion,         ctx::kTruncated,
+    ctx::kOversized,         ctx::kBadMagic,           ctx::kBadVersion,      ctx::kBadOpcode,
+    ctx::kBadFlags,          ctx::kBadLength,          ctx::kBadFdCount,      ctx::kBadName,
+    ctx::kBadEnum,           ctx::kBadRights,          ctx::kBadReserved,     ctx::kBadStatus,
+    ctx::kBadTarget,         ctx::kControlTruncated,   ctx::kNotChannel,      ctx::kNotReceiver,
+    ctx::kChannelFull,       ctx::kAlreadyConnected,   ctx::kNotCreator,      ctx::kNotBuffer,
+    ctx::kBufferMapped,      ctx::kBufferMode,         ctx::kBufferSealed,    ctx::kNotTopic,
+    ctx::kTopicFull,         ctx::kTopicMemberGone,    ctx::kSourceDenied,    ctx::kCreateRateLimited,
+    ctx::kNotReceiverFilter, ctx::kCapabilityRequired,
 };
+// clang-format on
 constexpr std::uint16_t kContextCount = static_cast<std::uint16_t>(std::size(kContexts));
 
-constexpr std::uint16_t kErrorCodeMax = static_cast<std::uint16_t>(ErrorCode::MessagesLost);
+constexpr std::uint16_t kErrorCodeMax = static_cast<std::uint16_t>(ErrorCode::RateLimited);
 
 Error protocol(const char* context) noexcept { return Error(ErrorCode::ProtocolError, context); }
 
@@ -178,6 +181,48 @@ Result<void> check(const ConnectRequest& b) noexcept {
 Result<void> check(const AttachRequest& b) noexcept { return check_ref(b.cap); }
 Result<void> check(const AcceptRequest& b) noexcept { return check_ref(b.cap); }
 Result<void> check(const DestroyRequest& b) noexcept { return check_ref(b.cap); }
+Result<void> check(const SenderFilterSpec& f) noexcept {
+  if (f.reserved != 0) return protocol(ctx::kBadReserved);
+  if ((f.messages_per_second == 0) != (f.burst == 0)) return protocol(ctx::kBadEnum);
+  if (f.type_count > kFilterTypesMax) return protocol(ctx::kBadEnum);
+  for (std::size_t i = 1; i < f.type_count; ++i) {
+    if (f.types[i] <= f.types[i - 1]) return protocol(ctx::kBadEnum);  // sorted, unique
+  }
+  for (std::size_t i = f.type_count; i < kFilterTypesMax; ++i) {
+    if (f.types[i] != 0) return protocol(ctx::kBadReserved);
+  }
+  return {};
+}
+Result<void> check(const SenderFilterRequest& b) noexcept {
+  VIPC_TRY(check_ref(b.cap));
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  if (b.action == static_cast<std::uint32_t>(FilterAction::Get)) {
+    const SenderFilterSpec zero{};
+    if (std::memcmp(&b.filter, &zero, sizeof zero) != 0) return protocol(ctx::kBadReserved);
+    return {};
+  }
+  if (b.action != static_cast<std::uint32_t>(FilterAction::Set)) return protocol(ctx::kBadEnum);
+  return check(b.filter);
+}
+Result<void> check(const ReportViolationsRequest& b) noexcept {
+  VIPC_TRY(check_ref(b.cap));
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  if (b.entry_count == 0 || b.entry_count > kViolationEntriesMax) return protocol(ctx::kBadEnum);
+  for (std::size_t i = 0; i < kViolationEntriesMax; ++i) {
+    const ViolationEntry& e = b.entries[i];
+    if (i >= b.entry_count) {
+      const ViolationEntry zero{};
+      if (std::memcmp(&e, &zero, sizeof zero) != 0) return protocol(ctx::kBadReserved);
+      continue;
+    }
+    if (e.ring_id == 0 || e.count == 0) return protocol(ctx::kBadEnum);
+    if (e.rule < static_cast<std::uint32_t>(ViolationRule::Type) ||
+        e.rule > static_cast<std::uint32_t>(ViolationRule::Corrupt)) {
+      return protocol(ctx::kBadEnum);
+    }
+  }
+  return {};
+}
 template <std::uint16_t N>
 Result<void> check(const UnassignedBody<N>&) noexcept {
   return protocol(ctx::kBadOpcode);
@@ -295,7 +340,7 @@ Result<void> check(const ConnectReply& b) noexcept {
       b.kind != static_cast<std::uint16_t>(ObjectKind::Endpoint)) {
     return protocol(ctx::kBadEnum);
   }
-  if ((b.flags & ~kObjectFlagsMask) != 0) return protocol(ctx::kBadFlags);
+  if ((b.flags & ~(kObjectFlagsMask | kObjectSenderFilter)) != 0) return protocol(ctx::kBadFlags);
   if (b.index == 0 || b.index > kMaxSenders) return protocol(ctx::kBadEnum);
   return {};
 }
@@ -361,6 +406,8 @@ Result<void> check(const TraceControlReply& b) noexcept {
   if (b.reserved != 0) return protocol(ctx::kBadReserved);
   return {};
 }
+Result<void> check(const SenderFilterReply& b) noexcept { return check(b.filter); }
+Result<void> check(const ReportViolationsReply&) noexcept { return {}; }
 Result<void> check(const TopicLeaveReply& b) noexcept {
   if (b.reserved != 0) return protocol(ctx::kBadReserved);
   return {};
@@ -475,6 +522,10 @@ const char* to_string(Opcode op) noexcept {
       return "MqOpen";
     case Opcode::MqUnlink:
       return "MqUnlink";
+    case Opcode::SenderFilter:
+      return "SenderFilter";
+    case Opcode::ReportViolations:
+      return "ReportViolations";
   }
   return "Unknown";
 }

@@ -73,7 +73,10 @@ enum class Opcode : std::uint16_t {
   // decode_request, so they are outside kOpcodeMin..kOpcodeMax).
   MqOpen = 24,    // name, oflag, mode, attributes -> the queue's segment (1 fd)
   MqUnlink = 25,  // name -> the name is gone; open descriptors keep the queue
-  // 26-31: not assigned in this version.
+  // Policy (docs/policy.md, "Filters at the sender").
+  SenderFilter = 26,      // receiver: registers its filter; sender: reads it
+  ReportViolations = 27,  // receiver -> per-sender counts of filtered messages (audited)
+  // 28-31: not assigned in this version.
   // Tracing and statistics (docs/observability.md).
   TraceAttach = 32,   // -> the trace switch (read-only) + this process's trace ring (2 fds)
   TraceControl = 33,  // on / off / query: drains the trace rings and rewrites the views
@@ -89,7 +92,7 @@ inline constexpr std::uint16_t kOpcodeMin = 1;
 inline constexpr std::uint16_t kOpcodeMax = 36;
 // Whether a number in [kOpcodeMin, kOpcodeMax] names an opcode of this version.
 [[nodiscard]] constexpr bool opcode_assigned(std::uint16_t op) noexcept {
-  return (op >= kOpcodeMin && op <= 23) || (op >= 32 && op <= 36);
+  return (op >= kOpcodeMin && op <= 23) || op == 26 || op == 27 || (op >= 32 && op <= 36);
 }
 [[nodiscard]] const char* to_string(Opcode op) noexcept;
 
@@ -120,6 +123,9 @@ inline constexpr std::uint16_t kObjectTopicHoldBack = 1u << 7;
 inline constexpr std::uint16_t kObjectFlagsMask =
     kObjectWorldOpenable | kObjectAnonymous | kObjectSynchronous | kObjectOverflowMask |
     kObjectFastPath | kObjectRegisterOnly | kObjectTopicHoldBack;
+// Connect and Attach replies only (never requested): the receiver registered a filter
+// for its senders; read it with SenderFilter (Get).
+inline constexpr std::uint16_t kObjectSenderFilter = 1u << 8;
 [[nodiscard]] constexpr std::uint16_t overflow_of(std::uint16_t flags) noexcept {
   return static_cast<std::uint16_t>((flags & kObjectOverflowMask) >> kObjectOverflowShift);
 }
@@ -461,6 +467,92 @@ static_assert(offsetof(TopicShareBufferRequest, buffer) == 0);
 static_assert(offsetof(TopicShareBufferRequest, topic) == 16);
 static_assert(offsetof(TopicShareBufferRequest, rights) == 32);
 static_assert(offsetof(TopicShareBufferRequest, reserved) == 36);
+
+// What a channel's receiver lets its senders send (docs/policy.md, "Filters at the
+// sender"): a rate (RateLimitAction::Reject only) and the allowed message types.
+//
+//  0                     4       8            12         16                      256
+//  | messages_per_second | burst | type_count | reserved | types[kFilterTypesMax] |
+//
+// messages_per_second 0: no rate (burst 0), else burst >= 1; types: the first
+// type_count strictly ascending (0: every type), the rest zero.
+inline constexpr std::size_t kFilterTypesMax = 60;
+struct SenderFilterSpec {
+  std::uint32_t messages_per_second;
+  std::uint32_t burst;
+  std::uint32_t type_count;
+  std::uint32_t reserved;
+  std::array<std::uint32_t, kFilterTypesMax> types;
+};
+static_assert(sizeof(SenderFilterSpec) == 256);
+static_assert(offsetof(SenderFilterSpec, burst) == 4);
+static_assert(offsetof(SenderFilterSpec, type_count) == 8);
+static_assert(offsetof(SenderFilterSpec, reserved) == 12);
+static_assert(offsetof(SenderFilterSpec, types) == 16);
+
+// SenderFilterRequest::action.
+enum class FilterAction : std::uint32_t { Get = 0, Set = 1 };
+
+// Set needs the receiver's capability (Receive, held by the channel's receiver); Get
+// needs Send. Get's filter is all zeros.
+//
+//  0           16       20         24                      280
+//  | cap (ref) | action | reserved | filter (SenderFilterSpec) |
+struct SenderFilterRequest {
+  CapabilityRef cap;
+  std::uint32_t action;
+  std::uint32_t reserved;
+  SenderFilterSpec filter;
+};
+static_assert(sizeof(SenderFilterRequest) == 280);
+static_assert(offsetof(SenderFilterRequest, cap) == 0);
+static_assert(offsetof(SenderFilterRequest, action) == 16);
+static_assert(offsetof(SenderFilterRequest, reserved) == 20);
+static_assert(offsetof(SenderFilterRequest, filter) == 24);
+
+// ViolationEntry::rule.
+enum class ViolationRule : std::uint32_t {
+  Type = 1,     // a message of a type the filter does not allow
+  Rate = 2,     // a message over the rate limit (Reject)
+  Corrupt = 3,  // a ring failed validation (e.g. a slot over the maximum size)
+};
+
+// One sender's count for one rule, as the receiver saw it. The broker uses its own
+// record of ring_id's sender when it still has it, and the receiver's otherwise.
+//
+//  0         8               16    20    24     28      32
+//  | ring_id | sender_client | pid | uid | rule | count |
+struct ViolationEntry {
+  std::uint64_t ring_id;
+  std::uint64_t sender_client;
+  std::uint32_t pid;
+  std::uint32_t uid;
+  std::uint32_t rule;
+  std::uint32_t count;
+};
+static_assert(sizeof(ViolationEntry) == 32);
+static_assert(offsetof(ViolationEntry, sender_client) == 8);
+static_assert(offsetof(ViolationEntry, pid) == 16);
+static_assert(offsetof(ViolationEntry, uid) == 20);
+static_assert(offsetof(ViolationEntry, rule) == 24);
+static_assert(offsetof(ViolationEntry, count) == 28);
+
+// The receiver's capability (Receive, held by the receiver) and 1 to
+// kViolationEntriesMax entries (ring_id and count not zero); unused entries zero.
+//
+//  0           16            20         24                    280
+//  | cap (ref) | entry_count | reserved | entries[8]          |
+inline constexpr std::size_t kViolationEntriesMax = 8;
+struct ReportViolationsRequest {
+  CapabilityRef cap;
+  std::uint32_t entry_count;
+  std::uint32_t reserved;
+  std::array<ViolationEntry, kViolationEntriesMax> entries;
+};
+static_assert(sizeof(ReportViolationsRequest) == 280);
+static_assert(offsetof(ReportViolationsRequest, entry_count) == 16);
+static_assert(offsetof(ReportViolationsRequest, reserved) == 20);
+static_assert(offsetof(ReportViolationsRequest, entries) == 24);
 
 // A body for an opcode this version does not assign (never decoded: kBadOpcode).
 template <std::uint16_t N>
@@ -995,13 +1087,26 @@ using Request =
                  StatsRequest, ConnectRequest, AttachRequest, AcceptRequest, DestroyRequest,
                  CreateBufferRequest, MapBufferRequest, TransferBufferRequest, ClaimBufferRequest,
                  TopicJoinRequest, TopicMemberRequest, TopicLeaveRequest, TopicShareBufferRequest,
-                 UnassignedBody<24>, UnassignedBody<25>, UnassignedBody<26>, UnassignedBody<27>,
-                 UnassignedBody<28>, UnassignedBody<29>, UnassignedBody<30>, UnassignedBody<31>,
-                 TraceAttachRequest, TraceControlRequest, NameRegionRequest, GrantBatchRequest,
-                 ClaimBatchRequest>;
+                 UnassignedBody<24>, UnassignedBody<25>, SenderFilterRequest,
+                 ReportViolationsRequest, UnassignedBody<28>, UnassignedBody<29>,
+                 UnassignedBody<30>, UnassignedBody<31>, TraceAttachRequest, TraceControlRequest,
+                 NameRegionRequest, GrantBatchRequest, ClaimBatchRequest>;
 // Attach answers with the same body as Connect: a distinct type keeps one body type
 // per opcode.
 struct AttachReplyBody : ConnectReply {};
+// SenderFilter: the channel's filter (all zeros when its receiver registered none).
+struct SenderFilterReply {
+  SenderFilterSpec filter;
+};
+static_assert(sizeof(SenderFilterReply) == 256);
+// ReportViolations: the entries the broker recorded.
+//
+//  0          8
+//  | recorded |
+struct ReportViolationsReply {
+  std::uint64_t recorded;
+};
+static_assert(sizeof(ReportViolationsReply) == 8);
 static_assert(sizeof(AttachReplyBody) == sizeof(ConnectReply));
 // TopicShareBuffer answers like TransferBuffer: the handle (claimable once by each
 // subscriber that was live) and the buffer's record.
@@ -1013,7 +1118,7 @@ using ReplyBody =
                  AttachReplyBody, AcceptReply, DestroyReply, CreateBufferReply, MapBufferReply,
                  TransferBufferReply, ClaimBufferReply, TopicJoinReply, TopicMemberReply,
                  TopicLeaveReply, TopicShareBufferReply, UnassignedBody<124>, UnassignedBody<125>,
-                 UnassignedBody<126>, UnassignedBody<127>, UnassignedBody<128>, UnassignedBody<129>,
+                 SenderFilterReply, ReportViolationsReply, UnassignedBody<128>, UnassignedBody<129>,
                  UnassignedBody<130>, UnassignedBody<131>, TraceAttachReply, TraceControlReply,
                  NameRegionReply, GrantBatchReply, ClaimBatchReply>;
 static_assert(std::variant_size_v<Request> == kOpcodeMax);
@@ -1166,6 +1271,10 @@ inline constexpr char kTopicMemberGone[] = "broker: topic member is gone";
 inline constexpr char kSourceDenied[] =
     "broker: the channel's policy refuses this sender (uid, gid, pid or executable)";
 inline constexpr char kCreateRateLimited[] = "broker: too many objects created (rate limited)";
+inline constexpr char kNotReceiverFilter[] =
+    "broker: only the channel's receiver registers its filter or reports violations";
+inline constexpr char kCapabilityRequired[] =
+    "broker: the channel's policy requires a capability this sender does not hold";
 }  // namespace ctx
 [[nodiscard]] std::uint16_t context_code(const char* context) noexcept;
 [[nodiscard]] const char* context_text(std::uint16_t code) noexcept;

@@ -23,6 +23,7 @@
 #include "broker/audit.hpp"
 #include "broker/policy.hpp"
 #include "core/clock.hpp"
+#include "core/ring.hpp"
 #include "support/daemon.hpp"
 #include "support/process.hpp"
 #include "support/sanitizers.hpp"
@@ -40,6 +41,18 @@ constexpr std::uint32_t kFlood = 7;
 constexpr std::uint32_t kProbe = 8;
 
 std::uint64_t now_ns() { return core::now_ns(); }
+
+// A sender that writes its ring directly, skipping every check Channel makes (its copy
+// of the receiver's filter): what a hostile process can do. The receiver enforces its
+// policy all the same.
+std::optional<core::RingWriter> raw_sender(Runtime& rt, std::string_view name) {
+  auto ring = rt.connect_sender(name, Rights::Send);
+  if (!ring) return std::nullopt;
+  auto w = core::RingWriter::attach(ring->producer.get(), ring->consumer.get(), -1,
+                                    ring->ready_set.get(), ring->ready_event.get());
+  if (!w) return std::nullopt;
+  return std::move(*w);
+}
 
 // ------------------------------------------------------------ receiving side
 
@@ -144,10 +157,10 @@ TEST_F(ReceiverPolicy, RejectDiscardsMessagesOverTheRateAndCountsThem) {
       [&]() -> int {
         auto crt = Runtime::connect_to(path);
         if (!crt) return 10;
-        auto ch = Channel::connect(*crt, "reject");
-        if (!ch) return 11;
+        auto w = raw_sender(*crt, "reject");  // an honest Channel would stop at the rate
+        if (!w) return 11;
         for (std::uint64_t i = 0; i < 200; ++i) {
-          if (!ch->send(SmallMessage(1, &i, sizeof i), 5s)) return 12;
+          if (!w->try_send(SmallMessage(1, &i, sizeof i))) return 12;
         }
         return 0;
       },
@@ -175,10 +188,10 @@ TEST_F(ReceiverPolicy, TypeFilterPassesAllowedTypesOnly) {
       [&]() -> int {
         auto crt = Runtime::connect_to(path);
         if (!crt) return 10;
-        auto ch = Channel::connect(*crt, "typed");
-        if (!ch) return 11;
+        auto w = raw_sender(*crt, "typed");  // an honest Channel refuses types 3 and 0
+        if (!w) return 11;
         for (std::uint32_t t : {1u, 3u, 2u, 0u, 1u}) {
-          if (!ch->send(SmallMessage(t, &t, sizeof t), 5s)) return 12;
+          if (!w->try_send(SmallMessage(t, &t, sizeof t))) return 12;
         }
         return 0;
       },
@@ -194,11 +207,18 @@ TEST_F(ReceiverPolicy, TypeFilterPassesAllowedTypesOnly) {
       [&]() -> int {
         auto crt = Runtime::connect_to(path);
         if (!crt) return 10;
-        auto ch = Channel::connect(*crt, "typed");
-        if (!ch) return 11;
         std::vector<SmallMessage> msgs;
         for (std::uint32_t t : {5u, 2u, 5u, 1u}) msgs.emplace_back(t, &t, sizeof t);
-        auto r = ch->try_send_batch(msgs);
+        {  // An honest batch with a refused type sends nothing.
+          auto ch = Channel::connect(*crt, "typed");
+          if (!ch) return 13;
+          auto r = ch->try_send_batch(msgs);
+          if (r || r.error().code() != ErrorCode::PolicyViolation) return 14;
+          if (ch->stats().sent != 0) return 15;
+        }
+        auto w = raw_sender(*crt, "typed");
+        if (!w) return 11;
+        auto r = w->try_send_batch(msgs);
         return r && *r == msgs.size() ? 0 : 12;
       },
       kAlarm);
@@ -464,6 +484,279 @@ TEST_F(BrokerPolicy, AuditTrailRecordsControlOperationsInOrderAndVerifies) {
   EXPECT_TRUE(denied);
   EXPECT_TRUE(derive);
   EXPECT_TRUE(revoke);
+}
+
+// Reads the JSON lines of an audit file.
+std::vector<nlohmann::json> audit_records(const std::string& path) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+// A trail's files, oldest first: path.keep ... path.1, path (those that exist).
+std::vector<std::string> trail_files(const std::string& path, int keep) {
+  std::vector<std::string> files;
+  for (int i = keep; i >= 1; --i) {
+    const std::string f = fmt::format("{}.{}", path, i);
+    if (::access(f.c_str(), F_OK) == 0) files.push_back(f);
+  }
+  files.push_back(path);
+  return files;
+}
+
+// Only the channel whose rule says audit = true is audited (control operations are not):
+// a sender that exits and one whose capability is revoked are both detached on the
+// record, with the sender's credentials and the reason.
+TEST_F(BrokerPolicy, DetachesAreAudited) {
+  ASSERT_TRUE(dir.ok());
+  const std::string trail = dir.path() + "/audit.jsonl";
+  start(fmt::format("[audit]\npath = \"{}\"\ncontrol = false\n", trail) +
+        "[[policy.channel]]\nname = \"watched\"\naudit = true\n");
+  pid_t child_pid = 0;
+  {
+    Runtime rt = connect();
+    auto watched = Endpoint::create(rt, "watched");
+    auto quiet = Endpoint::create(rt, "quiet");
+    ASSERT_TRUE(watched.ok() && quiet.ok());
+    const std::string sock = daemon->socket();
+    Child child = Child::spawn(
+        [&]() -> int {
+          auto crt = Runtime::connect_to(sock);
+          if (!crt) return 10;
+          auto a = Channel::connect(*crt, "watched");
+          auto b = Channel::connect(*crt, "quiet");
+          if (!a || !b) return 11;
+          return a->try_send(SmallMessage(1, "x", 1)) ? 0 : 12;
+        },
+        kAlarm);
+    child_pid = child.pid();
+    ASSERT_EQ(child.wait(10s), "exit 0");
+    SmallMessage m;
+    ASSERT_TRUE(watched->receive(m, 2s).ok());
+    // A sender of this process, revoked.
+    auto d = rt.derive(watched->capability(), Rights::Send);
+    ASSERT_TRUE(d.ok());
+    auto ch = Channel::attach(rt, *d);
+    ASSERT_TRUE(ch.ok()) << ch.error().message();
+    (void)watched->receive(m, 50ms);  // takes the Attached event
+    ASSERT_EQ(watched->stats().attached, 2u);
+    ASSERT_TRUE(rt.revoke(*d).ok());
+    // Both detaches reach the receiver (its events), and the trail.
+    for (int i = 0; i < 50 && watched->stats().detached < 2; ++i) {
+      (void)watched->receive(m, 20ms);
+    }
+    EXPECT_EQ(watched->stats().detached, 2u);
+  }
+  ASSERT_EQ(daemon->stop(), 0);
+  ASSERT_TRUE(broker::verify_audit({trail}).ok);
+  bool closed = false, revoked = false;
+  for (const auto& j : audit_records(trail)) {
+    const std::string ev = j["event"];
+    // Control operations are not audited, except on the channel whose rule asks.
+    EXPECT_NE(j.value("name", ""), "quiet") << j.dump();
+    if (ev != "Detach") continue;
+    EXPECT_EQ(j["name"], "watched") << j.dump();
+    EXPECT_GT(j["target"].get<std::uint64_t>(), 0u);  // the ring
+    EXPECT_EQ(j["uid"].get<uid_t>(), ::getuid());
+    if (j["reason"] == "closed") {
+      closed = true;
+      EXPECT_EQ(j["pid"].get<pid_t>(), child_pid);
+    } else if (j["reason"] == "revoked") {
+      revoked = true;
+      EXPECT_EQ(j["pid"].get<pid_t>(), ::getpid());
+    }
+  }
+  EXPECT_TRUE(closed);
+  EXPECT_TRUE(revoked);
+}
+
+// SIGHUP reloads [audit]: control operations start being recorded, the new rotation
+// sizes take effect, a bad file keeps them, and moving the trail to another file
+// continues its chain there. Every file verifies as one chain, oldest first.
+TEST_F(BrokerPolicy, SighupReloadsTheAuditTableAndTheChainContinues) {
+  ASSERT_TRUE(dir.ok());
+  const std::string trail = dir.path() + "/audit.jsonl";
+  const std::string moved = dir.path() + "/moved.jsonl";
+  start(fmt::format("[audit]\npath = \"{}\"\ncontrol = false\n", trail));
+  Runtime rt = connect();
+  std::vector<Endpoint> eps;
+  auto create = [&](const std::string& name) {
+    auto ep = Endpoint::create(rt, name);
+    ASSERT_TRUE(ep.ok()) << ep.error().message();
+    eps.push_back(std::move(*ep));
+  };
+  create("before");  // not audited: control = false
+  const std::string small =
+      fmt::format("[audit]\npath = \"{}\"\ncontrol = true\nmax_kib = 1\nkeep = 100\n", trail);
+  write(small);
+  reload(rt);
+  for (int i = 0; i < 10; ++i) create(fmt::format("small{}", i));
+  write("[audit]\nmax_kib = \"big\"\n");  // refused: the running settings stay
+  reload(rt);
+  EXPECT_TRUE(daemon->alive());
+  for (int i = 0; i < 10; ++i) create(fmt::format("still{}", i));
+  write(fmt::format("[audit]\npath = \"{}\"\n", moved));
+  reload(rt);
+  create("after");
+  ASSERT_EQ(daemon->stop(), 0);
+
+  std::vector<std::string> files = trail_files(trail, 100);
+  // 1 KiB files hold a few records each: the small size took effect, and stayed after
+  // the refused file.
+  EXPECT_GE(files.size(), 5u);
+  files.push_back(moved);
+  const broker::AuditVerifyResult r = broker::verify_audit(files);
+  ASSERT_TRUE(r.ok) << r.reason;
+  std::vector<std::string> created;
+  int reloads_ok = 0, reloads_refused = 0;
+  bool stop_named_new_file = false;
+  std::size_t still0_file = 0, still9_file = 0;
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    for (const auto& j : audit_records(files[i])) {
+      if (j["event"] == "CreateObject") created.push_back(j["name"]);
+      if (j.value("name", "") == "still0") still0_file = i;
+      if (j.value("name", "") == "still9") still9_file = i;
+      if (j["event"] == "policy_reload") (j["outcome"] == "ok" ? reloads_ok : reloads_refused)++;
+      if (j["event"] == "audit_stop") stop_named_new_file = j["name"] == moved;
+    }
+  }
+  ASSERT_EQ(created.size(), 21u);
+  EXPECT_EQ(created.front(), "small0");
+  EXPECT_EQ(created[10], "still0");
+  EXPECT_EQ(created.back(), "after");
+  EXPECT_EQ(reloads_ok, 2);  // the move's record is in the new file
+  EXPECT_EQ(reloads_refused, 1);
+  EXPECT_TRUE(stop_named_new_file);
+  EXPECT_LT(still0_file, still9_file) << "the small files outlived the refused reload";
+  // The new file starts where the old one ended.
+  const auto first_moved = audit_records(moved).front();
+  EXPECT_GT(first_moved["seq"].get<std::uint64_t>(), 0u);
+}
+
+// The receiver's filter (types 1 and 2; 2 messages/s in bursts of 5, Reject) reaches
+// its senders. An honest sender is refused at once with a clear error and sends nothing;
+// a hostile one that writes its ring directly is still filtered by the receiver, which
+// reports the refused messages to the broker: policy_violation records name the sender.
+TEST_F(BrokerPolicy, FilteredSendsAreRefusedAtTheSenderAndAuditedFromTheReceiver) {
+  ASSERT_TRUE(dir.ok());
+  const std::string trail = dir.path() + "/audit.jsonl";
+  start(fmt::format("[audit]\npath = \"{}\"\ncontrol = false\n", trail));
+  const std::string sock = daemon->socket();
+  EndpointStats seen;
+  int hostile_taken = 0;
+  pid_t honest_pid = 0, hostile_pid = 0;
+  {
+    Runtime rt = connect();
+    ChannelOptions o;
+    o.filter.allowed_types = {2, 1};
+    o.rate_limit =
+        RateLimit{.messages_per_second = 2, .burst = 5, .action = RateLimitAction::Reject};
+    auto ep = Endpoint::create(rt, "guarded", o);
+    ASSERT_TRUE(ep.ok()) << ep.error().message();
+    Child honest = Child::spawn(
+        [&]() -> int {
+          auto crt = Runtime::connect_to(sock);
+          if (!crt) return 10;
+          auto ch = Channel::connect(*crt, "guarded");
+          if (!ch) return 11;
+          auto t = ch->try_send(SmallMessage(3, "x", 1));
+          if (t || t.error().code() != ErrorCode::PolicyViolation) return 12;
+          for (int i = 0; i < 5; ++i) {
+            if (!ch->send(SmallMessage(1, "h", 1))) return 13;
+          }
+          auto r = ch->try_send(SmallMessage(2, "h", 1));  // the burst is spent
+          if (r || r.error().code() != ErrorCode::RateLimited) return 14;
+          if (ch->stats().refused != 2 || ch->stats().sent != 5) return 15;
+          return 0;
+        },
+        kAlarm);
+    honest_pid = honest.pid();
+    ASSERT_EQ(honest.wait(10s), "exit 0");
+    Child hostile = Child::spawn(
+        [&]() -> int {
+          auto crt = Runtime::connect_to(sock);
+          if (!crt) return 10;
+          // Its own ring, written directly: no filter of its own to skip.
+          auto ring = crt->connect_sender("guarded", Rights::Send);
+          if (!ring) return 11;
+          auto w = core::RingWriter::attach(ring->producer.get(), ring->consumer.get(), -1,
+                                            ring->ready_set.get(), ring->ready_event.get());
+          if (!w) return 12;
+          for (int i = 0; i < 3; ++i) {
+            if (!w->try_send(SmallMessage(3, "bad", 3))) return 13;
+          }
+          for (int i = 0; i < 40; ++i) {
+            if (!w->try_send(SmallMessage(1, "flood", 5))) return 14;
+          }
+          return 0;
+        },
+        kAlarm);
+    hostile_pid = hostile.pid();
+    ASSERT_EQ(hostile.wait(10s), "exit 0");
+    SmallMessage m;
+    MessageSource from;
+    int honest_taken = 0;
+    for (;;) {
+      auto r = ep->receive(m, 300ms, &from);
+      if (!r) break;
+      EXPECT_NE(m.type, 3u) << "a filtered type reached the receiver";
+      (from.pid == honest_pid ? honest_taken : hostile_taken)++;
+    }
+    EXPECT_EQ(honest_taken, 5);
+    seen = ep->stats();
+  }  // closing the endpoint reports what is left
+  ASSERT_EQ(daemon->stop(), 0);
+  EXPECT_EQ(seen.filtered, 3u);
+  EXPECT_GE(seen.rate_limited, 30u);  // 40 at once, in a burst of 5 at 2/s
+  EXPECT_EQ(static_cast<std::uint64_t>(hostile_taken) + seen.rate_limited, 40u);
+  ASSERT_TRUE(broker::verify_audit({trail}).ok);
+  std::uint64_t type_count = 0, rate_count = 0;
+  for (const auto& j : audit_records(trail)) {
+    if (j["event"] != "policy_violation") continue;
+    EXPECT_EQ(j["name"], "guarded");
+    EXPECT_EQ(j["pid"].get<pid_t>(), hostile_pid) << "only the hostile sender violated";
+    EXPECT_EQ(j["uid"].get<uid_t>(), ::getuid());
+    EXPECT_GT(j["target"].get<std::uint64_t>(), 0u);
+    if (j["outcome"] == "PolicyViolation") type_count += j["count"].get<std::uint64_t>();
+    if (j["outcome"] == "RateLimited") rate_count += j["count"].get<std::uint64_t>();
+  }
+  EXPECT_EQ(type_count, 3u);
+  EXPECT_EQ(rate_count, seen.rate_limited);
+}
+
+// A channel that requires its senders to hold Send on "motor.auth": the broker checks
+// its own capability tables at Connect and at Attach.
+TEST_F(BrokerPolicy, RequiredCapabilitiesAreCheckedAtConnectAndAttach) {
+  start("[[policy.channel]]\nname = \"motor\"\nrequires = [\"motor.auth:send\"]\n");
+  Runtime owner = connect();
+  auto motor = Endpoint::create(owner, "motor");
+  auto auth = Endpoint::create(owner, "motor.auth");
+  ASSERT_TRUE(motor.ok() && auth.ok());
+  Runtime rt = connect();
+  auto refused_with = [](const Result<Channel>& ch) {
+    return !ch.ok() && ch.error().code() == ErrorCode::PermissionDenied &&
+           std::string_view(ch.error().context()).find("requires a capability") !=
+               std::string_view::npos;
+  };
+  EXPECT_TRUE(refused_with(Channel::connect(rt, "motor")));  // holds nothing on motor.auth
+  auto motor_cap = rt.open("motor", Rights::Send);
+  ASSERT_TRUE(motor_cap.ok()) << motor_cap.error().message();
+  EXPECT_TRUE(refused_with(Channel::attach(rt, *motor_cap)));
+  // A capability on motor.auth without Send is not enough.
+  auto share_only = rt.open("motor.auth", Rights::Share);
+  ASSERT_TRUE(share_only.ok()) << share_only.error().message();
+  EXPECT_TRUE(refused_with(Channel::connect(rt, "motor")));
+  // With Send on it: admitted, by both paths.
+  auto send = rt.open("motor.auth", Rights::Send);
+  ASSERT_TRUE(send.ok());
+  auto connected = Channel::connect(rt, "motor");
+  ASSERT_TRUE(connected.ok()) << connected.error().message();
+  auto attached = Channel::attach(rt, *motor_cap);
+  ASSERT_TRUE(attached.ok()) << attached.error().message();
+  // Released again: refused again.
+  ASSERT_TRUE(rt.release(*send).ok());
+  EXPECT_TRUE(refused_with(Channel::connect(rt, "motor")));
 }
 
 }  // namespace

@@ -210,5 +210,68 @@ TEST(AuditTrail, AFullBufferCountsLostRecordsAndNeverBlocks) {
   EXPECT_TRUE(verify_audit({o.path}).ok);
 }
 
+// Records made while another thread changes the rotation sizes: all of them written, in
+// order, rotating by the new size, one chain across the files.
+TEST(AuditTrail, ReconfigureTakesNewSizesWhileRecordsComeAndTheChainGoesOn) {
+  Dir d;
+  ASSERT_FALSE(d.path.empty());
+  AuditOptions o;
+  o.path = d.path + "/audit.jsonl";
+  o.keep = 100;
+  auto log = AuditLog::open(o);
+  ASSERT_TRUE(log.ok());
+  std::thread writer([&] {
+    for (std::uint64_t i = 1; i <= 200; ++i) {
+      while (!(*log)->record(event(i))) std::this_thread::yield();
+    }
+  });
+  AuditOptions small = o;
+  small.max_bytes = 2048;
+  small.buffer = 1024;
+  ASSERT_TRUE((*log)->reconfigure(small).ok());
+  writer.join();
+  (*log)->flush();
+  AuditOptions other = small;
+  other.path = d.path + "/other.jsonl";
+  EXPECT_EQ((*log)->reconfigure(other).error().code(), ErrorCode::InvalidArgument);
+  EXPECT_GT((*log)->stats().rotations, 5u);
+  std::vector<std::string> files;
+  for (int i = 100; i >= 1; --i) {
+    const std::string f = o.path + "." + std::to_string(i);
+    if (std::filesystem::exists(f)) files.push_back(f);
+  }
+  files.push_back(o.path);
+  const AuditVerifyResult r = verify_audit(files);
+  ASSERT_TRUE(r.ok) << r.reason;
+  EXPECT_EQ(r.records, 201u);
+}
+
+// close() hands the chain on: a trail opened on a new file continues it, so the two
+// files verify as one; a closed log counts what it is given as lost.
+TEST(AuditTrail, AMovedTrailContinuesTheChainInItsNewFile) {
+  Dir d;
+  ASSERT_FALSE(d.path.empty());
+  AuditOptions o;
+  o.path = d.path + "/old.jsonl";
+  auto log = AuditLog::open(o);
+  ASSERT_TRUE(log.ok());
+  for (std::uint64_t i = 1; i <= 10; ++i) ASSERT_TRUE((*log)->record(event(i)));
+  const AuditChain chain = (*log)->close();
+  EXPECT_EQ(chain.next_seq, 11u);
+  EXPECT_FALSE(chain.prev.empty());
+  EXPECT_FALSE((*log)->record(event(11)));
+  EXPECT_EQ((*log)->stats().lost, 1u);
+  AuditOptions n = o;
+  n.path = d.path + "/new.jsonl";
+  auto moved = AuditLog::open(n, chain);
+  ASSERT_TRUE(moved.ok());
+  for (std::uint64_t i = 12; i <= 20; ++i) ASSERT_TRUE((*moved)->record(event(i)));
+  (*moved)->flush();
+  const AuditVerifyResult r = verify_audit({o.path, n.path});
+  ASSERT_TRUE(r.ok) << r.reason;
+  EXPECT_EQ(r.records, 21u);  // two audit_start records, 19 events
+  EXPECT_FALSE(verify_audit({n.path, o.path}).ok);
+}
+
 }  // namespace
 }  // namespace vipc::broker

@@ -41,6 +41,8 @@ const std::vector<NamedCode>& all_codes() {
       {ErrorCode::Unsupported, "Unsupported"},
       {ErrorCode::Interrupted, "Interrupted"},
       {ErrorCode::MessagesLost, "MessagesLost"},
+      {ErrorCode::PolicyViolation, "PolicyViolation"},
+      {ErrorCode::RateLimited, "RateLimited"},
   };
   return codes;
 }

@@ -8,6 +8,7 @@
 
 #include "broker/config.hpp"
 #include "broker/platform.hpp"
+#include "vipc/capability.hpp"
 
 namespace vipc::broker {
 namespace {
@@ -24,6 +25,7 @@ allowed_uids = [1000, 1001]
 allowed_gids = [100]
 allowed_pids = [42]
 allowed_executables = ["/usr/bin/worker"]
+requires = ["motor.auth:send", "jobs.key:send+grant"]
 audit = true
 
 [[policy.channel]]
@@ -49,6 +51,12 @@ control = false
   EXPECT_EQ(p.channels[0].pids, (std::vector<pid_t>{42}));
   EXPECT_EQ(p.channels[0].executables, (std::vector<std::string>{"/usr/bin/worker"}));
   EXPECT_TRUE(p.channels[0].audit_messages);
+  ASSERT_EQ(p.channels[0].requires_caps.size(), 2u);
+  EXPECT_EQ(p.channels[0].requires_caps[0].object, "motor.auth");
+  EXPECT_EQ(p.channels[0].requires_caps[0].rights, static_cast<std::uint32_t>(Rights::Send));
+  EXPECT_EQ(p.channels[0].requires_caps[1].object, "jobs.key");
+  EXPECT_EQ(p.channels[0].requires_caps[1].rights,
+            static_cast<std::uint32_t>(Rights::Send | Rights::Grant));
   EXPECT_EQ(p.rule_for("jobs"), &p.channels[0]);
   EXPECT_EQ(p.rule_for("metrics.cpu"), &p.channels[1]);
   EXPECT_EQ(p.rule_for("jobs2"), nullptr);
@@ -108,6 +116,16 @@ TEST(PolicyConfig, MistakesAreRefusedWithLineAndReason) {
       {"[[policy.channel]]\nname = \"a\"\nallowed_executables = [\"rel/path\"]\n",
        "t.toml:3:", "absolute paths"},
       {"[[policy.channel]]\nname = \"a\"\naudit = 1\n", "t.toml:3:", "true or false"},
+      {"[[policy.channel]]\nname = \"a\"\nrequires = [\"auth\"]\n",
+       "t.toml:3:", "object:right+right"},
+      {"[[policy.channel]]\nname = \"a\"\nrequires = [\"auth:fly\"]\n",
+       "t.toml:3:", "object:right+right"},
+      {"[[policy.channel]]\nname = \"a\"\nrequires = [\"auth:send+\"]\n",
+       "t.toml:3:", "object:right+right"},
+      {"[[policy.channel]]\nname = \"a\"\nrequires = [\":send\"]\n",
+       "t.toml:3:", "object:right+right"},
+      {"[[policy.channel]]\nname = \"a\"\nrequires = \"auth:send\"\n",
+       "t.toml:3:", "object:right+right"},
       {"[[policy.channel]]\nname = \"a\"\nfoo = 1\n", "t.toml:3:", "unknown key 'foo'"},
       {"[[policy.channel]]\nname = \"a\"\n[[policy.channel]]\nname = \"a\"\n",
        "t.toml:3:", "a second [[policy.channel]] for 'a'"},

@@ -343,9 +343,10 @@ TEST(WireTraceTest, AttachReplyCarriesTwoDescriptors) {
   EXPECT_FALSE(decode_reply(encode_reply(1, TraceAttachReply{4096, 2}, 2).view(), 2));
 }
 
-// 23 is TopicShareBuffer; 24 and 25 are the queue opcodes, decoded by decode_mq_request.
+// 23 is TopicShareBuffer; 24 and 25 are the queue opcodes, decoded by decode_mq_request;
+// 26 and 27 the policy's; 28-31 are free, and 37 is past the last.
 TEST(WireTraceTest, UnassignedNumbersAroundTheTraceOpcodesAreRefused) {
-  for (int op : {24, 25, 26, 31, 37}) {
+  for (int op : {24, 25, 28, 31, 37}) {
     auto b = bytes_of(encode_request(1, PingRequest{1}));
     Header h = header_of(b);
     h.opcode = static_cast<std::uint16_t>(op);
@@ -422,6 +423,72 @@ TEST(WireTest, NameRegionRoundTripsAndRefusesBadFields) {
   bad.name = make_name("");
   EXPECT_EQ(request_error(bytes_of(encode_request(5, bad))).context(),
             std::string_view(ctx::kBadName));
+}
+
+SenderFilterRequest valid_filter_set() {
+  SenderFilterRequest r{};
+  r.cap = CapabilityRef{7, 1, 0};
+  r.action = static_cast<std::uint32_t>(FilterAction::Set);
+  r.filter.messages_per_second = 1000;
+  r.filter.burst = 10;
+  r.filter.type_count = 3;
+  r.filter.types[0] = 1;
+  r.filter.types[1] = 5;
+  r.filter.types[2] = 9;
+  return r;
+}
+
+TEST(WirePolicyTest, SenderFilterRoundTripsAndItsFieldsAreChecked) {
+  auto ok = decode_request(encode_request(3, valid_filter_set()).view(), 0);
+  ASSERT_TRUE(ok) << ok.error().message();
+  const auto& f = std::get<SenderFilterRequest>(ok->body).filter;
+  EXPECT_EQ(f.type_count, 3u);
+  EXPECT_EQ(f.types[2], 9u);
+  auto bad = [](auto mutate) {
+    SenderFilterRequest r = valid_filter_set();
+    mutate(r);
+    auto d = decode_request(encode_request(3, r).view(), 0);
+    return d ? std::string("accepted") : std::string(d.error().context());
+  };
+  EXPECT_EQ(bad([](auto& r) { r.filter.types[1] = 1; }), ctx::kBadEnum);      // not ascending
+  EXPECT_EQ(bad([](auto& r) { r.filter.types[3] = 4; }), ctx::kBadReserved);  // past the count
+  EXPECT_EQ(bad([](auto& r) { r.filter.type_count = kFilterTypesMax + 1; }), ctx::kBadEnum);
+  EXPECT_EQ(bad([](auto& r) { r.filter.burst = 0; }), ctx::kBadEnum);  // a rate needs a burst
+  EXPECT_EQ(bad([](auto& r) { r.filter.reserved = 1; }), ctx::kBadReserved);
+  EXPECT_EQ(bad([](auto& r) { r.action = 2; }), ctx::kBadEnum);
+  EXPECT_EQ(bad([](auto& r) { r.action = 0; }), ctx::kBadReserved);  // Get carries no filter
+  SenderFilterReply reply{valid_filter_set().filter};
+  EXPECT_TRUE(decode_reply(encode_reply(3, reply).view(), 0));
+  reply.filter.types[0] = 10;  // no longer ascending
+  EXPECT_FALSE(decode_reply(encode_reply(3, reply).view(), 0));
+}
+
+TEST(WirePolicyTest, ViolationReportsAreChecked) {
+  ReportViolationsRequest r{};
+  r.cap = CapabilityRef{7, 1, 0};
+  r.entry_count = 1;
+  r.entries[0] =
+      ViolationEntry{42, 3, 100, 1000, static_cast<std::uint32_t>(ViolationRule::Type), 5};
+  ASSERT_TRUE(decode_request(encode_request(4, r).view(), 0));
+  auto context = [](const ReportViolationsRequest& x) {
+    auto d = decode_request(encode_request(4, x).view(), 0);
+    return d ? std::string("accepted") : std::string(d.error().context());
+  };
+  ReportViolationsRequest x = r;
+  x.entry_count = 0;
+  EXPECT_EQ(context(x), ctx::kBadEnum);
+  x = r;
+  x.entry_count = kViolationEntriesMax + 1;
+  EXPECT_EQ(context(x), ctx::kBadEnum);
+  x = r;
+  x.entries[0].rule = 4;
+  EXPECT_EQ(context(x), ctx::kBadEnum);
+  x = r;
+  x.entries[0].count = 0;
+  EXPECT_EQ(context(x), ctx::kBadEnum);
+  x = r;
+  x.entries[1].ring_id = 9;  // an unused entry must be zero
+  EXPECT_EQ(context(x), ctx::kBadReserved);
 }
 
 }  // namespace

@@ -1691,6 +1691,13 @@ std::vector<ObjectView> Broker::Impl::object_views() const {
     if (obj.topic) {
       v.publishers = obj.topic->publishers();
       v.subscribers = obj.topic->subscribers();
+      v.topic = obj.topic->sample();
+      const auto pid_of = [this](std::uint64_t client) {
+        auto c = clients_.find(client);
+        return c != clients_.end() ? c->second.cred.pid : pid_t{0};
+      };
+      for (TopicPublisherSample& p : v.topic.publishers) p.pid = pid_of(p.client);
+      for (TopicSubscriberSample& s : v.topic.subscribers) s.pid = pid_of(s.client);
     }
     out.push_back(std::move(v));
   }

@@ -101,6 +101,51 @@ void add(core::RingStats& a, const core::RingStats& b) noexcept {
   a.lost += b.lost;
 }
 
+// A topic's members and the lag of each subscriber; `total` gets the topic's counters
+// in the channels' terms (sent: published, received: delivered over every subscriber,
+// lost: missed, depth: the largest lag).
+json topic_json(const TopicSample& t, std::uint32_t capacity, core::RingStats& total,
+                std::uint64_t& max_lag) {
+  json pubs = json::array();
+  std::map<std::uint32_t, pid_t> pid_of;
+  for (const TopicPublisherSample& p : t.publishers) {
+    total.sent += p.published;
+    pid_of[p.index] = p.pid;
+    pubs.push_back({{"index", p.index},
+                    {"pid", p.pid},
+                    {"departed", p.departed},
+                    {"sampled", p.sampled},
+                    {"published", p.published}});
+  }
+  json subs = json::array();
+  max_lag = 0;
+  for (const TopicSubscriberSample& s : t.subscribers) {
+    total.received += s.delivered;
+    total.lost += s.missed;
+    total.corrupt += s.corrupt;
+    max_lag = std::max(max_lag, s.lag);
+    json behind = json::array();
+    for (const TopicLag& l : s.behind) {
+      behind.push_back({{"publisher", l.publisher}, {"pid", pid_of[l.publisher]}, {"lag", l.lag}});
+    }
+    subs.push_back(
+        {{"index", s.index},
+         {"pid", s.pid},
+         {"sampled", s.sampled},
+         {"delivered", s.delivered},
+         {"missed", s.missed},
+         {"corrupt", s.corrupt},
+         {"lag", s.lag},
+         {"overwritten", s.overwritten},
+         {"lag_ratio",
+          capacity == 0 ? 0.0 : static_cast<double>(s.lag) / static_cast<double>(capacity)},
+         {"behind", std::move(behind)}});
+  }
+  return json{{"published", total.sent},       {"delivered", total.received},
+              {"missed", total.lost},          {"max_lag", max_lag},
+              {"publishers", std::move(pubs)}, {"subscribers", std::move(subs)}};
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Observer>> Observer::create(std::string dir) {
@@ -379,8 +424,14 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
         "name", "kind", "owner", "peers", "senders", "sent", "received", "depth", "drops", "full",
         "parks", "policy");
     json arr = json::array();
+    std::string lag_text;
     for (const ObjectView& o : objects) {
       core::RingStats total;
+      std::uint64_t max_lag = 0;
+      json topic;
+      if (o.kind == ObjectKind::Topic && !o.queue) {
+        topic = topic_json(o.topic, o.capacity, total, max_lag);
+      }
       json senders = json::array();
       for (const SenderView& s : o.senders) {
         if (s.sampled) add(total, s.stats);
@@ -396,7 +447,7 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
       const std::size_t peers =
           o.kind == ObjectKind::Topic ? o.publishers + o.subscribers : o.senders.size();
       const char* kind = o.queue ? "queue" : kind_name(o.kind);
-      const std::uint64_t depth = o.queue ? o.queued : total.depth();
+      const std::uint64_t depth = o.queue ? o.queued : topic.is_null() ? total.depth() : max_lag;
       text += fmt::format(
           "{:<20}  {:<8}  {:>7}  {:>7}  {:>7}  {:>10}  {:>10}  {:>6}  {:>8}  {:>8}  {:>8}  "
           "{:<11}\n",
@@ -418,6 +469,15 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
       if (o.kind == ObjectKind::Topic) {
         jo["publishers"] = o.publishers;
         jo["subscribers"] = o.subscribers;
+      }
+      if (!topic.is_null()) {
+        jo["totals"]["depth"] = max_lag;
+        for (const TopicSubscriberSample& sub : o.topic.subscribers) {
+          lag_text +=
+              fmt::format("{:<20}  {:>5}  {:>7}  {:>10}  {:>8}  {:>8}  {:>11}\n", name, sub.index,
+                          sub.pid, sub.delivered, sub.missed, sub.lag, sub.overwritten);
+        }
+        jo["topic"] = std::move(topic);
       }
       if (o.queue) {
         jo["queued"] = o.queued;
@@ -444,6 +504,11 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
     json jc = json::array();
     for (const ClientView& c : clients) {
       jc.push_back({{"client", c.id}, {"pid", c.pid}, {"uid", c.uid}});
+    }
+    if (!lag_text.empty()) {
+      text += fmt::format("\n{:<20}  {:>5}  {:>7}  {:>10}  {:>8}  {:>8}  {:>11}\n", "topic", "sub",
+                          "pid", "delivered", "missed", "lag", "overwritten") +
+              lag_text;
     }
     text += fmt::format("\nclients: {}  buffers and regions: {}  tracing: {}\n", clients.size(),
                         buffers, st.enabled != 0 ? "on" : "off");

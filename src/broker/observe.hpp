@@ -30,6 +30,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "broker/broker_topics.hpp"
 #include "core/histogram.hpp"
 #include "core/ring.hpp"
 #include "core/sys.hpp"
@@ -72,6 +73,7 @@ struct ObjectView {
   pid_t receiver_pid = 0;
   std::vector<SenderView> senders;
   std::size_t publishers = 0, subscribers = 0;  // topics
+  TopicSample topic;                            // topics: members, subscriber lag
   // A POSIX message queue (docs/posix.md): not a broker object; `capacity` is its
   // mq_maxmsg, `max_message_size` its mq_msgsize, `queued` its mq_curmsgs.
   bool queue = false;

@@ -75,6 +75,24 @@ const json* find_object(const json& view, const std::string& name) {
   return nullptr;
 }
 
+// A topic's publishers and the lag of each subscriber (vipc stats on a topic).
+void print_topic(const json& t) {
+  fmt::print("  topic      published {}  delivered {}  missed {}  largest lag {}\n",
+             u64(t, "published"), u64(t, "delivered"), u64(t, "missed"), u64(t, "max_lag"));
+  for (const json& p : t["publishers"]) {
+    fmt::print("    publisher {:>3}  pid {:>7}  published {:>10}{}\n", u64(p, "index"),
+               u64(p, "pid"), u64(p, "published"),
+               p.value("departed", false) ? "  (departed)" : "");
+  }
+  for (const json& s : t["subscribers"]) {
+    fmt::print(
+        "    subscriber {:>3}  pid {:>7}  delivered {:>10}  missed {:>8}  lag {:>8}  "
+        "overwritten {:>8}\n",
+        u64(s, "index"), u64(s, "pid"), u64(s, "delivered"), u64(s, "missed"), u64(s, "lag"),
+        u64(s, "overwritten"));
+  }
+}
+
 // Cache misses of `pid` over one interval; the reason when not available.
 struct CacheMisses {
   bool available = false;
@@ -264,6 +282,7 @@ int run_stats(const ObserveOptions& o) {
               parks == 0 ? json(nullptr)
                          : json(static_cast<double>(spins) / static_cast<double>(parks))}}},
            {"latency", (*a)["latency"]}};
+  if (a->contains("topic")) out["topic"] = (*a)["topic"];
   if (cm.available) {
     out["cache_misses"] = {{"available", true},
                            {"misses", cm.misses},
@@ -290,6 +309,7 @@ int run_stats(const ObserveOptions& o) {
       "  waits      parks {}  wake-ups {}  spins {}  spin-to-park {}\n", parks, wakeups, spins,
       parks == 0 ? std::string("-")
                  : fmt::format("{:.1f}", static_cast<double>(spins) / static_cast<double>(parks)));
+  if (a->contains("topic")) print_topic((*a)["topic"]);
   const json& lat = (*a)["latency"];
   if (u64(lat, "count") == 0) {
     fmt::print("  latency    no traced messages (vipc trace on)\n");

@@ -10,6 +10,10 @@
 
 namespace vipc::broker {
 
+std::uint64_t TopicState::publisher_client(std::uint32_t index) const noexcept {
+  return index < publishers_.size() && publishers_[index].live ? publishers_[index].client : 0;
+}
+
 TopicSample TopicState::sample() const {
   TopicSample out;
   // Publishers first: the subscribers' lags are measured against their tails.

@@ -93,6 +93,8 @@ class TopicState {
   [[nodiscard]] std::vector<std::uint64_t> subscriber_clients() const;
   [[nodiscard]] bool holds_back() const noexcept;
   [[nodiscard]] std::size_t publishers() const noexcept;
+  // The client of publisher `index` (0: free or departed).
+  [[nodiscard]] std::uint64_t publisher_client(std::uint32_t index) const noexcept;
   [[nodiscard]] std::size_t subscribers() const noexcept;
   // Every live or departed publisher and every live subscriber, with the lag of each
   // subscriber (broker_topic_views.cpp). Maps each member's segment read-only once.

@@ -11,6 +11,7 @@
 
 #include "broker/platform.hpp"
 #include "core/clock.hpp"
+#include "core/topic_layout.hpp"
 
 namespace vipc::broker {
 
@@ -179,6 +180,7 @@ void Observer::forget(std::uint64_t client, const RingLookup& lookup) {
   auto it = rings_.find(client);
   if (it == rings_.end()) return;
   ring_cache_.clear();
+  topic_cache_.clear();
   drain_ring(client, it->second, lookup);
   lost_gone_ += it->second.reader.lost() + it->second.reader.rejected();
   rings_.erase(it);
@@ -216,6 +218,7 @@ void Observer::drain(std::uint64_t now_ns, const RingLookup& lookup, bool force)
   if (!force && now_ns < last_drain_ns_ + kDrainOnMs * 1'000'000ULL) return;
   last_drain_ns_ = now_ns;
   ring_cache_.clear();
+  topic_cache_.clear();
   const RingLookup cached = [&](std::uint64_t id) -> std::optional<TracedRing> {
     auto it = ring_cache_.find(id);
     if (it == ring_cache_.end()) it = ring_cache_.emplace(id, lookup(id)).first;
@@ -246,6 +249,10 @@ void Observer::drain_ring(std::uint64_t, ClientRing& r, const RingLookup& lookup
 
 void Observer::on_event(const core::TraceEvent& e, std::uint64_t mono_ns, pid_t pid,
                         const RingLookup& lookup) {
+  if (e.kind == layout::kTracePublish || e.kind == layout::kTraceDeliver) {
+    on_topic_event(e, mono_ns, pid);
+    return;
+  }
   // A send and its receive may be drained in either order (the receiver can record
   // before the sender does), so whichever comes first waits for the other.
   const bool is_send = e.kind == layout::kTraceSend;
@@ -299,7 +306,89 @@ void Observer::emit_pair(const Pending* send, const Pending* receive, const Ring
   emit(std::move(m));
 }
 
+void Observer::on_topic_event(const core::TraceEvent& e, std::uint64_t mono_ns, pid_t pid) {
+  // One publication, any number of deliveries, drained in any order: the publication
+  // stays (kPendingAgeNs) for deliveries still to come; a delivery seen first waits.
+  const TopicKey key{e.ring_id, e.topic_ring, e.position};
+  auto it = topics_pending_.find(key);
+  if (it == topics_pending_.end()) {
+    if (pending_count_ >= kPendingMax) expire_topics(0, true);
+    it = topics_pending_.emplace(key, TopicPending{}).first;
+    it->second.first_ns = mono_ns;
+    ++pending_count_;
+  }
+  TopicPending& t = it->second;
+  const Pending self{e, pid, mono_ns};
+  if (e.kind == layout::kTracePublish) {
+    if (t.publish) return;  // a duplicate (a lying writer): the first one counts
+    t.publish = self;
+    for (const Pending& d : t.deliveries) emit_topic(key, &*t.publish, &d);
+    t.paired = t.paired || !t.deliveries.empty();
+    t.deliveries.clear();
+  } else if (t.publish) {
+    emit_topic(key, &*t.publish, &self);
+    t.paired = true;
+  } else if (t.deliveries.size() < layout::kTopicSubscribersMax) {
+    t.deliveries.push_back(self);
+  }
+}
+
+void Observer::emit_topic(const TopicKey& key, const Pending* publish, const Pending* delivery) {
+  const Pending& any = publish != nullptr ? *publish : *delivery;
+  const auto [object_id, ring, position] = key;
+  (void)position;
+  Message m;
+  m.topic = true;
+  m.time_ns = any.mono_ns;
+  m.type = any.event.type;
+  m.size = any.event.size;
+  m.object_id = object_id;
+  const std::uint32_t publisher = ring & 0xffu;
+  const std::uint64_t cache_key = object_id << 8 | publisher;
+  auto c = topic_cache_.find(cache_key);
+  if (c == topic_cache_.end()) {
+    c = topic_cache_
+            .emplace(cache_key, topic_lookup_ ? topic_lookup_(object_id, publisher) : std::nullopt)
+            .first;
+  }
+  if (c->second) {
+    m.channel = c->second->name;
+    m.src = c->second->publisher_pid;
+  } else {
+    m.channel = fmt::format("topic#{}", object_id);
+  }
+  if (publish != nullptr) m.src = publish->pid;
+  if (delivery != nullptr) m.dst = delivery->pid;
+  if (publish != nullptr && delivery != nullptr && delivery->event.stamp >= publish->event.stamp) {
+    m.latency_ns = static_cast<std::uint64_t>(
+        static_cast<double>(delivery->event.stamp - publish->event.stamp) * ns_per_cycle_);
+    m.has_latency = true;
+    ChannelLatency& l = latency_[m.object_id];
+    l.hist.record(m.latency_ns);
+    ++l.log2[static_cast<std::size_t>(std::bit_width(m.latency_ns))];
+  }
+  emit(std::move(m));
+}
+
+void Observer::expire_topics(std::uint64_t now_ns, bool all) {
+  // A publication nobody received (no subscriber, or a stuck one) is shown alone; a
+  // delivery whose publication was not seen (lost record, tracing switched on between)
+  // too, without a latency.
+  for (auto it = topics_pending_.begin(); it != topics_pending_.end();) {
+    TopicPending& t = it->second;
+    if (!all && t.first_ns + kPendingAgeNs > now_ns) {
+      ++it;
+      continue;
+    }
+    if (t.publish && !t.paired) emit_topic(it->first, &*t.publish, nullptr);
+    for (const Pending& d : t.deliveries) emit_topic(it->first, nullptr, &d);
+    it = topics_pending_.erase(it);
+    --pending_count_;
+  }
+}
+
 void Observer::expire_pending(std::uint64_t now_ns, bool all, const RingLookup& lookup) {
+  expire_topics(now_ns, all);
   // Halves whose partner was not seen (yet): shown without a latency once they are old
   // (or when the table is full), so that a stuck receiver's messages still appear.
   for (auto* table : {&sends_, &receives_}) {
@@ -386,22 +475,24 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
 
   // ---- messages
   {
-    std::string text =
-        fmt::format("{:<15}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n", "time (UTC)",
-                    "src", "dst", "channel", "type", "size", "caps", "latency_ns");
+    std::string text = fmt::format(
+        "{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n", "time (UTC)", "kind",
+        "src", "dst", "channel", "type", "size", "caps", "latency_ns");
     json arr = json::array();
     const std::size_t skip =
         messages_.size() > kMessagesInFiles ? messages_.size() - kMessagesInFiles : 0;
     for (std::size_t i = skip; i < messages_.size(); ++i) {
       const Message& m = messages_[i];
       const std::string when = clock_text(m.time_ns, now_ns, now_real);
-      text += fmt::format("{:<15}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n", when,
-                          m.src, m.dst == 0 ? std::string("-") : std::to_string(m.dst),
+      text += fmt::format("{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n",
+                          when, m.topic ? "topic" : "channel", m.src,
+                          m.dst == 0 ? std::string("-") : std::to_string(m.dst),
                           m.channel.empty() ? "?" : m.channel, m.type, m.size, m.caps,
                           m.has_latency ? std::to_string(m.latency_ns) : std::string("-"));
       json jm{{"seq", m.seq},
               {"time", when},
               {"time_ns", m.time_ns},
+              {"kind", m.topic ? "topic" : "channel"},
               {"src_pid", m.src},
               {"dst_pid", m.dst},
               {"channel", m.channel},

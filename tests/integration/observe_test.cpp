@@ -615,5 +615,106 @@ TEST_F(ObserveTest, TopicSubscriberLagShowsInEveryView) {
   EXPECT_EQ(live.wait_until(core::deadline_after(10s)), "exit 0");
 }
 
+// Topic publications and deliveries in the trace: one row per delivery, from the
+// publisher to the subscriber process, with the publication's type and size and a
+// latency; a publication nobody reads still shows, without a destination.
+TEST_F(ObserveTest, TopicPublicationsAreTracedToEverySubscriber) {
+  auto rt = Runtime::connect_to(daemon_->socket());
+  ASSERT_TRUE(rt);
+  auto topic = Topic::create(*rt, "obs-traced-topic");
+  ASSERT_TRUE(topic) << topic.error().message();
+  auto quiet = Topic::create(*rt, "obs-quiet-topic");
+  ASSERT_TRUE(quiet) << quiet.error().message();
+  ASSERT_TRUE(rt->trace(TraceAction::On).value().enabled);
+  constexpr int kCount = 50;
+  int hold[2], ready[2];
+  ASSERT_EQ(::pipe(hold), 0);
+  ASSERT_EQ(::pipe(ready), 0);
+  auto subscriber = [&] {
+    return test::Child::spawn(
+        [&]() -> int {
+          ::close(hold[1]);
+          ::close(ready[0]);
+          auto crt = Runtime::connect_to(daemon_->socket());
+          if (!crt) return 10;
+          auto sub = Subscription::subscribe(*crt, "obs-traced-topic");
+          if (!sub) return 11;
+          if (::write(ready[1], "r", 1) != 1) return 12;
+          SmallMessage m;
+          for (int i = 0; i < kCount; ++i) {
+            auto r = sub->receive(m, 10s);
+            if (!r || r->missed != 0 || m.type != 77 || m.length != 12) return 13;
+          }
+          char c = 0;
+          (void)!::read(hold[0], &c, 1);
+          return 0;
+        },
+        60s);
+  };
+  auto s1 = subscriber();
+  auto s2 = subscriber();
+  ::close(ready[1]);
+  ::close(hold[0]);
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  ::close(ready[0]);
+  std::array<unsigned char, 12> payload{};
+  for (int i = 0; i < kCount; ++i) {
+    ASSERT_TRUE(topic->publish(SmallMessage(77, payload.data(), payload.size())));
+  }
+  ASSERT_TRUE(quiet->publish(SmallMessage(78, "q", 1)));
+
+  json msgs;
+  std::map<pid_t, int> by_dst;
+  int quiet_rows = 0;
+  const bool all = test::wait_for(
+      [&] {
+        msgs = run_json(vipc_ + "messages --format json" + sock_);
+        by_dst.clear();
+        quiet_rows = 0;
+        for (const json& x : msgs["messages"]) {
+          if (x["channel"] == "obs-traced-topic") ++by_dst[x["dst_pid"].get<pid_t>()];
+          if (x["channel"] == "obs-quiet-topic") ++quiet_rows;
+        }
+        return by_dst[s1.pid()] == kCount && by_dst[s2.pid()] == kCount && quiet_rows == 1;
+      },
+      15s);
+  EXPECT_TRUE(all) << msgs.dump();
+  EXPECT_EQ(by_dst.size(), 2u) << msgs.dump();  // no row without a destination
+  for (const json& x : msgs["messages"]) {
+    if (x["channel"] == "obs-quiet-topic") {
+      EXPECT_EQ(x["kind"], "topic");
+      EXPECT_EQ(x["src_pid"].get<pid_t>(), ::getpid());
+      EXPECT_EQ(x["dst_pid"], 0);
+      EXPECT_EQ(x["type"], 78);
+      EXPECT_EQ(x["size"], 1);
+      EXPECT_TRUE(x["latency_ns"].is_null());
+      continue;
+    }
+    if (x["channel"] != "obs-traced-topic") continue;
+    EXPECT_EQ(x["kind"], "topic");
+    EXPECT_EQ(x["src_pid"].get<pid_t>(), ::getpid());
+    EXPECT_EQ(x["type"], 77);
+    EXPECT_EQ(x["size"], 12);
+    EXPECT_EQ(x["caps"], 0);
+    EXPECT_TRUE(x["latency_ns"].is_number_unsigned()) << x.dump();
+  }
+  // The topic's latency histogram (channels) counts every delivery.
+  json ch = run_json(vipc_ + "channels --format json" + sock_);
+  const json* t = object_named(ch, "obs-traced-topic");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ((*t)["latency"]["count"], 2 * kCount);
+  // The text view names the kind.
+  auto [rc, text] = run(vipc_ + "messages" + sock_);
+  EXPECT_EQ(rc, 0);
+  EXPECT_NE(text.find("topic"), std::string::npos) << text;
+  EXPECT_NE(read_file(dir_.path() + "/messages").find("obs-traced-topic"), std::string::npos);
+
+  ::close(hold[1]);
+  EXPECT_EQ(s1.wait_until(core::deadline_after(10s)), "exit 0");
+  EXPECT_EQ(s2.wait_until(core::deadline_after(10s)), "exit 0");
+}
+
 }  // namespace
 }  // namespace vipc

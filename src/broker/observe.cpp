@@ -255,10 +255,14 @@ void Observer::on_event(const core::TraceEvent& e, std::uint64_t mono_ns, pid_t 
   }
   // A send and its receive may be drained in either order (the receiver can record
   // before the sender does), so whichever comes first waits for the other.
-  const bool is_send = e.kind == layout::kTraceSend;
+  // A reply is paired like a message, in a key space of its own (the request ring's id
+  // with the top bit set: a reply ring's positions are not the request ring's).
+  const bool reply = e.kind == layout::kTraceReply || e.kind == layout::kTraceReplyReceive;
+  const bool is_send = e.kind == layout::kTraceSend || e.kind == layout::kTraceReply;
+  const std::uint64_t key = reply ? e.ring_id | kReplyKey : e.ring_id;
   auto& mine = is_send ? sends_ : receives_;
   auto& other = is_send ? receives_ : sends_;
-  if (auto rit = other.find(e.ring_id); rit != other.end()) {
+  if (auto rit = other.find(key); rit != other.end()) {
     if (auto pit = rit->second.find(e.position); pit != rit->second.end()) {
       const Pending match = pit->second;
       rit->second.erase(pit);
@@ -270,7 +274,7 @@ void Observer::on_event(const core::TraceEvent& e, std::uint64_t mono_ns, pid_t 
     }
   }
   if (pending_count_ >= kPendingMax) expire_pending(0, true, lookup);
-  auto [it, fresh] = mine[e.ring_id].insert_or_assign(e.position, Pending{e, pid, mono_ns});
+  auto [it, fresh] = mine[key].insert_or_assign(e.position, Pending{e, pid, mono_ns});
   (void)it;
   if (fresh) ++pending_count_;
 }
@@ -282,11 +286,12 @@ void Observer::emit_pair(const Pending* send, const Pending* receive, const Ring
   m.type = any.event.type;
   m.size = any.event.size;
   m.caps = any.event.cap_count;
+  m.reply = any.event.kind == layout::kTraceReply || any.event.kind == layout::kTraceReplyReceive;
   if (const std::optional<TracedRing> info = lookup(any.event.ring_id)) {
     m.object_id = info->object_id;
     m.channel = info->channel;
-    m.src = info->sender_pid;
-    m.dst = info->receiver_pid;
+    m.src = m.reply ? info->receiver_pid : info->sender_pid;
+    m.dst = m.reply ? info->sender_pid : info->receiver_pid;
   } else {
     m.channel = fmt::format("ring#{}", any.event.ring_id);
   }
@@ -298,7 +303,8 @@ void Observer::emit_pair(const Pending* send, const Pending* receive, const Ring
         static_cast<double>(receive->event.stamp - send->event.stamp) * ns_per_cycle_);
     m.has_latency = true;
   }
-  if (m.has_latency && m.object_id != 0) {
+  // The channel's histogram is of its messages; a reply's latency is shown on its row.
+  if (m.has_latency && m.object_id != 0 && !m.reply) {
     ChannelLatency& l = latency_[m.object_id];
     l.hist.record(m.latency_ns);
     ++l.log2[static_cast<std::size_t>(std::bit_width(m.latency_ns))];
@@ -484,15 +490,20 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
     for (std::size_t i = skip; i < messages_.size(); ++i) {
       const Message& m = messages_[i];
       const std::string when = clock_text(m.time_ns, now_ns, now_real);
-      text += fmt::format("{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n",
-                          when, m.topic ? "topic" : "channel", m.src,
-                          m.dst == 0 ? std::string("-") : std::to_string(m.dst),
-                          m.channel.empty() ? "?" : m.channel, m.type, m.size, m.caps,
-                          m.has_latency ? std::to_string(m.latency_ns) : std::string("-"));
+      text +=
+          fmt::format("{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n", when,
+                      m.topic   ? "topic"
+                      : m.reply ? "reply"
+                                : "channel",
+                      m.src, m.dst == 0 ? std::string("-") : std::to_string(m.dst),
+                      m.channel.empty() ? "?" : m.channel, m.type, m.size, m.caps,
+                      m.has_latency ? std::to_string(m.latency_ns) : std::string("-"));
       json jm{{"seq", m.seq},
               {"time", when},
               {"time_ns", m.time_ns},
-              {"kind", m.topic ? "topic" : "channel"},
+              {"kind", m.topic   ? "topic"
+                       : m.reply ? "reply"
+                                 : "channel"},
               {"src_pid", m.src},
               {"dst_pid", m.dst},
               {"channel", m.channel},

@@ -106,6 +106,8 @@ class Observer {
   static constexpr std::size_t kPendingMax = 1u << 16;
   static constexpr std::uint64_t kPendingAgeNs = 2'000'000'000;
   static constexpr std::uint32_t kRingCapacity = 16384;
+  // Pending replies are keyed by their request ring's id with this bit set.
+  static constexpr std::uint64_t kReplyKey = std::uint64_t{1} << 63;
 
   // dir: the runtime directory the views are written to; empty: no files.
   [[nodiscard]] static Result<std::unique_ptr<Observer>> create(std::string dir);
@@ -163,6 +165,7 @@ class Observer {
     std::uint32_t type = 0, size = 0;
     std::uint16_t caps = 0;
     bool topic = false;  // a topic publication and one delivery of it
+    bool reply = false;  // a reply of a synchronous channel (server to caller)
   };
   // A topic publication and the deliveries seen so far (one publication, any number
   // of deliveries): by (object id, topic ring, position).

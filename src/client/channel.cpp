@@ -256,6 +256,13 @@ class Endpoint::Impl {
     return !threaded || guard.acquire(recv_mu, deadline);
   }
 
+  // Records the reply just written to `s`'s reply ring (tracing on only; out of line).
+  [[gnu::noinline, gnu::cold]] static void trace_reply(const Sender& s,
+                                                       const SmallMessage& m) noexcept {
+    client::trace::record(layout::kTraceReply, s.ring_id, s.reply->next_position() - 1, m.type,
+                          m.length, m.cap_count, core::cycles());
+  }
+
   // Writes reply `seq` for the sender at `idx` (ring `ring_id`), and every held reply
   // that follows it, in request order.
   Result<void> send_reply(std::uint32_t idx, std::uint64_t ring_id, std::uint64_t seq,
@@ -271,9 +278,13 @@ class Endpoint::Impl {
       return {};
     }
     VIPC_TRY(s.reply->try_send(m));
+    if (client::trace::on()) [[unlikely]]
+      trace_reply(s, m);
     ++s.next_reply;
     for (auto it = s.held.begin(); it != s.held.end() && it->first == s.next_reply;) {
       if (!s.reply->try_send(it->second)) break;  // the caller is gone: nobody to tell
+      if (client::trace::on()) [[unlikely]]
+        trace_reply(s, it->second);
       ++s.next_reply;
       it = s.held.erase(it);
     }
@@ -855,6 +866,12 @@ class Channel::Impl {
   std::uint64_t ring_id = 0;                 // the broker's id of this ring (trace records)
   std::uint64_t traced_up_to = 0;            // positions below this were recorded (tracing)
 
+  // Records the reply `call` just took (tracing on only; out of line).
+  [[gnu::noinline, gnu::cold]] void trace_reply_received(const SmallMessage& m) const noexcept {
+    client::trace::record(layout::kTraceReplyReceive, ring_id, reply->next_position() - 1, m.type,
+                          m.length, m.cap_count, core::cycles());
+  }
+
   // Records the messages written since the last call (tracing on only): a send the
   // overflow policy dropped wrote nothing and records nothing.
   // stamp: core::cycles() taken before the send.
@@ -1030,6 +1047,8 @@ Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nan
       --impl_->abandoned;
       continue;
     }
+    if (client::trace::on()) [[unlikely]]
+      impl_->trace_reply_received(response);
     if (response.type == kDroppedReplyType && response.length == 0) {
       return Error(ErrorCode::ChannelClosed, "call: the server dropped the request");
     }

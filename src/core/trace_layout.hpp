@@ -35,7 +35,11 @@ inline constexpr std::uint16_t kTraceReceive = 2;  // a channel message taken fr
 // is the topic's object id, `topic_ring` the publisher's index and generation.
 inline constexpr std::uint16_t kTracePublish = 3;
 inline constexpr std::uint16_t kTraceDeliver = 4;
-inline constexpr std::uint16_t kTraceKindMax = kTraceDeliver;
+// A reply of a synchronous channel written to the caller's reply ring / taken by the
+// caller (`call`): ring id is the caller's request ring, position the reply ring's.
+inline constexpr std::uint16_t kTraceReply = 5;
+inline constexpr std::uint16_t kTraceReplyReceive = 6;
+inline constexpr std::uint16_t kTraceKindMax = kTraceReplyReceive;
 // TraceRecord::topic_ring of a topic record.
 [[nodiscard]] constexpr std::uint32_t trace_topic_ring(std::uint32_t publisher_index,
                                                        std::uint32_t generation) noexcept {

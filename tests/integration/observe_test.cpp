@@ -716,5 +716,76 @@ TEST_F(ObserveTest, TopicPublicationsAreTracedToEverySubscriber) {
   EXPECT_EQ(s2.wait_until(core::deadline_after(10s)), "exit 0");
 }
 
+// Replies of a synchronous channel in the trace: each request a row from the caller to
+// the server, each reply a row of kind reply from the server back to the caller, with
+// the reply's own type and size and a latency.
+TEST_F(ObserveTest, RepliesAreTracedFromServerToCaller) {
+  auto rt = Runtime::connect_to(daemon_->socket());
+  ASSERT_TRUE(rt);
+  ChannelOptions sync;
+  sync.type = Synchronous{.capacity = 8};
+  auto server = Endpoint::create(*rt, "obs-calls", sync);
+  ASSERT_TRUE(server) << server.error().message();
+  ASSERT_TRUE(rt->trace(TraceAction::On).value().enabled);
+  constexpr int kCalls = 20;
+  auto caller = test::Child::spawn(
+      [&]() -> int {
+        auto crt = Runtime::connect_to(daemon_->socket());
+        if (!crt) return 10;
+        auto ch = Channel::connect(*crt, "obs-calls");
+        if (!ch) return 11;
+        std::array<unsigned char, 8> req{};
+        for (int i = 0; i < kCalls; ++i) {
+          auto r = ch->call(SmallMessage(41, req.data(), req.size()), 10s);
+          if (!r || r->type != 42 || r->length != 24) return 12;
+        }
+        return 0;
+      },
+      60s);
+  const pid_t caller_pid = caller.pid();
+  std::array<unsigned char, 24> answer{};
+  for (int i = 0; i < kCalls; ++i) {
+    auto req = server->receive_request(10s);
+    ASSERT_TRUE(req) << req.error().message();
+    ASSERT_TRUE(req->reply(SmallMessage(42, answer.data(), answer.size())));
+  }
+  EXPECT_EQ(caller.wait_until(core::deadline_after(10s)), "exit 0");
+
+  json msgs;
+  int requests = 0, replies = 0;
+  const bool all = test::wait_for(
+      [&] {
+        msgs = run_json(vipc_ + "messages --format json" + sock_);
+        requests = replies = 0;
+        for (const json& x : msgs["messages"]) {
+          if (x["channel"] != "obs-calls" || x["latency_ns"].is_null()) continue;
+          ++(x["kind"] == "reply" ? replies : requests);
+        }
+        return requests == kCalls && replies == kCalls;
+      },
+      15s);
+  EXPECT_TRUE(all) << requests << " requests, " << replies << " replies\n" << msgs.dump();
+  for (const json& x : msgs["messages"]) {
+    if (x["channel"] != "obs-calls") continue;
+    if (x["kind"] == "reply") {
+      EXPECT_EQ(x["src_pid"].get<pid_t>(), ::getpid()) << x.dump();
+      EXPECT_EQ(x["dst_pid"].get<pid_t>(), caller_pid) << x.dump();
+      EXPECT_EQ(x["type"], 42);
+      EXPECT_EQ(x["size"], 24);
+    } else {
+      EXPECT_EQ(x["kind"], "channel");
+      EXPECT_EQ(x["src_pid"].get<pid_t>(), caller_pid) << x.dump();
+      EXPECT_EQ(x["dst_pid"].get<pid_t>(), ::getpid()) << x.dump();
+      EXPECT_EQ(x["type"], 41);
+      EXPECT_EQ(x["size"], 8);
+    }
+  }
+  // The channel's latency histogram is of its requests only.
+  json ch = run_json(vipc_ + "channels --format json" + sock_);
+  const json* c = object_named(ch, "obs-calls");
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ((*c)["latency"]["count"], kCalls);
+}
+
 }  // namespace
 }  // namespace vipc

@@ -68,10 +68,10 @@ static_assert(offsetof(TraceFlagSegment, enabled) == 64);
 // late writer reads a torn record at worst (rejected by the seq re-check, TR3), never
 // undefined behaviour.
 //
-//  0         8          16        24         32     34     36     40     44    48       64
-//  +---------+----------+---------+----------+------+------+------+------+-----+--------+
-//  | seq     | stamp    | ring id | position | kind | caps | type | size | topic ring| res. |
-//  +---------+----------+---------+----------+------+------+------+------+-----+--------+
+//  0         8          16        24         32     34     36     40     44           48       64
+//  +---------+----------+---------+----------+------+------+------+------+------------+--------+
+//  | seq     | stamp    | ring id | position | kind | caps | type | size | topic ring | (pad)  |
+//  +---------+----------+---------+----------+------+------+------+------+------------+--------+
 //
 // seq: position + 1 once the record of `position` is complete (0 before the first lap).
 // stamp: core::cycles() at the event (the machine's cycle counter, which costs less

@@ -281,7 +281,12 @@ class Broker::Impl {
   void set_audit(std::unique_ptr<AuditLog> a) noexcept { audit_ = std::move(a); }
 
   Result<void> run(std::atomic<int>& stop_signal);
-  void set_observer(std::unique_ptr<Observer> o) noexcept { observe_ = std::move(o); }
+  void set_observer(std::unique_ptr<Observer> o) {
+    observe_ = std::move(o);
+    observe_->set_topic_lookup([this](std::uint64_t object_id, std::uint32_t index) {
+      return traced_topic(object_id, index);
+    });
+  }
 
  private:
   // ---- logging
@@ -357,6 +362,7 @@ class Broker::Impl {
   // Names a channel ring for trace records; the objects and clients as the views show them.
   std::optional<TracedRing> traced_ring(std::uint64_t ring_id) const;
   std::vector<ObjectView> object_views() const;
+  std::optional<TracedTopic> traced_topic(std::uint64_t object_id, std::uint32_t index) const;
   // Drains the trace rings when due and rewrites the views when due (or `force`).
   void observe(bool force);
   template <std::uint16_t N>
@@ -2049,6 +2055,18 @@ std::optional<TracedRing> Broker::Impl::traced_ring(std::uint64_t ring_id) const
   return std::nullopt;
 }
 
+std::optional<TracedTopic> Broker::Impl::traced_topic(std::uint64_t object_id,
+                                                      std::uint32_t index) const {
+  auto it = objects_.find(object_id);
+  if (it == objects_.end() || !it->second.topic) return std::nullopt;
+  TracedTopic t;
+  t.name = it->second.name.empty() ? fmt::format("#{}", object_id) : it->second.name;
+  if (auto c = clients_.find(it->second.topic->publisher_client(index)); c != clients_.end()) {
+    t.publisher_pid = c->second.cred.pid;
+  }
+  return t;
+}
+
 std::vector<ObjectView> Broker::Impl::object_views() const {
   std::vector<ObjectView> out;
   out.reserve(objects_.size());
@@ -2082,6 +2100,13 @@ std::vector<ObjectView> Broker::Impl::object_views() const {
     if (obj.topic) {
       v.publishers = obj.topic->publishers();
       v.subscribers = obj.topic->subscribers();
+      v.topic = obj.topic->sample();
+      const auto pid_of = [this](std::uint64_t client) {
+        auto c = clients_.find(client);
+        return c != clients_.end() ? c->second.cred.pid : pid_t{0};
+      };
+      for (TopicPublisherSample& p : v.topic.publishers) p.pid = pid_of(p.client);
+      for (TopicSubscriberSample& s : v.topic.subscribers) s.pid = pid_of(s.client);
     }
     out.push_back(std::move(v));
   }

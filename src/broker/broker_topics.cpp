@@ -113,6 +113,8 @@ Result<TopicState::Outcome> TopicState::join(std::uint64_t client, std::uint64_t
   m.segment = std::move(seg->fd);
   m.segment_ro = std::move(*ro);
   m.eventfd = std::move(efd);
+  m.ring_view.reset();
+  m.cursor_view.reset();
   wire::TopicJoinReply reply{};
   reply.role = static_cast<std::uint16_t>(role);
   reply.flags = static_cast<std::uint16_t>(spec_.flags);
@@ -186,7 +188,11 @@ void TopicState::retire(wire::TopicRole role, std::uint32_t index, bool withdraw
   // The descriptors go (a departed publisher's read-only open stays until its index is
   // reused); other members keep their own mappings.
   m.segment.reset();
-  if (!m.departed) m.segment_ro.reset();
+  if (!m.departed) {
+    m.segment_ro.reset();
+    m.ring_view.reset();
+  }
+  m.cursor_view.reset();
   m.eventfd.reset();
 }
 

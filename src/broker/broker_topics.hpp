@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "core/sys.hpp"
@@ -29,6 +30,35 @@
 #include "vipc/result.hpp"
 
 namespace vipc::broker {
+
+// A topic's members as the views show them (docs/observability.md, "Topics"), read
+// from the members' shared memory without writing to it.
+struct TopicPublisherSample {
+  std::uint32_t index = 0;
+  std::uint64_t client = 0;  // 0 once it departed
+  pid_t pid = 0;
+  bool departed = false;
+  bool sampled = false;         // false: its ring could not be mapped
+  std::uint64_t published = 0;  // its ring's tail
+};
+struct TopicLag {
+  std::uint32_t publisher = 0;  // publisher index
+  std::uint64_t lag = 0;
+};
+struct TopicSubscriberSample {
+  std::uint32_t index = 0;
+  std::uint64_t client = 0;
+  pid_t pid = 0;
+  bool sampled = false;  // false: its cursor segment could not be mapped
+  std::uint64_t delivered = 0, missed = 0, corrupt = 0;
+  std::uint64_t lag = 0;          // publications not read yet, over every ring it owes
+  std::uint64_t overwritten = 0;  // of those, already overwritten (it will miss them)
+  std::vector<TopicLag> behind;   // per ring with a lag
+};
+struct TopicSample {
+  std::vector<TopicPublisherSample> publishers;
+  std::vector<TopicSubscriberSample> subscribers;
+};
 
 class TopicState {
  public:
@@ -63,7 +93,12 @@ class TopicState {
   [[nodiscard]] std::vector<std::uint64_t> subscriber_clients() const;
   [[nodiscard]] bool holds_back() const noexcept;
   [[nodiscard]] std::size_t publishers() const noexcept;
+  // The client of publisher `index` (0: free or departed).
+  [[nodiscard]] std::uint64_t publisher_client(std::uint32_t index) const noexcept;
   [[nodiscard]] std::size_t subscribers() const noexcept;
+  // Every live or departed publisher and every live subscriber, with the lag of each
+  // subscriber (broker_topic_views.cpp). Maps each member's segment read-only once.
+  [[nodiscard]] TopicSample sample() const;
 
  private:
   struct Member {
@@ -77,6 +112,9 @@ class TopicState {
     sys::UniqueFd segment;     // ring (publisher) or cursor segment (subscriber), rw
     sys::UniqueFd segment_ro;  // a read-only open, handed to other members
     sys::UniqueFd eventfd;     // subscriber's pollable descriptor
+    // The views' read-only mappings of `segment_ro`, made by sample() on first use.
+    mutable std::optional<core::TopicRingReader> ring_view;
+    mutable std::optional<core::TopicMapped<layout::TopicCursorSegment>> cursor_view;
   };
 
   TopicState() = default;

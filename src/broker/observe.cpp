@@ -11,6 +11,7 @@
 
 #include "broker/platform.hpp"
 #include "core/clock.hpp"
+#include "core/topic_layout.hpp"
 
 namespace vipc::broker {
 
@@ -101,6 +102,51 @@ void add(core::RingStats& a, const core::RingStats& b) noexcept {
   a.lost += b.lost;
 }
 
+// A topic's members and the lag of each subscriber; `total` gets the topic's counters
+// in the channels' terms (sent: published, received: delivered over every subscriber,
+// lost: missed, depth: the largest lag).
+json topic_json(const TopicSample& t, std::uint32_t capacity, core::RingStats& total,
+                std::uint64_t& max_lag) {
+  json pubs = json::array();
+  std::map<std::uint32_t, pid_t> pid_of;
+  for (const TopicPublisherSample& p : t.publishers) {
+    total.sent += p.published;
+    pid_of[p.index] = p.pid;
+    pubs.push_back({{"index", p.index},
+                    {"pid", p.pid},
+                    {"departed", p.departed},
+                    {"sampled", p.sampled},
+                    {"published", p.published}});
+  }
+  json subs = json::array();
+  max_lag = 0;
+  for (const TopicSubscriberSample& s : t.subscribers) {
+    total.received += s.delivered;
+    total.lost += s.missed;
+    total.corrupt += s.corrupt;
+    max_lag = std::max(max_lag, s.lag);
+    json behind = json::array();
+    for (const TopicLag& l : s.behind) {
+      behind.push_back({{"publisher", l.publisher}, {"pid", pid_of[l.publisher]}, {"lag", l.lag}});
+    }
+    subs.push_back(
+        {{"index", s.index},
+         {"pid", s.pid},
+         {"sampled", s.sampled},
+         {"delivered", s.delivered},
+         {"missed", s.missed},
+         {"corrupt", s.corrupt},
+         {"lag", s.lag},
+         {"overwritten", s.overwritten},
+         {"lag_ratio",
+          capacity == 0 ? 0.0 : static_cast<double>(s.lag) / static_cast<double>(capacity)},
+         {"behind", std::move(behind)}});
+  }
+  return json{{"published", total.sent},       {"delivered", total.received},
+              {"missed", total.lost},          {"max_lag", max_lag},
+              {"publishers", std::move(pubs)}, {"subscribers", std::move(subs)}};
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Observer>> Observer::create(std::string dir) {
@@ -134,6 +180,7 @@ void Observer::forget(std::uint64_t client, const RingLookup& lookup) {
   auto it = rings_.find(client);
   if (it == rings_.end()) return;
   ring_cache_.clear();
+  topic_cache_.clear();
   drain_ring(client, it->second, lookup);
   lost_gone_ += it->second.reader.lost() + it->second.reader.rejected();
   rings_.erase(it);
@@ -171,6 +218,7 @@ void Observer::drain(std::uint64_t now_ns, const RingLookup& lookup, bool force)
   if (!force && now_ns < last_drain_ns_ + kDrainOnMs * 1'000'000ULL) return;
   last_drain_ns_ = now_ns;
   ring_cache_.clear();
+  topic_cache_.clear();
   const RingLookup cached = [&](std::uint64_t id) -> std::optional<TracedRing> {
     auto it = ring_cache_.find(id);
     if (it == ring_cache_.end()) it = ring_cache_.emplace(id, lookup(id)).first;
@@ -201,12 +249,20 @@ void Observer::drain_ring(std::uint64_t, ClientRing& r, const RingLookup& lookup
 
 void Observer::on_event(const core::TraceEvent& e, std::uint64_t mono_ns, pid_t pid,
                         const RingLookup& lookup) {
+  if (e.kind == layout::kTracePublish || e.kind == layout::kTraceDeliver) {
+    on_topic_event(e, mono_ns, pid);
+    return;
+  }
   // A send and its receive may be drained in either order (the receiver can record
   // before the sender does), so whichever comes first waits for the other.
-  const bool is_send = e.kind == layout::kTraceSend;
+  // A reply is paired like a message, in a key space of its own (the request ring's id
+  // with the top bit set: a reply ring's positions are not the request ring's).
+  const bool reply = e.kind == layout::kTraceReply || e.kind == layout::kTraceReplyReceive;
+  const bool is_send = e.kind == layout::kTraceSend || e.kind == layout::kTraceReply;
+  const std::uint64_t key = reply ? e.ring_id | kReplyKey : e.ring_id;
   auto& mine = is_send ? sends_ : receives_;
   auto& other = is_send ? receives_ : sends_;
-  if (auto rit = other.find(e.ring_id); rit != other.end()) {
+  if (auto rit = other.find(key); rit != other.end()) {
     if (auto pit = rit->second.find(e.position); pit != rit->second.end()) {
       const Pending match = pit->second;
       rit->second.erase(pit);
@@ -218,7 +274,7 @@ void Observer::on_event(const core::TraceEvent& e, std::uint64_t mono_ns, pid_t 
     }
   }
   if (pending_count_ >= kPendingMax) expire_pending(0, true, lookup);
-  auto [it, fresh] = mine[e.ring_id].insert_or_assign(e.position, Pending{e, pid, mono_ns});
+  auto [it, fresh] = mine[key].insert_or_assign(e.position, Pending{e, pid, mono_ns});
   (void)it;
   if (fresh) ++pending_count_;
 }
@@ -230,11 +286,12 @@ void Observer::emit_pair(const Pending* send, const Pending* receive, const Ring
   m.type = any.event.type;
   m.size = any.event.size;
   m.caps = any.event.cap_count;
+  m.reply = any.event.kind == layout::kTraceReply || any.event.kind == layout::kTraceReplyReceive;
   if (const std::optional<TracedRing> info = lookup(any.event.ring_id)) {
     m.object_id = info->object_id;
     m.channel = info->channel;
-    m.src = info->sender_pid;
-    m.dst = info->receiver_pid;
+    m.src = m.reply ? info->receiver_pid : info->sender_pid;
+    m.dst = m.reply ? info->sender_pid : info->receiver_pid;
   } else {
     m.channel = fmt::format("ring#{}", any.event.ring_id);
   }
@@ -246,7 +303,8 @@ void Observer::emit_pair(const Pending* send, const Pending* receive, const Ring
         static_cast<double>(receive->event.stamp - send->event.stamp) * ns_per_cycle_);
     m.has_latency = true;
   }
-  if (m.has_latency && m.object_id != 0) {
+  // The channel's histogram is of its messages; a reply's latency is shown on its row.
+  if (m.has_latency && m.object_id != 0 && !m.reply) {
     ChannelLatency& l = latency_[m.object_id];
     l.hist.record(m.latency_ns);
     ++l.log2[static_cast<std::size_t>(std::bit_width(m.latency_ns))];
@@ -254,7 +312,89 @@ void Observer::emit_pair(const Pending* send, const Pending* receive, const Ring
   emit(std::move(m));
 }
 
+void Observer::on_topic_event(const core::TraceEvent& e, std::uint64_t mono_ns, pid_t pid) {
+  // One publication, any number of deliveries, drained in any order: the publication
+  // stays (kPendingAgeNs) for deliveries still to come; a delivery seen first waits.
+  const TopicKey key{e.ring_id, e.topic_ring, e.position};
+  auto it = topics_pending_.find(key);
+  if (it == topics_pending_.end()) {
+    if (pending_count_ >= kPendingMax) expire_topics(0, true);
+    it = topics_pending_.emplace(key, TopicPending{}).first;
+    it->second.first_ns = mono_ns;
+    ++pending_count_;
+  }
+  TopicPending& t = it->second;
+  const Pending self{e, pid, mono_ns};
+  if (e.kind == layout::kTracePublish) {
+    if (t.publish) return;  // a duplicate (a lying writer): the first one counts
+    t.publish = self;
+    for (const Pending& d : t.deliveries) emit_topic(key, &*t.publish, &d);
+    t.paired = t.paired || !t.deliveries.empty();
+    t.deliveries.clear();
+  } else if (t.publish) {
+    emit_topic(key, &*t.publish, &self);
+    t.paired = true;
+  } else if (t.deliveries.size() < layout::kTopicSubscribersMax) {
+    t.deliveries.push_back(self);
+  }
+}
+
+void Observer::emit_topic(const TopicKey& key, const Pending* publish, const Pending* delivery) {
+  const Pending& any = publish != nullptr ? *publish : *delivery;
+  const auto [object_id, ring, position] = key;
+  (void)position;
+  Message m;
+  m.topic = true;
+  m.time_ns = any.mono_ns;
+  m.type = any.event.type;
+  m.size = any.event.size;
+  m.object_id = object_id;
+  const std::uint32_t publisher = ring & 0xffu;
+  const std::uint64_t cache_key = object_id << 8 | publisher;
+  auto c = topic_cache_.find(cache_key);
+  if (c == topic_cache_.end()) {
+    c = topic_cache_
+            .emplace(cache_key, topic_lookup_ ? topic_lookup_(object_id, publisher) : std::nullopt)
+            .first;
+  }
+  if (c->second) {
+    m.channel = c->second->name;
+    m.src = c->second->publisher_pid;
+  } else {
+    m.channel = fmt::format("topic#{}", object_id);
+  }
+  if (publish != nullptr) m.src = publish->pid;
+  if (delivery != nullptr) m.dst = delivery->pid;
+  if (publish != nullptr && delivery != nullptr && delivery->event.stamp >= publish->event.stamp) {
+    m.latency_ns = static_cast<std::uint64_t>(
+        static_cast<double>(delivery->event.stamp - publish->event.stamp) * ns_per_cycle_);
+    m.has_latency = true;
+    ChannelLatency& l = latency_[m.object_id];
+    l.hist.record(m.latency_ns);
+    ++l.log2[static_cast<std::size_t>(std::bit_width(m.latency_ns))];
+  }
+  emit(std::move(m));
+}
+
+void Observer::expire_topics(std::uint64_t now_ns, bool all) {
+  // A publication nobody received (no subscriber, or a stuck one) is shown alone; a
+  // delivery whose publication was not seen (lost record, tracing switched on between)
+  // too, without a latency.
+  for (auto it = topics_pending_.begin(); it != topics_pending_.end();) {
+    TopicPending& t = it->second;
+    if (!all && t.first_ns + kPendingAgeNs > now_ns) {
+      ++it;
+      continue;
+    }
+    if (t.publish && !t.paired) emit_topic(it->first, &*t.publish, nullptr);
+    for (const Pending& d : t.deliveries) emit_topic(it->first, nullptr, &d);
+    it = topics_pending_.erase(it);
+    --pending_count_;
+  }
+}
+
 void Observer::expire_pending(std::uint64_t now_ns, bool all, const RingLookup& lookup) {
+  expire_topics(now_ns, all);
   // Halves whose partner was not seen (yet): shown without a latency once they are old
   // (or when the table is full), so that a stuck receiver's messages still appear.
   for (auto* table : {&sends_, &receives_}) {
@@ -341,22 +481,29 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
 
   // ---- messages
   {
-    std::string text =
-        fmt::format("{:<15}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n", "time (UTC)",
-                    "src", "dst", "channel", "type", "size", "caps", "latency_ns");
+    std::string text = fmt::format(
+        "{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n", "time (UTC)", "kind",
+        "src", "dst", "channel", "type", "size", "caps", "latency_ns");
     json arr = json::array();
     const std::size_t skip =
         messages_.size() > kMessagesInFiles ? messages_.size() - kMessagesInFiles : 0;
     for (std::size_t i = skip; i < messages_.size(); ++i) {
       const Message& m = messages_[i];
       const std::string when = clock_text(m.time_ns, now_ns, now_real);
-      text += fmt::format("{:<15}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n", when,
-                          m.src, m.dst == 0 ? std::string("-") : std::to_string(m.dst),
-                          m.channel.empty() ? "?" : m.channel, m.type, m.size, m.caps,
-                          m.has_latency ? std::to_string(m.latency_ns) : std::string("-"));
+      text +=
+          fmt::format("{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n", when,
+                      m.topic   ? "topic"
+                      : m.reply ? "reply"
+                                : "channel",
+                      m.src, m.dst == 0 ? std::string("-") : std::to_string(m.dst),
+                      m.channel.empty() ? "?" : m.channel, m.type, m.size, m.caps,
+                      m.has_latency ? std::to_string(m.latency_ns) : std::string("-"));
       json jm{{"seq", m.seq},
               {"time", when},
               {"time_ns", m.time_ns},
+              {"kind", m.topic   ? "topic"
+                       : m.reply ? "reply"
+                                 : "channel"},
               {"src_pid", m.src},
               {"dst_pid", m.dst},
               {"channel", m.channel},
@@ -379,8 +526,14 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
         "name", "kind", "owner", "peers", "senders", "sent", "received", "depth", "drops", "full",
         "parks", "policy");
     json arr = json::array();
+    std::string lag_text;
     for (const ObjectView& o : objects) {
       core::RingStats total;
+      std::uint64_t max_lag = 0;
+      json topic;
+      if (o.kind == ObjectKind::Topic && !o.queue) {
+        topic = topic_json(o.topic, o.capacity, total, max_lag);
+      }
       json senders = json::array();
       for (const SenderView& s : o.senders) {
         if (s.sampled) add(total, s.stats);
@@ -396,7 +549,7 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
       const std::size_t peers =
           o.kind == ObjectKind::Topic ? o.publishers + o.subscribers : o.senders.size();
       const char* kind = o.queue ? "queue" : kind_name(o.kind);
-      const std::uint64_t depth = o.queue ? o.queued : total.depth();
+      const std::uint64_t depth = o.queue ? o.queued : topic.is_null() ? total.depth() : max_lag;
       text += fmt::format(
           "{:<20}  {:<8}  {:>7}  {:>7}  {:>7}  {:>10}  {:>10}  {:>6}  {:>8}  {:>8}  {:>8}  "
           "{:<11}\n",
@@ -418,6 +571,15 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
       if (o.kind == ObjectKind::Topic) {
         jo["publishers"] = o.publishers;
         jo["subscribers"] = o.subscribers;
+      }
+      if (!topic.is_null()) {
+        jo["totals"]["depth"] = max_lag;
+        for (const TopicSubscriberSample& sub : o.topic.subscribers) {
+          lag_text +=
+              fmt::format("{:<20}  {:>5}  {:>7}  {:>10}  {:>8}  {:>8}  {:>11}\n", name, sub.index,
+                          sub.pid, sub.delivered, sub.missed, sub.lag, sub.overwritten);
+        }
+        jo["topic"] = std::move(topic);
       }
       if (o.queue) {
         jo["queued"] = o.queued;
@@ -444,6 +606,11 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
     json jc = json::array();
     for (const ClientView& c : clients) {
       jc.push_back({{"client", c.id}, {"pid", c.pid}, {"uid", c.uid}});
+    }
+    if (!lag_text.empty()) {
+      text += fmt::format("\n{:<20}  {:>5}  {:>7}  {:>10}  {:>8}  {:>8}  {:>11}\n", "topic", "sub",
+                          "pid", "delivered", "missed", "lag", "overwritten") +
+              lag_text;
     }
     text += fmt::format("\nclients: {}  buffers and regions: {}  tracing: {}\n", clients.size(),
                         buffers, st.enabled != 0 ? "on" : "off");

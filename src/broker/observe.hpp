@@ -27,9 +27,11 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
+#include "broker/broker_topics.hpp"
 #include "core/histogram.hpp"
 #include "core/ring.hpp"
 #include "core/sys.hpp"
@@ -48,6 +50,14 @@ struct TracedRing {
   pid_t receiver_pid = 0;
 };
 using RingLookup = std::function<std::optional<TracedRing>(std::uint64_t ring_id)>;
+
+// What the broker knows about a topic's publisher (for naming topic trace records).
+struct TracedTopic {
+  std::string name;
+  pid_t publisher_pid = 0;  // 0: that publisher index is free now
+};
+using TopicLookup = std::function<std::optional<TracedTopic>(std::uint64_t object_id,
+                                                             std::uint32_t publisher_index)>;
 
 // One sender ring of a channel, its counters sampled from shared memory.
 struct SenderView {
@@ -72,6 +82,7 @@ struct ObjectView {
   pid_t receiver_pid = 0;
   std::vector<SenderView> senders;
   std::size_t publishers = 0, subscribers = 0;  // topics
+  TopicSample topic;                            // topics: members, subscriber lag
   // A POSIX message queue (docs/posix.md): not a broker object; `capacity` is its
   // mq_maxmsg, `max_message_size` its mq_msgsize, `queued` its mq_curmsgs.
   bool queue = false;
@@ -95,6 +106,8 @@ class Observer {
   static constexpr std::size_t kPendingMax = 1u << 16;
   static constexpr std::uint64_t kPendingAgeNs = 2'000'000'000;
   static constexpr std::uint32_t kRingCapacity = 16384;
+  // Pending replies are keyed by their request ring's id with this bit set.
+  static constexpr std::uint64_t kReplyKey = std::uint64_t{1} << 63;
 
   // dir: the runtime directory the views are written to; empty: no files.
   [[nodiscard]] static Result<std::unique_ptr<Observer>> create(std::string dir);
@@ -110,6 +123,9 @@ class Observer {
   [[nodiscard]] Result<Attached> attach(std::uint64_t client, pid_t pid, std::uint32_t capacity);
   // The client is gone: its ring is drained one last time and dropped.
   void forget(std::uint64_t client, const RingLookup& lookup);
+
+  // How topic records are named (set once by the broker; without it, by object id).
+  void set_topic_lookup(TopicLookup lookup) { topic_lookup_ = std::move(lookup); }
 
   void set_enabled(bool on) noexcept;
   [[nodiscard]] bool enabled() const noexcept;
@@ -148,7 +164,18 @@ class Observer {
     std::string channel;
     std::uint32_t type = 0, size = 0;
     std::uint16_t caps = 0;
+    bool topic = false;  // a topic publication and one delivery of it
+    bool reply = false;  // a reply of a synchronous channel (server to caller)
   };
+  // A topic publication and the deliveries seen so far (one publication, any number
+  // of deliveries): by (object id, topic ring, position).
+  struct TopicPending {
+    std::optional<Pending> publish;
+    std::vector<Pending> deliveries;  // waiting for their publication
+    std::uint64_t first_ns = 0;       // when the first of them was seen
+    bool paired = false;              // a delivery was shown with the publication
+  };
+  using TopicKey = std::tuple<std::uint64_t, std::uint32_t, std::uint64_t>;
   struct ChannelLatency {
     core::Histogram hist{60'000'000'000ULL, 5};
     std::array<std::uint64_t, 64> log2{};  // log2 buckets of the same samples
@@ -161,6 +188,9 @@ class Observer {
   // One message from its send and / or its receive (either may be null, not both).
   void emit_pair(const Pending* send, const Pending* receive, const RingLookup& lookup);
   void emit(Message m);
+  void on_topic_event(const core::TraceEvent& e, std::uint64_t mono_ns, pid_t pid);
+  void emit_topic(const TopicKey& key, const Pending* publish, const Pending* delivery);
+  void expire_topics(std::uint64_t now_ns, bool all);
   void expire_pending(std::uint64_t now_ns, bool all, const RingLookup& lookup);
   void write_file(const char* name, const std::string& text) noexcept;
 
@@ -172,6 +202,9 @@ class Observer {
   PendingTable sends_;     // by ring id, then position: sends whose receive was not seen
   PendingTable receives_;  // receives whose send was not seen
   std::size_t pending_count_ = 0;
+  std::map<TopicKey, TopicPending> topics_pending_;
+  TopicLookup topic_lookup_;
+  std::unordered_map<std::uint64_t, std::optional<TracedTopic>> topic_cache_;  // one drain's
   std::deque<Message> messages_;
   std::unordered_map<std::uint64_t, ChannelLatency> latency_;  // by object id
   std::uint64_t next_seq_ = 1;

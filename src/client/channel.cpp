@@ -263,6 +263,13 @@ class Endpoint::Impl {
     return !threaded || guard.acquire(recv_mu, deadline);
   }
 
+  // Records the reply just written to `s`'s reply ring (tracing on only; out of line).
+  [[gnu::noinline, gnu::cold]] static void trace_reply(const Sender& s,
+                                                       const SmallMessage& m) noexcept {
+    client::trace::record(layout::kTraceReply, s.ring_id, s.reply->next_position() - 1, m.type,
+                          m.length, m.cap_count, core::cycles());
+  }
+
   // Writes reply `seq` for the sender at `idx` (ring `ring_id`), and every held reply
   // that follows it, in request order.
   Result<void> send_reply(std::uint32_t idx, std::uint64_t ring_id, std::uint64_t seq,
@@ -278,9 +285,13 @@ class Endpoint::Impl {
       return {};
     }
     VIPC_TRY(s.reply->try_send(m));
+    if (client::trace::on()) [[unlikely]]
+      trace_reply(s, m);
     ++s.next_reply;
     for (auto it = s.held.begin(); it != s.held.end() && it->first == s.next_reply;) {
       if (!s.reply->try_send(it->second)) break;  // the caller is gone: nobody to tell
+      if (client::trace::on()) [[unlikely]]
+        trace_reply(s, it->second);
       ++s.next_reply;
       it = s.held.erase(it);
     }
@@ -1000,6 +1011,12 @@ class Channel::Impl {
     return r;
   }
 
+  // Records the reply `call` just took (tracing on only; out of line).
+  [[gnu::noinline, gnu::cold]] void trace_reply_received(const SmallMessage& m) const noexcept {
+    client::trace::record(layout::kTraceReplyReceive, ring_id, reply->next_position() - 1, m.type,
+                          m.length, m.cap_count, core::cycles());
+  }
+
   // Records the messages written since the last call (tracing on only): a send the
   // overflow policy dropped wrote nothing and records nothing.
   // stamp: core::cycles() taken before the send.
@@ -1204,6 +1221,8 @@ Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nan
       --impl_->abandoned;
       continue;
     }
+    if (client::trace::on()) [[unlikely]]
+      impl_->trace_reply_received(response);
     if (response.type == kDroppedReplyType && response.length == 0) {
       return Error(ErrorCode::ChannelClosed, "call: the server dropped the request");
     }

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "client/runtime_impl.hpp"
+#include "client/trace.hpp"
 #include "core/clock.hpp"
 #include "core/segment.hpp"
 #include "core/topic.hpp"
@@ -290,8 +291,22 @@ class Topic::Impl {
       return Error(ErrorCode::ChannelClosed, "topic: this publisher was removed (revoked)");
     }
     if (hold_back && writer.tail() >= limit) VIPC_TRY(wait_for_room());
+    if (client::trace::on()) [[unlikely]] {
+      publish_traced(m);
+      return {};
+    }
     writer.publish(m, timestamps ? core::now_ns() : 0);
     return {};
+  }
+
+  // The publish with tracing on (out of line: the untraced path stays small). Stamped
+  // before the message is visible, so that no delivery's stamp is earlier.
+  [[gnu::noinline, gnu::cold]] void publish_traced(const SmallMessage& m) noexcept {
+    const std::uint64_t stamp = core::cycles();
+    const std::uint64_t pos = writer.tail();
+    writer.publish(m, timestamps ? core::now_ns() : 0);
+    client::trace::record(layout::kTracePublish, c.spec.object_id, pos, m.type, m.length, 0, stamp,
+                          layout::trace_topic_ring(c.index, c.generation));
   }
 };
 
@@ -452,6 +467,14 @@ class Subscription::Impl {
 
   layout::TopicCursorSegment& seg() const noexcept { return *cursor.get(); }
 
+  // Records the message of p.pos just read from publisher i (tracing on only; out of
+  // line, so that the untraced receive pays the check only).
+  [[gnu::noinline, gnu::cold]] void trace_delivered(std::uint32_t i, const Pub& p,
+                                                    const SmallMessage& m) const noexcept {
+    client::trace::record(layout::kTraceDeliver, c.spec.object_id, p.pos, m.type, m.length, 0,
+                          core::cycles(), layout::trace_topic_ring(i, p.generation));
+  }
+
   void set_cursor(std::uint32_t i, std::uint64_t pos) noexcept {
     // T4: release pairs with the publisher's acquire load in its rescan: our copy of
     // every slot below pos is complete before it may overwrite them.
@@ -545,6 +568,8 @@ class Subscription::Impl {
         std::uint64_t stamp = 0;
         const auto o = p.reader.read(p.pos, out, next, &stamp);
         if (o == core::TopicRingReader::Outcome::Ready) {
+          if (client::trace::on()) [[unlikely]]
+            trace_delivered(i, p, out);
           Received r{i, p.pos, p.pending_missed, stamp};
           p.pending_missed = 0;
           p.pos = next;

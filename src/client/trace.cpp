@@ -42,7 +42,8 @@ void forget_in_child() noexcept {
 }  // namespace
 
 void record(std::uint16_t kind, std::uint64_t ring_id, std::uint64_t position, std::uint32_t type,
-            std::uint32_t size, std::uint16_t cap_count, std::uint64_t stamp) noexcept {
+            std::uint32_t size, std::uint16_t cap_count, std::uint64_t stamp,
+            std::uint32_t topic_ring) noexcept {
   core::TraceRingWriter* w = writer.load(std::memory_order_acquire);
   if (w == nullptr) return;
   core::TraceEvent e;
@@ -53,6 +54,7 @@ void record(std::uint16_t kind, std::uint64_t ring_id, std::uint64_t position, s
   e.cap_count = cap_count;
   e.type = type;
   e.size = size;
+  e.topic_ring = topic_ring;
   (void)w->record(e);
 }
 

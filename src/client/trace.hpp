@@ -54,7 +54,8 @@ extern SwitchPage switch_page;
 // stamp: core::cycles() at the event; a send is stamped before it publishes the
 // message, a receive after it took it, so that a receive's stamp is never earlier.
 void record(std::uint16_t kind, std::uint64_t ring_id, std::uint64_t position, std::uint32_t type,
-            std::uint32_t size, std::uint16_t cap_count, std::uint64_t stamp) noexcept;
+            std::uint32_t size, std::uint16_t cap_count, std::uint64_t stamp,
+            std::uint32_t topic_ring = 0) noexcept;
 
 // Asks the broker for its switch and a trace ring for this process, replacing the
 // previous ones (best effort: without them this process keeps what it had). Called

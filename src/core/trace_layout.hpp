@@ -31,7 +31,20 @@ inline constexpr std::uint32_t kTraceCapacityDefault = 4096;
 // TraceRecord::kind.
 inline constexpr std::uint16_t kTraceSend = 1;     // a channel message written to a ring
 inline constexpr std::uint16_t kTraceReceive = 2;  // a channel message taken from a ring
-inline constexpr std::uint16_t kTraceKindMax = kTraceReceive;
+// A topic message written to a publisher's ring / read from it by a subscriber: ring id
+// is the topic's object id, `topic_ring` the publisher's index and generation.
+inline constexpr std::uint16_t kTracePublish = 3;
+inline constexpr std::uint16_t kTraceDeliver = 4;
+// A reply of a synchronous channel written to the caller's reply ring / taken by the
+// caller (`call`): ring id is the caller's request ring, position the reply ring's.
+inline constexpr std::uint16_t kTraceReply = 5;
+inline constexpr std::uint16_t kTraceReplyReceive = 6;
+inline constexpr std::uint16_t kTraceKindMax = kTraceReplyReceive;
+// TraceRecord::topic_ring of a topic record.
+[[nodiscard]] constexpr std::uint32_t trace_topic_ring(std::uint32_t publisher_index,
+                                                       std::uint32_t generation) noexcept {
+  return publisher_index | generation << 8;
+}
 
 // The switch: one cache line after the header.
 //
@@ -55,16 +68,19 @@ static_assert(offsetof(TraceFlagSegment, enabled) == 64);
 // late writer reads a torn record at worst (rejected by the seq re-check, TR3), never
 // undefined behaviour.
 //
-//  0         8          16        24         32     34     36     40     44         64
-//  +---------+----------+---------+----------+------+------+------+------+----------+
-//  | seq     | stamp    | ring id | position | kind | caps | type | size | reserved |
-//  +---------+----------+---------+----------+------+------+------+------+----------+
+//  0         8          16        24         32     34     36     40     44           48       64
+//  +---------+----------+---------+----------+------+------+------+------+------------+--------+
+//  | seq     | stamp    | ring id | position | kind | caps | type | size | topic ring | (pad)  |
+//  +---------+----------+---------+----------+------+------+------+------+------------+--------+
 //
 // seq: position + 1 once the record of `position` is complete (0 before the first lap).
 // stamp: core::cycles() at the event (the machine's cycle counter, which costs less
 // than a clock_gettime; the broker converts it to CLOCK_MONOTONIC as it drains). ring id and
 // position: the channel ring and the message's position in it (a send and its receive carry the
-// same pair).
+// same pair); for a topic record (kTracePublish, kTraceDeliver) the topic's object id, the
+// position in the publisher's ring, and topic ring = trace_topic_ring(publisher index,
+// generation) (a publication and each of its deliveries carry the same triple). Channel
+// records leave topic ring 0 (it was reserved and written as 0 before topics were traced).
 struct alignas(kCacheLine) TraceRecord {
   std::uint64_t seq;
   std::uint64_t stamp;
@@ -74,7 +90,7 @@ struct alignas(kCacheLine) TraceRecord {
   std::uint16_t cap_count;
   std::uint32_t type;
   std::uint32_t size;
-  std::uint32_t reserved0;
+  std::uint32_t topic_ring;
   std::uint64_t reserved1[2];
 };
 static_assert(sizeof(TraceRecord) == kTraceRecordSize);
@@ -86,6 +102,7 @@ static_assert(offsetof(TraceRecord, kind) == 32);
 static_assert(offsetof(TraceRecord, cap_count) == 34);
 static_assert(offsetof(TraceRecord, type) == 36);
 static_assert(offsetof(TraceRecord, size) == 40);
+static_assert(offsetof(TraceRecord, topic_ring) == 44);
 
 // One process's trace ring.
 //

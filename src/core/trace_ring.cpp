@@ -110,6 +110,7 @@ bool TraceRingWriter::record(const TraceEvent& e) noexcept {
   store_relaxed(r.cap_count, e.cap_count);
   store_relaxed(r.type, e.type);
   store_relaxed(r.size, e.size);
+  store_relaxed(r.topic_ring, e.topic_ring);
   // TR2: publishes the fields above to the broker's acquire load (TR3).
   std::atomic_ref<std::uint64_t>(r.seq).store(t + 1, std::memory_order_release);
   return true;
@@ -183,6 +184,7 @@ std::size_t TraceRingReader::drain(std::vector<TraceEvent>& out, std::size_t max
     e.cap_count = load_relaxed(r.cap_count);
     e.type = load_relaxed(r.type);
     e.size = load_relaxed(r.size);
+    e.topic_ring = load_relaxed(r.topic_ring);
     std::atomic_thread_fence(std::memory_order_acquire);
     const std::uint64_t again =
         std::atomic_ref<std::uint64_t>(r.seq).load(std::memory_order_relaxed);

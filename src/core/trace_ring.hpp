@@ -41,10 +41,11 @@ struct TraceEvent {
   std::uint64_t stamp = 0;  // core::cycles() at the event
   std::uint64_t ring_id = 0;
   std::uint64_t position = 0;
-  std::uint16_t kind = 0;  // layout::kTraceSend / kTraceReceive
+  std::uint16_t kind = 0;  // layout::kTraceSend ... kTraceDeliver
   std::uint16_t cap_count = 0;
   std::uint32_t type = 0;
   std::uint32_t size = 0;
+  std::uint32_t topic_ring = 0;  // topic records: layout::trace_topic_ring(...)
 };
 
 // Largest payload size a record may claim (larger records are rejected).

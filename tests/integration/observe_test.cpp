@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -22,6 +23,7 @@
 #include "support/process.hpp"
 #include "vipc/channel.hpp"
 #include "vipc/runtime.hpp"
+#include "vipc/topic.hpp"
 
 namespace vipc {
 namespace {
@@ -414,6 +416,375 @@ TEST_F(ObserveTest, TopShowsAStuckPeerInATerminal) {
   (void)run("tmux kill-session -t " + session + " 2>/dev/null");
   stop.store(true);
   traffic.join();
+}
+
+// Subscriber lag of a topic, in every view: a subscriber process that never reads
+// shows how many publications it is behind (and how many of those are already
+// overwritten); one that keeps up shows none; `vipc top` marks the stuck one.
+TEST_F(ObserveTest, TopicSubscriberLagShowsInEveryView) {
+  auto rt = Runtime::connect_to(daemon_->socket());
+  ASSERT_TRUE(rt);
+  TopicOptions opts;
+  opts.capacity = 256;
+  auto topic = Topic::create(*rt, "obs-topic", opts);
+  ASSERT_TRUE(topic) << topic.error().message();
+  constexpr std::uint64_t kPublished = 300;
+
+  int hold[2], ready[2];
+  ASSERT_EQ(::pipe(hold), 0);
+  ASSERT_EQ(::pipe(ready), 0);
+  // keep_up: receives until delivered + missed covers every publication; otherwise
+  // subscribes and never reads.
+  auto subscriber = [&](bool keep_up) {
+    return test::Child::spawn(
+        [&, keep_up]() -> int {
+          ::close(hold[1]);
+          ::close(ready[0]);
+          auto crt = Runtime::connect_to(daemon_->socket());
+          if (!crt) return 10;
+          auto sub = Subscription::subscribe(*crt, "obs-topic");
+          if (!sub) return 11;
+          if (::write(ready[1], "r", 1) != 1) return 12;
+          std::uint64_t seen = 0;
+          SmallMessage m;
+          while (keep_up && seen < kPublished) {
+            auto r = sub->receive(m, 10s);
+            if (!r) return 13;
+            seen += 1 + r->missed;
+          }
+          char c = 0;
+          (void)!::read(hold[0], &c, 1);
+          return 0;
+        },
+        60s);
+  };
+  auto stuck = subscriber(false);
+  auto live = subscriber(true);
+  ::close(ready[1]);
+  ::close(hold[0]);
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  ::close(ready[0]);
+  for (std::uint64_t i = 0; i < kPublished; ++i) {
+    ASSERT_TRUE(topic->publish(SmallMessage(9, &i, sizeof i)));
+  }
+
+  // channels --format json: the topic's members, and the lag of each subscriber.
+  const json* sub_stuck = nullptr;
+  const json* sub_live = nullptr;
+  json ch;
+  ASSERT_TRUE(test::wait_for(
+      [&] {
+        ch = run_json(vipc_ + "channels --format json" + sock_);
+        const json* t = object_named(ch, "obs-topic");
+        if (t == nullptr || !t->contains("topic")) return false;
+        sub_stuck = sub_live = nullptr;
+        for (const json& s : (*t)["topic"]["subscribers"]) {
+          if (s["pid"] == stuck.pid()) sub_stuck = &s;
+          if (s["pid"] == live.pid()) sub_live = &s;
+        }
+        return sub_stuck != nullptr && sub_live != nullptr && (*sub_live)["lag"] == 0 &&
+               (*sub_live)["delivered"].get<std::uint64_t>() +
+                       (*sub_live)["missed"].get<std::uint64_t>() ==
+                   kPublished;
+      },
+      10s))
+      << ch.dump();
+  const json& t = *object_named(ch, "obs-topic");
+  EXPECT_EQ(t["kind"], "topic");
+  EXPECT_EQ(t["subscribers"], 2);
+  EXPECT_EQ(t["topic"]["published"], kPublished);
+  EXPECT_EQ(t["topic"]["max_lag"], kPublished);
+  EXPECT_EQ(t["totals"]["depth"], kPublished);
+  EXPECT_EQ(t["totals"]["sent"], kPublished);
+  ASSERT_EQ(t["topic"]["publishers"].size(), 1u);
+  const json& pub = t["topic"]["publishers"][0];
+  EXPECT_EQ(pub["pid"].get<pid_t>(), ::getpid());
+  EXPECT_EQ(pub["published"], kPublished);
+  EXPECT_EQ(pub["departed"], false);
+  EXPECT_EQ(pub["sampled"], true);
+  EXPECT_EQ((*sub_stuck)["sampled"], true);
+  EXPECT_EQ((*sub_stuck)["delivered"], 0);
+  EXPECT_EQ((*sub_stuck)["missed"], 0);
+  EXPECT_EQ((*sub_stuck)["lag"], kPublished);
+  EXPECT_EQ((*sub_stuck)["overwritten"], kPublished - opts.capacity);
+  EXPECT_TRUE((*sub_stuck)["lag_ratio"].is_number());
+  ASSERT_EQ((*sub_stuck)["behind"].size(), 1u);
+  EXPECT_EQ((*sub_stuck)["behind"][0]["publisher"], pub["index"]);
+  EXPECT_EQ((*sub_stuck)["behind"][0]["pid"].get<pid_t>(), ::getpid());
+  EXPECT_EQ((*sub_stuck)["behind"][0]["lag"], kPublished);
+  EXPECT_EQ((*sub_live)["corrupt"], 0);
+  EXPECT_TRUE((*sub_live)["behind"].empty());
+
+  // channels (text) and the runtime directory's file: a row per subscriber.
+  const auto lag_row = [&](const std::string& text, pid_t pid) {
+    std::istringstream rows(text);
+    std::string row;
+    while (std::getline(rows, row)) {
+      std::istringstream cells(row);
+      std::string name, index, p, delivered, missed, lag, over;
+      cells >> name >> index >> p >> delivered >> missed >> lag >> over;
+      if (name == "obs-topic" && p == std::to_string(pid)) {
+        return delivered + " " + missed + " " + lag + " " + over;
+      }
+    }
+    return std::string("(no row)");
+  };
+  const std::string expect_stuck =
+      "0 0 " + std::to_string(kPublished) + " " + std::to_string(kPublished - opts.capacity);
+  auto [rc_text, text] = run(vipc_ + "channels" + sock_);
+  EXPECT_EQ(rc_text, 0);
+  EXPECT_EQ(lag_row(text, stuck.pid()), expect_stuck) << text;
+  EXPECT_EQ(lag_row(read_file(dir_.path() + "/channels"), stuck.pid()), expect_stuck);
+  const json file_json = json::parse(read_file(dir_.path() + "/channels.json"), nullptr, false);
+  ASSERT_FALSE(file_json.is_discarded());
+  ASSERT_NE(object_named(file_json, "obs-topic"), nullptr);
+  EXPECT_EQ((*object_named(file_json, "obs-topic"))["topic"]["max_lag"], kPublished);
+
+  // stats on the topic: the same members, text and JSON.
+  json stats = run_json(vipc_ + "stats obs-topic --interval 0.1 --format json" + sock_);
+  EXPECT_EQ(stats["kind"], "topic");
+  ASSERT_TRUE(stats.contains("topic"));
+  bool stats_stuck = false;
+  for (const json& s : stats["topic"]["subscribers"]) {
+    if (s["pid"] == stuck.pid()) stats_stuck = s["lag"] == kPublished;
+  }
+  EXPECT_TRUE(stats_stuck) << stats.dump();
+  auto [rc_stats, stats_text] = run(vipc_ + "stats obs-topic --interval 0.1" + sock_);
+  EXPECT_EQ(rc_stats, 0);
+  bool stats_row = false;
+  {
+    std::istringstream rows(stats_text);
+    std::string row;
+    while (std::getline(rows, row)) {
+      std::istringstream cells(row);
+      std::vector<std::string> w{std::istream_iterator<std::string>(cells), {}};
+      // subscriber I pid P delivered D missed M lag L overwritten O
+      if (w.size() == 12 && w[0] == "subscriber" && w[3] == std::to_string(stuck.pid())) {
+        stats_row = w[5] == "0" && w[9] == std::to_string(kPublished) &&
+                    w[11] == std::to_string(kPublished - opts.capacity);
+      }
+    }
+  }
+  EXPECT_TRUE(stats_row) << stats_text;
+
+  // top, in a terminal: the stuck subscriber has a row of its own, marked STUCK.
+  if (run("command -v tmux").first == 0) {
+    const std::string session = "vipc-top-lag-" + std::to_string(::getpid());
+    ASSERT_EQ(run("tmux new-session -d -s " + session + " -x 160 -y 40 '" + vipc_ +
+                  "top --interval 0.3" + sock_ + "'")
+                  .first,
+              0);
+    std::string screen;
+    const std::string stuck_name = "pid " + std::to_string(stuck.pid());
+    const std::string live_name = "pid " + std::to_string(live.pid());
+    const bool shown = test::wait_for(
+        [&] {
+          screen = run("tmux capture-pane -p -t " + session).second;
+          std::istringstream rows(screen);
+          std::string row;
+          bool stuck_row = false;
+          while (std::getline(rows, row)) {
+            if (row.find(stuck_name) != std::string::npos) {
+              stuck_row = row.find("STUCK") != std::string::npos &&
+                          row.find(" " + std::to_string(kPublished) + " ") != std::string::npos;
+            }
+          }
+          return stuck_row;
+        },
+        15s);
+    EXPECT_TRUE(shown) << screen;
+    // Only subscribers that do not keep up get a row; the topic row carries the worst.
+    EXPECT_EQ(screen.find(live_name), std::string::npos) << screen;
+    std::istringstream rows(screen);
+    std::string row;
+    bool topic_marked = false;
+    while (std::getline(rows, row)) {
+      if (row.rfind("obs-topic", 0) == 0) topic_marked = row.find("STUCK") != std::string::npos;
+    }
+    EXPECT_TRUE(topic_marked) << screen;
+    ASSERT_EQ(run("tmux send-keys -t " + session + " q").first, 0);
+    EXPECT_TRUE(test::wait_for(
+        [&] { return run("tmux has-session -t " + session + " 2>/dev/null").first != 0; }, 10s));
+    (void)run("tmux kill-session -t " + session + " 2>/dev/null");
+  }
+
+  ::close(hold[1]);
+  EXPECT_EQ(stuck.wait_until(core::deadline_after(10s)), "exit 0");
+  EXPECT_EQ(live.wait_until(core::deadline_after(10s)), "exit 0");
+}
+
+// Topic publications and deliveries in the trace: one row per delivery, from the
+// publisher to the subscriber process, with the publication's type and size and a
+// latency; a publication nobody reads still shows, without a destination.
+TEST_F(ObserveTest, TopicPublicationsAreTracedToEverySubscriber) {
+  auto rt = Runtime::connect_to(daemon_->socket());
+  ASSERT_TRUE(rt);
+  auto topic = Topic::create(*rt, "obs-traced-topic");
+  ASSERT_TRUE(topic) << topic.error().message();
+  auto quiet = Topic::create(*rt, "obs-quiet-topic");
+  ASSERT_TRUE(quiet) << quiet.error().message();
+  ASSERT_TRUE(rt->trace(TraceAction::On).value().enabled);
+  constexpr int kCount = 50;
+  int hold[2], ready[2];
+  ASSERT_EQ(::pipe(hold), 0);
+  ASSERT_EQ(::pipe(ready), 0);
+  auto subscriber = [&] {
+    return test::Child::spawn(
+        [&]() -> int {
+          ::close(hold[1]);
+          ::close(ready[0]);
+          auto crt = Runtime::connect_to(daemon_->socket());
+          if (!crt) return 10;
+          auto sub = Subscription::subscribe(*crt, "obs-traced-topic");
+          if (!sub) return 11;
+          if (::write(ready[1], "r", 1) != 1) return 12;
+          SmallMessage m;
+          for (int i = 0; i < kCount; ++i) {
+            auto r = sub->receive(m, 10s);
+            if (!r || r->missed != 0 || m.type != 77 || m.length != 12) return 13;
+          }
+          char c = 0;
+          (void)!::read(hold[0], &c, 1);
+          return 0;
+        },
+        60s);
+  };
+  auto s1 = subscriber();
+  auto s2 = subscriber();
+  ::close(ready[1]);
+  ::close(hold[0]);
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  ::close(ready[0]);
+  std::array<unsigned char, 12> payload{};
+  for (int i = 0; i < kCount; ++i) {
+    ASSERT_TRUE(topic->publish(SmallMessage(77, payload.data(), payload.size())));
+  }
+  ASSERT_TRUE(quiet->publish(SmallMessage(78, "q", 1)));
+
+  json msgs;
+  std::map<pid_t, int> by_dst;
+  int quiet_rows = 0;
+  const bool all = test::wait_for(
+      [&] {
+        msgs = run_json(vipc_ + "messages --format json" + sock_);
+        by_dst.clear();
+        quiet_rows = 0;
+        for (const json& x : msgs["messages"]) {
+          if (x["channel"] == "obs-traced-topic") ++by_dst[x["dst_pid"].get<pid_t>()];
+          if (x["channel"] == "obs-quiet-topic") ++quiet_rows;
+        }
+        return by_dst[s1.pid()] == kCount && by_dst[s2.pid()] == kCount && quiet_rows == 1;
+      },
+      15s);
+  EXPECT_TRUE(all) << msgs.dump();
+  EXPECT_EQ(by_dst.size(), 2u) << msgs.dump();  // no row without a destination
+  for (const json& x : msgs["messages"]) {
+    if (x["channel"] == "obs-quiet-topic") {
+      EXPECT_EQ(x["kind"], "topic");
+      EXPECT_EQ(x["src_pid"].get<pid_t>(), ::getpid());
+      EXPECT_EQ(x["dst_pid"], 0);
+      EXPECT_EQ(x["type"], 78);
+      EXPECT_EQ(x["size"], 1);
+      EXPECT_TRUE(x["latency_ns"].is_null());
+      continue;
+    }
+    if (x["channel"] != "obs-traced-topic") continue;
+    EXPECT_EQ(x["kind"], "topic");
+    EXPECT_EQ(x["src_pid"].get<pid_t>(), ::getpid());
+    EXPECT_EQ(x["type"], 77);
+    EXPECT_EQ(x["size"], 12);
+    EXPECT_EQ(x["caps"], 0);
+    EXPECT_TRUE(x["latency_ns"].is_number_unsigned()) << x.dump();
+  }
+  // The topic's latency histogram (channels) counts every delivery.
+  json ch = run_json(vipc_ + "channels --format json" + sock_);
+  const json* t = object_named(ch, "obs-traced-topic");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ((*t)["latency"]["count"], 2 * kCount);
+  // The text view names the kind.
+  auto [rc, text] = run(vipc_ + "messages" + sock_);
+  EXPECT_EQ(rc, 0);
+  EXPECT_NE(text.find("topic"), std::string::npos) << text;
+  EXPECT_NE(read_file(dir_.path() + "/messages").find("obs-traced-topic"), std::string::npos);
+
+  ::close(hold[1]);
+  EXPECT_EQ(s1.wait_until(core::deadline_after(10s)), "exit 0");
+  EXPECT_EQ(s2.wait_until(core::deadline_after(10s)), "exit 0");
+}
+
+// Replies of a synchronous channel in the trace: each request a row from the caller to
+// the server, each reply a row of kind reply from the server back to the caller, with
+// the reply's own type and size and a latency.
+TEST_F(ObserveTest, RepliesAreTracedFromServerToCaller) {
+  auto rt = Runtime::connect_to(daemon_->socket());
+  ASSERT_TRUE(rt);
+  ChannelOptions sync;
+  sync.type = Synchronous{.capacity = 8};
+  auto server = Endpoint::create(*rt, "obs-calls", sync);
+  ASSERT_TRUE(server) << server.error().message();
+  ASSERT_TRUE(rt->trace(TraceAction::On).value().enabled);
+  constexpr int kCalls = 20;
+  auto caller = test::Child::spawn(
+      [&]() -> int {
+        auto crt = Runtime::connect_to(daemon_->socket());
+        if (!crt) return 10;
+        auto ch = Channel::connect(*crt, "obs-calls");
+        if (!ch) return 11;
+        std::array<unsigned char, 8> req{};
+        for (int i = 0; i < kCalls; ++i) {
+          auto r = ch->call(SmallMessage(41, req.data(), req.size()), 10s);
+          if (!r || r->type != 42 || r->length != 24) return 12;
+        }
+        return 0;
+      },
+      60s);
+  const pid_t caller_pid = caller.pid();
+  std::array<unsigned char, 24> answer{};
+  for (int i = 0; i < kCalls; ++i) {
+    auto req = server->receive_request(10s);
+    ASSERT_TRUE(req) << req.error().message();
+    ASSERT_TRUE(req->reply(SmallMessage(42, answer.data(), answer.size())));
+  }
+  EXPECT_EQ(caller.wait_until(core::deadline_after(10s)), "exit 0");
+
+  json msgs;
+  int requests = 0, replies = 0;
+  const bool all = test::wait_for(
+      [&] {
+        msgs = run_json(vipc_ + "messages --format json" + sock_);
+        requests = replies = 0;
+        for (const json& x : msgs["messages"]) {
+          if (x["channel"] != "obs-calls" || x["latency_ns"].is_null()) continue;
+          ++(x["kind"] == "reply" ? replies : requests);
+        }
+        return requests == kCalls && replies == kCalls;
+      },
+      15s);
+  EXPECT_TRUE(all) << requests << " requests, " << replies << " replies\n" << msgs.dump();
+  for (const json& x : msgs["messages"]) {
+    if (x["channel"] != "obs-calls") continue;
+    if (x["kind"] == "reply") {
+      EXPECT_EQ(x["src_pid"].get<pid_t>(), ::getpid()) << x.dump();
+      EXPECT_EQ(x["dst_pid"].get<pid_t>(), caller_pid) << x.dump();
+      EXPECT_EQ(x["type"], 42);
+      EXPECT_EQ(x["size"], 24);
+    } else {
+      EXPECT_EQ(x["kind"], "channel");
+      EXPECT_EQ(x["src_pid"].get<pid_t>(), caller_pid) << x.dump();
+      EXPECT_EQ(x["dst_pid"].get<pid_t>(), ::getpid()) << x.dump();
+      EXPECT_EQ(x["type"], 41);
+      EXPECT_EQ(x["size"], 8);
+    }
+  }
+  // The channel's latency histogram is of its requests only.
+  json ch = run_json(vipc_ + "channels --format json" + sock_);
+  const json* c = object_named(ch, "obs-calls");
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ((*c)["latency"]["count"], kCalls);
 }
 
 }  // namespace

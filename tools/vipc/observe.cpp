@@ -57,10 +57,10 @@ std::string cell(const json& v) {
 }
 
 void print_message_row(const json& m) {
-  fmt::print("{:<15}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n", cell(m["time"]),
-             cell(m["src_pid"]), m["dst_pid"] == 0 ? std::string("-") : cell(m["dst_pid"]),
-             cell(m["channel"]), cell(m["type"]), cell(m["size"]), cell(m["caps"]),
-             cell(m["latency_ns"]));
+  fmt::print("{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n", cell(m["time"]),
+             m.contains("kind") ? cell(m["kind"]) : std::string("channel"), cell(m["src_pid"]),
+             m["dst_pid"] == 0 ? std::string("-") : cell(m["dst_pid"]), cell(m["channel"]),
+             cell(m["type"]), cell(m["size"]), cell(m["caps"]), cell(m["latency_ns"]));
 }
 
 std::uint64_t u64(const json& j, const char* key) {
@@ -73,6 +73,24 @@ const json* find_object(const json& view, const std::string& name) {
     if (o["name"] == name) return &o;
   }
   return nullptr;
+}
+
+// A topic's publishers and the lag of each subscriber (vipc stats on a topic).
+void print_topic(const json& t) {
+  fmt::print("  topic      published {}  delivered {}  missed {}  largest lag {}\n",
+             u64(t, "published"), u64(t, "delivered"), u64(t, "missed"), u64(t, "max_lag"));
+  for (const json& p : t["publishers"]) {
+    fmt::print("    publisher {:>3}  pid {:>7}  published {:>10}{}\n", u64(p, "index"),
+               u64(p, "pid"), u64(p, "published"),
+               p.value("departed", false) ? "  (departed)" : "");
+  }
+  for (const json& s : t["subscribers"]) {
+    fmt::print(
+        "    subscriber {:>3}  pid {:>7}  delivered {:>10}  missed {:>8}  lag {:>8}  "
+        "overwritten {:>8}\n",
+        u64(s, "index"), u64(s, "pid"), u64(s, "delivered"), u64(s, "missed"), u64(s, "lag"),
+        u64(s, "overwritten"));
+  }
 }
 
 // Cache misses of `pid` over one interval; the reason when not available.
@@ -154,8 +172,9 @@ int run_messages(const ObserveOptions& o) {
       return 0;
     }
     if (!as_json && !header) {
-      fmt::print("{:<15}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n", "time (UTC)",
-                 "src", "dst", "channel", "type", "size", "caps", "latency_ns");
+      fmt::print("{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n",
+                 "time (UTC)", "kind", "src", "dst", "channel", "type", "size", "caps",
+                 "latency_ns");
       header = true;
     }
     for (std::size_t i = first; i < msgs.size(); ++i) {
@@ -264,6 +283,7 @@ int run_stats(const ObserveOptions& o) {
               parks == 0 ? json(nullptr)
                          : json(static_cast<double>(spins) / static_cast<double>(parks))}}},
            {"latency", (*a)["latency"]}};
+  if (a->contains("topic")) out["topic"] = (*a)["topic"];
   if (cm.available) {
     out["cache_misses"] = {{"available", true},
                            {"misses", cm.misses},
@@ -290,6 +310,7 @@ int run_stats(const ObserveOptions& o) {
       "  waits      parks {}  wake-ups {}  spins {}  spin-to-park {}\n", parks, wakeups, spins,
       parks == 0 ? std::string("-")
                  : fmt::format("{:.1f}", static_cast<double>(spins) / static_cast<double>(parks)));
+  if (a->contains("topic")) print_topic((*a)["topic"]);
   const json& lat = (*a)["latency"];
   if (u64(lat, "count") == 0) {
     fmt::print("  latency    no traced messages (vipc trace on)\n");

@@ -11,7 +11,9 @@
 #include <chrono>
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/clock.hpp"
@@ -70,7 +72,16 @@ struct Row {
   std::size_t senders = 0;
   double msgs = 0, bytes = 0, drops = 0, parks = 0;
   std::uint64_t depth = 0, capacity = 0, full = 0, sent = 0, received = 0;
+  std::optional<std::uint64_t> lag;  // topics and their subscribers
+  std::vector<Row> subscribers;      // a topic's subscribers that do not keep up
 };
+
+int severity(const std::string& status) {
+  if (status == "STUCK") return 3;
+  if (status == "SLOW") return 2;
+  if (status == "ok") return 0;
+  return 1;
+}
 
 std::string human(double v) {
   if (v >= 1e9) return fmt::format("{:.1f}G", v / 1e9);
@@ -86,6 +97,9 @@ int run_top(const ObserveOptions& o) {
   if (!rt) return 1;
   RawTerminal term;
   std::map<std::uint64_t, json> prev;  // totals by object id
+  // Delivered and missed by (topic id, subscriber index, subscriber pid).
+  using SubKey = std::tuple<std::uint64_t, std::uint64_t, std::uint64_t>;
+  std::map<SubKey, std::pair<std::uint64_t, std::uint64_t>> prev_subs;
   auto prev_time = core::Clock::now();
   const int wait_ms = static_cast<int>(o.interval * 1000);
   for (int screen = 0; o.iterations == 0 || screen < o.iterations; ++screen) {
@@ -95,6 +109,7 @@ int run_top(const ObserveOptions& o) {
     const double secs = std::max(1e-3, std::chrono::duration<double>(now - prev_time).count());
     std::vector<Row> rows;
     std::map<std::uint64_t, json> next;
+    std::map<SubKey, std::pair<std::uint64_t, std::uint64_t>> next_subs;
     for (const json& obj : (*view)["objects"]) {
       Row r;
       r.name = obj.value("name", std::string("?"));
@@ -129,10 +144,47 @@ int run_top(const ObserveOptions& o) {
       } else {
         r.status = "ok";
       }
+      if (obj.contains("topic")) {
+        // A topic: its depth is its largest subscriber lag; each subscriber that does
+        // not keep up gets a row of its own under it, and the topic the worst status.
+        const json& topic = obj["topic"];
+        r.senders = topic["publishers"].size();
+        r.lag = u64(topic, "max_lag");
+        r.status = "ok";  // judged by its subscribers
+        for (const json& sub : topic["subscribers"]) {
+          Row s;
+          const SubKey key{id, u64(sub, "index"), u64(sub, "pid")};
+          const std::uint64_t delivered = u64(sub, "delivered"), missed = u64(sub, "missed");
+          next_subs[key] = {delivered, missed};
+          const auto before = prev_subs.find(key);
+          s.name = fmt::format("  sub {} pid {}", u64(sub, "index"), u64(sub, "pid"));
+          s.kind = "sub";
+          s.lag = u64(sub, "lag");
+          s.depth = *s.lag;
+          s.capacity = r.capacity;
+          if (before != prev_subs.end()) {
+            s.msgs =
+                static_cast<double>(delivered - std::min(delivered, before->second.first)) / secs;
+            s.drops = static_cast<double>(missed - std::min(missed, before->second.second)) / secs;
+          }
+          if (before != prev_subs.end() && *s.lag > 0 && s.msgs == 0) {
+            s.status = "STUCK";
+          } else if (r.capacity != 0 && *s.lag * 2 > r.capacity) {
+            s.status = "SLOW";
+          } else if (s.drops > 0) {
+            s.status = "MISSED";
+          } else {
+            s.status = "ok";
+          }
+          if (severity(s.status) > severity(r.status)) r.status = s.status;
+          if (s.status != "ok") r.subscribers.push_back(std::move(s));
+        }
+      }
       next[id] = t;
       rows.push_back(std::move(r));
     }
     prev = std::move(next);
+    prev_subs = std::move(next_subs);
     prev_time = now;
     std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
       if (a.msgs != b.msgs) return a.msgs > b.msgs;
@@ -143,15 +195,20 @@ int run_top(const ObserveOptions& o) {
         fmt::format("vipc top - {} objects, {} clients, tracing {} - refresh {:.1f} s, q quits\n\n",
                     rows.size(), (*view)["clients"].size(),
                     (*view).value("tracing", false) ? "on" : "off", o.interval);
-    out +=
-        fmt::format("{:<20} {:<8} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8}  {}\n", "NAME", "KIND",
-                    "SENDERS", "MSG/S", "BYTES/S", "DEPTH", "DROPS/S", "FULL", "PARKS/S", "STATUS");
-    for (const Row& r : rows) {
+    out += fmt::format("{:<20} {:<8} {:>7} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8}  {}\n", "NAME",
+                       "KIND", "SENDERS", "MSG/S", "BYTES/S", "DEPTH", "LAG", "DROPS/S", "FULL",
+                       "PARKS/S", "STATUS");
+    auto print_row = [&out](const Row& r) {
       const bool bad = r.status != "ok";
-      out += fmt::format("{:<20} {:<8} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8}  {}{}{}\n",
+      out += fmt::format("{:<20} {:<8} {:>7} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8}  {}{}{}\n",
                          r.name.substr(0, 20), r.kind, r.senders, human(r.msgs), human(r.bytes),
-                         r.depth, human(r.drops), r.full, human(r.parks), bad ? "\x1b[1;31m" : "",
-                         r.status, bad ? "\x1b[0m" : "");
+                         r.depth, r.lag ? std::to_string(*r.lag) : std::string("-"), human(r.drops),
+                         r.full, human(r.parks), bad ? "\x1b[1;31m" : "", r.status,
+                         bad ? "\x1b[0m" : "");
+    };
+    for (const Row& r : rows) {
+      print_row(r);
+      for (const Row& s : r.subscribers) print_row(s);
     }
     std::fwrite(out.data(), 1, out.size(), stdout);
     std::fflush(stdout);

@@ -25,9 +25,10 @@
 //   stays valid until they release it (PoolTest.DeadOwnerSegmentsAreFreedButLoansStayReadable).
 //   If a receiver dies, the owner takes its loans back the next time it runs out of
 //   chunks, or on reclaim() (PoolTest.DeadReceiverLoansAreReclaimed).
-// - allocate() makes no system call while a free chunk of the size class exists (it
-//   drains returns first); it grows the pool by a new segment (geometric sizes) only when
-//   none does. Chunks are powers of two from 4 KiB to kChunkMax.
+// - allocate() makes no system call while a free chunk of the size class exists; when
+//   none does, it drains the returns, then reaps dead receivers, and only then grows the
+//   pool by a new segment (geometric sizes). Chunks are powers of two from 4 KiB to
+//   kChunkMax.
 //
 // Caveats: not thread-safe (one thread per BufferPool / PoolReader at a time); the pool
 // must outlive its chunks, and the Runtime both. A receiver should keep one PoolReader
@@ -155,8 +156,7 @@ class PoolLoan {
 
  private:
   friend class PoolReader;
-  std::shared_ptr<detail::PoolView> view_;
-  std::shared_ptr<void> segment_;  // keeps the segment mapped while the loan lives
+  std::shared_ptr<detail::PoolView> view_;  // keeps the ring and the segments mapped
   const std::byte* addr_ = nullptr;
   std::size_t size_ = 0;
   std::uint32_t segment_index_ = 0;
@@ -185,6 +185,8 @@ class PoolReader {
  private:
   Runtime::Impl* rt_ = nullptr;
   std::unordered_map<std::uint64_t, std::shared_ptr<detail::PoolView>> pools_;
+  std::uint64_t last_id_ = 0;  // the pool of the last loan, found without hashing
+  std::shared_ptr<detail::PoolView> last_;
 };
 
 }  // namespace vipc

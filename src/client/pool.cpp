@@ -174,8 +174,10 @@ class PoolOwner {
     if (size == 0 || size > BufferPool::kChunkMax) {
       return Error(ErrorCode::InvalidArgument, "pool: chunk size must be 1 byte to 256 MiB");
     }
-    drain();
     const unsigned cls = class_of(size);
+    // Returns are drained only when the class runs dry: one look at each ring's tail
+    // per batch of chunks, not per allocation.
+    if (free_[cls].empty()) drain();
     if (free_[cls].empty()) reap_dead();
     if (free_[cls].empty()) VIPC_TRY(grow(cls));
     const ChunkRef ref = free_[cls].back();
@@ -366,9 +368,11 @@ class PoolOwner {
     return std::nullopt;
   }
   Result<std::size_t> receiver_for(GrantTarget target) {
-    if (target.pid <= 0)
+    if (target.pid <= 0) {
       return Error(ErrorCode::InvalidArgument, "pool: a loan needs a receiver pid");
-    if (auto i = find_receiver(target)) return *i;
+    }
+    if (receivers_[last_slot_].used && receivers_[last_slot_].pid == target.pid) return last_slot_;
+    if (auto i = find_receiver(target)) return last_slot_ = *i;
     std::size_t slot = receivers_.size();
     for (std::size_t i = 0; i < receivers_.size() && slot == receivers_.size(); ++i) {
       if (!receivers_[i].used) slot = i;
@@ -441,15 +445,21 @@ class PoolOwner {
   std::array<std::size_t, kClasses> class_chunks_{};
   std::uint64_t bad_returns_ = 0;
   std::uint64_t reclaimed_ = 0;
+  std::size_t last_slot_ = 0;  // the receiver of the last loan, found without a scan
 };
 
 // ------------------------------------------------------------------ receiver side
 
 // One pool as a receiver sees it: its return ring and the segments mapped so far.
+// Loans hold it (shared_ptr), so it outlives the PoolReader while they live.
 struct PoolView {
   sys::Mapping ring_map;
   core::ReturnRingWriter writer;
+  // Shared with the view that replaces this one when the owner sends a new ring.
   std::array<std::shared_ptr<sys::Mapping>, layout::kPoolSegmentsMax> segments;
+  // Mappings of segment indexes the owner replaced (after a withdrawn loan): loans
+  // made from them may still be out.
+  std::vector<std::shared_ptr<sys::Mapping>> retired;
 };
 
 }  // namespace detail
@@ -522,7 +532,6 @@ PoolLoan& PoolLoan::operator=(PoolLoan&& o) noexcept {
   if (this == &o) return *this;
   (void)release();
   view_ = std::move(o.view_);
-  segment_ = std::move(o.segment_);
   addr_ = std::exchange(o.addr_, nullptr);
   size_ = std::exchange(o.size_, 0);
   segment_index_ = o.segment_index_;
@@ -536,7 +545,6 @@ Result<void> PoolLoan::release() {
   const layout::ReturnEntry e{segment_index_, chunk_, generation_};
   const auto pushed = view_->writer.try_push(e);
   view_.reset();
-  segment_.reset();
   addr_ = nullptr;
   size_ = 0;
   switch (pushed) {
@@ -574,39 +582,44 @@ Result<PoolLoan> PoolReader::receive(const SmallMessage& message) {
   if (!parsed) return Error(ErrorCode::Corrupted, "pool: message carries no pool descriptor");
   const layout::PoolDescriptor d = *parsed;
   std::uint8_t next_cap = 0;
-  std::shared_ptr<detail::PoolView> view;
   if ((d.flags & layout::kPoolCarriesRing) != 0) {
     // A new pool, or one whose owner started over with this receiver: a fresh ring.
     auto ring = detail::claim_segment(rt_, message.caps[next_cap++].value, /*writable=*/true);
     if (!ring) return ring.error();
     auto w = core::ReturnRingWriter::attach(ring->data(), ring->size());
     if (!w) return w.error();
-    view = std::make_shared<detail::PoolView>();
+    auto fresh = std::make_shared<detail::PoolView>();
+    // The segments carry over; loans from the old ring keep the old view.
     if (auto old = pools_.find(d.pool_id); old != pools_.end()) {
-      view->segments = old->second->segments;
+      fresh->segments = old->second->segments;
+      fresh->retired = old->second->retired;
     }
-    view->ring_map = std::move(*ring);
-    view->writer = *w;
-    pools_[d.pool_id] = view;
-  } else {
+    fresh->ring_map = std::move(*ring);
+    fresh->writer = *w;
+    pools_[d.pool_id] = fresh;
+    last_ = std::move(fresh);
+    last_id_ = d.pool_id;
+  } else if (!last_ || last_id_ != d.pool_id) {
     auto it = pools_.find(d.pool_id);
     if (it == pools_.end()) return Error(ErrorCode::Corrupted, "pool: unknown pool");
-    view = it->second;
+    last_ = it->second;
+    last_id_ = d.pool_id;
   }
+  detail::PoolView* view = last_.get();
   if ((d.flags & layout::kPoolCarriesSegment) != 0) {
     auto seg = detail::claim_segment(rt_, message.caps[next_cap++].value, /*writable=*/false);
     if (!seg) return seg.error();
-    // Loans still out keep the old mapping of this index alive (shared_ptr).
+    // Loans still out keep the old mapping of this index alive.
+    if (view->segments[d.segment]) view->retired.push_back(std::move(view->segments[d.segment]));
     view->segments[d.segment] = std::make_shared<sys::Mapping>(std::move(*seg));
   }
-  const std::shared_ptr<sys::Mapping>& seg = view->segments[d.segment];
-  if (!seg) return Error(ErrorCode::Corrupted, "pool: unknown segment");
+  const sys::Mapping* seg = view->segments[d.segment].get();
+  if (seg == nullptr) return Error(ErrorCode::Corrupted, "pool: unknown segment");
   if (!layout::range_inside(d.offset, d.length, seg->size())) {
     return Error(ErrorCode::Corrupted, "pool: range outside the segment");
   }
   PoolLoan loan;
-  loan.view_ = std::move(view);
-  loan.segment_ = seg;
+  loan.view_ = last_;
   loan.addr_ = static_cast<const std::byte*>(seg->data()) + d.offset;
   loan.size_ = static_cast<std::size_t>(d.length);
   loan.segment_index_ = d.segment;

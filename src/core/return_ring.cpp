@@ -36,16 +36,21 @@ Result<ReturnRingWriter> ReturnRingWriter::attach(void* mem, std::size_t size) {
   w.entries_ = reinterpret_cast<layout::ReturnEntry*>(h + 1);
   w.capacity_ = capacity;
   w.tail_ = h->tail.load(std::memory_order_relaxed);
+  w.head_ = h->head.load(std::memory_order_acquire);
+  if (w.tail_ - w.head_ > capacity) return Error(ErrorCode::Corrupted, "return ring: counters");
   return w;
 }
 
 ReturnRingWriter::Push ReturnRingWriter::try_push(const layout::ReturnEntry& e) noexcept {
   if (header_ == nullptr) return Push::Corrupted;
-  // R4: pairs with the reader's release store of head (R3).
-  const std::uint64_t head = header_->head.load(std::memory_order_acquire);
-  const std::uint64_t used = tail_ - head;
-  if (used > capacity_) return Push::Corrupted;
-  if (used == capacity_) return Push::Full;
+  if (tail_ - head_ >= capacity_) {
+    // R4: pairs with the reader's release store of head (R3). Only when the cached
+    // head says full: the owner's line is not pulled over on every return.
+    const std::uint64_t head = header_->head.load(std::memory_order_acquire);
+    if (tail_ - head > capacity_) return Push::Corrupted;
+    head_ = head;
+    if (tail_ - head_ == capacity_) return Push::Full;
+  }
   std::memcpy(&entries_[tail_ & (capacity_ - 1)], &e, sizeof e);
   ++tail_;
   // R1: pairs with the reader's acquire load of tail (R2).

@@ -44,7 +44,8 @@ class ReturnRingWriter {
 
   ReturnRingWriter() noexcept = default;
 
-  // Publishes one entry (R1); Full when the owner has not drained enough (R4).
+  // Publishes one entry (R1); Full when the owner has not drained enough (R4). Reads
+  // the owner's head only when the last value it read says the ring is full.
   [[nodiscard]] Push try_push(const layout::ReturnEntry& e) noexcept;
   [[nodiscard]] std::uint32_t capacity() const noexcept { return capacity_; }
 
@@ -53,6 +54,7 @@ class ReturnRingWriter {
   layout::ReturnEntry* entries_ = nullptr;
   std::uint32_t capacity_ = 0;
   std::uint64_t tail_ = 0;  // ours; the shared copy is only published
+  std::uint64_t head_ = 0;  // the owner's head as last loaded (never ahead of the real one)
 };
 
 class ReturnRingReader {

@@ -101,6 +101,7 @@ class PoolTest : public ::testing::Test {
 
 TEST_F(PoolTest, LoanReachesTheReceiverReadOnlyAndComesBackForReuse) {
   constexpr std::size_t kSize = 1 << 20;
+  constexpr std::uint64_t kRounds = 9;
   auto pool = BufferPool::create(*rt);
   ASSERT_TRUE(pool.ok()) << pool.error().message();
   Pipe ready, messages, verdicts;
@@ -111,7 +112,7 @@ TEST_F(PoolTest, LoanReachesTheReceiverReadOnlyAndComesBackForReuse) {
         if (!crt) return 10;
         PoolReader reader(*crt);
         if (!ready.post()) return 11;
-        for (std::uint64_t round = 1; round <= 3; ++round) {
+        for (std::uint64_t round = 1; round <= kRounds; ++round) {
           auto m = messages.get<SmallMessage>();
           if (!m) return 12;
           if (!PoolReader::carries_loan(*m)) return 13;
@@ -140,13 +141,9 @@ TEST_F(PoolTest, LoanReachesTheReceiverReadOnlyAndComesBackForReuse) {
       kAlarm);
   ASSERT_TRUE(ready.wait(20s));
   const auto target = GrantTarget::process(c.pid());
-  std::byte* first_address = nullptr;
-  for (std::uint64_t round = 1; round <= 3; ++round) {
+  for (std::uint64_t round = 1; round <= kRounds; ++round) {
     auto chunk = pool->allocate(kSize);
     ASSERT_TRUE(chunk.ok()) << chunk.error().message();
-    if (round == 1) first_address = chunk->data().data();
-    // The returned chunk is the one handed out again: no new memory.
-    EXPECT_EQ(chunk->data().data(), first_address);
     fill(chunk->data(), round);
     auto m = pool->loan(*chunk, target, static_cast<std::uint32_t>(round));
     ASSERT_TRUE(m.ok()) << m.error().message();
@@ -156,7 +153,9 @@ TEST_F(PoolTest, LoanReachesTheReceiverReadOnlyAndComesBackForReuse) {
     ASSERT_TRUE(messages.put(*m));
     ASSERT_TRUE(verdicts.get<std::uint8_t>().has_value());
   }
+  // More rounds than the segment has chunks: returned chunks were handed out again.
   EXPECT_EQ(pool->stats().segments, 1u);
+  EXPECT_LT(pool->stats().chunks, kRounds);
   auto chunk = pool->allocate(kSize);
   ASSERT_TRUE(chunk.ok());
   auto m = pool->loan(*chunk, target);
@@ -165,8 +164,9 @@ TEST_F(PoolTest, LoanReachesTheReceiverReadOnlyAndComesBackForReuse) {
   EXPECT_EQ(c.wait(30s), "exit 42");
   // The receiver died holding that loan: the owner takes it back.
   chunk->reset();
-  EXPECT_EQ(pool->reclaim(), 1u);
+  pool->reclaim();
   const PoolStats st = pool->stats();
+  EXPECT_EQ(st.reclaimed, 1u);
   EXPECT_EQ(st.loans, 0u);
   EXPECT_EQ(st.free_chunks, st.chunks);
   EXPECT_EQ(st.bad_returns, 0u);

@@ -89,11 +89,15 @@ TEST(ReturnRingTest, HostileCountersAreRefused) {
   EXPECT_EQ(reader.drain([](const layout::ReturnEntry&) { FAIL(); }), 0u);
   EXPECT_EQ(reader.corrupt_events(), 2u);
   h->tail.store(0);
-  // An owner whose head runs ahead of what was written.
-  h->head.store(3);
-  EXPECT_EQ(w->try_push({0, 0, 1}), Push::Corrupted);
+  // An owner whose head runs ahead of what was written: seen when the writer next
+  // needs to know how much room there is.
+  for (std::uint64_t i = 0; i < 8; ++i) ASSERT_EQ(w->try_push({0, 0, i + 1}), Push::Ok);
+  h->head.store(20);
+  EXPECT_EQ(w->try_push({0, 0, 9}), Push::Corrupted);
   h->head.store(0);
-  EXPECT_EQ(w->try_push({0, 0, 1}), Push::Ok);
+  EXPECT_EQ(w->try_push({0, 0, 9}), Push::Full);
+  EXPECT_EQ(reader.drain([](const layout::ReturnEntry&) {}), 8u);
+  EXPECT_EQ(w->try_push({0, 0, 9}), Push::Ok);
   EXPECT_EQ(reader.drain([](const layout::ReturnEntry&) {}), 1u);
   // Headers a writer must not attach to.
   Memory bad(8);

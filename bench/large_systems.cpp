@@ -244,8 +244,9 @@ Round pool_handoff(const RunConfig& cfg, std::size_t size, Faults* faults) {
           const auto v = loan->bytes();
           if (v.empty()) throw BenchError("vipc-pool: empty loan");
           const std::byte both[2] = {v[0], v[v.size() - 1]};
-          if (!loan->release()) throw BenchError("vipc-pool: release failed");
+          // As the other systems: release after replying (off the sender's clock).
           if (!writer->try_send(kData, both, sizeof both)) break;
+          if (!loan->release()) throw BenchError("vipc-pool: release failed");
           if (counting) ++transfers;
         }
         report->faults.store(counting ? minor_faults() - faults0 : 0);

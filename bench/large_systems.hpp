@@ -25,8 +25,8 @@ struct Faults {
 Round handoff(const RunConfig& cfg, std::size_t size, TransferMode mode, Faults* faults);
 // The same round trip with a pool loan (BufferPool / PoolReader): the sender allocates a
 // chunk, writes its first and last byte, lends it and sends the loan through a vipc ring
-// (busy polling, as the 64-byte round trip); the receiver reads the two bytes, returns
-// the chunk and answers through a second ring. Allocation and writing are timed.
+// (busy polling, as the 64-byte round trip); the receiver reads the two bytes, answers
+// through a second ring and returns the chunk. Allocation and writing are timed.
 Round pool_handoff(const RunConfig& cfg, std::size_t size, Faults* faults);
 // memcpy of `size` bytes between two buffers written once beforehand.
 Round memcpy_bytes(const RunConfig& cfg, std::size_t size);

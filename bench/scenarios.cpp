@@ -677,8 +677,8 @@ Report large(const Options& o, const RunConfig& cfg) {
       "vipc-pool: a BufferPool loan (docs/zero-copy.md, \"Per-sender pools\"): allocate a "
       "chunk, write its first and last byte, loan() it, send the 48-byte descriptor through a "
       "vipc ring (busy polling, like vipc-small); the receiver's PoolReader::receive() "
-      "validates it against its cached read-only mapping, reads the two bytes, release()s the "
-      "chunk into the return ring and answers through a second ring. All of it timed; no "
+      "validates it against its cached read-only mapping, reads the two bytes, answers through a "
+      "second ring and release()s the chunk into the return ring. All of it timed; no "
       "broker round trip after the first loan. p50 / uds p50 = {:.4f}; minor page faults "
       "per handoff after warm-up: receiver {:.3f}, sender {:.3f}; {:.0f} pool segment(s).",
       pool.latency->p50 / uds.latency->p50, pool_faults->receiver_minor_per_transfer,

@@ -22,7 +22,8 @@
 //   receivers at once; it is free again when the owner dropped it and every receiver
 //   returned it.
 // - Crashes: if the owner dies, the broker frees its segments, and what receivers mapped
-//   stays valid until they release it (PoolTest.DeadOwnerSegmentsAreFreedButLoansStayReadable).
+//   stays valid until they release it; PoolReader::trim() then drops the cached mappings
+//   (PoolTest.DeadOwnerSegmentsAreFreedButLoansStayReadable).
 //   If a receiver dies, the owner takes its loans back the next time it runs out of
 //   chunks, or on reclaim() (PoolTest.DeadReceiverLoansAreReclaimed).
 // - allocate() makes no system call while a free chunk of the size class exists; when
@@ -178,6 +179,10 @@ class PoolReader {
   // round trip per new segment or pool), and returns the loan. Corrupted when the
   // descriptor names an unknown pool or segment or a range outside it.
   [[nodiscard]] Result<PoolLoan> receive(const SmallMessage& message);
+  // Forgets the pools whose owner has exited (one poll(2) each): their mappings go
+  // when the last loan from them is released. receive() does it when a new pool
+  // arrives. Returns how many.
+  std::size_t trim();
   // Pools and segments mapped here.
   [[nodiscard]] std::size_t pools() const noexcept { return pools_.size(); }
   [[nodiscard]] std::size_t segments() const noexcept;

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <array>
 #include <bit>
@@ -391,7 +392,8 @@ class PoolOwner {
     const std::size_t bytes = round_to_page(layout::return_ring_bytes(layout::kReturnRingCapacity));
     auto seg = create_segment(rt_, bytes);
     if (!seg) return seg.error();
-    core::format_return_ring(seg->map.data(), layout::kReturnRingCapacity);
+    core::format_return_ring(seg->map.data(), layout::kReturnRingCapacity,
+                             static_cast<std::uint32_t>(::getpid()));
     Receiver& r = receivers_[slot];
     r.used = true;
     r.announced = false;
@@ -455,6 +457,7 @@ class PoolOwner {
 struct PoolView {
   sys::Mapping ring_map;
   core::ReturnRingWriter writer;
+  sys::UniqueFd owner;  // pidfd of the owner: readable once it has exited
   // Shared with the view that replaces this one when the owner sends a new ring.
   std::array<std::shared_ptr<sys::Mapping>, layout::kPoolSegmentsMax> segments;
   // Mappings of segment indexes the owner replaced (after a withdrawn loan): loans
@@ -577,6 +580,20 @@ std::size_t PoolReader::segments() const noexcept {
   return n;
 }
 
+std::size_t PoolReader::trim() {
+  std::size_t n = 0;
+  for (auto it = pools_.begin(); it != pools_.end();) {
+    if (sys::poll_readable(it->second->owner.get(), 0).value_or(true)) {
+      if (last_ == it->second) last_.reset();
+      it = pools_.erase(it);
+      ++n;
+    } else {
+      ++it;
+    }
+  }
+  return n;
+}
+
 Result<PoolLoan> PoolReader::receive(const SmallMessage& message) {
   const auto parsed = layout::parse_pool_descriptor(message);
   if (!parsed) return Error(ErrorCode::Corrupted, "pool: message carries no pool descriptor");
@@ -588,7 +605,13 @@ Result<PoolLoan> PoolReader::receive(const SmallMessage& message) {
     if (!ring) return ring.error();
     auto w = core::ReturnRingWriter::attach(ring->data(), ring->size());
     if (!w) return w.error();
+    const auto owner_pid = static_cast<pid_t>(w->owner_pid());
+    auto owner = owner_pid > 0 ? sys::pidfd_open(owner_pid)
+                               : Result<sys::UniqueFd>(Error(ErrorCode::Corrupted));
+    if (!owner) return Error(ErrorCode::Corrupted, "pool: the ring names no live owner");
+    trim();  // a new pool: a good time to forget the pools of owners that are gone
     auto fresh = std::make_shared<detail::PoolView>();
+    fresh->owner = std::move(*owner);
     // The segments carry over; loans from the old ring keep the old view.
     if (auto old = pools_.find(d.pool_id); old != pools_.end()) {
       fresh->segments = old->second->segments;

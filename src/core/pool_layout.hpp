@@ -86,14 +86,16 @@ inline std::optional<PoolDescriptor> parse_pool_descriptor(const SmallMessage& m
 // One per (pool, receiver): a single-producer (the receiver) single-consumer (the
 // owner) ring of ReturnEntry in a segment only those two map read-write.
 //
-//  0        4         6          8          12          64         128        192
-//  | magic  | version | reserved | capacity | reserved  | tail     | head     | entries...
-//                                                         (own line) (own line)
+//  0        4         6          8          12          16         64     128    192
+//  | magic  | version | reserved | capacity | owner_pid | reserved | tail  | head  | entries...
+//                                                                   (own line) (own line)
 //
 // capacity: entries, a power of two, written once by the owner before it shares the
-// segment. tail: entries the receiver has published (it alone writes it). head: entries
-// the owner has consumed (it alone writes it). Both count up forever (64-bit; never wrap
-// in practice); the slot of entry i is i & (capacity - 1).
+// segment. owner_pid: the owner's pid, so that a receiver can drop its cached mappings
+// of a pool whose owner has exited (only its own cache depends on it). tail: entries the receiver
+// has published (it alone writes it). head: entries the owner has consumed (it alone writes it).
+// Both count up forever (64-bit; never wrap in practice); the slot of entry i is i & (capacity -
+// 1).
 //
 // Memory ordering (docs/zero-copy.md, "Return ring", steps R1-R4):
 //  R1 the receiver finishes every read of the loaned bytes, writes entry t, then
@@ -125,7 +127,8 @@ struct ReturnRingHeader {
   std::uint16_t version;
   std::uint16_t reserved;
   std::uint32_t capacity;
-  std::uint8_t pad0[64 - 12];
+  std::uint32_t owner_pid;
+  std::uint8_t pad0[64 - 16];
   alignas(64) std::atomic<std::uint64_t> tail;
   std::uint8_t pad1[64 - 8];
   alignas(64) std::atomic<std::uint64_t> head;
@@ -136,6 +139,7 @@ static_assert(sizeof(ReturnRingHeader) == 192 && alignof(ReturnRingHeader) == 64
 static_assert(offsetof(ReturnRingHeader, magic) == 0);
 static_assert(offsetof(ReturnRingHeader, version) == 4);
 static_assert(offsetof(ReturnRingHeader, capacity) == 8);
+static_assert(offsetof(ReturnRingHeader, owner_pid) == 12);
 static_assert(offsetof(ReturnRingHeader, tail) == 64);
 static_assert(offsetof(ReturnRingHeader, head) == 128);
 

@@ -5,11 +5,12 @@
 
 namespace vipc::core {
 
-void format_return_ring(void* mem, std::uint32_t capacity) noexcept {
+void format_return_ring(void* mem, std::uint32_t capacity, std::uint32_t owner_pid) noexcept {
   auto* h = new (mem) layout::ReturnRingHeader{};
   h->magic = layout::kReturnRingMagic;
   h->version = layout::kReturnRingVersion;
   h->capacity = capacity;
+  h->owner_pid = owner_pid;
   h->tail.store(0, std::memory_order_relaxed);
   h->head.store(0, std::memory_order_relaxed);
   std::memset(static_cast<void*>(h + 1), 0, std::size_t{capacity} * sizeof(layout::ReturnEntry));
@@ -35,6 +36,7 @@ Result<ReturnRingWriter> ReturnRingWriter::attach(void* mem, std::size_t size) {
   w.header_ = h;
   w.entries_ = reinterpret_cast<layout::ReturnEntry*>(h + 1);
   w.capacity_ = capacity;
+  w.owner_pid_ = h->owner_pid;
   w.tail_ = h->tail.load(std::memory_order_relaxed);
   w.head_ = h->head.load(std::memory_order_acquire);
   if (w.tail_ - w.head_ > capacity) return Error(ErrorCode::Corrupted, "return ring: counters");

@@ -33,7 +33,7 @@ namespace vipc::core {
 
 // Writes a fresh header (magic, version, capacity, counters 0) into `mem`, which holds
 // return_ring_bytes(capacity) bytes; capacity a power of two. Before anyone else maps it.
-void format_return_ring(void* mem, std::uint32_t capacity) noexcept;
+void format_return_ring(void* mem, std::uint32_t capacity, std::uint32_t owner_pid = 0) noexcept;
 
 class ReturnRingWriter {
  public:
@@ -48,11 +48,14 @@ class ReturnRingWriter {
   // the owner's head only when the last value it read says the ring is full.
   [[nodiscard]] Push try_push(const layout::ReturnEntry& e) noexcept;
   [[nodiscard]] std::uint32_t capacity() const noexcept { return capacity_; }
+  // What the owner wrote as its pid (unchecked: only a hint for the receiver's cache).
+  [[nodiscard]] std::uint32_t owner_pid() const noexcept { return owner_pid_; }
 
  private:
   layout::ReturnRingHeader* header_ = nullptr;
   layout::ReturnEntry* entries_ = nullptr;
   std::uint32_t capacity_ = 0;
+  std::uint32_t owner_pid_ = 0;
   std::uint64_t tail_ = 0;  // ours; the shared copy is only published
   std::uint64_t head_ = 0;  // the owner's head as last loaded (never ahead of the real one)
 };

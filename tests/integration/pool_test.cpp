@@ -429,6 +429,11 @@ TEST_F(PoolTest, DeadOwnerSegmentsAreFreedButLoansStayReadable) {
   // ... and what this process mapped stays valid until it lets go.
   EXPECT_TRUE(holds(loans[0].bytes(), 1));
   EXPECT_TRUE(holds(loans[1].bytes(), 2));
+  // The cache lets go of the dead owner's pool; the loans keep their mappings.
+  EXPECT_EQ(reader.pools(), 1u);
+  EXPECT_EQ(reader.trim(), 1u);
+  EXPECT_EQ(reader.pools(), 0u);
+  EXPECT_TRUE(holds(loans[1].bytes(), 2));
   for (auto& l : loans) EXPECT_TRUE(l.release().ok());
 }
 

@@ -17,9 +17,11 @@
 #include <fmt/format.h>
 
 #include "core/clock.hpp"
+#include "core/ring.hpp"
 #include "core/sys.hpp"
 #include "fd_io.hpp"
 #include "vipc/channel.hpp"
+#include "vipc/pool.hpp"
 #include "vipc/runtime.hpp"
 
 namespace vipc::bench::large_systems {
@@ -172,6 +174,137 @@ Round handoff(const RunConfig& cfg, std::size_t size, TransferMode mode, Faults*
         if (faults != nullptr && transfers > 0) {
           faults->sender_minor_per_transfer =
               static_cast<double>(my_faults) / static_cast<double>(transfers);
+        }
+      });
+  if (faults != nullptr && report->transfers.load() > 0) {
+    faults->receiver_minor_per_transfer =
+        static_cast<double>(report->faults.load()) / static_cast<double>(report->transfers.load());
+  }
+  return round;
+}
+
+namespace {
+
+core::RingSegments pool_ring() {
+  core::RingOptions options;
+  options.max_message_size = static_cast<std::uint32_t>(kSmallPayloadMax);
+  auto r = core::RingSegments::create(options);
+  if (!r) throw BenchError("vipc-pool: ring: " + r.error().message());
+  return std::move(r).value();
+}
+
+template <class Idle>
+void spin_receive(core::RingReader& reader, SmallMessage& m, const Idle& idle) {
+  for (std::uint32_t spins = 1;; ++spins) {
+    auto r = reader.try_receive(m);
+    if (r) return;
+    if (r.error().code() != ErrorCode::WouldBlock) {
+      throw BenchError("vipc-pool: try_receive: " + r.error().message());
+    }
+    core::cpu_relax();
+    if ((spins & 1023) == 0 && !idle()) return;
+  }
+}
+
+}  // namespace
+
+Round pool_handoff(const RunConfig& cfg, std::size_t size, Faults* faults) {
+  auto rt = unpinned_embedded_runtime();
+  if (!rt) throw BenchError("vipc-pool: broker: " + rt.error().message());
+  const std::string path = rt->socket_path();
+  core::RingSegments ping = pool_ring();
+  core::RingSegments pong = pool_ring();
+  SharedMemory shm(4096);
+  PeerReport* report = shm.construct<PeerReport>();
+  Round round;
+  run_with_peer(
+      cfg, "vipc-pool",
+      [&](PeerSide& peer) {
+        auto prt = Runtime::connect_to(path);
+        if (!prt) throw BenchError("vipc-pool: connect: " + prt.error().message());
+        auto reader = core::RingReader::attach(ping.producer.get(), ping.consumer.get());
+        auto writer = core::RingWriter::attach(pong.producer.get(), pong.consumer.get());
+        if (!reader || !writer) throw BenchError("vipc-pool: attach");
+        PoolReader pools(*prt);
+        report->pid.store(::getpid(), std::memory_order_release);
+        long faults0 = 0;
+        long transfers = 0;
+        bool counting = false;
+        SmallMessage m;
+        for (;;) {
+          m.type = 0;
+          spin_receive(*reader, m, [&] { return !peer.stop_requested(); });
+          if (m.type != kData) break;
+          if (!counting && report->measuring.load(std::memory_order_acquire) != 0) {
+            counting = true;
+            faults0 = minor_faults();
+          }
+          auto loan = pools.receive(m);
+          if (!loan) throw BenchError("vipc-pool: receive: " + loan.error().message());
+          const auto v = loan->bytes();
+          if (v.empty()) throw BenchError("vipc-pool: empty loan");
+          const std::byte both[2] = {v[0], v[v.size() - 1]};
+          // As the other systems: release after replying (off the sender's clock).
+          if (!writer->try_send(kData, both, sizeof both)) break;
+          if (!loan->release()) throw BenchError("vipc-pool: release failed");
+          if (counting) ++transfers;
+        }
+        report->faults.store(counting ? minor_faults() - faults0 : 0);
+        report->transfers.store(transfers);
+      },
+      [&](SelfSide& self) {
+        auto writer = core::RingWriter::attach(ping.producer.get(), ping.consumer.get());
+        auto reader = core::RingReader::attach(pong.producer.get(), pong.consumer.get());
+        if (!reader || !writer) throw BenchError("vipc-pool: attach");
+        while (report->pid.load(std::memory_order_acquire) == 0) {
+          self.check_stall();
+          std::this_thread::sleep_for(1ms);
+        }
+        const auto target = GrantTarget::process(report->pid.load());
+        auto pool = BufferPool::create(*rt);
+        if (!pool) throw BenchError("vipc-pool: create: " + pool.error().message());
+        LatencyRecorder recorder(round.hist, self);
+        long my_faults0 = 0;
+        long transfers = 0;
+        bool counting = false;
+        SmallMessage reply;
+        for (std::uint64_t seq = 1;; ++seq) {
+          const auto first = static_cast<std::byte>(seq & 0xff);
+          const auto last = static_cast<std::byte>((seq >> 8) & 0xff);
+          const std::uint64_t t0 = core::cycles();
+          if (!counting && t0 >= self.warmup_end()) {
+            counting = true;
+            my_faults0 = minor_faults();
+            report->measuring.store(1, std::memory_order_release);
+          }
+          auto chunk = pool->allocate(size);
+          if (!chunk) throw BenchError("vipc-pool: allocate: " + chunk.error().message());
+          chunk->data()[0] = first;
+          chunk->data()[size - 1] = last;
+          auto m = pool->loan(*chunk, target, kData);
+          if (!m) throw BenchError("vipc-pool: loan: " + m.error().message());
+          chunk->reset();
+          if (!writer->try_send(*m)) throw BenchError("vipc-pool: try_send");
+          reply.length = 0;
+          spin_receive(*reader, reply, [&] {
+            self.check_stall();
+            return true;
+          });
+          const std::uint64_t t1 = core::cycles();
+          const auto* got = reinterpret_cast<const std::byte*>(reply.data.data());
+          if (reply.length != 2 || got[0] != first || got[1] != last) {
+            throw BenchError("vipc-pool: the receiver read the wrong bytes");
+          }
+          if (counting) ++transfers;
+          if (!recorder.record(t0, t1)) break;
+        }
+        const long my_faults = counting ? minor_faults() - my_faults0 : 0;
+        self.request_stop();
+        (void)writer->try_send(kStop, nullptr, 0);
+        if (faults != nullptr && transfers > 0) {
+          faults->sender_minor_per_transfer =
+              static_cast<double>(my_faults) / static_cast<double>(transfers);
+          faults->segments = static_cast<double>(pool->stats().segments);
         }
       });
   if (faults != nullptr && report->transfers.load() > 0) {

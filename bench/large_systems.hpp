@@ -14,6 +14,7 @@ namespace vipc::bench::large_systems {
 struct Faults {
   double receiver_minor_per_transfer = 0;
   double sender_minor_per_transfer = 0;
+  double segments = 0;  // vipc-pool: segments the pool ended with
 };
 
 // Handoff round trip: the sender hands a buffer over (send), the receiver claims it,
@@ -22,6 +23,11 @@ struct Faults {
 // (allocated and written outside the timed interval); Share: the same sealed buffer
 // every time.
 Round handoff(const RunConfig& cfg, std::size_t size, TransferMode mode, Faults* faults);
+// The same round trip with a pool loan (BufferPool / PoolReader): the sender allocates a
+// chunk, writes its first and last byte, lends it and sends the loan through a vipc ring
+// (busy polling, as the 64-byte round trip); the receiver reads the two bytes, answers
+// through a second ring and returns the chunk. Allocation and writing are timed.
+Round pool_handoff(const RunConfig& cfg, std::size_t size, Faults* faults);
 // memcpy of `size` bytes between two buffers written once beforehand.
 Round memcpy_bytes(const RunConfig& cfg, std::size_t size);
 // `size` bytes through a Unix stream socketpair, and a 1-byte answer.

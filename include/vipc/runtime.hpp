@@ -257,6 +257,8 @@ class Runtime {
   friend class Channel;
   friend class SharedBuffer;
   friend class SharedRegion;
+  friend class BufferPool;
+  friend class PoolReader;
   friend class Topic;
   friend class Subscription;
   explicit Runtime(std::unique_ptr<Impl> impl) noexcept;

@@ -298,6 +298,13 @@ Result<void> queue_signal_to_self(int signo, siginfo_t* info) {
 
 bool process_exists(pid_t pid) noexcept { return ::kill(pid, 0) == 0 || errno != ESRCH; }
 
+Result<UniqueFd> pidfd_open(pid_t pid) {
+  const long fd = ::syscall(SYS_pidfd_open, pid, 0);
+  if (fd < 0) return sys_error("pidfd_open");
+  // The kernel sets O_CLOEXEC on every pidfd.
+  return UniqueFd(static_cast<int>(fd));
+}
+
 int futex_wake(const std::atomic<std::uint32_t>* word, int n) noexcept {
   long rc = ::syscall(SYS_futex, word, FUTEX_WAKE, n, nullptr, nullptr, 0);
   return rc < 0 ? 0 : static_cast<int>(rc);

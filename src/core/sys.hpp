@@ -162,5 +162,8 @@ int online_cpus() noexcept;
 [[nodiscard]] Result<void> queue_signal_to_self(int signo, siginfo_t* info);
 // Whether a process with this pid exists (kill(pid, 0) does not fail with ESRCH).
 [[nodiscard]] bool process_exists(pid_t pid) noexcept;
+// pidfd_open(2): a descriptor that becomes readable (poll_readable) when process `pid`
+// has exited; unlike a pid, it cannot come to name another process.
+[[nodiscard]] Result<UniqueFd> pidfd_open(pid_t pid);
 
 }  // namespace vipc::sys

@@ -39,10 +39,10 @@ std::string run_command(const std::string& command, int* status) {
 }
 
 const std::set<std::string> kSystems = {
-    "vipc",  "vipc-move",     "vipc-share", "vipc-small",   "vipc-adaptive",    "vipc-anonymous",
-    "floor", "floor-flag",    "floor-slot", "floor-futex",  "floor-ring",       "floor-store",
-    "uds",   "uds-seqpacket", "pipe",       "mq",           "eventfd",          "iceoryx",
-    "zmq",   "memcpy",        "hashmap",    "vipc-audited", "vipc-rate-limited"};
+    "vipc",  "vipc-move",     "vipc-share", "vipc-small",   "vipc-adaptive",     "vipc-anonymous",
+    "floor", "floor-flag",    "floor-slot", "floor-futex",  "floor-ring",        "floor-store",
+    "uds",   "uds-seqpacket", "pipe",       "mq",           "eventfd",           "iceoryx",
+    "zmq",   "memcpy",        "hashmap",    "vipc-audited", "vipc-rate-limited", "vipc-pool"};
 
 void check_latency(const json& r, int rounds) {
   for (const char* key : {"p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns", "samples"}) {

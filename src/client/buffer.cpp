@@ -3,7 +3,10 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 
+#include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <thread>
 #include <utility>
 
 #include "client/runtime_impl.hpp"
@@ -43,6 +46,23 @@ void fill(detail::MappedMemory& m, Runtime::Impl* rt, const wire::CapabilityReco
   if (rec.numa_node != wire::kNoNumaNode) m.numa_node = rec.numa_node;
   m.options = options;
   m.fd = OwnedFd(fd.release());
+}
+
+// A request that seals the buffer (TransferBuffer, TopicShareBuffer). The kernel refuses
+// F_SEAL_WRITE (EBUSY) while a writable mapping exists, and also, for a moment, while
+// pages just written still carry a transient extra reference (a per-CPU page batch of
+// the CPU that faulted them in). The first is final, the second passes: a refusal is
+// asked again a few times, a few milliseconds apart, before it is believed.
+template <class Request>
+Result<Answer> call_sealing(Runtime::Impl* rt, const Request& r) {
+  for (int attempt = 0;; ++attempt) {
+    auto a = rt->call(r);
+    if (a || attempt == 3 || a.error().code() != ErrorCode::PermissionDenied ||
+        a.error().sys_errno() != EBUSY) {
+      return a;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1 << attempt));
+  }
 }
 
 wire::CreateBufferRequest create_request(ObjectKind kind, std::size_t size,
@@ -282,7 +302,7 @@ Result<SmallMessage> SharedBuffer::send(TransferMode mode, GrantTarget target, s
   r.mode = static_cast<std::uint16_t>(mode);
   r.target_pid = static_cast<std::uint32_t>(target.pid);
   r.target_client = target.client_id;
-  auto a = mem_.rt->call(r);
+  auto a = call_sealing(mem_.rt, r);
   if (!a) return a.error();
   const auto& rep = std::get<wire::TransferBufferReply>(a->body);
   SmallMessage m = transfer_message(mode, rep.handle, type, offset, length);
@@ -302,7 +322,7 @@ Result<SmallMessage> SharedBuffer::share_with_topic(const Capability& topic, std
   r.buffer = wire::to_ref(mem_.cap);
   r.topic = wire::to_ref(topic);
   r.rights = static_cast<std::uint32_t>(mem_.cap.rights & (Rights::Map | Rights::Read));
-  auto a = mem_.rt->call(r);
+  auto a = call_sealing(mem_.rt, r);
   if (!a) return a.error();
   const auto& rep = std::get<wire::TopicShareBufferReply>(a->body);
   mem_.sealed = true;

@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <mutex>
 
@@ -21,6 +22,11 @@ SwitchPage switch_page{};
 namespace {
 
 std::mutex attach_mu;
+// The switch file our page maps now (guarded by attach_mu): a second attach to the same
+// broker leaves the page alone rather than map it again under threads reading it.
+bool switch_mapped = false;
+dev_t switch_dev = 0;
+ino_t switch_ino = 0;
 // The process's ring. A ring replaced by a later Runtime's is never freed (a record()
 // on another thread may still be using it); after kAttachMax attachments a process
 // keeps its last ring.
@@ -74,7 +80,14 @@ void attach(Runtime::Impl& rt) noexcept {
   if (!sw || sw->mapping.size() != kSwitchPageSize) return;
   auto w = core::TraceRingWriter::attach(a->fds[1].get());
   if (!w) return;
-  if (!sys::map_over(&switch_page, kSwitchPageSize, a->fds[0].get(), PROT_READ)) return;
+  struct stat st {};
+  if (::fstat(a->fds[0].get(), &st) != 0) return;
+  if (!switch_mapped || st.st_dev != switch_dev || st.st_ino != switch_ino) {
+    if (!sys::map_over(&switch_page, kSwitchPageSize, a->fds[0].get(), PROT_READ)) return;
+    switch_mapped = true;
+    switch_dev = st.st_dev;
+    switch_ino = st.st_ino;
+  }
   auto* owned = new (std::nothrow) core::TraceRingWriter(std::move(*w));
   if (owned == nullptr) return;
   kept[kept_count++] = owned;

@@ -134,7 +134,7 @@ std::vector<MqRegistry::QueueView> MqRegistry::views() const {
     // the queue: read once, clamped to the shape the broker made).
     if (auto m = sys::map_shared(q.fd.get(), sizeof(core::mq_layout::QueueHeader), PROT_READ)) {
       const auto* h = static_cast<const core::mq_layout::QueueHeader*>(m->data());
-      v.queued = std::min(h->count.load(std::memory_order_relaxed), q.max_messages);
+      v.queued = std::min(core::mq_layout::queued_hint(*h), q.max_messages);
     }
     out.push_back(std::move(v));
   }

@@ -16,24 +16,30 @@
 // Q1. The list heads, `queued`, the notification fields, the slots and the parked counts
 //     are read and written only under the mutex, whose lock/unlock give the
 //     happens-before edges.
-// Q2. `count` (a copy of `queued`, stored under the mutex) is read without the mutex by
-//     a spinning waiter, relaxed: only a hint that decides when to take the mutex and
-//     look again (Q1); nothing under the mutex reads it.
+// Q2. `sent` and `received` (line 6, stored under the mutex by senders; line 7, by
+//     receivers) are read without the mutex by spinning waiters, relaxed: hints that
+//     decide when to take the mutex and look again (Q1); nothing under the mutex reads
+//     them to decide anything, so scribbled values mislead only pollers.
 // Q3. A waiter registers as parked and reads the futex word under the mutex; a waker
 //     bumps the word under the mutex after seeing the parked count. So either the waker
 //     bumped before the waiter read (the waiter sees the change and does not sleep) or
 //     after (the word differs from what the waiter passed to FUTEX_WAIT, or the wake
 //     finds it asleep): no lost wake-up.
-// Q4. A non-blocking call may answer "empty"/"full" from a relaxed read of `count`
-//     without the mutex. A message whose send happens-before the call is seen: its
-//     count store precedes the sender's unlock (Q1), and read-after-happens-before
-//     coherence makes that store (or a later one) visible to the relaxed load. A send
-//     concurrent with the call may be missed, which is the same as the call running
-//     first.
-// Q5. `flags_gen` is bumped (release) after the bumper changed a description's flags with
-//     fcntl(F_SETFL); a reader that loads the new value (acquire) and then calls
-//     fcntl(F_GETFL) sees the change. The kernel orders the two fcntl calls on the open
-//     file description; the generation only tells readers when to look.
+// Q4. A non-blocking call may answer "empty"/"full" from them without the mutex.
+//     "Empty" loads `received` (acquire) and then `sent`: if the second is not above the
+//     first, every message sent by the second load had been taken by the first, so the
+//     queue was empty at the first. "Full" loads `sent` (acquire) and then `received`:
+//     if the difference is max messages, the queue was full at the second load. A
+//     message whose send happens-before the call is counted by `sent` (its store
+//     precedes the sender's unlock, and coherence makes it or a later value visible);
+//     a concurrent one may be missed, which is the same as the call running first.
+//     A sender reads `received` (the receivers' line) only after one of its own sends
+//     found the queue full, so a sender that finds room never pulls that line.
+// Q5. `flags_gen` (line 0, which nothing on the data path writes) is bumped (release)
+//     after the bumper changed a description's flags with fcntl(F_SETFL); a reader that
+//     loads the new value (acquire) and then calls fcntl(F_GETFL) sees the change. The
+//     kernel orders the two fcntl calls on the open file description; the generation
+//     only tells readers when to look.
 
 namespace vipc::core {
 
@@ -50,6 +56,20 @@ std::uint32_t slot_size_for(std::uint32_t message_size) noexcept {
 
 bool deadline_valid(const struct timespec* ts) noexcept {
   return ts == nullptr || (ts->tv_sec >= 0 && ts->tv_nsec >= 0 && ts->tv_nsec < 1'000'000'000);
+}
+
+// Q4: messages queued as a sender sees them (at least max messages: full at the second
+// load).
+std::uint32_t queued_for_sender(const QueueHeader* h) noexcept {
+  const std::uint32_t put = h->sent.load(std::memory_order_acquire);
+  const std::uint32_t taken = h->received.load(std::memory_order_relaxed);
+  const auto diff = static_cast<std::int32_t>(put - taken);
+  return diff > 0 ? static_cast<std::uint32_t>(diff) : 0u;
+}
+
+// Under the mutex (Q1, Q2): the counters move with `queued`.
+void bump(std::atomic<std::uint32_t>& counter) noexcept {
+  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
 constexpr int kLockSpins = 200;  // trylock attempts before sleeping on the mutex
@@ -191,7 +211,7 @@ std::byte* MessageQueue::payload(std::uint32_t i) const noexcept {
 }
 
 std::uint32_t MessageQueue::size_approx() const noexcept {
-  const std::uint32_t n = hdr()->count.load(std::memory_order_relaxed);  // Q2
+  const std::uint32_t n = queued_hint(*hdr());  // Q2
   return n > shape_.max_messages ? shape_.max_messages : n;
 }
 
@@ -228,7 +248,7 @@ void MessageQueue::repair() noexcept {
     // Without room to remember what was seen, drop everything: still consistent.
     h->head = h->tail = kNil;
     h->queued = 0;
-    h->count.store(0, std::memory_order_relaxed);
+    h->received.store(h->sent.load(std::memory_order_relaxed), std::memory_order_relaxed);
     h->free_head = kNil;
     for (std::uint32_t i = m; i-- > 0;) {
       slot(i)->next = h->free_head;
@@ -260,7 +280,7 @@ void MessageQueue::repair() noexcept {
   }
   h->tail = prev;
   h->queued = n;
-  h->count.store(n, std::memory_order_relaxed);
+  h->received.store(h->sent.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
   h->free_head = kNil;
   for (std::uint32_t i = m; i-- > 0;) {
     if (seen[i] != 0) continue;
@@ -321,7 +341,7 @@ bool MessageQueue::push_locked(const void* data, std::size_t len, std::uint32_t 
     if (nx == kNil) h->tail = i;
   }
   h->queued = n + 1;
-  h->count.store(n + 1, std::memory_order_relaxed);  // Q1 (Q2 for spinners)
+  bump(h->sent);  // Q1 (Q2 for spinners)
   return true;
 }
 
@@ -349,7 +369,7 @@ bool MessageQueue::pop_locked(void* buf, std::size_t* len, std::uint32_t* priori
   s->next = h->free_head;
   h->free_head = i;
   h->queued = n - 1;
-  h->count.store(n - 1, std::memory_order_relaxed);
+  bump(h->received);
   return true;
 }
 
@@ -358,9 +378,11 @@ Result<void> MessageQueue::send(const void* data, std::size_t len, std::uint32_t
   if (priority >= kPriorityMax) return Error(ErrorCode::InvalidArgument, "queue: priority");
   if (len > shape_.message_size) return Error(ErrorCode::MessageTooLarge, "queue: message size");
   QueueHeader* h = hdr();
-  // Q4: a non-blocking call on a full queue answers without the lock, so a busy-polling
-  // peer never competes for it.
-  if (!wait.block && h->count.load(std::memory_order_relaxed) >= shape_.max_messages) {
+  // Q4: a non-blocking call on a queue it last found full answers without the lock
+  // while it stays full, so a busy-polling sender never competes for the lock.
+  std::atomic_ref<std::uint8_t> saw_full(saw_full_);
+  if (!wait.block && saw_full.load(std::memory_order_relaxed) != 0 &&
+      queued_for_sender(h) >= shape_.max_messages) {
     return Error(ErrorCode::ChannelFull, "queue: full");
   }
   Lock lock(*this);
@@ -369,6 +391,9 @@ Result<void> MessageQueue::send(const void* data, std::size_t len, std::uint32_t
   for (;;) {
     const std::uint32_t before = h->queued;
     if (push_locked(data, len, priority)) {
+      if (saw_full.load(std::memory_order_relaxed) != 0) {
+        saw_full.store(0, std::memory_order_relaxed);
+      }
       const bool wake = h->receivers_parked.load(std::memory_order_relaxed) > 0;
       if (wake) h->not_empty.fetch_add(1, std::memory_order_relaxed);  // Q3
       bool fire = false;
@@ -396,6 +421,7 @@ Result<void> MessageQueue::send(const void* data, std::size_t len, std::uint32_t
       if (fire) (void)sys::futex_wake(&h->notify_word, INT_MAX);
       return {};
     }
+    saw_full.store(1, std::memory_order_relaxed);
     if (!wait.block) return Error(ErrorCode::ChannelFull, "queue: full");
     if (!deadline_valid(wait.deadline)) return Error(ErrorCode::InvalidArgument, "queue: deadline");
     if (!spun) {
@@ -404,7 +430,7 @@ Result<void> MessageQueue::send(const void* data, std::size_t len, std::uint32_t
       h->senders_busy.fetch_add(1, std::memory_order_relaxed);
       SpinBudget& budget = t_send_budget;
       (void)spin_then_yield(budget, [&] {
-        return h->count.load(std::memory_order_relaxed) < shape_.max_messages;  // Q2
+        return queued_for_sender(h) < shape_.max_messages;  // Q2
       });
       h->senders_busy.fetch_sub(1, std::memory_order_relaxed);
       if (!lock.relock()) return lock.failure();
@@ -436,7 +462,7 @@ Result<std::size_t> MessageQueue::receive(void* buf, std::size_t cap, std::uint3
     return Error(ErrorCode::MessageTooLarge, "queue: buffer smaller than the message size");
   }
   QueueHeader* h = hdr();
-  if (!wait.block && h->count.load(std::memory_order_relaxed) == 0) {  // Q4
+  if (!wait.block && queued_hint(*h) == 0) {  // Q4
     cpu_relax();  // a caller polling in a loop leaves the line to the sender a moment
     return Error(ErrorCode::WouldBlock, "queue: empty");
   }
@@ -461,7 +487,7 @@ Result<std::size_t> MessageQueue::receive(void* buf, std::size_t cap, std::uint3
       lock.unlock();
       SpinBudget& budget = t_recv_budget;
       (void)spin_then_yield(budget, [&] {
-        return h->count.load(std::memory_order_relaxed) > 0;  // Q2
+        return queued_hint(*h) > 0;  // Q2
       });
       const bool relocked = lock.relock();
       h->receivers_busy.fetch_sub(1, std::memory_order_relaxed);

@@ -41,10 +41,10 @@ namespace vipc::core {
 namespace mq_layout {
 
 inline constexpr std::uint32_t kMagic = 0x3151'4d56;  // "VMQ1" in memory order
-inline constexpr std::uint16_t kVersion = 3;
+inline constexpr std::uint16_t kVersion = 4;
 inline constexpr std::uint32_t kNil = 0xffff'ffff;    // end of a list
 inline constexpr std::uint32_t kPriorityMax = 32768;  // MQ_PRIO_MAX: priorities 0..32767
-inline constexpr std::size_t kHeaderSize = 448;
+inline constexpr std::size_t kHeaderSize = 512;
 inline constexpr std::size_t kSlotHeader = 16;
 
 // Notification registration states (QueueHeader::notify_state).
@@ -52,12 +52,14 @@ inline constexpr std::uint32_t kNotifyNone = 0;
 inline constexpr std::uint32_t kNotifyArmed = 1;  // a process waits for the next arrival
 inline constexpr std::uint32_t kNotifyFired = 2;  // a sender fired it: the process delivers
 
-// The segment: a header of seven cache lines, then max_messages slots.
+// The segment: a header of eight cache lines, then max_messages slots.
 //
-//  line 0 (written once by the broker before any descriptor is handed out)
-//   0        4     6          8            12            16          24        32
-//   | magic  | ver | reserved | max msgs   | message size| slot size | segment | queue id
-//                                                        | (u32)+pad | size    |
+//  line 0 (written once by the broker before any descriptor is handed out, except
+//  flags_gen, which only mq_setattr writes: every call reads it from a line that never
+//  moves between the cores of a sender and a receiver)
+//   0        4     6          8            12            16          24        32         40
+//   | magic  | ver | reserved | max msgs   | message size| slot size | segment | queue id | flags
+//                                                        | (u32)+pad | size    |          | gen
 //  line 1: the mutex and what every operation changes under it, so that taking the
 //  lock brings them along (one line transfer between processes, not several)
 //   64                     104    108    112         116            120           124
@@ -73,16 +75,17 @@ inline constexpr std::uint32_t kNotifyFired = 2;  // a sender fired it: the proc
 //  line 5: notification details (guarded by the mutex)
 //   320          324         328            336
 //   | notify_word| sender pid| sender uid   | reserved
-//  line 6
-//   384     388         392
-//   | count | flags gen | reserved
-//  448: slot 0, slot 1, ...: each slot_size bytes, 64-byte aligned
+//  line 6: written by senders only          line 7: written by receivers only
+//   384                                      448
+//   | sent (messages ever queued)            | received (messages ever taken)
+//  512: slot 0, slot 1, ...: each slot_size bytes, 64-byte aligned
 //   0       4          8        12         16
 //   | next  | priority | length | reserved | payload[message size]
 //
 // The list from `head` through `next` holds the queued messages, highest priority first,
 // oldest first within a priority; `tail` is its last slot. The free list from `free_head`
-// holds the other slots. count + (length of free list) == max messages.
+// holds the other slots. queued + (length of free list) == max messages, and
+// sent - received == queued (mod 2^32) after every unlock.
 struct Slot {
   std::uint32_t next;
   std::uint32_t priority;
@@ -114,7 +117,8 @@ struct QueueHeader {
   std::uint32_t reserved1;
   std::uint64_t segment_size;
   std::uint64_t queue_id;
-  std::uint8_t pad0[24];
+  std::atomic<std::uint32_t> flags_gen;  // Q5: bumped by mq_setattr, read by every call
+  std::uint8_t pad0[20];
   // line 1
   pthread_mutex_t mutex;
   std::uint32_t head;                           // guarded by the mutex
@@ -122,7 +126,7 @@ struct QueueHeader {
   std::uint32_t free_head;                      // guarded by the mutex
   std::atomic<std::uint32_t> receivers_parked;  // changed under the mutex
   std::atomic<std::uint32_t> senders_parked;    // changed under the mutex
-  std::uint32_t queued;  // guarded by the mutex: the message count (`count` mirrors it)
+  std::uint32_t queued;                         // guarded by the mutex: the message count
   // line 2: guarded by the mutex
   BusyReceivers busy_receivers[kBusyReceiversMax];
   // line 3: guarded by the mutex
@@ -144,12 +148,14 @@ struct QueueHeader {
   std::uint32_t notify_sender_pid;         // who fired it (si_pid)
   std::uint32_t notify_sender_uid;         // (si_uid)
   std::uint8_t pad5[52];
-  // line 6: a copy of `queued`, for pollers (Q2, Q4): they never pull the lines the
-  // mutex holder works on, and the holder only ever stores to this one. Beside it the
-  // flags generation (Q5), which every call reads and only mq_setattr writes.
-  std::atomic<std::uint32_t> count;  // stored under the mutex; pollers read it relaxed
-  std::atomic<std::uint32_t> flags_gen;
-  std::uint8_t pad6[56];
+  // lines 6 and 7: how many messages were ever queued and ever taken, stored under the
+  // mutex by senders and by receivers respectively, for pollers (Q2, Q4): a poller reads
+  // the other side's line only when that side moved it, never the lines the mutex holder
+  // works on, and a sender that finds room never reads the receivers' line at all.
+  std::atomic<std::uint32_t> sent;
+  std::uint8_t pad6[60];
+  std::atomic<std::uint32_t> received;
+  std::uint8_t pad7[60];
 };
 static_assert(sizeof(pthread_mutex_t) == 40);
 static_assert(sizeof(QueueHeader) == kHeaderSize);
@@ -161,8 +167,9 @@ static_assert(offsetof(QueueHeader, slot_size) == 16);
 static_assert(offsetof(QueueHeader, segment_size) == 24);
 static_assert(offsetof(QueueHeader, queue_id) == 32);
 static_assert(offsetof(QueueHeader, mutex) == 64);
-static_assert(offsetof(QueueHeader, count) == 384);
-static_assert(offsetof(QueueHeader, flags_gen) == 388);
+static_assert(offsetof(QueueHeader, flags_gen) == 40);
+static_assert(offsetof(QueueHeader, sent) == 384);
+static_assert(offsetof(QueueHeader, received) == 448);
 static_assert(offsetof(QueueHeader, busy_receivers) == 128);
 static_assert(offsetof(QueueHeader, head) == 104);
 static_assert(offsetof(QueueHeader, tail) == 108);
@@ -182,6 +189,16 @@ static_assert(offsetof(QueueHeader, notify_word) == 320);
 static_assert(offsetof(QueueHeader, notify_sender_pid) == 324);
 static_assert(offsetof(QueueHeader, notify_sender_uid) == 328);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
+
+// Messages queued as a poller sees them (Q4): `received` first, then `sent`, so that 0
+// means the queue was empty at the first load. Any value may be read: a scribbled
+// counter misleads pollers only.
+inline std::uint32_t queued_hint(const QueueHeader& h) noexcept {
+  const std::uint32_t taken = h.received.load(std::memory_order_acquire);
+  const std::uint32_t put = h.sent.load(std::memory_order_relaxed);
+  const auto diff = static_cast<std::int32_t>(put - taken);
+  return diff > 0 ? static_cast<std::uint32_t>(diff) : 0u;
+}
 
 }  // namespace mq_layout
 
@@ -283,6 +300,10 @@ class MessageQueue {
   QueueShape shape_{};
   std::uint32_t slot_size_ = 0;
   std::uint64_t queue_id_ = 0;
+  // Whether this process's last send found the queue full (read and written through
+  // std::atomic_ref by its threads): only then does a non-blocking send look at the
+  // receivers' counter before taking the lock (Q4).
+  std::uint8_t saw_full_ = 0;
 };
 
 }  // namespace vipc::core

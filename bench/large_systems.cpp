@@ -48,8 +48,6 @@ struct PeerReport {
 
 }  // namespace
 
-// The embedded broker's thread must not inherit the measuring process's pin: it serves
-// the receiver's requests while the sender waits, and on a CPU of its own choosing.
 Result<Runtime> unpinned_embedded_runtime() {
   cpu_set_t pinned;
   CPU_ZERO(&pinned);

@@ -7,8 +7,14 @@
 
 #include "harness.hpp"
 #include "vipc/buffer.hpp"
+#include "vipc/runtime.hpp"
 
 namespace vipc::bench::large_systems {
+
+// An embedded broker whose thread does not inherit the calling thread's CPU pin: it
+// serves requests (and drains trace rings) where the scheduler puts it, as a vipcd would,
+// not on the CPU of the side being measured.
+Result<Runtime> unpinned_embedded_runtime();
 
 // What the peer's page faults came to, per handoff (getrusage, measured window only).
 struct Faults {

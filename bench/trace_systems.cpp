@@ -1,6 +1,5 @@
 #include "trace_systems.hpp"
 
-#include <sched.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -11,6 +10,7 @@
 
 #include "core/clock.hpp"
 #include "core/sys.hpp"
+#include "large_systems.hpp"
 #include "vipc/channel.hpp"
 #include "vipc/runtime.hpp"
 
@@ -45,26 +45,10 @@ void send_one(Channel& ch, std::uint32_t type, const void* data, std::size_t len
   }
 }
 
-// The embedded broker's thread (it drains the trace rings) must not inherit the
-// measuring process's pin, as in `vipc bench large`: it runs where the scheduler puts
-// it, like a vipcd would.
-Result<Runtime> unpinned_embedded_runtime() {
-  cpu_set_t pinned;
-  CPU_ZERO(&pinned);
-  if (::sched_getaffinity(0, sizeof pinned, &pinned) != 0) return Runtime::embedded();
-  cpu_set_t all;
-  CPU_ZERO(&all);
-  for (std::size_t c = 0; c < CPU_SETSIZE; ++c) CPU_SET(c, &all);
-  (void)::sched_setaffinity(0, sizeof all, &all);
-  auto rt = Runtime::embedded();
-  (void)::sched_setaffinity(0, sizeof pinned, &pinned);
-  return rt;
-}
-
 }  // namespace
 
 Round channel_pingpong(const RunConfig& cfg, bool traced, std::uint64_t* cache_misses) {
-  auto rt = unpinned_embedded_runtime();
+  auto rt = large_systems::unpinned_embedded_runtime();
   if (!rt) throw BenchError("vipc traced pingpong: broker: " + rt.error().message());
   auto st = rt->trace(traced ? TraceAction::On : TraceAction::Off);
   if (!st || st->enabled != traced) throw BenchError("vipc traced pingpong: cannot switch tracing");

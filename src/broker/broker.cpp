@@ -343,6 +343,18 @@ class Broker::Impl {
   }
   // Drops a batch; the granter's pending count goes down with it.
   void forget_batch(std::unordered_map<Token, PendingBatch>::iterator it);
+  // What every grant checks before it is recorded (Grant, GrantBatch, TransferBuffer):
+  // the source holds Grant and at least the rights granted; the target is connected now
+  // (by client id, or any client of that pid); the granter has room for one more
+  // pending grant (expired ones are swept first).
+  static Result<void> check_grant_rights(const CapNode& src, Rights rights);
+  Result<void> check_target_connected(ClientId target_client, std::uint32_t target_pid) const;
+  Result<void> check_grant_room(Client& c);
+  // Whether the capability a pending grant was made from still stands as it was.
+  bool grant_source_alive(Token source, std::uint32_t generation, ClientId granter) const;
+  [[nodiscard]] std::uint64_t grant_expiry(std::uint64_t now) const noexcept {
+    return now + std::uint64_t{options_.grant_timeout_ms} * 1'000'000ull;
+  }
   Result<OutPacket> open_region(Client& c, const BufferTable::RegionName& n,
                                 const wire::OpenRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TopicJoinRequest& r, std::uint64_t id);
@@ -1015,32 +1027,49 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::DeriveRequest& r, std:
   return OutPacket{wire::encode_reply(id, wire::DeriveReply{record_of(node)}), {}};
 }
 
+Result<void> Broker::Impl::check_grant_rights(const CapNode& src, Rights rights) {
+  if (!contains(src.rights, Rights::Grant)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kMissingRight);
+  }
+  if (!contains(src.rights, rights)) {
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kRightsNotSubset);
+  }
+  return {};
+}
+
+Result<void> Broker::Impl::check_target_connected(ClientId target_client,
+                                                  std::uint32_t target_pid) const {
+  const bool found = target_client != 0
+                         ? clients_.count(target_client) != 0
+                         : std::any_of(clients_.begin(), clients_.end(), [&](const auto& kv) {
+                             return static_cast<std::uint32_t>(kv.second.cred.pid) == target_pid;
+                           });
+  if (!found) return Error(ErrorCode::ProcessNotFound, wire::ctx::kTargetUnknown);
+  return {};
+}
+
+Result<void> Broker::Impl::check_grant_room(Client& c) {
+  if (c.pending_grants >= options_.max_pending_grants_per_client) sweep_grants(now_ns());
+  if (c.pending_grants >= options_.max_pending_grants_per_client) {
+    return Error(ErrorCode::OutOfMemory, wire::ctx::kLimitReached);
+  }
+  return {};
+}
+
+bool Broker::Impl::grant_source_alive(Token source, std::uint32_t generation,
+                                      ClientId granter) const {
+  const CapNode* src = caps_.find(source);
+  return src != nullptr && src->holder == granter && src->generation == generation;
+}
+
 Result<OutPacket> Broker::Impl::on(Client& c, const wire::GrantRequest& r, std::uint64_t id) {
   auto src = redeem(c, r.cap, wire::Opcode::Grant);
   if (!src) return src.error();
   const auto rights = static_cast<Rights>(r.rights);
-  if (!contains((*src)->rights, Rights::Grant)) {
-    return Error(ErrorCode::PermissionDenied, wire::ctx::kMissingRight);
-  }
+  VIPC_TRY(check_grant_rights(**src, rights));
   if (rights == Rights::None) return Error(ErrorCode::InvalidArgument, wire::ctx::kNoRights);
-  if (!contains((*src)->rights, rights)) {
-    return Error(ErrorCode::PermissionDenied, wire::ctx::kRightsNotSubset);
-  }
-  // The target must be connected now: by client id, or any client of that pid.
-  bool target_found = false;
-  if (r.target_client != 0) {
-    target_found = clients_.count(r.target_client) != 0;
-  } else {
-    target_found = std::any_of(clients_.begin(), clients_.end(), [&](const auto& kv) {
-      return static_cast<std::uint32_t>(kv.second.cred.pid) == r.target_pid;
-    });
-  }
-  if (!target_found) return Error(ErrorCode::ProcessNotFound, wire::ctx::kTargetUnknown);
-  const std::uint64_t now = now_ns();
-  if (c.pending_grants >= options_.max_pending_grants_per_client) sweep_grants(now);
-  if (c.pending_grants >= options_.max_pending_grants_per_client) {
-    return Error(ErrorCode::OutOfMemory, wire::ctx::kLimitReached);
-  }
+  VIPC_TRY(check_target_connected(r.target_client, r.target_pid));
+  VIPC_TRY(check_grant_room(c));
   auto handle = new_token();
   if (!handle) return handle.error();
   pending_.reserve(pending_.size() + 1);
@@ -1052,7 +1081,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::GrantRequest& r, std::
   g.granter = c.id;
   g.target_client = r.target_client;
   g.target_pid = static_cast<pid_t>(r.target_pid);
-  g.expires_ns = now + std::uint64_t{options_.grant_timeout_ms} * 1'000'000ull;
+  g.expires_ns = grant_expiry(now_ns());
   pending_.emplace(*handle, g);
   ++c.pending_grants;
   return OutPacket{wire::encode_reply(id, wire::GrantReply{*handle}), {}};
@@ -1069,29 +1098,24 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ClaimRequest& r, std::
     return e;
   }
   const PendingGrant g = it->second;
-  const bool is_target =
-      g.target_client != 0 ? g.target_client == c.id : g.target_pid == c.cred.pid;
-  if (!is_target) {
+  if (!is_target(c, g.target_client, g.target_pid)) {
     // The handle stays claimable by its target: a thief cannot burn it.
     Error e(ErrorCode::InvalidCapability, wire::ctx::kNotTarget);
     note_failure(c, e, wire::Opcode::Claim);
     return e;
   }
-  const CapNode* src = caps_.find(g.source);
-  const bool source_alive =
-      src != nullptr && src->holder == g.granter && src->generation == g.source_generation;
   auto forget = [&] {
     pending_.erase(it);
     if (auto gr = clients_.find(g.granter); gr != clients_.end()) --gr->second.pending_grants;
   };
-  if (!source_alive) {
+  if (!grant_source_alive(g.source, g.source_generation, g.granter)) {
     forget();
     return Error(ErrorCode::InvalidCapability, wire::ctx::kGrantSourceGone);
   }
   VIPC_TRY(check_capability_room(c));
   auto token = new_token();
   if (!token) return token.error();
-  const ObjectId object = src->object;
+  const ObjectId object = caps_.find(g.source)->object;
   caps_.reserve(c.id, object);
   // Commit.
   forget();
@@ -1108,12 +1132,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::GrantBatchRequest& r, 
     auto src = redeem(c, e.cap, wire::Opcode::GrantBatch);
     if (!src) return src.error();
     const auto rights = static_cast<Rights>(e.rights);
-    if (!contains((*src)->rights, Rights::Grant)) {
-      return Error(ErrorCode::PermissionDenied, wire::ctx::kMissingRight);
-    }
-    if (!contains((*src)->rights, rights)) {
-      return Error(ErrorCode::PermissionDenied, wire::ctx::kRightsNotSubset);
-    }
+    VIPC_TRY(check_grant_rights(**src, rights));
     PendingGrant g;
     g.source = e.cap.token;
     g.source_generation = e.cap.generation;
@@ -1136,17 +1155,8 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::GrantBatchRequest& r, 
     const auto total = static_cast<std::uint32_t>(b.grants.size());
     return OutPacket{wire::encode_reply(id, wire::GrantBatchReply{r.append_to, total, 0}), {}};
   }
-  const bool target_found =
-      r.target_client != 0 ? clients_.count(r.target_client) != 0
-                           : std::any_of(clients_.begin(), clients_.end(), [&](const auto& kv) {
-                               return kv.second.cred.pid == target_pid;
-                             });
-  if (!target_found) return Error(ErrorCode::ProcessNotFound, wire::ctx::kTargetUnknown);
-  const std::uint64_t now = now_ns();
-  if (c.pending_grants >= options_.max_pending_grants_per_client) sweep_grants(now);
-  if (c.pending_grants >= options_.max_pending_grants_per_client) {
-    return Error(ErrorCode::OutOfMemory, wire::ctx::kLimitReached);
-  }
+  VIPC_TRY(check_target_connected(r.target_client, r.target_pid));
+  VIPC_TRY(check_grant_room(c));
   auto handle = new_token();
   if (!handle) return handle.error();
   batches_.reserve(batches_.size() + 1);
@@ -1156,7 +1166,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::GrantBatchRequest& r, 
   b.granter = c.id;
   b.target_client = r.target_client;
   b.target_pid = target_pid;
-  b.expires_ns = now + std::uint64_t{options_.grant_timeout_ms} * 1'000'000ull;
+  b.expires_ns = grant_expiry(now_ns());
   const auto total = static_cast<std::uint32_t>(b.grants.size());
   batches_.emplace(*handle, std::move(b));
   ++c.pending_grants;
@@ -1183,8 +1193,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ClaimBatchRequest& r, 
   if (b.made.empty()) {
     // The first page: every capability at once, or none.
     for (const PendingGrant& g : b.grants) {
-      const CapNode* src = caps_.find(g.source);
-      if (src == nullptr || src->holder != b.granter || src->generation != g.source_generation) {
+      if (!grant_source_alive(g.source, g.source_generation, b.granter)) {
         forget_batch(it);
         return Error(ErrorCode::InvalidCapability, wire::ctx::kGrantSourceGone);
       }
@@ -1625,13 +1634,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::TransferBufferRequest&
                                    std::uint64_t id) {
   auto cap = redeem(c, r.cap, wire::Opcode::TransferBuffer);
   if (!cap) return cap.error();
-  const bool target_found =
-      r.target_client != 0
-          ? clients_.count(r.target_client) != 0
-          : std::any_of(clients_.begin(), clients_.end(), [&](const auto& kv) {
-              return static_cast<std::uint32_t>(kv.second.cred.pid) == r.target_pid;
-            });
-  if (!target_found) return Error(ErrorCode::ProcessNotFound, wire::ctx::kTargetUnknown);
+  VIPC_TRY(check_target_connected(r.target_client, r.target_pid));
   if (buffers_.pending_of(c.id) >= options_.max_pending_grants_per_client) {
     if (buffers_.expire(now_ns()) != 0) buffers_.collect(caps_);
     if (buffers_.pending_of(c.id) >= options_.max_pending_grants_per_client) {
@@ -1640,8 +1643,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::TransferBufferRequest&
   }
   auto handle = new_token();
   if (!handle) return handle.error();
-  const std::uint64_t expires = now_ns() + std::uint64_t{options_.grant_timeout_ms} * 1'000'000ull;
-  auto sent = buffers_.transfer(c.id, **cap, r, id, *handle, expires, caps_);
+  auto sent = buffers_.transfer(c.id, **cap, r, id, *handle, grant_expiry(now_ns()), caps_);
   if (!sent) return sent.error();
   return OutPacket{sent->packet, std::move(sent->fds)};
 }

@@ -25,6 +25,7 @@
 #include "core/buffer_descriptor.hpp"
 #include "core/sys.hpp"
 #include "support/daemon.hpp"
+#include "support/daemon_fixture.hpp"
 #include "support/pipe.hpp"
 #include "support/process.hpp"
 #include "vipc/buffer.hpp"
@@ -92,28 +93,8 @@ std::size_t buffers_of(pid_t pid) {
 // In a receiver child: its descriptors before it received anything.
 test::FdCensus child_before;
 
-class BufferTest : public ::testing::Test {
+class BufferTest : public test::DaemonTest {
  protected:
-  void SetUp() override {
-    ASSERT_TRUE(dir.ok());
-    daemon.emplace(dir.path());
-    ASSERT_TRUE(daemon->ready());
-    auto r = Runtime::connect_to(daemon->socket());
-    ASSERT_TRUE(r.ok()) << r.error().message();
-    rt.emplace(std::move(*r));
-    ASSERT_TRUE(rt->ping().ok());
-    baseline = test::fd_census(daemon->pid());
-    ASSERT_TRUE(baseline.has_value());
-  }
-  // The daemon holds exactly the descriptors it held after set-up (within 5 s).
-  bool back_to_baseline() {
-    return test::wait_for(
-        [&] {
-          auto c = test::fd_census(daemon->pid());
-          return c && *c == *baseline;
-        },
-        5s);
-  }
   // A child that connects, says so, takes one message, receives the buffer and runs
   // `check` on it; exits with check's status.
   template <class F>
@@ -133,11 +114,6 @@ class BufferTest : public ::testing::Test {
         },
         kAlarm);
   }
-
-  TempDir dir;
-  std::optional<Daemon> daemon;
-  std::optional<Runtime> rt;
-  std::optional<test::FdCensus> baseline;
 };
 
 TEST_F(BufferTest, MoveHandsTheBytesOverAndTheSenderLosesItsCapability) {

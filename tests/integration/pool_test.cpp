@@ -19,6 +19,7 @@
 #include "core/pool_layout.hpp"
 #include "core/return_ring.hpp"
 #include "support/daemon.hpp"
+#include "support/daemon_fixture.hpp"
 #include "support/pipe.hpp"
 #include "support/process.hpp"
 #include "support/sanitizers.hpp"
@@ -67,36 +68,12 @@ SmallMessage with_descriptor(SmallMessage m, const layout::PoolDescriptor& d) {
   return m;
 }
 
-class PoolTest : public ::testing::Test {
+class PoolTest : public test::DaemonTest {
  protected:
-  void SetUp() override {
-    ASSERT_TRUE(dir.ok());
-    daemon.emplace(dir.path());
-    ASSERT_TRUE(daemon->ready());
-    auto r = Runtime::connect_to(daemon->socket());
-    ASSERT_TRUE(r.ok()) << r.error().message();
-    rt.emplace(std::move(*r));
-    ASSERT_TRUE(rt->ping().ok());
-    baseline = test::fd_census(daemon->pid());
-    ASSERT_TRUE(baseline.has_value());
-  }
-  bool back_to_baseline() {
-    return test::wait_for(
-        [&] {
-          auto c = test::fd_census(daemon->pid());
-          return c && *c == *baseline;
-        },
-        5s);
-  }
   std::size_t daemon_memfds() {
     auto c = test::fd_census(daemon->pid());
     return c ? c->memfds : 0;
   }
-
-  TempDir dir;
-  std::optional<Daemon> daemon;
-  std::optional<Runtime> rt;
-  std::optional<test::FdCensus> baseline;
 };
 
 TEST_F(PoolTest, LoanReachesTheReceiverReadOnlyAndComesBackForReuse) {

@@ -31,10 +31,7 @@ using test::Child;
 using test::Pipe;
 
 std::chrono::milliseconds run_length() {
-  if (const char* env = std::getenv("VIPC_STRESS_SECONDS"); env != nullptr && *env != '\0') {
-    return std::chrono::milliseconds(static_cast<long>(std::strtod(env, nullptr) * 1000));
-  }
-  return test::kSanitized ? 2000ms : 5000ms;
+  return test::stress_length(test::kSanitized ? 2000ms : 5000ms);
 }
 
 std::byte byte_at(std::uint32_t seed, std::size_t i) {

@@ -31,11 +31,7 @@ using namespace std::chrono_literals;
 using vipc::test::Rng;
 
 std::chrono::milliseconds run_length() {
-  // NOLINTNEXTLINE(concurrency-mt-unsafe): read before any thread of the test starts.
-  if (const char* env = std::getenv("VIPC_STRESS_SECONDS"); env != nullptr && *env != '\0') {
-    return std::chrono::milliseconds(static_cast<long>(std::strtod(env, nullptr) * 1000));
-  }
-  return vipc::test::kSanitized ? 1500ms : 2000ms;
+  return vipc::test::stress_length(vipc::test::kSanitized ? 1500ms : 2000ms);
 }
 
 constexpr std::size_t kNames = 48;   // names the writer churns

@@ -24,6 +24,7 @@
 #include "core/ready_set.hpp"
 #include "core/ring.hpp"
 #include "core/segment.hpp"
+#include "support/random.hpp"
 
 namespace vipc::core {
 namespace {
@@ -36,14 +37,6 @@ std::uint64_t stress_seed() {
     return std::strtoull(s, nullptr, 0);
   }
   return (std::uint64_t{std::random_device{}()} << 32) | std::random_device{}();
-}
-
-std::chrono::milliseconds stress_duration(std::chrono::milliseconds fallback) {
-  // NOLINTNEXTLINE(concurrency-mt-unsafe): read before any thread of the test starts.
-  if (const char* s = std::getenv("VIPC_STRESS_SECONDS"); s != nullptr && *s != '\0') {
-    return std::chrono::milliseconds(static_cast<long>(std::strtod(s, nullptr) * 1000));
-  }
-  return fallback;
 }
 
 struct StressOptions {
@@ -280,11 +273,11 @@ void run_stress(const StressOptions& opt) {
 TEST(ReadySetStress, ThreadsExactlyOnceNoLostWakeups) {
   run_stress({.hostile = false,
               .rescan = std::chrono::milliseconds(600'000),
-              .duration = stress_duration(2000ms)});
+              .duration = test::stress_length(2000ms)});
 }
 
 TEST(ReadySetStress, ThreadsExactlyOnceWithHostileScribbler) {
-  run_stress({.hostile = true, .rescan = 10ms, .duration = stress_duration(2000ms)});
+  run_stress({.hostile = true, .rescan = 10ms, .duration = test::stress_length(2000ms)});
 }
 
 }  // namespace

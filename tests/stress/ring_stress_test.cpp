@@ -50,10 +50,7 @@ using vipc::test::Rng;
 using vipc::test::run_seed;
 
 std::chrono::milliseconds run_length() {
-  if (const char* env = std::getenv("VIPC_STRESS_SECONDS"); env != nullptr && *env != '\0') {
-    return std::chrono::milliseconds(static_cast<long>(std::strtod(env, nullptr) * 1000));
-  }
-  return kSanitized ? 2000ms : 5000ms;
+  return vipc::test::stress_length(kSanitized ? 2000ms : 5000ms);
 }
 
 // ------------------------------------------------------------------ messages

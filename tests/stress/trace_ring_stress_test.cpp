@@ -33,10 +33,7 @@ using namespace std::chrono_literals;
 constexpr unsigned kWriters = 3;
 
 std::chrono::milliseconds run_length() {
-  if (const char* s = std::getenv("VIPC_STRESS_SECONDS"); s != nullptr && *s != '\0') {
-    return std::chrono::milliseconds(static_cast<long>(std::atof(s) * 1000));
-  }
-  return test::kSanitized ? 1000ms : 1500ms;
+  return test::stress_length(test::kSanitized ? 1000ms : 1500ms);
 }
 
 std::uint32_t check_of(std::uint64_t writer, std::uint64_t seq) {

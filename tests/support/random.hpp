@@ -25,6 +25,16 @@ inline std::uint64_t run_seed() {
   return seed;
 }
 
+// The run's length: VIPC_STRESS_SECONDS if set (fractions allowed), else `fallback`.
+// Read before any thread of the test starts.
+inline std::chrono::milliseconds stress_length(std::chrono::milliseconds fallback) {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read before any thread of the test starts.
+  if (const char* env = std::getenv("VIPC_STRESS_SECONDS"); env != nullptr && *env != '\0') {
+    return std::chrono::milliseconds(static_cast<long>(std::strtod(env, nullptr) * 1000));
+  }
+  return fallback;
+}
+
 // Prints the run's seed, so a failure can be replayed, and records it with the test.
 inline void announce_seed() {
   std::printf("  seed %llu (VIPC_STRESS_SEED=%llu repeats this run)\n",

@@ -286,6 +286,7 @@ class Broker::Impl {
     observe_->set_topic_lookup([this](std::uint64_t object_id, std::uint32_t index) {
       return traced_topic(object_id, index);
     });
+    observe_->set_queue_lookup([this](std::uint64_t id) { return mq_.name_of(id); });
   }
 
  private:

@@ -1,7 +1,9 @@
 // The trace, messages, channels and stats views and `vipc top`, against a real vipcd
 // and several sender processes (docs/observability.md).
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <mqueue.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -953,6 +955,116 @@ TEST_F(ObserveTest, LargeHandoffsAreTracedWithSourceDestinationAndSize) {
 
   ::close(go[1]);
   EXPECT_EQ(child.wait_until(core::deadline_after(10s)), "exit 0");
+}
+
+// POSIX queue messages in the trace: a sender and a receiver process, each using
+// mq_send / mq_receive of libvipc-posix while tracing is on; every message a row of kind
+// mq from the sender to the receiver, the queue's name in the channel column, its
+// priority as the type, its size, and a latency.
+TEST_F(ObserveTest, PosixQueueMessagesAreTracedFromSenderToReceiver) {
+  ASSERT_TRUE(
+      Runtime::connect_to(daemon_->socket()).value().trace(TraceAction::On).value().enabled);
+  constexpr int kCount = 20;
+  const std::string dir = dir_.path();
+  struct Mq {
+    void* lib = nullptr;
+    mqd_t (*open)(const char*, int, ...) = nullptr;
+    int (*send)(mqd_t, const char*, size_t, unsigned) = nullptr;
+    ssize_t (*receive)(mqd_t, char*, size_t, unsigned*) = nullptr;
+    int (*unlink)(const char*) = nullptr;
+    // The library's own mq_* (not the kernel's), talking to the test's broker.
+    bool load(const std::string& runtime_dir) {
+      if (::setenv("VIPC_RUNTIME_DIR", runtime_dir.c_str(), 1) != 0) return false;
+      if (::setenv("VIPC_NO_AUTOSTART", "1", 1) != 0) return false;
+      lib = ::dlopen(VIPC_TEST_POSIX_LIB, RTLD_NOW | RTLD_LOCAL);
+      if (lib == nullptr) return false;
+      open = reinterpret_cast<decltype(open)>(::dlsym(lib, "mq_open"));
+      send = reinterpret_cast<decltype(send)>(::dlsym(lib, "mq_send"));
+      receive = reinterpret_cast<decltype(receive)>(::dlsym(lib, "mq_receive"));
+      unlink = reinterpret_cast<decltype(unlink)>(::dlsym(lib, "mq_unlink"));
+      return open != nullptr && send != nullptr && receive != nullptr && unlink != nullptr;
+    }
+  };
+  int created[2], hold[2];
+  ASSERT_EQ(::pipe(created), 0);
+  ASSERT_EQ(::pipe(hold), 0);
+  auto sender = test::Child::spawn(
+      [&]() -> int {
+        ::close(created[0]);
+        ::close(hold[1]);
+        Mq mq;
+        if (!mq.load(dir)) return 10;
+        struct mq_attr attr {};
+        attr.mq_maxmsg = 4;  // smaller than kCount: slots are reused while traced
+        attr.mq_msgsize = 128;
+        const mqd_t q = mq.open("/obs-mq", O_CREAT | O_EXCL | O_WRONLY, 0600, &attr);
+        if (q == static_cast<mqd_t>(-1)) return 11;
+        if (::write(created[1], "c", 1) != 1) return 12;
+        std::array<char, 128> msg{};
+        for (int i = 0; i < kCount; ++i) {
+          if (mq.send(q, msg.data(), static_cast<std::size_t>(10 + i),
+                      static_cast<unsigned>(i % 3)) != 0) {
+            return 13;
+          }
+        }
+        char c = 0;
+        (void)!::read(hold[0], &c, 1);
+        return 0;
+      },
+      60s);
+  ::close(created[1]);
+  char c = 0;
+  ASSERT_EQ(::read(created[0], &c, 1), 1);
+  ::close(created[0]);
+  auto receiver = test::Child::spawn(
+      [&]() -> int {
+        ::close(hold[1]);
+        Mq mq;
+        if (!mq.load(dir)) return 10;
+        const mqd_t q = mq.open("/obs-mq", O_RDONLY);
+        if (q == static_cast<mqd_t>(-1)) return 11;
+        std::array<char, 128> msg{};
+        for (int i = 0; i < kCount; ++i) {
+          unsigned prio = 99;
+          const ssize_t n = mq.receive(q, msg.data(), msg.size(), &prio);
+          if (n < 10 || n >= 10 + kCount || prio != static_cast<unsigned>(n - 10) % 3) return 12;
+        }
+        char b = 0;
+        (void)!::read(hold[0], &b, 1);
+        return 0;
+      },
+      60s);
+  ::close(hold[0]);
+
+  json msgs;
+  std::map<std::uint64_t, json> rows;  // by size
+  const bool all = test::wait_for(
+      [&] {
+        msgs = run_json(vipc_ + "messages --format json" + sock_);
+        rows.clear();
+        for (const json& x : msgs["messages"]) {
+          if (x["kind"] == "mq" && !x["latency_ns"].is_null()) rows[x["size"]] = x;
+        }
+        return rows.size() == kCount;
+      },
+      15s);
+  ASSERT_TRUE(all) << rows.size() << " rows\n" << msgs.dump();
+  for (int i = 0; i < kCount; ++i) {
+    const json& x = rows[static_cast<std::uint64_t>(10 + i)];
+    EXPECT_EQ(x["channel"], "/obs-mq") << x.dump();
+    EXPECT_EQ(x["src_pid"].get<pid_t>(), sender.pid()) << x.dump();
+    EXPECT_EQ(x["dst_pid"].get<pid_t>(), receiver.pid()) << x.dump();
+    EXPECT_EQ(x["type"], i % 3) << x.dump();
+    EXPECT_EQ(x["caps"], 0) << x.dump();
+    EXPECT_TRUE(x["mode"].is_null()) << x.dump();
+  }
+  auto [rc, text] = run(vipc_ + "messages" + sock_);
+  EXPECT_EQ(rc, 0);
+  EXPECT_NE(text.find("/obs-mq"), std::string::npos) << text;
+
+  ::close(hold[1]);
+  EXPECT_EQ(sender.wait_until(core::deadline_after(10s)), "exit 0");
+  EXPECT_EQ(receiver.wait_until(core::deadline_after(10s)), "exit 0");
 }
 
 }  // namespace

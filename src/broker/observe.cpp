@@ -552,8 +552,10 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
         senders.push_back(std::move(js));
       }
       const std::string name = o.name.empty() ? fmt::format("#{}", o.id) : o.name;
-      const std::size_t peers =
-          o.kind == ObjectKind::Topic ? o.publishers + o.subscribers : o.senders.size();
+      const bool region = o.kind == ObjectKind::Region && !o.queue;
+      const std::size_t peers = o.kind == ObjectKind::Topic ? o.publishers + o.subscribers
+                                : region                    ? o.holders.size()
+                                                            : o.senders.size();
       const char* kind = o.queue ? "queue" : kind_name(o.kind);
       const std::uint64_t depth = o.queue ? o.queued : topic.is_null() ? total.depth() : max_lag;
       text += fmt::format(
@@ -561,7 +563,7 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
           "{:<11}\n",
           name, kind, o.owner_pid, peers, o.senders.size(), total.sent, total.received, depth,
           total.drops + total.lost, total.full_events, total.producer_parks + total.consumer_parks,
-          o.queue ? "-" : policy_name(o.flags));
+          o.queue || region ? "-" : policy_name(o.flags));
       json jo{{"id", o.id},
               {"name", name},
               {"kind", kind},
@@ -586,6 +588,12 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
                           sub.pid, sub.delivered, sub.missed, sub.lag, sub.overwritten);
         }
         jo["topic"] = std::move(topic);
+      }
+      if (region) {
+        jo["size"] = o.bytes;
+        jo["holders"] = o.holders;
+        jo["pending"] = o.pending;
+        jo["policy"] = "-";
       }
       if (o.queue) {
         jo["queued"] = o.queued;

@@ -91,6 +91,11 @@ struct ObjectView {
   bool queue = false;
   std::uint32_t queued = 0;
   std::uint32_t mode = 0;
+  // A region (kind Region, from the broker's buffer table): its size, the pid of every
+  // capability on it (one per capability), and its shares not claimed yet.
+  std::uint64_t bytes = 0;
+  std::vector<pid_t> holders;
+  std::uint32_t pending = 0;
 };
 
 struct ClientView {

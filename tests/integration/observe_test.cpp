@@ -1067,5 +1067,54 @@ TEST_F(ObserveTest, PosixQueueMessagesAreTracedFromSenderToReceiver) {
   EXPECT_EQ(receiver.wait_until(core::deadline_after(10s)), "exit 0");
 }
 
+// Regions in the channels view: a named region created here and opened by a child
+// process is a row of kind region with its size, owner and both holders.
+TEST_F(ObserveTest, RegionsShowInChannelsWithOwnerAndHolders) {
+  auto rt = Runtime::connect_to(daemon_->socket());
+  ASSERT_TRUE(rt);
+  auto region = SharedRegion::create(*rt, "obs-region", 8192);
+  ASSERT_TRUE(region) << region.error().message();
+  int opened[2], hold[2];
+  ASSERT_EQ(::pipe(opened), 0);
+  ASSERT_EQ(::pipe(hold), 0);
+  auto child = test::Child::spawn(
+      [&]() -> int {
+        ::close(opened[0]);
+        ::close(hold[1]);
+        auto crt = Runtime::connect_to(daemon_->socket());
+        if (!crt) return 10;
+        auto r = SharedRegion::open(*crt, "obs-region", Rights::Map | Rights::Read);
+        if (!r || r->size() != 8192) return 11;
+        if (::write(opened[1], "o", 1) != 1) return 12;
+        char c = 0;
+        (void)!::read(hold[0], &c, 1);
+        return 0;
+      },
+      60s);
+  ::close(opened[1]);
+  ::close(hold[0]);
+  char c = 0;
+  ASSERT_EQ(::read(opened[0], &c, 1), 1);
+  json ch = run_json(vipc_ + "channels --format json" + sock_);
+  const json* o = object_named(ch, "obs-region");
+  ASSERT_NE(o, nullptr) << ch.dump();
+  EXPECT_EQ((*o)["kind"], "region");
+  EXPECT_EQ((*o)["size"], 8192);
+  EXPECT_EQ((*o)["owner_pid"].get<pid_t>(), ::getpid());
+  std::multiset<pid_t> holders;
+  for (const json& h : (*o)["holders"]) holders.insert(h.get<pid_t>());
+  EXPECT_EQ(holders.count(::getpid()), 1u) << o->dump();
+  EXPECT_EQ(holders.count(child.pid()), 1u) << o->dump();
+  // The text view and the runtime directory's file show the row.
+  auto [rc, text] = run(vipc_ + "channels" + sock_);
+  EXPECT_EQ(rc, 0);
+  EXPECT_NE(text.find("obs-region"), std::string::npos) << text;
+  EXPECT_TRUE(test::wait_for(
+      [&] { return read_file(dir_.path() + "/channels").find("obs-region") != std::string::npos; },
+      5s));
+  ::close(hold[1]);
+  EXPECT_EQ(child.wait_until(core::deadline_after(10s)), "exit 0");
+}
+
 }  // namespace
 }  // namespace vipc

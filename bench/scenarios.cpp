@@ -68,6 +68,51 @@ Timing timing_for(const Options& o) {
   return t;
 }
 
+// Cache misses of each measured system (docs/observability.md, "Cache misses"): the
+// hardware counter of the measuring process, inherited by the peers it forks, over
+// each of the system's rounds (set-up and warm-up included), and the operations the
+// rounds measured (one latency sample: a round trip, a call, a send; or a message
+// counted by a rate). `why` says why there are none.
+struct CacheMisses {
+  std::string system;
+  std::uint64_t misses = 0;
+  std::uint64_t operations = 0;
+};
+struct CacheMissTally {
+  std::vector<CacheMisses> systems;
+  std::string why;
+};
+CacheMissTally g_cache_misses;
+
+void count_cache_misses(const std::string& system, std::uint64_t misses, const Round& r) {
+  auto it = std::find_if(g_cache_misses.systems.begin(), g_cache_misses.systems.end(),
+                         [&](const CacheMisses& c) { return c.system == system; });
+  if (it == g_cache_misses.systems.end()) {
+    g_cache_misses.systems.push_back({system, 0, 0});
+    it = std::prev(g_cache_misses.systems.end());
+  }
+  it->misses += misses;
+  it->operations += r.messages != 0 ? r.messages : r.hist.count() * r.per_sample;
+}
+
+// The report's note on cache misses: per system, or why not available.
+std::string cache_miss_note() {
+  if (g_cache_misses.systems.empty()) {
+    return "cache misses per operation: not available: " +
+           (g_cache_misses.why.empty() ? std::string("nothing measured") : g_cache_misses.why);
+  }
+  std::string out =
+      "cache misses per operation (both processes, user space, set-up and warm-up included):";
+  for (const CacheMisses& c : g_cache_misses.systems) {
+    out += fmt::format(" {} {:.2f};", c.system,
+                       c.operations == 0
+                           ? 0.0
+                           : static_cast<double>(c.misses) / static_cast<double>(c.operations));
+  }
+  out.back() = '.';
+  return out;
+}
+
 // Measures each system once per round, in the given order, round after round
 // (A B A B ...), so drift of the machine hits every system alike.
 std::vector<std::vector<Round>> interleave(const RunConfig& cfg,
@@ -80,7 +125,14 @@ std::vector<std::vector<Round>> interleave(const RunConfig& cfg,
         fmt::print(stderr, "\r  round {}/{}: {:<24}", r + 1, cfg.timing.rounds, systems[i].name);
         std::fflush(stderr);
       }
+      auto counter = sys::open_cache_miss_counter(0);
+      if (!counter && g_cache_misses.why.empty()) g_cache_misses.why = counter.error().message();
+      const std::uint64_t before = counter ? sys::read_counter(counter->get()).value_or(0) : 0;
       rounds[i].push_back(systems[i].measure(cfg));
+      if (counter) {
+        const std::uint64_t after = sys::read_counter(counter->get()).value_or(before);
+        count_cache_misses(systems[i].name, after - before, rounds[i].back());
+      }
     }
   }
   if (progress) fmt::print(stderr, "\r{:<50}\r", "");
@@ -1000,6 +1052,8 @@ int run(const Options& options) {
       report = scenario->run(options, cfg);
     }
     report.title += "\n" + timing_line(cfg, scenario->layout);
+    // pingpong --trace counts its own, per message of each system.
+    if (!options.trace) report.notes.push_back(cache_miss_note());
     if (options.quick) report.notes.push_back("--quick: a smoke test, not for numbers.");
     if (options.json) {
       print_json(report);

@@ -144,11 +144,19 @@ class SharedBuffer {
 
  private:
   friend class Topic;
+  friend struct LargeMessage;
   // Topic::publish_buffer: shares with every live subscriber of the topic `topic`.
   [[nodiscard]] Result<SmallMessage> share_with_topic(const Capability& topic, std::uint32_t type,
                                                       std::uint64_t offset, std::uint64_t length);
   // The range check and the seal's precondition shared by send and share_with_topic.
   [[nodiscard]] Result<void> prepare_transfer(std::uint64_t offset, std::uint64_t& length);
+  // send() and send_with(): `caps` is what the message carries in all (for the trace).
+  [[nodiscard]] Result<SmallMessage> transfer(TransferMode mode, GrantTarget target,
+                                              std::uint32_t type, std::uint64_t offset,
+                                              std::uint64_t length, std::size_t caps);
+  // receive() and LargeMessage::receive() without the trace record.
+  [[nodiscard]] static Result<SharedBuffer> claim(Runtime& rt, const SmallMessage& message,
+                                                  const BufferOptions& options);
   // The message that carries a transfer handle and the descriptor of the range.
   [[nodiscard]] SmallMessage transfer_message(TransferMode mode, std::uint64_t handle,
                                               std::uint32_t type, std::uint64_t offset,

@@ -286,6 +286,7 @@ class Broker::Impl {
     observe_->set_topic_lookup([this](std::uint64_t object_id, std::uint32_t index) {
       return traced_topic(object_id, index);
     });
+    observe_->set_queue_lookup([this](std::uint64_t id) { return mq_.name_of(id); });
   }
 
  private:
@@ -374,6 +375,8 @@ class Broker::Impl {
   // Names a channel ring for trace records; the objects and clients as the views show them.
   std::optional<TracedRing> traced_ring(std::uint64_t ring_id) const;
   std::vector<ObjectView> object_views() const;
+  // Every region, after the objects.
+  void append_region_views(std::vector<ObjectView>& out) const;
   std::optional<TracedTopic> traced_topic(std::uint64_t object_id, std::uint32_t index) const;
   // Drains the trace rings when due and rewrites the views when due (or `force`).
   void observe(bool force);
@@ -2114,6 +2117,7 @@ std::vector<ObjectView> Broker::Impl::object_views() const {
   }
   std::sort(out.begin(), out.end(),
             [](const ObjectView& a, const ObjectView& b) { return a.id < b.id; });
+  append_region_views(out);
   // POSIX queues after the objects (their ids are a namespace of their own).
   for (MqRegistry::QueueView& q : mq_.views()) {
     ObjectView v;
@@ -2128,6 +2132,29 @@ std::vector<ObjectView> Broker::Impl::object_views() const {
     out.push_back(std::move(v));
   }
   return out;
+}
+
+void Broker::Impl::append_region_views(std::vector<ObjectView>& out) const {
+  for (BufferTable::RegionView& r : buffers_.region_views()) {
+    ObjectView v;
+    v.id = r.id;
+    v.name = std::move(r.name);
+    v.kind = ObjectKind::Region;
+    v.bytes = r.size;
+    v.pending = r.pending;
+    for (const CapNode* n : caps_.nodes_for_object(r.id)) {
+      const auto c = clients_.find(n->holder);
+      const pid_t pid = c != clients_.end() ? c->second.cred.pid : 0;
+      v.holders.push_back(pid);
+      // The owner: the holder of a root capability (the creator's, unless released).
+      if (n->parent == 0 && (v.owner_pid == 0 || pid < v.owner_pid)) {
+        v.owner_pid = pid;
+        if (c != clients_.end()) v.owner_uid = c->second.cred.uid;
+      }
+    }
+    std::sort(v.holders.begin(), v.holders.end());
+    out.push_back(std::move(v));
+  }
 }
 
 void Broker::Impl::observe(bool force) {

@@ -143,4 +143,11 @@ std::vector<MqRegistry::QueueView> MqRegistry::views() const {
   return out;
 }
 
+std::optional<std::string> MqRegistry::name_of(std::uint64_t id) const {
+  for (const auto& [name, q] : queues_) {
+    if (q.id == id) return name;
+  }
+  return std::nullopt;
+}
+
 }  // namespace vipc::broker

@@ -22,6 +22,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -71,6 +72,8 @@ class MqRegistry {
   };
   // Every queue with a name, in name order.
   [[nodiscard]] std::vector<QueueView> views() const;
+  // The name of the queue with this id (trace records), if it still has one.
+  [[nodiscard]] std::optional<std::string> name_of(std::uint64_t id) const;
 
  private:
   struct Queue {

@@ -353,4 +353,14 @@ std::size_t BufferTable::pending_of(ClientId client) const noexcept {
   return n;
 }
 
+std::vector<BufferTable::RegionView> BufferTable::region_views() const {
+  std::vector<RegionView> out;
+  for (const auto& [id, b] : buffers_) {
+    if (b.kind == ObjectKind::Region) out.push_back({id, b.name, b.size, b.pending});
+  }
+  std::sort(out.begin(), out.end(),
+            [](const RegionView& a, const RegionView& b) { return a.id < b.id; });
+  return out;
+}
+
 }  // namespace vipc::broker

@@ -112,6 +112,15 @@ class BufferTable {
   }
   [[nodiscard]] bool has_handle(Token t) const noexcept { return pending_.count(t) != 0; }
   [[nodiscard]] std::size_t size() const noexcept { return buffers_.size(); }
+  // A region as the views show it (docs/observability.md).
+  struct RegionView {
+    ObjectId id = 0;
+    std::string name;
+    std::uint64_t size = 0;
+    std::uint32_t pending = 0;  // shares not yet claimed
+  };
+  // Every region (not the buffers, which come and go with each large message), by id.
+  [[nodiscard]] std::vector<RegionView> region_views() const;
   [[nodiscard]] std::size_t pending_of(ClientId client) const noexcept;
 
  private:

@@ -138,4 +138,15 @@ std::size_t CapabilityTable::count_for_object(ObjectId object) const noexcept {
   return o == by_object_.end() ? 0 : o->second.size();
 }
 
+std::vector<const CapNode*> CapabilityTable::nodes_for_object(ObjectId object) const {
+  std::vector<const CapNode*> out;
+  const auto o = by_object_.find(object);
+  if (o == by_object_.end()) return out;
+  out.reserve(o->second.size());
+  for (const Token t : o->second) {
+    if (const CapNode* n = find(t)) out.push_back(n);
+  }
+  return out;
+}
+
 }  // namespace vipc::broker

@@ -68,6 +68,8 @@ class CapabilityTable {
   [[nodiscard]] std::size_t count_held(ClientId holder) const noexcept;
   // Capabilities (in every space) on `object`.
   [[nodiscard]] std::size_t count_for_object(ObjectId object) const noexcept;
+  // The capabilities on `object` (the views: its holders), in no particular order.
+  [[nodiscard]] std::vector<const CapNode*> nodes_for_object(ObjectId object) const;
   // Whether `holder` holds a capability on `object` with every right of `need`.
   [[nodiscard]] bool holds(ClientId holder, ObjectId object, Rights need) const noexcept;
 

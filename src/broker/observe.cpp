@@ -253,6 +253,10 @@ void Observer::on_event(const core::TraceEvent& e, std::uint64_t mono_ns, pid_t 
     on_topic_event(e, mono_ns, pid);
     return;
   }
+  if (layout::trace_is_handoff(e.kind)) {
+    on_handoff_event(e, mono_ns, pid);
+    return;
+  }
   // A send and its receive may be drained in either order (the receiver can record
   // before the sender does), so whichever comes first waits for the other.
   // A reply is paired like a message, in a key space of its own (the request ring's id
@@ -395,6 +399,7 @@ void Observer::expire_topics(std::uint64_t now_ns, bool all) {
 
 void Observer::expire_pending(std::uint64_t now_ns, bool all, const RingLookup& lookup) {
   expire_topics(now_ns, all);
+  expire_handoffs(now_ns, all);
   // Halves whose partner was not seen (yet): shown without a latency once they are old
   // (or when the table is full), so that a stuck receiver's messages still appear.
   for (auto* table : {&sends_, &receives_}) {
@@ -482,28 +487,29 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
   // ---- messages
   {
     std::string text = fmt::format(
-        "{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n", "time (UTC)", "kind",
-        "src", "dst", "channel", "type", "size", "caps", "latency_ns");
+        "{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}  {}\n", "time (UTC)",
+        "kind", "src", "dst", "channel", "type", "size", "caps", "latency_ns", "mode");
     json arr = json::array();
     const std::size_t skip =
         messages_.size() > kMessagesInFiles ? messages_.size() - kMessagesInFiles : 0;
     for (std::size_t i = skip; i < messages_.size(); ++i) {
       const Message& m = messages_[i];
       const std::string when = clock_text(m.time_ns, now_ns, now_real);
-      text +=
-          fmt::format("{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n", when,
-                      m.topic   ? "topic"
-                      : m.reply ? "reply"
-                                : "channel",
-                      m.src, m.dst == 0 ? std::string("-") : std::to_string(m.dst),
-                      m.channel.empty() ? "?" : m.channel, m.type, m.size, m.caps,
-                      m.has_latency ? std::to_string(m.latency_ns) : std::string("-"));
+      const char* kind = m.kind != nullptr ? m.kind
+                         : m.topic         ? "topic"
+                         : m.reply         ? "reply"
+                                           : "channel";
+      text += fmt::format("{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}  {}\n",
+                          when, kind, m.src == 0 ? std::string("-") : std::to_string(m.src),
+                          m.dst == 0 ? std::string("-") : std::to_string(m.dst),
+                          m.channel.empty() ? "?" : m.channel, m.type, m.size, m.caps,
+                          m.has_latency ? std::to_string(m.latency_ns) : std::string("-"),
+                          m.mode != nullptr ? m.mode : "-");
       json jm{{"seq", m.seq},
               {"time", when},
               {"time_ns", m.time_ns},
-              {"kind", m.topic   ? "topic"
-                       : m.reply ? "reply"
-                                 : "channel"},
+              {"kind", kind},
+              {"mode", m.mode != nullptr ? json(m.mode) : json(nullptr)},
               {"src_pid", m.src},
               {"dst_pid", m.dst},
               {"channel", m.channel},
@@ -546,8 +552,10 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
         senders.push_back(std::move(js));
       }
       const std::string name = o.name.empty() ? fmt::format("#{}", o.id) : o.name;
-      const std::size_t peers =
-          o.kind == ObjectKind::Topic ? o.publishers + o.subscribers : o.senders.size();
+      const bool region = o.kind == ObjectKind::Region && !o.queue;
+      const std::size_t peers = o.kind == ObjectKind::Topic ? o.publishers + o.subscribers
+                                : region                    ? o.holders.size()
+                                                            : o.senders.size();
       const char* kind = o.queue ? "queue" : kind_name(o.kind);
       const std::uint64_t depth = o.queue ? o.queued : topic.is_null() ? total.depth() : max_lag;
       text += fmt::format(
@@ -555,7 +563,7 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
           "{:<11}\n",
           name, kind, o.owner_pid, peers, o.senders.size(), total.sent, total.received, depth,
           total.drops + total.lost, total.full_events, total.producer_parks + total.consumer_parks,
-          o.queue ? "-" : policy_name(o.flags));
+          o.queue || region ? "-" : policy_name(o.flags));
       json jo{{"id", o.id},
               {"name", name},
               {"kind", kind},
@@ -580,6 +588,12 @@ void Observer::write_views(std::uint64_t now_ns, const std::vector<ObjectView>& 
                           sub.pid, sub.delivered, sub.missed, sub.lag, sub.overwritten);
         }
         jo["topic"] = std::move(topic);
+      }
+      if (region) {
+        jo["size"] = o.bytes;
+        jo["holders"] = o.holders;
+        jo["pending"] = o.pending;
+        jo["policy"] = "-";
       }
       if (o.queue) {
         jo["queued"] = o.queued;

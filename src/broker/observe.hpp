@@ -59,6 +59,9 @@ struct TracedTopic {
 using TopicLookup = std::function<std::optional<TracedTopic>(std::uint64_t object_id,
                                                              std::uint32_t publisher_index)>;
 
+// What the broker knows about a POSIX message queue (for naming trace records).
+using QueueLookup = std::function<std::optional<std::string>(std::uint64_t queue_id)>;
+
 // One sender ring of a channel, its counters sampled from shared memory.
 struct SenderView {
   std::uint32_t index = 0;
@@ -88,6 +91,11 @@ struct ObjectView {
   bool queue = false;
   std::uint32_t queued = 0;
   std::uint32_t mode = 0;
+  // A region (kind Region, from the broker's buffer table): its size, the pid of every
+  // capability on it (one per capability), and its shares not claimed yet.
+  std::uint64_t bytes = 0;
+  std::vector<pid_t> holders;
+  std::uint32_t pending = 0;
 };
 
 struct ClientView {
@@ -126,6 +134,8 @@ class Observer {
 
   // How topic records are named (set once by the broker; without it, by object id).
   void set_topic_lookup(TopicLookup lookup) { topic_lookup_ = std::move(lookup); }
+  // How POSIX queue records are named (without it, by queue id).
+  void set_queue_lookup(QueueLookup lookup) { queue_lookup_ = std::move(lookup); }
 
   void set_enabled(bool on) noexcept;
   [[nodiscard]] bool enabled() const noexcept;
@@ -162,11 +172,26 @@ class Observer {
     pid_t src = 0, dst = 0;
     std::uint64_t object_id = 0;
     std::string channel;
-    std::uint32_t type = 0, size = 0;
+    std::uint32_t type = 0;
+    std::uint64_t size = 0;
     std::uint16_t caps = 0;
-    bool topic = false;  // a topic publication and one delivery of it
-    bool reply = false;  // a reply of a synchronous channel (server to caller)
+    bool topic = false;          // a topic publication and one delivery of it
+    bool reply = false;          // a reply of a synchronous channel (server to caller)
+    const char* kind = nullptr;  // a handoff's: "buffer", "pool" or "mq"
+    const char* mode = nullptr;  // a handoff's: move, share, copy, loan, return
   };
+  // A handoff (buffer, pool loan or return, POSIX queue message): its origin and the
+  // arrivals seen so far, by (class, key, position, generation, borrower pid); see
+  // observe_handoff.cpp.
+  using HandoffKey =
+      std::tuple<std::uint16_t, std::uint64_t, std::uint64_t, std::uint32_t, std::uint32_t>;
+  struct HandoffPending {
+    std::optional<Pending> origin;
+    std::vector<Pending> arrivals;  // waiting for their origin
+    std::uint64_t first_ns = 0;
+    bool paired = false;
+  };
+  static constexpr std::size_t kArrivalsMax = 64;
   // A topic publication and the deliveries seen so far (one publication, any number
   // of deliveries): by (object id, topic ring, position).
   struct TopicPending {
@@ -191,6 +216,9 @@ class Observer {
   void on_topic_event(const core::TraceEvent& e, std::uint64_t mono_ns, pid_t pid);
   void emit_topic(const TopicKey& key, const Pending* publish, const Pending* delivery);
   void expire_topics(std::uint64_t now_ns, bool all);
+  void on_handoff_event(const core::TraceEvent& e, std::uint64_t mono_ns, pid_t pid);
+  void emit_handoff(const HandoffKey& key, const Pending* origin, const Pending* arrival);
+  void expire_handoffs(std::uint64_t now_ns, bool all);
   void expire_pending(std::uint64_t now_ns, bool all, const RingLookup& lookup);
   void write_file(const char* name, const std::string& text) noexcept;
 
@@ -204,6 +232,8 @@ class Observer {
   std::size_t pending_count_ = 0;
   std::map<TopicKey, TopicPending> topics_pending_;
   TopicLookup topic_lookup_;
+  QueueLookup queue_lookup_;
+  std::map<HandoffKey, HandoffPending> handoffs_pending_;
   std::unordered_map<std::uint64_t, std::optional<TracedTopic>> topic_cache_;  // one drain's
   std::deque<Message> messages_;
   std::unordered_map<std::uint64_t, ChannelLatency> latency_;  // by object id

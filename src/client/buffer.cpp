@@ -10,7 +10,9 @@
 #include <utility>
 
 #include "client/runtime_impl.hpp"
+#include "client/trace.hpp"
 #include "core/buffer_descriptor.hpp"
+#include "core/clock.hpp"
 #include "core/sys.hpp"
 #include "core/wire.hpp"
 
@@ -92,6 +94,25 @@ Result<detail::MappedMemory> create_memory(Runtime::Impl* rt, ObjectKind kind, s
     return ok.error();
   }
   return m;
+}
+
+// Records a buffer handed over (kTraceBufferSend) or claimed (kTraceBufferReceive);
+// tracing on only, out of line so that the untraced calls pay the check alone.
+[[gnu::noinline, gnu::cold]] void trace_buffer(std::uint16_t kind, std::uint64_t handle,
+                                               std::uint64_t topic, std::uint32_t type,
+                                               std::uint64_t bytes, std::size_t caps, pid_t peer,
+                                               TransferMode mode) noexcept {
+  core::TraceEvent e;
+  e.stamp = core::cycles();
+  e.kind = kind;
+  e.ring_id = handle;
+  e.position = topic;
+  e.type = type;
+  e.bytes = bytes;
+  e.cap_count = static_cast<std::uint16_t>(caps);
+  e.peer = peer > 0 ? static_cast<std::uint32_t>(peer) : 0;
+  e.mode = static_cast<std::uint16_t>(mode);
+  client::trace::record(e);
 }
 
 Result<detail::MappedMemory> claim_memory(Runtime::Impl* rt, CapabilityHandle handle,
@@ -208,6 +229,16 @@ bool SharedBuffer::carries_buffer(const SmallMessage& message) noexcept {
 
 Result<SharedBuffer> SharedBuffer::receive(Runtime& rt, const SmallMessage& message,
                                            const BufferOptions& options) {
+  auto got = claim(rt, message, options);
+  if (got && client::trace::on()) [[unlikely]] {
+    trace_buffer(layout::kTraceBufferReceive, layout::parse_descriptor(message)->handle, 0,
+                 message.type, got->length_, 1, 0, got->mode());
+  }
+  return got;
+}
+
+Result<SharedBuffer> SharedBuffer::claim(Runtime& rt, const SmallMessage& message,
+                                         const BufferOptions& options) {
   const auto parsed = layout::parse_descriptor(message);
   if (!parsed) return Error(ErrorCode::Corrupted, "buffer: message carries no buffer descriptor");
   if (parsed->batch != 0) {
@@ -291,6 +322,12 @@ SmallMessage SharedBuffer::transfer_message(TransferMode mode, std::uint64_t han
 
 Result<SmallMessage> SharedBuffer::send(TransferMode mode, GrantTarget target, std::uint32_t type,
                                         std::uint64_t offset, std::uint64_t length) {
+  return transfer(mode, target, type, offset, length, 1);
+}
+
+Result<SmallMessage> SharedBuffer::transfer(TransferMode mode, GrantTarget target,
+                                            std::uint32_t type, std::uint64_t offset,
+                                            std::uint64_t length, std::size_t caps) {
   if (mode == TransferMode::None) return Error(ErrorCode::InvalidArgument, "buffer: no mode");
   VIPC_TRY(prepare_transfer(offset, length));
   wire::TransferBufferRequest r{};
@@ -307,6 +344,9 @@ Result<SmallMessage> SharedBuffer::send(TransferMode mode, GrantTarget target, s
   const auto& rep = std::get<wire::TransferBufferReply>(a->body);
   SmallMessage m = transfer_message(mode, rep.handle, type, offset, length);
   mem_.sealed = true;
+  if (client::trace::on()) [[unlikely]] {
+    trace_buffer(layout::kTraceBufferSend, rep.handle, 0, type, length, caps, target.pid, mode);
+  }
   if (mode == TransferMode::Move) {
     // The broker already dropped the capability; forget it without asking again.
     mem_.cap = Capability{};
@@ -326,6 +366,10 @@ Result<SmallMessage> SharedBuffer::share_with_topic(const Capability& topic, std
   if (!a) return a.error();
   const auto& rep = std::get<wire::TopicShareBufferReply>(a->body);
   mem_.sealed = true;
+  if (client::trace::on()) [[unlikely]] {
+    trace_buffer(layout::kTraceBufferSend, rep.handle, topic.resource, type, length, 1, 0,
+                 TransferMode::Share);
+  }
   // Topic slots carry no capabilities: the handle follows the descriptor inline.
   SmallMessage m = transfer_message(TransferMode::Share, rep.handle, type, offset, length);
   const std::uint64_t handle = m.caps[0].value;
@@ -350,7 +394,7 @@ Result<SmallMessage> SharedBuffer::send_with(TransferMode mode, GrantTarget targ
   // behind by a failed transfer only waits for its expiry.
   auto batch = mem_.rt->grant_batch(capabilities, target);
   if (!batch) return batch.error();
-  auto m = send(mode, target, type, offset, length);
+  auto m = transfer(mode, target, type, offset, length, 1 + capabilities.size());
   if (!m) return m.error();
   m->caps[1] = *batch;
   m->cap_count = 2;
@@ -366,7 +410,7 @@ Result<LargeMessage> LargeMessage::receive(Runtime& rt, const SmallMessage& mess
     head.cap_count = 1;
     head.caps[1] = CapabilityHandle{};
   }
-  auto buffer = SharedBuffer::receive(rt, head, options);
+  auto buffer = SharedBuffer::claim(rt, head, options);
   if (!buffer) return buffer.error();
   LargeMessage out;
   out.type = message.type;
@@ -375,6 +419,10 @@ Result<LargeMessage> LargeMessage::receive(Runtime& rt, const SmallMessage& mess
     auto caps = rt.claim_batch(CapabilityHandle{parsed->batch});
     if (!caps) return caps.error();  // the buffer goes with `out`
     out.capabilities = std::move(*caps);
+  }
+  if (client::trace::on()) [[unlikely]] {
+    trace_buffer(layout::kTraceBufferReceive, parsed->handle, 0, message.type, out.payload.length_,
+                 1 + out.capabilities.size(), 0, out.payload.mode());
   }
   return out;
 }

@@ -12,7 +12,9 @@
 #include <vector>
 
 #include "client/runtime_impl.hpp"
+#include "client/trace.hpp"
 #include "core/buffer_descriptor.hpp"
+#include "core/clock.hpp"
 #include "core/pool_layout.hpp"
 #include "core/return_ring.hpp"
 #include "core/sys.hpp"
@@ -123,6 +125,29 @@ Result<sys::Mapping> claim_segment(Runtime::Impl* rt, std::uint64_t handle, bool
   }
   release_cap(rt, cap);
   return out;
+}
+
+// Records a pool handoff (layout::kTracePoolLoan ... kTracePoolReturned): tracing on
+// only, out of line so that the untraced calls pay the check alone.
+[[gnu::noinline, gnu::cold]] void trace_pool(std::uint16_t kind, std::uint64_t pool_id,
+                                             std::uint32_t segment, std::uint32_t chunk,
+                                             std::uint64_t generation, std::uint32_t type,
+                                             std::uint64_t bytes, std::uint16_t caps,
+                                             std::uint32_t peer) noexcept {
+  core::TraceEvent e;
+  e.stamp = core::cycles();
+  e.kind = kind;
+  e.ring_id = pool_id;
+  e.position = std::uint64_t{segment} << 32 | chunk;
+  e.topic_ring = static_cast<std::uint32_t>(generation);
+  e.type = type;
+  e.bytes = bytes;
+  e.cap_count = caps;
+  e.peer = peer;
+  e.mode = kind == layout::kTracePoolLoan || kind == layout::kTracePoolReceive
+               ? layout::kTraceModeLoan
+               : layout::kTraceModeReturn;
+  client::trace::record(e);
 }
 
 }  // namespace
@@ -255,6 +280,10 @@ class PoolOwner {
     m.type = type;
     m.length = sizeof d;
     std::memcpy(m.data.data(), &d, sizeof d);
+    if (client::trace::on()) [[unlikely]] {
+      trace_pool(layout::kTracePoolLoan, id_, chunk.segment_, chunk.chunk_, c.generation, type,
+                 length, m.cap_count, static_cast<std::uint32_t>(r.pid));
+    }
     return m;
   }
 
@@ -325,6 +354,10 @@ class PoolOwner {
     Chunk& c = segments_[segment].chunks[chunk];
     const std::uint64_t bit = std::uint64_t{1} << slot;
     if (c.generation != generation || (c.loans & bit) == 0) return false;
+    if (client::trace::on()) [[unlikely]] {
+      detail::trace_pool(layout::kTracePoolReturned, id_, segment, chunk, generation, 0, 0, 0,
+                         static_cast<std::uint32_t>(receivers_[slot].pid));
+    }
     c.loans &= ~bit;
     --receivers_[slot].loans;
     maybe_free(segment, chunk);
@@ -455,6 +488,7 @@ class PoolOwner {
 // One pool as a receiver sees it: its return ring and the segments mapped so far.
 // Loans hold it (shared_ptr), so it outlives the PoolReader while they live.
 struct PoolView {
+  std::uint64_t pool_id = 0;  // as the loans named it (trace records)
   sys::Mapping ring_map;
   core::ReturnRingWriter writer;
   sys::UniqueFd owner;  // pidfd of the owner: readable once it has exited
@@ -547,6 +581,12 @@ Result<void> PoolLoan::release() {
   if (!view_) return {};
   const layout::ReturnEntry e{segment_index_, chunk_, generation_};
   const auto pushed = view_->writer.try_push(e);
+  if (client::trace::on()) [[unlikely]] {
+    if (pushed == core::ReturnRingWriter::Push::Ok) {
+      detail::trace_pool(layout::kTracePoolReturn, view_->pool_id, segment_index_, chunk_,
+                         generation_, 0, size_, 0, view_->writer.owner_pid());
+    }
+  }
   view_.reset();
   addr_ = nullptr;
   size_ = 0;
@@ -617,6 +657,7 @@ Result<PoolLoan> PoolReader::receive(const SmallMessage& message) {
       fresh->segments = old->second->segments;
       fresh->retired = old->second->retired;
     }
+    fresh->pool_id = d.pool_id;
     fresh->ring_map = std::move(*ring);
     fresh->writer = *w;
     pools_[d.pool_id] = fresh;
@@ -648,6 +689,10 @@ Result<PoolLoan> PoolReader::receive(const SmallMessage& message) {
   loan.segment_index_ = d.segment;
   loan.chunk_ = d.chunk;
   loan.generation_ = d.generation;
+  if (client::trace::on()) [[unlikely]] {
+    detail::trace_pool(layout::kTracePoolReceive, d.pool_id, d.segment, d.chunk, d.generation,
+                       message.type, d.length, message.cap_count, view->writer.owner_pid());
+  }
   return loan;
 }
 

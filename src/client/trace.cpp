@@ -64,37 +64,66 @@ void record(std::uint16_t kind, std::uint64_t ring_id, std::uint64_t position, s
   (void)w->record(e);
 }
 
+void record(const core::TraceEvent& e) noexcept {
+  core::TraceRingWriter* w = writer.load(std::memory_order_acquire);
+  if (w != nullptr) (void)w->record(e);
+}
+
 // Asks the broker for the switch and a ring, once per process (best effort: a broker
 // that refuses leaves tracing off in this process).
-void attach(Runtime::Impl& rt) noexcept {
-#if VIPC_TRACE_ENABLED
-  const std::lock_guard<std::mutex> lock(attach_mu);
-  if (attachments >= kAttachMax || kept_count >= kAttachMax) return;
+namespace {
+
+bool may_attach_locked() noexcept {
+  if (attachments >= kAttachMax || kept_count >= kAttachMax) return false;
   static std::once_flag atfork_once;
   std::call_once(atfork_once, [] { ::pthread_atfork(nullptr, nullptr, forget_in_child); });
-  if (core::page_size() != kSwitchPageSize) return;
-  auto a = rt.call(wire::TraceAttachRequest{0, 0});
-  if (!a || a->fds.size() != 2) return;
+  return core::page_size() == kSwitchPageSize;
+}
+
+bool install_locked(int switch_fd, int ring_fd) noexcept {
   // Validates the switch segment before it replaces our page.
-  auto sw = core::map_trace_switch(a->fds[0].get());
-  if (!sw || sw->mapping.size() != kSwitchPageSize) return;
-  auto w = core::TraceRingWriter::attach(a->fds[1].get());
-  if (!w) return;
+  auto sw = core::map_trace_switch(switch_fd);
+  if (!sw || sw->mapping.size() != kSwitchPageSize) return false;
+  auto w = core::TraceRingWriter::attach(ring_fd);
+  if (!w) return false;
   struct stat st {};
-  if (::fstat(a->fds[0].get(), &st) != 0) return;
+  if (::fstat(switch_fd, &st) != 0) return false;
   if (!switch_mapped || st.st_dev != switch_dev || st.st_ino != switch_ino) {
-    if (!sys::map_over(&switch_page, kSwitchPageSize, a->fds[0].get(), PROT_READ)) return;
+    if (!sys::map_over(&switch_page, kSwitchPageSize, switch_fd, PROT_READ)) return false;
     switch_mapped = true;
     switch_dev = st.st_dev;
     switch_ino = st.st_ino;
   }
   auto* owned = new (std::nothrow) core::TraceRingWriter(std::move(*w));
-  if (owned == nullptr) return;
+  if (owned == nullptr) return false;
   kept[kept_count++] = owned;
   writer.store(owned, std::memory_order_release);
   ++attachments;
+  return true;
+}
+
+}  // namespace
+
+void attach(Runtime::Impl& rt) noexcept {
+#if VIPC_TRACE_ENABLED
+  const std::lock_guard<std::mutex> lock(attach_mu);
+  if (!may_attach_locked()) return;
+  auto a = rt.call(wire::TraceAttachRequest{0, 0});
+  if (!a || a->fds.size() != 2) return;
+  (void)install_locked(a->fds[0].get(), a->fds[1].get());
 #else
   (void)rt;
+#endif
+}
+
+bool install(int switch_fd, int ring_fd) noexcept {
+#if VIPC_TRACE_ENABLED
+  const std::lock_guard<std::mutex> lock(attach_mu);
+  return may_attach_locked() && install_locked(switch_fd, ring_fd);
+#else
+  (void)switch_fd;
+  (void)ring_fd;
+  return false;
 #endif
 }
 

@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "core/trace_layout.hpp"
+#include "core/trace_ring.hpp"
 #include "vipc/runtime.hpp"
 
 #ifndef VIPC_TRACE_ENABLED
@@ -57,9 +58,16 @@ void record(std::uint16_t kind, std::uint64_t ring_id, std::uint64_t position, s
             std::uint32_t size, std::uint16_t cap_count, std::uint64_t stamp,
             std::uint32_t topic_ring = 0) noexcept;
 
+// Appends a record made whole by the caller (handoffs: core::TraceEvent's handoff
+// words). Called only when on().
+void record(const core::TraceEvent& e) noexcept;
+
 // Asks the broker for its switch and a trace ring for this process, replacing the
 // previous ones (best effort: without them this process keeps what it had). Called
 // after Hello.
 void attach(Runtime::Impl& rt) noexcept;
+// The same, for a connection of the POSIX layer (src/posix): the broker's TraceAttach
+// reply's two descriptors, the switch and the ring. Whether both were taken.
+bool install(int switch_fd, int ring_fd) noexcept;
 
 }  // namespace vipc::client::trace

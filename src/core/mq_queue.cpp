@@ -289,7 +289,9 @@ void MessageQueue::repair() noexcept {
   }
 }
 
-bool MessageQueue::push_locked(const void* data, std::size_t len, std::uint32_t priority) noexcept {
+template <bool kTraced>
+bool MessageQueue::push_locked(const void* data, std::size_t len, std::uint32_t priority,
+                               QueueTrace* trace) noexcept {
   QueueHeader* h = hdr();
   const std::uint32_t m = shape_.max_messages;
   if (!lists_look_valid()) repair();
@@ -300,12 +302,17 @@ bool MessageQueue::push_locked(const void* data, std::size_t len, std::uint32_t 
   const std::uint32_t next_free = s->next;
   if (next_free != kNil && next_free >= m) {
     repair();
-    return push_locked(data, len, priority);
+    return push_locked<kTraced>(data, len, priority, trace);
   }
   h->free_head = next_free;
   s->priority = priority;
   s->length = static_cast<std::uint32_t>(len);
-  s->reserved = 0;
+  if constexpr (kTraced) {
+    s->tag = trace->tag;
+    trace->slot = i;
+  } else {
+    s->tag = 0;  // no tag: a traced receive of it names no traced send
+  }
   if (len != 0) std::memcpy(payload(i), data, len);
   if (h->head == kNil) {
     s->next = kNil;
@@ -334,7 +341,7 @@ bool MessageQueue::push_locked(const void* data, std::size_t len, std::uint32_t 
       s->next = h->free_head;
       h->free_head = i;
       repair();
-      return push_locked(data, len, priority);
+      return push_locked<kTraced>(data, len, priority, trace);
     }
     s->next = nx;
     slot(at)->next = i;
@@ -345,7 +352,9 @@ bool MessageQueue::push_locked(const void* data, std::size_t len, std::uint32_t 
   return true;
 }
 
-bool MessageQueue::pop_locked(void* buf, std::size_t* len, std::uint32_t* priority) noexcept {
+template <bool kTraced>
+bool MessageQueue::pop_locked(void* buf, std::size_t* len, std::uint32_t* priority,
+                              QueueTrace* trace) noexcept {
   QueueHeader* h = hdr();
   const std::uint32_t m = shape_.max_messages;
   if (!lists_look_valid()) repair();
@@ -359,7 +368,11 @@ bool MessageQueue::pop_locked(void* buf, std::size_t* len, std::uint32_t* priori
   if (length > shape_.message_size || prio >= kPriorityMax || (next == kNil) != (n == 1) ||
       (next != kNil && next >= m)) {
     repair();
-    return pop_locked(buf, len, priority);
+    return pop_locked<kTraced>(buf, len, priority, trace);
+  }
+  if constexpr (kTraced) {
+    trace->slot = i;
+    trace->tag = s->tag;
   }
   if (length != 0) std::memcpy(buf, payload(i), length);
   *len = length;
@@ -375,6 +388,18 @@ bool MessageQueue::pop_locked(void* buf, std::size_t* len, std::uint32_t* priori
 
 Result<void> MessageQueue::send(const void* data, std::size_t len, std::uint32_t priority,
                                 QueueWait wait, const WaitPolicy& policy) {
+  return send_as<false>(data, len, priority, wait, policy, nullptr);
+}
+
+Result<void> MessageQueue::send_traced(const void* data, std::size_t len, std::uint32_t priority,
+                                       QueueWait wait, QueueTrace& trace,
+                                       const WaitPolicy& policy) {
+  return send_as<true>(data, len, priority, wait, policy, &trace);
+}
+
+template <bool kTraced>
+Result<void> MessageQueue::send_as(const void* data, std::size_t len, std::uint32_t priority,
+                                   QueueWait wait, const WaitPolicy& policy, QueueTrace* trace) {
   if (priority >= kPriorityMax) return Error(ErrorCode::InvalidArgument, "queue: priority");
   if (len > shape_.message_size) return Error(ErrorCode::MessageTooLarge, "queue: message size");
   QueueHeader* h = hdr();
@@ -390,7 +415,7 @@ Result<void> MessageQueue::send(const void* data, std::size_t len, std::uint32_t
   bool spun = policy.spin_ns == 0;
   for (;;) {
     const std::uint32_t before = h->queued;
-    if (push_locked(data, len, priority)) {
+    if (push_locked<kTraced>(data, len, priority, trace)) {
       if (saw_full.load(std::memory_order_relaxed) != 0) {
         saw_full.store(0, std::memory_order_relaxed);
       }
@@ -458,6 +483,19 @@ Result<void> MessageQueue::send(const void* data, std::size_t len, std::uint32_t
 
 Result<std::size_t> MessageQueue::receive(void* buf, std::size_t cap, std::uint32_t* priority,
                                           QueueWait wait, const WaitPolicy& policy) {
+  return receive_as<false>(buf, cap, priority, wait, policy, nullptr);
+}
+
+Result<std::size_t> MessageQueue::receive_traced(void* buf, std::size_t cap,
+                                                 std::uint32_t* priority, QueueWait wait,
+                                                 QueueTrace& trace, const WaitPolicy& policy) {
+  return receive_as<true>(buf, cap, priority, wait, policy, &trace);
+}
+
+template <bool kTraced>
+Result<std::size_t> MessageQueue::receive_as(void* buf, std::size_t cap, std::uint32_t* priority,
+                                             QueueWait wait, const WaitPolicy& policy,
+                                             QueueTrace* trace) {
   if (cap < shape_.message_size) {
     return Error(ErrorCode::MessageTooLarge, "queue: buffer smaller than the message size");
   }
@@ -471,7 +509,7 @@ Result<std::size_t> MessageQueue::receive(void* buf, std::size_t cap, std::uint3
   bool spun = policy.spin_ns == 0;
   for (;;) {
     std::size_t len = 0;
-    if (pop_locked(buf, &len, priority)) {
+    if (pop_locked<kTraced>(buf, &len, priority, trace)) {
       const bool wake = h->senders_parked.load(std::memory_order_relaxed) > 0;
       if (wake) h->not_full.fetch_add(1, std::memory_order_relaxed);  // Q3
       lock.unlock();

@@ -79,8 +79,11 @@ inline constexpr std::uint32_t kNotifyFired = 2;  // a sender fired it: the proc
 //   384                                      448
 //   | sent (messages ever queued)            | received (messages ever taken)
 //  512: slot 0, slot 1, ...: each slot_size bytes, 64-byte aligned
-//   0       4          8        12         16
-//   | next  | priority | length | reserved | payload[message size]
+//   0       4          8        12    16
+//   | next  | priority | length | tag | payload[message size]
+//
+// tag: 0, or the tag a traced send wrote (QueueTrace), read back by a traced receive;
+// it only names the message in the trace (docs/observability.md, "Handoffs").
 //
 // The list from `head` through `next` holds the queued messages, highest priority first,
 // oldest first within a priority; `tail` is its last slot. The free list from `free_head`
@@ -90,7 +93,7 @@ struct Slot {
   std::uint32_t next;
   std::uint32_t priority;
   std::uint32_t length;
-  std::uint32_t reserved;
+  std::uint32_t tag;
 };
 static_assert(sizeof(Slot) == kSlotHeader);
 
@@ -202,6 +205,14 @@ inline std::uint32_t queued_hint(const QueueHeader& h) noexcept {
 
 }  // namespace mq_layout
 
+// Where a traced message went (docs/observability.md, "POSIX queues"): the slot it
+// passed through and the tag its sender wrote into the slot's header (a receiver reads
+// it back; any value may be read, it only names the message for the trace).
+struct QueueTrace {
+  std::uint32_t slot = 0;
+  std::uint32_t tag = 0;
+};
+
 struct QueueShape {
   std::uint32_t max_messages = 10;
   std::uint32_t message_size = 8192;
@@ -259,6 +270,16 @@ class MessageQueue {
   // InvalidArgument (bad deadline when it would block), Interrupted.
   [[nodiscard]] Result<std::size_t> receive(void* buf, std::size_t cap, std::uint32_t* priority,
                                             QueueWait wait, const WaitPolicy& policy = {});
+  // The same, for a traced call: send writes trace.tag into the message's slot, and both
+  // say which slot it was (receive: and the tag found there). Separate instances of the
+  // same code, so that the untraced calls do not pay for the trace.
+  [[nodiscard]] Result<void> send_traced(const void* data, std::size_t len, std::uint32_t priority,
+                                         QueueWait wait, QueueTrace& trace,
+                                         const WaitPolicy& policy = {});
+  [[nodiscard]] Result<std::size_t> receive_traced(void* buf, std::size_t cap,
+                                                   std::uint32_t* priority, QueueWait wait,
+                                                   QueueTrace& trace,
+                                                   const WaitPolicy& policy = {});
 
   // Notification (mq_notify): arm for `pid` (AlreadyExists if a live process, `pid`
   // included, is registered: a registration whose process is gone is taken over). A
@@ -292,9 +313,19 @@ class MessageQueue {
   // Under the mutex: takes back the counts of tracked processes that died while their
   // receivers waited.
   void reap_dead_receivers() noexcept;
-  [[nodiscard]] bool push_locked(const void* data, std::size_t len,
-                                 std::uint32_t priority) noexcept;
-  [[nodiscard]] bool pop_locked(void* buf, std::size_t* len, std::uint32_t* priority) noexcept;
+  template <bool kTraced>
+  [[nodiscard]] Result<void> send_as(const void* data, std::size_t len, std::uint32_t priority,
+                                     QueueWait wait, const WaitPolicy& policy, QueueTrace* trace);
+  template <bool kTraced>
+  [[nodiscard]] Result<std::size_t> receive_as(void* buf, std::size_t cap, std::uint32_t* priority,
+                                               QueueWait wait, const WaitPolicy& policy,
+                                               QueueTrace* trace);
+  template <bool kTraced>
+  [[nodiscard]] bool push_locked(const void* data, std::size_t len, std::uint32_t priority,
+                                 QueueTrace* trace) noexcept;
+  template <bool kTraced>
+  [[nodiscard]] bool pop_locked(void* buf, std::size_t* len, std::uint32_t* priority,
+                                QueueTrace* trace) noexcept;
 
   sys::Mapping map_;
   QueueShape shape_{};

@@ -39,7 +39,35 @@ inline constexpr std::uint16_t kTraceDeliver = 4;
 // caller (`call`): ring id is the caller's request ring, position the reply ring's.
 inline constexpr std::uint16_t kTraceReply = 5;
 inline constexpr std::uint16_t kTraceReplyReceive = 6;
-inline constexpr std::uint16_t kTraceKindMax = kTraceReplyReceive;
+// Large-payload handoffs (docs/observability.md, "Handoffs"). They fill the record's
+// handoff words: `bytes` (the payload size), `peer` (the other process, as the writer
+// knows it; 0: unknown) and `mode`.
+// A SharedBuffer transfer (send, send_with, Topic::publish_buffer) / its claim by a
+// receiver: ring id is the transfer handle (a publication to a topic: one handle, a claim
+// per subscriber); a publication's position is the topic's object id, otherwise 0.
+inline constexpr std::uint16_t kTraceBufferSend = 7;
+inline constexpr std::uint16_t kTraceBufferReceive = 8;
+// A pool loan made by its owner / received by the borrower; a loan given back by the
+// borrower / taken back by the owner: ring id is the pool's id, position segment << 32 |
+// chunk, topic ring the chunk's generation (low 32 bits).
+inline constexpr std::uint16_t kTracePoolLoan = 9;
+inline constexpr std::uint16_t kTracePoolReceive = 10;
+inline constexpr std::uint16_t kTracePoolReturn = 11;
+inline constexpr std::uint16_t kTracePoolReturned = 12;
+// A POSIX queue message sent / received (src/posix): ring id is the queue's id, position
+// the slot, topic ring the tag the sender wrote into the slot (docs/posix.md), type the
+// priority; `bytes` the message's length.
+inline constexpr std::uint16_t kTraceMqSend = 13;
+inline constexpr std::uint16_t kTraceMqReceive = 14;
+inline constexpr std::uint16_t kTraceKindMax = kTraceMqReceive;
+[[nodiscard]] constexpr bool trace_is_handoff(std::uint16_t kind) noexcept {
+  return kind >= kTraceBufferSend && kind <= kTraceMqReceive;
+}
+// TraceRecord::mode of a handoff record: a buffer's TransferMode (1 Move, 2 Share,
+// 3 Copy), one of these for pool records, 0 for queue messages.
+inline constexpr std::uint16_t kTraceModeLoan = 16;
+inline constexpr std::uint16_t kTraceModeReturn = 17;
+inline constexpr std::uint16_t kTraceModeMax = kTraceModeReturn;
 // TraceRecord::topic_ring of a topic record.
 [[nodiscard]] constexpr std::uint32_t trace_topic_ring(std::uint32_t publisher_index,
                                                        std::uint32_t generation) noexcept {
@@ -68,10 +96,14 @@ static_assert(offsetof(TraceFlagSegment, enabled) == 64);
 // late writer reads a torn record at worst (rejected by the seq re-check, TR3), never
 // undefined behaviour.
 //
-//  0         8          16        24         32     34     36     40     44           48       64
-//  +---------+----------+---------+----------+------+------+------+------+------------+--------+
-//  | seq     | stamp    | ring id | position | kind | caps | type | size | topic ring | (pad)  |
-//  +---------+----------+---------+----------+------+------+------+------+------------+--------+
+//  0         8          16        24         32     34     36     40     44           48
+//  +---------+----------+---------+----------+------+------+------+------+------------+
+//  | seq     | stamp    | ring id | position | kind | caps | type | size | topic ring |
+//  +---------+----------+---------+----------+------+------+------+------+------------+
+//  48        56     60     62      64
+//  +---------+------+------+-------+
+//  | bytes   | peer | mode | (pad) |
+//  +---------+------+------+-------+
 //
 // seq: position + 1 once the record of `position` is complete (0 before the first lap).
 // stamp: core::cycles() at the event (the machine's cycle counter, which costs less
@@ -81,6 +113,10 @@ static_assert(offsetof(TraceFlagSegment, enabled) == 64);
 // position in the publisher's ring, and topic ring = trace_topic_ring(publisher index,
 // generation) (a publication and each of its deliveries carry the same triple). Channel
 // records leave topic ring 0 (it was reserved and written as 0 before topics were traced).
+// bytes, peer, mode: the handoff words, read for handoff kinds only (trace_is_handoff):
+// a buffer or pool payload's size (it may exceed `size`'s 32 bits, which stays 0), the
+// pid of the other process as the writer knows it, and the mode (kTraceMode*). Written
+// 0 by every other kind (they were reserved and written 0 before).
 struct alignas(kCacheLine) TraceRecord {
   std::uint64_t seq;
   std::uint64_t stamp;
@@ -91,7 +127,10 @@ struct alignas(kCacheLine) TraceRecord {
   std::uint32_t type;
   std::uint32_t size;
   std::uint32_t topic_ring;
-  std::uint64_t reserved1[2];
+  std::uint64_t bytes;
+  std::uint32_t peer;
+  std::uint16_t mode;
+  std::uint16_t reserved1;
 };
 static_assert(sizeof(TraceRecord) == kTraceRecordSize);
 static_assert(offsetof(TraceRecord, seq) == 0);
@@ -103,6 +142,9 @@ static_assert(offsetof(TraceRecord, cap_count) == 34);
 static_assert(offsetof(TraceRecord, type) == 36);
 static_assert(offsetof(TraceRecord, size) == 40);
 static_assert(offsetof(TraceRecord, topic_ring) == 44);
+static_assert(offsetof(TraceRecord, bytes) == 48);
+static_assert(offsetof(TraceRecord, peer) == 56);
+static_assert(offsetof(TraceRecord, mode) == 60);
 
 // One process's trace ring.
 //

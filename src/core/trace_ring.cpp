@@ -111,6 +111,9 @@ bool TraceRingWriter::record(const TraceEvent& e) noexcept {
   store_relaxed(r.type, e.type);
   store_relaxed(r.size, e.size);
   store_relaxed(r.topic_ring, e.topic_ring);
+  store_relaxed(r.bytes, e.bytes);
+  store_relaxed(r.peer, e.peer);
+  store_relaxed(r.mode, e.mode);
   // TR2: publishes the fields above to the broker's acquire load (TR3).
   std::atomic_ref<std::uint64_t>(r.seq).store(t + 1, std::memory_order_release);
   return true;
@@ -185,12 +188,19 @@ std::size_t TraceRingReader::drain(std::vector<TraceEvent>& out, std::size_t max
     e.type = load_relaxed(r.type);
     e.size = load_relaxed(r.size);
     e.topic_ring = load_relaxed(r.topic_ring);
+    const bool handoff = layout::trace_is_handoff(e.kind);
+    if (handoff) {
+      e.bytes = load_relaxed(r.bytes);
+      e.peer = load_relaxed(r.peer);
+      e.mode = load_relaxed(r.mode);
+    }
     std::atomic_thread_fence(std::memory_order_acquire);
     const std::uint64_t again =
         std::atomic_ref<std::uint64_t>(r.seq).load(std::memory_order_relaxed);
     ++head_;
     if (again != seq || e.kind == 0 || e.kind > layout::kTraceKindMax || e.size > kTraceSizeMax ||
-        e.cap_count > kTraceCapsMax) {
+        e.cap_count > (handoff ? kTraceHandoffCapsMax : kTraceCapsMax) ||
+        (handoff && (e.bytes > kTraceBytesMax || e.mode > layout::kTraceModeMax))) {
       ++rejected_;
       continue;
     }

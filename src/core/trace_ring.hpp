@@ -41,16 +41,24 @@ struct TraceEvent {
   std::uint64_t stamp = 0;  // core::cycles() at the event
   std::uint64_t ring_id = 0;
   std::uint64_t position = 0;
-  std::uint16_t kind = 0;  // layout::kTraceSend ... kTraceDeliver
+  std::uint16_t kind = 0;  // layout::kTraceSend ... kTraceKindMax
   std::uint16_t cap_count = 0;
   std::uint32_t type = 0;
   std::uint32_t size = 0;
   std::uint32_t topic_ring = 0;  // topic records: layout::trace_topic_ring(...)
+  // Handoff records (layout::trace_is_handoff); 0 in every other record.
+  std::uint64_t bytes = 0;  // the payload's size
+  std::uint32_t peer = 0;   // the other process's pid as the writer knows it (0: unknown)
+  std::uint16_t mode = 0;   // layout::kTraceMode* or a buffer's TransferMode
 };
 
 // Largest payload size a record may claim (larger records are rejected).
 inline constexpr std::uint32_t kTraceSizeMax = 1u << 30;
 inline constexpr std::uint16_t kTraceCapsMax = 64;
+// Largest payload a handoff record may claim (a SharedBuffer's maximum, 64 GiB), and the
+// most capabilities (a LargeMessage's batch of 1024 beside its buffer).
+inline constexpr std::uint64_t kTraceBytesMax = std::uint64_t{64} << 30;
+inline constexpr std::uint16_t kTraceHandoffCapsMax = 1025;
 
 // The system-wide switch (broker side: owns the memfd and writes it).
 class TraceSwitch {

@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <new>
 
+#include "client/trace.hpp"
 #include "core/mq_queue.hpp"
 #include "posix/translate.hpp"
 
@@ -164,6 +165,10 @@ int send_impl(mqd_t mqd, const char* msg, size_t len, unsigned prio,
   Descriptor* d = lookup(mqd);
   if (d == nullptr || !d->write) return fail(EBADF);
   core::QueueWait w{!nonblocking(d), abs_timeout};
+  if (client::trace::on()) [[unlikely]] {
+    const int e = send_traced(d->q, msg, len, prio, w);
+    return e == 0 ? 0 : fail(e);
+  }
   auto r = d->q.send(msg, len, prio, w);
   if (!r) return fail(to_errno(r.error()));
   return 0;
@@ -174,6 +179,11 @@ ssize_t receive_impl(mqd_t mqd, char* msg, size_t len, unsigned* prio,
   Descriptor* d = lookup(mqd);
   if (d == nullptr || !d->read) return fail(EBADF);
   core::QueueWait w{!nonblocking(d), abs_timeout};
+  if (client::trace::on()) [[unlikely]] {
+    std::size_t got = 0;
+    const int e = receive_traced(d->q, msg, len, prio, w, &got);
+    return e == 0 ? static_cast<ssize_t>(got) : fail(e);
+  }
   auto r = d->q.receive(msg, len, prio, w);
   if (!r) return fail(to_errno(r.error()));
   return static_cast<ssize_t>(*r);

@@ -19,6 +19,8 @@
 #include "broker/config.hpp"
 #include "broker/platform.hpp"
 #include "client/autostart.hpp"
+#include "client/trace.hpp"
+#include "core/clock.hpp"
 #include "core/wire_mq.hpp"
 
 namespace vipc::posix {
@@ -87,6 +89,35 @@ int connect_locked(Link& l) noexcept {
   }
 }
 
+// Asks the broker, on this process's new connection, for the trace switch and a trace
+// ring (the client library's TraceAttach, docs/observability.md), so that queue calls
+// are traced while tracing is on. Best effort: without them this process records
+// nothing (a connection that fails here is dropped, and the next call connects again).
+void attach_trace_locked(Link& l) noexcept {
+  const std::uint64_t id = l.next_id++;
+  const wire::Packet p = wire::encode_request(id, wire::TraceAttachRequest{0, 0});
+  if (!platform::send_packet(l.sock.get(), p.view(), {}, /*nonblocking=*/false)) {
+    l.sock.reset();
+    return;
+  }
+  for (;;) {
+    alignas(8) std::array<std::byte, wire::kMaxPacket> buf{};
+    auto pkt = platform::recv_packet(l.sock.get(), buf, /*nonblocking=*/false);
+    if (!pkt) {
+      l.sock.reset();
+      return;
+    }
+    if (pkt->truncated || pkt->fds_truncated) return;
+    auto reply = wire::decode_reply({buf.data(), pkt->size}, pkt->fds.size());
+    if (!reply) return;
+    if (reply->header.request_id != id) continue;  // a stale reply: not ours
+    if (reply->ok() && pkt->fds.size() == 2) {
+      (void)client::trace::install(pkt->fds[0].get(), pkt->fds[1].get());
+    }
+    return;
+  }
+}
+
 // One request/reply with the broker. Retries once on a fresh connection when the old
 // one is gone (a restarted broker). On success *fd holds the reply's descriptor, if any.
 int call(const wire::MqRequest& req, wire::DecodedMqReply* out, sys::UniqueFd* fd) noexcept {
@@ -97,6 +128,8 @@ int call(const wire::MqRequest& req, wire::DecodedMqReply* out, sys::UniqueFd* f
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (!l.sock.valid()) {
       if (const int e = connect_locked(l); e != 0) return e;
+      attach_trace_locked(l);
+      if (!l.sock.valid()) continue;
     }
     const std::uint64_t id = l.next_id++;
     const wire::Packet p = wire::encode_mq_request(id, req);
@@ -209,7 +242,51 @@ int start_notifier(int segment, const struct sigevent& ev, std::uint32_t pid,
   return 0;
 }
 
+// Records one traced queue call (tracing on only).
+void record_mq(std::uint16_t kind, const core::MessageQueue& q, const core::QueueTrace& t,
+               std::uint32_t priority, std::size_t len, std::uint64_t stamp) noexcept {
+  core::TraceEvent e;
+  e.stamp = stamp;
+  e.kind = kind;
+  e.ring_id = q.queue_id();
+  e.position = t.slot;
+  e.topic_ring = t.tag;
+  e.type = priority;
+  e.size = static_cast<std::uint32_t>(len);
+  e.bytes = len;
+  client::trace::record(e);
+}
+
 }  // namespace
+
+int send_traced(core::MessageQueue& q, const char* msg, std::size_t len, unsigned prio,
+                core::QueueWait w) noexcept {
+  // The tag names this message in its slot: a per-process count mixed with the pid, never
+  // 0 (the tag of an untraced send).
+  static std::atomic<std::uint32_t> count{0};
+  core::QueueTrace t;
+  t.tag = ((count.fetch_add(1, std::memory_order_relaxed) + 1) * 0x9e37'79b1u) ^
+          static_cast<std::uint32_t>(::getpid());
+  if (t.tag == 0) t.tag = 1;
+  // Stamped before the message is visible, so that its receive's stamp is never earlier.
+  const std::uint64_t stamp = core::cycles();
+  auto r = q.send_traced(msg, len, prio, w, t);
+  if (!r) return to_errno(r.error());
+  record_mq(layout::kTraceMqSend, q, t, prio, len, stamp);
+  return 0;
+}
+
+int receive_traced(core::MessageQueue& q, char* msg, std::size_t len, unsigned* prio,
+                   core::QueueWait w, std::size_t* got) noexcept {
+  core::QueueTrace t;
+  std::uint32_t priority = 0;
+  auto r = q.receive_traced(msg, len, &priority, w, t);
+  if (!r) return to_errno(r.error());
+  record_mq(layout::kTraceMqReceive, q, t, priority, *r, core::cycles());
+  if (prio != nullptr) *prio = priority;
+  *got = *r;
+  return 0;
+}
 
 int to_errno(const Error& e) noexcept {
   switch (e.code()) {

@@ -51,6 +51,18 @@ struct OpenRequest {
                                bool* created) noexcept;
 [[nodiscard]] int unlink_queue(std::string_view name) noexcept;
 
+// The queue calls of mq_send / mq_receive while tracing is on (docs/observability.md,
+// "POSIX queues"): the same as MessageQueue::send / receive, each recorded in this
+// process's trace ring (kind kTraceMqSend / kTraceMqReceive: the queue, the slot and the
+// tag that pair them, the priority, the size). Out of line, so that the untraced calls
+// pay the switch's check alone. Return 0 or an errno; receive_traced sets *got.
+[[gnu::noinline, gnu::cold]] int send_traced(core::MessageQueue& q, const char* msg,
+                                             std::size_t len, unsigned prio,
+                                             core::QueueWait w) noexcept;
+[[gnu::noinline, gnu::cold]] int receive_traced(core::MessageQueue& q, char* msg, std::size_t len,
+                                                unsigned* prio, core::QueueWait w,
+                                                std::size_t* got) noexcept;
+
 // mq_notify for this process on the queue behind `segment` (a descriptor of it).
 // ev == nullptr removes this process's registration. EINVAL for a bad sigevent, EBUSY
 // when another registration exists.

@@ -108,6 +108,25 @@ TEST_P(BenchJson, DocumentFollowsTheSchema) {
       EXPECT_TRUE(r["baseline"].is_string()) << r.dump();
     }
   }
+  // Cache misses per operation of every system measured, or why the machine has none.
+  ASSERT_TRUE(doc["notes"].is_array()) << out;
+  int cache_notes = 0;
+  for (const json& n : doc["notes"]) {
+    const std::string note = n.get<std::string>();
+    if (note.rfind("cache misses per operation", 0) != 0) continue;
+    ++cache_notes;
+    if (note.find("not available: ") == std::string::npos) {
+      bool names_one = false;  // per system measured: names one of the results at least
+      for (const json& r : doc["results"]) {
+        names_one =
+            names_one || note.find(" " + r["system"].get<std::string>() + " ") != std::string::npos;
+      }
+      EXPECT_TRUE(names_one) << note;
+    } else {
+      EXPECT_GT(note.size(), std::string("cache misses per operation: not available: ").size());
+    }
+  }
+  EXPECT_EQ(cache_notes, 1) << doc["notes"].dump();
   if (std::string(c.scenario) == "peers") {
     // iox-roudi is missing: every iceoryx entry (4 tests) is skipped with the reason.
     int iceoryx = 0;

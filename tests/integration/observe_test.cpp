@@ -1,10 +1,13 @@
 // The trace, messages, channels and stats views and `vipc top`, against a real vipcd
 // and several sender processes (docs/observability.md).
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <mqueue.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -21,7 +24,9 @@
 
 #include "support/daemon.hpp"
 #include "support/process.hpp"
+#include "vipc/buffer.hpp"
 #include "vipc/channel.hpp"
+#include "vipc/pool.hpp"
 #include "vipc/runtime.hpp"
 #include "vipc/topic.hpp"
 
@@ -785,6 +790,330 @@ TEST_F(ObserveTest, RepliesAreTracedFromServerToCaller) {
   const json* c = object_named(ch, "obs-calls");
   ASSERT_NE(c, nullptr);
   EXPECT_EQ((*c)["latency"]["count"], kCalls);
+}
+
+// Large payloads in the trace: SharedBuffer transfers (Move, Share, Copy), a LargeMessage
+// with capabilities, a buffer published to a topic, a pool loan and its return; each a
+// row with the right source, destination, size, mode and capabilities, and a latency
+// where both ends recorded.
+TEST_F(ObserveTest, LargeHandoffsAreTracedWithSourceDestinationAndSize) {
+  auto rt = Runtime::connect_to(daemon_->socket());
+  ASSERT_TRUE(rt);
+  auto sink = Endpoint::create(*rt, "obs-large");
+  ASSERT_TRUE(sink) << sink.error().message();
+  auto topic = Topic::create(*rt, "obs-buffer-topic");
+  ASSERT_TRUE(topic) << topic.error().message();
+  ASSERT_TRUE(rt->trace(TraceAction::On).value().enabled);
+  const pid_t parent = ::getpid();
+  constexpr std::size_t kMove = 100'000, kShare = 5'000, kCopy = 7'000, kLarge = 3'000,
+                        kLoan = 20'000, kPublished = 10'000;
+  int ready[2], go[2], done[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(go), 0);
+  ASSERT_EQ(::pipe(done), 0);
+  std::uint64_t pool_id = 0;
+  auto child = test::Child::spawn(
+      [&]() -> int {
+        ::close(ready[0]);
+        ::close(go[1]);
+        ::close(done[0]);
+        auto crt = Runtime::connect_to(daemon_->socket());
+        if (!crt) return 10;
+        auto ch = Channel::connect(*crt, "obs-large");
+        if (!ch) return 11;
+        auto sub = Subscription::subscribe(*crt, "obs-buffer-topic");
+        if (!sub) return 12;
+        auto pool = BufferPool::create(*crt);
+        if (!pool) return 13;
+        const std::uint64_t id = pool->id();
+        if (::write(ready[1], &id, sizeof id) != sizeof id) return 14;
+        const auto to = GrantTarget::process(parent);
+        auto send_buffer = [&](std::size_t size, TransferMode mode, std::uint32_t type) -> bool {
+          auto b = SharedBuffer::allocate(*crt, size);
+          if (!b || !b->data()) return false;
+          auto m = b->send(mode, to, type);
+          return m && ch->send(*m, 5s);
+        };
+        if (!send_buffer(kMove, TransferMode::Move, 61)) return 15;
+        if (!send_buffer(kShare, TransferMode::Share, 62)) return 16;
+        if (!send_buffer(kCopy, TransferMode::Copy, 63)) return 17;
+        auto r1 = SharedRegion::create(*crt, 4096);
+        auto r2 = SharedRegion::create(*crt, 4096);
+        auto large = SharedBuffer::allocate(*crt, kLarge);
+        if (!r1 || !r2 || !large) return 18;
+        const std::vector<BatchGrant> grants{{r1->capability(), Rights::Map | Rights::Read},
+                                             {r2->capability(), Rights::Map | Rights::Read}};
+        auto lm = large->send_with(TransferMode::Move, to, grants, 64);
+        if (!lm || !ch->send(*lm, 5s)) return 19;
+        auto chunk = pool->allocate(kLoan);
+        if (!chunk) return 20;
+        auto loan = pool->loan(*chunk, to, 65, 0, kLoan);
+        if (!loan || !ch->send(*loan, 5s)) return 21;
+        // The buffer the parent publishes to the topic.
+        SmallMessage m;
+        auto got = sub->receive(m, 10s);
+        if (!got) return 22;
+        auto b = SharedBuffer::receive(*crt, m);
+        if (!b || b->payload().value().size() != kPublished) return 23;
+        // The parent has given the loan back: take it (the owner's end of the return).
+        char c = 0;
+        if (::read(go[0], &c, 1) != 1) return 24;
+        if (pool->reclaim() != 1) return 25;
+        if (::write(done[1], "d", 1) != 1) return 26;
+        (void)!::read(go[0], &c, 1);  // EOF: the test is done with the views
+        return 0;
+      },
+      60s);
+  ::close(ready[1]);
+  ::close(go[0]);
+  ::close(done[1]);
+  ASSERT_EQ(::read(ready[0], &pool_id, sizeof pool_id), static_cast<ssize_t>(sizeof pool_id));
+  auto published = SharedBuffer::allocate(*rt, 3 * 4096);
+  ASSERT_TRUE(published);
+  ASSERT_TRUE(published->data());
+  ASSERT_TRUE(topic->publish_buffer(*published, 66, 0, kPublished));
+
+  SmallMessage m;
+  std::vector<SharedBuffer> kept;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(sink->receive(m, 10s));
+    auto b = SharedBuffer::receive(*rt, m);
+    ASSERT_TRUE(b) << b.error().message();
+    kept.push_back(std::move(*b));
+  }
+  ASSERT_TRUE(sink->receive(m, 10s));
+  auto lm = LargeMessage::receive(*rt, m);
+  ASSERT_TRUE(lm) << lm.error().message();
+  EXPECT_EQ(lm->capabilities.size(), 2u);
+  ASSERT_TRUE(sink->receive(m, 10s));
+  PoolReader reader(*rt);
+  auto loan = reader.receive(m);
+  ASSERT_TRUE(loan) << loan.error().message();
+  EXPECT_EQ(loan->size(), kLoan);
+  ASSERT_TRUE(loan->release());
+  ASSERT_EQ(::write(go[1], "g", 1), 1);
+  char c = 0;
+  ASSERT_EQ(::read(done[0], &c, 1), 1);
+
+  struct Want {
+    const char* kind;
+    const char* mode;
+    pid_t src, dst;
+    std::uint64_t size;
+    std::uint32_t type;
+    int caps;
+  };
+  const pid_t cp = child.pid();
+  const std::vector<Want> want{
+      {"buffer", "move", cp, parent, kMove, 61, 1},
+      {"buffer", "share", cp, parent, kShare, 62, 1},
+      {"buffer", "copy", cp, parent, kCopy, 63, 1},
+      {"buffer", "move", cp, parent, kLarge, 64, 3},
+      {"pool", "loan", cp, parent, kLoan, 65, 2},  // a first loan: its ring and segment
+      {"pool", "return", parent, cp, kLoan, 0, 0},
+      {"buffer", "share", parent, cp, kPublished, 66, 1},
+  };
+  json msgs;
+  std::vector<const json*> found;
+  const bool all = test::wait_for(
+      [&] {
+        msgs = run_json(vipc_ + "messages --format json" + sock_);
+        found.assign(want.size(), nullptr);
+        for (const json& x : msgs["messages"]) {
+          if (x["kind"] != "buffer" && x["kind"] != "pool") continue;
+          if (x["latency_ns"].is_null()) continue;  // both ends not seen yet
+          for (std::size_t i = 0; i < want.size(); ++i) {
+            if (x["mode"] == want[i].mode && x["size"] == want[i].size &&
+                x["kind"] == want[i].kind) {
+              found[i] = &x;
+            }
+          }
+        }
+        return std::all_of(found.begin(), found.end(), [](const json* f) { return f != nullptr; });
+      },
+      15s);
+  ASSERT_TRUE(all) << msgs.dump();
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const json& x = *found[i];
+    EXPECT_EQ(x["src_pid"].get<pid_t>(), want[i].src) << x.dump();
+    EXPECT_EQ(x["dst_pid"].get<pid_t>(), want[i].dst) << x.dump();
+    EXPECT_EQ(x["type"], want[i].type) << x.dump();
+    EXPECT_EQ(x["caps"], want[i].caps) << x.dump();
+    EXPECT_TRUE(x["latency_ns"].is_number_unsigned()) << x.dump();
+    if (std::string(want[i].kind) == "pool") {
+      EXPECT_EQ(x["channel"], "pool#" + std::to_string(pool_id)) << x.dump();
+    }
+  }
+  EXPECT_EQ((*found[6])["channel"], "obs-buffer-topic");
+  // The text views show them too, with their mode.
+  auto [rc, text] = run(vipc_ + "messages" + sock_);
+  EXPECT_EQ(rc, 0);
+  EXPECT_NE(text.find("buffer"), std::string::npos) << text;
+  EXPECT_NE(text.find("return"), std::string::npos) << text;
+  const std::string file = read_file(dir_.path() + "/messages");
+  EXPECT_NE(file.find("pool#" + std::to_string(pool_id)), std::string::npos) << file;
+
+  ::close(go[1]);
+  EXPECT_EQ(child.wait_until(core::deadline_after(10s)), "exit 0");
+}
+
+// POSIX queue messages in the trace: a sender and a receiver process, each using
+// mq_send / mq_receive of libvipc-posix while tracing is on; every message a row of kind
+// mq from the sender to the receiver, the queue's name in the channel column, its
+// priority as the type, its size, and a latency.
+TEST_F(ObserveTest, PosixQueueMessagesAreTracedFromSenderToReceiver) {
+  ASSERT_TRUE(
+      Runtime::connect_to(daemon_->socket()).value().trace(TraceAction::On).value().enabled);
+  constexpr int kCount = 20;
+  const std::string dir = dir_.path();
+  struct Mq {
+    void* lib = nullptr;
+    mqd_t (*open)(const char*, int, ...) = nullptr;
+    int (*send)(mqd_t, const char*, size_t, unsigned) = nullptr;
+    ssize_t (*receive)(mqd_t, char*, size_t, unsigned*) = nullptr;
+    int (*unlink)(const char*) = nullptr;
+    // The library's own mq_* (not the kernel's), talking to the test's broker.
+    bool load(const std::string& runtime_dir) {
+      if (::setenv("VIPC_RUNTIME_DIR", runtime_dir.c_str(), 1) != 0) return false;
+      if (::setenv("VIPC_NO_AUTOSTART", "1", 1) != 0) return false;
+      lib = ::dlopen(VIPC_TEST_POSIX_LIB, RTLD_NOW | RTLD_LOCAL);
+      if (lib == nullptr) return false;
+      open = reinterpret_cast<decltype(open)>(::dlsym(lib, "mq_open"));
+      send = reinterpret_cast<decltype(send)>(::dlsym(lib, "mq_send"));
+      receive = reinterpret_cast<decltype(receive)>(::dlsym(lib, "mq_receive"));
+      unlink = reinterpret_cast<decltype(unlink)>(::dlsym(lib, "mq_unlink"));
+      return open != nullptr && send != nullptr && receive != nullptr && unlink != nullptr;
+    }
+  };
+  int created[2], hold[2];
+  ASSERT_EQ(::pipe(created), 0);
+  ASSERT_EQ(::pipe(hold), 0);
+  auto sender = test::Child::spawn(
+      [&]() -> int {
+        ::close(created[0]);
+        ::close(hold[1]);
+        Mq mq;
+        if (!mq.load(dir)) return 10;
+        struct mq_attr attr {};
+        attr.mq_maxmsg = 4;  // smaller than kCount: slots are reused while traced
+        attr.mq_msgsize = 128;
+        const mqd_t q = mq.open("/obs-mq", O_CREAT | O_EXCL | O_WRONLY, 0600, &attr);
+        if (q == static_cast<mqd_t>(-1)) return 11;
+        if (::write(created[1], "c", 1) != 1) return 12;
+        std::array<char, 128> msg{};
+        for (int i = 0; i < kCount; ++i) {
+          if (mq.send(q, msg.data(), static_cast<std::size_t>(10 + i),
+                      static_cast<unsigned>(i % 3)) != 0) {
+            return 13;
+          }
+        }
+        char c = 0;
+        (void)!::read(hold[0], &c, 1);
+        return 0;
+      },
+      60s);
+  ::close(created[1]);
+  char c = 0;
+  ASSERT_EQ(::read(created[0], &c, 1), 1);
+  ::close(created[0]);
+  auto receiver = test::Child::spawn(
+      [&]() -> int {
+        ::close(hold[1]);
+        Mq mq;
+        if (!mq.load(dir)) return 10;
+        const mqd_t q = mq.open("/obs-mq", O_RDONLY);
+        if (q == static_cast<mqd_t>(-1)) return 11;
+        std::array<char, 128> msg{};
+        for (int i = 0; i < kCount; ++i) {
+          unsigned prio = 99;
+          const ssize_t n = mq.receive(q, msg.data(), msg.size(), &prio);
+          if (n < 10 || n >= 10 + kCount || prio != static_cast<unsigned>(n - 10) % 3) return 12;
+        }
+        char b = 0;
+        (void)!::read(hold[0], &b, 1);
+        return 0;
+      },
+      60s);
+  ::close(hold[0]);
+
+  json msgs;
+  std::map<std::uint64_t, json> rows;  // by size
+  const bool all = test::wait_for(
+      [&] {
+        msgs = run_json(vipc_ + "messages --format json" + sock_);
+        rows.clear();
+        for (const json& x : msgs["messages"]) {
+          if (x["kind"] == "mq" && !x["latency_ns"].is_null()) rows[x["size"]] = x;
+        }
+        return rows.size() == kCount;
+      },
+      15s);
+  ASSERT_TRUE(all) << rows.size() << " rows\n" << msgs.dump();
+  for (int i = 0; i < kCount; ++i) {
+    const json& x = rows[static_cast<std::uint64_t>(10 + i)];
+    EXPECT_EQ(x["channel"], "/obs-mq") << x.dump();
+    EXPECT_EQ(x["src_pid"].get<pid_t>(), sender.pid()) << x.dump();
+    EXPECT_EQ(x["dst_pid"].get<pid_t>(), receiver.pid()) << x.dump();
+    EXPECT_EQ(x["type"], i % 3) << x.dump();
+    EXPECT_EQ(x["caps"], 0) << x.dump();
+    EXPECT_TRUE(x["mode"].is_null()) << x.dump();
+  }
+  auto [rc, text] = run(vipc_ + "messages" + sock_);
+  EXPECT_EQ(rc, 0);
+  EXPECT_NE(text.find("/obs-mq"), std::string::npos) << text;
+
+  ::close(hold[1]);
+  EXPECT_EQ(sender.wait_until(core::deadline_after(10s)), "exit 0");
+  EXPECT_EQ(receiver.wait_until(core::deadline_after(10s)), "exit 0");
+}
+
+// Regions in the channels view: a named region created here and opened by a child
+// process is a row of kind region with its size, owner and both holders.
+TEST_F(ObserveTest, RegionsShowInChannelsWithOwnerAndHolders) {
+  auto rt = Runtime::connect_to(daemon_->socket());
+  ASSERT_TRUE(rt);
+  auto region = SharedRegion::create(*rt, "obs-region", 8192);
+  ASSERT_TRUE(region) << region.error().message();
+  int opened[2], hold[2];
+  ASSERT_EQ(::pipe(opened), 0);
+  ASSERT_EQ(::pipe(hold), 0);
+  auto child = test::Child::spawn(
+      [&]() -> int {
+        ::close(opened[0]);
+        ::close(hold[1]);
+        auto crt = Runtime::connect_to(daemon_->socket());
+        if (!crt) return 10;
+        auto r = SharedRegion::open(*crt, "obs-region", Rights::Map | Rights::Read);
+        if (!r || r->size() != 8192) return 11;
+        if (::write(opened[1], "o", 1) != 1) return 12;
+        char c = 0;
+        (void)!::read(hold[0], &c, 1);
+        return 0;
+      },
+      60s);
+  ::close(opened[1]);
+  ::close(hold[0]);
+  char c = 0;
+  ASSERT_EQ(::read(opened[0], &c, 1), 1);
+  json ch = run_json(vipc_ + "channels --format json" + sock_);
+  const json* o = object_named(ch, "obs-region");
+  ASSERT_NE(o, nullptr) << ch.dump();
+  EXPECT_EQ((*o)["kind"], "region");
+  EXPECT_EQ((*o)["size"], 8192);
+  EXPECT_EQ((*o)["owner_pid"].get<pid_t>(), ::getpid());
+  std::multiset<pid_t> holders;
+  for (const json& h : (*o)["holders"]) holders.insert(h.get<pid_t>());
+  EXPECT_EQ(holders.count(::getpid()), 1u) << o->dump();
+  EXPECT_EQ(holders.count(child.pid()), 1u) << o->dump();
+  // The text view and the runtime directory's file show the row.
+  auto [rc, text] = run(vipc_ + "channels" + sock_);
+  EXPECT_EQ(rc, 0);
+  EXPECT_NE(text.find("obs-region"), std::string::npos) << text;
+  EXPECT_TRUE(test::wait_for(
+      [&] { return read_file(dir_.path() + "/channels").find("obs-region") != std::string::npos; },
+      5s));
+  ::close(hold[1]);
+  EXPECT_EQ(child.wait_until(core::deadline_after(10s)), "exit 0");
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // Multi-process stress of core::MessageQueue (the memory behind POSIX queues): several
 // sender and receiver processes on one small queue, every message delivered exactly once,
-// in order within a sender and priority; then processes killed (SIGKILL) mid-operation,
-// after which the queue still holds exactly its capacity.
+// in order within a sender and priority, the traced calls' tags with their messages; then processes
+// killed (SIGKILL) mid-operation, after which the queue still holds exactly its capacity.
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -41,6 +41,7 @@ struct Tally {
   std::atomic<std::uint32_t> received;
   std::atomic<std::uint32_t> out_of_order;
   std::atomic<std::uint32_t> corrupt;
+  std::atomic<std::uint32_t> wrong_tag;  // a traced receive found another message's tag
 };
 
 TEST(MessageQueueStress, ManySendersAndReceiversExactlyOnceInOrder) {
@@ -63,7 +64,11 @@ TEST(MessageQueueStress, ManySendersAndReceiversExactlyOnceInOrder) {
           for (;;) {
             std::uint32_t prio = 0;
             const timespec far{::time(nullptr) + 60, 0};
-            auto n = q->receive(buf, sizeof buf, &prio, {true, &far});
+            // Every other receive traced: it reads the slot's tag back with the message.
+            QueueTrace t;
+            const bool traced = (tally->received.load(std::memory_order_relaxed) & 1) != 0;
+            auto n = traced ? q->receive_traced(buf, sizeof buf, &prio, {true, &far}, t)
+                            : q->receive(buf, sizeof buf, &prio, {true, &far});
             if (!n) return 2;
             if (*n == 1) return 0;  // the end marker
             Msg m{};
@@ -77,6 +82,9 @@ TEST(MessageQueueStress, ManySendersAndReceiversExactlyOnceInOrder) {
               tally->corrupt.fetch_add(1);
               continue;
             }
+            // Sender 0 sends traced, with the message's check as its tag; the others
+            // untraced (tag 0).
+            if (traced && t.tag != (m.sender == 0 ? m.check : 0u)) tally->wrong_tag.fetch_add(1);
             std::uint32_t& l = last[m.sender][prio];
             if (l != 0xffffffffu && m.seq <= l) tally->out_of_order.fetch_add(1);
             l = m.seq;
@@ -95,7 +103,10 @@ TEST(MessageQueueStress, ManySendersAndReceiversExactlyOnceInOrder) {
           for (std::uint32_t i = 0; i < kPerSender; ++i) {
             const Msg m{static_cast<std::uint32_t>(s), i,
                         check_of(static_cast<std::uint32_t>(s), i)};
-            if (!q->send(&m, sizeof m, i % kPriorities, QueueWait{})) return 2;
+            QueueTrace t{0, m.check};
+            const auto sent = s == 0 ? q->send_traced(&m, sizeof m, i % kPriorities, QueueWait{}, t)
+                                     : q->send(&m, sizeof m, i % kPriorities, QueueWait{});
+            if (!sent) return 2;
           }
           return 0;
         },
@@ -109,6 +120,7 @@ TEST(MessageQueueStress, ManySendersAndReceiversExactlyOnceInOrder) {
   EXPECT_EQ(tally->received.load(), kSenders * kPerSender);
   EXPECT_EQ(tally->out_of_order.load(), 0u);
   EXPECT_EQ(tally->corrupt.load(), 0u);
+  EXPECT_EQ(tally->wrong_tag.load(), 0u);
   std::uint32_t wrong = 0;
   for (auto& row : tally->seen) {
     for (auto& n : row) wrong += n.load() == 1 ? 0u : 1u;

@@ -77,6 +77,38 @@ TEST(MessageQueue, HighestPriorityFirstAndFifoWithinAPriority) {
   EXPECT_EQ(receive(f.q), "<WouldBlock>");
 }
 
+// A traced send writes its tag into the slot it fills and a traced receive reads it back
+// with the slot, in priority order; an untraced send stores 0 there, so a traced receive
+// of its message names no traced send; a scribbled tag is only read back.
+TEST(MessageQueue, TracedCallsCarryTheirTagThroughTheSlot) {
+  auto f = make_queue(2, 16);
+  QueueTrace a{0, 0xa11ce}, b{0, 0xb0b};
+  ASSERT_TRUE(f.q.send_traced("low", 3, 1, QueueWait::nonblocking(), a));
+  ASSERT_TRUE(f.q.send_traced("high", 4, 2, QueueWait::nonblocking(), b));
+  EXPECT_NE(a.slot, b.slot);
+  char buf[16];
+  std::uint32_t prio = 0;
+  QueueTrace got;
+  ASSERT_EQ(f.q.receive_traced(buf, sizeof buf, &prio, QueueWait::nonblocking(), got).value(), 4u);
+  EXPECT_EQ(prio, 2u);
+  EXPECT_EQ(got.slot, b.slot);
+  EXPECT_EQ(got.tag, 0xb0bu);
+  ASSERT_EQ(f.q.receive_traced(buf, sizeof buf, &prio, QueueWait::nonblocking(), got).value(), 3u);
+  EXPECT_EQ(got.slot, a.slot);
+  EXPECT_EQ(got.tag, 0xa11ceu);
+  // The slot reused by an untraced send: its tag is 0 again.
+  ASSERT_TRUE(send(f.q, "plain", 0));
+  ASSERT_TRUE(f.q.receive_traced(buf, sizeof buf, &prio, QueueWait::nonblocking(), got));
+  EXPECT_EQ(got.tag, 0u);
+  // A peer's scribble is read back as a name, nothing more.
+  ASSERT_TRUE(f.q.send_traced("x", 1, 0, QueueWait::nonblocking(), a));
+  Raw r = raw(f);
+  r.slot(a.slot)->tag = 0xdead;
+  ASSERT_EQ(f.q.receive_traced(buf, sizeof buf, &prio, QueueWait::nonblocking(), got).value(), 1u);
+  EXPECT_EQ(got.tag, 0xdeadu);
+  EXPECT_EQ(receive(f.q), "<WouldBlock>");
+}
+
 TEST(MessageQueue, FullEmptyAndSizeErrors) {
   auto f = make_queue(2, 8);
   ASSERT_TRUE(send(f.q, "a", 0));

@@ -115,12 +115,41 @@ TEST(TraceRingTest, MalformedRecordsAreRejected) {
   ASSERT_TRUE(w.record(event(0)));
   ASSERT_TRUE(w.record(event(1)));
   ASSERT_TRUE(w.record(event(2)));
-  records(s)[0].kind = 9;                  // unknown kind
-  records(s)[1].size = kTraceSizeMax + 1;  // impossible size
+  records(s)[0].kind = layout::kTraceKindMax + 1;  // unknown kind
+  records(s)[1].size = kTraceSizeMax + 1;          // impossible size
   std::vector<TraceEvent> out;
   EXPECT_EQ(r.drain(out, 100), 1u);
   EXPECT_EQ(out[0].position, 2u);
   EXPECT_EQ(r.rejected(), 2u);
+}
+
+TEST(TraceRingTest, HandoffRecordsCarryTheirWordsAndAreValidated) {
+  auto r = TraceRingReader::create(64).value();
+  auto w = TraceRingWriter::attach(r.fd()).value();
+  sys::Mapping keep;
+  layout::TraceRingSegment* s = raw(r, keep);
+  TraceEvent h = event(7, layout::kTraceBufferSend);
+  h.bytes = std::uint64_t{5} << 30;  // beyond the 32-bit size
+  h.peer = 4242;
+  h.mode = 2;
+  h.cap_count = 1025;
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(w.record(h));
+  // A channel record leaves the handoff words alone: the reader does not show them.
+  ASSERT_TRUE(w.record(event(8)));
+  records(s)[4].bytes = 99;
+  records(s)[1].bytes = kTraceBytesMax + 1;        // impossible payload
+  records(s)[2].mode = layout::kTraceModeMax + 1;  // unknown mode
+  records(s)[3].cap_count = kTraceHandoffCapsMax + 1;
+  std::vector<TraceEvent> out;
+  ASSERT_EQ(r.drain(out, 100), 2u);
+  EXPECT_EQ(out[0].kind, layout::kTraceBufferSend);
+  EXPECT_EQ(out[0].bytes, std::uint64_t{5} << 30);
+  EXPECT_EQ(out[0].peer, 4242u);
+  EXPECT_EQ(out[0].mode, 2u);
+  EXPECT_EQ(out[0].cap_count, 1025u);
+  EXPECT_EQ(out[1].kind, layout::kTraceSend);
+  EXPECT_EQ(out[1].bytes, 0u);
+  EXPECT_EQ(r.rejected(), 3u);
 }
 
 TEST(TraceRingTest, RecordNeverPublishedIsSkippedAfterASecond) {

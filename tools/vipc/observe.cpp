@@ -57,10 +57,12 @@ std::string cell(const json& v) {
 }
 
 void print_message_row(const json& m) {
-  fmt::print("{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n", cell(m["time"]),
-             m.contains("kind") ? cell(m["kind"]) : std::string("channel"), cell(m["src_pid"]),
+  fmt::print("{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}  {}\n",
+             cell(m["time"]), m.contains("kind") ? cell(m["kind"]) : std::string("channel"),
+             m["src_pid"] == 0 ? std::string("-") : cell(m["src_pid"]),
              m["dst_pid"] == 0 ? std::string("-") : cell(m["dst_pid"]), cell(m["channel"]),
-             cell(m["type"]), cell(m["size"]), cell(m["caps"]), cell(m["latency_ns"]));
+             cell(m["type"]), cell(m["size"]), cell(m["caps"]), cell(m["latency_ns"]),
+             m.contains("mode") ? cell(m["mode"]) : std::string("-"));
 }
 
 std::uint64_t u64(const json& j, const char* key) {
@@ -172,9 +174,9 @@ int run_messages(const ObserveOptions& o) {
       return 0;
     }
     if (!as_json && !header) {
-      fmt::print("{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}\n",
+      fmt::print("{:<15}  {:<7}  {:>7}  {:>7}  {:<20}  {:>10}  {:>6}  {:>4}  {:>10}  {}\n",
                  "time (UTC)", "kind", "src", "dst", "channel", "type", "size", "caps",
-                 "latency_ns");
+                 "latency_ns", "mode");
       header = true;
     }
     for (std::size_t i = first; i < msgs.size(); ++i) {

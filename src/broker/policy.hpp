@@ -62,6 +62,31 @@ struct AuditOptions {
   bool control = true;                    // audit every control operation
 };
 
+// A rule set through the API (ChannelPolicy, docs/policy.md "Rules through the API"):
+// the rule and the channel object it lives with. Kept apart from the file's Policy, so
+// that a SIGHUP reload leaves them in force.
+struct ApiRule {
+  ChannelRule rule;
+  std::uint64_t bound = 0;  // the channel it dies with (set by its creator); 0: by name
+};
+
+// The rules set through the API, one per name.
+struct ApiRules {
+  Policy rules;                      // only its `channels` are used
+  std::vector<std::uint64_t> bound;  // parallel to rules.channels (ApiRule::bound)
+
+  [[nodiscard]] const ChannelRule* rule_for(std::string_view channel) const noexcept {
+    return rules.rule_for(channel);
+  }
+  // The index of the rule named exactly `name`, or -1.
+  [[nodiscard]] long find(std::string_view name) const noexcept;
+  void set(ApiRule r);
+  void erase(std::size_t index);
+  // Drops the rules bound to channel object `object`.
+  void forget_object(std::uint64_t object);
+  [[nodiscard]] bool any_requirements() const noexcept;
+};
+
 // "name:right+right" (rights: send, receive, share, grant, map, read, write) -> the
 // requirement; false when the text is not one.
 [[nodiscard]] bool parse_requirement(std::string_view text, ChannelRule::Requirement& out);

@@ -4,8 +4,10 @@
 // rules surviving a SIGHUP reload and layering over the file's, the audit records; and
 // required capabilities checked again when a sender releases one, has it revoked, or
 // its object dies.
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,7 +20,10 @@
 #include <vector>
 
 #include "broker/audit.hpp"
+#include "broker/platform.hpp"
+#include "core/sys.hpp"
 #include "core/wire.hpp"
+#include "core/wire_policy.hpp"
 #include "support/daemon.hpp"
 #include "support/pipe.hpp"
 #include "support/process.hpp"
@@ -136,6 +141,106 @@ TEST_F(PolicyApi, BadRulesAreRefusedWithTheFieldAndTheRunningRuleStays) {
   // Clearing what is not there.
   EXPECT_EQ(rt.clear_channel_policy("other").error().code(), ErrorCode::NotFound);
   EXPECT_TRUE(daemon->alive());
+}
+
+// A client that skips the library's checks: the broker refuses every descriptor that is
+// not a sealed memfd of the announced length, every malformed rule and every request
+// whose descriptors do not match its action, answers each, and keeps the running rule.
+TEST_F(PolicyApi, HostileRuleRequestsAreRefusedAndTheBrokerKeepsServing) {
+  start("");
+  Runtime rt = connect();
+  ChannelPolicy good;
+  good.allowed_pids = {1};
+  ASSERT_TRUE(rt.set_channel_policy("jobs", good).ok());
+  auto sock = platform::connect_seqpacket(daemon->socket());
+  ASSERT_TRUE(sock.ok());
+  std::uint64_t id = 1;
+  // Sends a ChannelPolicy request for "jobs" with `fds`; the broker's error.
+  auto ask = [&](wire::PolicyAction action, std::uint32_t length,
+                 std::vector<int> fds) -> std::optional<Error> {
+    wire::ChannelPolicyRequest r{};
+    r.name = wire::make_name("jobs");
+    r.action = static_cast<std::uint32_t>(action);
+    r.length = length;
+    const wire::Packet p = wire::encode_request(id++, r, static_cast<std::uint16_t>(fds.size()));
+    if (!platform::send_packet(sock->get(), p.view(), fds, false).ok()) return std::nullopt;
+    alignas(8) std::array<std::byte, wire::kMaxPacket> buf{};
+    auto got = platform::recv_packet(sock->get(), buf, false);
+    if (!got) return std::nullopt;
+    auto reply = wire::decode_reply({buf.data(), got->size}, got->fds.size());
+    if (!reply || reply->ok()) return std::nullopt;
+    return reply->error;
+  };
+  auto is = [](const std::optional<Error>& e, ErrorCode code, const char* ctx) {
+    return e.has_value() && e->code() == code && std::string_view(e->context()) == ctx;
+  };
+  const std::vector<std::byte> bytes =
+      wire::encode_rule(wire::RuleData{{0}, {}, {}, {}, {}, false});
+  const auto len = static_cast<std::uint32_t>(bytes.size());
+  // An unsealed memfd holding a valid rule: its writer could change it under the broker.
+  auto open = sys::memfd_create("unsealed");
+  ASSERT_TRUE(open.ok());
+  ASSERT_TRUE(sys::ftruncate(open->get(), len).ok());
+  {
+    auto m = sys::map_shared(open->get(), len, PROT_READ | PROT_WRITE);
+    ASSERT_TRUE(m.ok());
+    std::memcpy(m->data(), bytes.data(), len);
+  }
+  EXPECT_TRUE(is(ask(wire::PolicyAction::Set, len, {open->get()}), ErrorCode::InvalidArgument,
+                 wire::ctx::kRuleDescriptor));
+  // A pipe (it would block a reader) and a sealed memfd of another length.
+  int p[2];
+  ASSERT_EQ(::pipe(p), 0);
+  EXPECT_TRUE(is(ask(wire::PolicyAction::Set, len, {p[0]}), ErrorCode::InvalidArgument,
+                 wire::ctx::kRuleDescriptor));
+  ::close(p[0]);
+  ::close(p[1]);
+  auto sealed = wire::rule_to_memfd(bytes);
+  ASSERT_TRUE(sealed.ok());
+  EXPECT_TRUE(is(ask(wire::PolicyAction::Set, len + 4, {sealed->get()}), ErrorCode::InvalidArgument,
+                 wire::ctx::kRuleDescriptor));
+  // Sealed, but not a rule; and a rule with a relative executable.
+  std::vector<std::byte> junk(64, std::byte{0x5a});
+  auto junk_fd = wire::rule_to_memfd(junk);
+  ASSERT_TRUE(junk_fd.ok());
+  EXPECT_TRUE(is(ask(wire::PolicyAction::Set, 64, {junk_fd->get()}), ErrorCode::InvalidArgument,
+                 wire::ctx::kRuleEncoding));
+  std::vector<std::byte> relative =
+      wire::encode_rule(wire::RuleData{{}, {}, {}, {"/x"}, {}, false});
+  relative[sizeof(wire::RuleHeader) + 4] = std::byte{'x'};  // "xx": not absolute
+  auto relative_fd = wire::rule_to_memfd(relative);
+  ASSERT_TRUE(relative_fd.ok());
+  EXPECT_TRUE(is(ask(wire::PolicyAction::Set, static_cast<std::uint32_t>(relative.size()),
+                     {relative_fd->get()}),
+                 ErrorCode::InvalidArgument, wire::ctx::kRuleExecutables));
+  // Descriptors that do not match the action.
+  EXPECT_TRUE(
+      is(ask(wire::PolicyAction::Set, len, {}), ErrorCode::ProtocolError, wire::ctx::kBadFdCount));
+  EXPECT_TRUE(is(ask(wire::PolicyAction::Get, 0, {sealed->get()}), ErrorCode::ProtocolError,
+                 wire::ctx::kBadFdCount));
+  EXPECT_TRUE(is(ask(wire::PolicyAction::Set, len, {sealed->get(), sealed->get()}),
+                 ErrorCode::ProtocolError, wire::ctx::kBadFdCount));
+  // The running rule is unchanged, and the broker serves.
+  auto got = rt.channel_policy("jobs");
+  ASSERT_TRUE(got.ok()) << got.error().message();
+  EXPECT_EQ(got->policy, good);
+  EXPECT_TRUE(daemon->alive());
+  // The same well-formed request, sealed, is accepted.
+  wire::ChannelPolicyRequest r{};
+  r.name = wire::make_name("jobs");
+  r.action = static_cast<std::uint32_t>(wire::PolicyAction::Set);
+  r.length = len;
+  const int fds[] = {sealed->get()};
+  ASSERT_TRUE(
+      platform::send_packet(sock->get(), wire::encode_request(id, r, 1).view(), fds, false).ok());
+  alignas(8) std::array<std::byte, wire::kMaxPacket> buf{};
+  auto pkt = platform::recv_packet(sock->get(), buf, false);
+  ASSERT_TRUE(pkt.ok());
+  auto reply = wire::decode_reply({buf.data(), pkt->size}, pkt->fds.size());
+  ASSERT_TRUE(reply.ok() && reply->ok()) << (reply ? reply->error.message() : "undecodable");
+  got = rt.channel_policy("jobs");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->policy.allowed_uids, std::vector<std::uint32_t>{0});
 }
 
 // Each rule refuses new senders it does not admit and detaches (Revoked) connected

@@ -449,9 +449,11 @@ class Broker::Impl {
   // Whether a [[policy.channel]] rule or the API's asks for the channel's operations to
   // be audited.
   bool channel_audited(std::string_view name) const noexcept {
-    const ChannelRule* r = options_.policy.rule_for(name);
-    const ChannelRule* a = api_rules_.rule_for(name);
-    return (r != nullptr && r->audit_messages) || (a != nullptr && a->audit_messages);
+    const auto [admin, owner] = api_rules_.rules_for(name);
+    for (const ChannelRule* r : {options_.policy.rule_for(name), admin, owner}) {
+      if (r != nullptr && r->audit_messages) return true;
+    }
+    return false;
   }
   // Why the rules for channel `name` (the file's and the API's: both must admit) refuse
   // a sender with these credentials, as an error context; null if they admit it.
@@ -1812,7 +1814,8 @@ Result<void> Broker::Impl::check_source(const Client& c, const Object& obj) {
 
 const char* Broker::Impl::refusal(std::string_view name, ClientId sender, uid_t uid, gid_t gid,
                                   pid_t pid, bool sources) {
-  for (const ChannelRule* rule : {options_.policy.rule_for(name), api_rules_.rule_for(name)}) {
+  const auto [admin, owner] = api_rules_.rules_for(name);
+  for (const ChannelRule* rule : {options_.policy.rule_for(name), admin, owner}) {
     if (rule == nullptr) continue;
     if (sources) {
       const std::string exe = rule->needs_executable() ? executable_of(pid) : std::string();
@@ -1838,7 +1841,8 @@ std::uint32_t Broker::Impl::enforce_rules(bool sources) {
   if (rings_ == 0) return 0;
   for (auto& [oid, obj] : objects_) {
     if (!obj.channel || obj.name.empty()) continue;
-    if (options_.policy.rule_for(obj.name) == nullptr && api_rules_.rule_for(obj.name) == nullptr) {
+    const auto [admin, owner] = api_rules_.rules_for(obj.name);
+    if (options_.policy.rule_for(obj.name) == nullptr && admin == nullptr && owner == nullptr) {
       continue;
     }
     std::vector<std::pair<std::uint32_t, const char*>> refused;
@@ -2084,20 +2088,16 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ChannelPolicyRequest& 
   const std::string name(wire::name_view(r.name));
   VIPC_TRY(wire::check_rule_name(name));
   const auto action = static_cast<wire::PolicyAction>(r.action);
-  // Who: the broker's user (and root) for any name; anyone else only for a channel it
-  // created, and not over a rule the broker's user set.
+  // Who: the broker's user (and root) for any name, in the admin layer; anyone else only
+  // for a channel it created, in the owners' layer (docs/policy.md).
   const bool admin = c.cred.uid == ::geteuid() || c.cred.uid == 0;
   const Object* channel = nullptr;
   if (auto it = names_.find(name); it != names_.end()) channel = &objects_.at(it->second);
-  const long at = api_rules_.find(name);
-  if (!admin) {
-    const bool creator = channel != nullptr && channel->channel && channel->owner == c.id;
-    const bool over_admin = at >= 0 && api_rules_.bound[static_cast<std::size_t>(at)] == 0;
-    if (!creator || (action != wire::PolicyAction::Get && over_admin)) {
-      log(LogLevel::Info, "client {} (pid {} uid {}): rule of '{}' refused: not permitted", c.id,
-          c.cred.pid, c.cred.uid, name);
-      return Error(ErrorCode::PermissionDenied, wire::ctx::kRuleNotPermitted);
-    }
+  const bool creator = channel != nullptr && channel->channel && channel->owner == c.id;
+  if (!admin && !creator) {
+    log(LogLevel::Info, "client {} (pid {} uid {}): rule of '{}' refused: not permitted", c.id,
+        c.cred.pid, c.cred.uid, name);
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kRuleNotPermitted);
   }
   wire::ChannelPolicyReply reply{r.action, 0, 0, 0};
   AuditEvent ev;
@@ -2109,11 +2109,12 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ChannelPolicyRequest& 
   ev.object = channel != nullptr ? channel->id : 0;
   switch (action) {
     case wire::PolicyAction::Get: {
-      const ChannelRule* rule =
-          at >= 0 ? &api_rules_.rules.channels[static_cast<std::size_t>(at)] : nullptr;
+      // The most specific rule: the creator's, else the broker user's (its exact name, else
+      // its longest prefix), else the file's.
+      const auto [admin_rule, owner_rule] = api_rules_.rules_for(name);
+      const ChannelRule* rule = owner_rule != nullptr ? owner_rule : admin_rule;
       wire::PolicySource source = wire::PolicySource::Api;
       if (rule == nullptr) {
-        // The file's rule for exactly this name, or the prefix rule that applies to it.
         rule = options_.policy.rule_for(name);
         source = wire::PolicySource::Configuration;
       }
@@ -2133,8 +2134,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ChannelPolicyRequest& 
       auto data = wire::decode_rule(*bytes);
       if (!data) return data.error();
       // Commit.
-      ApiRule rule{rule_from_wire(name, *data), admin ? 0 : channel->id};
-      api_rules_.set(std::move(rule));
+      api_rules_.set(rule_from_wire(name, *data), admin ? 0 : channel->id);
       reply.detached = enforce_rules(/*sources=*/true);
       log(LogLevel::Info, "client {} (pid {} uid {}): rule of '{}' set ({} senders detached)", c.id,
           c.cred.pid, c.cred.uid, name, reply.detached);
@@ -2143,8 +2143,11 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ChannelPolicyRequest& 
       break;
     }
     case wire::PolicyAction::Clear:
-      if (at < 0) return Error(ErrorCode::NotFound, wire::ctx::kNameUnknown);
-      api_rules_.erase(static_cast<std::size_t>(at));
+      // The broker's user clears its own rule of the name if there is one, else the
+      // creator's; a creator only its own.
+      if (!(admin && api_rules_.erase(name, true)) && !api_rules_.erase(name, false)) {
+        return Error(ErrorCode::NotFound, wire::ctx::kNameUnknown);
+      }
       log(LogLevel::Info, "client {} (pid {} uid {}): rule of '{}' cleared", c.id, c.cred.pid,
           c.cred.uid, name);
       ev.event = "policy_clear";

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace vipc::broker {
@@ -62,27 +63,29 @@ struct AuditOptions {
   bool control = true;                    // audit every control operation
 };
 
-// A rule set through the API (ChannelPolicy, docs/policy.md "Rules through the API"):
-// the rule and the channel object it lives with. Kept apart from the file's Policy, so
-// that a SIGHUP reload leaves them in force.
-struct ApiRule {
-  ChannelRule rule;
-  std::uint64_t bound = 0;  // the channel it dies with (set by its creator); 0: by name
-};
-
-// The rules set through the API, one per name.
+// The rules set through the API (ChannelPolicy, docs/policy.md "Rules through the
+// API"), kept apart from the file's Policy so that a SIGHUP reload leaves them, in two
+// layers that both apply on top of the file's:
+// - `admin`: set by the broker's uid (or root), by name or prefix, kept until cleared;
+// - `owners`: set by a channel's creator, exact names only, each dropped with its
+//   channel (`bound`, parallel to owners.channels: the channel's object id).
 struct ApiRules {
-  Policy rules;                      // only its `channels` are used
-  std::vector<std::uint64_t> bound;  // parallel to rules.channels (ApiRule::bound)
+  Policy admin;  // only its `channels` are used
+  Policy owners;
+  std::vector<std::uint64_t> bound;
 
-  [[nodiscard]] const ChannelRule* rule_for(std::string_view channel) const noexcept {
-    return rules.rule_for(channel);
+  // The rules of both layers that apply to `channel` (either may be null).
+  [[nodiscard]] std::pair<const ChannelRule*, const ChannelRule*> rules_for(
+      std::string_view channel) const noexcept {
+    return {admin.rule_for(channel), owner_rule(channel)};
   }
-  // The index of the rule named exactly `name`, or -1.
-  [[nodiscard]] long find(std::string_view name) const noexcept;
-  void set(ApiRule r);
-  void erase(std::size_t index);
-  // Drops the rules bound to channel object `object`.
+  [[nodiscard]] const ChannelRule* owner_rule(std::string_view channel) const noexcept;
+  // Sets (replaces) the rule of its name in one layer: bound 0 is the admin layer.
+  void set(ChannelRule rule, std::uint64_t bound_to);
+  // Removes the rule named exactly `name` from the admin layer (admin) or the owners';
+  // false if there was none.
+  bool erase(std::string_view name, bool from_admin);
+  // Drops the owners' rules bound to channel object `object`.
   void forget_object(std::uint64_t object);
   [[nodiscard]] bool any_requirements() const noexcept;
 };

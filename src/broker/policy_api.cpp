@@ -7,38 +7,53 @@
 
 namespace vipc::broker {
 
-long ApiRules::find(std::string_view name) const noexcept {
-  const auto& c = rules.channels;
-  const auto it =
-      std::find_if(c.begin(), c.end(), [&](const ChannelRule& r) { return r.name == name; });
-  return it == c.end() ? -1 : static_cast<long>(it - c.begin());
+namespace {
+std::vector<ChannelRule>::iterator named(std::vector<ChannelRule>& rules, std::string_view name) {
+  return std::find_if(rules.begin(), rules.end(),
+                      [&](const ChannelRule& r) { return r.name == name; });
+}
+}  // namespace
+
+const ChannelRule* ApiRules::owner_rule(std::string_view channel) const noexcept {
+  for (const ChannelRule& r : owners.channels) {
+    if (r.name == channel) return &r;
+  }
+  return nullptr;
 }
 
-void ApiRules::set(ApiRule r) {
-  const long at = find(r.rule.name);
-  if (at >= 0) {
-    rules.channels[static_cast<std::size_t>(at)] = std::move(r.rule);
-    bound[static_cast<std::size_t>(at)] = r.bound;
+void ApiRules::set(ChannelRule rule, std::uint64_t bound_to) {
+  std::vector<ChannelRule>& rules = bound_to == 0 ? admin.channels : owners.channels;
+  const auto it = named(rules, rule.name);
+  if (it != rules.end()) {
+    *it = std::move(rule);
+    if (bound_to != 0) bound[static_cast<std::size_t>(it - rules.begin())] = bound_to;
     return;
   }
-  rules.channels.push_back(std::move(r.rule));
-  bound.push_back(r.bound);
+  rules.push_back(std::move(rule));
+  if (bound_to != 0) bound.push_back(bound_to);
 }
 
-void ApiRules::erase(std::size_t index) {
-  rules.channels.erase(rules.channels.begin() + static_cast<std::ptrdiff_t>(index));
-  bound.erase(bound.begin() + static_cast<std::ptrdiff_t>(index));
+bool ApiRules::erase(std::string_view name, bool from_admin) {
+  std::vector<ChannelRule>& rules = from_admin ? admin.channels : owners.channels;
+  const auto it = named(rules, name);
+  if (it == rules.end()) return false;
+  if (!from_admin) bound.erase(bound.begin() + (it - rules.begin()));
+  rules.erase(it);
+  return true;
 }
 
 void ApiRules::forget_object(std::uint64_t object) {
   for (std::size_t i = bound.size(); i-- > 0;) {
-    if (bound[i] == object) erase(i);
+    if (bound[i] != object) continue;
+    owners.channels.erase(owners.channels.begin() + static_cast<std::ptrdiff_t>(i));
+    bound.erase(bound.begin() + static_cast<std::ptrdiff_t>(i));
   }
 }
 
 bool ApiRules::any_requirements() const noexcept {
-  return std::any_of(rules.channels.begin(), rules.channels.end(),
-                     [](const ChannelRule& r) { return !r.requires_caps.empty(); });
+  const auto has = [](const ChannelRule& r) { return !r.requires_caps.empty(); };
+  return std::any_of(admin.channels.begin(), admin.channels.end(), has) ||
+         std::any_of(owners.channels.begin(), owners.channels.end(), has);
 }
 
 ChannelRule rule_from_wire(std::string_view name, const wire::RuleData& d) {

@@ -359,7 +359,8 @@ TEST_F(PolicyApi, EachRuleTakesEffectOnNewAndConnectedSenders) {
 }
 
 // The broker's user (root here) sets rules for any name; another uid only for a channel
-// it created, never over the broker's user's rule, and its rule dies with its channel.
+// it created. A creator's rule applies with the broker user's (it cannot loosen it, even
+// under a prefix rule), cannot clear it, and dies with its channel.
 TEST_F(PolicyApi, OnlyTheBrokersUserOrTheChannelsCreatorSetsItsRule) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a client as another uid";
   constexpr uid_t kNobody = 65534;
@@ -367,6 +368,9 @@ TEST_F(PolicyApi, OnlyTheBrokersUserOrTheChannelsCreatorSetsItsRule) {
   Runtime rt = connect();
   auto root_owned = Endpoint::create(rt, "root-owned");
   ASSERT_TRUE(root_owned.ok());
+  ChannelPolicy root_only;
+  root_only.allowed_uids = {0};
+  ASSERT_TRUE(rt.set_channel_policy("pre.*", root_only).ok());
   open_socket_to_all();
   const std::string sock = daemon->socket();
   test::Pipe ready, checked;
@@ -390,15 +394,28 @@ TEST_F(PolicyApi, OnlyTheBrokersUserOrTheChannelsCreatorSetsItsRule) {
         auto mine = crt->create(spec);
         spec.name = "mine2";
         auto mine2 = crt->create(spec);
-        if (!mine || !mine2) return 16;
+        spec.name = "pre.x";
+        auto pre = crt->create(spec);
+        if (!mine || !mine2 || !pre) return 16;
+        // Its own exact rule does not shadow the broker user's prefix rule.
+        if (!crt->set_channel_policy("pre.x", p)) return 23;
+        if (!refused(Channel::connect(*crt, "pre.x"), wire::ctx::kSourceDenied)) return 24;
+        if (!Channel::connect(*crt, "mine")) return 25;
         if (!crt->set_channel_policy("mine", p)) return 17;
         if (!crt->set_channel_policy("mine2", p)) return 18;
         auto got = crt->channel_policy("mine");
         if (!got || got->source != PolicySource::Api || got->policy != p) return 19;
         if (!ready.post() || !checked.wait(10s)) return 20;
-        // The broker's user set its own rule on mine2 meanwhile: not replaceable here.
-        if (!denied(crt->set_channel_policy("mine2", p))) return 21;
-        if (!denied(crt->clear_channel_policy("mine2"))) return 22;
+        // The broker's user set its own rule on mine2 meanwhile (gid 0 only): both apply.
+        if (!refused(Channel::connect(*crt, "mine2"), wire::ctx::kSourceDenied)) return 21;
+        // The creator clears its own rule, not the broker user's.
+        if (!crt->clear_channel_policy("mine2")) return 22;
+        auto again = crt->clear_channel_policy("mine2");
+        if (again || again.error().code() != ErrorCode::NotFound) return 26;
+        auto left = crt->channel_policy("mine2");
+        if (!left || left->source != PolicySource::Api || left->policy.allowed_gids.size() != 1) {
+          return 27;
+        }
         return 0;
       },
       kAlarm);

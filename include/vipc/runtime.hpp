@@ -34,6 +34,7 @@
 
 #include "vipc/capability.hpp"
 #include "vipc/message.hpp"
+#include "vipc/policy.hpp"
 #include "vipc/result.hpp"
 #include "vipc/trace.hpp"
 
@@ -249,6 +250,17 @@ class Runtime {
   // call also makes the broker drain the trace rings and rewrite the runtime
   // directory's `trace`, `messages` and `channels` views before it answers.
   [[nodiscard]] Result<TraceStatus> trace(TraceAction action = TraceAction::Query);
+
+  // The broker's rule for the senders of channel `name`, or of every channel whose name
+  // starts with a prefix ("jobs.*") (docs/policy.md, "Rules through the API"). Any name
+  // for the broker's user (and root); otherwise only a channel this connection created.
+  // Returns how many connected senders the new rule refused and detached.
+  [[nodiscard]] Result<std::uint32_t> set_channel_policy(std::string_view name,
+                                                         const ChannelPolicy& policy);
+  // The API's rule for `name` if there is one, else the configuration's.
+  [[nodiscard]] Result<ChannelPolicyInfo> channel_policy(std::string_view name);
+  // Removes the API's rule for `name` (the configuration's stays); NotFound if none.
+  [[nodiscard]] Result<void> clear_channel_policy(std::string_view name);
 
   class Impl;
 

@@ -23,12 +23,14 @@
 #include "broker/config.hpp"
 #include "broker/observe.hpp"
 #include "broker/platform.hpp"
+#include "broker/policy_api.hpp"
 #include "core/clock.hpp"
 #include "core/ready_set.hpp"
 #include "core/ring.hpp"
 #include "core/token_bucket.hpp"
 #include "core/wire.hpp"
 #include "core/wire_mq.hpp"
+#include "core/wire_policy.hpp"
 
 namespace vipc::broker {
 
@@ -368,6 +370,8 @@ class Broker::Impl {
   // Filters at the sender and violation reports (docs/policy.md).
   Result<OutPacket> on(Client& c, const wire::SenderFilterRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::ReportViolationsRequest& r, std::uint64_t id);
+  // Rules through the API (docs/policy.md, "Rules through the API").
+  Result<OutPacket> on(Client& c, const wire::ChannelPolicyRequest& r, std::uint64_t id);
   // The channel `ref` names, if `c` holds it with `need` (and is its receiver, when
   // `receiver`).
   Result<Object*> policy_channel(Client& c, const wire::CapabilityRef& ref, wire::Opcode op,
@@ -399,7 +403,9 @@ class Broker::Impl {
                                  bool attach_reply);
   // Closes a ring's ends for a peer that cannot and queues a Detached event (or forgets
   // the ring when the receiver never heard of it and nothing must be delivered).
-  void detach_ring(Object& obj, SenderRing& ring, wire::DetachReason reason);
+  // `policy`: the rule that refuses the sender now (audited whenever a trail is kept).
+  void detach_ring(Object& obj, SenderRing& ring, wire::DetachReason reason,
+                   const char* policy = nullptr);
   // Detaches every ring whose capability died or changed generation.
   void sweep_rings(wire::DetachReason reason);
   // Closes the sender ends of every ring of a channel that is going away.
@@ -455,11 +461,24 @@ class Broker::Impl {
   // there, its chain continuing; none: the trail stops). False if the new trail could
   // not be opened (the running one is kept).
   bool reload_audit(const AuditOptions& next);
-  // Whether a [[policy.channel]] rule asks for the channel's operations to be audited.
+  // Whether a [[policy.channel]] rule or the API's asks for the channel's operations to
+  // be audited.
   bool channel_audited(std::string_view name) const noexcept {
-    const ChannelRule* r = options_.policy.rule_for(name);
-    return r != nullptr && r->audit_messages;
+    const auto [admin, owner] = api_rules_.rules_for(name);
+    for (const ChannelRule* r : {options_.policy.rule_for(name), admin, owner}) {
+      if (r != nullptr && r->audit_messages) return true;
+    }
+    return false;
   }
+  // Why the rules for channel `name` (the file's and the API's: both must admit) refuse
+  // a sender with these credentials, as an error context; null if they admit it.
+  // `sources`: the uid, gid, pid and executable too, not only required capabilities.
+  const char* refusal(std::string_view name, ClientId sender, uid_t uid, gid_t gid, pid_t pid,
+                      bool sources);
+  // Detaches (Revoked) every connected sender the rules refuse now; returns how many.
+  std::uint32_t enforce_rules(bool sources);
+  ApiRules api_rules_;
+  int request_fd_ = -1;  // the descriptor the request being handled carried, if any
   // Records the outcome of control request `req` (audit_ set).
   void audit_request(const Client& c, const wire::DecodedRequest& req, const Error* error,
                      std::uint64_t started_ns);
@@ -635,7 +654,9 @@ void Broker::Impl::handle_packet(Client& c, const platform::ReceivedPacket& pkt,
     return;
   }
   const std::uint64_t started = audit_ ? now_ns() : 0;
+  request_fd_ = pkt.fds.empty() ? -1 : pkt.fds.front().get();
   auto reply = dispatch(c, *req);
+  request_fd_ = -1;
   if (audit_) audit_request(c, *req, reply ? nullptr : &reply.error(), started);
   if (!reply) {
     log(LogLevel::Debug, "client {}: {} refused: {}", c.id,
@@ -1444,13 +1465,16 @@ void Broker::Impl::queue_event(ChannelState& ch, SenderEventRec ev) {
   ch.marker.mark(0);
 }
 
-void Broker::Impl::detach_ring(Object& obj, SenderRing& ring, wire::DetachReason reason) {
+void Broker::Impl::detach_ring(Object& obj, SenderRing& ring, wire::DetachReason reason,
+                               const char* policy) {
   ChannelState& ch = *obj.channel;
   ring.detached = true;
-  if (audit_ && (options_.audit.control || channel_audited(obj.name))) {
+  if (audit_ && (policy != nullptr || options_.audit.control || channel_audited(obj.name))) {
     AuditEvent ev;
     ev.event = "Detach";
-    ev.reason = reason == wire::DetachReason::Revoked ? "revoked" : "closed";
+    ev.reason = policy != nullptr                       ? policy
+                : reason == wire::DetachReason::Revoked ? "revoked"
+                                                        : "closed";
     ev.client = ring.sender;
     ev.pid = ring.pid;
     ev.uid = ring.uid;
@@ -1508,6 +1532,13 @@ void Broker::Impl::sweep_rings(wire::DetachReason reason) {
       detach_ring(obj, it->second, why);
     }
   }
+  // A capability died or left its holder: senders admitted because they held one a
+  // channel's rule requires may hold it no longer.
+  if (api_rules_.any_requirements() ||
+      std::any_of(options_.policy.channels.begin(), options_.policy.channels.end(),
+                  [](const ChannelRule& r) { return !r.requires_caps.empty(); })) {
+    (void)enforce_rules(/*sources=*/false);
+  }
 }
 
 void Broker::Impl::close_channel(Object& obj) {
@@ -1531,6 +1562,7 @@ std::size_t Broker::Impl::destroy_object(ObjectId oid) {
   const std::size_t revoked = caps_.destroy_object(oid);
   names_.erase(o->second.name);
   objects_.erase(o);  // closes the object's descriptors
+  api_rules_.forget_object(oid);
   return revoked;
 }
 
@@ -1544,6 +1576,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::DestroyRequest& r, std
   }
   const std::size_t revoked = destroy_object(oid);
   std::erase(c.owned, oid);
+  sweep_rings(wire::DetachReason::Revoked);  // rules may require a capability on it
   log(LogLevel::Debug, "client {} destroyed object {} ({} capabilities died)", c.id, oid, revoked);
   return OutPacket{wire::encode_reply(id, wire::DestroyReply{revoked}), {}};
 }
@@ -1776,26 +1809,63 @@ bool Broker::Impl::may_create(Client& c) {
 }
 
 Result<void> Broker::Impl::check_source(const Client& c, const Object& obj) {
-  const ChannelRule* rule = options_.policy.rule_for(obj.name);
-  if (rule == nullptr || obj.name.empty()) return {};
-  const std::string exe = rule->needs_executable() ? executable_of(c.cred.pid) : std::string();
-  if (!rule->admits(c.cred.uid, c.cred.gid, c.cred.pid, exe)) {
-    log(LogLevel::Info, "client {} (pid {} uid {} gid {}): sender refused by the policy of '{}'",
-        c.id, c.cred.pid, c.cred.uid, c.cred.gid, obj.name);
-    return Error(ErrorCode::PermissionDenied, wire::ctx::kSourceDenied);
-  }
-  // Required capabilities, from the broker's own tables (docs/policy.md).
-  for (const ChannelRule::Requirement& req : rule->requires_caps) {
-    const auto it = names_.find(req.object);
-    if (it == names_.end() || !caps_.holds(c.id, it->second, static_cast<Rights>(req.rights))) {
-      log(LogLevel::Info,
-          "client {} (pid {} uid {}): sender refused on '{}': it holds no capability on '{}' "
-          "with rights {:#x}",
-          c.id, c.cred.pid, c.cred.uid, obj.name, req.object, req.rights);
-      return Error(ErrorCode::PermissionDenied, wire::ctx::kCapabilityRequired);
+  if (obj.name.empty()) return {};
+  const char* why = refusal(obj.name, c.id, c.cred.uid, c.cred.gid, c.cred.pid, true);
+  if (why == nullptr) return {};
+  log(LogLevel::Info, "client {} (pid {} uid {} gid {}): sender refused on '{}': {}", c.id,
+      c.cred.pid, c.cred.uid, c.cred.gid, obj.name, why);
+  return Error(ErrorCode::PermissionDenied, why);
+}
+
+const char* Broker::Impl::refusal(std::string_view name, ClientId sender, uid_t uid, gid_t gid,
+                                  pid_t pid, bool sources) {
+  const auto [admin, owner] = api_rules_.rules_for(name);
+  for (const ChannelRule* rule : {options_.policy.rule_for(name), admin, owner}) {
+    if (rule == nullptr) continue;
+    if (sources) {
+      const std::string exe = rule->needs_executable() ? executable_of(pid) : std::string();
+      if (!rule->admits(uid, gid, pid, exe)) return wire::ctx::kSourceDenied;
+    }
+    // Required capabilities, from the broker's own tables (docs/policy.md).
+    for (const ChannelRule::Requirement& req : rule->requires_caps) {
+      const auto it = names_.find(req.object);
+      if (it == names_.end() || !caps_.holds(sender, it->second, static_cast<Rights>(req.rights))) {
+        return wire::ctx::kCapabilityRequired;
+      }
     }
   }
-  return {};
+  return nullptr;
+}
+
+std::uint32_t Broker::Impl::enforce_rules(bool sources) {
+  static constexpr char kRevokedSource[] =
+      "revoked: the channel's policy refuses this sender (uid, gid, pid or executable)";
+  static constexpr char kRevokedCapability[] =
+      "revoked: the sender no longer holds a capability the channel's policy requires";
+  std::uint32_t detached = 0;
+  if (rings_ == 0) return 0;
+  for (auto& [oid, obj] : objects_) {
+    if (!obj.channel || obj.name.empty()) continue;
+    const auto [admin, owner] = api_rules_.rules_for(obj.name);
+    if (options_.policy.rule_for(obj.name) == nullptr && admin == nullptr && owner == nullptr) {
+      continue;
+    }
+    std::vector<std::pair<std::uint32_t, const char*>> refused;
+    for (auto& [index, ring] : obj.channel->rings) {
+      if (ring.detached || clients_.count(ring.sender) == 0) continue;
+      const char* why = refusal(obj.name, ring.sender, ring.uid, ring.gid, ring.pid, sources);
+      if (why != nullptr) {
+        refused.emplace_back(index,
+                             why == wire::ctx::kSourceDenied ? kRevokedSource : kRevokedCapability);
+      }
+    }
+    for (const auto& [index, why] : refused) {
+      log(LogLevel::Info, "'{}': sender {} detached: {}", obj.name, index, why);
+      detach_ring(obj, obj.channel->rings.at(index), wire::DetachReason::Revoked, why);
+      ++detached;
+    }
+  }
+  return detached;
 }
 
 void Broker::Impl::reload_policy() {
@@ -1816,8 +1886,9 @@ void Broker::Impl::reload_policy() {
     ev.reason = "the configuration was refused; the running policy stays in force";
   } else {
     options_.policy = std::move(cfg->broker.policy);
-    log(LogLevel::Info, "SIGHUP: policy reloaded from {} ({} channel rules)", options_.config_path,
-        options_.policy.channels.size());
+    const std::uint32_t detached = enforce_rules(/*sources=*/true);
+    log(LogLevel::Info, "SIGHUP: policy reloaded from {} ({} channel rules, {} senders detached)",
+        options_.config_path, options_.policy.channels.size(), detached);
     ev.count = options_.policy.channels.size();
     if (!reload_audit(cfg->broker.audit)) {
       ev.outcome = to_string(ErrorCode::SystemError);
@@ -1881,6 +1952,13 @@ void Broker::Impl::audit_request(const Client& c, const wire::DecodedRequest& re
   // Violation reports are audited as policy_violation records of their own.
   if (op == wire::Opcode::Ping || op == wire::Opcode::Stats || op == wire::Opcode::Accept ||
       op == wire::Opcode::ReportViolations) {
+    return;
+  }
+  // Reading a rule is not audited; setting and clearing one are, by the handler itself
+  // (policy_set, policy_clear) when they succeed, here when they fail.
+  if (const auto* p = std::get_if<wire::ChannelPolicyRequest>(&req.body);
+      p != nullptr &&
+      (error == nullptr || p->action == static_cast<std::uint32_t>(wire::PolicyAction::Get))) {
     return;
   }
   AuditEvent ev;
@@ -2007,6 +2085,81 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ReportViolationsReques
     ev.count = e.count;
     if (audit_->record(std::move(ev))) ++reply.recorded;
   }
+  return OutPacket{wire::encode_reply(id, reply), {}};
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::ChannelPolicyRequest& r,
+                                   std::uint64_t id) {
+  const std::string name(wire::name_view(r.name));
+  VIPC_TRY(wire::check_rule_name(name));
+  const auto action = static_cast<wire::PolicyAction>(r.action);
+  // Who: the broker's user (and root) for any name, in the admin layer; anyone else only
+  // for a channel it created, in the owners' layer (docs/policy.md).
+  const bool admin = c.cred.uid == ::geteuid() || c.cred.uid == 0;
+  const Object* channel = nullptr;
+  if (auto it = names_.find(name); it != names_.end()) channel = &objects_.at(it->second);
+  const bool creator = channel != nullptr && channel->channel && channel->owner == c.id;
+  if (!admin && !creator) {
+    log(LogLevel::Info, "client {} (pid {} uid {}): rule of '{}' refused: not permitted", c.id,
+        c.cred.pid, c.cred.uid, name);
+    return Error(ErrorCode::PermissionDenied, wire::ctx::kRuleNotPermitted);
+  }
+  wire::ChannelPolicyReply reply{r.action, 0, 0, 0};
+  AuditEvent ev;
+  ev.client = c.id;
+  ev.pid = c.cred.pid;
+  ev.uid = c.cred.uid;
+  ev.gid = c.cred.gid;
+  ev.name = name;
+  ev.object = channel != nullptr ? channel->id : 0;
+  switch (action) {
+    case wire::PolicyAction::Get: {
+      // The most specific rule: the creator's, else the broker user's (its exact name, else
+      // its longest prefix), else the file's.
+      const auto [admin_rule, owner_rule] = api_rules_.rules_for(name);
+      const ChannelRule* rule = owner_rule != nullptr ? owner_rule : admin_rule;
+      wire::PolicySource source = wire::PolicySource::Api;
+      if (rule == nullptr) {
+        rule = options_.policy.rule_for(name);
+        source = wire::PolicySource::Configuration;
+      }
+      if (rule == nullptr) return OutPacket{wire::encode_reply(id, reply), {}};
+      const std::vector<std::byte> bytes = wire::encode_rule(rule_to_wire(*rule));
+      auto fd = wire::rule_to_memfd(bytes);
+      if (!fd) return Error(fd.error().code(), wire::ctx::kObjectCreate, fd.error().sys_errno());
+      reply.length = static_cast<std::uint32_t>(bytes.size());
+      reply.source = static_cast<std::uint32_t>(source);
+      std::vector<sys::UniqueFd> fds;
+      fds.push_back(std::move(*fd));
+      return OutPacket{wire::encode_reply(id, reply, 1), std::move(fds)};
+    }
+    case wire::PolicyAction::Set: {
+      auto bytes = wire::rule_from_memfd(request_fd_, r.length);
+      if (!bytes) return Error(ErrorCode::InvalidArgument, bytes.error().context());
+      auto data = wire::decode_rule(*bytes);
+      if (!data) return data.error();
+      // Commit.
+      api_rules_.set(rule_from_wire(name, *data), admin ? 0 : channel->id);
+      reply.detached = enforce_rules(/*sources=*/true);
+      log(LogLevel::Info, "client {} (pid {} uid {}): rule of '{}' set ({} senders detached)", c.id,
+          c.cred.pid, c.cred.uid, name, reply.detached);
+      ev.event = "policy_set";
+      ev.count = reply.detached;
+      break;
+    }
+    case wire::PolicyAction::Clear:
+      // The broker's user clears its own rule of the name if there is one, else the
+      // creator's; a creator only its own.
+      if (!(admin && api_rules_.erase(name, true)) && !api_rules_.erase(name, false)) {
+        return Error(ErrorCode::NotFound, wire::ctx::kNameUnknown);
+      }
+      log(LogLevel::Info, "client {} (pid {} uid {}): rule of '{}' cleared", c.id, c.cred.pid,
+          c.cred.uid, name);
+      ev.event = "policy_clear";
+      break;
+  }
+  // Recorded whenever a trail is kept, as the reloads of the file are.
+  if (audit_) audit_->record(std::move(ev));
   return OutPacket{wire::encode_reply(id, reply), {}};
 }
 

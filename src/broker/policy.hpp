@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace vipc::broker {
@@ -60,6 +61,33 @@ struct AuditOptions {
   std::uint32_t keep = 4;                 // rotated files kept: path.1 ... path.keep
   std::uint32_t buffer = 4096;            // records waiting for the writer at most
   bool control = true;                    // audit every control operation
+};
+
+// The rules set through the API (ChannelPolicy, docs/policy.md "Rules through the
+// API"), kept apart from the file's Policy so that a SIGHUP reload leaves them, in two
+// layers that both apply on top of the file's:
+// - `admin`: set by the broker's uid (or root), by name or prefix, kept until cleared;
+// - `owners`: set by a channel's creator, exact names only, each dropped with its
+//   channel (`bound`, parallel to owners.channels: the channel's object id).
+struct ApiRules {
+  Policy admin;  // only its `channels` are used
+  Policy owners;
+  std::vector<std::uint64_t> bound;
+
+  // The rules of both layers that apply to `channel` (either may be null).
+  [[nodiscard]] std::pair<const ChannelRule*, const ChannelRule*> rules_for(
+      std::string_view channel) const noexcept {
+    return {admin.rule_for(channel), owner_rule(channel)};
+  }
+  [[nodiscard]] const ChannelRule* owner_rule(std::string_view channel) const noexcept;
+  // Sets (replaces) the rule of its name in one layer: bound 0 is the admin layer.
+  void set(ChannelRule rule, std::uint64_t bound_to);
+  // Removes the rule named exactly `name` from the admin layer (admin) or the owners';
+  // false if there was none.
+  bool erase(std::string_view name, bool from_admin);
+  // Drops the owners' rules bound to channel object `object`.
+  void forget_object(std::uint64_t object);
+  [[nodiscard]] bool any_requirements() const noexcept;
 };
 
 // "name:right+right" (rights: send, receive, share, grant, map, read, write) -> the

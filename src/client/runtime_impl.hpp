@@ -103,12 +103,14 @@ class Runtime::Impl {
   // Runtime::grant_batch (runtime.cpp), also used by SharedBuffer::send_with.
   Result<CapabilityHandle> grant_batch(std::span<const BatchGrant> caps, GrantTarget target);
 
+  // `fds` travel with the request (ChannelPolicy Set only: wire::request_fd_count).
   template <class Request>
-  Result<Answer> call(const Request& request) {
+  Result<Answer> call(const Request& request, std::span<const int> fds = {}) {
     const std::lock_guard<std::mutex> lock(mu_);
     const std::uint64_t id = next_id_++;
-    const wire::Packet p = wire::encode_request(id, request);
-    VIPC_TRY(platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/false));
+    const wire::Packet p =
+        wire::encode_request(id, request, static_cast<std::uint16_t>(fds.size()));
+    VIPC_TRY(platform::send_packet(sock.get(), p.view(), fds, /*nonblocking=*/false));
     const core::Deadline deadline = core::deadline_after(call_timeout);
     for (;;) {
       // One blocking recvmsg per reply; SO_RCVTIMEO (kReceiveSlice) bounds each wait so

@@ -22,7 +22,9 @@ constexpr const char* kContexts[] = {
     ctx::kChannelFull,       ctx::kAlreadyConnected,   ctx::kNotCreator,      ctx::kNotBuffer,
     ctx::kBufferMapped,      ctx::kBufferMode,         ctx::kBufferSealed,    ctx::kNotTopic,
     ctx::kTopicFull,         ctx::kTopicMemberGone,    ctx::kSourceDenied,    ctx::kCreateRateLimited,
-    ctx::kNotReceiverFilter, ctx::kCapabilityRequired,
+    ctx::kNotReceiverFilter, ctx::kCapabilityRequired,  ctx::kRuleNotPermitted, ctx::kRuleDescriptor,
+    ctx::kRuleEncoding,      ctx::kRuleTooLarge,       ctx::kRuleName,        ctx::kRuleUids,
+    ctx::kRuleGids,          ctx::kRulePids,           ctx::kRuleExecutables, ctx::kRuleRequires,
 };
 // clang-format on
 constexpr std::uint16_t kContextCount = static_cast<std::uint16_t>(std::size(kContexts));
@@ -220,6 +222,29 @@ Result<void> check(const ReportViolationsRequest& b) noexcept {
         e.rule > static_cast<std::uint32_t>(ViolationRule::Corrupt)) {
       return protocol(ctx::kBadEnum);
     }
+  }
+  return {};
+}
+Result<void> check(const ChannelPolicyRequest& b) noexcept {
+  VIPC_TRY(check_name(b.name));
+  if (b.action == static_cast<std::uint32_t>(PolicyAction::Set)) {
+    if (b.length == 0 || b.length > kPolicyRuleMax) return protocol(ctx::kBadEnum);
+    return {};
+  }
+  if (b.action > static_cast<std::uint32_t>(PolicyAction::Clear)) return protocol(ctx::kBadEnum);
+  if (b.length != 0) return protocol(ctx::kBadReserved);
+  return {};
+}
+Result<void> check(const ChannelPolicyReply& b) noexcept {
+  if (b.action > static_cast<std::uint32_t>(PolicyAction::Clear)) return protocol(ctx::kBadEnum);
+  if (b.source > static_cast<std::uint32_t>(PolicySource::Api)) return protocol(ctx::kBadEnum);
+  if (b.length > kPolicyRuleMax) return protocol(ctx::kBadEnum);
+  if ((b.length != 0) != (b.source != 0)) return protocol(ctx::kBadEnum);
+  if (b.action != static_cast<std::uint32_t>(PolicyAction::Get) && b.length != 0) {
+    return protocol(ctx::kBadReserved);
+  }
+  if (b.action != static_cast<std::uint32_t>(PolicyAction::Set) && b.detached != 0) {
+    return protocol(ctx::kBadReserved);
   }
   return {};
 }
@@ -524,6 +549,8 @@ const char* to_string(Opcode op) noexcept {
       return "MqUnlink";
     case Opcode::SenderFilter:
       return "SenderFilter";
+    case Opcode::ChannelPolicy:
+      return "ChannelPolicy";
     case Opcode::ReportViolations:
       return "ReportViolations";
   }
@@ -572,12 +599,13 @@ Result<DecodedRequest> decode_request(std::span<const std::byte> bytes,
   const Header h = *hr;
   if (h.flags != 0) return protocol(ctx::kBadFlags);
   if (h.status != 0 || h.context != 0 || h.sys_errno != 0) return protocol(ctx::kBadReserved);
-  // No request of this protocol version carries descriptors.
-  if (h.fd_count != 0) return protocol(ctx::kBadFdCount);
+  // Only a ChannelPolicy Set carries a descriptor (request_fd_count).
+  if (h.fd_count > 1) return protocol(ctx::kBadFdCount);
   const std::size_t i = h.opcode - 1u;
   if (h.length - sizeof(Header) != kRequestSizes[i]) return protocol(ctx::kBadLength);
   auto body = kRequestDecoders[i](bytes.subspan(sizeof(Header)));
   if (!body) return body.error();
+  if (h.fd_count != request_fd_count(*body)) return protocol(ctx::kBadFdCount);
   return DecodedRequest{h, *body};
 }
 
@@ -623,7 +651,13 @@ Result<DecodedReply> decode_reply(std::span<const std::byte> bytes,
   return out;
 }
 
+std::uint16_t request_fd_count(const Request& body) noexcept {
+  const auto* p = std::get_if<ChannelPolicyRequest>(&body);
+  return p != nullptr && p->action == static_cast<std::uint32_t>(PolicyAction::Set) ? 1 : 0;
+}
+
 std::uint16_t reply_fd_count(const ReplyBody& body) noexcept {
+  if (const auto* p = std::get_if<ChannelPolicyReply>(&body)) return p->length != 0 ? 1 : 0;
   if (const auto* c = std::get_if<CreateReply>(&body)) {
     switch (static_cast<ObjectKind>(c->object.kind)) {
       case ObjectKind::Ring:

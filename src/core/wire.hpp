@@ -38,7 +38,7 @@ namespace vipc::wire {
 static_assert(std::endian::native == std::endian::little, "wire format is little-endian");
 
 inline constexpr std::uint32_t kMagic = 0x43504956;  // "VIPC" in memory order
-inline constexpr std::uint16_t kProtocolVersion = 5;
+inline constexpr std::uint16_t kProtocolVersion = 6;
 inline constexpr std::size_t kNameSize = 64;  // bytes of a name field, NUL included
 inline constexpr std::size_t kNameMax = kNameSize - 1;
 inline constexpr std::size_t kMaxFds = 6;       // descriptors one packet may carry
@@ -76,7 +76,9 @@ enum class Opcode : std::uint16_t {
   // Policy (docs/policy.md, "Filters at the sender").
   SenderFilter = 26,      // receiver: registers its filter; sender: reads it
   ReportViolations = 27,  // receiver -> per-sender counts of filtered messages (audited)
-  // 28-31: not assigned in this version.
+  ChannelPolicy = 28,     // name + get / set (the rule in a sealed memfd, 1 fd) / clear of
+                          // the broker's rule for a channel's senders (core/wire_policy.hpp)
+  // 29-31: not assigned in this version.
   // Tracing and statistics (docs/observability.md).
   TraceAttach = 32,   // -> the trace switch (read-only) + this process's trace ring (2 fds)
   TraceControl = 33,  // on / off / query: drains the trace rings and rewrites the views
@@ -92,7 +94,7 @@ inline constexpr std::uint16_t kOpcodeMin = 1;
 inline constexpr std::uint16_t kOpcodeMax = 36;
 // Whether a number in [kOpcodeMin, kOpcodeMax] names an opcode of this version.
 [[nodiscard]] constexpr bool opcode_assigned(std::uint16_t op) noexcept {
-  return (op >= kOpcodeMin && op <= 23) || op == 26 || op == 27 || (op >= 32 && op <= 36);
+  return (op >= kOpcodeMin && op <= 23) || (op >= 26 && op <= 28) || (op >= 32 && op <= 36);
 }
 [[nodiscard]] const char* to_string(Opcode op) noexcept;
 
@@ -553,6 +555,48 @@ static_assert(sizeof(ReportViolationsRequest) == 280);
 static_assert(offsetof(ReportViolationsRequest, entry_count) == 16);
 static_assert(offsetof(ReportViolationsRequest, reserved) == 20);
 static_assert(offsetof(ReportViolationsRequest, entries) == 24);
+
+// ChannelPolicyRequest::action.
+enum class PolicyAction : std::uint32_t { Get = 0, Set = 1, Clear = 2 };
+
+// The broker's rule for the senders of channel `name` (or of every channel whose name
+// starts with a prefix: "jobs.*"), set through the API (docs/policy.md, "Rules through
+// the API"). Set carries one descriptor: a sealed memfd of exactly `length` bytes
+// holding the rule (core/wire_policy.hpp); Get and Clear carry none, length 0.
+//
+//  0      64       68       72
+//  | name | action | length |
+struct ChannelPolicyRequest {
+  Name name;
+  std::uint32_t action;
+  std::uint32_t length;
+};
+static_assert(sizeof(ChannelPolicyRequest) == 72);
+static_assert(offsetof(ChannelPolicyRequest, name) == 0);
+static_assert(offsetof(ChannelPolicyRequest, action) == 64);
+static_assert(offsetof(ChannelPolicyRequest, length) == 68);
+
+// ChannelPolicyReply::source: which rule Get returns.
+enum class PolicySource : std::uint32_t { None = 0, Configuration = 1, Api = 2 };
+
+// Get: the rule in force through the API for `name`, else the configuration's (source),
+// as one descriptor (a sealed memfd of `length` bytes) when length is not 0.
+// Set: the senders detached because the new rule refuses them (detached).
+//
+//  0        4        8        12
+//  | action | length | source | detached |
+struct ChannelPolicyReply {
+  std::uint32_t action;
+  std::uint32_t length;
+  std::uint32_t source;
+  std::uint32_t detached;
+};
+static_assert(sizeof(ChannelPolicyReply) == 16);
+static_assert(offsetof(ChannelPolicyReply, length) == 4);
+static_assert(offsetof(ChannelPolicyReply, source) == 8);
+static_assert(offsetof(ChannelPolicyReply, detached) == 12);
+// An encoded rule is at most this long (core/wire_policy.hpp).
+inline constexpr std::uint32_t kPolicyRuleMax = 64u << 10;
 
 // A body for an opcode this version does not assign (never decoded: kBadOpcode).
 template <std::uint16_t N>
@@ -1088,7 +1132,7 @@ using Request =
                  CreateBufferRequest, MapBufferRequest, TransferBufferRequest, ClaimBufferRequest,
                  TopicJoinRequest, TopicMemberRequest, TopicLeaveRequest, TopicShareBufferRequest,
                  UnassignedBody<24>, UnassignedBody<25>, SenderFilterRequest,
-                 ReportViolationsRequest, UnassignedBody<28>, UnassignedBody<29>,
+                 ReportViolationsRequest, ChannelPolicyRequest, UnassignedBody<29>,
                  UnassignedBody<30>, UnassignedBody<31>, TraceAttachRequest, TraceControlRequest,
                  NameRegionRequest, GrantBatchRequest, ClaimBatchRequest>;
 // Attach answers with the same body as Connect: a distinct type keeps one body type
@@ -1118,7 +1162,7 @@ using ReplyBody =
                  AttachReplyBody, AcceptReply, DestroyReply, CreateBufferReply, MapBufferReply,
                  TransferBufferReply, ClaimBufferReply, TopicJoinReply, TopicMemberReply,
                  TopicLeaveReply, TopicShareBufferReply, UnassignedBody<124>, UnassignedBody<125>,
-                 SenderFilterReply, ReportViolationsReply, UnassignedBody<128>, UnassignedBody<129>,
+                 SenderFilterReply, ReportViolationsReply, ChannelPolicyReply, UnassignedBody<129>,
                  UnassignedBody<130>, UnassignedBody<131>, TraceAttachReply, TraceControlReply,
                  NameRegionReply, GrantBatchReply, ClaimBatchReply>;
 static_assert(std::variant_size_v<Request> == kOpcodeMax);
@@ -1178,9 +1222,10 @@ struct DecodedReply {
                                 std::size_t body_size) noexcept;
 
 template <class Body>
-[[nodiscard]] Packet encode_request(std::uint64_t request_id, const Body& body) noexcept {
+[[nodiscard]] Packet encode_request(std::uint64_t request_id, const Body& body,
+                                    std::uint16_t fd_count = 0) noexcept {
   static_assert(index_in<Body, Request>::value < kOpcodeMax, "not a request body");
-  return encode_raw(opcode_of<Body>(), 0, 0, request_id, &body, sizeof body);
+  return encode_raw(opcode_of<Body>(), 0, fd_count, request_id, &body, sizeof body);
 }
 template <class Body>
 [[nodiscard]] Packet encode_reply(std::uint64_t request_id, const Body& body,
@@ -1199,6 +1244,8 @@ template <class Body>
                                                 std::size_t fds_received) noexcept;
 // Descriptors a successful reply of this opcode/body must carry.
 [[nodiscard]] std::uint16_t reply_fd_count(const ReplyBody& body) noexcept;
+// Descriptors a request must carry (ChannelPolicy Set: 1; every other: 0).
+[[nodiscard]] std::uint16_t request_fd_count(const Request& body) noexcept;
 
 // What an answer to an undecodable request can echo: the request id and opcode when
 // the header got that far, else 0.
@@ -1275,6 +1322,24 @@ inline constexpr char kNotReceiverFilter[] =
     "broker: only the channel's receiver registers its filter or reports violations";
 inline constexpr char kCapabilityRequired[] =
     "broker: the channel's policy requires a capability this sender does not hold";
+inline constexpr char kRuleNotPermitted[] =
+    "broker: only the broker's user, or the creator of the named channel, sets or reads its rule";
+inline constexpr char kRuleDescriptor[] =
+    "policy rule: the descriptor is not a sealed memfd (shrink, grow, write) of the given length";
+inline constexpr char kRuleEncoding[] = "policy rule: malformed encoding";
+inline constexpr char kRuleTooLarge[] =
+    "policy rule: too many entries (at most 1024 in a list, 64 KiB in all)";
+inline constexpr char kRuleName[] =
+    "policy rule: 'name' must be a channel name, or a prefix ending in '*' (1 to 63 printable "
+    "characters, '*' only last)";
+inline constexpr char kRuleUids[] = "policy rule: 'allowed_uids' must hold integers in [0, 2^31)";
+inline constexpr char kRuleGids[] = "policy rule: 'allowed_gids' must hold integers in [0, 2^31)";
+inline constexpr char kRulePids[] = "policy rule: 'allowed_pids' must hold integers in [0, 2^31)";
+inline constexpr char kRuleExecutables[] =
+    "policy rule: 'allowed_executables' must be absolute paths (at most 4095 bytes, no NUL)";
+inline constexpr char kRuleRequires[] =
+    "policy rule: 'requires' needs an object name (1 to 63 printable characters) and rights "
+    "(send, receive, share, grant, map, read, write; at least one)";
 }  // namespace ctx
 [[nodiscard]] std::uint16_t context_code(const char* context) noexcept;
 [[nodiscard]] const char* context_text(std::uint16_t code) noexcept;

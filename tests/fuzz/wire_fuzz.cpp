@@ -1,14 +1,16 @@
 // libFuzzer target: the control-protocol decoders must never crash, read out of bounds
-// or accept a message that does not re-encode to the same bytes.
+// or accept a message (or a channel rule) that does not re-encode to the same bytes.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <span>
 #include <variant>
+#include <vector>
 
 #include "core/wire.hpp"
 #include "core/wire_mq.hpp"
+#include "core/wire_policy.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using namespace vipc::wire;
@@ -20,7 +22,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (auto req = decode_request(bytes, fds)) {
     // A request that decodes re-encodes to exactly the same bytes.
     const Packet p = std::visit(
-        [&](const auto& body) { return encode_request(req->header.request_id, body); }, req->body);
+        [&](const auto& body) {
+          return encode_request(req->header.request_id, body, req->header.fd_count);
+        },
+        req->body);
     if (p.size != bytes.size() || std::memcmp(p.bytes.data(), bytes.data(), p.size) != 0) {
       std::abort();
     }
@@ -55,5 +60,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
   }
   (void)peek_echo(bytes);
+  // A channel rule (ChannelPolicy's memfd) that decodes re-encodes to the same bytes.
+  if (auto rule = decode_rule(bytes)) {
+    const std::vector<std::byte> again = encode_rule(*rule);
+    if (again.size() != bytes.size() ||
+        std::memcmp(again.data(), bytes.data(), again.size()) != 0) {
+      std::abort();
+    }
+  }
   return 0;
 }

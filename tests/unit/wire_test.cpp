@@ -344,9 +344,9 @@ TEST(WireTraceTest, AttachReplyCarriesTwoDescriptors) {
 }
 
 // 23 is TopicShareBuffer; 24 and 25 are the queue opcodes, decoded by decode_mq_request;
-// 26 and 27 the policy's; 28-31 are free, and 37 is past the last.
+// 26 to 28 the policy's; 29-31 are free, and 37 is past the last.
 TEST(WireTraceTest, UnassignedNumbersAroundTheTraceOpcodesAreRefused) {
-  for (int op : {24, 25, 28, 31, 37}) {
+  for (int op : {24, 25, 29, 30, 31, 37}) {
     auto b = bytes_of(encode_request(1, PingRequest{1}));
     Header h = header_of(b);
     h.opcode = static_cast<std::uint16_t>(op);

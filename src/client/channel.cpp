@@ -387,8 +387,6 @@ class Endpoint::Impl {
     }
     auto r = s.reader.try_receive(out);
     if (r) {
-      if (client::trace::on()) [[unlikely]]
-        trace_received(s, &out, 1);
       set.mark(idx);  // more may follow: come back after the others (round-robin)
       const std::uint64_t gap = s.reader.last_gap();
       counters.dropped += gap;
@@ -410,6 +408,10 @@ class Endpoint::Impl {
         *from = s.source;
         from->dropped_before = gap;
       }
+      // Last, so that the untraced path keeps nothing alive across the cold call. A
+      // message the filters discarded above is counted and audited, not traced.
+      if (client::trace::on()) [[unlikely]]
+        trace_received(s, &out, 1);
       return true;
     }
     switch (r.error().code()) {

@@ -17,9 +17,10 @@ struct Options {
   int subscribers = 1;
   int senders = 1;
   bool peers = false;
-  bool blocking = false;  // pingpong --blocking: receiver parks
-  bool trace = false;     // pingpong --trace: channel API through a broker, tracing off vs on
-  std::string plot;       // --plot FILE.png|svg
+  bool blocking = false;    // pingpong --blocking: receiver parks
+  bool trace = false;       // pingpong --trace: channel API through a broker, tracing off vs on
+  bool rate_limit = false;  // pingpong --rate-limit: the same without and with a rate limit
+  std::string plot;         // --plot FILE.png|svg
 };
 
 // Runs one scenario; returns the process exit code (0 on success, 2 on bad usage).

@@ -277,9 +277,13 @@ Report pingpong_traced(const Options& o, const RunConfig& cfg) {
   if (auto c = sys::open_cache_miss_counter(0); !c) misses_why = c.error().message();
   std::vector<System> systems = {
       {"vipc-untraced",
-       [&](const RunConfig& c) { return trace_systems::channel_pingpong(c, false, &misses[0]); }},
+       [&](const RunConfig& c) {
+         return trace_systems::channel_pingpong(c, {.traced = false}, &misses[0]);
+       }},
       {"vipc-traced",
-       [&](const RunConfig& c) { return trace_systems::channel_pingpong(c, true, &misses[1]); }},
+       [&](const RunConfig& c) {
+         return trace_systems::channel_pingpong(c, {.traced = true}, &misses[1]);
+       }},
   };
   auto rounds = interleave(cfg, systems);
 
@@ -313,8 +317,42 @@ Report pingpong_traced(const Options& o, const RunConfig& cfg) {
   return report;
 }
 
+Report pingpong_rate_limited(const Options& o, const RunConfig& cfg) {
+  std::vector<System> systems = {
+      {"vipc-channel",
+       [&](const RunConfig& c) { return trace_systems::channel_pingpong(c, {}, nullptr); }},
+      {"vipc-rate-limited",
+       [&](const RunConfig& c) {
+         return trace_systems::channel_pingpong(c, {.rate_limited = true}, nullptr);
+       }},
+  };
+  auto rounds = interleave(cfg, systems);
+
+  Report report;
+  report.scenario = "pingpong";
+  report.title =
+      "pingpong --rate-limit: 64-byte round trip through Channel/Endpoint and a broker, "
+      "without and with a rate limit that is not reached";
+  report.params = base_params(o, cfg);
+  report.params["mode"] = "busy";
+  report.params["rate_limit"] = true;
+  Entry plain = latency_entry("vipc-channel", "rtt", rounds[0]);
+  Entry limited = latency_entry("vipc-rate-limited", "rtt", rounds[1]);
+  compare(limited, plain, /*with_p99=*/true);
+  report.entries = {plain, limited};
+  report.notes.push_back(
+      "vipc-channel: Channel::try_send, then spinning on Endpoint::try_receive, on both sides "
+      "(two channels, one per direction), through an embedded broker.");
+  report.notes.push_back(
+      "vipc-rate-limited: the same, both endpoints with RateLimit{10^8 messages/s, burst "
+      "100000, Reject}: each receiver takes a token per message and each sender checks its "
+      "copy of the limit (docs/policy.md); ratio = limited / unlimited, target <= 1.05.");
+  return report;
+}
+
 Report pingpong(const Options& o, const RunConfig& cfg) {
   if (o.trace) return pingpong_traced(o, cfg);
+  if (o.rate_limit) return pingpong_rate_limited(o, cfg);
   return o.blocking ? pingpong_blocking(o, cfg) : pingpong_busy(o, cfg);
 }
 
@@ -1009,6 +1047,11 @@ int run(const Options& options) {
   }
   if (options.trace && (name != "pingpong" || options.blocking)) {
     fmt::print(stderr, "vipc bench {}: --trace applies to pingpong (busy) only\n", name);
+    return 2;
+  }
+  if (options.rate_limit && (name != "pingpong" || options.blocking || options.trace)) {
+    fmt::print(stderr, "vipc bench {}: --rate-limit applies to pingpong (busy, untraced) only\n",
+               name);
     return 2;
   }
   if (options.blocking && name != "pingpong" && name != "mq") {

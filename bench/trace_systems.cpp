@@ -47,7 +47,15 @@ void send_one(Channel& ch, std::uint32_t type, const void* data, std::size_t len
 
 }  // namespace
 
-Round channel_pingpong(const RunConfig& cfg, bool traced, std::uint64_t* cache_misses) {
+Round channel_pingpong(const RunConfig& cfg, ChannelPingpong how, std::uint64_t* cache_misses) {
+  const bool traced = how.traced;
+  ChannelOptions options;
+  if (how.rate_limited) {
+    // Reject: the limit is handed to the sender too, so both sides check every message
+    // (the most a limit costs); 10^8 messages/s is never reached here.
+    options.rate_limit = RateLimit{
+        .messages_per_second = 100'000'000, .burst = 100'000, .action = RateLimitAction::Reject};
+  }
   auto rt = large_systems::unpinned_embedded_runtime();
   if (!rt) throw BenchError("vipc traced pingpong: broker: " + rt.error().message());
   auto st = rt->trace(traced ? TraceAction::On : TraceAction::Off);
@@ -56,7 +64,7 @@ Round channel_pingpong(const RunConfig& cfg, bool traced, std::uint64_t* cache_m
   const std::string base =
       "bench-trace-" + std::to_string(::getpid()) + "-" + std::to_string(instance++);
   const std::string ping = base + "-ping", pong = base + "-pong";
-  auto pong_ep = Endpoint::create(*rt, pong);
+  auto pong_ep = Endpoint::create(*rt, pong, options);
   if (!pong_ep) throw BenchError("vipc traced pingpong: create: " + pong_ep.error().message());
   const std::string path = rt->socket_path();
   // Counts this process and the peer it forks (inherit), user space only.
@@ -65,11 +73,14 @@ Round channel_pingpong(const RunConfig& cfg, bool traced, std::uint64_t* cache_m
   if (counter) misses_before = sys::read_counter(counter->get()).value_or(0);
   Round round;
   run_with_peer(
-      cfg, traced ? "vipc traced" : "vipc untraced",
+      cfg,
+      how.rate_limited ? "vipc rate-limited"
+      : traced         ? "vipc traced"
+                       : "vipc untraced",
       [&](PeerSide& peer) {
         auto prt = Runtime::connect_to(path);
         if (!prt) throw BenchError("vipc traced pingpong: peer connect: " + prt.error().message());
-        auto in = Endpoint::create(*prt, ping);
+        auto in = Endpoint::create(*prt, ping, options);
         if (!in) throw BenchError("vipc traced pingpong: peer create: " + in.error().message());
         auto out = Channel::connect(*prt, pong);
         if (!out) throw BenchError("vipc traced pingpong: peer connect: " + out.error().message());

@@ -38,11 +38,31 @@ std::string run_command(const std::string& command, int* status) {
   return out;
 }
 
-const std::set<std::string> kSystems = {
-    "vipc",  "vipc-move",     "vipc-share", "vipc-small",   "vipc-adaptive",     "vipc-anonymous",
-    "floor", "floor-flag",    "floor-slot", "floor-futex",  "floor-ring",        "floor-store",
-    "uds",   "uds-seqpacket", "pipe",       "mq",           "eventfd",           "iceoryx",
-    "zmq",   "memcpy",        "hashmap",    "vipc-audited", "vipc-rate-limited", "vipc-pool"};
+const std::set<std::string> kSystems = {"vipc",
+                                        "vipc-move",
+                                        "vipc-share",
+                                        "vipc-small",
+                                        "vipc-adaptive",
+                                        "vipc-anonymous",
+                                        "floor",
+                                        "floor-flag",
+                                        "floor-slot",
+                                        "floor-futex",
+                                        "floor-ring",
+                                        "floor-store",
+                                        "uds",
+                                        "uds-seqpacket",
+                                        "pipe",
+                                        "mq",
+                                        "eventfd",
+                                        "iceoryx",
+                                        "zmq",
+                                        "memcpy",
+                                        "hashmap",
+                                        "vipc-audited",
+                                        "vipc-rate-limited",
+                                        "vipc-pool",
+                                        "vipc-channel"};
 
 void check_latency(const json& r, int rounds) {
   for (const char* key : {"p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns", "samples"}) {
@@ -146,10 +166,11 @@ TEST_P(BenchJson, DocumentFollowsTheSchema) {
 INSTANTIATE_TEST_SUITE_P(
     Scenarios, BenchJson,
     ::testing::Values(Case{"pingpong", "", ""}, Case{"pingpong", "--blocking", ""},
-                      Case{"throughput", "", ""}, Case{"send", "", ""}, Case{"lookup", "", ""},
-                      Case{"create", "", ""}, Case{"call", "", ""},
-                      Case{"fanin", "--senders 8", ""}, Case{"large", "--size 65536", ""},
-                      Case{"topic", "--subscribers 4", ""}, Case{"mq", "", ""},
+                      Case{"pingpong", "--rate-limit", ""}, Case{"throughput", "", ""},
+                      Case{"send", "", ""}, Case{"lookup", "", ""}, Case{"create", "", ""},
+                      Case{"call", "", ""}, Case{"fanin", "--senders 8", ""},
+                      Case{"large", "--size 65536", ""}, Case{"topic", "--subscribers 4", ""},
+                      Case{"mq", "", ""},
                       Case{"peers", "--size 65536", "VIPC_IOX_ROUDI=/nonexistent/iox-roudi"}),
     [](const ::testing::TestParamInfo<Case>& param_info) {
       return std::string(param_info.param.scenario) + "_" + std::to_string(param_info.index);

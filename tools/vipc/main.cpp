@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
   bench->add_flag("--peers", bo.peers, "Include the peer systems");
   bench->add_flag("--blocking", bo.blocking, "Receiver parks (pingpong)");
   bench->add_flag("--trace", bo.trace, "pingpong: channels through a broker, tracing off vs on");
+  bench->add_flag("--rate-limit", bo.rate_limit,
+                  "pingpong: channels through a broker, without and with a rate limit");
   bench->add_option("--plot", bo.plot, "Render a plot (PNG or SVG) with gnuplot");
 #endif
 

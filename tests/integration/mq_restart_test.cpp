@@ -5,10 +5,12 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <mqueue.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -268,6 +270,63 @@ INSTANTIATE_TEST_SUITE_P(Restart, MqRestart, ::testing::Values(SIGKILL, SIGTERM)
                            return p.param == SIGKILL ? std::string("Killed")
                                                      : std::string("Terminated");
                          });
+
+// Runs `body` as uid/gid (from root) in a child.
+template <class F>
+std::string as_user(const std::string& dir, uid_t uid, gid_t gid, F body) {
+  return in_child(dir, [&](const MqLib& m) {
+    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) return 98;
+    return body(m);
+  });
+}
+
+TEST(MqRestartOwner, OwnerGroupAndModeStillDecideAccessAfterARestart) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to make processes of other uids";
+  test::TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  std::optional<test::Daemon> d(std::in_place, dir.path());
+  ASSERT_TRUE(d->ready());
+  constexpr uid_t kOwner = 4301;
+  constexpr uid_t kOther = 4302;
+  constexpr gid_t kGroup = 4303;
+  // Other uids reach the socket through the (otherwise private) runtime directory.
+  const auto open_up = [&] {
+    ASSERT_EQ(::chmod(dir.path().c_str(), 0711), 0);
+    ASSERT_EQ(::chmod(d->socket().c_str(), 0777), 0);
+  };
+  open_up();
+  ASSERT_EQ(as_user(dir.path(), kOwner, kGroup,
+                    [](const MqLib& m) {
+                      const mqd_t q = m.open("/owned", O_CREAT | O_EXCL | O_WRONLY, 0640,
+                                             static_cast<struct mq_attr*>(nullptr));
+                      return q >= 0 && m.send(q, "o", 1, 1) == 0 ? 0 : 10;
+                    }),
+            "exit 0");
+  ASSERT_EQ(::chmod(dir.path().c_str(), 0700), 0);  // vipcd starts only in a private one
+  restart(d, dir.path(), SIGKILL);
+  open_up();
+  // Group members read (0640), they do not write; others do neither; the owner writes.
+  EXPECT_EQ(as_user(dir.path(), kOther, kGroup,
+                    [](const MqLib& m) {
+                      if (m.open("/owned", O_WRONLY) != -1 || errno != EACCES) return 20;
+                      const mqd_t q = m.open("/owned", O_RDONLY | O_NONBLOCK);
+                      return q >= 0 && expect_message(m, q, "o", 1) == 0 ? 0 : 21;
+                    }),
+            "exit 0");
+  EXPECT_EQ(as_user(dir.path(), kOther, kOther,
+                    [](const MqLib& m) {
+                      return m.open("/owned", O_RDONLY) == -1 && errno == EACCES ? 0 : 30;
+                    }),
+            "exit 0");
+  EXPECT_EQ(as_user(dir.path(), kOwner, kOther,
+                    [](const MqLib& m) {
+                      const mqd_t q = m.open("/owned", O_WRONLY);
+                      // Only the owner unlinks (the sticky /dev/mqueue).
+                      return q >= 0 && m.unlink("/owned") == 0 ? 0 : 40;
+                    }),
+            "exit 0");
+  ASSERT_EQ(::chmod(dir.path().c_str(), 0700), 0);
+}
 
 TEST(MqRestartNotify, ARegistrationMadeBeforeTheRestartFiresAfterIt) {
   test::TempDir dir;

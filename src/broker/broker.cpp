@@ -281,6 +281,14 @@ class Broker::Impl {
 
   void stop() noexcept { (void)sys::eventfd_signal(stop_fd_.get()); }
   void set_audit(std::unique_ptr<AuditLog> a) noexcept { audit_ = std::move(a); }
+  // Adopts the queues kept for an earlier broker and keeps this one's (broker_mq.cpp).
+  void keep_queues() {
+    if (options_.mq_keep_dir.empty() || options_.mq_keeper_exe.empty()) return;
+    mq_.persist(options_.mq_keeper_exe, options_.mq_keep_dir,
+                [this](bool warn, const std::string& line) {
+                  log(warn ? LogLevel::Warn : LogLevel::Info, "{}", line);
+                });
+  }
 
   Result<void> run(std::atomic<int>& stop_signal);
   void set_observer(std::unique_ptr<Observer> o) {
@@ -2346,6 +2354,7 @@ Result<std::unique_ptr<Broker>> Broker::create(sys::UniqueFd listen_fd, BrokerOp
   auto impl = std::make_unique<Impl>(std::move(options), std::move(listen_fd), std::move(*epoll),
                                      std::move(*stop_fd));
   impl->set_audit(std::move(audit));
+  impl->keep_queues();
   if (auto o = Observer::create(std::move(debug_dir))) impl->set_observer(std::move(*o));
   return std::unique_ptr<Broker>(new Broker(std::move(impl)));
 }

@@ -22,7 +22,8 @@
 //   logged at most once per second per client.
 //
 // Caveats: objects die with their creator (no persistent objects yet); the broker
-// keeps no state across restarts yet.
+// keeps no state across restarts except POSIX queues, which a keeper process holds for
+// the next broker (BrokerOptions::mq_keep_dir, docs/posix.md).
 //
 //   auto b = Broker::create(std::move(listen_fd), BrokerOptions{}).value();
 //   std::thread t([&] { (void)b->run(); });  ...  b->stop(); t.join();
@@ -58,7 +59,13 @@ struct BrokerOptions {
   std::uint32_t failed_redemptions_per_second = 64;
   LogLevel log_level = LogLevel::Info;
   std::string log_prefix = "vipcd";
-  MqLimits mq;         // POSIX message queues (docs/posix.md)
+  MqLimits mq;  // POSIX message queues (docs/posix.md)
+  // Queues across broker restarts (docs/posix.md): the private directory where this
+  // broker's queue keeper listens and earlier brokers' keepers are found, and the vipcd
+  // binary that runs keepers (`--mq-keeper`). Empty (embedded brokers): queues end with
+  // the broker.
+  std::string mq_keep_dir;
+  std::string mq_keeper_exe;
   Policy policy;       // source restrictions, control-operation rates (docs/policy.md)
   AuditOptions audit;  // the audit trail (docs/policy.md); path empty: none
   // The configuration file the options came from: SIGHUP reloads its [policy] and

@@ -7,6 +7,8 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <string>
 
 #include "broker/platform.hpp"
 #include "core/mq_queue.hpp"
@@ -69,6 +71,7 @@ MqRegistry::Out MqRegistry::handle(const MqCred& cred, std::span<const std::byte
     }
     const std::uint64_t qid = it->second.id;
     queues_.erase(it);
+    forget(qid);
     return {wire::encode_mq_reply(id, wire::MqUnlinkReply{qid}), {}};
   }
   const auto& r = std::get<wire::MqOpenRequest>(req->body);
@@ -119,10 +122,126 @@ MqRegistry::Out MqRegistry::handle(const MqCred& cred, std::span<const std::byte
   q.max_messages = shape.max_messages;
   q.message_size = shape.message_size;
   q.segment_size = size;
-  queues_.emplace(std::move(name), std::move(q));
+  const auto placed = queues_.emplace(std::move(name), std::move(q)).first;
   ++next_id_;
+  keep(placed->first, placed->second);
   const wire::MqOpenReply reply{qid, shape.max_messages, shape.message_size, size, 1, 0};
   return {wire::encode_mq_reply(id, reply), std::move(*dup)};
+}
+
+// ------------------------------------------------------------ across broker restarts
+
+keep_wire::Record MqRegistry::record_of(const std::string& name, const Queue& q) {
+  keep_wire::Record r = keep_wire::make(keep_wire::Kind::Put, q.id);
+  r.uid = q.uid;
+  r.gid = q.gid;
+  r.mode = q.mode;
+  r.max_messages = q.max_messages;
+  r.message_size = q.message_size;
+  r.name = wire::make_mq_name(name);
+  return r;
+}
+
+void MqRegistry::persist(const std::string& keeper_exe, const std::string& dir, Log log) {
+  log_ = std::move(log);
+  keeper_exe_ = keeper_exe;
+  keep_dir_ = dir;
+  // The directory appears with the first keeper; without it nothing was kept.
+  std::error_code ec;
+  if (!std::filesystem::exists(dir, ec)) return;
+  if (auto r = platform::make_private_dir(dir); !r) {
+    log_(true, "mq: queue directory " + dir + ": " + r.error().message() +
+                   "; queues kept there are not adopted");
+    return;
+  }
+  TakeOver t = take_over(dir);
+  for (const std::string& note : t.notes) log_(true, "mq: " + note);
+  std::size_t adopted = 0;
+  for (KeptQueue& k : t.queues) {
+    const std::string name(wire::mq_name_view(k.record.name));
+    const std::string refused = adopt(k);
+    if (refused.empty()) {
+      ++adopted;
+    } else if (refused != "same") {
+      log_(true, "mq: queue /" + name + " not adopted (" + refused + "); dropped");
+    }
+  }
+  if (!t.queues.empty()) {
+    log_(false, "mq: adopted " + std::to_string(adopted) + " of " +
+                    std::to_string(t.queues.size()) + " queues an earlier broker kept");
+  }
+  // The old keepers let go only once this broker's keeper holds everything; otherwise
+  // they keep what they have for the next broker.
+  if (queues_.empty() || respawn_keeper()) finish_take_over(t);
+}
+
+std::string MqRegistry::adopt(KeptQueue& k) {
+  const keep_wire::Record& r = k.record;
+  const std::string_view name = wire::mq_name_view(r.name);
+  if (!wire::valid_mq_name(name)) return "bad name";
+  if (r.mode > 0777u) return "bad mode";
+  if (r.queue_id == 0) return "bad queue id";
+  auto seg = core::MessageQueue::attach(k.segment.get());
+  if (!seg) return "segment refused: " + seg.error().message();
+  const core::QueueShape shape = seg->shape();
+  if (shape.max_messages != r.max_messages || shape.message_size != r.message_size ||
+      seg->queue_id() != r.queue_id) {
+    return "segment does not match its entry";
+  }
+  if (const auto it = queues_.find(std::string(name)); it != queues_.end()) {
+    // Kept twice (a broker died while taking over): the same segment is one queue.
+    if (platform::same_file(it->second.fd.get(), k.segment.get())) return "same";
+    return "another queue of that name was adopted first";
+  }
+  if (queues_.size() >= limits_.max_queues) return "max_queues reached";
+  Queue q;
+  q.fd = std::move(k.segment);
+  q.id = r.queue_id;
+  q.uid = r.uid;
+  q.gid = r.gid;
+  q.mode = r.mode;
+  q.max_messages = shape.max_messages;
+  q.message_size = shape.message_size;
+  q.segment_size = core::MessageQueue::segment_size(shape);
+  queues_.emplace(std::string(name), std::move(q));
+  next_id_ = std::max(next_id_, r.queue_id + 1);
+  return {};
+}
+
+bool MqRegistry::respawn_keeper() {
+  keeper_.retire();
+  Result<MqKeeper> k = Error(ErrorCode::SystemError, "mq keeper");
+  if (auto d = platform::make_private_dir(keep_dir_); !d) {
+    k = d.error();
+  } else {
+    k = MqKeeper::spawn(keeper_exe_, keep_dir_);
+  }
+  if (!k) {
+    log_(true, "mq: cannot start a queue keeper (" + k.error().message() +
+                   "); queues will not outlive this broker");
+    return false;
+  }
+  keeper_ = std::move(*k);
+  for (const auto& [name, q] : queues_) {
+    if (auto r = keeper_.put(record_of(name, q), q.fd.get()); !r) {
+      log_(true, "mq: the queue keeper does not take queues (" + r.error().message() + ")");
+      return false;
+    }
+  }
+  return true;
+}
+
+void MqRegistry::keep(const std::string& name, const Queue& q) {
+  if (keeper_exe_.empty()) return;
+  if (keeper_.valid() && keeper_.put(record_of(name, q), q.fd.get())) return;
+  // No keeper yet, or it died (killed): a new one gets every queue.
+  (void)respawn_keeper();
+}
+
+void MqRegistry::forget(std::uint64_t queue_id) {
+  if (keeper_exe_.empty()) return;
+  if (keeper_.valid() && keeper_.drop(queue_id)) return;
+  if (!queues_.empty()) (void)respawn_keeper();
 }
 
 std::vector<MqRegistry::QueueView> MqRegistry::views() const {

@@ -14,6 +14,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -86,6 +87,14 @@ Result<sys::UniqueFd> connect_seqpacket(const std::string& path) {
   } while (rc != 0 && errno == EINTR);
   if (rc != 0) return sys_error("connect");
   return fd;
+}
+
+Result<std::array<sys::UniqueFd, 2>> socketpair_seqpacket() {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    return sys_error("socketpair");
+  }
+  return std::array<sys::UniqueFd, 2>{sys::UniqueFd(sv[0]), sys::UniqueFd(sv[1])};
 }
 
 Result<sys::UniqueFd> accept(int listen_fd) {
@@ -381,9 +390,18 @@ Result<std::size_t> count_open_fds(pid_t pid) {
   return n;
 }
 
+bool same_file(int a, int b) noexcept {
+  struct stat sa {};
+  struct stat sb {};
+  if (::fstat(a, &sa) != 0 || ::fstat(b, &sb) != 0) return false;
+  return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 // ------------------------------------------------------------ processes
 
 namespace {
+
+constexpr std::size_t kMaxPassFds = 8;
 
 // Runs in a forked child of a possibly multithreaded process: async-signal-safe calls only.
 void redirect_stdio(const char* err_path) noexcept {
@@ -416,10 +434,28 @@ void reset_signals() noexcept {
   }
 }
 
+// Moves `fds` to 3, 4, ... (clearing close-on-exec): first above the targets, so that a
+// source that is already one of the targets is not overwritten before it is moved.
+bool pass_down(const int* fds, std::size_t n) noexcept {
+  std::array<int, kMaxPassFds> high{};
+  for (std::size_t i = 0; i < n; ++i) {
+    high[i] = ::fcntl(fds[i], F_DUPFD, static_cast<int>(3 + n));
+    if (high[i] < 0) return false;
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    if (::dup2(high[i], static_cast<int>(3 + i)) < 0) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
-Result<void> spawn_detached(const std::vector<std::string>& argv, const std::string& stderr_path) {
+Result<void> spawn_detached(const std::vector<std::string>& argv, const std::string& stderr_path,
+                            std::span<const int> pass_fds) {
   if (argv.empty()) return Error(ErrorCode::InvalidArgument, "spawn_detached: no argv");
+  if (pass_fds.size() > kMaxPassFds) {
+    return Error(ErrorCode::InvalidArgument, "spawn_detached: too many descriptors to pass");
+  }
   // Everything the children use is prepared before fork.
   std::vector<char*> args;
   args.reserve(argv.size() + 1);
@@ -436,7 +472,8 @@ Result<void> spawn_detached(const std::vector<std::string>& argv, const std::str
     reset_signals();
     if (::chdir("/") != 0) ::_exit(126);
     redirect_stdio(err_path);
-    close_from(3);
+    if (!pass_down(pass_fds.data(), pass_fds.size())) ::_exit(126);
+    close_from(static_cast<int>(3 + pass_fds.size()));
     ::execve(args[0], args.data(), environ);
     ::_exit(127);
   }

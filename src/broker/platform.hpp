@@ -28,6 +28,8 @@ namespace vipc::platform {
 [[nodiscard]] Result<sys::UniqueFd> listen_seqpacket(const std::string& path, int backlog = 128);
 // Blocking connect. ENOENT / ECONNREFUSED come back as NotFound / ChannelClosed.
 [[nodiscard]] Result<sys::UniqueFd> connect_seqpacket(const std::string& path);
+// A connected pair of seqpacket sockets (blocking, close-on-exec).
+[[nodiscard]] Result<std::array<sys::UniqueFd, 2>> socketpair_seqpacket();
 // accept4 (non-blocking, close-on-exec). WouldBlock when no connection is pending.
 [[nodiscard]] Result<sys::UniqueFd> accept(int listen_fd);
 
@@ -112,6 +114,8 @@ void rmdir_quietly(const std::string& path) noexcept;
 [[nodiscard]] Result<std::string> process_executable(pid_t pid);
 // The supplementary groups of a live process (the "Groups:" line of /proc/PID/status).
 [[nodiscard]] Result<std::vector<gid_t>> process_groups(pid_t pid);
+// Whether two descriptors name the same file (fstat: device and inode).
+[[nodiscard]] bool same_file(int a, int b) noexcept;
 // Number of entries in /proc/<pid>/fd (pid 0: this process).
 [[nodiscard]] Result<std::size_t> count_open_fds(pid_t pid);
 
@@ -120,10 +124,12 @@ void rmdir_quietly(const std::string& path) noexcept;
 // Starts argv[0] (an absolute path) fully detached: fork, setsid, fork again, so the
 // result is neither the caller's child nor in its session or process group; stdin and
 // stdout go to /dev/null, stderr to `stderr_path` (appended) or /dev/null, and every
-// other descriptor is closed. Waits for the intermediate child. Returns once the
-// grandchild exists (not when it is ready).
+// other descriptor is closed, except `pass_fds`, which the program finds as descriptors
+// 3, 4, ... in that order (without close-on-exec). Waits for the intermediate child.
+// Returns once the grandchild exists (not when it is ready).
 [[nodiscard]] Result<void> spawn_detached(const std::vector<std::string>& argv,
-                                          const std::string& stderr_path);
+                                          const std::string& stderr_path,
+                                          std::span<const int> pass_fds = {});
 // Daemonises the calling (single-threaded) process: fork, setsid, fork again, chdir
 // "/", stdin/stdout to /dev/null. Returns only in the grandchild, with the write end
 // of a readiness pipe: write one byte to it once ready. The original process waits for

@@ -8,9 +8,11 @@
 
 #include <cstdio>
 #include <string>
+#include <string_view>
 
 #include "broker/broker.hpp"
 #include "broker/config.hpp"
+#include "broker/mq_keeper.hpp"
 #include "broker/platform.hpp"
 #include "core/sys.hpp"
 
@@ -100,6 +102,11 @@ int serve(const std::string& cli_socket, const std::string& cli_config, bool det
     return kExitError;
   }
   config.broker.debug_dir = dir;  // the trace, messages and channels views
+  // POSIX queues outlive this daemon in a keeper process found again through mq/.
+  if (auto exe = platform::self_executable()) {
+    config.broker.mq_keep_dir = dir + "/mq";
+    config.broker.mq_keeper_exe = *exe;
+  }
   auto b = broker::Broker::create(std::move(*listen), config.broker);
   if (!b) {
     platform::unlink_quietly(socket_path);
@@ -137,6 +144,10 @@ int serve(const std::string& cli_socket, const std::string& cli_config, bool det
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The keeper of the POSIX queues a daemon spawns (docs/posix.md); not for users.
+  if (argc == 3 && std::string_view(argv[1]) == "--mq-keeper") {
+    return vipc::broker::run_mq_keeper(argv[2]);
+  }
   CLI::App app{
       "vipcd: the vipc broker (registry, capabilities, lifetimes).\n"
       "Runs in the foreground unless --detach is given. Socket: --socket, else the\n"

@@ -25,6 +25,7 @@
 #include "core/wire.hpp"
 #include "core/wire_policy.hpp"
 #include "support/daemon.hpp"
+#include "support/daemon_fixture.hpp"
 #include "support/pipe.hpp"
 #include "support/process.hpp"
 #include "vipc/channel.hpp"
@@ -38,26 +39,11 @@ using test::Child;
 
 constexpr auto kAlarm = std::chrono::seconds(60);
 
-class PolicyApi : public ::testing::Test {
+class PolicyApi : public test::ConfiguredDaemonTest {
  protected:
   void start(const std::string& toml) {
-    ASSERT_TRUE(dir.ok());
-    config = dir.path() + "/vipcd.toml";
     trail = dir.path() + "/audit.jsonl";
-    write(toml);
-    daemon.emplace(dir.path(), std::vector<std::string>{"--config", config});
-    ASSERT_TRUE(daemon->ready());
-  }
-  void write(const std::string& toml) { std::ofstream(config, std::ios::trunc) << toml; }
-  Runtime connect() {
-    auto r = Runtime::connect_to(daemon->socket());
-    EXPECT_TRUE(r.ok()) << r.error().message();
-    return std::move(*r);
-  }
-  void reload(Runtime& rt) {
-    ASSERT_EQ(::kill(daemon->pid(), SIGHUP), 0);
-    std::this_thread::sleep_for(100ms);
-    ASSERT_TRUE(rt.ping().ok());
+    ConfiguredDaemonTest::start(toml);
   }
   std::vector<nlohmann::json> records() {
     std::vector<nlohmann::json> out;
@@ -70,10 +56,7 @@ class PolicyApi : public ::testing::Test {
     ASSERT_EQ(::chmod(dir.path().c_str(), 0755), 0);
     ASSERT_EQ(::chmod(daemon->socket().c_str(), 0777), 0);
   }
-  test::TempDir dir;
-  std::string config;
   std::string trail;
-  std::optional<test::Daemon> daemon;
 };
 
 bool refused(const Result<Channel>& ch, const char* context) {

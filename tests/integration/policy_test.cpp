@@ -25,6 +25,7 @@
 #include "core/clock.hpp"
 #include "core/ring.hpp"
 #include "support/daemon.hpp"
+#include "support/daemon_fixture.hpp"
 #include "support/process.hpp"
 #include "support/sanitizers.hpp"
 #include "vipc/channel.hpp"
@@ -269,31 +270,7 @@ TEST_F(ReceiverPolicy, SourceFilterRefusesSendersOfOtherUidsAndPids) {
 
 // ------------------------------------------------------------ broker policy
 
-class BrokerPolicy : public ::testing::Test {
- protected:
-  void start(const std::string& toml) {
-    ASSERT_TRUE(dir.ok());
-    config = dir.path() + "/vipcd.toml";
-    write(toml);
-    daemon.emplace(dir.path(), std::vector<std::string>{"--config", config});
-    ASSERT_TRUE(daemon->ready());
-  }
-  void write(const std::string& toml) { std::ofstream(config, std::ios::trunc) << toml; }
-  Runtime connect() {
-    auto r = Runtime::connect_to(daemon->socket());
-    EXPECT_TRUE(r.ok()) << r.error().message();
-    return std::move(*r);
-  }
-  // SIGHUP, then waits until the broker has handled it (a round trip after it).
-  void reload(Runtime& rt) {
-    ASSERT_EQ(::kill(daemon->pid(), SIGHUP), 0);
-    std::this_thread::sleep_for(100ms);
-    ASSERT_TRUE(rt.ping().ok());
-  }
-  test::TempDir dir;
-  std::string config;
-  std::optional<test::Daemon> daemon;
-};
+class BrokerPolicy : public test::ConfiguredDaemonTest {};
 
 std::string rule(std::string_view name, std::string_view key, std::string_view value) {
   return fmt::format("[[policy.channel]]\nname = \"{}\"\n{} = {}\n", name, key, value);

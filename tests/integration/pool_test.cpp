@@ -526,8 +526,12 @@ TEST_F(PoolTest, SteadyStateHandoffsMakeNoPageFaults) {
   auto theirs = faults.get<long>();
   ASSERT_TRUE(theirs.has_value());
   EXPECT_EQ(receiver.wait(30s), "exit 0");
-  EXPECT_EQ(mine, 0) << "owner page faults after warm-up";
-  EXPECT_EQ(*theirs, 0) << "receiver page faults after warm-up";
+  // A sanitizer's runtime faults pages in on its own (allocator quarantine, shadow,
+  // fake stack frames), so the count is vipc's only in a build without one.
+  if (!test::kSanitized) {
+    EXPECT_EQ(mine, 0) << "owner page faults after warm-up";
+    EXPECT_EQ(*theirs, 0) << "receiver page faults after warm-up";
+  }
   EXPECT_LE(pool->stats().segments, 1u);
 }
 

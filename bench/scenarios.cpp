@@ -271,44 +271,47 @@ Report pingpong_blocking(const Options& o, const RunConfig& cfg) {
   return report;
 }
 
-Report pingpong_traced(const Options& o, const RunConfig& cfg) {
+// One of the Channel/Endpoint pingpong comparisons: the plain channel against the same
+// with one feature switched on (tracing, a rate limit), interleaved in one run.
+struct ChannelVariant {
+  const char* param;                   // the report's boolean parameter ("trace", "rate_limit")
+  const char* title;                   // the report's title
+  const char* plain_name;              // the system without the feature
+  const char* variant_name;            // the system with it
+  trace_systems::ChannelPingpong how;  // the feature switched on
+  std::vector<std::string> notes;
+};
+
+Report pingpong_channel_variant(const Options& o, const RunConfig& cfg, const ChannelVariant& v) {
   std::uint64_t misses[2] = {0, 0};
   std::string misses_why;
   if (auto c = sys::open_cache_miss_counter(0); !c) misses_why = c.error().message();
   std::vector<System> systems = {
-      {"vipc-untraced",
-       [&](const RunConfig& c) {
-         return trace_systems::channel_pingpong(c, {.traced = false}, &misses[0]);
-       }},
-      {"vipc-traced",
-       [&](const RunConfig& c) {
-         return trace_systems::channel_pingpong(c, {.traced = true}, &misses[1]);
-       }},
+      {v.plain_name,
+       [&](const RunConfig& c) { return trace_systems::channel_pingpong(c, {}, &misses[0]); }},
+      {v.variant_name,
+       [&](const RunConfig& c) { return trace_systems::channel_pingpong(c, v.how, &misses[1]); }},
   };
   auto rounds = interleave(cfg, systems);
 
   Report report;
   report.scenario = "pingpong";
-  report.title =
-      "pingpong --trace: 64-byte round trip through Channel/Endpoint and a broker, tracing off "
-      "vs on";
+  report.title = v.title;
   report.params = base_params(o, cfg);
   report.params["mode"] = "busy";
-  report.params["trace"] = true;
-  Entry off = latency_entry("vipc-untraced", "rtt", rounds[0]);
-  Entry on = latency_entry("vipc-traced", "rtt", rounds[1]);
-  compare(on, off, /*with_p99=*/true);
-  report.entries = {off, on};
-  report.notes.push_back(
-      "vipc-traced: every send and receive recorded in the process's trace ring, drained by "
-      "the broker (docs/observability.md); ratio = traced / untraced, target <= 1.3.");
+  report.params[v.param] = true;
+  Entry plain = latency_entry(v.plain_name, "rtt", rounds[0]);
+  Entry variant = latency_entry(v.variant_name, "rtt", rounds[1]);
+  compare(variant, plain, /*with_p99=*/true);
+  report.entries = {plain, variant};
+  report.notes = v.notes;
   if (misses_why.empty()) {
-    for (int i = 0; i < 2; ++i) {
+    for (std::size_t i = 0; i < 2; ++i) {
       std::uint64_t n = 0;
-      for (const Round& r : rounds[static_cast<std::size_t>(i)]) n += r.hist.count();
+      for (const Round& r : rounds[i]) n += r.hist.count();
       report.notes.push_back(fmt::format(
           "cache misses per message ({}, both processes, user space, warm-up included): {:.2f}",
-          systems[static_cast<std::size_t>(i)].name,
+          systems[i].name,
           n == 0 ? 0.0 : static_cast<double>(misses[i]) / static_cast<double>(2 * n)));
     }
   } else {
@@ -317,37 +320,35 @@ Report pingpong_traced(const Options& o, const RunConfig& cfg) {
   return report;
 }
 
-Report pingpong_rate_limited(const Options& o, const RunConfig& cfg) {
-  std::vector<System> systems = {
-      {"vipc-channel",
-       [&](const RunConfig& c) { return trace_systems::channel_pingpong(c, {}, nullptr); }},
-      {"vipc-rate-limited",
-       [&](const RunConfig& c) {
-         return trace_systems::channel_pingpong(c, {.rate_limited = true}, nullptr);
-       }},
-  };
-  auto rounds = interleave(cfg, systems);
+Report pingpong_traced(const Options& o, const RunConfig& cfg) {
+  return pingpong_channel_variant(
+      o, cfg,
+      {.param = "trace",
+       .title = "pingpong --trace: 64-byte round trip through Channel/Endpoint and a broker, "
+                "tracing off vs on",
+       .plain_name = "vipc-untraced",
+       .variant_name = "vipc-traced",
+       .how = {.traced = true},
+       .notes = {"vipc-traced: every send and receive recorded in the process's trace ring, "
+                 "drained by the broker (docs/observability.md); ratio = traced / untraced, "
+                 "target <= 1.3."}});
+}
 
-  Report report;
-  report.scenario = "pingpong";
-  report.title =
-      "pingpong --rate-limit: 64-byte round trip through Channel/Endpoint and a broker, "
-      "without and with a rate limit that is not reached";
-  report.params = base_params(o, cfg);
-  report.params["mode"] = "busy";
-  report.params["rate_limit"] = true;
-  Entry plain = latency_entry("vipc-channel", "rtt", rounds[0]);
-  Entry limited = latency_entry("vipc-rate-limited", "rtt", rounds[1]);
-  compare(limited, plain, /*with_p99=*/true);
-  report.entries = {plain, limited};
-  report.notes.push_back(
-      "vipc-channel: Channel::try_send, then spinning on Endpoint::try_receive, on both sides "
-      "(two channels, one per direction), through an embedded broker.");
-  report.notes.push_back(
-      "vipc-rate-limited: the same, both endpoints with RateLimit{10^8 messages/s, burst "
-      "100000, Reject}: each receiver takes a token per message and each sender checks its "
-      "copy of the limit (docs/policy.md); ratio = limited / unlimited, target <= 1.05.");
-  return report;
+Report pingpong_rate_limited(const Options& o, const RunConfig& cfg) {
+  return pingpong_channel_variant(
+      o, cfg,
+      {.param = "rate_limit",
+       .title = "pingpong --rate-limit: 64-byte round trip through Channel/Endpoint and a "
+                "broker, without and with a rate limit that is not reached",
+       .plain_name = "vipc-channel",
+       .variant_name = "vipc-rate-limited",
+       .how = {.rate_limited = true},
+       .notes = {"vipc-channel: Channel::try_send, then spinning on Endpoint::try_receive, on "
+                 "both sides (two channels, one per direction), through an embedded broker.",
+                 "vipc-rate-limited: the same, both endpoints with RateLimit{10^8 messages/s, "
+                 "burst 100000, Reject}: each receiver takes a token per message and each "
+                 "sender checks its copy of the limit (docs/policy.md); ratio = limited / "
+                 "unlimited, target <= 1.05."}});
 }
 
 Report pingpong(const Options& o, const RunConfig& cfg) {
@@ -1095,8 +1096,8 @@ int run(const Options& options) {
       report = scenario->run(options, cfg);
     }
     report.title += "\n" + timing_line(cfg, scenario->layout);
-    // pingpong --trace counts its own, per message of each system.
-    if (!options.trace) report.notes.push_back(cache_miss_note());
+    // pingpong --trace and --rate-limit count their own, per message of each system.
+    if (!options.trace && !options.rate_limit) report.notes.push_back(cache_miss_note());
     if (options.quick) report.notes.push_back("--quick: a smoke test, not for numbers.");
     if (options.json) {
       print_json(report);

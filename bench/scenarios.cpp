@@ -306,16 +306,20 @@ Report pingpong_channel_variant(const Options& o, const RunConfig& cfg, const Ch
   report.entries = {plain, variant};
   report.notes = v.notes;
   if (misses_why.empty()) {
+    std::string note =
+        "cache misses per operation (one message; both processes, user space, warm-up "
+        "included):";
     for (std::size_t i = 0; i < 2; ++i) {
       std::uint64_t n = 0;
       for (const Round& r : rounds[i]) n += r.hist.count();
-      report.notes.push_back(fmt::format(
-          "cache misses per message ({}, both processes, user space, warm-up included): {:.2f}",
-          systems[i].name,
-          n == 0 ? 0.0 : static_cast<double>(misses[i]) / static_cast<double>(2 * n)));
+      note +=
+          fmt::format(" {} {:.2f};", systems[i].name,
+                      n == 0 ? 0.0 : static_cast<double>(misses[i]) / static_cast<double>(2 * n));
     }
+    note.back() = '.';
+    report.notes.push_back(note);
   } else {
-    report.notes.push_back("cache misses per message: not available: " + misses_why);
+    report.notes.push_back("cache misses per operation: not available: " + misses_why);
   }
   return report;
 }

@@ -387,7 +387,7 @@ class Endpoint::Impl {
     }
     auto r = s.reader.try_receive(out);
     if (r) {
-      set.mark(idx);  // more may follow: come back after the others (round-robin)
+      set.taken(s.reader, idx);  // more may follow: come back after the others (round-robin)
       const std::uint64_t gap = s.reader.last_gap();
       counters.dropped += gap;
       if (limited) {
@@ -456,7 +456,7 @@ class Endpoint::Impl {
     if (r) {
       if (client::trace::on()) [[unlikely]]
         trace_received(s, out.data(), *r);
-      set.mark(idx);
+      set.taken(s.reader, idx);
       if (policy.limited()) s.bucket.consume(*r);
       if (policy.filters()) {
         std::size_t kept = 0;
@@ -493,6 +493,7 @@ class Endpoint::Impl {
   // Leaves sender `idx` unmarked until its bucket has a token again.
   void hold(std::uint32_t idx, Sender& s) {
     ++counters.held_back;
+    set.end_direct(idx);  // its messages wait: it must not be looked at directly
     const core::Deadline at =
         core::Clock::now() + std::chrono::nanoseconds(s.bucket.ns_until_token());
     if (at < held_until) held_until = at;

@@ -156,11 +156,7 @@ Result<void> ReadySet::add(RingReader& reader, std::uint32_t index) {
     return Error(ErrorCode::AlreadyExists, "ready set: index already registered", 0, index);
   }
   registered_[g] |= bit(index);
-  // W1 + W3 of the ring (docs/ring.md): after the announcement and its barrier, either
-  // the writer's next W2 load sees kWaitReadySet (and it marks RS1 from then on), or
-  // ready() below sees the message it published before.
-  reader.arm_ready_set(index);
-  if (reader.ready()) mark(index);
+  arm(reader, index);
   return {};
 }
 
@@ -189,6 +185,8 @@ void ReadySet::remove(RingReader& reader, std::uint32_t index) noexcept {
   if (index >= capacity_) return;
   const std::uint32_t g = index / 64;
   if ((registered_[g] & bit(index)) == 0) return;
+  if (direct_ == &reader) direct_ = nullptr;
+  if (streak_index_ == index) streak_ = 0;
   reader.disarm_ready_set();
   registered_[g] &= ~bit(index);
   // A mark the writer makes after this (it loaded `waiting` before the disarm) is
@@ -264,21 +262,76 @@ bool ReadySet::take_shared_word() noexcept {
   return true;
 }
 
+bool ReadySet::pending_from_cursor() const noexcept {
+  const std::uint32_t g = rr_ / 64;
+  if ((pending_[g] & (~std::uint64_t{0} << (rr_ % 64))) != 0) return true;
+  return g < 63 && (pending_summary_ & (~std::uint64_t{0} << (g + 1))) != 0;
+}
+
+std::uint32_t ReadySet::pop_pending() noexcept {
+  // The first pending index at or after the cursor, wrapping around: every queued index
+  // is returned once per pass, whatever the others do in between.
+  std::uint32_t g = rr_ / 64;
+  std::uint64_t w = pending_[g] & (~std::uint64_t{0} << (rr_ % 64));
+  if (w == 0) {
+    const std::uint64_t after = g < 63 ? pending_summary_ & (~std::uint64_t{0} << (g + 1)) : 0;
+    g = static_cast<std::uint32_t>(std::countr_zero(after != 0 ? after : pending_summary_));
+    w = pending_[g];
+  }
+  const std::uint32_t index = g * 64 + static_cast<std::uint32_t>(std::countr_zero(w));
+  pending_[g] &= ~bit(index);
+  if (pending_[g] == 0) pending_summary_ &= ~bit(g);
+  rr_ = index + 1 < capacity_ ? index + 1 : 0;
+  return index;
+}
+
 Result<std::uint32_t> ReadySet::try_next() noexcept {
   for (int round = 0; round < kMaxTakeRounds; ++round) {
     if (pending_summary_ != 0) {
-      // The local queue is emptied before the shared set is read again, so every
-      // queued index is returned within a bounded number of calls.
-      const auto g = static_cast<std::uint32_t>(std::countr_zero(pending_summary_));
-      std::uint64_t& w = pending_[g];
-      const auto b = static_cast<std::uint32_t>(std::countr_zero(w));
-      w &= w - 1;
-      if (w == 0) pending_summary_ &= ~bit(g);
-      return g * 64 + b;
+      // The local queue is served round-robin from the cursor. A new pass (nothing
+      // queued at or after the cursor) first takes one word of the shared set, so a
+      // ring the receiver keeps marking again (it had more) cannot keep rings marked
+      // by their writers since waiting: each gets its turn in the next pass or, with
+      // marks in several groups, within one pass per group.
+      if (!pending_from_cursor()) (void)take_shared_word();
+      return pop_pending();
     }
     if (!take_shared_word()) break;
   }
+  // Last, the ring read directly (its writer does not mark): cheap, one acquire load.
+  if (direct_ != nullptr && direct_->ready()) return direct_index_;
   return Error(ErrorCode::WouldBlock, "ready set: next");
+}
+
+void ReadySet::taken(RingReader& reader, std::uint32_t index) noexcept {
+  mark(index);
+  if (index != streak_index_) {
+    streak_index_ = index;
+    streak_ = 0;
+  }
+  if (++streak_ < kDirectAfter || direct_ != nullptr) return;
+  if (index >= capacity_ || (registered_[index / 64] & bit(index)) == 0) return;
+  // DR1 (relaxed): the writer stops marking once it sees this; a mark it makes from an
+  // older load is a spurious report, which is harmless.
+  reader.disarm_ready_set();
+  direct_ = &reader;
+  direct_index_ = index;
+}
+
+void ReadySet::arm(RingReader& reader, std::uint32_t index) noexcept {
+  // W1 + W3 of the ring (docs/ring.md): after the announcement and its barrier, either
+  // the writer's next W2 load sees kWaitReadySet (and it marks RS1 from then on), or
+  // ready() below sees the message it published before.
+  reader.arm_ready_set(index);
+  if (reader.ready()) mark(index);
+}
+
+void ReadySet::end_direct() noexcept {
+  streak_ = 0;
+  if (direct_ == nullptr) return;
+  RingReader& reader = *direct_;
+  direct_ = nullptr;
+  arm(reader, direct_index_);  // DR2
 }
 
 bool ReadySet::shared_nonempty_hint() const noexcept {
@@ -288,6 +341,9 @@ bool ReadySet::shared_nonempty_hint() const noexcept {
 
 Result<bool> ReadySet::arm_poll_fd() noexcept {
   if (!event_fd_.valid()) return Error(ErrorCode::InvalidArgument, "ready set: no eventfd");
+  // The descriptor reports marks only: the ring read directly is armed again first
+  // (DR2), and its messages already there are queued.
+  end_direct();
   // RS5, first the reset: only marks after it can make the fd readable, and a write
   // consumed here was made by a writer after its RS1 (the eventfd orders the two), so
   // the look below finds that mark if the drain before this call did not take it.
@@ -332,7 +388,10 @@ Result<std::uint32_t> ReadySet::wait_next(Deadline deadline) {
   }
   if (auto r = try_next()) return r;
 
-  auto pending = [&]() noexcept { return pending_summary_ != 0 || shared_nonempty_hint(); };
+  auto pending = [&]() noexcept {
+    return pending_summary_ != 0 || shared_nonempty_hint() ||
+           (direct_ != nullptr && direct_->ready());
+  };
   Result<std::uint32_t> found = Error(ErrorCode::WouldBlock, "ready set: wait");
   auto take = [&]() noexcept {
     if (!pending()) return false;
@@ -340,6 +399,10 @@ Result<std::uint32_t> ReadySet::wait_next(Deadline deadline) {
     return found.ok();
   };
   if (spin_then_yield(budget_, take) != SpinOutcome::kNotReady) return found;
+  // About to park: the ring read directly is armed again (DR2), and a ring must earn
+  // direct reading anew after the wait.
+  end_direct();
+  if (auto r = try_next()) return r;
 
   layout::ReadySetSegment* s = seg();
   for (;;) {

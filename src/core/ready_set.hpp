@@ -5,7 +5,12 @@
 //   seq_cst fetch_or; docs/ring.md RS1); the receiver takes 64 bits at a time with
 //   exchange (RS2) and finds a non-empty word through a one-word summary, so finding
 //   the next ready ring costs O(1) however many rings there are. Groups of 64 rings
-//   are visited round-robin, so a busy ring cannot starve the others.
+//   are visited round-robin, and the local queue of taken bits is served round-robin
+//   too, taking from the shared set at the end of every pass, so a busy ring cannot
+//   starve the others (RingMarkedAgainAfterEachTakeDoesNotStarveOthers).
+// - One busy ring may be read directly (taken(); docs/ring.md DR1/DR2): its writer
+//   stops marking, the receiver polls the ring itself, and the ring is armed again
+//   before any park or arm_poll_fd(), so no message goes unreported.
 // - A ring whose bit was taken is reported once per take; a spurious report (ring
 //   already drained) is possible and harmless: drain with try_receive until WouldBlock
 //   (ready_set_test: ReportsEachIndexOncePerBurst).
@@ -152,6 +157,19 @@ class ReadySet {
   // Marks a registered index ready from the receiving side (e.g. after a partial
   // drain). Ignored for an unregistered index.
   void mark(std::uint32_t index) noexcept;
+  // The receiver took a message from `reader` (added as `index`): marks the index again
+  // (more may follow; it is served in turn with the others) and, once the same ring
+  // has given kDirectAfter messages in a row without a park in between, reads that
+  // ring directly: its writer stops marking the shared set (no shared read-modify-write
+  // per message on either side) and try_next() looks at the ring itself after the
+  // queue and the shared set. The ring is armed again before any park and by
+  // arm_poll_fd() (docs/ring.md, "Reading one ring directly").
+  void taken(RingReader& reader, std::uint32_t index) noexcept;
+  // Stops reading `index` directly (armed again, DR2), e.g. while the receiver holds
+  // that ring back; no-op unless it is the ring read directly.
+  void end_direct(std::uint32_t index) noexcept {
+    if (direct_ != nullptr && direct_index_ == index) end_direct();
+  }
 
   // The next index reported ready, or WouldBlock. O(1); never blocks, never allocates.
   [[nodiscard]] Result<std::uint32_t> try_next() noexcept;
@@ -177,6 +195,14 @@ class ReadySet {
   bool take_shared_word() noexcept;
   // Queues every registered index into `pending_`.
   void queue_rescan(Deadline now) noexcept;
+  // Whether an index is queued at or after rr_ (else the next pop starts a new pass).
+  [[nodiscard]] bool pending_from_cursor() const noexcept;
+  // Removes and returns the next queued index from rr_ on; requires pending_summary_.
+  std::uint32_t pop_pending() noexcept;
+  // Arms `reader` as `index` and queues it if it already holds a message.
+  void arm(RingReader& reader, std::uint32_t index) noexcept;
+  // Stops reading the direct ring (armed again, DR2) and resets the streak.
+  void end_direct() noexcept;
   [[nodiscard]] bool shared_nonempty_hint() const noexcept;
 
   sys::UniqueFd fd_;
@@ -198,6 +224,14 @@ class ReadySet {
   std::array<std::uint64_t, kGroupsMax> registered_{};
   std::array<std::uint64_t, kGroupsMax> pending_{};
   std::uint64_t pending_summary_ = 0;
+  std::uint32_t rr_ = 0;  // where the next pass over pending_ starts
+  // Direct reading (taken()): the ring whose writer does not mark, or null; the index
+  // of the last ring taken and how many messages it gave in a row since the last park.
+  static constexpr std::uint32_t kDirectAfter = 16;
+  RingReader* direct_ = nullptr;
+  std::uint32_t direct_index_ = 0;
+  std::uint32_t streak_index_ = ~std::uint32_t{0};
+  std::uint32_t streak_ = 0;
   SpinBudget budget_{WaitPolicy{}};
   std::chrono::milliseconds rescan_interval_{100};
   Deadline rescan_due_ = kNoDeadline;

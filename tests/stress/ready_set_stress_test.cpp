@@ -242,6 +242,10 @@ void run_stress(const StressOptions& opt) {
         break;
       }
       if (budget != SIZE_MAX) budget -= *n;
+      // As an endpoint does: queue the ring again, and let a ring that keeps giving be
+      // read directly (docs/ring.md DR1/DR2), which the parks, removals and re-adds
+      // below must end without losing a message.
+      rs->taken(readers[i], *idx);
       for (std::size_t k = 0; k < *n; ++k) {
         std::uint64_t seq = 0;
         ASSERT_EQ(batch[k].type, i);

@@ -178,6 +178,36 @@ TEST(ReadySetPollFd, ArmingWithSomethingPendingMakesTheFdReadableAtOnce) {
   EXPECT_FALSE(readable(rs.poll_fd()));
 }
 
+// A ring read directly (ReadySet::taken, docs/ring.md DR1/DR2) does not mark; arming
+// the descriptor arms the ring again first and reports what it already holds.
+TEST(ReadySetPollFd, ArmingEndsDirectReadingAndReportsWhatTheRingHolds) {
+  ReadySet rs = make_set(64);
+  auto ring = make_ring(rs, 64);
+  ASSERT_TRUE(rs.add(ring->reader, 9));
+  SmallMessage m;
+  for (int i = 0; i < 40; ++i) {
+    send_one(*ring);
+    auto r = rs.try_next();
+    ASSERT_TRUE(r);
+    ASSERT_EQ(*r, 9u);
+    ASSERT_TRUE(ring->reader.try_receive(m));
+    rs.taken(ring->reader, 9);
+  }
+  EXPECT_EQ(take_all(rs), (std::vector<std::uint32_t>{9}));  // the ring is empty now
+  EXPECT_EQ(drain(*ring), 0u);
+  send_one(*ring);  // read directly: no mark
+  EXPECT_FALSE(arm(rs));
+  EXPECT_TRUE(readable(rs.poll_fd()));
+  EXPECT_EQ(take_all(rs), (std::vector<std::uint32_t>{9}));
+  EXPECT_EQ(drain(*ring), 1u);
+  EXPECT_TRUE(arm(rs));
+  EXPECT_FALSE(readable(rs.poll_fd()));
+  send_one(*ring);  // armed again: the writer marks and writes the descriptor
+  EXPECT_TRUE(readable(rs.poll_fd(), 1000));
+  EXPECT_EQ(take_all(rs), (std::vector<std::uint32_t>{9}));
+  EXPECT_EQ(drain(*ring), 1u);
+}
+
 TEST(ReadySetPollFd, EachWriterWritesTheEventfdOncePerArm) {
   ReadySet rs = make_set(64);
   auto a = make_ring(rs, 64);

@@ -264,6 +264,157 @@ TEST(ReadySet, VisitsGroupsRoundRobin) {
   EXPECT_EQ(got, (std::vector<std::uint32_t>{0, 64, 128}));
 }
 
+// The receiving side's pattern (Endpoint): after taking a message from a ring, mark it
+// again (more may follow). A ring that always has more is then served in turn with the
+// others, those marked in the shared set after it included, not ahead of them.
+TEST(ReadySet, RingMarkedAgainAfterEachTakeDoesNotStarveOthers) {
+  ReadySet rs = make_set(192);
+  auto a = make_ring(rs.fd());
+  auto b = make_ring(rs.fd());
+  auto c = make_ring(rs.fd());
+  auto d = make_ring(rs.fd());
+  ASSERT_TRUE(rs.add(a->reader, 0));
+  ASSERT_TRUE(rs.add(b->reader, 1));
+  ASSERT_TRUE(rs.add(c->reader, 70));
+  ASSERT_TRUE(rs.add(d->reader, 130));
+  Ring* rings[192] = {};
+  rings[0] = a.get();
+  rings[1] = b.get();
+  rings[70] = c.get();
+  rings[130] = d.get();
+  send_one(*a);
+  std::vector<std::uint32_t> got;
+  SmallMessage m;
+  for (int i = 0; i < 16; ++i) {
+    auto r = rs.try_next();
+    ASSERT_TRUE(r) << "take " << i;
+    if (rings[*r]->reader.try_receive(m)) {
+      got.push_back(*r);
+      rs.mark(*r);
+    }
+    send_one(*a);  // ring 0 never runs dry
+    if (i == 2) {  // the others get one message each while ring 0 is being served
+      send_one(*b);
+      send_one(*c);
+      send_one(*d);
+    }
+  }
+  // Each of the others is served within one pass over the ready rings after its mark.
+  for (std::uint32_t idx : {1u, 70u, 130u}) {
+    const auto at = std::find(got.begin(), got.end(), idx);
+    ASSERT_NE(at, got.end()) << "ring " << idx << " was never served";
+    EXPECT_LE(at - got.begin(), 3 + 2 * 4) << "ring " << idx << " served late";
+  }
+  EXPECT_GE(std::count(got.begin(), got.end(), 0u), 8);
+}
+
+// Takes n messages in a row from ring `idx` as an endpoint does: one sent, try_next,
+// try_receive, taken().
+void take_in_a_row(ReadySet& rs, Ring& ring, std::uint32_t idx, int n) {
+  SmallMessage m;
+  for (int i = 0; i < n; ++i) {
+    send_one(ring);
+    auto r = rs.try_next();
+    ASSERT_TRUE(r) << "take " << i;
+    ASSERT_EQ(*r, idx);
+    ASSERT_TRUE(ring.reader.try_receive(m));
+    rs.taken(ring.reader, idx);
+  }
+  // The last taken() queued the ring again; that report finds it empty.
+  auto r = rs.try_next();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(*r, idx);
+  EXPECT_FALSE(ring.reader.try_receive(m));
+}
+
+// Clears the shared set, as if every mark had been taken.
+void clear_marks(const HostileView& v, std::uint32_t groups) {
+  for (std::uint32_t g = 0; g < groups; ++g) v.words()[g].store(0);
+  v.seg()->summary.bits.store(0);
+}
+
+TEST(ReadySet, BusyRingIsReadDirectlyAndItsWriterStopsMarking) {
+  ReadySet rs = make_set(64);
+  auto a = make_ring(rs.fd(), 64);
+  auto b = make_ring(rs.fd(), 64);
+  ASSERT_TRUE(rs.add(a->reader, 5));
+  ASSERT_TRUE(rs.add(b->reader, 9));
+  HostileView view = hostile_view(rs);
+  take_in_a_row(rs, *a, 5, 40);
+  ASSERT_FALSE(rs.try_next());
+  clear_marks(view, 1);
+  send_one(*a);
+  EXPECT_EQ(view.words()[0].load(), 0u) << "a ring read directly is not marked";
+  auto r = rs.try_next();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(*r, 5u);  // found by looking at the ring itself
+  // The other ring still marks, and is served first (the direct ring comes last).
+  send_one(*b);
+  EXPECT_EQ(view.words()[0].load(), std::uint64_t{1} << 9);
+  r = rs.try_next();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(*r, 9u);
+  EXPECT_EQ(drain(*b), 1u);
+  EXPECT_EQ(drain(*a), 1u);
+  EXPECT_FALSE(rs.try_next());
+}
+
+TEST(ReadySet, ParkArmsTheDirectRingAgainAndItsNextMessageWakes) {
+  ReadySet rs = make_set(64);
+  rs.set_wait_policy(WaitPolicy::park_immediately());
+  rs.set_rescan_interval(std::chrono::hours(1));  // no healing to hide a lost report
+  auto a = make_ring(rs.fd(), 64);
+  ASSERT_TRUE(rs.add(a->reader, 3));
+  HostileView view = hostile_view(rs);
+  take_in_a_row(rs, *a, 3, 40);
+  clear_marks(view, 1);
+  std::thread sender([&] {
+    std::this_thread::sleep_for(50ms);
+    send_one(*a);
+  });
+  auto r = rs.wait_next(deadline_after(5s));
+  sender.join();
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(*r, 3u);
+  EXPECT_EQ(drain(*a), 1u);
+  // Armed again: the writer marks its next message.
+  clear_marks(view, 1);
+  send_one(*a);
+  EXPECT_EQ(view.words()[0].load(), std::uint64_t{1} << 3);
+  EXPECT_EQ(drain(*a), 1u);
+}
+
+TEST(ReadySet, ParkReportsAMessageTheDirectRingGotBeforeIt) {
+  ReadySet rs = make_set(64);
+  rs.set_wait_policy(WaitPolicy::park_immediately());
+  rs.set_rescan_interval(std::chrono::hours(1));  // no healing to hide a lost report
+  auto a = make_ring(rs.fd(), 64);
+  ASSERT_TRUE(rs.add(a->reader, 3));
+  HostileView view = hostile_view(rs);
+  take_in_a_row(rs, *a, 3, 40);
+  clear_marks(view, 1);
+  send_one(*a);  // no mark: only the ring itself says so
+  EXPECT_EQ(view.words()[0].load(), 0u);
+  auto r = rs.wait_next(deadline_after(5s));
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(*r, 3u);
+  EXPECT_EQ(drain(*a), 1u);
+}
+
+TEST(ReadySet, RemovingTheDirectRingForgetsIt) {
+  ReadySet rs = make_set(64);
+  auto a = make_ring(rs.fd(), 64);
+  ASSERT_TRUE(rs.add(a->reader, 7));
+  take_in_a_row(rs, *a, 7, 40);
+  rs.remove(a->reader, 7);
+  send_one(*a);
+  EXPECT_FALSE(rs.try_next());
+  ASSERT_TRUE(rs.add(a->reader, 7));  // reports the message at once, as any add
+  auto r = rs.try_next();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(*r, 7u);
+}
+
 TEST(ReadySet, RescanHealsClearedBits) {
   ReadySet rs = make_set(64);
   rs.set_wait_policy(WaitPolicy::park_immediately());

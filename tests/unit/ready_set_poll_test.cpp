@@ -17,59 +17,28 @@
 #include "core/ring.hpp"
 #include "core/segment.hpp"
 #include "core/sys.hpp"
+#include "support/ready_set_rings.hpp"
 
 namespace vipc::core {
 namespace {
 
 using namespace std::chrono_literals;
 
-// One ring whose writer was given the set's descriptor and eventfd.
-struct Ring {
-  RingSegments seg;
-  RingWriter writer;
-  RingReader reader;
-};
+using test::drain;
+using test::Ring;
+using test::send_one;
+using test::take_all;
 
+// One ring whose writer was given the set's descriptor and eventfd.
 std::unique_ptr<Ring> make_ring(const ReadySet& rs, std::uint32_t capacity = 8) {
-  auto seg = RingSegments::create({.capacity = capacity});
-  EXPECT_TRUE(seg) << seg.error().message();
-  auto w = RingWriter::attach(seg->producer.get(), seg->consumer.get(), -1, rs.fd(), rs.event_fd());
-  EXPECT_TRUE(w) << w.error().message();
-  auto r = RingReader::attach(seg->producer.get(), seg->consumer.get());
-  EXPECT_TRUE(r) << r.error().message();
-  return std::make_unique<Ring>(Ring{std::move(*seg), std::move(*w), std::move(*r)});
+  return test::make_ring(rs.fd(), capacity, rs.event_fd());
 }
 
 ReadySet make_set(std::uint32_t capacity) {
-  auto rs = ReadySet::create(capacity);
-  EXPECT_TRUE(rs) << rs.error().message();
+  ReadySet rs = test::make_set(capacity);
   // No rescan during a test unless it asks for one: a rescan reports every index.
-  rs->set_rescan_interval(std::chrono::hours(1));
-  return std::move(*rs);
-}
-
-void send_one(Ring& ring, std::uint32_t type = 1) {
-  auto r = ring.writer.try_send(type, "x", 1);
-  ASSERT_TRUE(r) << r.error().message();
-}
-
-std::size_t drain(Ring& ring) {
-  std::size_t n = 0;
-  SmallMessage m;
-  while (ring.reader.try_receive(m)) ++n;
-  return n;
-}
-
-std::vector<std::uint32_t> take_all(ReadySet& rs) {
-  std::vector<std::uint32_t> out;
-  for (;;) {
-    auto r = rs.try_next();
-    if (!r) {
-      EXPECT_EQ(r.error().code(), ErrorCode::WouldBlock);
-      return out;
-    }
-    out.push_back(*r);
-  }
+  rs.set_rescan_interval(std::chrono::hours(1));
+  return rs;
 }
 
 bool readable(int fd, int timeout_ms = 0) {
@@ -85,21 +54,8 @@ bool arm(ReadySet& rs) {
   return r && *r;
 }
 
-// A second read-write map of the set, as every writer holds it.
-struct HostileView {
-  sys::Mapping map;
-  layout::ReadySetSegment* seg() const { return static_cast<layout::ReadySetSegment*>(map.data()); }
-  std::atomic<std::uint64_t>* words() const {
-    return reinterpret_cast<std::atomic<std::uint64_t>*>(static_cast<unsigned char*>(map.data()) +
-                                                         layout::kReadySetWordsOffset);
-  }
-};
-
-HostileView hostile_view(const ReadySet& rs) {
-  auto m = map_segment(rs.fd(), layout::SegmentKind::ReadySet, PROT_READ | PROT_WRITE);
-  EXPECT_TRUE(m) << m.error().message();
-  return HostileView{std::move(m->mapping)};
-}
+using test::hostile_view;
+using test::HostileView;
 
 TEST(ReadySetPollFd, CreateMakesAnEventfdThatIsThePollFd) {
   ReadySet rs = make_set(64);

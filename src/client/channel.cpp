@@ -264,11 +264,16 @@ class Endpoint::Impl {
   }
 
   // Records the reply just written to `s`'s reply ring (tracing on only; out of line).
-  [[gnu::noinline, gnu::cold]] static void trace_reply(const Sender& s,
-                                                       const SmallMessage& m) noexcept {
+  // stamp: core::cycles() taken before the send, as for every other send, so that the
+  // caller's receipt can never carry an earlier stamp than the reply it received.
+  [[gnu::noinline, gnu::cold]] static void trace_reply(const Sender& s, const SmallMessage& m,
+                                                       std::uint64_t stamp) noexcept {
     client::trace::record(layout::kTraceReply, s.ring_id, s.reply->next_position() - 1, m.type,
-                          m.length, m.cap_count, core::cycles());
+                          m.length, m.cap_count, stamp);
   }
+
+  // The stamp of a send about to be made: the cycle count while tracing, else 0.
+  static std::uint64_t send_stamp() noexcept { return client::trace::on() ? core::cycles() : 0; }
 
   // Writes reply `seq` for the sender at `idx` (ring `ring_id`), and every held reply
   // that follows it, in request order.
@@ -284,14 +289,16 @@ class Endpoint::Impl {
       s.held.emplace(seq, m);
       return {};
     }
+    std::uint64_t stamp = send_stamp();
     VIPC_TRY(s.reply->try_send(m));
-    if (client::trace::on()) [[unlikely]]
-      trace_reply(s, m);
+    if (stamp != 0) [[unlikely]]
+      trace_reply(s, m, stamp);
     ++s.next_reply;
     for (auto it = s.held.begin(); it != s.held.end() && it->first == s.next_reply;) {
+      stamp = send_stamp();
       if (!s.reply->try_send(it->second)) break;  // the caller is gone: nobody to tell
-      if (client::trace::on()) [[unlikely]]
-        trace_reply(s, it->second);
+      if (stamp != 0) [[unlikely]]
+        trace_reply(s, it->second, stamp);
       ++s.next_reply;
       it = s.held.erase(it);
     }

@@ -330,11 +330,15 @@ void MessageQueue::repair_locked() noexcept {
 
 Result<void> MessageQueue::repair() {
   QueueHeader* h = hdr();
-  Lock head(&h->head_mutex, &h->head_dirty);
-  if (!head.held()) return head.failure();
-  Lock tail(&h->tail_mutex, &h->tail_dirty);
-  if (!tail.held()) return tail.failure();
-  repair_locked();
+  {
+    Lock head(&h->head_mutex, &h->head_dirty);
+    if (!head.held()) return head.failure();
+    Lock tail(&h->tail_mutex, &h->tail_dirty);
+    if (!tail.held()) return tail.failure();
+    repair_locked();
+  }
+  // A slot a dead holder had taken may be free again: a parked sender looks.
+  wake_senders();
   return {};
 }
 

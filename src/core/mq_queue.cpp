@@ -13,28 +13,43 @@
 #include <vector>
 
 // Memory ordering (docs/posix.md, "Queue memory ordering"):
-// Q1. The list heads, `queued`, the notification fields, the slots and the parked counts
-//     are read and written only under the mutex, whose lock/unlock give the
-//     happens-before edges.
-// Q2. `sent` and `received` (line 6, stored under the mutex by senders; line 7, by
-//     receivers) are read without the mutex by spinning waiters, relaxed: hints that
-//     decide when to take the mutex and look again (Q1); nothing under the mutex reads
-//     them to decide anything, so scribbled values mislead only pollers.
-// Q3. A waiter registers as parked and reads the futex word under the mutex; a waker
-//     bumps the word under the mutex after seeing the parked count. So either the waker
-//     bumped before the waiter read (the waiter sees the change and does not sleep) or
-//     after (the word differs from what the waiter passed to FUTEX_WAIT, or the wake
-//     finds it asleep): no lost wake-up.
-// Q4. A non-blocking call may answer "empty"/"full" from them without the mutex.
-//     "Empty" loads `received` (acquire) and then `sent`: if the second is not above the
-//     first, every message sent by the second load had been taken by the first, so the
-//     queue was empty at the first. "Full" loads `sent` (acquire) and then `received`:
-//     if the difference is max messages, the queue was full at the second load. A
-//     message whose send happens-before the call is counted by `sent` (its store
-//     precedes the sender's unlock, and coherence makes it or a later value visible);
-//     a concurrent one may be missed, which is the same as the call running first.
-//     A sender reads `received` (the receivers' line) only after one of its own sends
-//     found the queue full, so a sender that finds room never pulls that line.
+// Q1. `tail`, `free top`, `ring read` and `tail dirty` are read and written only under
+//     the tail lock; `head` (stored), `head dirty`, the busy table and `ring write`
+//     (stored) only under the head lock; the notification fields are written under both
+//     and read under either. A slot's priority, length, tag and payload are written by
+//     the sender that took it from the free slots before it publishes the slot (M1) and
+//     read by receivers after they read that publication; a slot is written again only
+//     after a receiver handed it back (M4).
+// M1. A sender fills its slot, stores the slot's own `next` = nil (release), then links it
+//     by storing its index into the previous slot's `next` (seq_cst: release for the
+//     contents, and the store half of Q3). A receiver loads `next` (acquire) under the
+//     head lock and then reads the slot: it sees the contents.
+// M2. Appending touches only the tail slot, which receivers never write, and `tail`: the
+//     tail slot is never freed while a sender holds the tail lock (a receiver frees a slot
+//     only after moving the head past it, which needs a later slot linked after it, and
+//     that sender moved `tail` past it before unlocking). Inserting before the tail
+//     (higher priority) holds both locks.
+// M3. The lock-free empty check loads `received` (acquire), `head`, the head slot's `next`
+//     (acquire), then `received` again. A nil link read with no receive completing in
+//     between was the dummy's link at that instant (an empty queue). If the head slot had
+//     been freed and refilled meanwhile, the nil came from its sender's store (M1,
+//     release), which follows the receiver's `received` store through M4, so the second
+//     load sees a new count and the check answers "not empty" (the caller then looks
+//     under the lock).
+// M4. A receiver hands the old dummy back by storing its index into the ring entry and
+//     then `ring write` (seq_cst: release for the entry and for everything the receiver
+//     did with the slot, and the store half of Q3); a sender loads `ring write`
+//     (seq_cst/acquire) and then the entries, only when its stack is empty.
+// Q2. `sent` (line 2) and `received` (line 1), stored by their side under its lock, are
+//     read without a lock by getattr and by spinning senders, as hints.
+// Q3. A waiter counts itself parked (seq_cst RMW), loads the futex word, then looks again
+//     (the publication it waits for: a `next` link for a receiver, `ring write` for a
+//     sender, seq_cst loads) before FUTEX_WAIT. A waker publishes (seq_cst store) and then
+//     loads the parked count (seq_cst). Either the waker sees the count and bumps the word
+//     and wakes, or the waiter's second look sees the publication: no lost wake-up.
+// Q4. A non-blocking send of a queue it last found full answers "full" from the
+//     counters: `sent` (acquire) then `received`; a difference of max messages means it
+//     was full at the second load.
 // Q5. `flags_gen` (line 0, which nothing on the data path writes) is bumped (release)
 //     after the bumper changed a description's flags with fcntl(F_SETFL); a reader that
 //     loads the new value (acquire) and then calls fcntl(F_GETFL) sees the change. The
@@ -48,10 +63,16 @@ using namespace mq_layout;
 namespace {
 
 constexpr std::uint64_t kSegmentMax = 1ull << 34;  // bounded by the shape check below
+constexpr int kRepairRounds = 4;  // repairs one call makes before reporting Corrupted
 
 std::uint32_t slot_size_for(std::uint32_t message_size) noexcept {
   const std::uint64_t raw = kSlotHeader + static_cast<std::uint64_t>(message_size);
   return static_cast<std::uint32_t>((raw + 63u) & ~std::uint64_t{63});
+}
+
+std::uint64_t ring_bytes_for(std::uint32_t max_messages) noexcept {
+  const std::uint64_t raw = (static_cast<std::uint64_t>(max_messages) + 2) * 4;
+  return (raw + 63u) & ~std::uint64_t{63};
 }
 
 bool deadline_valid(const struct timespec* ts) noexcept {
@@ -67,9 +88,9 @@ std::uint32_t queued_for_sender(const QueueHeader* h) noexcept {
   return diff > 0 ? static_cast<std::uint32_t>(diff) : 0u;
 }
 
-// Under the mutex (Q1, Q2): the counters move with `queued`.
+// Under the counter's lock (Q2).
 void bump(std::atomic<std::uint32_t>& counter) noexcept {
-  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_release);
 }
 
 constexpr int kLockSpins = 200;  // trylock attempts before sleeping on the mutex
@@ -77,22 +98,24 @@ constexpr int kLockSpins = 200;  // trylock attempts before sleeping on the mute
 thread_local SpinBudget t_recv_budget{WaitPolicy{}};
 thread_local SpinBudget t_send_budget{WaitPolicy{}};
 
+Error corrupted() { return Error(ErrorCode::Corrupted, "queue: lists keep failing validation"); }
+
 }  // namespace
 
-// Holds the queue's robust mutex. A previous owner that died (EOWNERDEAD) left the
-// lists in an unknown state: they are rebuilt from what validates (repair) and the
-// mutex is marked consistent again.
+// Holds one of the queue's robust mutexes. A previous owner that died (EOWNERDEAD) left
+// that side's fields in an unknown state: the side is marked dirty and the mutex
+// consistent again; whoever next holds both locks repairs (MessageQueue::repair).
 class MessageQueue::Lock {
  public:
-  explicit Lock(MessageQueue& q) noexcept : q_(q) { relock(); }
+  Lock(pthread_mutex_t* m, std::uint32_t* dirty) noexcept : m_(m), dirty_(dirty) { relock(); }
   ~Lock() { unlock(); }
   Lock(const Lock&) = delete;
   Lock& operator=(const Lock&) = delete;
   [[nodiscard]] bool held() const noexcept { return held_; }
-  [[nodiscard]] int error() const noexcept { return error_; }
+  [[nodiscard]] bool dirty() const noexcept { return held_ && *dirty_ != 0; }
   void unlock() noexcept {
     if (held_) {
-      (void)::pthread_mutex_unlock(&q_.hdr()->mutex);
+      (void)::pthread_mutex_unlock(m_);
       held_ = false;
     }
   }
@@ -102,44 +125,46 @@ class MessageQueue::Lock {
     // round trip costs tens of microseconds on a virtual machine).
     int rc = EBUSY;
     for (int i = 0; i < kLockSpins && rc == EBUSY; ++i) {
-      rc = ::pthread_mutex_trylock(&q_.hdr()->mutex);
+      rc = ::pthread_mutex_trylock(m_);
       if (rc == EBUSY) cpu_relax();
     }
-    if (rc == EBUSY) rc = ::pthread_mutex_lock(&q_.hdr()->mutex);
+    if (rc == EBUSY) rc = ::pthread_mutex_lock(m_);
     if (rc == 0) {
       held_ = true;
     } else if (rc == EOWNERDEAD) {
       held_ = true;
-      q_.repair();
-      (void)::pthread_mutex_consistent(&q_.hdr()->mutex);
+      *dirty_ = 1;
+      (void)::pthread_mutex_consistent(m_);
     } else {
       error_ = rc;
     }
     return held_;
   }
-  Error failure() const noexcept {
-    return Error(ErrorCode::Corrupted, "queue: lock unusable (a holder died mid-repair)", error_);
+  [[nodiscard]] Error failure() const noexcept {
+    return Error(ErrorCode::Corrupted, "queue: lock unusable", error_);
   }
 
  private:
-  MessageQueue& q_;
+  pthread_mutex_t* m_;
+  std::uint32_t* dirty_;
   bool held_ = false;
   int error_ = 0;
 };
 
 std::uint64_t MessageQueue::segment_size(QueueShape shape) noexcept {
-  if (shape.max_messages == 0 || shape.message_size == 0) return 0;
-  const std::uint64_t total = kHeaderSize + static_cast<std::uint64_t>(shape.max_messages) *
-                                                slot_size_for(shape.message_size);
+  if (shape.max_messages == 0 || shape.message_size == 0 || shape.max_messages >= kNil - 2) {
+    return 0;
+  }
+  const std::uint64_t total =
+      kHeaderSize + ring_bytes_for(shape.max_messages) +
+      (static_cast<std::uint64_t>(shape.max_messages) + 1) * slot_size_for(shape.message_size);
   if (total > kSegmentMax) return 0;
   return (total + 4095u) & ~std::uint64_t{4095};
 }
 
 Result<sys::UniqueFd> MessageQueue::create_segment(QueueShape shape, std::uint64_t queue_id) {
   const std::uint64_t size = segment_size(shape);
-  if (size == 0 || shape.max_messages >= kNil) {
-    return Error(ErrorCode::InvalidArgument, "queue: shape out of range");
-  }
+  if (size == 0) return Error(ErrorCode::InvalidArgument, "queue: shape out of range");
   auto fd = sys::memfd_create("vipc-mq");
   if (!fd) return fd.error();
   VIPC_TRY(sys::ftruncate(fd->get(), size));
@@ -152,23 +177,29 @@ Result<sys::UniqueFd> MessageQueue::create_segment(QueueShape shape, std::uint64
   h->max_messages = shape.max_messages;
   h->message_size = shape.message_size;
   h->slot_size = slot_size_for(shape.message_size);
+  h->slot_count = shape.max_messages + 1;
+  h->ring_entries = shape.max_messages + 2;
   h->segment_size = size;
   h->queue_id = queue_id;
-  pthread_mutexattr_t a;
-  ::pthread_mutexattr_init(&a);
-  ::pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-  ::pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-  const int rc = ::pthread_mutex_init(&h->mutex, &a);
-  ::pthread_mutexattr_destroy(&a);
-  if (rc != 0) return Error(ErrorCode::SystemError, "queue: pthread_mutex_init", rc);
-  h->head = kNil;
-  h->tail = kNil;
-  auto* base = static_cast<std::byte*>(full->data()) + kHeaderSize;
-  for (std::uint32_t i = 0; i < shape.max_messages; ++i) {
-    auto* s = reinterpret_cast<Slot*>(base + static_cast<std::uint64_t>(i) * h->slot_size);
-    s->next = i + 1 < shape.max_messages ? i + 1 : kNil;
+  for (pthread_mutex_t* m : {&h->head_mutex, &h->tail_mutex}) {
+    pthread_mutexattr_t a;
+    ::pthread_mutexattr_init(&a);
+    ::pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    ::pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    const int rc = ::pthread_mutex_init(m, &a);
+    ::pthread_mutexattr_destroy(&a);
+    if (rc != 0) return Error(ErrorCode::SystemError, "queue: pthread_mutex_init", rc);
   }
-  h->free_head = 0;
+  // Slot 0 is the dummy; 1..max_messages are the senders' free stack.
+  auto* base =
+      static_cast<std::byte*>(full->data()) + kHeaderSize + ring_bytes_for(shape.max_messages);
+  for (std::uint32_t i = 0; i < h->slot_count; ++i) {
+    auto* s = new (base + static_cast<std::uint64_t>(i) * h->slot_size) Slot{};
+    s->next.store(i == 0 || i + 1 >= h->slot_count ? kNil : i + 1, std::memory_order_relaxed);
+  }
+  h->head.store(0, std::memory_order_relaxed);
+  h->tail = 0;
+  h->free_top = 1;
   return std::move(*fd);
 }
 
@@ -185,29 +216,41 @@ Result<MessageQueue> MessageQueue::attach(int fd) {
   auto map = sys::map_shared(fd, static_cast<std::size_t>(*size), PROT_READ | PROT_WRITE);
   if (!map) return map.error();
   const auto* h = static_cast<const QueueHeader*>(map->data());
+  if (h->magic != kMagic) return Error(ErrorCode::Corrupted, "queue: bad segment magic");
+  static_assert(kVersion == 5, "the message below names the version");
+  if (h->version != kVersion) {
+    return Error(ErrorCode::Corrupted, "queue: segment of another layout version (not 5)");
+  }
   // The header's line 0 is written once by the broker; copy what we use and check it
   // against the real size, so no later index computation can leave the mapping.
   const QueueShape shape{h->max_messages, h->message_size};
-  if (h->magic != kMagic || h->version != kVersion || segment_size(shape) == 0 ||
-      h->slot_size != slot_size_for(shape.message_size) || h->segment_size != *size ||
-      segment_size(shape) != *size || shape.max_messages >= kNil) {
+  if (segment_size(shape) == 0 || h->slot_size != slot_size_for(shape.message_size) ||
+      h->slot_count != shape.max_messages + 1 || h->ring_entries != shape.max_messages + 2 ||
+      h->segment_size != *size || segment_size(shape) != *size) {
     return Error(ErrorCode::Corrupted, "queue: bad segment header");
   }
   MessageQueue q;
   q.shape_ = shape;
   q.slot_size_ = h->slot_size;
+  q.slot_count_ = shape.max_messages + 1;
+  q.ring_entries_ = shape.max_messages + 2;
+  q.slots_offset_ = kHeaderSize + ring_bytes_for(shape.max_messages);
   q.queue_id_ = h->queue_id;
   q.map_ = std::move(*map);
   return q;
 }
 
 Slot* MessageQueue::slot(std::uint32_t i) const noexcept {
-  return reinterpret_cast<Slot*>(static_cast<std::byte*>(map_.data()) + kHeaderSize +
+  return reinterpret_cast<Slot*>(static_cast<std::byte*>(map_.data()) + slots_offset_ +
                                  static_cast<std::uint64_t>(i) * slot_size_);
 }
 
 std::byte* MessageQueue::payload(std::uint32_t i) const noexcept {
   return reinterpret_cast<std::byte*>(slot(i)) + kSlotHeader;
+}
+
+std::uint32_t* MessageQueue::ring() const noexcept {
+  return reinterpret_cast<std::uint32_t*>(static_cast<std::byte*>(map_.data()) + kHeaderSize);
 }
 
 std::uint32_t MessageQueue::size_approx() const noexcept {
@@ -223,88 +266,137 @@ void MessageQueue::bump_flags_generation() noexcept {
   hdr()->flags_gen.fetch_add(1, std::memory_order_release);  // Q5
 }
 
-bool MessageQueue::lists_look_valid() const noexcept {
+bool MessageQueue::looks_empty() const noexcept {
   const QueueHeader* h = hdr();
-  const std::uint32_t n = h->queued;
-  const std::uint32_t m = shape_.max_messages;
-  if (n > m) return false;
-  if ((h->head == kNil) != (n == 0) || (h->tail == kNil) != (n == 0)) return false;
-  if (n != 0 && (h->head >= m || h->tail >= m)) return false;
-  if ((h->free_head == kNil) != (n == m)) return false;
-  if (n != m && h->free_head >= m) return false;
-  return true;
+  const std::uint32_t before = h->received.load(std::memory_order_acquire);  // M3
+  const std::uint32_t head = h->head.load(std::memory_order_relaxed);
+  if (head >= slot_count_) return false;  // the lock path validates and repairs
+  if (slot(head)->next.load(std::memory_order_acquire) != kNil) return false;  // M3
+  return h->received.load(std::memory_order_relaxed) == before;
 }
 
-// Rebuilds the lists from what validates: the queued list is kept up to the first slot
-// that is out of range, seen twice, out of priority order or has a bad length; every
-// other slot becomes free. Called with the mutex held.
-void MessageQueue::repair() noexcept {
+// Rebuilds the lists from what validates: the queued list is kept from a valid head up to
+// the first slot that is out of range, seen twice, out of priority order or has a bad
+// length; every other slot becomes free (the senders' stack; the ring is emptied).
+// Called with both locks held.
+void MessageQueue::repair_locked() noexcept {
   QueueHeader* h = hdr();
-  const std::uint32_t m = shape_.max_messages;
+  const std::uint32_t c = slot_count_;
   std::vector<std::uint8_t> seen;
+  std::uint32_t head = h->head.load(std::memory_order_relaxed);
+  std::uint32_t n = 0;
+  std::uint32_t last = head < c ? head : 0;
+  if (head >= c) slot(last)->next.store(kNil, std::memory_order_relaxed);  // nothing to keep
+  head = last;
   try {
-    seen.assign(m, 0);
-  } catch (const std::bad_alloc&) {
-    // Without room to remember what was seen, drop everything: still consistent.
-    h->head = h->tail = kNil;
-    h->queued = 0;
-    h->received.store(h->sent.load(std::memory_order_relaxed), std::memory_order_relaxed);
-    h->free_head = kNil;
-    for (std::uint32_t i = m; i-- > 0;) {
-      slot(i)->next = h->free_head;
-      h->free_head = i;
+    seen.assign(c, 0);
+    seen[head] = 1;
+    std::uint32_t last_prio = kPriorityMax;
+    for (std::uint32_t i = slot(head)->next.load(std::memory_order_relaxed); i != kNil;) {
+      if (i >= c || seen[i] != 0) break;
+      const Slot* s = slot(i);
+      const std::uint32_t prio = s->priority;
+      if (prio >= kPriorityMax || (last_prio != kPriorityMax && prio > last_prio) ||
+          s->length > shape_.message_size) {
+        break;
+      }
+      seen[i] = 1;
+      ++n;
+      last_prio = prio;
+      last = i;
+      i = s->next.load(std::memory_order_relaxed);
     }
+  } catch (const std::bad_alloc&) {
+    // Without room to remember what was seen, drop every message: still consistent.
+    seen.clear();
+    n = 0;
+    last = head;
+  }
+  slot(last)->next.store(kNil, std::memory_order_relaxed);
+  h->head.store(head, std::memory_order_relaxed);
+  h->tail = last;
+  h->free_top = kNil;
+  for (std::uint32_t i = c; i-- > 0;) {
+    if (seen.empty() ? i == head : seen[i] != 0) continue;
+    slot(i)->next.store(h->free_top, std::memory_order_relaxed);
+    h->free_top = i;
+  }
+  h->ring_read = 0;
+  h->ring_write.store(0, std::memory_order_relaxed);
+  h->received.store(h->sent.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
+  h->head_dirty = 0;
+  h->tail_dirty = 0;
+}
+
+Result<void> MessageQueue::repair() {
+  QueueHeader* h = hdr();
+  {
+    Lock head(&h->head_mutex, &h->head_dirty);
+    if (!head.held()) return head.failure();
+    Lock tail(&h->tail_mutex, &h->tail_dirty);
+    if (!tail.held()) return tail.failure();
+    repair_locked();
+  }
+  // A slot a dead holder had taken may be free again: a parked sender looks.
+  wake_senders();
+  return {};
+}
+
+std::uint32_t MessageQueue::take_free() noexcept {
+  QueueHeader* h = hdr();
+  if (h->free_top == kNil) {
+    // M4: the stack is empty: move every slot the receivers handed back onto it.
+    const std::uint32_t w = h->ring_write.load(std::memory_order_seq_cst);
+    std::uint32_t r = h->ring_read;
+    if (w >= ring_entries_ || r >= ring_entries_) return kNil - 1;
+    const std::uint32_t* entries = ring();
+    while (r != w) {  // at most ring_entries_ - 1 steps
+      const std::uint32_t i =
+          std::atomic_ref<const std::uint32_t>(entries[r]).load(std::memory_order_relaxed);
+      if (i >= slot_count_) return kNil - 1;
+      slot(i)->next.store(h->free_top, std::memory_order_relaxed);
+      h->free_top = i;
+      if (++r == ring_entries_) r = 0;
+    }
+    h->ring_read = r;
+    if (h->free_top == kNil) return kNil;
+  }
+  const std::uint32_t i = h->free_top;
+  if (i >= slot_count_ || i == h->tail) return kNil - 1;
+  h->free_top = slot(i)->next.load(std::memory_order_relaxed);
+  return i;
+}
+
+void MessageQueue::give_back(std::uint32_t i) noexcept {
+  QueueHeader* h = hdr();
+  std::uint32_t w = h->ring_write.load(std::memory_order_relaxed);
+  if (w >= ring_entries_) {
+    h->head_dirty = 1;  // scribbled: the next head-lock holder repairs (and frees i)
     return;
   }
-  std::uint32_t prev = kNil;
-  std::uint32_t n = 0;
-  std::uint32_t last_prio = kPriorityMax;
-  for (std::uint32_t i = h->head; i != kNil;) {
-    if (i >= m || seen[i] != 0) break;
-    const Slot* s = slot(i);
-    const std::uint32_t prio = s->priority;
-    if (prio >= kPriorityMax || (last_prio != kPriorityMax && prio > last_prio) ||
-        s->length > shape_.message_size) {
-      break;
-    }
-    seen[i] = 1;
-    ++n;
-    last_prio = prio;
-    prev = i;
-    i = s->next;
-  }
-  if (prev == kNil) {
-    h->head = kNil;
-  } else {
-    slot(prev)->next = kNil;
-  }
-  h->tail = prev;
-  h->queued = n;
-  h->received.store(h->sent.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
-  h->free_head = kNil;
-  for (std::uint32_t i = m; i-- > 0;) {
-    if (seen[i] != 0) continue;
-    slot(i)->next = h->free_head;
-    h->free_head = i;
-  }
+  std::atomic_ref<std::uint32_t>(ring()[w]).store(i, std::memory_order_relaxed);
+  if (++w == ring_entries_) w = 0;
+  h->ring_write.store(w, std::memory_order_seq_cst);  // M4, Q3
+}
+
+void MessageQueue::wake_receivers() noexcept {
+  QueueHeader* h = hdr();
+  if (h->receivers_parked.load(std::memory_order_seq_cst) == 0) return;  // Q3
+  h->not_empty.fetch_add(1, std::memory_order_release);
+  (void)sys::futex_wake(&h->not_empty, 1);
+}
+
+void MessageQueue::wake_senders() noexcept {
+  QueueHeader* h = hdr();
+  if (h->senders_parked.load(std::memory_order_seq_cst) == 0) return;  // Q3
+  h->not_full.fetch_add(1, std::memory_order_release);
+  (void)sys::futex_wake(&h->not_full, 1);
 }
 
 template <bool kTraced>
-bool MessageQueue::push_locked(const void* data, std::size_t len, std::uint32_t priority,
-                               QueueTrace* trace) noexcept {
-  QueueHeader* h = hdr();
-  const std::uint32_t m = shape_.max_messages;
-  if (!lists_look_valid()) repair();
-  const std::uint32_t n = h->queued;
-  if (n >= m) return false;
-  const std::uint32_t i = h->free_head;
+void MessageQueue::fill(std::uint32_t i, const void* data, std::size_t len, std::uint32_t priority,
+                        QueueTrace* trace) noexcept {
   Slot* s = slot(i);
-  const std::uint32_t next_free = s->next;
-  if (next_free != kNil && next_free >= m) {
-    repair();
-    return push_locked<kTraced>(data, len, priority, trace);
-  }
-  h->free_head = next_free;
   s->priority = priority;
   s->length = static_cast<std::uint32_t>(len);
   if constexpr (kTraced) {
@@ -314,62 +406,92 @@ bool MessageQueue::push_locked(const void* data, std::size_t len, std::uint32_t 
     s->tag = 0;  // no tag: a traced receive of it names no traced send
   }
   if (len != 0) std::memcpy(payload(i), data, len);
-  if (h->head == kNil) {
-    s->next = kNil;
-    h->head = h->tail = i;
-  } else if (slot(h->tail)->priority >= priority) {
-    // Common case: not above the last message (one priority in use): append.
-    s->next = kNil;
-    slot(h->tail)->next = i;
-    h->tail = i;
-  } else if (slot(h->head)->priority < priority) {
-    s->next = h->head;
-    h->head = i;
-  } else {
-    // Insert after the last message whose priority is >= ours; at most m steps.
-    std::uint32_t at = h->head;
-    std::uint32_t steps = 0;
-    for (;;) {
-      const std::uint32_t nx = slot(at)->next;
-      if (nx == kNil || nx >= m || ++steps > m) break;
-      if (slot(nx)->priority < priority) break;
-      at = nx;
-    }
-    const std::uint32_t nx = slot(at)->next;
-    if (nx != kNil && (nx >= m || slot(nx)->priority >= priority)) {
-      // The walk stopped on a bad link: give the slot back, repair, try again.
-      s->next = h->free_head;
-      h->free_head = i;
-      repair();
-      return push_locked<kTraced>(data, len, priority, trace);
-    }
-    s->next = nx;
-    slot(at)->next = i;
-    if (nx == kNil) h->tail = i;
-  }
-  h->queued = n + 1;
-  bump(h->sent);  // Q1 (Q2 for spinners)
-  return true;
+  s->next.store(kNil, std::memory_order_release);  // M1, M3
 }
 
 template <bool kTraced>
-bool MessageQueue::pop_locked(void* buf, std::size_t* len, std::uint32_t* priority,
-                              QueueTrace* trace) noexcept {
+MessageQueue::Step MessageQueue::append_locked(const void* data, std::size_t len,
+                                               std::uint32_t priority, QueueTrace* trace) noexcept {
   QueueHeader* h = hdr();
-  const std::uint32_t m = shape_.max_messages;
-  if (!lists_look_valid()) repair();
-  const std::uint32_t n = h->queued;
-  if (n == 0) return false;
-  const std::uint32_t i = h->head;
-  Slot* s = slot(i);
-  const std::uint32_t next = s->next;
+  const std::uint32_t t = h->tail;
+  if (t >= slot_count_) return Step::Corrupt;
+  // M2: the tail slot is stable under the tail lock. A higher priority than the last
+  // message's (or than the dummy's old one: then the insert finds the queue empty) must
+  // go before it.
+  if (slot(t)->priority < priority) return Step::Slow;
+  const std::uint32_t i = take_free();
+  if (i == kNil) return Step::Full;
+  if (i >= slot_count_) return Step::Corrupt;
+  fill<kTraced>(i, data, len, priority, trace);
+  slot(t)->next.store(i, std::memory_order_seq_cst);  // M1, Q3
+  h->tail = i;
+  bump(h->sent);  // Q2
+  return Step::Done;
+}
+
+template <bool kTraced>
+MessageQueue::Step MessageQueue::insert_locked(const void* data, std::size_t len,
+                                               std::uint32_t priority, QueueTrace* trace,
+                                               bool* fire) noexcept {
+  QueueHeader* h = hdr();
+  const std::uint32_t head = h->head.load(std::memory_order_relaxed);
+  if (head >= slot_count_ || h->tail >= slot_count_) return Step::Corrupt;
+  // After the last message whose priority is >= ours; at most slot count steps.
+  std::uint32_t at = head;
+  std::uint32_t steps = 0;
+  for (;;) {
+    const std::uint32_t nx = slot(at)->next.load(std::memory_order_relaxed);
+    if (nx == kNil) break;
+    if (nx >= slot_count_ || nx == head || ++steps > slot_count_) return Step::Corrupt;
+    if (slot(nx)->priority < priority) break;
+    at = nx;
+  }
+  const bool was_empty = slot(head)->next.load(std::memory_order_relaxed) == kNil;
+  const std::uint32_t nx = slot(at)->next.load(std::memory_order_relaxed);
+  if ((nx == kNil) != (at == h->tail)) return Step::Corrupt;
+  const std::uint32_t i = take_free();
+  if (i == kNil) return Step::Full;
+  if (i >= slot_count_) return Step::Corrupt;
+  fill<kTraced>(i, data, len, priority, trace);
+  slot(i)->next.store(nx, std::memory_order_release);
+  slot(at)->next.store(i, std::memory_order_seq_cst);  // M1, Q3
+  if (nx == kNil) h->tail = i;
+  bump(h->sent);  // Q2
+  // A receiver that is waiting takes the message instead of the notification; one that
+  // died waiting no longer counts.
+  if (was_empty && h->notify_state == kNotifyArmed &&
+      h->receivers_busy.load(std::memory_order_relaxed) != 0) {
+    reap_dead_receivers();
+  }
+  if (was_empty && h->notify_state == kNotifyArmed &&
+      h->receivers_busy.load(std::memory_order_relaxed) == 0) {
+    if (h->notify_deliver != 0) {
+      h->notify_state = kNotifyFired;
+      h->notify_sender_pid = static_cast<std::uint32_t>(::getpid());
+      h->notify_sender_uid = static_cast<std::uint32_t>(::getuid());
+      *fire = true;
+    } else {
+      h->notify_state = kNotifyNone;
+      h->notify_pid = 0;
+    }
+    h->notify_word.fetch_add(1, std::memory_order_relaxed);
+  }
+  return Step::Done;
+}
+
+template <bool kTraced>
+MessageQueue::Step MessageQueue::pop_locked(void* buf, std::size_t* len, std::uint32_t* priority,
+                                            QueueTrace* trace) noexcept {
+  QueueHeader* h = hdr();
+  const std::uint32_t head = h->head.load(std::memory_order_relaxed);
+  if (head >= slot_count_) return Step::Corrupt;
+  const std::uint32_t i = slot(head)->next.load(std::memory_order_seq_cst);  // M1, Q3
+  if (i == kNil) return Step::Empty;
+  if (i >= slot_count_ || i == head) return Step::Corrupt;
+  const Slot* s = slot(i);
   const std::uint32_t length = s->length;
   const std::uint32_t prio = s->priority;
-  if (length > shape_.message_size || prio >= kPriorityMax || (next == kNil) != (n == 1) ||
-      (next != kNil && next >= m)) {
-    repair();
-    return pop_locked<kTraced>(buf, len, priority, trace);
-  }
+  if (length > shape_.message_size || prio >= kPriorityMax) return Step::Corrupt;
   if constexpr (kTraced) {
     trace->slot = i;
     trace->tag = s->tag;
@@ -377,13 +499,10 @@ bool MessageQueue::pop_locked(void* buf, std::size_t* len, std::uint32_t* priori
   if (length != 0) std::memcpy(buf, payload(i), length);
   *len = length;
   if (priority != nullptr) *priority = prio;
-  h->head = next;
-  if (next == kNil) h->tail = kNil;
-  s->next = h->free_head;
-  h->free_head = i;
-  h->queued = n - 1;
-  bump(h->received);
-  return true;
+  h->head.store(i, std::memory_order_relaxed);  // M3
+  bump(h->received);                            // M3, Q2
+  give_back(head);                              // M4
+  return Step::Done;
 }
 
 Result<void> MessageQueue::send(const void* data, std::size_t len, std::uint32_t priority,
@@ -395,6 +514,58 @@ Result<void> MessageQueue::send_traced(const void* data, std::size_t len, std::u
                                        QueueWait wait, QueueTrace& trace,
                                        const WaitPolicy& policy) {
   return send_as<true>(data, len, priority, wait, policy, &trace);
+}
+
+template <bool kTraced>
+Result<MessageQueue::Step> MessageQueue::try_send(const void* data, std::size_t len,
+                                                  std::uint32_t priority, QueueTrace* trace) {
+  QueueHeader* h = hdr();
+  for (int round = 0; round < kRepairRounds; ++round) {
+    {
+      Lock tail(&h->tail_mutex, &h->tail_dirty);
+      if (!tail.held()) return tail.failure();
+      if (tail.dirty()) {
+        tail.unlock();
+        VIPC_TRY(repair());
+        continue;
+      }
+      // Q1: registrations are written under both locks; an armed one may fire, which
+      // needs to know whether the queue was empty (the head side).
+      if (h->notify_state != kNotifyArmed) {
+        const Step s = append_locked<kTraced>(data, len, priority, trace);
+        if (s == Step::Done) {
+          tail.unlock();
+          wake_receivers();
+          return s;
+        }
+        if (s == Step::Full) return s;
+        if (s == Step::Corrupt) {
+          tail.unlock();
+          VIPC_TRY(repair());
+          continue;
+        }
+      }
+    }
+    Lock head(&h->head_mutex, &h->head_dirty);
+    if (!head.held()) return head.failure();
+    Lock tail(&h->tail_mutex, &h->tail_dirty);
+    if (!tail.held()) return tail.failure();
+    if (head.dirty() || tail.dirty()) repair_locked();
+    bool fire = false;
+    const Step s = insert_locked<kTraced>(data, len, priority, trace, &fire);
+    if (s == Step::Corrupt) {
+      repair_locked();
+      continue;
+    }
+    tail.unlock();
+    head.unlock();
+    if (s == Step::Done) {
+      wake_receivers();
+      if (fire) (void)sys::futex_wake(&h->notify_word, INT_MAX);
+    }
+    return s;
+  }
+  return corrupted();
 }
 
 template <bool kTraced>
@@ -410,40 +581,14 @@ Result<void> MessageQueue::send_as(const void* data, std::size_t len, std::uint3
       queued_for_sender(h) >= shape_.max_messages) {
     return Error(ErrorCode::ChannelFull, "queue: full");
   }
-  Lock lock(*this);
-  if (!lock.held()) return lock.failure();
   bool spun = policy.spin_ns == 0;
   for (;;) {
-    const std::uint32_t before = h->queued;
-    if (push_locked<kTraced>(data, len, priority, trace)) {
+    auto s = try_send<kTraced>(data, len, priority, trace);
+    if (!s) return s.error();
+    if (*s == Step::Done) {
       if (saw_full.load(std::memory_order_relaxed) != 0) {
         saw_full.store(0, std::memory_order_relaxed);
       }
-      const bool wake = h->receivers_parked.load(std::memory_order_relaxed) > 0;
-      if (wake) h->not_empty.fetch_add(1, std::memory_order_relaxed);  // Q3
-      bool fire = false;
-      // A receiver that is waiting takes the message instead of the notification; one
-      // that died waiting no longer counts.
-      if (before == 0 && h->notify_state == kNotifyArmed &&
-          h->receivers_busy.load(std::memory_order_relaxed) != 0) {
-        reap_dead_receivers();
-      }
-      if (before == 0 && h->notify_state == kNotifyArmed &&
-          h->receivers_busy.load(std::memory_order_relaxed) == 0) {
-        if (h->notify_deliver != 0) {
-          h->notify_state = kNotifyFired;
-          h->notify_sender_pid = static_cast<std::uint32_t>(::getpid());
-          h->notify_sender_uid = static_cast<std::uint32_t>(::getuid());
-          fire = true;
-        } else {
-          h->notify_state = kNotifyNone;
-          h->notify_pid = 0;
-        }
-        h->notify_word.fetch_add(1, std::memory_order_relaxed);
-      }
-      lock.unlock();
-      if (wake) (void)sys::futex_wake(&h->not_empty, 1);
-      if (fire) (void)sys::futex_wake(&h->notify_word, INT_MAX);
       return {};
     }
     saw_full.store(1, std::memory_order_relaxed);
@@ -451,31 +596,27 @@ Result<void> MessageQueue::send_as(const void* data, std::size_t len, std::uint3
     if (!deadline_valid(wait.deadline)) return Error(ErrorCode::InvalidArgument, "queue: deadline");
     if (!spun) {
       spun = true;
-      lock.unlock();
       h->senders_busy.fetch_add(1, std::memory_order_relaxed);
       SpinBudget& budget = t_send_budget;
       (void)spin_then_yield(budget, [&] {
         return queued_for_sender(h) < shape_.max_messages;  // Q2
       });
       h->senders_busy.fetch_sub(1, std::memory_order_relaxed);
-      if (!lock.relock()) return lock.failure();
       continue;
     }
-    h->senders_parked.fetch_add(1, std::memory_order_relaxed);
-    const std::uint32_t seq = h->not_full.load(std::memory_order_relaxed);  // Q3
-    lock.unlock();
+    h->senders_parked.fetch_add(1, std::memory_order_seq_cst);              // Q3
+    const std::uint32_t seq = h->not_full.load(std::memory_order_seq_cst);  // Q3
+    s = try_send<kTraced>(data, len, priority, trace);                      // Q3: look again
+    if (!s || *s == Step::Done) {
+      h->senders_parked.fetch_sub(1, std::memory_order_relaxed);
+      if (!s) return s.error();
+      return {};
+    }
     auto r = sys::futex_wait_realtime(&h->not_full, seq, wait.deadline);
-    const bool relocked = lock.relock();
     h->senders_parked.fetch_sub(1, std::memory_order_relaxed);
-    if (!relocked) return lock.failure();
     if (!r) {
       // A wake meant for us may have been consumed: pass it on.
-      if (h->queued < shape_.max_messages &&
-          h->senders_parked.load(std::memory_order_relaxed) > 0) {
-        h->not_full.fetch_add(1, std::memory_order_relaxed);
-        lock.unlock();
-        (void)sys::futex_wake(&h->not_full, 1);
-      }
+      if (queued_for_sender(h) < shape_.max_messages) wake_senders();
       return r.error();
     }
   }
@@ -500,20 +641,41 @@ Result<std::size_t> MessageQueue::receive_as(void* buf, std::size_t cap, std::ui
     return Error(ErrorCode::MessageTooLarge, "queue: buffer smaller than the message size");
   }
   QueueHeader* h = hdr();
-  if (!wait.block && queued_hint(*h) == 0) {  // Q4
+  if (!wait.block && looks_empty()) {  // M3
     cpu_relax();  // a caller polling in a loop leaves the line to the sender a moment
     return Error(ErrorCode::WouldBlock, "queue: empty");
   }
-  Lock lock(*this);
+  Lock lock(&h->head_mutex, &h->head_dirty);
   if (!lock.held()) return lock.failure();
   bool spun = policy.spin_ns == 0;
+  int repairs = 0;
+  // Under the head lock: the busy and parked counts this call holds, given back on every
+  // way out.
+  const auto settle = [&](bool parked) {
+    h->receivers_busy.fetch_sub(1, std::memory_order_relaxed);
+    if (parked) h->receivers_parked.fetch_sub(1, std::memory_order_relaxed);
+    note_busy(-1, parked);
+  };
   for (;;) {
-    std::size_t len = 0;
-    if (pop_locked<kTraced>(buf, &len, priority, trace)) {
-      const bool wake = h->senders_parked.load(std::memory_order_relaxed) > 0;
-      if (wake) h->not_full.fetch_add(1, std::memory_order_relaxed);  // Q3
+    if (lock.dirty()) {
+      if (++repairs > kRepairRounds) return corrupted();
       lock.unlock();
-      if (wake) (void)sys::futex_wake(&h->not_full, 1);
+      VIPC_TRY(repair());
+      if (!lock.relock()) return lock.failure();
+      continue;
+    }
+    std::size_t len = 0;
+    Step s = pop_locked<kTraced>(buf, &len, priority, trace);
+    if (s == Step::Corrupt) {
+      if (++repairs > kRepairRounds) return corrupted();
+      lock.unlock();
+      VIPC_TRY(repair());
+      if (!lock.relock()) return lock.failure();
+      continue;
+    }
+    if (s == Step::Done) {
+      lock.unlock();
+      wake_senders();
       return len;
     }
     if (!wait.block) return Error(ErrorCode::WouldBlock, "queue: empty");
@@ -524,32 +686,46 @@ Result<std::size_t> MessageQueue::receive_as(void* buf, std::size_t cap, std::ui
       note_busy(+1, false);
       lock.unlock();
       SpinBudget& budget = t_recv_budget;
-      (void)spin_then_yield(budget, [&] {
-        return queued_hint(*h) > 0;  // Q2
-      });
+      (void)spin_then_yield(budget, [&] { return !looks_empty(); });  // M3
       const bool relocked = lock.relock();
-      h->receivers_busy.fetch_sub(1, std::memory_order_relaxed);
-      if (!relocked) return lock.failure();
-      note_busy(-1, false);
+      if (!relocked) {
+        h->receivers_busy.fetch_sub(1, std::memory_order_relaxed);
+        return lock.failure();
+      }
+      settle(false);
       continue;
     }
     h->receivers_busy.fetch_add(1, std::memory_order_relaxed);
-    h->receivers_parked.fetch_add(1, std::memory_order_relaxed);
+    h->receivers_parked.fetch_add(1, std::memory_order_seq_cst);  // Q3
     note_busy(+1, true);
-    const std::uint32_t seq = h->not_empty.load(std::memory_order_relaxed);  // Q3
+    const std::uint32_t seq = h->not_empty.load(std::memory_order_seq_cst);  // Q3
+    s = pop_locked<kTraced>(buf, &len, priority, trace);                     // Q3: look again
+    if (s != Step::Empty) {
+      settle(true);
+      if (s == Step::Done) {
+        lock.unlock();
+        wake_senders();
+        return len;
+      }
+      if (++repairs > kRepairRounds) return corrupted();
+      lock.unlock();
+      VIPC_TRY(repair());
+      if (!lock.relock()) return lock.failure();
+      continue;
+    }
     lock.unlock();
     auto r = sys::futex_wait_realtime(&h->not_empty, seq, wait.deadline);
     const bool relocked = lock.relock();
-    h->receivers_parked.fetch_sub(1, std::memory_order_relaxed);
-    h->receivers_busy.fetch_sub(1, std::memory_order_relaxed);
-    if (!relocked) return lock.failure();
-    note_busy(-1, true);
+    if (!relocked) {
+      h->receivers_parked.fetch_sub(1, std::memory_order_relaxed);
+      h->receivers_busy.fetch_sub(1, std::memory_order_relaxed);
+      return lock.failure();
+    }
+    settle(true);
     if (!r) {
-      if (h->queued > 0 && h->receivers_parked.load(std::memory_order_relaxed) > 0) {
-        h->not_empty.fetch_add(1, std::memory_order_relaxed);
-        lock.unlock();
-        (void)sys::futex_wake(&h->not_empty, 1);
-      }
+      lock.unlock();
+      // A wake meant for us may have been consumed: pass it on.
+      if (!looks_empty()) wake_receivers();
       return r.error();
     }
   }
@@ -601,8 +777,11 @@ void MessageQueue::reap_dead_receivers() noexcept {
 
 Result<std::uint32_t> MessageQueue::arm_notify(std::uint32_t pid, bool deliver) {
   QueueHeader* h = hdr();
-  Lock lock(*this);
-  if (!lock.held()) return lock.failure();
+  Lock head(&h->head_mutex, &h->head_dirty);
+  if (!head.held()) return head.failure();
+  Lock tail(&h->tail_mutex, &h->tail_dirty);
+  if (!tail.held()) return tail.failure();
+  if (head.dirty() || tail.dirty()) repair_locked();
   if (h->notify_state != kNotifyNone) {
     const auto holder = static_cast<pid_t>(h->notify_pid);
     // A registration whose process is gone is stale (the kernel would have dropped it
@@ -616,20 +795,25 @@ Result<std::uint32_t> MessageQueue::arm_notify(std::uint32_t pid, bool deliver) 
   h->notify_deliver = deliver ? 1 : 0;
   const std::uint32_t reg = ++h->notify_reg;
   h->notify_word.fetch_add(1, std::memory_order_relaxed);
-  lock.unlock();
+  tail.unlock();
+  head.unlock();
   wake_notifier();  // a notifier of a replaced registration exits
   return reg;
 }
 
 bool MessageQueue::disarm_notify(std::uint32_t pid) {
   QueueHeader* h = hdr();
-  Lock lock(*this);
-  if (!lock.held()) return false;
+  Lock head(&h->head_mutex, &h->head_dirty);
+  if (!head.held()) return false;
+  Lock tail(&h->tail_mutex, &h->tail_dirty);
+  if (!tail.held()) return false;
+  if (head.dirty() || tail.dirty()) repair_locked();
   if (h->notify_state == kNotifyNone || h->notify_pid != pid) return false;
   h->notify_state = kNotifyNone;
   h->notify_pid = 0;
   h->notify_word.fetch_add(1, std::memory_order_relaxed);
-  lock.unlock();
+  tail.unlock();
+  head.unlock();
   wake_notifier();
   return true;
 }
@@ -639,8 +823,11 @@ void MessageQueue::wake_notifier() noexcept { (void)sys::futex_wake(&hdr()->noti
 Result<NotifyFired> MessageQueue::wait_notify(std::uint32_t pid, std::uint32_t reg) {
   QueueHeader* h = hdr();
   for (;;) {
-    Lock lock(*this);
-    if (!lock.held()) return lock.failure();
+    Lock head(&h->head_mutex, &h->head_dirty);
+    if (!head.held()) return head.failure();
+    Lock tail(&h->tail_mutex, &h->tail_dirty);
+    if (!tail.held()) return tail.failure();
+    if (head.dirty() || tail.dirty()) repair_locked();
     if (h->notify_pid != pid || h->notify_reg != reg || h->notify_state == kNotifyNone) {
       return Error(ErrorCode::NotFound, "queue: registration removed");
     }
@@ -651,7 +838,8 @@ Result<NotifyFired> MessageQueue::wait_notify(std::uint32_t pid, std::uint32_t r
       return f;
     }
     const std::uint32_t seq = h->notify_word.load(std::memory_order_relaxed);  // Q3
-    lock.unlock();
+    tail.unlock();
+    head.unlock();
     auto r = sys::futex_wait(&h->notify_word, seq, nullptr);
     if (!r && r.error().code() != ErrorCode::Interrupted) return r.error();
   }

@@ -4,9 +4,14 @@
 // Guarantees
 // - Messages are received highest priority first and in send order within one priority,
 //   across every sender and receiver of every process that maps the segment.
-// - Every operation holds a process-shared robust mutex for a few loads and stores and
-//   one copy of the payload; a process that dies holding it costs the next locker a
+// - Two process-shared robust mutexes: receivers take the head lock, senders the tail
+//   lock (a send of a higher priority than the last queued message, or one that may fire
+//   the notification, takes both, head first), each for a few loads and stores and one
+//   copy of the payload, so a sender and a receiver run at the same time and share only
+//   the message's cache lines. A process that dies holding a lock costs the next locker a
 //   repair (EOWNERDEAD: the lists are rebuilt from what validates), never a hang.
+// - A non-blocking receive of an empty queue takes no lock: it reads the dummy slot's
+//   link, a line that changes only when a message arrives.
 // - A blocked sender or receiver spins briefly, then parks on a futex word of the
 //   segment; a wake-up (a futex system call) happens only when somebody is parked.
 //   A signal handler running during the park ends the call with Interrupted (no restart).
@@ -14,8 +19,8 @@
 //   priorities, counts, list shape); a segment scribbled by another process is repaired
 //   (messages that do not validate are dropped), never trusted.
 //
-// Caveats: the lock is shared by every process that maps the queue, so a process that
-// stops (SIGSTOP) while holding it stalls the others; a peer that scribbles the mutex
+// Caveats: the locks are shared by every process that maps the queue, so a process that
+// stops (SIGSTOP) while holding one stalls the others; a peer that scribbles the mutex
 // itself can stall them too (it could equally fill the queue). Any holder of the
 // segment's descriptor can read and write every message: access modes are enforced by
 // the descriptor's owner, not by the memory (docs/posix.md, "Trust").
@@ -41,7 +46,7 @@ namespace vipc::core {
 namespace mq_layout {
 
 inline constexpr std::uint32_t kMagic = 0x3151'4d56;  // "VMQ1" in memory order
-inline constexpr std::uint16_t kVersion = 4;
+inline constexpr std::uint16_t kVersion = 5;
 inline constexpr std::uint32_t kNil = 0xffff'ffff;    // end of a list
 inline constexpr std::uint32_t kPriorityMax = 32768;  // MQ_PRIO_MAX: priorities 0..32767
 inline constexpr std::size_t kHeaderSize = 512;
@@ -52,50 +57,65 @@ inline constexpr std::uint32_t kNotifyNone = 0;
 inline constexpr std::uint32_t kNotifyArmed = 1;  // a process waits for the next arrival
 inline constexpr std::uint32_t kNotifyFired = 2;  // a sender fired it: the process delivers
 
-// The segment: a header of eight cache lines, then max_messages slots.
+// The segment (layout 5): a header of eight cache lines, the return ring, then
+// max_messages + 1 slots (one is always the list's dummy node). Two locks: the head lock,
+// taken by receivers, and the tail lock, taken by senders; a send that must insert before
+// the tail (a higher priority) or that may fire the notification takes both, head first.
+// Each line is written by one side only, so a sender and a receiver share only the message
+// slots and, once per batch, the return ring (docs/posix.md, "Layout").
 //
 //  line 0 (written once by the broker before any descriptor is handed out, except
-//  flags_gen, which only mq_setattr writes: every call reads it from a line that never
-//  moves between the cores of a sender and a receiver)
-//   0        4     6          8            12            16          24        32         40
-//   | magic  | ver | reserved | max msgs   | message size| slot size | segment | queue id | flags
-//                                                        | (u32)+pad | size    |          | gen
-//  line 1: the mutex and what every operation changes under it, so that taking the
-//  lock brings them along (one line transfer between processes, not several)
-//   64                     104    108    112         116            120           124
-//   | pthread_mutex_t (40) | head | tail | free head | recv. parked | send. parked | queued
-//  line 2 (guarded by the mutex): the receivers spinning or parked, by process
-//   128: 8 entries of | pid (u32) | busy (u16) | parked (u16) |   (pid 0: free entry)
-//  line 3 (guarded by the mutex)
-//   192        208             212          216       220
-//   | reserved | notify state  | notify pid | deliver | reg
-//  line 4: futex words (not_empty, not_full) and busy counts
-//   256         260        264        272              276
-//   | not_empty | not_full | reserved | receivers_busy | senders_busy
-//  line 5: notification details (guarded by the mutex)
-//   320          324         328            336
-//   | notify_word| sender pid| sender uid   | reserved
-//  line 6: written by senders only          line 7: written by receivers only
-//   384                                      448
-//   | sent (messages ever queued)            | received (messages ever taken)
-//  512: slot 0, slot 1, ...: each slot_size bytes, 64-byte aligned
+//  flags_gen, which only mq_setattr writes)
+//   0        4     6          8            12            16          20         24
+//   | magic  | ver | reserved | max msgs   | message size| slot size | slot count | segment
+//   24       32         40          44
+//   | size   | queue id | flags gen | ring entries
+//  line 1: receivers only (under the head lock)
+//   64                     104    108        112          116
+//   | head mutex (40)      | head | received | head dirty | reserved
+//  line 2: senders only (under the tail lock)
+//   128                    168    172    176        180          184          188
+//   | tail mutex (40)      | tail | sent | free top | ring read  | tail dirty | reserved
+//  line 3: receivers only: the return ring's write position
+//   192
+//   | ring write
+//  line 4 (under the head lock): the receivers spinning or parked, by process
+//   256: 8 entries of | pid (u32) | busy (u16) | parked (u16) |   (pid 0: free entry)
+//  line 5 (written under both locks, read by every send under the tail lock)
+//   320          324          328             332          336           340          344
+//   | notify state| notify pid | notify deliver| notify reg | notify word | sender pid | uid
+//  line 6: futex words and parked counts (written only by a call that parks)
+//   384         388        392              396
+//   | not_empty | not_full | receivers parked| senders parked
+//  line 7: spinning or parked callers (written only by a call that waits)
+//   448              452
+//   | receivers busy | senders busy
+//  512: the return ring: ring entries (slot count + 1) u32 slot indices, padded to 64
+//  then slot 0, slot 1, ...: each slot_size bytes, 64-byte aligned
 //   0       4          8        12    16
 //   | next  | priority | length | tag | payload[message size]
 //
+// The queued list: `head` is the dummy slot; the messages are head.next, its next, ...
+// through `tail` (the dummy itself when empty), highest priority first and oldest first
+// within a priority. Free slots: the senders' stack from `free top` (linked through
+// `next`, tail lock), and the slots receivers handed back in the return ring between
+// `ring read` (senders) and `ring write` (receivers), which a sender that finds its stack
+// empty moves to the stack in one batch. A receiver frees the old dummy, never the slot it
+// read (that slot becomes the dummy). queued + free slots + 1 == slot count, and
+// sent - received == queued (mod 2^32) whenever neither lock is held.
+//
 // tag: 0, or the tag a traced send wrote (QueueTrace), read back by a traced receive;
 // it only names the message in the trace (docs/observability.md, "Handoffs").
-//
-// The list from `head` through `next` holds the queued messages, highest priority first,
-// oldest first within a priority; `tail` is its last slot. The free list from `free_head`
-// holds the other slots. queued + (length of free list) == max messages, and
-// sent - received == queued (mod 2^32) after every unlock.
 struct Slot {
-  std::uint32_t next;
+  std::atomic<std::uint32_t> next;  // M1/M2: published by senders, read by receivers
   std::uint32_t priority;
   std::uint32_t length;
   std::uint32_t tag;
 };
 static_assert(sizeof(Slot) == kSlotHeader);
+static_assert(offsetof(Slot, priority) == 4);
+static_assert(offsetof(Slot, length) == 8);
+static_assert(offsetof(Slot, tag) == 12);
 
 // A process with receivers spinning or parked on the queue. When a notification would
 // be suppressed because receivers look busy, the sender checks these processes and
@@ -117,48 +137,50 @@ struct QueueHeader {
   std::uint32_t max_messages;
   std::uint32_t message_size;
   std::uint32_t slot_size;
-  std::uint32_t reserved1;
+  std::uint32_t slot_count;  // max_messages + 1
   std::uint64_t segment_size;
   std::uint64_t queue_id;
   std::atomic<std::uint32_t> flags_gen;  // Q5: bumped by mq_setattr, read by every call
-  std::uint8_t pad0[20];
-  // line 1
-  pthread_mutex_t mutex;
-  std::uint32_t head;                           // guarded by the mutex
-  std::uint32_t tail;                           // guarded by the mutex
-  std::uint32_t free_head;                      // guarded by the mutex
-  std::atomic<std::uint32_t> receivers_parked;  // changed under the mutex
-  std::atomic<std::uint32_t> senders_parked;    // changed under the mutex
-  std::uint32_t queued;                         // guarded by the mutex: the message count
-  // line 2: guarded by the mutex
+  std::uint32_t ring_entries;            // slot_count + 1
+  std::uint8_t pad0[16];
+  // line 1: receivers
+  pthread_mutex_t head_mutex;
+  std::atomic<std::uint32_t> head;      // M3: stored under the head lock, polled without
+  std::atomic<std::uint32_t> received;  // M3, Q2: messages ever taken
+  std::uint32_t head_dirty;             // a head-lock holder died: repair before use
+  std::uint32_t reserved1[3];
+  // line 2: senders
+  pthread_mutex_t tail_mutex;
+  std::uint32_t tail;               // guarded by the tail lock
+  std::atomic<std::uint32_t> sent;  // Q2: messages ever queued, stored under the tail lock
+  std::uint32_t free_top;           // guarded by the tail lock
+  std::uint32_t ring_read;          // guarded by the tail lock
+  std::uint32_t tail_dirty;         // a tail-lock holder died: repair before use
+  std::uint32_t reserved2;
+  // line 3: receivers
+  std::atomic<std::uint32_t> ring_write;  // M4: stored under the head lock
+  std::uint8_t pad3[60];
+  // line 4: guarded by the head lock
   BusyReceivers busy_receivers[kBusyReceiversMax];
-  // line 3: guarded by the mutex
-  std::uint32_t reserved3[4];
+  // line 5: written under both locks
   std::uint32_t notify_state;
-  std::uint32_t notify_pid;      // the registered process (kernel pid)
-  std::uint32_t notify_deliver;  // 0: SIGEV_NONE (firing just ends the registration)
-  std::uint32_t notify_reg;      // bumped by every registration (names one)
-  std::uint8_t pad3[32];
-  // line 4: futex words and waiter counts
-  std::atomic<std::uint32_t> not_empty;  // bumped when a parked receiver must wake
-  std::atomic<std::uint32_t> not_full;   // bumped when a parked sender must wake
-  std::uint32_t reserved4[2];
-  std::atomic<std::uint32_t> receivers_busy;  // spinning or parked receivers
-  std::atomic<std::uint32_t> senders_busy;
-  std::uint8_t pad4[40];
-  // line 5: notification
+  std::uint32_t notify_pid;                // the registered process (kernel pid)
+  std::uint32_t notify_deliver;            // 0: SIGEV_NONE (firing just ends the registration)
+  std::uint32_t notify_reg;                // bumped by every registration (names one)
   std::atomic<std::uint32_t> notify_word;  // futex of the registered process's notifier
   std::uint32_t notify_sender_pid;         // who fired it (si_pid)
   std::uint32_t notify_sender_uid;         // (si_uid)
-  std::uint8_t pad5[52];
-  // lines 6 and 7: how many messages were ever queued and ever taken, stored under the
-  // mutex by senders and by receivers respectively, for pollers (Q2, Q4): a poller reads
-  // the other side's line only when that side moved it, never the lines the mutex holder
-  // works on, and a sender that finds room never reads the receivers' line at all.
-  std::atomic<std::uint32_t> sent;
-  std::uint8_t pad6[60];
-  std::atomic<std::uint32_t> received;
-  std::uint8_t pad7[60];
+  std::uint8_t pad5[36];
+  // line 6: futex words and parked counts (Q3)
+  std::atomic<std::uint32_t> not_empty;  // bumped when a parked receiver must wake
+  std::atomic<std::uint32_t> not_full;   // bumped when a parked sender must wake
+  std::atomic<std::uint32_t> receivers_parked;
+  std::atomic<std::uint32_t> senders_parked;
+  std::uint8_t pad6[48];
+  // line 7: waiting callers
+  std::atomic<std::uint32_t> receivers_busy;  // spinning or parked receivers (head lock)
+  std::atomic<std::uint32_t> senders_busy;
+  std::uint8_t pad7[56];
 };
 static_assert(sizeof(pthread_mutex_t) == 40);
 static_assert(sizeof(QueueHeader) == kHeaderSize);
@@ -167,30 +189,36 @@ static_assert(offsetof(QueueHeader, version) == 4);
 static_assert(offsetof(QueueHeader, max_messages) == 8);
 static_assert(offsetof(QueueHeader, message_size) == 12);
 static_assert(offsetof(QueueHeader, slot_size) == 16);
+static_assert(offsetof(QueueHeader, slot_count) == 20);
 static_assert(offsetof(QueueHeader, segment_size) == 24);
 static_assert(offsetof(QueueHeader, queue_id) == 32);
-static_assert(offsetof(QueueHeader, mutex) == 64);
 static_assert(offsetof(QueueHeader, flags_gen) == 40);
-static_assert(offsetof(QueueHeader, sent) == 384);
-static_assert(offsetof(QueueHeader, received) == 448);
-static_assert(offsetof(QueueHeader, busy_receivers) == 128);
+static_assert(offsetof(QueueHeader, ring_entries) == 44);
+static_assert(offsetof(QueueHeader, head_mutex) == 64);
 static_assert(offsetof(QueueHeader, head) == 104);
-static_assert(offsetof(QueueHeader, tail) == 108);
-static_assert(offsetof(QueueHeader, free_head) == 112);
-static_assert(offsetof(QueueHeader, receivers_parked) == 116);
-static_assert(offsetof(QueueHeader, senders_parked) == 120);
-static_assert(offsetof(QueueHeader, queued) == 124);
-static_assert(offsetof(QueueHeader, notify_state) == 208);
-static_assert(offsetof(QueueHeader, notify_pid) == 212);
-static_assert(offsetof(QueueHeader, notify_deliver) == 216);
-static_assert(offsetof(QueueHeader, notify_reg) == 220);
-static_assert(offsetof(QueueHeader, not_empty) == 256);
-static_assert(offsetof(QueueHeader, not_full) == 260);
-static_assert(offsetof(QueueHeader, receivers_busy) == 272);
-static_assert(offsetof(QueueHeader, senders_busy) == 276);
-static_assert(offsetof(QueueHeader, notify_word) == 320);
-static_assert(offsetof(QueueHeader, notify_sender_pid) == 324);
-static_assert(offsetof(QueueHeader, notify_sender_uid) == 328);
+static_assert(offsetof(QueueHeader, received) == 108);
+static_assert(offsetof(QueueHeader, head_dirty) == 112);
+static_assert(offsetof(QueueHeader, tail_mutex) == 128);
+static_assert(offsetof(QueueHeader, tail) == 168);
+static_assert(offsetof(QueueHeader, sent) == 172);
+static_assert(offsetof(QueueHeader, free_top) == 176);
+static_assert(offsetof(QueueHeader, ring_read) == 180);
+static_assert(offsetof(QueueHeader, tail_dirty) == 184);
+static_assert(offsetof(QueueHeader, ring_write) == 192);
+static_assert(offsetof(QueueHeader, busy_receivers) == 256);
+static_assert(offsetof(QueueHeader, notify_state) == 320);
+static_assert(offsetof(QueueHeader, notify_pid) == 324);
+static_assert(offsetof(QueueHeader, notify_deliver) == 328);
+static_assert(offsetof(QueueHeader, notify_reg) == 332);
+static_assert(offsetof(QueueHeader, notify_word) == 336);
+static_assert(offsetof(QueueHeader, notify_sender_pid) == 340);
+static_assert(offsetof(QueueHeader, notify_sender_uid) == 344);
+static_assert(offsetof(QueueHeader, not_empty) == 384);
+static_assert(offsetof(QueueHeader, not_full) == 388);
+static_assert(offsetof(QueueHeader, receivers_parked) == 392);
+static_assert(offsetof(QueueHeader, senders_parked) == 396);
+static_assert(offsetof(QueueHeader, receivers_busy) == 448);
+static_assert(offsetof(QueueHeader, senders_busy) == 452);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
 // Messages queued as a poller sees them (Q4): `received` first, then `sent`, so that 0
@@ -300,17 +328,30 @@ class MessageQueue {
 
  private:
   class Lock;
+  // What one attempt under the locks came to.
+  enum class Step : std::uint8_t { Done, Full, Empty, Slow, Corrupt };
   [[nodiscard]] mq_layout::QueueHeader* hdr() const noexcept {
     return static_cast<mq_layout::QueueHeader*>(map_.data());
   }
   [[nodiscard]] mq_layout::Slot* slot(std::uint32_t i) const noexcept;
   [[nodiscard]] std::byte* payload(std::uint32_t i) const noexcept;
-  [[nodiscard]] bool lists_look_valid() const noexcept;
-  void repair() noexcept;
-  // Under the mutex: this process's entry of busy_receivers gains or loses a waiting
+  [[nodiscard]] std::uint32_t* ring() const noexcept;
+  // M3: true only if the queue was empty at some instant of the call (no lock taken).
+  [[nodiscard]] bool looks_empty() const noexcept;
+  // Both locks held: rebuilds the lists from what validates.
+  void repair_locked() noexcept;
+  // No lock held: takes both locks and repairs.
+  [[nodiscard]] Result<void> repair();
+  // Tail lock held: a free slot (kNil: none; slot count or above: the lists are corrupt).
+  [[nodiscard]] std::uint32_t take_free() noexcept;
+  // Head lock held: hands a slot back to the senders (M4).
+  void give_back(std::uint32_t i) noexcept;
+  void wake_receivers() noexcept;
+  void wake_senders() noexcept;
+  // Under the head lock: this process's entry of busy_receivers gains or loses a waiting
   // receiver (busy, and parked too with `parked`); untracked when the table is full.
   void note_busy(int delta, bool parked) noexcept;
-  // Under the mutex: takes back the counts of tracked processes that died while their
+  // Under both locks: takes back the counts of tracked processes that died while their
   // receivers waited.
   void reap_dead_receivers() noexcept;
   template <bool kTraced>
@@ -320,16 +361,29 @@ class MessageQueue {
   [[nodiscard]] Result<std::size_t> receive_as(void* buf, std::size_t cap, std::uint32_t* priority,
                                                QueueWait wait, const WaitPolicy& policy,
                                                QueueTrace* trace);
+  // Takes the locks a send needs, repairs when needed; Done, Full, or an error.
   template <bool kTraced>
-  [[nodiscard]] bool push_locked(const void* data, std::size_t len, std::uint32_t priority,
-                                 QueueTrace* trace) noexcept;
+  [[nodiscard]] Result<Step> try_send(const void* data, std::size_t len, std::uint32_t priority,
+                                      QueueTrace* trace);
   template <bool kTraced>
-  [[nodiscard]] bool pop_locked(void* buf, std::size_t* len, std::uint32_t* priority,
+  [[nodiscard]] Step append_locked(const void* data, std::size_t len, std::uint32_t priority,
+                                   QueueTrace* trace) noexcept;
+  template <bool kTraced>
+  [[nodiscard]] Step insert_locked(const void* data, std::size_t len, std::uint32_t priority,
+                                   QueueTrace* trace, bool* fire) noexcept;
+  template <bool kTraced>
+  [[nodiscard]] Step pop_locked(void* buf, std::size_t* len, std::uint32_t* priority,
                                 QueueTrace* trace) noexcept;
+  template <bool kTraced>
+  void fill(std::uint32_t i, const void* data, std::size_t len, std::uint32_t priority,
+            QueueTrace* trace) noexcept;
 
   sys::Mapping map_;
   QueueShape shape_{};
   std::uint32_t slot_size_ = 0;
+  std::uint32_t slot_count_ = 0;
+  std::uint32_t ring_entries_ = 0;
+  std::uint64_t slots_offset_ = 0;
   std::uint64_t queue_id_ = 0;
   // Whether this process's last send found the queue full (read and written through
   // std::atomic_ref by its threads): only then does a non-blocking send look at the

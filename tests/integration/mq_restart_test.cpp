@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "core/mq_queue.hpp"
 #include "support/daemon.hpp"
 #include "support/process.hpp"
 
@@ -393,7 +394,14 @@ TEST(MqRestartHostile, ACorruptedSegmentIsRefusedAndTheOtherQueuesAdopted) {
                        const auto none = static_cast<struct mq_attr*>(nullptr);
                        const mqd_t g = m.open("/good", O_CREAT | O_EXCL | O_RDWR, 0600, none);
                        const mqd_t b = m.open("/bad", O_CREAT | O_EXCL | O_RDWR, 0600, none);
-                       if (g < 0 || b < 0) return 10;
+                       const mqd_t o = m.open("/old", O_CREAT | O_EXCL | O_RDWR, 0600, none);
+                       if (g < 0 || b < 0 || o < 0) return 10;
+                       // A segment of another layout version (as an older vipcd's keeper
+                       // would hand over) is refused too.
+                       void* po = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, o, 0);
+                       if (po == MAP_FAILED) return 13;
+                       const std::uint16_t older = vipc::core::mq_layout::kVersion - 1;
+                       std::memcpy(static_cast<char*>(po) + 4, &older, sizeof older);
                        if (m.send(g, "g", 1, 2) != 0 || m.send(b, "x", 1, 0) != 0) return 11;
                        // A hostile holder scribbles over the segment's header: mqd_t is
                        // the segment's descriptor.
@@ -410,6 +418,7 @@ TEST(MqRestartHostile, ACorruptedSegmentIsRefusedAndTheOtherQueuesAdopted) {
                        const mqd_t g = m.open("/good", O_RDONLY | O_NONBLOCK);
                        if (g < 0 || expect_message(m, g, "g", 2) != 0) return 20;
                        if (m.open("/bad", O_RDONLY) != -1 || errno != ENOENT) return 21;
+                       if (m.open("/old", O_RDONLY) != -1 || errno != ENOENT) return 24;
                        // The name is free again.
                        const mqd_t b = m.open("/bad", O_CREAT | O_EXCL | O_RDWR, 0600,
                                               static_cast<struct mq_attr*>(nullptr));

@@ -1,7 +1,9 @@
 // Multi-process stress of core::MessageQueue (the memory behind POSIX queues): several
 // sender and receiver processes on one small queue, every message delivered exactly once,
-// in order within a sender and priority, the traced calls' tags with their messages; then processes
-// killed (SIGKILL) mid-operation, after which the queue still holds exactly its capacity.
+// in order within a sender and priority, the traced calls' tags with their messages; senders
+// appending at the tail while others insert higher priorities before it (both locks); then
+// processes killed (SIGKILL) mid-operation, after which the queue still holds exactly its
+// capacity.
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -127,6 +129,101 @@ TEST(MessageQueueStress, ManySendersAndReceiversExactlyOnceInOrder) {
   }
   EXPECT_EQ(wrong, 0u);
   ::munmap(mem, sizeof(Tally));
+}
+
+// Senders of one priority append at the tail under the tail lock alone while senders
+// whose priority keeps rising insert before the tail under both locks, and blocking and
+// polling receivers take from the head: every message exactly once, in order within a
+// sender and priority.
+TEST(MessageQueueStress, InsertsBeforeTheTailRunWithAppendsAndReceives) {
+  constexpr int kAppenders = 2;  // priority 1 only
+  constexpr int kInserters = 2;  // priorities 0, 1, ..., 5, 0, ...
+  constexpr int kSendersHere = kAppenders + kInserters;
+  constexpr int kReceiversHere = 3;  // two block, one polls (O_NONBLOCK)
+  constexpr std::uint32_t kEach = 6000;
+  struct MixTally {
+    std::atomic<std::uint32_t> seen[kSendersHere][kEach];
+    std::atomic<std::uint32_t> received;
+    std::atomic<std::uint32_t> out_of_order;
+    std::atomic<std::uint32_t> corrupt;
+  };
+  auto seg = MessageQueue::create_segment({6, 32}, 3);
+  ASSERT_TRUE(seg.ok());
+  void* mem =
+      ::mmap(nullptr, sizeof(MixTally), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  auto* tally = new (mem) MixTally{};
+  const int fd = seg->get();
+  const auto prio_of = [](std::uint32_t sender, std::uint32_t seq) -> std::uint32_t {
+    return sender < static_cast<std::uint32_t>(kAppenders) ? 1u : seq % 6;
+  };
+  std::vector<test::Child> receivers;
+  for (int r = 0; r < kReceiversHere; ++r) {
+    receivers.push_back(test::Child::spawn(
+        [&, r]() -> int {
+          auto q = MessageQueue::attach(fd);
+          if (!q) return 1;
+          std::uint32_t last[kSendersHere][6];
+          std::memset(last, 0xff, sizeof last);
+          char buf[32];
+          for (;;) {
+            std::uint32_t prio = 0;
+            const timespec far{::time(nullptr) + 60, 0};
+            auto n = r == 0 ? q->receive(buf, sizeof buf, &prio, QueueWait::nonblocking())
+                            : q->receive(buf, sizeof buf, &prio, {true, &far});
+            if (!n && n.error().code() == ErrorCode::WouldBlock) continue;
+            if (!n) return 2;
+            if (*n == 1) return 0;  // the end marker
+            Msg m{};
+            if (*n != sizeof m) {
+              tally->corrupt.fetch_add(1);
+              continue;
+            }
+            std::memcpy(&m, buf, sizeof m);
+            if (m.sender >= static_cast<std::uint32_t>(kSendersHere) || m.seq >= kEach ||
+                m.check != check_of(m.sender, m.seq) || prio != prio_of(m.sender, m.seq)) {
+              tally->corrupt.fetch_add(1);
+              continue;
+            }
+            std::uint32_t& l = last[m.sender][prio];
+            if (l != 0xffffffffu && m.seq <= l) tally->out_of_order.fetch_add(1);
+            l = m.seq;
+            tally->seen[m.sender][m.seq].fetch_add(1);
+            tally->received.fetch_add(1);
+          }
+        },
+        120s));
+  }
+  std::vector<test::Child> senders;
+  for (int s = 0; s < kSendersHere; ++s) {
+    senders.push_back(test::Child::spawn(
+        [&, s]() -> int {
+          auto q = MessageQueue::attach(fd);
+          if (!q) return 1;
+          const auto me = static_cast<std::uint32_t>(s);
+          for (std::uint32_t i = 0; i < kEach; ++i) {
+            const Msg m{me, i, check_of(me, i)};
+            if (!q->send(&m, sizeof m, prio_of(me, i), QueueWait{})) return 2;
+          }
+          return 0;
+        },
+        120s));
+  }
+  for (auto& c : senders) EXPECT_EQ(c.wait(120s), "exit 0");
+  auto q = MessageQueue::attach(fd);
+  ASSERT_TRUE(q.ok());
+  for (int r = 0; r < kReceiversHere; ++r) ASSERT_TRUE(q->send("e", 1, 0, QueueWait{}));
+  for (auto& c : receivers) EXPECT_EQ(c.wait(120s), "exit 0");
+  EXPECT_EQ(tally->received.load(), kSendersHere * kEach);
+  EXPECT_EQ(tally->out_of_order.load(), 0u);
+  EXPECT_EQ(tally->corrupt.load(), 0u);
+  std::uint32_t wrong = 0;
+  for (auto& row : tally->seen) {
+    for (auto& n : row) wrong += n.load() == 1 ? 0u : 1u;
+  }
+  EXPECT_EQ(wrong, 0u);
+  EXPECT_EQ(q->size_approx(), 0u);
+  ::munmap(mem, sizeof(MixTally));
 }
 
 TEST(MessageQueueStress, ProcessesKilledMidOperationLeaveAConsistentQueue) {

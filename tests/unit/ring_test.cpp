@@ -130,7 +130,7 @@ TEST(RingSegmentsTest, CreateAcceptsTheCapacityBounds) {
     auto size = sys::file_size(seg->producer.get());
     VIPC_ASSERT_OK(size);
     EXPECT_EQ(*size, RingSegments::producer_bytes(cap));
-    EXPECT_GE(*size, layout::kRingSlotsOffset + std::uint64_t{cap} * sizeof(layout::Slot));
+    EXPECT_GE(*size, layout::ring_arrays(cap).end);
     EXPECT_EQ(*size % page_size(), 0u);
   }
 }
@@ -939,7 +939,7 @@ TEST(RingPollFdTest, ReaderWithoutEventfdHasNoPollFd) {
 // The producer segment mapped writable, as a buggy or hostile producer sees it.
 struct RawProducer {
   sys::Mapping map;
-  layout::Slot* slots = nullptr;
+  layout::SlotDesc* slots = nullptr;  // the descriptors: seq, type, length, ...
 };
 
 RawProducer map_producer(const RingSegments& seg, std::uint32_t capacity) {
@@ -947,8 +947,8 @@ RawProducer map_producer(const RingSegments& seg, std::uint32_t capacity) {
   raw.map = sys::map_shared(seg.producer.get(), RingSegments::producer_bytes(capacity),
                             PROT_READ | PROT_WRITE)
                 .value();
-  raw.slots = reinterpret_cast<layout::Slot*>(static_cast<unsigned char*>(raw.map.data()) +
-                                              layout::kRingSlotsOffset);
+  raw.slots = reinterpret_cast<layout::SlotDesc*>(static_cast<unsigned char*>(raw.map.data()) +
+                                                  layout::ring_arrays(capacity).desc);
   return raw;
 }
 

@@ -14,7 +14,7 @@ namespace vipc::layout {
 
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint64_t kSegmentMagic = 0x0047455343504956ULL;  // "VIPCSEG\0" (LE)
-inline constexpr std::uint16_t kLayoutVersion = 3;
+inline constexpr std::uint16_t kLayoutVersion = 4;
 
 enum class SegmentKind : std::uint16_t {
   RingProducer = 1,  // slots and producer-written state of one SPSC ring
@@ -126,17 +126,21 @@ struct alignas(kCacheLine) SideStats {
 };
 static_assert(sizeof(SideStats) == kCacheLine);
 
-// A ring slot: one message, two cache lines. A message of <= 48 bytes without
-// capabilities touches only the first line.
+// A ring position is spread over three arrays of the producer segment, so that a
+// message moves as few cache lines as possible from producer to consumer:
 //
-//  0     4      8      10   11    12       16                                   64
-//  +-----+------+------+----+-----+--------+------------------------------------+
-//  | seq | type | len  |caps|flags| gap    | payload[0..48)                     |
-//  +-----+------+------+----+-----+--------+------------------------------------+
-//  64                  80                                  112        120     128
-//  +-------------------+-----------------------------------+----------+-------+
-//  | payload[48..64)   | capability handles [4] (u64)      | stamp    | rsvd  |
-//  +-------------------+-----------------------------------+----------+-------+
+// - SlotDesc (16 bytes, four per cache line): the publication word and the message's
+//   metadata. A batch of messages moves a quarter line of descriptors each.
+// - SlotPayload (64 bytes, one cache line): the payload. A 64-byte message without
+//   capabilities therefore moves one payload line plus a quarter descriptor line.
+// - SlotCold (64 bytes, one cache line): capability handles and a trace stamp, written
+//   and read only for a message that carries capabilities.
+//
+// SlotDesc:
+//  0     4      8      10   11    12       16
+//  +-----+------+------+----+-----+--------+
+//  | seq | type | len  |caps|flags| gap    |
+//  +-----+------+------+----+-----+--------+
 //
 // flags: the channel's tag of the message (a synchronous request's scheduling priority:
 // bits 0-6 the real-time priority, bit 7 SCHED_RR; 0 for none). Producer-written: a hint.
@@ -145,43 +149,72 @@ static_assert(sizeof(SideStats) == kCacheLine);
 // about the producer's own messages only.
 //
 // seq is the publication word (docs/ring.md, R1/R2): the producer writes it last with
-// release; it equals (uint32)(position + 1) when the slot holds the message of
-// `position`, and (uint32)(position + 1 - capacity) while it still holds the previous
-// lap's (consumed) message.
-struct alignas(kCacheLine) Slot {
+// release; it equals (uint32)(position + 1) when position `position` (its descriptor,
+// payload and cold entry) holds that message, and (uint32)(position + 1 - capacity)
+// while it still holds the previous lap's (consumed) message.
+struct SlotDesc {
   std::atomic<std::uint32_t> seq;
   std::uint32_t type;
   std::uint16_t length;
   std::uint8_t cap_count;
   std::uint8_t flags;
   std::uint32_t gap;
-  unsigned char payload[64];
+};
+static_assert(sizeof(SlotDesc) == 16);
+static_assert(alignof(SlotDesc) == 4);
+static_assert(kCacheLine % sizeof(SlotDesc) == 0);
+static_assert(offsetof(SlotDesc, seq) == 0);
+static_assert(offsetof(SlotDesc, type) == 4);
+static_assert(offsetof(SlotDesc, length) == 8);
+static_assert(offsetof(SlotDesc, cap_count) == 10);
+static_assert(offsetof(SlotDesc, flags) == 11);
+static_assert(offsetof(SlotDesc, gap) == 12);
+
+// SlotPayload:
+//  0                                                              64
+//  +--------------------------------------------------------------+
+//  | payload[0..64)                                               |
+//  +--------------------------------------------------------------+
+struct alignas(kCacheLine) SlotPayload {
+  unsigned char bytes[64];
+};
+static_assert(sizeof(SlotPayload) == kCacheLine);
+
+// SlotCold:
+//  0                                   32         40                 64
+//  +-----------------------------------+----------+------------------+
+//  | capability handles [4] (u64)      | stamp    | reserved         |
+//  +-----------------------------------+----------+------------------+
+struct alignas(kCacheLine) SlotCold {
   std::uint64_t caps[4];
   std::uint64_t stamp;
-  std::uint64_t reserved1;
+  std::uint64_t reserved[3];
 };
-static_assert(sizeof(Slot) == 2 * kCacheLine);
-static_assert(alignof(Slot) == kCacheLine);
-static_assert(offsetof(Slot, seq) == 0);
-static_assert(offsetof(Slot, type) == 4);
-static_assert(offsetof(Slot, length) == 8);
-static_assert(offsetof(Slot, cap_count) == 10);
-static_assert(offsetof(Slot, flags) == 11);
-static_assert(offsetof(Slot, gap) == 12);
-static_assert(offsetof(Slot, payload) == 16);
-static_assert(offsetof(Slot, caps) == 80);
-static_assert(offsetof(Slot, stamp) == 112);
+static_assert(sizeof(SlotCold) == kCacheLine);
+static_assert(offsetof(SlotCold, caps) == 0);
+static_assert(offsetof(SlotCold, stamp) == 32);
+
+// Bytes a ring position takes in the producer segment (SegmentHeader::slot_size).
+inline constexpr std::uint32_t kRingPositionBytes =
+    sizeof(SlotDesc) + sizeof(SlotPayload) + sizeof(SlotCold);
+static_assert(kRingPositionBytes == 144);
 
 // The producer half of a ring: written by the producer, mapped read-only by the
-// consumer.
+// consumer. The three arrays follow the fixed part; their offsets depend on the
+// capacity only (RingArrays below), each starts on a cache line.
 //
 //  0      64       128          192             256                320       384     512
-//  +------+--------+------------+---------------+------------------+---------+-------+---
-//  |header| (pad)  | notify     | control       | waiting          | stats   | (pad) | slots
-//  |      |        | (futex the | closed, fence | (producer parked | (8 u64) |       | [cap]
-//  |      |        |  reader    | mode, ready   |  on full)        |         |       |
+//  +------+--------+------------+---------------+------------------+---------+-------+
+//  |header| (pad)  | notify     | control       | waiting          | stats   | (pad) |
+//  |      |        | (futex the | closed, fence | (producer parked | (8 u64) |       |
+//  |      |        |  reader    | mode, claimed |  on full)        |         |       |
 //  |      |        |  waits on) |               |                  |         |       |
-//  +------+--------+------------+---------------+------------------+---------+-------+---
+//  +------+--------+------------+---------------+------------------+---------+-------+
+//  512                      desc_end (line-rounded)   payload_end             cold_end
+//  +------------------------+-------------------------+-----------------------+
+//  | SlotDesc[capacity]     | SlotPayload[capacity]   | SlotCold[capacity]    |
+//  | (16 B each)            | (64 B each)             | (64 B each)           |
+//  +------------------------+-------------------------+-----------------------+
 struct alignas(kCacheLine) ProducerControl {
   std::atomic<std::uint32_t> closed;      // 1 once the producer closed its end
   std::atomic<std::uint32_t> fence_mode;  // kFenceFull or kFenceAsymmetric
@@ -201,7 +234,9 @@ struct ProducerSegment {
   WaitLine waiting;         // 256: kWait* bits + epoch while the producer waits for room
   SideStats stats;          // 320
   unsigned char pad1[128];  // 384
-  // Slot slots[capacity];  // 512
+  // SlotDesc desc[capacity];        // 512
+  // SlotPayload payload[capacity];  // RingArrays::payload
+  // SlotCold cold[capacity];        // RingArrays::cold
 };
 static_assert(sizeof(ProducerSegment) == 512);
 static_assert(offsetof(ProducerSegment, notify) == 128);
@@ -285,5 +320,28 @@ inline constexpr std::uint32_t kReadySetCapacityMax = 64 * 64;  // one summary w
 inline constexpr std::uint32_t kRingSlotsOffset = sizeof(ProducerSegment);
 inline constexpr std::uint32_t kRingCapacityMin = 2;
 inline constexpr std::uint32_t kRingCapacityMax = 1u << 20;
+
+// Offsets of a ring's three arrays in its producer segment, from its capacity.
+struct RingArrays {
+  std::uint64_t desc;     // SlotDesc[capacity]
+  std::uint64_t payload;  // SlotPayload[capacity], cache-line aligned
+  std::uint64_t cold;     // SlotCold[capacity], cache-line aligned
+  std::uint64_t end;      // one past the last byte of the arrays
+};
+
+constexpr RingArrays ring_arrays(std::uint32_t capacity) noexcept {
+  const std::uint64_t desc_bytes = std::uint64_t{capacity} * sizeof(SlotDesc);
+  const std::uint64_t desc_lines = (desc_bytes + kCacheLine - 1) / kCacheLine * kCacheLine;
+  RingArrays a{};
+  a.desc = kRingSlotsOffset;
+  a.payload = a.desc + desc_lines;
+  a.cold = a.payload + std::uint64_t{capacity} * sizeof(SlotPayload);
+  a.end = a.cold + std::uint64_t{capacity} * sizeof(SlotCold);
+  return a;
+}
+static_assert(kRingSlotsOffset % kCacheLine == 0);
+static_assert(ring_arrays(2).payload == 512 + 64);
+static_assert(ring_arrays(8).payload == 512 + 128 && ring_arrays(8).cold == 640 + 512);
+static_assert(ring_arrays(1024).end == 512 + 1024 * kRingPositionBytes);
 
 }  // namespace vipc::layout

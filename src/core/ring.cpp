@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <new>
@@ -19,10 +20,11 @@ namespace {
 
 using layout::ConsumerSegment;
 using layout::ProducerSegment;
-using layout::Slot;
+using layout::SlotCold;
+using layout::SlotDesc;
+using layout::SlotPayload;
 
-constexpr std::size_t kSlotSize = sizeof(Slot);
-constexpr std::size_t kFirstLinePayload = 48;  // payload bytes in a slot's first line
+constexpr std::size_t kSlotSize = layout::kRingPositionBytes;
 
 bool is_pow2(std::uint32_t v) noexcept { return v != 0 && (v & (v - 1)) == 0; }
 
@@ -31,7 +33,8 @@ bool is_pow2(std::uint32_t v) noexcept { return v != 0 && (v & (v - 1)) == 0; }
 // Relaxed single read of a field another process may be writing at the same time.
 // Reading it exactly once into a local is what makes the later bounds checks hold
 // (no second fetch can see a different value).
-// A slot seen as 8-byte words (overwrite mode copies it word by word, atomically).
+// A descriptor, payload or cold entry seen as 8-byte words (overwrite mode copies them
+// word by word, atomically).
 using AliasU64 = std::uint64_t __attribute__((may_alias));
 constexpr std::uint64_t kMaxPosition = std::uint64_t{1} << 62;  // beyond: a hostile claim
 
@@ -39,6 +42,17 @@ template <class T>
 T read_once(const T& field) noexcept {
   return __atomic_load_n(&field, __ATOMIC_RELAXED);
 }
+
+// Batches publish (R1b) and take (R2b) a run of descriptors with one release / acquire
+// fence around relaxed seq accesses. ThreadSanitizer does not model stand-alone fences,
+// so under it every seq access carries the ordering itself (same code otherwise).
+#if defined(VIPC_TSAN) || defined(__SANITIZE_THREAD__)
+constexpr std::memory_order kBatchSeqStore = std::memory_order_release;
+constexpr std::memory_order kBatchSeqLoad = std::memory_order_acquire;
+#else
+constexpr std::memory_order kBatchSeqStore = std::memory_order_relaxed;
+constexpr std::memory_order kBatchSeqLoad = std::memory_order_relaxed;
+#endif
 
 // W2 / W4 (docs/ring.md): the StoreLoad barrier between "publish" and "read the peer's
 // waiting word". Asymmetric mode needs only a compiler barrier here because the
@@ -78,7 +92,7 @@ Deadline park_deadline(Deadline d, bool trusted) noexcept {
 // ---------------------------------------------------------------- segments
 
 std::size_t RingSegments::producer_bytes(std::uint32_t capacity) noexcept {
-  return round_up_to_page(layout::kRingSlotsOffset + std::size_t{capacity} * kSlotSize);
+  return round_up_to_page(static_cast<std::size_t>(layout::ring_arrays(capacity).end));
 }
 
 std::size_t RingSegments::consumer_bytes() noexcept {
@@ -112,7 +126,7 @@ Result<RingSegments> RingSegments::create(const RingOptions& options) {
   spec.total_size = producer_bytes(options.capacity);
   auto prod = create_segment("vipc-ring-producer", spec);
   if (!prod) return prod.error();
-  // Slots are left as the memfd gives them (zero): a zero seq in the first lap reads as
+  // Descriptors are left as the memfd gives them (zero): a zero seq in the first lap reads as
   // "not yet published" (RingReader::peek, docs/ring.md R2), so creating a ring touches
   // no slot page, whatever its capacity.
 
@@ -153,7 +167,7 @@ Result<AttachedRing> attach_ring(int producer_fd, int consumer_fd, int prod_prot
   if (!is_pow2(ph.capacity) || ph.capacity < layout::kRingCapacityMin ||
       ph.capacity > layout::kRingCapacityMax || ph.slot_size != kSlotSize || ph.payload_max == 0 ||
       ph.payload_max > kSmallPayloadMax || ph.data_offset != layout::kRingSlotsOffset ||
-      ph.total_size < layout::kRingSlotsOffset + std::uint64_t{ph.capacity} * kSlotSize ||
+      ph.total_size < layout::ring_arrays(ph.capacity).end ||
       ch.total_size < sizeof(ConsumerSegment)) {
     return Error(ErrorCode::Corrupted, "ring: header geometry is invalid", 0, ph.object_id);
   }
@@ -218,8 +232,13 @@ Result<RingWriter> RingWriter::attach(int producer_fd, int consumer_fd, int noti
   w.cons_map_ = std::move(ring->cons);
   w.prod_ = static_cast<ProducerSegment*>(w.prod_map_.data());
   w.cons_ = static_cast<const ConsumerSegment*>(w.cons_map_.data());
-  w.slots_ = reinterpret_cast<Slot*>(static_cast<unsigned char*>(w.prod_map_.data()) +
-                                     layout::kRingSlotsOffset);
+  {
+    auto* base = static_cast<unsigned char*>(w.prod_map_.data());
+    const layout::RingArrays a = layout::ring_arrays(ring->hdr.capacity);
+    w.desc_ = reinterpret_cast<SlotDesc*>(base + a.desc);
+    w.payload_ = reinterpret_cast<SlotPayload*>(base + a.payload);
+    w.cold_ = reinterpret_cast<SlotCold*>(base + a.cold);
+  }
   w.capacity_ = ring->hdr.capacity;
   w.mask_ = ring->hdr.capacity - 1;
   w.max_len_ = ring->hdr.payload_max;
@@ -287,7 +306,9 @@ RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
   eventfd_ = std::move(o.eventfd_);
   prod_ = std::exchange(o.prod_, nullptr);
   cons_ = std::exchange(o.cons_, nullptr);
-  slots_ = std::exchange(o.slots_, nullptr);
+  desc_ = std::exchange(o.desc_, nullptr);
+  payload_ = std::exchange(o.payload_, nullptr);
+  cold_ = std::exchange(o.cold_, nullptr);
   ready_capacity_ = o.ready_capacity_;
   tail_ = o.tail_;
   cached_head_ = o.cached_head_;
@@ -320,7 +341,9 @@ void RingWriter::release() noexcept {
   if (prod_ != nullptr) close();
   prod_ = nullptr;
   cons_ = nullptr;
-  slots_ = nullptr;
+  desc_ = nullptr;
+  payload_ = nullptr;
+  cold_ = nullptr;
   prod_map_.reset();
   cons_map_.reset();
   ready_map_.reset();
@@ -348,45 +371,46 @@ Result<void> RingWriter::refresh_head(std::uint64_t need) noexcept {
 void RingWriter::write_slot(std::uint64_t pos, std::uint32_t type, const void* data,
                             std::size_t len, const CapabilityHandle* caps,
                             std::uint8_t ncaps) noexcept {
-  Slot& s = slots_[pos & mask_];
-  // Second line first, then the first line ending with seq: the stores to the line
-  // the reader polls are back to back, so the reader loses it only once.
-  for (std::uint8_t i = 0; i < ncaps; ++i) s.caps[i] = caps[i].value;
-  const auto* bytes = static_cast<const unsigned char*>(data);
-  if (len > kFirstLinePayload) {
-    std::memcpy(s.payload + kFirstLinePayload, bytes + kFirstLinePayload, len - kFirstLinePayload);
-  }
-  s.type = type;
-  s.length = static_cast<std::uint16_t>(len);
-  s.cap_count = ncaps;
-  s.flags = next_flags_;
+  const std::size_t i = pos & mask_;
+  // The cold line only for a message that carries capabilities.
+  for (std::uint8_t c = 0; c < ncaps; ++c) cold_[i].caps[c] = caps[c].value;
+  if (len != 0) std::memcpy(payload_[i].bytes, data, len);
+  SlotDesc& d = desc_[i];
+  d.type = type;
+  d.length = static_cast<std::uint16_t>(len);
+  d.cap_count = ncaps;
+  d.flags = next_flags_;
   next_flags_ = 0;
-  s.gap = take_gap();
-  if (len != 0) std::memcpy(s.payload, bytes, len < kFirstLinePayload ? len : kFirstLinePayload);
-  // R1: release pairs with the reader's acquire of seq (R2): the fields above are
-  // visible before the slot reads as published.
-  s.seq.store(static_cast<std::uint32_t>(pos + 1), std::memory_order_release);
+  d.gap = take_gap();
+  // R1: release pairs with the reader's acquire of seq (R2): the descriptor, payload
+  // and cold entry above are visible before the position reads as published.
+  d.seq.store(static_cast<std::uint32_t>(pos + 1), std::memory_order_release);
 }
 
-// The same for a SmallMessage, whose 64-byte buffer may be copied whole: fixed-size
-// copies of the lines in use compile to a few vector moves.
+// Everything of position `pos` but its seq (R1 publishes it). A SmallMessage's 64-byte
+// buffer is copied whole: a fixed-size copy of one line is a few vector moves.
+VIPC_ALWAYS_INLINE inline void RingWriter::write_body(std::uint64_t pos,
+                                                      const SmallMessage& m) noexcept {
+  const std::size_t i = pos & mask_;
+  const std::uint8_t ncaps = m.cap_count;
+  if (ncaps != 0) [[unlikely]] {
+    for (std::uint8_t c = 0; c < ncaps; ++c) cold_[i].caps[c] = m.caps[c].value;
+  }
+  if (m.length != 0) std::memcpy(payload_[i].bytes, m.data.data(), sizeof(SlotPayload));
+  SlotDesc& d = desc_[i];
+  d.type = m.type;
+  d.length = m.length;
+  d.cap_count = ncaps;
+  d.flags = next_flags_;
+  next_flags_ = 0;
+  d.gap = take_gap();
+}
+
 VIPC_ALWAYS_INLINE inline void RingWriter::write_message(std::uint64_t pos,
                                                          const SmallMessage& m) noexcept {
-  Slot& s = slots_[pos & mask_];
-  const std::uint8_t ncaps = m.cap_count;
-  for (std::uint8_t i = 0; i < ncaps; ++i) s.caps[i] = m.caps[i].value;
-  if (m.length > kFirstLinePayload) {
-    std::memcpy(s.payload + kFirstLinePayload, m.data.data() + kFirstLinePayload,
-                kSmallPayloadMax - kFirstLinePayload);
-  }
-  s.type = m.type;
-  s.length = m.length;
-  s.cap_count = ncaps;
-  s.flags = next_flags_;
-  next_flags_ = 0;
-  s.gap = take_gap();
-  std::memcpy(s.payload, m.data.data(), kFirstLinePayload);
-  s.seq.store(static_cast<std::uint32_t>(pos + 1), std::memory_order_release);  // R1
+  write_body(pos, m);
+  desc_[pos & mask_].seq.store(static_cast<std::uint32_t>(pos + 1),
+                               std::memory_order_release);  // R1
 }
 
 VIPC_ALWAYS_INLINE inline std::uint32_t RingWriter::take_gap() noexcept {
@@ -406,20 +430,23 @@ void RingWriter::overwrite_message(const SmallMessage& m) noexcept {
   claimed_ = tail_ + 1;
   prod_->control.claimed.store(claimed_, std::memory_order_relaxed);  // O1
   std::atomic_thread_fence(std::memory_order_release);                // O1
-  Slot& s = slots_[tail_ & mask_];
-  auto* words = reinterpret_cast<AliasU64*>(&s);
-  __atomic_store_n(&s.type, m.type, __ATOMIC_RELAXED);
+  const std::size_t idx = tail_ & mask_;
+  SlotDesc& d = desc_[idx];
+  auto* meta_word = reinterpret_cast<AliasU64*>(&d) + 1;  // length, caps, flags, gap
+  auto* payload = reinterpret_cast<AliasU64*>(payload_[idx].bytes);
+  auto* caps = reinterpret_cast<AliasU64*>(cold_[idx].caps);
+  __atomic_store_n(&d.type, m.type, __ATOMIC_RELAXED);
   const std::uint64_t meta = std::uint64_t{m.length} | std::uint64_t{m.cap_count} << 16 |
                              std::uint64_t{next_flags_} << 24 | std::uint64_t{take_gap()} << 32;
   next_flags_ = 0;
-  __atomic_store_n(&words[1], meta, __ATOMIC_RELAXED);
+  __atomic_store_n(meta_word, meta, __ATOMIC_RELAXED);
   std::uint64_t w[8];
   std::memcpy(w, m.data.data(), sizeof w);
-  for (std::size_t i = 0; i < 8; ++i) __atomic_store_n(&words[2 + i], w[i], __ATOMIC_RELAXED);
+  for (std::size_t i = 0; i < 8; ++i) __atomic_store_n(&payload[i], w[i], __ATOMIC_RELAXED);
   for (std::uint8_t i = 0; i < m.cap_count; ++i) {
-    __atomic_store_n(&words[10 + i], m.caps[i].value, __ATOMIC_RELAXED);
+    __atomic_store_n(&caps[i], m.caps[i].value, __ATOMIC_RELAXED);
   }
-  s.seq.store(static_cast<std::uint32_t>(tail_ + 1), std::memory_order_release);  // R1
+  d.seq.store(static_cast<std::uint32_t>(tail_ + 1), std::memory_order_release);  // R1
   ++drops_;
   prod_->stats.drops.store(drops_, std::memory_order_relaxed);
 }
@@ -554,7 +581,7 @@ Result<std::size_t> RingWriter::try_send_batch(std::span<const SmallMessage> msg
   const std::size_t n = room < msgs.size() ? room : msgs.size();
   // On locals: the slot stores could alias members as far as the compiler knows.
   std::size_t sent = 0;
-  std::uint64_t tail = tail_;
+  const std::uint64_t first = tail_;
   std::uint64_t bytes = bytes_;
   const std::uint32_t max_len = max_len_;
   for (; sent < n; ++sent) {
@@ -562,11 +589,18 @@ Result<std::size_t> RingWriter::try_send_batch(std::span<const SmallMessage> msg
     if (m.length > max_len || m.cap_count > kInlineCapsMax) [[unlikely]] {
       break;
     }
-    write_message(tail, m);
-    ++tail;
+    write_body(first + sent, m);
     bytes += m.length;
   }
-  tail_ = tail;
+  // R1b: one release fence orders every body above before each seq store below (a
+  // reader whose acquire sees one of them sees its position complete, R2/R2b).
+  std::atomic_thread_fence(std::memory_order_release);
+  SlotDesc* const desc = desc_;
+  const std::uint64_t mask = mask_;
+  for (std::size_t i = 0; i < sent; ++i) {
+    desc[(first + i) & mask].seq.store(static_cast<std::uint32_t>(first + i + 1), kBatchSeqStore);
+  }
+  tail_ = first + sent;
   bytes_ = bytes;
   if (sent > 0) {
     after_publish();
@@ -677,8 +711,13 @@ Result<RingReader> RingReader::attach(int producer_fd, int consumer_fd, int even
   r.cons_map_ = std::move(ring->cons);
   r.prod_ = static_cast<const ProducerSegment*>(r.prod_map_.data());
   r.cons_ = static_cast<ConsumerSegment*>(r.cons_map_.data());
-  r.slots_ = reinterpret_cast<const Slot*>(static_cast<const unsigned char*>(r.prod_map_.data()) +
-                                           layout::kRingSlotsOffset);
+  {
+    const auto* base = static_cast<const unsigned char*>(r.prod_map_.data());
+    const layout::RingArrays a = layout::ring_arrays(ring->hdr.capacity);
+    r.desc_ = reinterpret_cast<const SlotDesc*>(base + a.desc);
+    r.payload_ = reinterpret_cast<const SlotPayload*>(base + a.payload);
+    r.cold_ = reinterpret_cast<const SlotCold*>(base + a.cold);
+  }
   r.capacity_ = ring->hdr.capacity;
   r.mask_ = ring->hdr.capacity - 1;
   r.max_len_ = ring->hdr.payload_max;
@@ -718,7 +757,9 @@ RingReader& RingReader::operator=(RingReader&& o) noexcept {
   eventfd_ = std::move(o.eventfd_);
   prod_ = std::exchange(o.prod_, nullptr);
   cons_ = std::exchange(o.cons_, nullptr);
-  slots_ = std::exchange(o.slots_, nullptr);
+  desc_ = std::exchange(o.desc_, nullptr);
+  payload_ = std::exchange(o.payload_, nullptr);
+  cold_ = std::exchange(o.cold_, nullptr);
   head_ = o.head_;
   bytes_ = o.bytes_;
   parks_ = o.parks_;
@@ -750,7 +791,7 @@ RingReader::~RingReader() {
 
 VIPC_ALWAYS_INLINE inline RingReader::Peek RingReader::peek(std::uint64_t pos) const noexcept {
   // R2: acquire pairs with the writer's release of seq (R1).
-  const std::uint32_t q = slots_[pos & mask_].seq.load(std::memory_order_acquire);
+  const std::uint32_t q = desc_[pos & mask_].seq.load(std::memory_order_acquire);
   if (q == static_cast<std::uint32_t>(pos + 1)) return Peek::Ready;
   if (overwrite_) [[unlikely]] {
     // A later lap (the message was overwritten: taking it means skipping it) or an
@@ -770,9 +811,9 @@ VIPC_ALWAYS_INLINE inline RingReader::Peek RingReader::peek(std::uint64_t pos) c
     // R2z: acquire, like R2. If this sees a later write of slot pos - 1 (the writer
     // lapped since q was read), it synchronises with that release, which the writer
     // made after publishing `pos`: the re-read of slot `pos` below then sees it.
-    const std::uint32_t before = slots_[(pos - 1) & mask_].seq.load(std::memory_order_acquire);
+    const std::uint32_t before = desc_[(pos - 1) & mask_].seq.load(std::memory_order_acquire);
     if (before == static_cast<std::uint32_t>(pos)) return Peek::Empty;
-    if (slots_[pos & mask_].seq.load(std::memory_order_acquire) != 0) return Peek::Empty;
+    if (desc_[pos & mask_].seq.load(std::memory_order_acquire) != 0) return Peek::Empty;
     return Peek::Corrupt;
   }
   return Peek::Corrupt;
@@ -803,7 +844,8 @@ RingReader::Peek RingReader::take_overwritten(SmallMessage& out, Result<void>& r
       if (claimed > kMaxPosition) return corrupt("ring: overwrite claim out of range");
       skip_lost(claimed - capacity_);
     }
-    const Slot& s = slots_[head_ & mask_];
+    const std::size_t idx = head_ & mask_;
+    const SlotDesc& s = desc_[idx];
     const auto want = static_cast<std::uint32_t>(head_ + 1);
     const std::uint32_t q = s.seq.load(std::memory_order_acquire);  // R2
     const auto d = static_cast<std::int32_t>(q - want);
@@ -817,14 +859,18 @@ RingReader::Peek RingReader::take_overwritten(SmallMessage& out, Result<void>& r
       skip_lost(head_ + static_cast<std::uint32_t>(d) - capacity_ + 1);
       continue;
     }
-    const auto* words = reinterpret_cast<const AliasU64*>(&s);
+    const auto* meta_word = reinterpret_cast<const AliasU64*>(&s) + 1;
+    const auto* payload = reinterpret_cast<const AliasU64*>(payload_[idx].bytes);
+    const auto* cold = reinterpret_cast<const AliasU64*>(cold_[idx].caps);
     const std::uint32_t type = __atomic_load_n(&s.type, __ATOMIC_RELAXED);
-    const std::uint64_t meta = __atomic_load_n(&words[1], __ATOMIC_RELAXED);
+    const std::uint64_t meta = __atomic_load_n(meta_word, __ATOMIC_RELAXED);
     std::uint64_t w[8];
-    for (std::size_t i = 0; i < 8; ++i) w[i] = __atomic_load_n(&words[2 + i], __ATOMIC_RELAXED);
-    std::uint64_t caps[kInlineCapsMax];
-    for (std::size_t i = 0; i < kInlineCapsMax; ++i) {
-      caps[i] = __atomic_load_n(&words[10 + i], __ATOMIC_RELAXED);
+    for (std::size_t i = 0; i < 8; ++i) w[i] = __atomic_load_n(&payload[i], __ATOMIC_RELAXED);
+    // The cold line only as far as the (unvalidated) count asks, never past 4 entries.
+    std::uint64_t caps[kInlineCapsMax] = {};
+    const std::size_t want_caps = std::min<std::size_t>((meta >> 16) & 0xff, kInlineCapsMax);
+    for (std::size_t i = 0; i < want_caps; ++i) {
+      caps[i] = __atomic_load_n(&cold[i], __ATOMIC_RELAXED);
     }
     // O4: pairs with the writer's release fence after its claim (O1): if any word copied
     // above came from an overwrite, the claim below is at least that overwrite's.
@@ -864,7 +910,8 @@ bool RingReader::ready() const noexcept { return peek(head_) != Peek::Empty; }
 
 VIPC_ALWAYS_INLINE inline Result<void> RingReader::take(std::uint64_t pos,
                                                         SmallMessage& out) noexcept {
-  const Slot& s = slots_[pos & mask_];
+  const std::size_t idx = pos & mask_;
+  const SlotDesc& s = desc_[idx];
   // Each field is read exactly once; bounds are checked on the local copies.
   const std::uint32_t type = read_once(s.type);
   const std::uint16_t len = read_once(s.length);
@@ -878,13 +925,10 @@ VIPC_ALWAYS_INLINE inline Result<void> RingReader::take(std::uint64_t pos,
   out.cap_count = ncaps;
   last_gap_ = read_once(s.gap);
   last_flags_ = read_once(s.flags);
-  // Fixed-size copies of the lines in use (out.data has room for 64 bytes).
-  if (len > kFirstLinePayload) {
-    std::memcpy(out.data.data(), s.payload, kSmallPayloadMax);
-  } else {
-    std::memcpy(out.data.data(), s.payload, kFirstLinePayload);
-  }
-  for (std::uint8_t i = 0; i < ncaps; ++i) out.caps[i].value = read_once(s.caps[i]);
+  // A fixed-size copy of the payload line (out.data has room for 64 bytes); the cold
+  // line only for capabilities.
+  if (len != 0) std::memcpy(out.data.data(), payload_[idx].bytes, sizeof(SlotPayload));
+  for (std::uint8_t i = 0; i < ncaps; ++i) out.caps[i].value = read_once(cold_[idx].caps[i]);
   bytes_ += len;
   return {};
 }
@@ -928,9 +972,9 @@ Result<void> RingReader::try_receive(SmallMessage& out) noexcept {
   }
   Peek p = peek(head_);
   if (p == Peek::Empty) {
-    // While polling, keep pulling the slot's second line: when the writer fills it,
-    // the reader fetches it in parallel with the first line instead of after it.
-    __builtin_prefetch(&slots_[head_ & mask_].caps[0]);
+    // While polling, keep pulling the payload line: when the writer fills it, the
+    // reader fetches it in parallel with the descriptor instead of after it.
+    __builtin_prefetch(payload_[head_ & mask_].bytes);
     auto e = empty_result();
     // A message published before close() is visible once closed is (R5).
     if (e.error().code() != ErrorCode::ChannelClosed) return e;
@@ -968,26 +1012,36 @@ Result<std::size_t> RingReader::try_receive_batch(std::span<SmallMessage> out) n
   // alias members as far as the compiler knows). Anything else (empty, damaged,
   // closed) stops it and is handled one message at a time below, so a batch never
   // skips past damage silently.
-  const Slot* const slots = slots_;
+  const SlotDesc* const desc = desc_;
+  const SlotPayload* const payload = payload_;
+  const SlotCold* const cold = cold_;
   const std::uint64_t mask = mask_;
   const std::uint32_t max_len = max_len_;
   std::uint64_t head = head_;
   std::uint64_t bytes = bytes_;
+  // R2b: find the run of published positions first (relaxed loads of seq), then one
+  // acquire fence: it pairs with the writer's release (R1, R1b) of every seq read, so
+  // the descriptors, payloads and cold entries of the whole run are visible below.
+  std::size_t ready = 0;
+  while (ready < out.size() && desc[(head + ready) & mask].seq.load(kBatchSeqLoad) ==
+                                   static_cast<std::uint32_t>(head + ready + 1)) {
+    ++ready;
+  }
+  std::atomic_thread_fence(std::memory_order_acquire);
   std::size_t n = 0;
-  for (; n < out.size(); ++n) {
-    const Slot& sl = slots[head & mask];
-    // R2: acquire pairs with the writer's release of seq (R1).
-    if (sl.seq.load(std::memory_order_acquire) != static_cast<std::uint32_t>(head + 1)) break;
+  for (; n < ready; ++n) {
+    const std::size_t idx = head & mask;
+    const SlotDesc& d = desc[idx];
     // A gap belongs to the first message of a batch only (last_gap()).
-    const std::uint32_t gap = read_once(sl.gap);
+    const std::uint32_t gap = read_once(d.gap);
     if (gap != 0 && n != 0) break;
     if (n == 0) {
       last_gap_ = gap;
-      last_flags_ = read_once(sl.flags);
+      last_flags_ = read_once(d.flags);
     }
-    const std::uint32_t type = read_once(sl.type);
-    const std::uint16_t len = read_once(sl.length);
-    const std::uint8_t ncaps = read_once(sl.cap_count);
+    const std::uint32_t type = read_once(d.type);
+    const std::uint16_t len = read_once(d.length);
+    const std::uint8_t ncaps = read_once(d.cap_count);
     if (len > max_len || ncaps > kInlineCapsMax) [[unlikely]] {
       break;
     }
@@ -995,12 +1049,8 @@ Result<std::size_t> RingReader::try_receive_batch(std::span<SmallMessage> out) n
     m.type = type;
     m.length = len;
     m.cap_count = ncaps;
-    if (len > kFirstLinePayload) {
-      std::memcpy(m.data.data(), sl.payload, kSmallPayloadMax);
-    } else {
-      std::memcpy(m.data.data(), sl.payload, kFirstLinePayload);
-    }
-    for (std::uint8_t i = 0; i < ncaps; ++i) m.caps[i].value = read_once(sl.caps[i]);
+    if (len != 0) std::memcpy(m.data.data(), payload[idx].bytes, sizeof(SlotPayload));
+    for (std::uint8_t i = 0; i < ncaps; ++i) m.caps[i].value = read_once(cold[idx].caps[i]);
     bytes += len;
     ++head;
   }

@@ -120,7 +120,7 @@ class RingWriter {
   // ring loses its oldest unread message instead (counted in stats().drops, an upper
   // bound: the reader's stats().lost is exact).
   [[nodiscard]] bool overwrites() const noexcept { return overwrite_; }
-  // The slot flags (layout::Slot::flags) of the next message sent: a channel's own tag
+  // The slot flags (layout::SlotDesc::flags) of the next message sent: a channel's own tag
   // (the caller's scheduling priority of a request, docs/channels.md); 0 after it.
   void tag_next(std::uint8_t flags) noexcept { next_flags_ = flags; }
   // Marks the producer end closed and wakes the reader; idempotent.
@@ -142,6 +142,7 @@ class RingWriter {
   void write_slot(std::uint64_t pos, std::uint32_t type, const void* data, std::size_t len,
                   const CapabilityHandle* caps, std::uint8_t ncaps) noexcept;
   void write_message(std::uint64_t pos, const SmallMessage& m) noexcept;
+  void write_body(std::uint64_t pos, const SmallMessage& m) noexcept;
   void overwrite_message(const SmallMessage& m) noexcept;
   std::uint32_t take_gap() noexcept;
   void after_publish() noexcept;
@@ -154,7 +155,9 @@ class RingWriter {
   sys::Mapping cons_map_;
   layout::ProducerSegment* prod_ = nullptr;
   const layout::ConsumerSegment* cons_ = nullptr;
-  layout::Slot* slots_ = nullptr;
+  layout::SlotDesc* desc_ = nullptr;        // descriptors (seq, type, length, ...)
+  layout::SlotPayload* payload_ = nullptr;  // one cache line per position
+  layout::SlotCold* cold_ = nullptr;        // capabilities, touched only when carried
   sys::UniqueFd eventfd_;
   sys::Mapping ready_map_;
   sys::UniqueFd ready_eventfd_;  // the ready set's eventfd, or invalid
@@ -257,7 +260,9 @@ class RingReader {
   sys::Mapping cons_map_;
   const layout::ProducerSegment* prod_ = nullptr;
   layout::ConsumerSegment* cons_ = nullptr;
-  const layout::Slot* slots_ = nullptr;
+  const layout::SlotDesc* desc_ = nullptr;
+  const layout::SlotPayload* payload_ = nullptr;
+  const layout::SlotCold* cold_ = nullptr;
   sys::UniqueFd eventfd_;
   std::uint64_t head_ = 0;  // next position to read (local truth, never read back)
   std::uint64_t bytes_ = 0;

@@ -65,7 +65,8 @@ void fill_random(unsigned char* p, std::size_t n, Rng& rng) {
 
 enum class Scribble {
   EveryByte,   // random bytes over the whole segment, header included
-  SlotFields,  // slots published with the right sequence word but random contents
+  SlotFields,  // positions published with the right sequence word but random contents
+               // (descriptor, payload and cold line)
   SeqWords,    // sequence words set to nearby legal, illegal and random values
   Mixed,       // random short writes anywhere, interleaved with honest sends
 };
@@ -98,7 +99,10 @@ int hostile_writer(const RingSegments& seg, std::uint32_t capacity, Scribble kin
   auto cons = sys::map_shared(seg.consumer.get(), RingSegments::consumer_bytes(), PROT_READ);
   if (!map || !cons) return 12;
   auto* bytes = static_cast<unsigned char*>(map->data());
-  auto* slots = reinterpret_cast<layout::Slot*>(bytes + layout::kRingSlotsOffset);
+  const layout::RingArrays arrays = layout::ring_arrays(capacity);
+  auto* desc = reinterpret_cast<layout::SlotDesc*>(bytes + arrays.desc);
+  auto* payload = reinterpret_cast<layout::SlotPayload*>(bytes + arrays.payload);
+  auto* cold = reinterpret_cast<layout::SlotCold*>(bytes + arrays.cold);
   const auto* c = static_cast<const layout::ConsumerSegment*>(cons->data());
   Rng rng(seed);
   const Deadline end = deadline_after(duration);
@@ -110,14 +114,17 @@ int hostile_writer(const RingSegments& seg, std::uint32_t capacity, Scribble kin
       case Scribble::SlotFields: {
         const std::uint64_t head = c->index.head.load(std::memory_order_relaxed);
         for (std::uint64_t pos = head; pos < head + capacity; ++pos) {
-          layout::Slot& s = slots[pos & (capacity - 1)];
+          const std::size_t idx = pos & (capacity - 1);
+          layout::SlotDesc& s = desc[idx];
           const std::uint64_t r = rng.next();
           s.type = static_cast<std::uint32_t>(r);
           // Half within the legal range, half anything.
           s.length = static_cast<std::uint16_t>((r & (1u << 16)) != 0 ? (r >> 17) % 65 : r >> 20);
           s.cap_count = static_cast<std::uint8_t>((r & (1u << 18)) != 0 ? (r >> 24) % 5 : r >> 32);
-          fill_random(s.payload, sizeof s.payload, rng);
-          for (auto& cap : s.caps) cap = rng.next();
+          s.flags = static_cast<std::uint8_t>(r >> 40);
+          s.gap = static_cast<std::uint32_t>(rng.next());
+          fill_random(payload[idx].bytes, sizeof payload[idx].bytes, rng);
+          fill_random(reinterpret_cast<unsigned char*>(&cold[idx]), sizeof cold[idx], rng);
           s.seq.store(static_cast<std::uint32_t>(pos + 1), std::memory_order_release);
         }
         break;
@@ -141,7 +148,7 @@ int hostile_writer(const RingSegments& seg, std::uint32_t capacity, Scribble kin
               v = static_cast<std::uint32_t>(rng.next());
               break;
           }
-          slots[pos & (capacity - 1)].seq.store(v, std::memory_order_release);
+          desc[pos & (capacity - 1)].seq.store(v, std::memory_order_release);
         }
         break;
       }
@@ -447,7 +454,7 @@ TEST(HostileWriterTest, WriterSurvivesAReaderScribblingOverItsSegment) {
   EXPECT_EQ(
       std::memcmp(header_before.data() + pad1, prod_bytes + pad1, layout::kRingSlotsOffset - pad1),
       0);
-  const std::size_t slots_end = layout::kRingSlotsOffset + kCap * sizeof(layout::Slot);
+  const std::size_t slots_end = layout::ring_arrays(kCap).end;
   ASSERT_LT(slots_end, prod_size);
   EXPECT_TRUE(std::all_of(prod_bytes + slots_end, prod_bytes + prod_size,
                           [](unsigned char b) { return b == 0; }));

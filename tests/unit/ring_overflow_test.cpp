@@ -182,8 +182,8 @@ TEST(RingOverwrite, HostileClaimIsAnErrorNotACrash) {
   prod->control.claimed.store(0);
   auto r2 = RingReader::attach(seg->producer.get(), seg->consumer.get());
   ASSERT_TRUE(r2);
-  auto* slots = reinterpret_cast<layout::Slot*>(static_cast<unsigned char*>(map->data()) +
-                                                layout::kRingSlotsOffset);
+  auto* slots = reinterpret_cast<layout::SlotDesc*>(static_cast<unsigned char*>(map->data()) +
+                                                    layout::ring_arrays(8).desc);
   slots[0].seq.store(3);  // 2 ahead of position 0 on a ring of 8
   got = r2->try_receive(m);
   ASSERT_FALSE(got);

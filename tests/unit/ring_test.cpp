@@ -130,7 +130,7 @@ TEST(RingSegmentsTest, CreateAcceptsTheCapacityBounds) {
     auto size = sys::file_size(seg->producer.get());
     VIPC_ASSERT_OK(size);
     EXPECT_EQ(*size, RingSegments::producer_bytes(cap));
-    EXPECT_GE(*size, layout::kRingSlotsOffset + std::uint64_t{cap} * sizeof(layout::Slot));
+    EXPECT_GE(*size, layout::ring_arrays(cap).end);
     EXPECT_EQ(*size % page_size(), 0u);
   }
 }
@@ -939,7 +939,7 @@ TEST(RingPollFdTest, ReaderWithoutEventfdHasNoPollFd) {
 // The producer segment mapped writable, as a buggy or hostile producer sees it.
 struct RawProducer {
   sys::Mapping map;
-  layout::Slot* slots = nullptr;
+  layout::SlotDesc* slots = nullptr;  // the descriptors: seq, type, length, ...
 };
 
 RawProducer map_producer(const RingSegments& seg, std::uint32_t capacity) {
@@ -947,9 +947,49 @@ RawProducer map_producer(const RingSegments& seg, std::uint32_t capacity) {
   raw.map = sys::map_shared(seg.producer.get(), RingSegments::producer_bytes(capacity),
                             PROT_READ | PROT_WRITE)
                 .value();
-  raw.slots = reinterpret_cast<layout::Slot*>(static_cast<unsigned char*>(raw.map.data()) +
-                                              layout::kRingSlotsOffset);
+  raw.slots = reinterpret_cast<layout::SlotDesc*>(static_cast<unsigned char*>(raw.map.data()) +
+                                                  layout::ring_arrays(capacity).desc);
   return raw;
+}
+
+TEST(RingLayoutTest, APositionLivesInItsDescriptorPayloadAndColdEntries) {
+  auto p = make_ring_pair(8, 64);
+  VIPC_ASSERT_OK(p);
+  RawProducer raw = map_producer(p->seg, 8);
+  const layout::RingArrays a = layout::ring_arrays(8);
+  const auto* base = static_cast<const unsigned char*>(raw.map.data());
+  const auto* payload = reinterpret_cast<const layout::SlotPayload*>(base + a.payload);
+  const auto* cold = reinterpret_cast<const layout::SlotCold*>(base + a.cold);
+  auto cold_untouched = [&] {
+    return std::all_of(base + a.cold, base + a.end, [](unsigned char b) { return b == 0; });
+  };
+  // Without capabilities: descriptor and payload line only; the cold array stays as the
+  // memfd gave it, through single sends and batches.
+  VIPC_ASSERT_OK(p->writer.try_send(make_msg(5, 64)));
+  const std::array<SmallMessage, 3> plain = {make_msg(6, 1), make_msg(7, 64, 0, 9), make_msg(8, 0)};
+  auto sent = p->writer.try_send_batch(plain);
+  VIPC_ASSERT_OK(sent);
+  ASSERT_EQ(*sent, 3u);
+  EXPECT_TRUE(cold_untouched());
+  EXPECT_EQ(raw.slots[0].seq.load(), 1u);
+  EXPECT_EQ(raw.slots[2].type, 7u);
+  EXPECT_EQ(raw.slots[2].length, 64u);
+  EXPECT_EQ(std::memcmp(payload[2].bytes, make_msg(7, 64, 0, 9).data.data(), 64), 0);
+  EXPECT_EQ(raw.slots[3].seq.load(), 4u);
+  // With capabilities: the handles are in the position's cold line.
+  VIPC_ASSERT_OK(p->writer.try_send(make_msg(9, 16, 3)));
+  EXPECT_EQ(raw.slots[4].cap_count, 3u);
+  for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(cold[4].caps[i], make_msg(9, 16, 3).caps[i].value);
+  EXPECT_EQ(cold[4].caps[3], 0u);
+  // And the reader takes every field from where the writer put it.
+  std::array<SmallMessage, 8> out;
+  auto got = p->reader.try_receive_batch(out);
+  VIPC_ASSERT_OK(got);
+  ASSERT_EQ(*got, 5u);
+  EXPECT_TRUE(same_message(out[0], make_msg(5, 64)));
+  EXPECT_TRUE(same_message(out[2], make_msg(7, 64, 0, 9)));
+  EXPECT_TRUE(same_message(out[3], make_msg(8, 0)));
+  EXPECT_TRUE(same_message(out[4], make_msg(9, 16, 3)));
 }
 
 TEST(RingDamageTest, SlotWithImpossibleLengthIsReportedAndSkipped) {

@@ -31,7 +31,7 @@ namespace vipc {
 
 namespace {
 
-constexpr std::uint32_t kBrokerIndex = 0;
+constexpr std::uint32_t kBrokerIndex = kBrokerReadyIndex;
 // How often at most a receiver reports refused messages to the broker while they come.
 constexpr std::uint64_t kReportPeriodNs = 100'000'000;
 
@@ -688,6 +688,7 @@ Result<std::unique_ptr<PreparedChannel>> create_channel(Runtime& rt, const Objec
   auto set = core::ReadySet::attach(sys::UniqueFd(created->fds[0].release()),
                                     sys::UniqueFd(created->fds[1].release()));
   if (!set) return set.error();
+  VIPC_TRY(set->watch(kBrokerIndex));
   return std::make_unique<PreparedChannel>(
       PreparedChannel{created->cap, created->info.id, std::move(*set)});
 }
@@ -710,27 +711,31 @@ Result<Endpoint> Endpoint::open_prepared(Runtime& rt, std::unique_ptr<PreparedCh
   impl->policy.limit = options.rate_limit;
   impl->policy.types = options.filter.allowed_types;
   std::sort(impl->policy.types.begin(), impl->policy.types.end());
+  impl->policy.types.erase(std::unique(impl->policy.types.begin(), impl->policy.types.end()),
+                           impl->policy.types.end());
   impl->policy.uids = options.filter.allowed_uids;
   impl->policy.pids = options.filter.allowed_pids;
-  VIPC_TRY(impl->set.watch(kBrokerIndex));
   // Hands the filter to the broker for the senders (docs/policy.md, "Filters at the
-  // sender"): only the rules a sender can check by itself, and only when there are some.
-  wire::SenderFilterSpec f{};
-  if (options.rate_limit.action == RateLimitAction::Reject && impl->policy.limited()) {
-    const RateLimit& l = options.rate_limit;
-    f.messages_per_second = l.messages_per_second;
-    f.burst = l.burst != 0                      ? l.burst
-              : l.messages_per_second / 10 != 0 ? l.messages_per_second / 10
-                                                : 1;
-  }
-  std::vector<std::uint32_t> types = impl->policy.types;
-  types.erase(std::unique(types.begin(), types.end()), types.end());
-  impl->policy.types = types;
-  if (!types.empty() && types.size() <= wire::kFilterTypesMax) {  // else the receiver only
-    f.type_count = static_cast<std::uint32_t>(types.size());
-    std::copy(types.begin(), types.end(), f.types.begin());
-  }
-  if (f.messages_per_second != 0 || f.type_count != 0) {
+  // sender"): only the rules a sender can check by itself, and only when there are some
+  // (the common case builds no request at all).
+  const std::vector<std::uint32_t>& types = impl->policy.types;
+  const bool reject_rate =
+      options.rate_limit.action == RateLimitAction::Reject && impl->policy.limited();
+  // More types than a request carries: the receiver alone checks them.
+  const bool sender_types = !types.empty() && types.size() <= wire::kFilterTypesMax;
+  if (reject_rate || sender_types) [[unlikely]] {
+    wire::SenderFilterSpec f{};
+    if (reject_rate) {
+      const RateLimit& l = options.rate_limit;
+      f.messages_per_second = l.messages_per_second;
+      f.burst = l.burst != 0                      ? l.burst
+                : l.messages_per_second / 10 != 0 ? l.messages_per_second / 10
+                                                  : 1;
+    }
+    if (sender_types) {
+      f.type_count = static_cast<std::uint32_t>(types.size());
+      std::copy(types.begin(), types.end(), f.types.begin());
+    }
     auto a = rt.impl_->call(wire::SenderFilterRequest{
         wire::to_ref(impl->cap), static_cast<std::uint32_t>(wire::FilterAction::Set), 0, f});
     if (!a) return a.error();

@@ -50,7 +50,12 @@ struct Answer {
   std::vector<sys::UniqueFd> fds;
 };
 
-// An anonymous channel made by the broker and already mapped: what Endpoint needs.
+// The ready-set index the broker marks when a channel's receiver has events to Accept.
+inline constexpr std::uint32_t kBrokerReadyIndex = 0;
+
+// A channel made by the broker and already mapped, its set already watching
+// kBrokerReadyIndex: what Endpoint needs. Everything is done when the broker's reply is
+// read, so that an Endpoint made from the pool touches as little memory as it can.
 struct PreparedChannel {
   Capability cap;
   std::uint64_t object_id = 0;
@@ -267,7 +272,7 @@ class Runtime::Impl {
     const auto* created = std::get_if<wire::CreateReply>(&reply.body);
     if (created == nullptr) return;
     auto set = core::ReadySet::attach(std::move(fds[0]), std::move(fds[1]));
-    if (!set) return;
+    if (!set || !set->watch(kBrokerReadyIndex)) return;
     pool.ready.push_back(std::make_unique<PreparedChannel>(PreparedChannel{
         wire::from_record(created->cap), created->object.object_id, std::move(*set)}));
   }

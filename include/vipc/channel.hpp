@@ -256,7 +256,7 @@ class Endpoint {
   friend class Request;
   explicit Endpoint(std::unique_ptr<Impl> impl) noexcept;
   // A channel the broker made (created now, or taken from the Runtime's pool).
-  static Result<Endpoint> open_prepared(Runtime& rt, PreparedChannel&& channel,
+  static Result<Endpoint> open_prepared(Runtime& rt, std::unique_ptr<PreparedChannel> channel,
                                         const ChannelOptions& options, bool anonymous);
   std::unique_ptr<Impl> impl_;
 };

@@ -31,7 +31,7 @@ namespace vipc {
 
 namespace {
 
-constexpr std::uint32_t kBrokerIndex = 0;
+constexpr std::uint32_t kBrokerIndex = kBrokerReadyIndex;
 // How often at most a receiver reports refused messages to the broker while they come.
 constexpr std::uint64_t kReportPeriodNs = 100'000'000;
 
@@ -221,11 +221,15 @@ struct ReceivePolicy {
 
 class Endpoint::Impl {
  public:
-  explicit Impl(core::ReadySet s) noexcept : set(std::move(s)) {}
+  // The set stays where the Runtime's pool (or create_channel) put it: it is never copied
+  // again (its registry is ~1 KiB), so taking a pooled channel touches little memory.
+  explicit Impl(std::unique_ptr<PreparedChannel> c) noexcept
+      : prepared(std::move(c)), set(prepared->set) {}
   Runtime* rt = nullptr;
   Capability cap;
   std::uint64_t object_id = 0;
-  core::ReadySet set;
+  std::unique_ptr<PreparedChannel> prepared;     // never null
+  core::ReadySet& set;                           // prepared->set
   std::vector<std::unique_ptr<Sender>> senders;  // by index; [0] unused (the broker's)
   // Messages of a ring that was replaced before it was drained (its index reused).
   // (A list, not a deque: a deque allocates when constructed, and this is rarely used.)
@@ -686,23 +690,27 @@ std::uint16_t shape_flags(const ObjectSpec& spec) noexcept {
 }
 
 // One broker round trip: the channel, with its ready set mapped.
-Result<PreparedChannel> create_channel(Runtime& rt, const ObjectSpec& spec) {
+Result<std::unique_ptr<PreparedChannel>> create_channel(Runtime& rt, const ObjectSpec& spec) {
   auto created = rt.create(spec);
   if (!created) return created.error();
   auto set = core::ReadySet::attach(sys::UniqueFd(created->fds[0].release()),
                                     sys::UniqueFd(created->fds[1].release()));
   if (!set) return set.error();
-  return PreparedChannel{created->cap, created->info.id, std::move(*set)};
+  VIPC_TRY(set->watch(kBrokerIndex));
+  return std::make_unique<PreparedChannel>(
+      PreparedChannel{created->cap, created->info.id, std::move(*set)});
 }
 
 }  // namespace
 
-Result<Endpoint> Endpoint::open_prepared(Runtime& rt, PreparedChannel&& channel,
+Result<Endpoint> Endpoint::open_prepared(Runtime& rt, std::unique_ptr<PreparedChannel> channel,
                                          const ChannelOptions& options, bool anonymous) {
-  auto impl = std::make_unique<Impl>(std::move(channel.set));
+  const Capability cap = channel->cap;
+  const std::uint64_t object_id = channel->object_id;
+  auto impl = std::make_unique<Impl>(std::move(channel));
   impl->rt = &rt;
-  impl->cap = channel.cap;
-  impl->object_id = channel.object_id;
+  impl->cap = cap;
+  impl->object_id = object_id;
   impl->anonymous = anonymous;
   impl->synchronous = std::holds_alternative<Synchronous>(options.type);
   impl->threaded = options.receiver_threads > 1;
@@ -711,27 +719,31 @@ Result<Endpoint> Endpoint::open_prepared(Runtime& rt, PreparedChannel&& channel,
   impl->policy.limit = options.rate_limit;
   impl->policy.types = options.filter.allowed_types;
   std::sort(impl->policy.types.begin(), impl->policy.types.end());
+  impl->policy.types.erase(std::unique(impl->policy.types.begin(), impl->policy.types.end()),
+                           impl->policy.types.end());
   impl->policy.uids = options.filter.allowed_uids;
   impl->policy.pids = options.filter.allowed_pids;
-  VIPC_TRY(impl->set.watch(kBrokerIndex));
   // Hands the filter to the broker for the senders (docs/policy.md, "Filters at the
-  // sender"): only the rules a sender can check by itself, and only when there are some.
-  wire::SenderFilterSpec f{};
-  if (options.rate_limit.action == RateLimitAction::Reject && impl->policy.limited()) {
-    const RateLimit& l = options.rate_limit;
-    f.messages_per_second = l.messages_per_second;
-    f.burst = l.burst != 0                      ? l.burst
-              : l.messages_per_second / 10 != 0 ? l.messages_per_second / 10
-                                                : 1;
-  }
-  std::vector<std::uint32_t> types = impl->policy.types;
-  types.erase(std::unique(types.begin(), types.end()), types.end());
-  impl->policy.types = types;
-  if (!types.empty() && types.size() <= wire::kFilterTypesMax) {  // else the receiver only
-    f.type_count = static_cast<std::uint32_t>(types.size());
-    std::copy(types.begin(), types.end(), f.types.begin());
-  }
-  if (f.messages_per_second != 0 || f.type_count != 0) {
+  // sender"): only the rules a sender can check by itself, and only when there are some
+  // (the common case builds no request at all).
+  const std::vector<std::uint32_t>& types = impl->policy.types;
+  const bool reject_rate =
+      options.rate_limit.action == RateLimitAction::Reject && impl->policy.limited();
+  // More types than a request carries: the receiver alone checks them.
+  const bool sender_types = !types.empty() && types.size() <= wire::kFilterTypesMax;
+  if (reject_rate || sender_types) [[unlikely]] {
+    wire::SenderFilterSpec f{};
+    if (reject_rate) {
+      const RateLimit& l = options.rate_limit;
+      f.messages_per_second = l.messages_per_second;
+      f.burst = l.burst != 0                      ? l.burst
+                : l.messages_per_second / 10 != 0 ? l.messages_per_second / 10
+                                                  : 1;
+    }
+    if (sender_types) {
+      f.type_count = static_cast<std::uint32_t>(types.size());
+      std::copy(types.begin(), types.end(), f.types.begin());
+    }
     auto a = rt.impl_->call(wire::SenderFilterRequest{
         wire::to_ref(impl->cap), static_cast<std::uint32_t>(wire::FilterAction::Set), 0, f});
     if (!a) return a.error();
@@ -761,15 +773,15 @@ Result<Endpoint> Endpoint::create_anonymous(Runtime& rt, const ChannelOptions& o
   const ChannelShape shape{spec.capacity, spec.max_message_size, spec.max_senders,
                            shape_flags(spec),
                            static_cast<std::uint64_t>(spec.call_timeout.count())};
-  std::optional<PreparedChannel> prepared = rt.impl_->take_channel(shape);
+  std::unique_ptr<PreparedChannel> prepared = rt.impl_->take_channel(shape);
   if (!prepared) {
     // The pool is empty (first use of this shape): one round trip.
     spec.anonymous = true;
     auto channel = create_channel(rt, spec);
     if (!channel) return channel.error();
-    prepared.emplace(std::move(*channel));
+    prepared = std::move(*channel);
   }
-  return open_prepared(rt, std::move(*prepared), options, /*anonymous=*/true);
+  return open_prepared(rt, std::move(prepared), options, /*anonymous=*/true);
 }
 
 namespace {

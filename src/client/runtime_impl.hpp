@@ -50,7 +50,12 @@ struct Answer {
   std::vector<sys::UniqueFd> fds;
 };
 
-// An anonymous channel made by the broker and already mapped: what Endpoint needs.
+// The ready-set index the broker marks when a channel's receiver has events to Accept.
+inline constexpr std::uint32_t kBrokerReadyIndex = 0;
+
+// A channel made by the broker and already mapped, its set already watching
+// kBrokerReadyIndex: what Endpoint needs. Everything is done when the broker's reply is
+// read, so that an Endpoint made from the pool touches as little memory as it can.
 struct PreparedChannel {
   Capability cap;
   std::uint64_t object_id = 0;
@@ -187,12 +192,13 @@ class Runtime::Impl {
 
   // A prepared anonymous channel of this shape from the pool, if there is one; tops the
   // pool up (without waiting) when it runs low.
-  std::optional<PreparedChannel> take_channel(const ChannelShape& shape) {
+  // Null when the pool is empty.
+  std::unique_ptr<PreparedChannel> take_channel(const ChannelShape& shape) {
     const std::lock_guard<std::mutex> lock(mu_);
     Pool& pool = pools_[shape];
-    std::optional<PreparedChannel> out;
+    std::unique_ptr<PreparedChannel> out;
     if (!pool.ready.empty()) {
-      out.emplace(std::move(pool.ready.front()));
+      out = std::move(pool.ready.front());
       pool.ready.pop_front();
     }
     // Most takes make no system call: replies are collected only when the pool is
@@ -205,7 +211,8 @@ class Runtime::Impl {
 
  private:
   struct Pool {
-    std::deque<PreparedChannel> ready;
+    // Allocated when the broker's reply is read, so that a take moves a pointer.
+    std::deque<std::unique_ptr<PreparedChannel>> ready;
     std::size_t in_flight = 0;
   };
 
@@ -265,9 +272,9 @@ class Runtime::Impl {
     const auto* created = std::get_if<wire::CreateReply>(&reply.body);
     if (created == nullptr) return;
     auto set = core::ReadySet::attach(std::move(fds[0]), std::move(fds[1]));
-    if (!set) return;
-    pool.ready.push_back(PreparedChannel{wire::from_record(created->cap), created->object.object_id,
-                                         std::move(*set)});
+    if (!set || !set->watch(kBrokerReadyIndex)) return;
+    pool.ready.push_back(std::make_unique<PreparedChannel>(PreparedChannel{
+        wire::from_record(created->cap), created->object.object_id, std::move(*set)}));
   }
 
   std::mutex mu_;

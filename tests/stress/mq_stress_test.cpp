@@ -37,6 +37,28 @@ std::uint32_t check_of(std::uint32_t sender, std::uint32_t seq) {
   return (sender * 2654435761u) ^ (seq * 40503u) ^ 0x5bd1e995u;
 }
 
+// How many (sender, seq) pairs of a tally did not arrive exactly once.
+template <class Seen>
+std::uint32_t not_exactly_once(const Seen& seen) {
+  std::uint32_t wrong = 0;
+  for (const auto& row : seen) {
+    for (const auto& n : row) wrong += n.load() == 1 ? 0u : 1u;
+  }
+  return wrong;
+}
+
+// Waits for the senders, then sends each receiver the end marker (a 1-byte message)
+// and waits for the receivers.
+void finish(std::vector<test::Child>& senders, std::vector<test::Child>& receivers, int fd) {
+  for (auto& c : senders) EXPECT_EQ(c.wait(120s), "exit 0");
+  auto q = MessageQueue::attach(fd);
+  ASSERT_TRUE(q.ok());
+  for (std::size_t r = 0; r < receivers.size(); ++r) {
+    ASSERT_TRUE(q->send("e", 1, 0, QueueWait{}));
+  }
+  for (auto& c : receivers) EXPECT_EQ(c.wait(120s), "exit 0");
+}
+
 // Shared between the processes: how often each (sender, seq) arrived, and errors.
 struct Tally {
   std::atomic<std::uint32_t> seen[kSenders][kPerSender];
@@ -114,20 +136,12 @@ TEST(MessageQueueStress, ManySendersAndReceiversExactlyOnceInOrder) {
         },
         120s));
   }
-  for (auto& c : senders) EXPECT_EQ(c.wait(120s), "exit 0");
-  auto q = MessageQueue::attach(fd);
-  ASSERT_TRUE(q.ok());
-  for (int r = 0; r < kReceivers; ++r) ASSERT_TRUE(q->send("e", 1, 0, QueueWait{}));
-  for (auto& c : kids) EXPECT_EQ(c.wait(120s), "exit 0");
+  finish(senders, kids, fd);
   EXPECT_EQ(tally->received.load(), kSenders * kPerSender);
   EXPECT_EQ(tally->out_of_order.load(), 0u);
   EXPECT_EQ(tally->corrupt.load(), 0u);
   EXPECT_EQ(tally->wrong_tag.load(), 0u);
-  std::uint32_t wrong = 0;
-  for (auto& row : tally->seen) {
-    for (auto& n : row) wrong += n.load() == 1 ? 0u : 1u;
-  }
-  EXPECT_EQ(wrong, 0u);
+  EXPECT_EQ(not_exactly_once(tally->seen), 0u);
   ::munmap(mem, sizeof(Tally));
 }
 
@@ -209,19 +223,13 @@ TEST(MessageQueueStress, InsertsBeforeTheTailRunWithAppendsAndReceives) {
         },
         120s));
   }
-  for (auto& c : senders) EXPECT_EQ(c.wait(120s), "exit 0");
+  finish(senders, receivers, fd);
   auto q = MessageQueue::attach(fd);
   ASSERT_TRUE(q.ok());
-  for (int r = 0; r < kReceiversHere; ++r) ASSERT_TRUE(q->send("e", 1, 0, QueueWait{}));
-  for (auto& c : receivers) EXPECT_EQ(c.wait(120s), "exit 0");
   EXPECT_EQ(tally->received.load(), kSendersHere * kEach);
   EXPECT_EQ(tally->out_of_order.load(), 0u);
   EXPECT_EQ(tally->corrupt.load(), 0u);
-  std::uint32_t wrong = 0;
-  for (auto& row : tally->seen) {
-    for (auto& n : row) wrong += n.load() == 1 ? 0u : 1u;
-  }
-  EXPECT_EQ(wrong, 0u);
+  EXPECT_EQ(not_exactly_once(tally->seen), 0u);
   EXPECT_EQ(q->size_approx(), 0u);
   ::munmap(mem, sizeof(MixTally));
 }

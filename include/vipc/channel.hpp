@@ -50,6 +50,10 @@ namespace vipc {
 
 struct PreparedChannel;  // the client library's (src/client/runtime_impl.hpp)
 
+// Timeouts: a blocking call first spins (and yields), then parks. It reads the clock
+// only when it is about to park, so a timeout counts from then: a call can return
+// Timeout up to one spin phase (20 us by default) later than `timeout` after its start,
+// never earlier. A call that finds its event while spinning reads no clock at all.
 inline constexpr std::chrono::nanoseconds kForever = std::chrono::nanoseconds::max();
 
 // The spec's ChannelType: what kind of channel Endpoint::create makes.

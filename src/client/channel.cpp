@@ -263,8 +263,13 @@ class Endpoint::Impl {
     return threaded ? std::unique_lock<std::mutex>(state_mu) : std::unique_lock<std::mutex>();
   }
   // threaded: takes recv_mu, waiting until `deadline` at most; false when it passed.
-  bool recv_lock(ReceiverGuard& guard, core::Deadline deadline) {
-    return !threaded || guard.acquire(recv_mu, deadline);
+  // The deadline is fixed only when the lock is contended.
+  bool recv_lock(ReceiverGuard& guard, core::LazyDeadline& deadline) {
+    return !threaded || guard.acquire(recv_mu, deadline.get());
+  }
+  // threaded: takes recv_mu only if no other thread holds it.
+  bool recv_try_lock(ReceiverGuard& guard) {
+    return !threaded || guard.acquire(recv_mu, core::Deadline{});
   }
 
   // Records the reply just written to `s`'s reply ring (tracing on only; out of line).
@@ -628,7 +633,8 @@ class Endpoint::Impl {
   }
 
   // Waits until `deadline` (or not at all when `wait` is false).
-  Result<void> receive(SmallMessage& out, core::Deadline deadline, bool wait, MessageSource* from);
+  Result<void> receive(SmallMessage& out, core::LazyDeadline& deadline, bool wait,
+                       MessageSource* from);
 
   Result<void> try_receive(SmallMessage& out, MessageSource* from) {
     if (!backlog.empty()) {
@@ -799,21 +805,24 @@ Error busy_result(bool wait) noexcept {
 Result<void> Endpoint::try_receive(SmallMessage& out, MessageSource* from) {
   if (impl_->synchronous) return one_way_on_sync("endpoint: synchronous: use receive_request");
   ReceiverGuard lock;
-  if (!impl_->recv_lock(lock, core::Clock::now())) return busy_result(false);
+  if (!impl_->recv_try_lock(lock)) return busy_result(false);
   return impl_->try_receive(out, from);
 }
 
 Result<void> Endpoint::receive(SmallMessage& out, std::chrono::nanoseconds timeout,
                                MessageSource* from) {
   if (impl_->synchronous) return one_way_on_sync("endpoint: synchronous: use receive_request");
-  const core::Deadline deadline = core::deadline_after(timeout);
+  // The deadline is fixed when the call first has to wait (core::LazyDeadline).
+  core::LazyDeadline deadline(timeout);
   const bool wait = timeout.count() != 0;
   ReceiverGuard lock;
-  if (!impl_->recv_lock(lock, wait ? deadline : core::Clock::now())) return busy_result(wait);
+  if (!(wait ? impl_->recv_lock(lock, deadline) : impl_->recv_try_lock(lock))) {
+    return busy_result(wait);
+  }
   return impl_->receive(out, deadline, wait, from);
 }
 
-Result<void> Endpoint::Impl::receive(SmallMessage& out, core::Deadline deadline, bool wait,
+Result<void> Endpoint::Impl::receive(SmallMessage& out, core::LazyDeadline& deadline, bool wait,
                                      MessageSource* from) {
   for (;;) {
     auto r = try_receive(out, from);
@@ -823,8 +832,9 @@ Result<void> Endpoint::Impl::receive(SmallMessage& out, core::Deadline deadline,
     if (!violations.empty()) [[unlikely]]
       report_violations(/*force=*/false);
     // Held-back senders are due again at held_until: wake up for them.
-    const bool for_held = !held.empty() && held_until < deadline;
-    auto idx = set.wait_next(for_held ? held_until : deadline);
+    const bool for_held = !held.empty() && held_until < deadline.get();
+    core::LazyDeadline until_held(held_until);
+    auto idx = set.wait_next(for_held ? until_held : deadline);
     if (!idx) {
       if (for_held && idx.error().code() == ErrorCode::Timeout) continue;
       return idx.error();
@@ -839,10 +849,13 @@ Result<Request> Endpoint::receive_request(std::chrono::nanoseconds timeout) {
   if (!impl_->synchronous) {
     return Error(ErrorCode::Unsupported, "endpoint: not synchronous: use receive");
   }
-  const core::Deadline deadline = core::deadline_after(timeout);
+  // The deadline is fixed when the call first has to wait (core::LazyDeadline).
+  core::LazyDeadline deadline(timeout);
   const bool wait = timeout.count() != 0;
   ReceiverGuard lock;
-  if (!impl_->recv_lock(lock, wait ? deadline : core::Clock::now())) return busy_result(wait);
+  if (!(wait ? impl_->recv_lock(lock, deadline) : impl_->recv_try_lock(lock))) {
+    return busy_result(wait);
+  }
   Endpoint::Impl& ep = *impl_;
   // Wait at the ceiling (or the thread's own scheduling again, after an inherited one).
   if (ep.ceiling_tag != 0 || t_serving.applied != 0) {
@@ -927,7 +940,7 @@ Result<std::size_t> Endpoint::try_receive_batch(std::span<SmallMessage> out, Mes
   if (impl_->synchronous) return one_way_on_sync("endpoint: synchronous: use receive_request");
   if (out.empty()) return std::size_t{0};
   ReceiverGuard lock;
-  if (!impl_->recv_lock(lock, core::Clock::now())) return busy_result(false);
+  if (!impl_->recv_try_lock(lock)) return busy_result(false);
   if (!impl_->backlog.empty()) {
     std::size_t n = 0;
     while (n < out.size() && !impl_->backlog.empty()) {
@@ -1214,19 +1227,29 @@ Result<void> Channel::send(const SmallMessage& m, std::chrono::nanoseconds timeo
   }
   if (client::trace::on()) [[unlikely]]
     return impl_->send_traced(m, core::deadline_after(timeout));
+  // The clock is read only if the ring is full (core::LazyDeadline).
+  auto r = impl_->writer.try_send(m);
+  if (r || r.error().code() != ErrorCode::ChannelFull) return r;
   return impl_->writer.send(m, core::deadline_after(timeout));
 }
 
 Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nanoseconds timeout) {
   if (!impl_->reply) return Error(ErrorCode::Unsupported, "channel: not synchronous: use send");
   if (timeout == kForever && impl_->call_timeout.count() > 0) timeout = impl_->call_timeout;
-  const core::Deadline deadline = core::deadline_after(timeout);
   if (impl_->filter) [[unlikely]]
     VIPC_TRY(impl_->admit(request.type));
   impl_->writer.tag_next(own_sched_tag());  // the caller's priority, for inheritance
   const bool traced = client::trace::on();
   const std::uint64_t stamp = traced ? core::cycles() : 0;
-  VIPC_TRY(impl_->writer.send(request, deadline));
+  // No clock is read unless the call has to park (a read costs as much as a message):
+  // the deadline is fixed before waiting for room or before parking for the response
+  // (core::LazyDeadline), and bounds both.
+  core::LazyDeadline deadline(timeout);
+  auto sent = impl_->writer.try_send(request);
+  if (!sent && sent.error().code() == ErrorCode::ChannelFull) {
+    sent = impl_->writer.send(request, deadline.get());
+  }
+  VIPC_TRY(sent);
   if (impl_->filter) [[unlikely]]
     impl_->sent(1);
   if (traced) [[unlikely]]

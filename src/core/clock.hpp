@@ -27,11 +27,39 @@ inline std::uint64_t now_ns() noexcept {
          static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
+// A duration this long (over 100 years) never ends: no clock is read for it.
+inline constexpr std::chrono::nanoseconds kEndlessAfter = std::chrono::hours(24 * 365 * 100);
+
 inline Deadline deadline_after(std::chrono::nanoseconds d) noexcept {
+  if (d >= kEndlessAfter) return kNoDeadline;
   auto now = Clock::now();
   if (d >= Deadline::max() - now) return kNoDeadline;
   return now + d;
 }
+
+// A deadline fixed the first time it is needed, so that a call that finds its event at
+// once, or while spinning, reads no clock (a clock read costs 20-40 ns on a virtual
+// machine, as much as a message). The waits fix it when they stop spinning, so a timeout
+// counts from then: a call can take up to one spin phase (WaitPolicy::spin_ns, 20 us by
+// default) and its yields longer than its timeout, never less.
+class LazyDeadline {
+ public:
+  explicit LazyDeadline(std::chrono::nanoseconds timeout) noexcept : timeout_(timeout) {}
+  // Already fixed (for callers that have an absolute deadline).
+  explicit LazyDeadline(Deadline d) noexcept : deadline_(d), fixed_(true) {}
+  [[nodiscard]] Deadline get() noexcept {
+    if (!fixed_) {
+      deadline_ = deadline_after(timeout_);
+      fixed_ = true;
+    }
+    return deadline_;
+  }
+
+ private:
+  std::chrono::nanoseconds timeout_{0};
+  Deadline deadline_{};
+  bool fixed_ = false;
+};
 
 // Absolute CLOCK_MONOTONIC timespec for a deadline (for FUTEX_WAIT_BITSET).
 inline struct timespec to_timespec(Deadline d) noexcept {

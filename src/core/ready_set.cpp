@@ -382,6 +382,11 @@ Result<bool> ReadySet::arm_poll_fd() noexcept {
 }
 
 Result<std::uint32_t> ReadySet::wait_next(Deadline deadline) {
+  LazyDeadline d(deadline);
+  return wait_next(d);
+}
+
+Result<std::uint32_t> ReadySet::wait_next(LazyDeadline& lazy) {
   if (++calls_ % kBusyRescanCheckEvery == 0) {
     const Deadline now = Clock::now();
     if (now >= rescan_due_) queue_rescan(now);
@@ -405,6 +410,7 @@ Result<std::uint32_t> ReadySet::wait_next(Deadline deadline) {
   if (auto r = try_next()) return r;
 
   layout::ReadySetSegment* s = seg();
+  const Deadline deadline = lazy.get();
   for (;;) {
     const Deadline now = Clock::now();
     if (now >= rescan_due_) {

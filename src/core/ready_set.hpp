@@ -176,6 +176,9 @@ class ReadySet {
   // Waits (spin, yield, park) for the next ready index until the deadline: Timeout
   // when it passed, Interrupted when a signal interrupted the park.
   [[nodiscard]] Result<std::uint32_t> wait_next(Deadline deadline = kNoDeadline);
+  // The same, with a deadline fixed only if the wait gets as far as parking (the spin
+  // phase reads the cycle counter, not the clock).
+  [[nodiscard]] Result<std::uint32_t> wait_next(LazyDeadline& deadline);
 
   void set_wait_policy(const WaitPolicy& p) noexcept { budget_ = SpinBudget(p); }
   // The longest a suppressed or lost mark can delay a report (see the guarantees);

@@ -650,24 +650,30 @@ Result<void> RingWriter::wait_for_room(Deadline deadline) {
 }
 
 Result<void> RingWriter::send(const SmallMessage& m, Deadline deadline) {
-  for (;;) {
+  for (bool again = false;; again = true) {
     auto r = try_send(m);
     if (r || r.error().code() != ErrorCode::ChannelFull) return r;
+    // A peer flipping its words could make a wait report readiness that the next try
+    // does not find; the deadline still bounds the loop. The clock is read only then,
+    // not after every wait that found its event (a read costs as much as a message).
+    if (again && Clock::now() >= deadline) {
+      return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
+    }
     VIPC_TRY(wait_for_room(deadline));
-    // A peer flipping its words could make the wait report readiness that the next
-    // try does not find; the deadline still bounds the loop.
-    if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
   }
 }
 
 Result<std::size_t> RingWriter::send_batch(std::span<const SmallMessage> msgs, Deadline deadline) {
-  for (;;) {
+  for (bool again = false;; again = true) {
     auto r = try_send_batch(msgs);
     if (r || r.error().code() != ErrorCode::ChannelFull) return r;
+    // A peer flipping its words could make a wait report readiness that the next try
+    // does not find; the deadline still bounds the loop. The clock is read only then,
+    // not after every wait that found its event (a read costs as much as a message).
+    if (again && Clock::now() >= deadline) {
+      return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
+    }
     VIPC_TRY(wait_for_room(deadline));
-    // A peer flipping its words could make the wait report readiness that the next
-    // try does not find; the deadline still bounds the loop.
-    if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
   }
 }
 
@@ -906,7 +912,11 @@ RingReader::Peek RingReader::take_overwritten(SmallMessage& out, Result<void>& r
   return Peek::Empty;  // overtaken on every pass: nothing to show yet, try again
 }
 
-bool RingReader::ready() const noexcept { return peek(head_) != Peek::Empty; }
+bool RingReader::ready() const noexcept {
+  if (peek(head_) != Peek::Empty) return true;
+  prefetch_payload();
+  return false;
+}
 
 VIPC_ALWAYS_INLINE inline Result<void> RingReader::take(std::uint64_t pos,
                                                         SmallMessage& out) noexcept {
@@ -972,9 +982,7 @@ Result<void> RingReader::try_receive(SmallMessage& out) noexcept {
   }
   Peek p = peek(head_);
   if (p == Peek::Empty) {
-    // While polling, keep pulling the payload line: when the writer fills it, the
-    // reader fetches it in parallel with the descriptor instead of after it.
-    __builtin_prefetch(payload_[head_ & mask_].bytes);
+    prefetch_payload();
     auto e = empty_result();
     // A message published before close() is visible once closed is (R5).
     if (e.error().code() != ErrorCode::ChannelClosed) return e;
@@ -1066,9 +1074,18 @@ Result<std::size_t> RingReader::try_receive_batch(std::span<SmallMessage> out) n
 }
 
 Result<void> RingReader::wait_readable(Deadline deadline) {
+  LazyDeadline d(deadline);
+  return wait_readable(d);
+}
+
+Result<void> RingReader::wait_readable(LazyDeadline& lazy) {
   auto done = [&]() noexcept {
-    return poisoned_ || closed_ || peek(head_) != Peek::Empty ||
-           prod_->control.closed.load(std::memory_order_relaxed) != 0;
+    if (poisoned_ || closed_ || peek(head_) != Peek::Empty ||
+        prod_->control.closed.load(std::memory_order_relaxed) != 0) {
+      return true;
+    }
+    prefetch_payload();
+    return false;
   };
   if (done()) return {};
   switch (spin_then_yield(budget_, done)) {
@@ -1081,6 +1098,7 @@ Result<void> RingReader::wait_readable(Deadline deadline) {
     case SpinOutcome::kNotReady:
       break;
   }
+  const Deadline deadline = lazy.get();
   for (;;) {
     if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: receive", 0, ring_id_);
     const std::uint32_t n = prod_->notify.value.load(std::memory_order_acquire);
@@ -1105,24 +1123,35 @@ Result<void> RingReader::wait_readable(Deadline deadline) {
 }
 
 Result<void> RingReader::receive(SmallMessage& out, Deadline deadline) {
-  for (;;) {
+  LazyDeadline d(deadline);
+  return receive(out, d);
+}
+
+Result<void> RingReader::receive(SmallMessage& out, LazyDeadline& deadline) {
+  for (bool again = false;; again = true) {
     auto r = try_receive(out);
     if (r || r.error().code() != ErrorCode::WouldBlock) return r;
+    // A peer flipping its words could make a wait report readiness that the next try
+    // does not find; the deadline still bounds the loop. The clock is read only then,
+    // not after every wait that found its event (a read costs as much as a message).
+    if (again && Clock::now() >= deadline.get()) {
+      return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
+    }
     VIPC_TRY(wait_readable(deadline));
-    // A peer flipping its words could make the wait report readiness that the next
-    // try does not find; the deadline still bounds the loop.
-    if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
   }
 }
 
 Result<std::size_t> RingReader::receive_batch(std::span<SmallMessage> out, Deadline deadline) {
-  for (;;) {
+  for (bool again = false;; again = true) {
     auto r = try_receive_batch(out);
     if (r || r.error().code() != ErrorCode::WouldBlock) return r;
+    // A peer flipping its words could make a wait report readiness that the next try
+    // does not find; the deadline still bounds the loop. The clock is read only then,
+    // not after every wait that found its event (a read costs as much as a message).
+    if (again && Clock::now() >= deadline) {
+      return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
+    }
     VIPC_TRY(wait_readable(deadline));
-    // A peer flipping its words could make the wait report readiness that the next
-    // try does not find; the deadline still bounds the loop.
-    if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
   }
 }
 

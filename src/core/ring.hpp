@@ -204,11 +204,15 @@ class RingReader {
   [[nodiscard]] Result<std::size_t> try_receive_batch(std::span<SmallMessage> out) noexcept;
   // Blocking: spin, yield, park until a message arrives or the deadline passes.
   [[nodiscard]] Result<void> receive(SmallMessage& out, Deadline deadline = kNoDeadline);
+  // The same, with a deadline fixed only if the wait gets as far as parking.
+  [[nodiscard]] Result<void> receive(SmallMessage& out, LazyDeadline& deadline);
   [[nodiscard]] Result<std::size_t> receive_batch(std::span<SmallMessage> out,
                                                   Deadline deadline = kNoDeadline);
   // Waits until a message is available (or closed / deadline) without taking it.
   [[nodiscard]] Result<void> wait_readable(Deadline deadline = kNoDeadline);
+  [[nodiscard]] Result<void> wait_readable(LazyDeadline& deadline);
   // true when a message is ready (one acquire load; never blocks).
+  // Also pulls the next payload line while nothing is there (prefetch_payload()).
   [[nodiscard]] bool ready() const noexcept;
 
   // The pollable fd (level-triggered as seen by the caller: call arm_poll_fd() before
@@ -255,6 +259,10 @@ class RingReader {
   void publish_head() noexcept;
   Result<void> empty_result() const noexcept;
   Result<void> park(Deadline deadline);
+  // While polling an empty ring, keeps pulling the payload line of the next position:
+  // when the writer fills it, the reader fetches it in parallel with the descriptor
+  // instead of after it (a prefetch: never faults, never changes what is read).
+  void prefetch_payload() const noexcept { __builtin_prefetch(payload_[head_ & mask_].bytes); }
 
   sys::Mapping prod_map_;
   sys::Mapping cons_map_;

@@ -23,12 +23,17 @@ constexpr std::size_t kSize = 64;
 
 }  // namespace
 
-Round call(const RunConfig& cfg, bool rate_limited) {
+Round call(const RunConfig& cfg, CallMode mode) {
+  const bool rate_limited = mode == CallMode::RateLimited;
+  const WaitOptions wait =
+      mode == CallMode::Park ? WaitOptions{.spin = std::chrono::nanoseconds(0)} : WaitOptions{};
   auto rt = Runtime::embedded();
   if (!rt) throw BenchError("vipc call: broker: " + rt.error().message());
   const std::string path = rt->socket_path();
-  const std::string name =
-      "bench-call-" + std::to_string(::getpid()) + (rate_limited ? "-limited" : "");
+  const std::string name = "bench-call-" + std::to_string(::getpid()) +
+                           (rate_limited             ? "-limited"
+                            : mode == CallMode::Park ? "-parked"
+                                                     : "");
   Round round;
   run_with_peer(
       cfg, "vipc call",
@@ -38,6 +43,7 @@ Round call(const RunConfig& cfg, bool rate_limited) {
         if (!srt) throw BenchError("vipc call: server connect: " + srt.error().message());
         ChannelOptions o;
         o.type = Synchronous{.capacity = 64};
+        o.wait = wait;
         // Reject: the limit is handed to the caller too, so both sides check it.
         if (rate_limited) {
           o.rate_limit = RateLimit{.messages_per_second = 100'000'000,
@@ -66,6 +72,7 @@ Round call(const RunConfig& cfg, bool rate_limited) {
           auto c = Channel::connect(*rt, name);
           if (c) {
             ch.emplace(std::move(*c));
+            ch->set_wait(wait);
           } else {
             self.check_stall();
             std::this_thread::sleep_for(1ms);

@@ -7,9 +7,15 @@
 
 namespace vipc::bench::call_systems {
 
-// One 64-byte call and its 64-byte response per sample (round trip). rate_limited: the
-// server's endpoint has a per-sender RateLimit (100,000,000 calls/s, bursts of 100,000) that
-// the calls never reach, to measure what enforcing it costs (docs/policy.md).
-Round call(const RunConfig& cfg, bool rate_limited = false);
+enum class CallMode {
+  Adaptive,     // the default WaitOptions on both sides (spin, yield, park)
+  RateLimited,  // Adaptive, and the server's endpoint has a per-sender RateLimit
+                // (100,000,000 calls/s, bursts of 100,000) that the calls never reach, to
+                // measure what enforcing it costs (docs/policy.md)
+  Park,         // WaitOptions{.spin = 0} on both sides: every wait is a futex sleep
+};
+
+// One 64-byte call and its 64-byte response per sample (round trip).
+Round call(const RunConfig& cfg, CallMode mode = CallMode::Adaptive);
 
 }  // namespace vipc::bench::call_systems

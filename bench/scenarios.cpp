@@ -361,13 +361,19 @@ Report pingpong(const Options& o, const RunConfig& cfg) {
   return o.blocking ? pingpong_blocking(o, cfg) : pingpong_busy(o, cfg);
 }
 
+Report call_blocking(const Options& o, const RunConfig& cfg);
+
 Report call(const Options& o, const RunConfig& cfg) {
+  if (o.blocking) return call_blocking(o, cfg);
   std::vector<System> systems = {
       {"floor-flag", floors::flag_pingpong},
       {"floor-slot", floors::slot_pingpong},
       {"uds", [](const RunConfig& c) { return baselines::uds_pingpong(c, kMessageBytes); }},
       {"vipc", [](const RunConfig& c) { return call_systems::call(c); }},
-      {"vipc-rate-limited", [](const RunConfig& c) { return call_systems::call(c, true); }},
+      {"vipc-rate-limited",
+       [](const RunConfig& c) {
+         return call_systems::call(c, call_systems::CallMode::RateLimited);
+       }},
   };
   auto rounds = interleave(cfg, systems);
   Report report;
@@ -398,6 +404,38 @@ Report call(const Options& o, const RunConfig& cfg) {
       "broker embedded in the measuring process); the server process answers with "
       "Endpoint::receive_request() and Request::reply(). Both wait with the default adaptive "
       "policy (spin, yield, then park), so this is the call a user gets, not a busy-only one.");
+  report.notes.push_back("uds: Unix stream socketpair, blocking read(2) and write(2).");
+  return report;
+}
+
+Report call_blocking(const Options& o, const RunConfig& cfg) {
+  using call_systems::CallMode;
+  std::vector<System> systems = {
+      {"floor-futex", floors::futex_pingpong},
+      {"uds", [](const RunConfig& c) { return baselines::uds_pingpong(c, kMessageBytes); }},
+      {"vipc", [](const RunConfig& c) { return call_systems::call(c, CallMode::Park); }},
+      {"vipc-adaptive", [](const RunConfig& c) { return call_systems::call(c); }},
+  };
+  auto rounds = interleave(cfg, systems);
+  Report report;
+  report.scenario = "call";
+  report.title =
+      "call --blocking: 64-byte synchronous call and response between two processes, "
+      "waiting sides parked";
+  report.params = base_params(o, cfg);
+  report.params["mode"] = "blocking";
+  Entry futex = latency_entry("floor-futex", "rtt", rounds[0]);
+  Entry uds = latency_entry("uds", "rtt", rounds[1]);
+  Entry vipc = latency_entry("vipc", "rtt", rounds[2]);
+  Entry adaptive = latency_entry("vipc-adaptive", "rtt", rounds[3]);
+  compare(vipc, futex, /*with_p99=*/true);
+  compare(adaptive, futex, /*with_p99=*/true);
+  report.entries = {futex, uds, vipc, adaptive};
+  report.notes.push_back(
+      "vipc: Channel::call() with WaitOptions{.spin = 0} on both sides (Channel::set_wait, "
+      "ChannelOptions::wait), so the server parks for every request and the caller for "
+      "every response, each a futex wake-up as in floor-futex (target: <= 1.1x); "
+      "vipc-adaptive: the default WaitOptions (spins first).");
   report.notes.push_back("uds: Unix stream socketpair, blocking read(2) and write(2).");
   return report;
 }
@@ -1059,8 +1097,8 @@ int run(const Options& options) {
                name);
     return 2;
   }
-  if (options.blocking && name != "pingpong" && name != "mq") {
-    fmt::print(stderr, "vipc bench {}: --blocking applies to pingpong and mq only\n", name);
+  if (options.blocking && name != "pingpong" && name != "mq" && name != "call") {
+    fmt::print(stderr, "vipc bench {}: --blocking applies to pingpong, call and mq only\n", name);
     return 2;
   }
   if (!(options.seconds > 0.0)) {

@@ -116,6 +116,17 @@ struct MessageFilter {
   std::vector<pid_t> allowed_pids;
 };
 
+// How this process's blocking calls wait: spin up to `spin` (on the cycle counter, no
+// system call), then sched_yield twice, then park on a futex until woken. With
+// `adaptive` the spin budget follows experience: it doubles (up to `spin`) when spinning
+// found the event and halves (down to 500 ns, or `spin` if less) when it did not, so a
+// peer that answers fast is caught spinning and a slow one costs little CPU. spin 0:
+// park at once, every wait a futex sleep (least CPU, a wake-up per message).
+struct WaitOptions {
+  std::chrono::nanoseconds spin = std::chrono::microseconds(20);  // at most ~4.29 s
+  bool adaptive = true;
+};
+
 struct ChannelOptions {
   ChannelType type = Asynchronous{};
   std::uint32_t max_message_size = 64;  // bytes, <= kSmallPayloadMax
@@ -141,6 +152,9 @@ struct ChannelOptions {
   // This process's side only: enforced where the messages are taken (docs/policy.md).
   RateLimit rate_limit;
   MessageFilter filter;
+  // This process's side only: how the Endpoint's blocking receives wait (receive,
+  // receive_request). Senders choose theirs with Channel::set_wait().
+  WaitOptions wait;
 };
 
 // The reply type a server may not use: it marks "the server dropped the request".
@@ -312,6 +326,9 @@ class Channel {
 
   // Closes this sender's end: the receiver drains what was sent, then drops the ring.
   void close() noexcept;
+
+  // How this Channel's blocking calls wait (send for room, call for its response).
+  void set_wait(const WaitOptions& wait) noexcept;
 
   [[nodiscard]] const Capability& capability() const noexcept;
   [[nodiscard]] std::uint32_t index() const noexcept;

@@ -43,6 +43,16 @@ constexpr std::uint64_t kReportPeriodNs = 100'000'000;
 constexpr std::uint8_t kTagRr = 0x80;
 constexpr std::uint32_t kSchedRefresh = 1024;
 
+// WaitOptions (public) as the core's WaitPolicy.
+core::WaitPolicy wait_policy_of(const WaitOptions& w) noexcept {
+  if (w.spin.count() <= 0) return core::WaitPolicy::park_immediately();
+  constexpr std::int64_t kMax = UINT32_MAX;
+  const auto ns = static_cast<std::uint32_t>(w.spin.count() < kMax ? w.spin.count() : kMax);
+  const core::WaitPolicy defaults;
+  return core::WaitPolicy{ns, w.adaptive && defaults.min_spin_ns < ns ? defaults.min_spin_ns : ns,
+                          defaults.yields, w.adaptive};
+}
+
 std::uint8_t tag_of(int policy, int priority) noexcept {
   if ((policy != SCHED_FIFO && policy != SCHED_RR) || priority <= 0) return 0;
   return static_cast<std::uint8_t>((priority > 0x7f ? 0x7f : priority) |
@@ -729,6 +739,7 @@ Result<Endpoint> Endpoint::open_prepared(Runtime& rt, std::unique_ptr<PreparedCh
                            impl->policy.types.end());
   impl->policy.uids = options.filter.allowed_uids;
   impl->policy.pids = options.filter.allowed_pids;
+  impl->set.set_wait_policy(wait_policy_of(options.wait));
   // Hands the filter to the broker for the senders (docs/policy.md, "Filters at the
   // sender"): only the rules a sender can check by itself, and only when there are some
   // (the common case builds no request at all).
@@ -842,6 +853,9 @@ Result<void> Endpoint::Impl::receive(SmallMessage& out, core::LazyDeadline& dead
     auto got = take(*idx, out, from);
     if (!got) return got.error();
     if (*got) return {};
+    // Reported, but nothing to take (the broker's events, a rescan of every sender):
+    // the deadline still bounds the loop, however long each wait spins.
+    if (core::Clock::now() >= deadline.get()) return Error(ErrorCode::Timeout, "endpoint: receive");
   }
 }
 
@@ -1275,6 +1289,11 @@ Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nan
   }
 }
 void Channel::close() noexcept { impl_->writer.close(); }
+void Channel::set_wait(const WaitOptions& wait) noexcept {
+  const core::WaitPolicy p = wait_policy_of(wait);
+  impl_->writer.set_wait_policy(p);
+  if (impl_->reply) impl_->reply->set_wait_policy(p);
+}
 const Capability& Channel::capability() const noexcept { return impl_->cap; }
 std::uint32_t Channel::index() const noexcept { return impl_->index; }
 OverflowPolicy Channel::overflow_policy() const noexcept { return impl_->policy; }

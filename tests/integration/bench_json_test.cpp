@@ -168,9 +168,9 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{"pingpong", "", ""}, Case{"pingpong", "--blocking", ""},
                       Case{"pingpong", "--rate-limit", ""}, Case{"throughput", "", ""},
                       Case{"send", "", ""}, Case{"lookup", "", ""}, Case{"create", "", ""},
-                      Case{"call", "", ""}, Case{"fanin", "--senders 8", ""},
-                      Case{"large", "--size 65536", ""}, Case{"topic", "--subscribers 4", ""},
-                      Case{"mq", "", ""},
+                      Case{"call", "", ""}, Case{"call", "--blocking", ""},
+                      Case{"fanin", "--senders 8", ""}, Case{"large", "--size 65536", ""},
+                      Case{"topic", "--subscribers 4", ""}, Case{"mq", "", ""},
                       Case{"peers", "--size 65536", "VIPC_IOX_ROUDI=/nonexistent/iox-roudi"}),
     [](const ::testing::TestParamInfo<Case>& param_info) {
       return std::string(param_info.param.scenario) + "_" + std::to_string(param_info.index);

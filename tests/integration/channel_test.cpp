@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <optional>
 #include <set>
@@ -520,6 +521,87 @@ TEST_F(Channels, CallsFromOtherProcessesGetTheirOwnReplies) {
               ErrorCode::InvalidArgument);  // exactly once
   }
   for (auto& c : clients) EXPECT_EQ(c.wait(10s), "exit 0");
+}
+
+// CPU time of the calling thread.
+std::chrono::nanoseconds thread_cpu_time() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
+// WaitOptions decide how a blocking call waits: spin 0 parks at once (a waiting thread
+// uses no CPU), a long fixed spin burns CPU until it gives up; calls work either way and
+// timeouts hold.
+TEST_F(Channels, WaitOptionsChooseBetweenParkingAndSpinning) {
+  ChannelOptions parked = sync_options();
+  parked.wait = WaitOptions{.spin = std::chrono::nanoseconds(0)};
+  auto ep = Endpoint::create(*rt, "waits", parked);
+  ASSERT_TRUE(ep.ok()) << ep.error().message();
+  auto other = Runtime::connect_to(rt->socket_path());
+  ASSERT_TRUE(other.ok());
+  auto ch = Channel::connect(*other, "waits");
+  ASSERT_TRUE(ch.ok()) << ch.error().message();
+
+  // The Endpoint parks: 200 ms of waiting cost (far) less than 50 ms of CPU.
+  auto cpu0 = thread_cpu_time();
+  auto none = ep->receive_request(200ms);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code(), ErrorCode::Timeout);
+  const auto ep_parked_cpu = thread_cpu_time() - cpu0;
+  EXPECT_LT(ep_parked_cpu, 50ms);
+
+  // An Endpoint made to spin (100 ms, fixed) burns CPU while it waits.
+  ChannelOptions spinning = sync_options();
+  spinning.wait = WaitOptions{.spin = 100ms, .adaptive = false};
+  auto spinner = Endpoint::create(*rt, "waits-spin", spinning);
+  ASSERT_TRUE(spinner.ok()) << spinner.error().message();
+  cpu0 = thread_cpu_time();
+  EXPECT_EQ(spinner->receive_request(150ms).error().code(), ErrorCode::Timeout);
+  if (!test::kSanitized) {
+    EXPECT_GE(thread_cpu_time() - cpu0, 10ms);
+    EXPECT_GT(thread_cpu_time() - cpu0, 10 * ep_parked_cpu);
+  }
+
+  // A caller that spins (100 ms, fixed) burns its spin before it parks; one that parks
+  // at once does not. Neither is answered: both time out. (CPU time, not wall time, so
+  // only a floor that holds when the spinning thread shares its CPU with others.)
+  ch->set_wait(WaitOptions{.spin = std::chrono::nanoseconds(0)});
+  cpu0 = thread_cpu_time();
+  auto t0 = Clock::now();
+  EXPECT_EQ(ch->call(seq_message(0, 1), 200ms).error().code(), ErrorCode::Timeout);
+  EXPECT_GE(Clock::now() - t0, 200ms);
+  const auto parked_cpu = thread_cpu_time() - cpu0;
+  EXPECT_LT(parked_cpu, 50ms);
+  ch->set_wait(WaitOptions{.spin = 100ms, .adaptive = false});
+  cpu0 = thread_cpu_time();
+  t0 = Clock::now();
+  EXPECT_EQ(ch->call(seq_message(0, 2), 150ms).error().code(), ErrorCode::Timeout);
+  EXPECT_GE(Clock::now() - t0, 150ms);
+  const auto spun_cpu = thread_cpu_time() - cpu0;
+  if (!test::kSanitized) {
+    EXPECT_GE(spun_cpu, 10ms);
+    EXPECT_GT(spun_cpu, 10 * parked_cpu);
+  }
+  for (int i = 0; i < 2; ++i) {  // the two unanswered requests, dropped: nobody waits
+    auto req = ep->receive_request(5s);
+    ASSERT_TRUE(req.ok()) << req.error().message();
+  }
+
+  // Parked on both sides, calls are answered, in order.
+  std::thread server([&] {
+    for (int i = 0; i < 100; ++i) {
+      auto req = ep->receive_request(10s);
+      if (!req.ok()) return;
+      (void)req->reply(req->message());
+    }
+  });
+  for (std::uint64_t i = 0; i < 100; ++i) {
+    auto r = ch->call(seq_message(0, 1000 + i), 10s);
+    ASSERT_TRUE(r.ok()) << r.error().message();
+    EXPECT_EQ(seq_of(*r).seq, 1000 + i);
+  }
+  server.join();
 }
 
 TEST_F(Channels, DroppedRequestTimeoutAndOutOfOrderAnswers) {

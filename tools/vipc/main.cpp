@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   bench->add_option("--senders", bo.senders, "Senders (fanin)")->check(CLI::PositiveNumber);
   bench->add_flag("--peers", bo.peers, "Include the peer systems");
-  bench->add_flag("--blocking", bo.blocking, "Receiver parks (pingpong)");
+  bench->add_flag("--blocking", bo.blocking, "Waiting sides park (pingpong, call, mq)");
   bench->add_flag("--trace", bo.trace, "pingpong: channels through a broker, tracing off vs on");
   bench->add_flag("--rate-limit", bo.rate_limit,
                   "pingpong: channels through a broker, without and with a rate limit");

@@ -462,6 +462,8 @@ class Broker::Impl {
   bool log_budget(Client& c) noexcept;
   Result<void> check_capability_room(const Client& c) const noexcept;
   Result<Token> new_token();
+  // Fills token_pool_ with fresh random bytes (one getrandom).
+  Result<void> refill_tokens();
 
   BrokerOptions options_;
   MqRegistry mq_{options_.mq};         // POSIX message queues (broker_mq.cpp)
@@ -487,6 +489,9 @@ class Broker::Impl {
   std::vector<ObjectId> refill_;  // channels whose spare rings ran low (a channel gets
                                   // spares after its first Connect)
   std::unordered_map<std::uint64_t, LentRing> lent_;  // by ring id
+  // Random bytes for capability tokens, taken from the end; refilled at the end of a
+  // loop turn when below kTokenPoolLow, so that requests rarely wait for getrandom.
+  static constexpr std::size_t kTokenPoolLow = 8;
   std::array<Token, 32> token_pool_{};
   std::size_t token_pool_left_ = 0;
 
@@ -580,6 +585,9 @@ Result<void> Broker::Impl::run(std::atomic<int>& stop_signal) {
     sweep_grants(now_ns());
     if (buffers_.expire(now_ns()) != 0) buffers_.collect(caps_);
     refill_spares();
+    // Tokens for the next requests, after this turn's replies went out: a Connect then
+    // finds one ready (new_token refills only when the buffer ran dry in one turn).
+    if (token_pool_left_ < kTokenPoolLow) (void)refill_tokens();
     observe(false);
   }
   log(LogLevel::Info, "stopping: {} clients, {} objects", clients_.size(), objects_.size());
@@ -864,12 +872,15 @@ Result<void> Broker::Impl::check_capability_room(const Client& c) const noexcept
   return {};
 }
 
+Result<void> Broker::Impl::refill_tokens() {
+  VIPC_TRY(sys::random_bytes(token_pool_.data(), sizeof token_pool_));
+  token_pool_left_ = token_pool_.size();
+  return {};
+}
+
 Result<Token> Broker::Impl::new_token() {
   for (;;) {
-    if (token_pool_left_ == 0) {
-      VIPC_TRY(sys::random_bytes(token_pool_.data(), sizeof token_pool_));
-      token_pool_left_ = token_pool_.size();
-    }
+    if (token_pool_left_ == 0) VIPC_TRY(refill_tokens());
     const Token t = token_pool_[--token_pool_left_];
     if (t != 0 && !caps_.contains(t) && pending_.count(t) == 0 && !buffers_.has_handle(t)) {
       return t;

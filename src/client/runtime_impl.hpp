@@ -296,8 +296,11 @@ class Runtime::Impl {
     const auto have = static_cast<std::uint32_t>(sc.rings.size()) + sc.in_flight;
     if (have > 1) return;
     wire::SpareRingsRequest r{};
-    r.count = std::min(target - have, wire::kSpareRingsMax);
     r.flags = sc.set ? 0 : wire::kSpareWithReadySet;
+    // As many as fit in one reply's descriptors (the broker lends no more than that).
+    const std::uint32_t fit = static_cast<std::uint32_t>((wire::kMaxFds - (sc.set ? 0u : 2u)) /
+                                                         wire::spare_ring_fds(flags));
+    r.count = std::min({target - have, wire::kSpareRingsMax, fit});
     r.name = wire::make_name(name);
     const std::uint64_t id = next_id_++;
     const wire::Packet p = wire::encode_request(id, r);

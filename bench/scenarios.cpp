@@ -721,8 +721,10 @@ Report create(const Options& o, const RunConfig& cfg) {
       "connected socket; the server answers with one recv(2) and one send(2) per epoll event.",
       kCreateUdsBytes));
   report.notes.push_back(fmt::format(
-      "vipc connect: Channel::connect() to an existing Endpoint (default ChannelOptions): one "
-      "broker round trip carrying 3 descriptors, then the ring is mapped. Untimed: one message "
+      "vipc connect: Channel::connect() to an existing Endpoint (default ChannelOptions): after "
+      "the Runtime's first connect to it, one broker round trip that binds a sender ring the "
+      "broker lent ahead of need, already mapped (ConnectSpare: no descriptor, no mapping); "
+      "every third connect also asks for more without waiting. Untimed: one message "
       "sent through it, Runtime::release() of its capability, the Channel destroyed; every {} "
       "connects the Endpoint takes its sender events and messages (all checked).",
       kConnectDrainEvery));

@@ -128,6 +128,7 @@ struct Client {
   std::uint64_t suppressed_lines = 0;  // warnings not logged since (at most one a second)
   std::uint32_t pending_grants = 0;
   core::TokenBucket creates;  // Policy::creates_per_second (docs/policy.md)
+  std::uint32_t lent = 0;     // spare rings lent to it and not bound yet (Impl::lent_)
 };
 
 // A ring with the read-only opens its two peers will get, made before it is needed.
@@ -193,6 +194,19 @@ struct ChannelState {
   std::vector<PreparedRing> spares;
 };
 constexpr std::size_t kSpareRings = 2;
+
+// A sender ring lent to one client for one channel ahead of need (SpareRings): the
+// client holds the producer segment and a read-only open of the consumer segment; the
+// ring is nobody's sender until ConnectSpare binds it, and the receiver hears of it
+// only then. Dies with the client or the channel.
+struct LentRing {
+  ClientId client = 0;
+  ObjectId object = 0;
+  PreparedRing ring;                  // consumer_ro already handed over
+  std::optional<PreparedRing> reply;  // synchronous channels (producer_ro handed over)
+};
+// Rings lent to one client and not bound yet, over every channel.
+constexpr std::uint32_t kLentRingsPerClient = 32;
 
 struct Object {
   ObjectId id = 0;
@@ -338,6 +352,15 @@ class Broker::Impl {
   Result<OutPacket> on(Client& c, const wire::StatsRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::ConnectRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::AttachRequest& r, std::uint64_t id);
+  // Spare rings (docs/protocol.md, "Spare rings").
+  Result<OutPacket> on(Client& c, const wire::SpareRingsRequest& r, std::uint64_t id);
+  Result<OutPacket> on(Client& c, const wire::ConnectSpareRequest& r, std::uint64_t id);
+  // The channel `name` names, if `c` may connect to it as a sender with `rights`
+  // (Connect's checks: the kind, the rights, the creator's uid or world-openable, the
+  // channel's source rules).
+  Result<Object*> connectable(Client& c, const wire::Name& name, std::uint32_t rights);
+  // Forgets the rings lent to client `cid` (0: any) for object `oid` (0: any).
+  void forget_lent(ClientId cid, ObjectId oid);
   Result<OutPacket> on(Client& c, const wire::AcceptRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::DestroyRequest& r, std::uint64_t id);
   // Buffers and regions (buffer_table.hpp, docs/zero-copy.md).
@@ -407,8 +430,10 @@ class Broker::Impl {
   // ---- channels
   // Checks and prepares a sender's ring in `obj` for the capability `cap` (held by c),
   // then commits it; returns the reply fields and descriptors.
+  // `lent`: the id of a ring lent to c for obj (ConnectSpare, already checked): bound
+  // instead of a spare, and the reply carries no descriptor.
   Result<OutPacket> connect_ring(Client& c, Object& obj, const CapNode& cap, std::uint64_t id,
-                                 bool attach_reply);
+                                 bool attach_reply, std::uint64_t lent = 0);
   // Closes a ring's ends for a peer that cannot and queues a Detached event (or forgets
   // the ring when the receiver never heard of it and nothing must be delivered).
   // `policy`: the rule that refuses the sender now (audited whenever a trail is kept).
@@ -419,6 +444,13 @@ class Broker::Impl {
   // Closes the sender ends of every ring of a channel that is going away.
   void close_channel(Object& obj);
   void queue_event(ChannelState& ch, SenderEventRec ev);
+  // The second half of connect_ring: records the ring (a new capability unless
+  // attach_reply) and answers. ring_id: a lent ring's id (bound by ConnectSpare: the
+  // reply carries no descriptor), else 0 (a new id).
+  Result<OutPacket> commit_ring(Client& c, Object& obj, const CapNode& cap, std::uint64_t id,
+                                bool attach_reply, PreparedRing prep,
+                                std::optional<PreparedRing> reply_ring,
+                                std::vector<sys::UniqueFd> reply_fds, std::uint64_t ring_id);
   // Tops up the spare rings of the channels that handed some out (after replying).
   void refill_spares();
 
@@ -430,6 +462,8 @@ class Broker::Impl {
   bool log_budget(Client& c) noexcept;
   Result<void> check_capability_room(const Client& c) const noexcept;
   Result<Token> new_token();
+  // Fills token_pool_ with fresh random bytes (one getrandom).
+  Result<void> refill_tokens();
 
   BrokerOptions options_;
   MqRegistry mq_{options_.mq};         // POSIX message queues (broker_mq.cpp)
@@ -454,6 +488,10 @@ class Broker::Impl {
   std::size_t rings_ = 0;         // sender rings alive in every channel
   std::vector<ObjectId> refill_;  // channels whose spare rings ran low (a channel gets
                                   // spares after its first Connect)
+  std::unordered_map<std::uint64_t, LentRing> lent_;  // by ring id
+  // Random bytes for capability tokens, taken from the end; refilled at the end of a
+  // loop turn when below kTokenPoolLow, so that requests rarely wait for getrandom.
+  static constexpr std::size_t kTokenPoolLow = 8;
   std::array<Token, 32> token_pool_{};
   std::size_t token_pool_left_ = 0;
 
@@ -547,6 +585,9 @@ Result<void> Broker::Impl::run(std::atomic<int>& stop_signal) {
     sweep_grants(now_ns());
     if (buffers_.expire(now_ns()) != 0) buffers_.collect(caps_);
     refill_spares();
+    // Tokens for the next requests, after this turn's replies went out: a Connect then
+    // finds one ready (new_token refills only when the buffer ran dry in one turn).
+    if (token_pool_left_ < kTokenPoolLow) (void)refill_tokens();
     observe(false);
   }
   log(LogLevel::Info, "stopping: {} clients, {} objects", clients_.size(), objects_.size());
@@ -718,6 +759,7 @@ void Broker::Impl::drop(ClientId id, const char* why) {
     observe_->forget(id, [this](std::uint64_t ring) { return traced_ring(ring); });
   }
   std::size_t revoked = 0;
+  forget_lent(id, 0);
   for (ObjectId oid : c.owned) revoked += destroy_object(oid);
   for (auto& [oid, obj] : objects_) {
     if (obj.topic) obj.topic->client_gone(id);
@@ -830,12 +872,15 @@ Result<void> Broker::Impl::check_capability_room(const Client& c) const noexcept
   return {};
 }
 
+Result<void> Broker::Impl::refill_tokens() {
+  VIPC_TRY(sys::random_bytes(token_pool_.data(), sizeof token_pool_));
+  token_pool_left_ = token_pool_.size();
+  return {};
+}
+
 Result<Token> Broker::Impl::new_token() {
   for (;;) {
-    if (token_pool_left_ == 0) {
-      VIPC_TRY(sys::random_bytes(token_pool_.data(), sizeof token_pool_));
-      token_pool_left_ = token_pool_.size();
-    }
+    if (token_pool_left_ == 0) VIPC_TRY(refill_tokens());
     const Token t = token_pool_[--token_pool_left_];
     if (t != 0 && !caps_.contains(t) && pending_.count(t) == 0 && !buffers_.has_handle(t)) {
       return t;
@@ -1293,12 +1338,13 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::StatsRequest&, std::ui
 
 // ------------------------------------------------------------ channels
 
-Result<OutPacket> Broker::Impl::on(Client& c, const wire::ConnectRequest& r, std::uint64_t id) {
-  const auto rights = static_cast<Rights>(r.rights);
+Result<Object*> Broker::Impl::connectable(Client& c, const wire::Name& name,
+                                          std::uint32_t rights_bits) {
+  const auto rights = static_cast<Rights>(rights_bits);
   if (!contains(rights, Rights::Send)) {
     return Error(ErrorCode::InvalidArgument, wire::ctx::kMissingRight);
   }
-  const auto it = names_.find(wire::name_view(r.name));
+  const auto it = names_.find(wire::name_view(name));
   if (it == names_.end()) return Error(ErrorCode::NotFound, wire::ctx::kNameUnknown);
   Object& obj = objects_.at(it->second);
   if (!obj.channel) return Error(ErrorCode::InvalidArgument, wire::ctx::kNotChannel);
@@ -1311,6 +1357,13 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ConnectRequest& r, std
     return Error(ErrorCode::PermissionDenied, wire::ctx::kPolicyDenied);
   }
   VIPC_TRY(check_source(c, obj));
+  return &obj;
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::ConnectRequest& r, std::uint64_t id) {
+  auto o = connectable(c, r.name, r.rights);
+  if (!o) return o.error();
+  Object& obj = **o;
   VIPC_TRY(check_capability_room(c));
   auto token = new_token();
   if (!token) return token.error();
@@ -1320,9 +1373,112 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ConnectRequest& r, std
   pending.token = *token;
   pending.holder = c.id;
   pending.object = obj.id;
-  pending.rights = rights;
+  pending.rights = static_cast<Rights>(r.rights);
   pending.generation = 1;
   return connect_ring(c, obj, pending, id, false);
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::ConnectSpareRequest& r,
+                                   std::uint64_t id) {
+  auto o = connectable(c, r.name, r.rights);
+  if (!o) return o.error();
+  Object& obj = **o;
+  // Only a ring this broker lent to this very client for this very channel: an id that
+  // is unknown, another client's, or for another object (the name now names a new
+  // channel) is refused, and the client connects the slow way.
+  const auto l = lent_.find(r.ring_id);
+  if (l == lent_.end() || l->second.client != c.id || l->second.object != obj.id) {
+    return Error(ErrorCode::InvalidArgument, wire::ctx::kUnknownSpare);
+  }
+  VIPC_TRY(check_capability_room(c));
+  auto token = new_token();
+  if (!token) return token.error();
+  CapNode pending;
+  pending.token = *token;
+  pending.holder = c.id;
+  pending.object = obj.id;
+  pending.rights = static_cast<Rights>(r.rights);
+  pending.generation = 1;
+  return connect_ring(c, obj, pending, id, false, r.ring_id);
+}
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::SpareRingsRequest& r, std::uint64_t id) {
+  auto o = connectable(c, r.name, static_cast<std::uint32_t>(Rights::Send));
+  if (!o) return o.error();
+  Object& obj = **o;
+  if (c.lent + r.count > kLentRingsPerClient) {
+    return Error(ErrorCode::OutOfMemory, wire::ctx::kLimitReached);
+  }
+  const bool sync = (obj.flags & wire::kObjectSynchronous) != 0;
+  const bool with_set = (r.flags & wire::kSpareWithReadySet) != 0;
+  const std::uint32_t per_ring = wire::spare_ring_fds(obj.flags);
+  const auto room = static_cast<std::uint32_t>((wire::kMaxFds - (with_set ? 2u : 0u)) / per_ring);
+  const std::uint32_t count = std::min(r.count, room);
+  if (count == 0) return Error(ErrorCode::InvalidArgument, wire::ctx::kBadParameters);
+  // Prepare every ring and descriptor first; nothing is recorded unless all of it worked.
+  auto fail = [](const Error& e) {
+    return Error(e.code(), wire::ctx::kObjectCreate, e.sys_errno());
+  };
+  std::vector<LentRing> made;
+  std::vector<sys::UniqueFd> fds;
+  for (std::uint32_t i = 0; i < count; ++i) {
+    auto prep = prepare_ring(obj.capacity, obj.max_message_size, obj.flags);
+    if (!prep) return fail(prep.error());
+    auto p = sys::dup_fd(prep->seg.producer.get());
+    if (!p) return fail(p.error());
+    fds.push_back(std::move(*p));
+    fds.push_back(std::move(prep->consumer_ro));
+    LentRing l{c.id, obj.id, std::move(*prep), std::nullopt};
+    if (sync) {
+      auto rr = prepare_ring(obj.capacity, obj.max_message_size, obj.flags);
+      if (!rr) return fail(rr.error());
+      auto rc = sys::dup_fd(rr->seg.consumer.get());
+      if (!rc) return fail(rc.error());
+      fds.push_back(std::move(rr->producer_ro));
+      fds.push_back(std::move(*rc));
+      l.reply.emplace(std::move(*rr));
+    }
+    made.push_back(std::move(l));
+  }
+  if (with_set) {
+    for (int fd : {obj.channel->ready_fd.get(), obj.channel->ready_event_fd.get()}) {
+      auto d = sys::dup_fd(fd);
+      if (!d) return fail(d.error());
+      fds.push_back(std::move(*d));
+    }
+  }
+  lent_.reserve(lent_.size() + count);
+  // Commit.
+  wire::SpareRingsReply reply{};
+  reply.object_id = obj.id;
+  reply.count = count;
+  reply.flags = obj.flags;
+  reply.with_set = with_set ? 1 : 0;
+  reply.capacity = obj.capacity;
+  reply.max_message_size = obj.max_message_size;
+  for (std::uint32_t i = 0; i < count; ++i) {
+    const std::uint64_t ring_id = next_ring_++;
+    reply.ring_ids[i] = ring_id;
+    lent_.emplace(ring_id, std::move(made[i]));
+  }
+  c.lent += count;
+  log(LogLevel::Debug, "client {}: {} spare rings lent for '{}'", c.id, count, obj.name);
+  const auto nfds = static_cast<std::uint16_t>(fds.size());
+  return OutPacket{wire::encode_reply(id, reply, nfds), std::move(fds)};
+}
+
+void Broker::Impl::forget_lent(ClientId cid, ObjectId oid) {
+  for (auto it = lent_.begin(); it != lent_.end();) {
+    const LentRing& l = it->second;
+    if ((cid != 0 && l.client != cid) || (oid != 0 && l.object != oid)) {
+      ++it;
+      continue;
+    }
+    if (auto cl = clients_.find(l.client); cl != clients_.end() && cl->second.lent > 0) {
+      --cl->second.lent;
+    }
+    it = lent_.erase(it);  // closes its descriptors
+  }
 }
 
 Result<OutPacket> Broker::Impl::on(Client& c, const wire::AttachRequest& r, std::uint64_t id) {
@@ -1343,7 +1499,8 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::AttachRequest& r, std:
 }
 
 Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNode& cap,
-                                             std::uint64_t id, bool attach_reply) {
+                                             std::uint64_t id, bool attach_reply,
+                                             std::uint64_t lent) {
   ChannelState& ch = *obj.channel;
   // Check and prepare.
   const bool reuse = !ch.free_indices.empty();
@@ -1361,9 +1518,17 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
     ch.spares.pop_back();
     return r;
   };
+  const bool sync = (obj.flags & wire::kObjectSynchronous) != 0;
+  if (lent != 0) {
+    // The sender has the ring already: nothing to make, duplicate or send. The commit
+    // below cannot fail.
+    auto node = lent_.extract(lent);
+    if (c.lent > 0) --c.lent;
+    return commit_ring(c, obj, cap, id, attach_reply, std::move(node.mapped().ring),
+                       std::move(node.mapped().reply), {}, lent);
+  }
   auto prep = take_ring();
   if (!prep) return prep.error();
-  const bool sync = (obj.flags & wire::kObjectSynchronous) != 0;
   std::optional<PreparedRing> reply_ring;
   if (sync) {
     auto r = take_ring();
@@ -1386,13 +1551,24 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
     reply_fds.push_back(std::move(reply_ring->producer_ro));
     reply_fds.push_back(std::move(*rc));
   }
-  const bool new_cap = !attach_reply;
-  if (new_cap) caps_.reserve(c.id, obj.id);
   refill_.reserve(refill_.size() + 1);
-  // Commit.
   if (std::find(refill_.begin(), refill_.end(), obj.id) == refill_.end()) {
     refill_.push_back(obj.id);
   }
+  return commit_ring(c, obj, cap, id, attach_reply, std::move(*prep), std::move(reply_ring),
+                     std::move(reply_fds), 0);
+}
+
+Result<OutPacket> Broker::Impl::commit_ring(Client& c, Object& obj, const CapNode& cap,
+                                            std::uint64_t id, bool attach_reply, PreparedRing prep,
+                                            std::optional<PreparedRing> reply_ring,
+                                            std::vector<sys::UniqueFd> reply_fds,
+                                            std::uint64_t ring_id) {
+  ChannelState& ch = *obj.channel;
+  const bool reuse = !ch.free_indices.empty();
+  const bool new_cap = !attach_reply;
+  if (new_cap) caps_.reserve(c.id, obj.id);
+  // Commit.
   std::uint32_t index = 0;
   if (reuse) {
     index = ch.free_indices.back();
@@ -1407,16 +1583,16 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
   }
   SenderRing& ring = ch.rings[index];
   ring.index = index;
-  ring.ring_id = next_ring_++;
+  ring.ring_id = ring_id != 0 ? ring_id : next_ring_++;
   ring.sender = c.id;
   ring.pid = c.cred.pid;
   ring.uid = c.cred.uid;
   ring.gid = c.cred.gid;
   ring.cap = node->token;
   ring.cap_generation = node->generation;
-  ring.producer = std::move(prep->seg.producer);
-  ring.consumer = std::move(prep->seg.consumer);
-  ring.producer_ro = std::move(prep->producer_ro);
+  ring.producer = std::move(prep.seg.producer);
+  ring.consumer = std::move(prep.seg.consumer);
+  ring.producer_ro = std::move(prep.producer_ro);
   ring.reply = std::move(reply_ring);
   ++rings_;
   queue_event(ch, {wire::SenderEvent::Attached, wire::DetachReason::None, index});
@@ -1433,6 +1609,11 @@ Result<OutPacket> Broker::Impl::connect_ring(Client& c, Object& obj, const CapNo
                            ring.ring_id,
                            obj.call_timeout_ns};
   const auto nfds = static_cast<std::uint16_t>(reply_fds.size());
+  if (ring_id != 0) {  // a lent ring bound (ConnectSpare)
+    wire::ConnectSpareReply body;
+    static_cast<wire::ConnectReply&>(body) = reply;
+    return OutPacket{wire::encode_reply(id, body), {}};
+  }
   if (attach_reply) {
     wire::AttachReplyBody body;
     static_cast<wire::ConnectReply&>(body) = reply;
@@ -1565,7 +1746,10 @@ void Broker::Impl::close_channel(Object& obj) {
 std::size_t Broker::Impl::destroy_object(ObjectId oid) {
   auto o = objects_.find(oid);
   if (o == objects_.end()) return 0;
-  if (o->second.channel) close_channel(o->second);
+  if (o->second.channel) {
+    close_channel(o->second);
+    if (!lent_.empty()) forget_lent(0, oid);
+  }
   if (o->second.topic) o->second.topic->close();
   const std::size_t revoked = caps_.destroy_object(oid);
   names_.erase(o->second.name);

@@ -1136,14 +1136,35 @@ class Channel::Impl {
       if (!r) return r.error();
       reply.emplace(std::move(*r));
     }
-    auto impl = std::make_unique<Impl>(std::move(*w));
+    return finish(std::move(*w), std::move(reply), *ring);
+  }
+
+  // From rings mapped ahead of time and the channel's shared ready set: no system call.
+  static Result<std::unique_ptr<Impl>> from(const SenderRing& fields, core::MappedRing ring,
+                                            std::optional<core::MappedRing> back,
+                                            std::shared_ptr<const core::WriterReadySet> set) {
+    auto w = core::RingWriter::attach(std::move(ring), std::move(set));
+    if (!w) return w.error();
+    std::optional<core::RingReader> reply;
+    if (back) {
+      auto r = core::RingReader::attach(std::move(*back));
+      if (!r) return r.error();
+      reply.emplace(std::move(*r));
+    }
+    return finish(std::move(*w), std::move(reply), fields);
+  }
+
+  static Result<std::unique_ptr<Impl>> finish(core::RingWriter w,
+                                              std::optional<core::RingReader> reply,
+                                              const SenderRing& ring) {
+    auto impl = std::make_unique<Impl>(std::move(w));
     impl->reply = std::move(reply);
-    impl->cap = ring->cap;
-    impl->index = ring->index;
-    impl->policy = ring->overflow_policy;
-    impl->register_only = ring->fast_path && ring->register_only;
-    impl->call_timeout = ring->call_timeout;
-    impl->ring_id = ring->ring_id;
+    impl->cap = ring.cap;
+    impl->index = ring.index;
+    impl->policy = ring.overflow_policy;
+    impl->register_only = ring.fast_path && ring.register_only;
+    impl->call_timeout = ring.call_timeout;
+    impl->ring_id = ring.ring_id;
     impl->traced_up_to = impl->writer.next_position();
     if (impl->writer.overwrites() != (impl->policy == OverflowPolicy::DropOldest)) {
       return Error(ErrorCode::ProtocolError, "channel: ring does not match the overflow policy");
@@ -1152,17 +1173,77 @@ class Channel::Impl {
   }
 };
 
+namespace {
+
+// A spare the broker does not know (any more) for this channel: connect the slow way.
+bool spare_unknown(const Error& e) noexcept {
+  return e.code() == ErrorCode::InvalidArgument && e.context() != nullptr &&
+         std::string_view(e.context()) == wire::ctx::kUnknownSpare;
+}
+
+}  // namespace
+
 Channel::Channel(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
 Channel::Channel(Channel&&) noexcept = default;
 Channel& Channel::operator=(Channel&&) noexcept = default;
 Channel::~Channel() = default;
 
 Result<Channel> Channel::connect(Runtime& rt, std::string_view name) {
+  if (!wire::valid_name(name)) return Error(ErrorCode::InvalidArgument, "connect: bad name");
+  Runtime::Impl& ri = *rt.impl_;
+  // The fast way: bind a ring the broker lent ahead of need (docs/protocol.md, "Spare
+  // rings"): no descriptor, no mapping, no new ring on the way.
+  std::shared_ptr<const core::WriterReadySet> set;
+  if (auto spare = ri.take_spare(name, set)) {
+    auto a = ri.call(wire::ConnectSpareRequest{static_cast<std::uint32_t>(Rights::Send), 0,
+                                               spare->ring_id, wire::make_name(name)});
+    if (a) {
+      const auto& r = std::get<wire::ConnectSpareReply>(a->body);
+      const SenderRing fields = sender_ring_fields(r);
+      ri.remember(name,
+                  ObjectInfo{r.cap.resource, static_cast<ObjectKind>(r.kind), r.capacity,
+                             r.max_message_size, (r.flags & wire::kObjectWorldOpenable) != 0, 0});
+      auto impl = Impl::from(fields, std::move(spare->ring), std::move(spare->reply), set);
+      ri.after_connect(name, r.cap.resource, r.flags, set);
+      if (!impl) return impl.error();
+      if (fields.receiver_filter) VIPC_TRY((*impl)->load_filter(rt));
+      return Channel(std::move(*impl));
+    }
+    if (!spare_unknown(a.error())) {
+      if (a.error().code() == ErrorCode::NotFound) {
+        ri.forget_spares(name);
+      } else {
+        ri.give_back(name, std::move(*spare));
+      }
+      return a.error();
+    }
+    ri.forget_spares(name);
+  }
   auto ring = rt.connect_sender(name, Rights::Send);
-  const bool filtered = ring && ring->receiver_filter;
-  auto impl = Impl::from(std::move(ring));
+  if (!ring) return ring.error();
+  // The channel's ready set is mapped once per process and shared by its senders.
+  const std::uint64_t object_id = ring->cap.resource;
+  set = ri.kept_set(name, object_id);
+  if (!set) {
+    auto s = core::WriterReadySet::attach(ring->ready_set.get(), ring->ready_event.get());
+    if (!s) return s.error();
+    set = std::move(*s);
+  }
+  auto mapped = core::MappedRing::for_writer_of(ring->producer.get(), ring->consumer.get());
+  if (!mapped) return mapped.error();
+  std::optional<core::MappedRing> back;
+  if (ring->reply_producer.valid()) {
+    auto b =
+        core::MappedRing::for_reader_of(ring->reply_producer.get(), ring->reply_consumer.get());
+    if (!b) return b.error();
+    back.emplace(std::move(*b));
+  }
+  auto impl = Impl::from(*ring, std::move(*mapped), std::move(back), set);
   if (!impl) return impl.error();
-  if (filtered) VIPC_TRY((*impl)->load_filter(rt));
+  const auto flags =
+      static_cast<std::uint16_t>(ring->reply_producer.valid() ? wire::kObjectSynchronous : 0);
+  ri.after_connect(name, object_id, flags, set);
+  if (ring->receiver_filter) VIPC_TRY((*impl)->load_filter(rt));
   return Channel(std::move(*impl));
 }
 

@@ -290,20 +290,7 @@ Result<SenderRing> sender_ring_of(const wire::ConnectReply& r, std::vector<sys::
     return Error(ErrorCode::ProtocolError,
                  "connect: reply carries the wrong number of descriptors");
   }
-  SenderRing out;
-  out.cap = wire::from_record(r.cap);
-  out.index = r.index;
-  out.capacity = r.capacity;
-  out.max_message_size = r.max_message_size;
-  out.ring_id = r.ring_id;
-  out.overflow_policy = static_cast<OverflowPolicy>(wire::overflow_of(r.flags));
-  out.fast_path = (r.flags & wire::kObjectFastPath) != 0;
-  out.register_only = (r.flags & wire::kObjectRegisterOnly) != 0;
-  out.receiver_filter = (r.flags & wire::kObjectSenderFilter) != 0;
-  out.call_timeout =
-      std::chrono::nanoseconds(r.call_timeout_ns > static_cast<std::uint64_t>(INT64_MAX)
-                                   ? INT64_MAX
-                                   : static_cast<std::int64_t>(r.call_timeout_ns));
+  SenderRing out = sender_ring_fields(r);
   out.producer = OwnedFd(fds[0].release());
   out.consumer = OwnedFd(fds[1].release());
   out.ready_set = OwnedFd(fds[2].release());

@@ -11,13 +11,22 @@
 //   replies become ready-to-use channels in a pool, so taking one (take_channel) makes
 //   no round trip and no system call.
 //
+// - A channel this process connected to by name keeps its ready set mapped (shared by
+//   every sender of it here) and a few sender rings the broker lent ahead of need
+//   (SpareRings), already mapped: Channel::connect then binds one (ConnectSpare) with
+//   no descriptor, no mapping and no fresh ring on its path (docs/protocol.md, "Spare
+//   rings").
+//
 // Caveats: the pool is refilled by the thread that takes from it (no background thread):
-// a refill costs a few sends and receives every kPoolLowWater takes.
+// a refill costs a few sends and receives every kPoolLowWater takes. Spare rings are
+// asked for the same way (one send, without waiting, every few connects) and mapped
+// when their reply is read, inside whatever call of this Runtime comes next.
 #pragma once
 
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdint>
@@ -28,8 +37,10 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "broker/broker.hpp"
@@ -37,6 +48,7 @@
 #include "client/object_table.hpp"
 #include "core/clock.hpp"
 #include "core/ready_set.hpp"
+#include "core/ring.hpp"
 #include "core/sys.hpp"
 #include "core/wire.hpp"
 #include "vipc/runtime.hpp"
@@ -61,6 +73,34 @@ struct PreparedChannel {
   std::uint64_t object_id = 0;
   core::ReadySet set;
 };
+
+// A sender ring the broker lent this process for one channel (SpareRings): mapped, not
+// bound yet (ConnectSpare binds it). Only this process has it: the channel's receiver
+// gets the ring when the broker binds it.
+struct SpareRing {
+  std::uint64_t ring_id = 0;
+  core::MappedRing ring;
+  std::optional<core::MappedRing> reply;  // synchronous channels
+};
+
+// The fields of a Connect-like reply, without descriptors.
+inline SenderRing sender_ring_fields(const wire::ConnectReply& r) noexcept {
+  SenderRing out;
+  out.cap = wire::from_record(r.cap);
+  out.index = r.index;
+  out.capacity = r.capacity;
+  out.max_message_size = r.max_message_size;
+  out.ring_id = r.ring_id;
+  out.overflow_policy = static_cast<OverflowPolicy>(wire::overflow_of(r.flags));
+  out.fast_path = (r.flags & wire::kObjectFastPath) != 0;
+  out.register_only = (r.flags & wire::kObjectRegisterOnly) != 0;
+  out.receiver_filter = (r.flags & wire::kObjectSenderFilter) != 0;
+  out.call_timeout =
+      std::chrono::nanoseconds(r.call_timeout_ns > static_cast<std::uint64_t>(INT64_MAX)
+                                   ? INT64_MAX
+                                   : static_cast<std::int64_t>(r.call_timeout_ns));
+  return out;
+}
 
 // Which channels a pool holds: (capacity, max message size, max senders, flags).
 // capacity, max message size, max senders, object flags, call timeout (ns).
@@ -190,6 +230,85 @@ class Runtime::Impl {
     return platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/true).ok();
   }
 
+  // ---- spare rings (docs/protocol.md, "Spare rings")
+  static constexpr std::size_t kSpareChannelsMax = 64;  // channels with a cache entry
+  static constexpr std::uint32_t kSpareTarget = 4;      // rings held + asked for, per channel
+  static constexpr std::uint32_t kSpareTargetSync = 2;  // synchronous channels (4 fds each)
+
+  // A spare ring of the channel `name` with its shared ready set, if one is held (taking
+  // a reply that already came first); nullopt otherwise.
+  std::optional<SpareRing> take_spare(std::string_view name,
+                                      std::shared_ptr<const core::WriterReadySet>& set) {
+    const std::lock_guard<std::mutex> lock(mu_);
+    auto it = spares_.find(name);
+    if (it == spares_.end()) return std::nullopt;
+    if (it->second.rings.empty() && it->second.in_flight > 0) {
+      poll_async_locked();
+      it = spares_.find(name);
+      if (it == spares_.end()) return std::nullopt;
+    }
+    SpareChannel& sc = it->second;
+    if (sc.rings.empty() || !sc.set) return std::nullopt;
+    SpareRing out = std::move(sc.rings.front());
+    sc.rings.pop_front();
+    set = sc.set;
+    return out;
+  }
+  // Puts back a spare the broker did not bind (the refusal was about something else).
+  void give_back(std::string_view name, SpareRing ring) {
+    const std::lock_guard<std::mutex> lock(mu_);
+    auto it = spares_.find(name);
+    if (it != spares_.end()) it->second.rings.push_front(std::move(ring));
+  }
+  // Forgets what is kept for `name` (the broker does not know the spares: the channel is
+  // gone, or the name names another one now).
+  void forget_spares(std::string_view name) {
+    const std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = spares_.find(name); it != spares_.end()) spares_.erase(it);
+  }
+  // The ready set kept for channel `object_id` under `name`, or null.
+  std::shared_ptr<const core::WriterReadySet> kept_set(std::string_view name,
+                                                       std::uint64_t object_id) {
+    const std::lock_guard<std::mutex> lock(mu_);
+    auto it = spares_.find(name);
+    if (it == spares_.end() || it->second.object_id != object_id) return nullptr;
+    return it->second.set;
+  }
+  // After a connect to `name` (channel `object_id`, object flags `flags`): keeps `set`
+  // and, when the spares held and asked for fall to one, asks for more without waiting.
+  void after_connect(std::string_view name, std::uint64_t object_id, std::uint16_t flags,
+                     const std::shared_ptr<const core::WriterReadySet>& set) {
+    const std::lock_guard<std::mutex> lock(mu_);
+    auto it = spares_.find(name);
+    if (it == spares_.end()) {
+      if (spares_.size() >= kSpareChannelsMax) return;
+      it = spares_.emplace(std::string(name), SpareChannel{}).first;
+    }
+    SpareChannel& sc = it->second;
+    if (sc.object_id != object_id) {  // a new channel under that name
+      sc.rings.clear();
+      sc.set.reset();
+      sc.object_id = object_id;
+    }
+    if (!sc.set) sc.set = set;
+    const bool sync = (flags & wire::kObjectSynchronous) != 0;
+    const std::uint32_t target = sync ? kSpareTargetSync : kSpareTarget;
+    const auto have = static_cast<std::uint32_t>(sc.rings.size()) + sc.in_flight;
+    if (have > 1) return;
+    wire::SpareRingsRequest r{};
+    r.flags = sc.set ? 0 : wire::kSpareWithReadySet;
+    // As many as fit in one reply's descriptors (the broker lends no more than that).
+    const std::uint32_t fit = static_cast<std::uint32_t>((wire::kMaxFds - (sc.set ? 0u : 2u)) /
+                                                         wire::spare_ring_fds(flags));
+    r.count = std::min({target - have, wire::kSpareRingsMax, fit});
+    r.name = wire::make_name(name);
+    const std::uint64_t id = next_id_++;
+    const wire::Packet p = wire::encode_request(id, r);
+    if (!platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/true)) return;
+    spare_requests_.emplace(id, std::pair{std::string(name), r.count});
+    sc.in_flight += r.count;
+  }
+
   // A prepared anonymous channel of this shape from the pool, if there is one; tops the
   // pool up (without waiting) when it runs low.
   // Null when the pool is empty.
@@ -260,8 +379,57 @@ class Runtime::Impl {
     }
   }
 
+  // What this process keeps for one channel it connects to by name.
+  struct SpareChannel {
+    std::uint64_t object_id = 0;
+    std::shared_ptr<const core::WriterReadySet> set;  // null until known
+    std::deque<SpareRing> rings;
+    std::uint32_t in_flight = 0;  // rings asked for, reply not read yet
+  };
+
+  // A SpareRings reply: its rings mapped and kept (a ring that fails to map is left
+  // unused: the broker forgets it with this connection or the channel).
+  void take_spares(const std::string& name, std::uint32_t asked, const wire::DecodedReply& reply,
+                   std::vector<sys::UniqueFd>& fds) {
+    auto it = spares_.find(name);
+    if (it == spares_.end()) return;
+    SpareChannel& sc = it->second;
+    sc.in_flight -= std::min(asked, sc.in_flight);
+    const auto* r = reply.ok() ? std::get_if<wire::SpareRingsReply>(&reply.body) : nullptr;
+    if (r == nullptr || fds.size() != wire::reply_fd_count(reply.body)) return;
+    if (r->object_id != sc.object_id) {  // the name names another channel now
+      sc.rings.clear();
+      sc.set.reset();
+      sc.object_id = r->object_id;
+    }
+    const std::size_t per = wire::spare_ring_fds(r->flags);
+    if (r->with_set != 0 && !sc.set) {
+      auto set = core::WriterReadySet::attach(fds[fds.size() - 2].get(), fds.back().get());
+      if (set) sc.set = std::move(*set);
+    }
+    for (std::uint32_t i = 0; i < r->count; ++i) {
+      const std::size_t k = i * per;
+      auto ring = core::MappedRing::for_writer_of(fds[k].get(), fds[k + 1].get());
+      if (!ring) continue;
+      SpareRing spare{r->ring_ids[i], std::move(*ring), std::nullopt};
+      if (per == 4) {
+        auto back = core::MappedRing::for_reader_of(fds[k + 2].get(), fds[k + 3].get());
+        if (!back) continue;
+        spare.reply.emplace(std::move(*back));
+      }
+      sc.rings.push_back(std::move(spare));
+    }
+  }
+
   // A reply to a request sent without waiting (or to a call that timed out: dropped).
   void dispatch_async(const wire::DecodedReply& reply, std::vector<sys::UniqueFd>& fds) {
+    if (const auto sp = spare_requests_.find(reply.header.request_id);
+        sp != spare_requests_.end()) {
+      const auto [name, asked] = std::move(sp->second);
+      spare_requests_.erase(sp);
+      take_spares(name, asked, reply, fds);
+      return;
+    }
     const auto it = provisioning_.find(reply.header.request_id);
     if (it == provisioning_.end()) return;
     const ChannelShape shape = it->second;
@@ -283,6 +451,15 @@ class Runtime::Impl {
   std::unordered_map<std::uint64_t, std::string> names_by_id_;
   std::map<ChannelShape, Pool> pools_;
   std::unordered_map<std::uint64_t, ChannelShape> provisioning_;  // request id -> shape
+  struct NameHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+      return std::hash<std::string_view>{}(s);
+    }
+  };
+  std::unordered_map<std::string, SpareChannel, NameHash, std::equal_to<>> spares_;
+  // SpareRings request id -> (channel name, rings asked for)
+  std::unordered_map<std::uint64_t, std::pair<std::string, std::uint32_t>> spare_requests_;
 };
 
 }  // namespace vipc

@@ -74,8 +74,10 @@ inline bool park_fence(std::uint32_t peer_fence_mode) noexcept {
   return true;
 }
 
-std::uint32_t local_fence_mode() noexcept {
-  return process_uses_asymmetric_fence() ? layout::kFenceAsymmetric : layout::kFenceFull;
+// The fence mode an end publishes, from process_uses_asymmetric_fence() (asked once per
+// attach: it costs a getpid()).
+std::uint32_t fence_mode_of(bool asymmetric) noexcept {
+  return asymmetric ? layout::kFenceAsymmetric : layout::kFenceFull;
 }
 
 // The longest a park may last when the wake-up cannot be trusted (failed heavy fence).
@@ -146,15 +148,9 @@ Result<RingSegments> RingSegments::create(const RingOptions& options) {
 namespace {
 
 // Maps both halves of a ring and checks that they belong together.
-struct AttachedRing {
-  sys::Mapping prod;
-  sys::Mapping cons;
-  layout::SegmentHeader hdr;
-};
-
 // prod_prot / cons_prot: how each half is mapped (the writer's own half read-write,
 // the other read-only; everything read-only for sampling).
-Result<AttachedRing> attach_ring(int producer_fd, int consumer_fd, int prod_prot, int cons_prot) {
+Result<MappedRing> attach_ring(int producer_fd, int consumer_fd, int prod_prot, int cons_prot) {
   auto prod = map_segment(producer_fd, layout::SegmentKind::RingProducer, prod_prot);
   if (!prod) return prod.error();
   auto cons = map_segment(consumer_fd, layout::SegmentKind::RingConsumer, cons_prot);
@@ -175,7 +171,7 @@ Result<AttachedRing> attach_ring(int producer_fd, int consumer_fd, int prod_prot
     return Error(ErrorCode::Corrupted, "ring: unknown or mismatched segment flags", 0,
                  ph.object_id);
   }
-  AttachedRing out;
+  MappedRing out;
   out.hdr = ph;
   out.prod = std::move(prod->mapping);
   out.cons = std::move(cons->mapping);
@@ -183,6 +179,30 @@ Result<AttachedRing> attach_ring(int producer_fd, int consumer_fd, int prod_prot
 }
 
 }  // namespace
+
+Result<MappedRing> MappedRing::for_writer_of(int producer_fd, int consumer_fd) {
+  auto r = attach_ring(producer_fd, consumer_fd, PROT_READ | PROT_WRITE, PROT_READ);
+  if (r) r->for_writer = true;
+  return r;
+}
+
+Result<MappedRing> MappedRing::for_reader_of(int producer_fd, int consumer_fd) {
+  return attach_ring(producer_fd, consumer_fd, PROT_READ, PROT_READ | PROT_WRITE);
+}
+
+Result<std::shared_ptr<const WriterReadySet>> WriterReadySet::attach(int fd, int eventfd) {
+  auto rs = map_segment(fd, layout::SegmentKind::ReadySet, PROT_READ | PROT_WRITE);
+  if (!rs) return rs.error();
+  auto set = std::make_shared<WriterReadySet>();
+  set->capacity = rs->header.capacity;
+  set->map = std::move(rs->mapping);
+  if (eventfd >= 0) {
+    auto dup = sys::dup_fd(eventfd);
+    if (!dup) return dup.error();
+    set->eventfd = std::move(*dup);
+  }
+  return std::shared_ptr<const WriterReadySet>(std::move(set));
+}
 
 namespace {
 
@@ -225,40 +245,46 @@ Result<RingWriter> RingWriter::attach(int producer_fd, int consumer_fd, int noti
   if (ready_set_eventfd >= 0 && ready_set_fd < 0) {
     return Error(ErrorCode::InvalidArgument, "ring: ready set eventfd without a ready set");
   }
-  auto ring = attach_ring(producer_fd, consumer_fd, PROT_READ | PROT_WRITE, PROT_READ);
+  auto ring = MappedRing::for_writer_of(producer_fd, consumer_fd);
   if (!ring) return ring.error();
+  std::shared_ptr<const WriterReadySet> set;
+  if (ready_set_fd >= 0) {
+    auto rs = WriterReadySet::attach(ready_set_fd, ready_set_eventfd);
+    if (!rs) return rs.error();
+    set = std::move(*rs);
+  }
+  sys::UniqueFd notify;
+  if (notify_eventfd >= 0) {
+    auto dup = sys::dup_fd(notify_eventfd);
+    if (!dup) return dup.error();
+    notify = std::move(*dup);
+  }
+  auto w = attach(std::move(*ring), std::move(set));
+  if (w) w->eventfd_ = std::move(notify);
+  return w;
+}
+
+Result<RingWriter> RingWriter::attach(MappedRing ring, std::shared_ptr<const WriterReadySet> set) {
+  if (!ring.for_writer || !ring.prod.valid() || !ring.cons.valid()) {
+    return Error(ErrorCode::InvalidArgument, "ring: not mapped for a writer");
+  }
   RingWriter w;
-  w.prod_map_ = std::move(ring->prod);
-  w.cons_map_ = std::move(ring->cons);
+  w.prod_map_ = std::move(ring.prod);
+  w.cons_map_ = std::move(ring.cons);
   w.prod_ = static_cast<ProducerSegment*>(w.prod_map_.data());
   w.cons_ = static_cast<const ConsumerSegment*>(w.cons_map_.data());
   {
     auto* base = static_cast<unsigned char*>(w.prod_map_.data());
-    const layout::RingArrays a = layout::ring_arrays(ring->hdr.capacity);
+    const layout::RingArrays a = layout::ring_arrays(ring.hdr.capacity);
     w.desc_ = reinterpret_cast<SlotDesc*>(base + a.desc);
     w.payload_ = reinterpret_cast<SlotPayload*>(base + a.payload);
     w.cold_ = reinterpret_cast<SlotCold*>(base + a.cold);
   }
-  w.capacity_ = ring->hdr.capacity;
-  w.mask_ = ring->hdr.capacity - 1;
-  w.max_len_ = ring->hdr.payload_max;
-  w.ring_id_ = ring->hdr.object_id;
-  if (notify_eventfd >= 0) {
-    auto dup = sys::dup_fd(notify_eventfd);
-    if (!dup) return dup.error();
-    w.eventfd_ = std::move(*dup);
-  }
-  if (ready_set_fd >= 0) {
-    auto rs = map_segment(ready_set_fd, layout::SegmentKind::ReadySet, PROT_READ | PROT_WRITE);
-    if (!rs) return rs.error();
-    w.ready_capacity_ = rs->header.capacity;
-    w.ready_map_ = std::move(rs->mapping);
-  }
-  if (ready_set_eventfd >= 0) {
-    auto dup = sys::dup_fd(ready_set_eventfd);
-    if (!dup) return dup.error();
-    w.ready_eventfd_ = std::move(*dup);
-  }
+  w.capacity_ = ring.hdr.capacity;
+  w.mask_ = ring.hdr.capacity - 1;
+  w.max_len_ = ring.hdr.payload_max;
+  w.ring_id_ = ring.hdr.object_id;
+  w.ready_ = std::move(set);
   // Our own segment: resume after what an earlier writer of this ring published.
   w.tail_ = w.prod_->stats.messages.load(std::memory_order_relaxed);
   w.bytes_ = w.prod_->stats.bytes.load(std::memory_order_relaxed);
@@ -269,7 +295,7 @@ Result<RingWriter> RingWriter::attach(int producer_fd, int consumer_fd, int noti
   w.wakeups_ = w.prod_->stats.wakeups.load(std::memory_order_relaxed);
   w.spins_ = w.prod_->stats.spins.load(std::memory_order_relaxed);
   w.cached_head_ = w.cons_->index.head.load(std::memory_order_acquire);
-  w.overwrite_ = (ring->hdr.flags & layout::kSegmentOverwrite) != 0;
+  w.overwrite_ = (ring.hdr.flags & layout::kSegmentOverwrite) != 0;
   w.claimed_ = w.prod_->control.claimed.load(std::memory_order_relaxed);
   if (w.cached_head_ > w.tail_ || (!w.overwrite_ && w.tail_ - w.cached_head_ > w.capacity_)) {
     return Error(ErrorCode::Corrupted, "ring: consumer index out of range", 0, w.ring_id_);
@@ -285,7 +311,7 @@ Result<RingWriter> RingWriter::attach(int producer_fd, int consumer_fd, int noti
   // first message of the process.
   (void)CycleClock::instance();
   w.asymmetric_ = process_uses_asymmetric_fence();
-  w.prod_->control.fence_mode.store(local_fence_mode(), std::memory_order_relaxed);
+  w.prod_->control.fence_mode.store(fence_mode_of(w.asymmetric_), std::memory_order_relaxed);
   w.prod_->control.closed.store(0, std::memory_order_release);
   // W0: a reader that parked before this attach read our fence mode as "full" and
   // issued only a seq_cst fence; this fence pairs with it (fence-fence rule), so our
@@ -301,15 +327,13 @@ RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
   release();
   prod_map_ = std::move(o.prod_map_);
   cons_map_ = std::move(o.cons_map_);
-  ready_map_ = std::move(o.ready_map_);
-  ready_eventfd_ = std::move(o.ready_eventfd_);
+  ready_ = std::move(o.ready_);
   eventfd_ = std::move(o.eventfd_);
   prod_ = std::exchange(o.prod_, nullptr);
   cons_ = std::exchange(o.cons_, nullptr);
   desc_ = std::exchange(o.desc_, nullptr);
   payload_ = std::exchange(o.payload_, nullptr);
   cold_ = std::exchange(o.cold_, nullptr);
-  ready_capacity_ = o.ready_capacity_;
   tail_ = o.tail_;
   cached_head_ = o.cached_head_;
   bytes_ = o.bytes_;
@@ -346,8 +370,7 @@ void RingWriter::release() noexcept {
   cold_ = nullptr;
   prod_map_.reset();
   cons_map_.reset();
-  ready_map_.reset();
-  ready_eventfd_.reset();
+  ready_.reset();
   eventfd_.reset();
 }
 
@@ -482,7 +505,7 @@ void RingWriter::wake_reader(std::uint64_t w) noexcept {
 }
 
 void RingWriter::signal_ready_set() noexcept {
-  if (!ready_map_.valid()) return;
+  if (!ready_) return;
   // Acquire fence after the relaxed load of `waiting` that found kWaitReadySet: pairs
   // with the reader's seq_cst store of `waiting` in arm_ready_set (W1), so the
   // ready_index it stored before is the one read below.
@@ -491,12 +514,12 @@ void RingWriter::signal_ready_set() noexcept {
   const std::uint32_t idx = cons_->control.ready_index.load(std::memory_order_relaxed);
   // Both the index and the set's header come from the reader's side: bound the index
   // by what is mapped and by the summary's 64 groups, not by the header alone.
-  if (idx >= ready_capacity_ || idx >= layout::kReadySetCapacityMax ||
+  if (idx >= ready_->capacity || idx >= layout::kReadySetCapacityMax ||
       layout::kReadySetWordsOffset + (std::size_t{idx / 64} + 1) * sizeof(std::uint64_t) >
-          ready_map_.size()) {
+          ready_->map.size()) {
     return;  // hostile or stale index: ignore
   }
-  if (ready_set_mark(ready_map_.data(), idx, last_set_woken_, ready_eventfd_.get())) {
+  if (ready_set_mark(ready_->map.data(), idx, last_set_woken_, ready_->eventfd.get())) {
     ++wakeups_;
     prod_->stats.wakeups.store(wakeups_, std::memory_order_relaxed);
   }
@@ -710,29 +733,39 @@ std::size_t RingWriter::free_approx() const noexcept {
 // ---------------------------------------------------------------- reader
 
 Result<RingReader> RingReader::attach(int producer_fd, int consumer_fd, int eventfd) {
-  auto ring = attach_ring(producer_fd, consumer_fd, PROT_READ, PROT_READ | PROT_WRITE);
+  auto ring = MappedRing::for_reader_of(producer_fd, consumer_fd);
   if (!ring) return ring.error();
+  sys::UniqueFd ev;
+  if (eventfd >= 0) {
+    auto dup = sys::dup_fd(eventfd);
+    if (!dup) return dup.error();
+    ev = std::move(*dup);
+  }
+  auto r = attach(std::move(*ring));
+  if (r) r->eventfd_ = std::move(ev);
+  return r;
+}
+
+Result<RingReader> RingReader::attach(MappedRing ring) {
+  if (ring.for_writer || !ring.prod.valid() || !ring.cons.valid()) {
+    return Error(ErrorCode::InvalidArgument, "ring: not mapped for a reader");
+  }
   RingReader r;
-  r.prod_map_ = std::move(ring->prod);
-  r.cons_map_ = std::move(ring->cons);
+  r.prod_map_ = std::move(ring.prod);
+  r.cons_map_ = std::move(ring.cons);
   r.prod_ = static_cast<const ProducerSegment*>(r.prod_map_.data());
   r.cons_ = static_cast<ConsumerSegment*>(r.cons_map_.data());
   {
     const auto* base = static_cast<const unsigned char*>(r.prod_map_.data());
-    const layout::RingArrays a = layout::ring_arrays(ring->hdr.capacity);
+    const layout::RingArrays a = layout::ring_arrays(ring.hdr.capacity);
     r.desc_ = reinterpret_cast<const SlotDesc*>(base + a.desc);
     r.payload_ = reinterpret_cast<const SlotPayload*>(base + a.payload);
     r.cold_ = reinterpret_cast<const SlotCold*>(base + a.cold);
   }
-  r.capacity_ = ring->hdr.capacity;
-  r.mask_ = ring->hdr.capacity - 1;
-  r.max_len_ = ring->hdr.payload_max;
-  r.ring_id_ = ring->hdr.object_id;
-  if (eventfd >= 0) {
-    auto dup = sys::dup_fd(eventfd);
-    if (!dup) return dup.error();
-    r.eventfd_ = std::move(*dup);
-  }
+  r.capacity_ = ring.hdr.capacity;
+  r.mask_ = ring.hdr.capacity - 1;
+  r.max_len_ = ring.hdr.payload_max;
+  r.ring_id_ = ring.hdr.object_id;
   // Our own segment: resume where an earlier reader of this ring stopped.
   r.head_ = r.cons_->index.head.load(std::memory_order_relaxed);
   r.bytes_ = r.cons_->stats.bytes.load(std::memory_order_relaxed);
@@ -741,12 +774,12 @@ Result<RingReader> RingReader::attach(int producer_fd, int consumer_fd, int even
   r.wakeups_ = r.cons_->stats.wakeups.load(std::memory_order_relaxed);
   r.spins_ = r.cons_->stats.spins.load(std::memory_order_relaxed);
   r.lost_ = r.cons_->stats.lost.load(std::memory_order_relaxed);
-  r.overwrite_ = (ring->hdr.flags & layout::kSegmentOverwrite) != 0;
+  r.overwrite_ = (ring.hdr.flags & layout::kSegmentOverwrite) != 0;
   r.epoch_ = now_ns();           // as in RingWriter::attach: never repeat an earlier reader's epoch
   (void)CycleClock::instance();  // as in RingWriter::attach: calibrate outside any wait
   r.asymmetric_ = process_uses_asymmetric_fence();
   r.cons_->control.waiting.store(0, std::memory_order_relaxed);
-  r.cons_->control.fence_mode.store(local_fence_mode(), std::memory_order_relaxed);
+  r.cons_->control.fence_mode.store(fence_mode_of(r.asymmetric_), std::memory_order_relaxed);
   r.cons_->control.closed.store(0, std::memory_order_release);
   // W0: pairs with a writer that parked on "full" before this attach (see the writer).
   std::atomic_thread_fence(std::memory_order_seq_cst);

@@ -27,6 +27,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 
 #include "core/clock.hpp"
@@ -79,6 +80,34 @@ struct RingStats {
 // holding them may sample; nothing on the data path is touched.
 [[nodiscard]] Result<RingStats> sample_ring_stats(int producer_fd, int consumer_fd);
 
+// Both halves of a ring mapped and checked (headers, geometry, flags) for one end, with
+// nothing written yet: a ring made ready ahead of need (a sender's spare rings,
+// docs/protocol.md, "Spare rings"), attached later without a system call.
+struct MappedRing {
+  sys::Mapping prod;
+  sys::Mapping cons;
+  layout::SegmentHeader hdr{};
+  bool for_writer = false;  // producer read-write, consumer read-only (else the reverse)
+
+  [[nodiscard]] static Result<MappedRing> for_writer_of(int producer_fd, int consumer_fd);
+  [[nodiscard]] static Result<MappedRing> for_reader_of(int producer_fd, int consumer_fd);
+};
+
+// A channel's ready set as its senders map it (read-write), with the set's eventfd:
+// mapped once per process and channel and shared (reference-counted) by every writer of
+// that channel in the process. Sharing changes nothing in the set's protocol: every
+// sender marks only the index its receiver armed, as it would from its own mapping
+// (docs/ring.md, RS1-RS5).
+struct WriterReadySet {
+  sys::Mapping map;
+  sys::UniqueFd eventfd;  // invalid: none
+  std::uint32_t capacity = 0;
+
+  // Maps the set behind `fd` (checked like any segment) and keeps a duplicate of
+  // `eventfd` (if >= 0); neither descriptor is kept.
+  [[nodiscard]] static Result<std::shared_ptr<const WriterReadySet>> attach(int fd, int eventfd);
+};
+
 class RingWriter {
  public:
   // Maps the producer segment read-write and the consumer segment read-only and
@@ -92,6 +121,11 @@ class RingWriter {
   [[nodiscard]] static Result<RingWriter> attach(int producer_fd, int consumer_fd,
                                                  int notify_eventfd = -1, int ready_set_fd = -1,
                                                  int ready_set_eventfd = -1);
+  // The same from a ring mapped ahead of time (MappedRing::for_writer_of) and a ready set
+  // shared with the process's other writers of the channel (null: none). Makes no system
+  // call. InvalidArgument for a ring mapped for a reader.
+  [[nodiscard]] static Result<RingWriter> attach(MappedRing ring,
+                                                 std::shared_ptr<const WriterReadySet> set);
 
   RingWriter(RingWriter&&) noexcept;
   RingWriter& operator=(RingWriter&&) noexcept;
@@ -159,11 +193,9 @@ class RingWriter {
   layout::SlotPayload* payload_ = nullptr;  // one cache line per position
   layout::SlotCold* cold_ = nullptr;        // capabilities, touched only when carried
   sys::UniqueFd eventfd_;
-  sys::Mapping ready_map_;
-  sys::UniqueFd ready_eventfd_;  // the ready set's eventfd, or invalid
-  std::uint32_t ready_capacity_ = 0;
-  std::uint64_t tail_ = 0;         // next position to write (local truth)
-  std::uint64_t cached_head_ = 0;  // last head read from the consumer
+  std::shared_ptr<const WriterReadySet> ready_;  // null: no ready set
+  std::uint64_t tail_ = 0;                       // next position to write (local truth)
+  std::uint64_t cached_head_ = 0;                // last head read from the consumer
   std::uint64_t bytes_ = 0;
   std::uint64_t full_events_ = 0, parks_ = 0, wakeups_ = 0, drops_ = 0, spins_ = 0;
   std::uint64_t ring_id_ = 0;
@@ -189,6 +221,9 @@ class RingReader {
   // have been given the same eventfd).
   [[nodiscard]] static Result<RingReader> attach(int producer_fd, int consumer_fd,
                                                  int eventfd = -1);
+  // The same from a ring mapped ahead of time (MappedRing::for_reader_of), without a
+  // system call. InvalidArgument for a ring mapped for a writer.
+  [[nodiscard]] static Result<RingReader> attach(MappedRing ring);
 
   RingReader(RingReader&&) noexcept;
   RingReader& operator=(RingReader&&) noexcept;

@@ -25,6 +25,7 @@ constexpr const char* kContexts[] = {
     ctx::kNotReceiverFilter, ctx::kCapabilityRequired,  ctx::kRuleNotPermitted, ctx::kRuleDescriptor,
     ctx::kRuleEncoding,      ctx::kRuleTooLarge,       ctx::kRuleName,        ctx::kRuleUids,
     ctx::kRuleGids,          ctx::kRulePids,           ctx::kRuleExecutables, ctx::kRuleRequires,
+    ctx::kUnknownSpare,
 };
 // clang-format on
 constexpr std::uint16_t kContextCount = static_cast<std::uint16_t>(std::size(kContexts));
@@ -178,6 +179,17 @@ Result<void> check(const StatsRequest& b) noexcept {
 Result<void> check(const ConnectRequest& b) noexcept {
   VIPC_TRY(check_rights(b.rights));
   if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return check_name(b.name);
+}
+Result<void> check(const SpareRingsRequest& b) noexcept {
+  if (b.count == 0 || b.count > kSpareRingsMax) return protocol(ctx::kBadEnum);
+  if ((b.flags & ~kSpareWithReadySet) != 0) return protocol(ctx::kBadFlags);
+  return check_name(b.name);
+}
+Result<void> check(const ConnectSpareRequest& b) noexcept {
+  VIPC_TRY(check_rights(b.rights));
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  if (b.ring_id == 0) return protocol(ctx::kBadEnum);
   return check_name(b.name);
 }
 Result<void> check(const AttachRequest& b) noexcept { return check_ref(b.cap); }
@@ -372,6 +384,20 @@ Result<void> check(const ConnectReply& b) noexcept {
 Result<void> check(const AttachReplyBody& b) noexcept {
   return check(static_cast<const ConnectReply&>(b));
 }
+Result<void> check(const ConnectSpareReply& b) noexcept {
+  return check(static_cast<const ConnectReply&>(b));
+}
+Result<void> check(const SpareRingsReply& b) noexcept {
+  if (b.count == 0 || b.count > kSpareRingsMax || b.with_set > 1) return protocol(ctx::kBadEnum);
+  if ((b.flags & ~kObjectFlagsMask) != 0) return protocol(ctx::kBadFlags);
+  for (std::uint32_t i = 0; i < kSpareRingsMax; ++i) {
+    if ((b.ring_ids[i] != 0) != (i < b.count)) return protocol(ctx::kBadEnum);
+  }
+  if (b.count * spare_ring_fds(b.flags) + (b.with_set != 0 ? 2u : 0u) > kMaxFds) {
+    return protocol(ctx::kBadEnum);
+  }
+  return {};
+}
 Result<void> check(const DestroyReply&) noexcept { return {}; }
 Result<void> check(const AcceptReply& b) noexcept {
   if (b.reserved != 0) return protocol(ctx::kBadReserved);
@@ -551,6 +577,10 @@ const char* to_string(Opcode op) noexcept {
       return "SenderFilter";
     case Opcode::ChannelPolicy:
       return "ChannelPolicy";
+    case Opcode::SpareRings:
+      return "SpareRings";
+    case Opcode::ConnectSpare:
+      return "ConnectSpare";
     case Opcode::ReportViolations:
       return "ReportViolations";
   }
@@ -682,6 +712,10 @@ std::uint16_t reply_fd_count(const ReplyBody& body) noexcept {
     return 1;  // the buffer's memfd
   }
   if (std::holds_alternative<TraceAttachReply>(body)) return 2;  // the switch, the ring
+  if (const auto* sp = std::get_if<SpareRingsReply>(&body)) {
+    return static_cast<std::uint16_t>(sp->count * spare_ring_fds(sp->flags) +
+                                      (sp->with_set != 0 ? 2u : 0u));
+  }
   if (const auto* j = std::get_if<TopicJoinReply>(&body)) {
     return j->role == static_cast<std::uint16_t>(TopicRole::Publisher) ? 3 : 4;
   }

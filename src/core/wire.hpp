@@ -38,7 +38,7 @@ namespace vipc::wire {
 static_assert(std::endian::native == std::endian::little, "wire format is little-endian");
 
 inline constexpr std::uint32_t kMagic = 0x43504956;  // "VIPC" in memory order
-inline constexpr std::uint16_t kProtocolVersion = 6;
+inline constexpr std::uint16_t kProtocolVersion = 7;
 inline constexpr std::size_t kNameSize = 64;  // bytes of a name field, NUL included
 inline constexpr std::size_t kNameMax = kNameSize - 1;
 inline constexpr std::size_t kMaxFds = 6;       // descriptors one packet may carry
@@ -78,7 +78,12 @@ enum class Opcode : std::uint16_t {
   ReportViolations = 27,  // receiver -> per-sender counts of filtered messages (audited)
   ChannelPolicy = 28,     // name + get / set (the rule in a sealed memfd, 1 fd) / clear of
                           // the broker's rule for a channel's senders (core/wire_policy.hpp)
-  // 29-31: not assigned in this version.
+  // Spare rings (docs/protocol.md, "Spare rings"): a connect with nothing to map.
+  SpareRings = 29,    // name + count -> sender rings lent to the caller for that channel,
+                      // not yet bound (2 fds each, 4 on a synchronous channel; + the
+                      // ready set and its eventfd when asked)
+  ConnectSpare = 30,  // name + rights (Send) + a lent ring's id -> as Connect, no fds
+  // 31: not assigned in this version.
   // Tracing and statistics (docs/observability.md).
   TraceAttach = 32,   // -> the trace switch (read-only) + this process's trace ring (2 fds)
   TraceControl = 33,  // on / off / query: drains the trace rings and rewrites the views
@@ -94,7 +99,7 @@ inline constexpr std::uint16_t kOpcodeMin = 1;
 inline constexpr std::uint16_t kOpcodeMax = 36;
 // Whether a number in [kOpcodeMin, kOpcodeMax] names an opcode of this version.
 [[nodiscard]] constexpr bool opcode_assigned(std::uint16_t op) noexcept {
-  return (op >= kOpcodeMin && op <= 23) || (op >= 26 && op <= 28) || (op >= 32 && op <= 36);
+  return (op >= kOpcodeMin && op <= 23) || (op >= 26 && op <= 30) || (op >= 32 && op <= 36);
 }
 [[nodiscard]] const char* to_string(Opcode op) noexcept;
 
@@ -349,6 +354,41 @@ static_assert(sizeof(ConnectRequest) == 72);
 static_assert(offsetof(ConnectRequest, rights) == 0);
 static_assert(offsetof(ConnectRequest, reserved) == 4);
 static_assert(offsetof(ConnectRequest, name) == 8);
+
+// SpareRings: up to kSpareRingsMax rings for the named channel, lent to the caller (the
+// same checks as Connect, except the capability room); flags: kSpareWithReadySet asks
+// for the channel's ready set and its eventfd too.
+//
+//  0       4       8                     72
+//  | count | flags | name[64]            |
+struct SpareRingsRequest {
+  std::uint32_t count;
+  std::uint32_t flags;
+  Name name;
+};
+static_assert(sizeof(SpareRingsRequest) == 72);
+static_assert(offsetof(SpareRingsRequest, count) == 0);
+static_assert(offsetof(SpareRingsRequest, flags) == 4);
+static_assert(offsetof(SpareRingsRequest, name) == 8);
+inline constexpr std::uint32_t kSpareRingsMax = 3;
+inline constexpr std::uint32_t kSpareWithReadySet = 1u << 0;
+
+// ConnectSpare: Connect, binding a ring the broker lent to the caller for this channel
+// (SpareRings) instead of sending a new one.
+//
+//  0        4          8         16                    80
+//  | rights | reserved | ring id | name[64]            |   rights must include Send
+struct ConnectSpareRequest {
+  std::uint32_t rights;
+  std::uint32_t reserved;
+  std::uint64_t ring_id;
+  Name name;
+};
+static_assert(sizeof(ConnectSpareRequest) == 80);
+static_assert(offsetof(ConnectSpareRequest, rights) == 0);
+static_assert(offsetof(ConnectSpareRequest, reserved) == 4);
+static_assert(offsetof(ConnectSpareRequest, ring_id) == 8);
+static_assert(offsetof(ConnectSpareRequest, name) == 16);
 
 //  0                    16
 //  | cap (ref)          |   needs Send
@@ -811,6 +851,35 @@ static_assert(offsetof(ConnectReply, kind) == 36);
 static_assert(offsetof(ConnectReply, flags) == 38);
 static_assert(offsetof(ConnectReply, ring_id) == 40);
 
+// SpareRings: the rings lent (count of them, their ids first in ring_ids, unused ids 0)
+// and the channel's shape. Descriptors, per ring in ring_ids order: its producer segment
+// (read-write) and consumer segment (read-only), then on a synchronous channel its
+// reply ring's producer segment (read-only) and consumer segment; after them, when
+// with_set is 1, the channel's ready set and its eventfd. At most kMaxFds in all.
+//
+//  0           8       12      14         16         20        24
+//  | object id | count | flags | with set | capacity | max msg | ring ids[3] (48)
+struct SpareRingsReply {
+  std::uint64_t object_id;
+  std::uint32_t count;  // 1..kSpareRingsMax
+  std::uint16_t flags;  // the channel's object flags
+  std::uint16_t with_set;
+  std::uint32_t capacity;
+  std::uint32_t max_message_size;
+  std::array<std::uint64_t, kSpareRingsMax> ring_ids;
+};
+static_assert(sizeof(SpareRingsReply) == 48);
+static_assert(offsetof(SpareRingsReply, count) == 8);
+static_assert(offsetof(SpareRingsReply, flags) == 12);
+static_assert(offsetof(SpareRingsReply, with_set) == 14);
+static_assert(offsetof(SpareRingsReply, capacity) == 16);
+static_assert(offsetof(SpareRingsReply, max_message_size) == 20);
+static_assert(offsetof(SpareRingsReply, ring_ids) == 24);
+// Descriptors per lent ring.
+[[nodiscard]] constexpr std::uint16_t spare_ring_fds(std::uint16_t flags) noexcept {
+  return (flags & kObjectSynchronous) != 0 ? 4 : 2;
+}
+
 // What Accept reports (AcceptReply::event).
 enum class SenderEvent : std::uint16_t {
   None = 0,      // nothing pending
@@ -1132,12 +1201,15 @@ using Request =
                  CreateBufferRequest, MapBufferRequest, TransferBufferRequest, ClaimBufferRequest,
                  TopicJoinRequest, TopicMemberRequest, TopicLeaveRequest, TopicShareBufferRequest,
                  UnassignedBody<24>, UnassignedBody<25>, SenderFilterRequest,
-                 ReportViolationsRequest, ChannelPolicyRequest, UnassignedBody<29>,
-                 UnassignedBody<30>, UnassignedBody<31>, TraceAttachRequest, TraceControlRequest,
+                 ReportViolationsRequest, ChannelPolicyRequest, SpareRingsRequest,
+                 ConnectSpareRequest, UnassignedBody<31>, TraceAttachRequest, TraceControlRequest,
                  NameRegionRequest, GrantBatchRequest, ClaimBatchRequest>;
 // Attach answers with the same body as Connect: a distinct type keeps one body type
 // per opcode.
 struct AttachReplyBody : ConnectReply {};
+// ConnectSpare too (with no descriptor: the sender holds the ring already).
+struct ConnectSpareReply : ConnectReply {};
+static_assert(sizeof(ConnectSpareReply) == sizeof(ConnectReply));
 // SenderFilter: the channel's filter (all zeros when its receiver registered none).
 struct SenderFilterReply {
   SenderFilterSpec filter;
@@ -1162,8 +1234,8 @@ using ReplyBody =
                  AttachReplyBody, AcceptReply, DestroyReply, CreateBufferReply, MapBufferReply,
                  TransferBufferReply, ClaimBufferReply, TopicJoinReply, TopicMemberReply,
                  TopicLeaveReply, TopicShareBufferReply, UnassignedBody<124>, UnassignedBody<125>,
-                 SenderFilterReply, ReportViolationsReply, ChannelPolicyReply, UnassignedBody<129>,
-                 UnassignedBody<130>, UnassignedBody<131>, TraceAttachReply, TraceControlReply,
+                 SenderFilterReply, ReportViolationsReply, ChannelPolicyReply, SpareRingsReply,
+                 ConnectSpareReply, UnassignedBody<131>, TraceAttachReply, TraceControlReply,
                  NameRegionReply, GrantBatchReply, ClaimBatchReply>;
 static_assert(std::variant_size_v<Request> == kOpcodeMax);
 static_assert(std::variant_size_v<ReplyBody> == kOpcodeMax);
@@ -1340,6 +1412,8 @@ inline constexpr char kRuleExecutables[] =
 inline constexpr char kRuleRequires[] =
     "policy rule: 'requires' needs an object name (1 to 63 printable characters) and rights "
     "(send, receive, share, grant, map, read, write; at least one)";
+inline constexpr char kUnknownSpare[] =
+    "broker: not a spare ring lent to this client for this channel";
 }  // namespace ctx
 [[nodiscard]] std::uint16_t context_code(const char* context) noexcept;
 [[nodiscard]] const char* context_text(std::uint16_t code) noexcept;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -293,6 +294,45 @@ TEST(BrokerDaemon, KilledClientReleasesEverything) {
   EXPECT_EQ(after->capabilities, 0u);
   EXPECT_EQ(observer->lookup("victim-ring").error().code(), ErrorCode::NotFound);
   EXPECT_EQ(observer->derive(*held, Rights::Send).error().code(), ErrorCode::InvalidCapability);
+  EXPECT_EQ(d.stop(), 0);
+}
+
+TEST(BrokerDaemon, KilledClientReleasesItsSpareRings) {
+  TempDir dir;
+  Daemon d(dir.path);
+  ASSERT_TRUE(d.ready());
+  auto observer = Runtime::connect_to(d.socket());
+  ASSERT_TRUE(observer.ok());
+  ASSERT_TRUE(observer->create({ObjectKind::Channel, "lender", 16, 64, true}).ok());
+  ASSERT_TRUE(observer->ping().ok());
+  const std::size_t baseline = open_fds(d.pid());
+
+  Pipe ready;
+  const pid_t child = spawn_child([&]() -> int {
+    auto sock = platform::connect_seqpacket(d.socket());
+    if (!sock) return 10;
+    // Six rings lent for the channel (two SpareRings of three), never bound.
+    for (std::uint64_t id = 1; id <= 2; ++id) {
+      const wire::Packet p =
+          wire::encode_request(id, wire::SpareRingsRequest{3, 0, wire::make_name("lender")});
+      if (!platform::send_packet(sock->get(), p.view(), {}, false)) return 11;
+      alignas(8) std::array<std::byte, wire::kMaxPacket> buf{};
+      auto pkt = platform::recv_packet(sock->get(), buf, false);
+      if (!pkt) return 12;
+      auto reply = wire::decode_reply({buf.data(), pkt->size}, pkt->fds.size());
+      if (!reply || !reply->ok() || pkt->fds.size() != 6) return 13;
+    }
+    if (!ready.put(1)) return 14;
+    for (;;) ::pause();
+  });
+  ASSERT_GT(child, 0);
+  ASSERT_TRUE(ready.get().has_value());
+  // Socket, pidfd, and three descriptors per lent ring.
+  EXPECT_GE(open_fds(d.pid()), baseline + 2 + 6 * 3);
+  ::kill(child, SIGKILL);
+  (void)reap(child, 10s);
+  EXPECT_TRUE(wait_for([&] { return open_fds(d.pid()) == baseline; }, 5s))
+      << open_fds(d.pid()) << " fds, baseline " << baseline;
   EXPECT_EQ(d.stop(), 0);
 }
 

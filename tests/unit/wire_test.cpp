@@ -344,9 +344,9 @@ TEST(WireTraceTest, AttachReplyCarriesTwoDescriptors) {
 }
 
 // 23 is TopicShareBuffer; 24 and 25 are the queue opcodes, decoded by decode_mq_request;
-// 26 to 28 the policy's; 29-31 are free, and 37 is past the last.
+// 26 to 28 the policy's, 29 and 30 the spare rings'; 31 is free, and 37 is past the last.
 TEST(WireTraceTest, UnassignedNumbersAroundTheTraceOpcodesAreRefused) {
-  for (int op : {24, 25, 29, 30, 31, 37}) {
+  for (int op : {24, 25, 31, 37}) {
     auto b = bytes_of(encode_request(1, PingRequest{1}));
     Header h = header_of(b);
     h.opcode = static_cast<std::uint16_t>(op);
@@ -489,6 +489,87 @@ TEST(WirePolicyTest, ViolationReportsAreChecked) {
   x = r;
   x.entries[1].ring_id = 9;  // an unused entry must be zero
   EXPECT_EQ(context(x), ctx::kBadReserved);
+}
+
+}  // namespace
+}  // namespace vipc::wire
+
+namespace vipc::wire {
+namespace {
+
+TEST(WireSpareTest, SpareRequestsRoundTripAndRefuseBadFields) {
+  auto a = decode_request(
+      encode_request(3, SpareRingsRequest{2, kSpareWithReadySet, make_name("jobs")}).view(), 0);
+  ASSERT_TRUE(a) << a.error().message();
+  EXPECT_EQ(a->header.opcode, 29);
+  EXPECT_EQ(std::get<SpareRingsRequest>(a->body).count, 2u);
+  auto c =
+      decode_request(encode_request(4, ConnectSpareRequest{static_cast<std::uint32_t>(Rights::Send),
+                                                           0, 77, make_name("jobs")})
+                         .view(),
+                     0);
+  ASSERT_TRUE(c) << c.error().message();
+  EXPECT_EQ(c->header.opcode, 30);
+  EXPECT_EQ(std::get<ConnectSpareRequest>(c->body).ring_id, 77u);
+  EXPECT_STREQ(to_string(Opcode::SpareRings), "SpareRings");
+  EXPECT_STREQ(to_string(Opcode::ConnectSpare), "ConnectSpare");
+  // Counts 0 and above kSpareRingsMax, unknown flags, ring id 0, a reserved field, a bad name.
+  for (std::uint32_t n : {0u, kSpareRingsMax + 1}) {
+    auto r = decode_request(encode_request(1, SpareRingsRequest{n, 0, make_name("a")}).view(), 0);
+    ASSERT_FALSE(r) << n;
+    EXPECT_EQ(r.error().context(), std::string_view(ctx::kBadEnum));
+  }
+  auto f = decode_request(encode_request(1, SpareRingsRequest{1, 2, make_name("a")}).view(), 0);
+  ASSERT_FALSE(f);
+  EXPECT_EQ(f.error().context(), std::string_view(ctx::kBadFlags));
+  const auto send = static_cast<std::uint32_t>(Rights::Send);
+  auto z =
+      decode_request(encode_request(1, ConnectSpareRequest{send, 0, 0, make_name("a")}).view(), 0);
+  ASSERT_FALSE(z);
+  EXPECT_EQ(z.error().context(), std::string_view(ctx::kBadEnum));
+  auto rsv =
+      decode_request(encode_request(1, ConnectSpareRequest{send, 1, 5, make_name("a")}).view(), 0);
+  ASSERT_FALSE(rsv);
+  EXPECT_EQ(rsv.error().context(), std::string_view(ctx::kBadReserved));
+  auto nm = decode_request(encode_request(1, ConnectSpareRequest{send, 0, 5, Name{}}).view(), 0);
+  ASSERT_FALSE(nm);
+  EXPECT_EQ(nm.error().context(), std::string_view(ctx::kBadName));
+}
+
+TEST(WireSpareTest, SpareRingsReplyCarriesItsRingsDescriptors) {
+  SpareRingsReply r{};
+  r.object_id = 9;
+  r.count = 2;
+  r.capacity = 16;
+  r.max_message_size = 64;
+  r.ring_ids = {5, 6, 0};
+  // Two rings (2 descriptors each), then with the ready set (2 more).
+  EXPECT_TRUE(decode_reply(encode_reply(1, r, 4).view(), 4));
+  EXPECT_FALSE(decode_reply(encode_reply(1, r, 6).view(), 6));
+  r.with_set = 1;
+  auto d = decode_reply(encode_reply(1, r, 6).view(), 6);
+  ASSERT_TRUE(d) << d.error().message();
+  EXPECT_EQ(reply_fd_count(d->body), 6);
+  // A synchronous channel's rings take 4 each: two of them and the set do not fit.
+  r.flags = kObjectSynchronous;
+  EXPECT_FALSE(decode_reply(encode_reply(1, r, 10).view(), 10));
+  r.count = 1;
+  r.ring_ids = {5, 0, 0};
+  EXPECT_TRUE(decode_reply(encode_reply(1, r, 6).view(), 6));
+  // Ids: exactly `count` of them, none 0; the count within bounds.
+  r.ring_ids = {5, 6, 0};
+  EXPECT_FALSE(decode_reply(encode_reply(1, r, 6).view(), 6));
+  r.ring_ids = {0, 0, 0};
+  EXPECT_FALSE(decode_reply(encode_reply(1, r, 6).view(), 6));
+  r.count = 0;
+  EXPECT_FALSE(decode_reply(encode_reply(1, r, 2).view(), 2));
+  // ConnectSpare answers like Connect, with no descriptor.
+  ConnectSpareReply c{};
+  c.cap = CapabilityRecord{1, 2, static_cast<std::uint32_t>(Rights::Send), 1};
+  c.index = 1;
+  c.kind = static_cast<std::uint16_t>(ObjectKind::Endpoint);
+  EXPECT_TRUE(decode_reply(encode_reply(1, c).view(), 0));
+  EXPECT_FALSE(decode_reply(encode_reply(1, c, 4).view(), 4));
 }
 
 }  // namespace

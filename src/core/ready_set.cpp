@@ -304,6 +304,14 @@ Result<std::uint32_t> ReadySet::try_next() noexcept {
 }
 
 void ReadySet::taken(RingReader& reader, std::uint32_t index) noexcept {
+  if (direct_ != nullptr) {
+    // Read directly: try_next() polls it after every queued ring, so it is not queued
+    // again (that would cost the receiver an empty take after each message).
+    if (direct_ == &reader && index == direct_index_) return;
+    // Another ring is busy too: every ring goes back to being marked (DR3), so the one
+    // read directly cannot be passed over while marked rings keep coming first.
+    end_direct();
+  }
   mark(index);
   if (index != streak_index_) {
     streak_index_ = index;

@@ -8,7 +8,7 @@
 //   are visited round-robin, and the local queue of taken bits is served round-robin
 //   too, taking from the shared set at the end of every pass, so a busy ring cannot
 //   starve the others (RingMarkedAgainAfterEachTakeDoesNotStarveOthers).
-// - One busy ring may be read directly (taken(); docs/ring.md DR1/DR2): its writer
+// - One busy ring may be read directly (taken(); docs/ring.md DR1-DR3): its writer
 //   stops marking, the receiver polls the ring itself, and the ring is armed again
 //   before any park or arm_poll_fd(), so no message goes unreported.
 // - A ring whose bit was taken is reported once per take; a spurious report (ring
@@ -162,8 +162,9 @@ class ReadySet {
   // has given kDirectAfter messages in a row without a park in between, reads that
   // ring directly: its writer stops marking the shared set (no shared read-modify-write
   // per message on either side) and try_next() looks at the ring itself after the
-  // queue and the shared set. The ring is armed again before any park and by
-  // arm_poll_fd() (docs/ring.md, "Reading one ring directly").
+  // queue and the shared set. The ring read directly is not marked again; a message
+  // taken from any other ring ends direct reading. The ring is armed again then,
+  // before any park and by arm_poll_fd() (docs/ring.md, "Reading one ring directly").
   void taken(RingReader& reader, std::uint32_t index) noexcept;
   // Stops reading `index` directly (armed again, DR2), e.g. while the receiver holds
   // that ring back; no-op unless it is the ring read directly.

@@ -265,10 +265,9 @@ void take_in_a_row(ReadySet& rs, Ring& ring, std::uint32_t idx, int n) {
     ASSERT_TRUE(ring.reader.try_receive(m));
     rs.taken(ring.reader, idx);
   }
-  // The last taken() queued the ring again; that report finds it empty.
-  auto r = rs.try_next();
-  ASSERT_TRUE(r);
-  EXPECT_EQ(*r, idx);
+  // Read directly by now (n > kDirectAfter): taken() no longer queues the ring again,
+  // and try_next() looks at the ring itself, which is empty.
+  EXPECT_FALSE(rs.try_next());
   EXPECT_FALSE(ring.reader.try_receive(m));
 }
 
@@ -302,6 +301,45 @@ TEST(ReadySet, BusyRingIsReadDirectlyAndItsWriterStopsMarking) {
   EXPECT_EQ(drain(*b), 1u);
   EXPECT_EQ(drain(*a), 1u);
   EXPECT_FALSE(rs.try_next());
+}
+
+// DR3: a message taken from another ring ends direct reading, so a ring read directly
+// (polled after every marked one) is not passed over while other rings keep coming.
+TEST(ReadySet, TakingFromAnotherRingEndsDirectReading) {
+  ReadySet rs = make_set(64);
+  rs.set_rescan_interval(std::chrono::hours(1));  // no healing to hide a lost report
+  auto a = make_ring(rs.fd(), 64);
+  auto b = make_ring(rs.fd(), 64);
+  ASSERT_TRUE(rs.add(a->reader, 5));
+  ASSERT_TRUE(rs.add(b->reader, 9));
+  HostileView view = hostile_view(rs);
+  take_in_a_row(rs, *a, 5, 40);
+  clear_marks(view, 1);
+  send_one(*a);  // not marked: read directly
+  EXPECT_EQ(view.words()[0].load(), 0u);
+  SmallMessage m;
+  int served_a = -1;  // the take that served ring a's message
+  for (int i = 0; i < 6; ++i) {
+    send_one(*b);  // b never runs dry, and its writer marks every message
+    auto r = rs.try_next();
+    ASSERT_TRUE(r) << "take " << i;
+    Ring& ring = *r == 5 ? *a : *b;
+    // Once ring a is marked again, a report of it may find it empty (queued after a
+    // take, as every marked ring is); only a message taken counts.
+    if (!ring.reader.try_receive(m)) continue;
+    rs.taken(ring.reader, *r);
+    if (*r == 5) {
+      EXPECT_EQ(served_a, -1) << "ring a had one message";
+      served_a = i;
+    }
+  }
+  // Served right after the first message of ring b ended direct reading.
+  EXPECT_GE(served_a, 0) << "the ring read directly was passed over";
+  EXPECT_LE(served_a, 2);
+  // And ring a marks again: its next message is reported by its writer.
+  clear_marks(view, 1);
+  send_one(*a);
+  EXPECT_EQ(view.words()[0].load() & (std::uint64_t{1} << 5), std::uint64_t{1} << 5);
 }
 
 TEST(ReadySet, ParkArmsTheDirectRingAgainAndItsNextMessageWakes) {

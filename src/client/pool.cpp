@@ -309,7 +309,6 @@ class PoolOwner {
                                    c.generation,
                                    std::uint64_t{chunk.chunk_} * s.chunk_size + offset,
                                    length};
-    prepare_next(s.cls, chunk.size_);
     return loan_message(d, type, handles, handle_count);
   }
 
@@ -355,24 +354,6 @@ class PoolOwner {
 
  private:
   // Every receiver's returns (no system call).
-  // Takes ownership, ahead of time, of the lines a sender that hands `size` bytes over
-  // again and again writes first: the first and last line of the chunk the next
-  // allocate() of class `cls` returns. The receiver still holds them from reading an
-  // earlier loan, so the first store to each would wait for the other core to let go,
-  // and the descriptor published after it would wait too (stores become visible in
-  // order); a prefetch for write issued now overlaps that with the caller's wait for
-  // the receiver. Only a hint: a free chunk is no one's to read.
-  void prepare_next(unsigned cls, std::size_t size) const noexcept {
-    const auto& f = free_[cls];
-    if (f.empty()) return;
-    const ChunkRef next = f.back();
-    const Segment& s = segments_[next.segment];
-    const std::byte* base =
-        static_cast<const std::byte*>(s.map.data()) + std::size_t{next.chunk} * s.chunk_size;
-    __builtin_prefetch(base, 1);
-    if (size > 64) __builtin_prefetch(base + (size - 1), 1);
-  }
-
   // Only the slots in use (`used_`): scanning all 64 would touch 64 lines per drain.
   std::size_t drain() noexcept {
     std::size_t n = 0;

@@ -31,8 +31,10 @@
 //   pool by a new segment (geometric sizes). Chunks are powers of two from 4 KiB to
 //   kChunkMax.
 //
-// Caveats: not thread-safe (one thread per BufferPool / PoolReader at a time); the pool
-// must outlive its chunks, and the Runtime both. A receiver should keep one PoolReader
+// Caveats: not thread-safe (one thread per BufferPool / PoolReader at a time; a PoolLoan
+// belongs to its PoolReader's thread: it is released, moved or destroyed there, or
+// while no other thread uses that reader or its loans); the pool must outlive its
+// chunks, and the Runtime both. A receiver should keep one PoolReader
 // per sender it does not trust not to impersonate another's pool id. Loans need a
 // receiver pid (GrantTarget::process). A loan message that is never delivered must be
 // withdrawn, or the chunk stays lent until that receiver exits.
@@ -157,7 +159,9 @@ class PoolLoan {
 
  private:
   friend class PoolReader;
-  std::shared_ptr<detail::PoolView> view_;  // keeps the ring and the segments mapped
+  // Counted reference (detail::PoolView::refs, not atomic: a loan is released on the
+  // thread that uses its PoolReader); keeps the ring and the segments mapped.
+  detail::PoolView* view_ = nullptr;
   const std::byte* addr_ = nullptr;
   std::size_t size_ = 0;
   std::uint32_t segment_index_ = 0;
@@ -188,10 +192,13 @@ class PoolReader {
   [[nodiscard]] std::size_t segments() const noexcept;
 
  private:
+  void forget_all() noexcept;
+
   Runtime::Impl* rt_ = nullptr;
-  std::unordered_map<std::uint64_t, std::shared_ptr<detail::PoolView>> pools_;
-  std::uint64_t last_id_ = 0;  // the pool of the last loan, found without hashing
-  std::shared_ptr<detail::PoolView> last_;
+  // Each entry holds one counted reference (detail::PoolView::refs).
+  std::unordered_map<std::uint64_t, detail::PoolView*> pools_;
+  std::uint64_t last_id_ = 0;         // the pool of the last loan, found without hashing
+  detail::PoolView* last_ = nullptr;  // an entry of pools_ (no reference of its own)
 };
 
 }  // namespace vipc

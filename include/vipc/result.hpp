@@ -38,6 +38,11 @@ class [[nodiscard]] Result {
   Result(T value) noexcept(std::is_nothrow_move_constructible_v<T>) : v_(std::move(value)) {}
   // NOLINTNEXTLINE(google-explicit-constructor): implicit so `return error;` reads naturally.
   Result(Error error) noexcept : v_(error) {}
+  // The value built in place (no temporary to move from).
+  template <class... Args>
+  explicit Result(std::in_place_t,
+                  Args&&... args) noexcept(std::is_nothrow_constructible_v<T, Args...>)
+      : v_(std::in_place_index<0>, std::forward<Args>(args)...) {}
 
   [[nodiscard]] bool ok() const noexcept { return v_.index() == 0; }
   explicit operator bool() const noexcept { return ok(); }

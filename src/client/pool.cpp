@@ -6,6 +6,7 @@
 
 #include <array>
 #include <bit>
+#include <cstddef>
 #include <cstring>
 #include <optional>
 #include <utility>
@@ -150,6 +151,32 @@ Result<sys::Mapping> claim_segment(Runtime::Impl* rt, std::uint64_t handle, bool
   client::trace::record(e);
 }
 
+// The loan's message, written where the caller gets it (the Result built in place, one
+// return), field by field: copying a message or descriptor just assembled on the stack
+// reads bytes just stored narrowly with wide loads, which wait for those stores to land
+// (no store-to-load forwarding), a few nanoseconds on every loan.
+Result<SmallMessage> loan_message(const layout::PoolDescriptor& d, std::uint32_t type,
+                                  const std::array<std::uint64_t, 2>& handles,
+                                  std::uint8_t handle_count) noexcept {
+  Result<SmallMessage> out{std::in_place};
+  SmallMessage& m = *out;
+  m.type = type;
+  m.length = sizeof(layout::PoolDescriptor);
+  m.cap_count = handle_count;
+  for (std::uint8_t i = 0; i < handle_count; ++i) m.caps[i] = CapabilityHandle{handles[i]};
+  std::byte* p = m.data.data();
+  std::memcpy(p + offsetof(layout::PoolDescriptor, magic), &d.magic, sizeof d.magic);
+  std::memcpy(p + offsetof(layout::PoolDescriptor, version), &d.version, sizeof d.version);
+  std::memcpy(p + offsetof(layout::PoolDescriptor, flags), &d.flags, sizeof d.flags);
+  std::memcpy(p + offsetof(layout::PoolDescriptor, pool_id), &d.pool_id, sizeof d.pool_id);
+  std::memcpy(p + offsetof(layout::PoolDescriptor, segment), &d.segment, sizeof d.segment);
+  std::memcpy(p + offsetof(layout::PoolDescriptor, chunk), &d.chunk, sizeof d.chunk);
+  std::memcpy(p + offsetof(layout::PoolDescriptor, generation), &d.generation, sizeof d.generation);
+  std::memcpy(p + offsetof(layout::PoolDescriptor, offset), &d.offset, sizeof d.offset);
+  std::memcpy(p + offsetof(layout::PoolDescriptor, length), &d.length, sizeof d.length);
+  return out;
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------ owner side
@@ -250,41 +277,39 @@ class PoolOwner {
         return Error(ErrorCode::ChannelFull, "pool: receiver holds as many loans as it can return");
       }
     }
-    SmallMessage m;
+    std::array<std::uint64_t, 2> handles{};
+    std::uint8_t handle_count = 0;
     std::uint16_t flags = 0;
     if (!r.announced) {
       auto h = share_segment(rt_, r.ring_cap, Rights::Map | Rights::Read | Rights::Write, target);
       if (!h) return h.error();
-      m.caps[m.cap_count++] = CapabilityHandle{*h};
+      handles[handle_count++] = *h;
       flags |= layout::kPoolCarriesRing;
     }
     if ((s.shared_with & bit) == 0) {
       auto h = share_segment(rt_, s.cap, Rights::Map | Rights::Read, target);
       if (!h) return h.error();  // a ring handle already made expires unclaimed
-      m.caps[m.cap_count++] = CapabilityHandle{*h};
+      handles[handle_count++] = *h;
       flags |= layout::kPoolCarriesSegment;
     }
     r.announced = true;
     s.shared_with |= bit;
     c.loans |= bit;
     ++r.loans;
-    layout::PoolDescriptor d{layout::kPoolDescriptorMagic,
-                             layout::kPoolDescriptorVersion,
-                             flags,
-                             id_,
-                             chunk.segment_,
-                             chunk.chunk_,
-                             c.generation,
-                             std::uint64_t{chunk.chunk_} * s.chunk_size + offset,
-                             length};
-    m.type = type;
-    m.length = sizeof d;
-    std::memcpy(m.data.data(), &d, sizeof d);
     if (client::trace::on()) [[unlikely]] {
       trace_pool(layout::kTracePoolLoan, id_, chunk.segment_, chunk.chunk_, c.generation, type,
-                 length, m.cap_count, static_cast<std::uint32_t>(r.pid));
+                 length, handle_count, static_cast<std::uint32_t>(r.pid));
     }
-    return m;
+    const layout::PoolDescriptor d{layout::kPoolDescriptorMagic,
+                                   layout::kPoolDescriptorVersion,
+                                   flags,
+                                   id_,
+                                   chunk.segment_,
+                                   chunk.chunk_,
+                                   c.generation,
+                                   std::uint64_t{chunk.chunk_} * s.chunk_size + offset,
+                                   length};
+    return loan_message(d, type, handles, handle_count);
   }
 
   Result<void> withdraw(const SmallMessage& message, GrantTarget target) {
@@ -329,10 +354,11 @@ class PoolOwner {
 
  private:
   // Every receiver's returns (no system call).
+  // Only the slots in use (`used_`): scanning all 64 would touch 64 lines per drain.
   std::size_t drain() noexcept {
     std::size_t n = 0;
-    for (std::size_t i = 0; i < receivers_.size(); ++i) {
-      if (receivers_[i].used) n += drain_one(i);
+    for (std::uint64_t m = used_; m != 0; m &= m - 1) {
+      n += drain_one(static_cast<std::size_t>(std::countr_zero(m)));
     }
     return n;
   }
@@ -373,9 +399,10 @@ class PoolOwner {
   // Receivers that exited give back everything they held; their rings go.
   std::size_t reap_dead() {
     std::size_t n = 0;
-    for (std::size_t i = 0; i < receivers_.size(); ++i) {
+    for (std::uint64_t m = used_; m != 0; m &= m - 1) {
+      const auto i = static_cast<std::size_t>(std::countr_zero(m));
       Receiver& r = receivers_[i];
-      if (!r.used || !sys::poll_readable(r.pidfd.get(), 0).value_or(false)) continue;
+      if (!sys::poll_readable(r.pidfd.get(), 0).value_or(false)) continue;
       drain_one(i);
       const std::uint64_t bit = std::uint64_t{1} << i;
       for (std::uint32_t si = 0; si < segments_.size(); ++si) {
@@ -390,6 +417,7 @@ class PoolOwner {
       }
       release_cap(rt_, r.ring_cap);
       r = Receiver{};
+      used_ &= ~bit;
     }
     reclaimed_ += n;
     return n;
@@ -429,6 +457,7 @@ class PoolOwner {
                              static_cast<std::uint32_t>(::getpid()));
     Receiver& r = receivers_[slot];
     r.used = true;
+    used_ |= std::uint64_t{1} << slot;
     r.announced = false;
     r.pid = target.pid;
     r.pidfd = std::move(*pidfd);
@@ -481,13 +510,19 @@ class PoolOwner {
   std::uint64_t bad_returns_ = 0;
   std::uint64_t reclaimed_ = 0;
   std::size_t last_slot_ = 0;  // the receiver of the last loan, found without a scan
+  std::uint64_t used_ = 0;     // bit i: receivers_[i].used
 };
 
 // ------------------------------------------------------------------ receiver side
 
 // One pool as a receiver sees it: its return ring and the segments mapped so far.
 // Loans hold it (shared_ptr), so it outlives the PoolReader while they live.
+// Counted by hand (refs): one reference per PoolReader entry and one per live loan. Not
+// atomic: a loan belongs to its reader's thread (include/vipc/pool.hpp), and an atomic
+// count put a locked instruction, which waits for the receiver's pending stores to
+// reach other cores, on every receive() and release() (docs/benchmarks.md, "vipc-pool").
 struct PoolView {
+  std::size_t refs = 0;
   std::uint64_t pool_id = 0;  // as the loans named it (trace records)
   sys::Mapping ring_map;
   core::ReturnRingWriter writer;
@@ -499,11 +534,25 @@ struct PoolView {
   std::vector<std::shared_ptr<sys::Mapping>> retired;
 };
 
+namespace {
+void acquire(PoolView* v) noexcept { ++v->refs; }
+void release_ref(PoolView* v) noexcept {
+  if (--v->refs == 0) delete v;
+}
+}  // namespace
+
 }  // namespace detail
 
 // ------------------------------------------------------------------ PoolChunk
 
-PoolChunk::PoolChunk(PoolChunk&& o) noexcept { *this = std::move(o); }
+// Member by member: a new chunk has nothing to give back first (allocate() returns
+// through two moves on every handoff).
+PoolChunk::PoolChunk(PoolChunk&& o) noexcept
+    : owner_(std::exchange(o.owner_, nullptr)),
+      segment_(o.segment_),
+      chunk_(o.chunk_),
+      addr_(std::exchange(o.addr_, nullptr)),
+      size_(std::exchange(o.size_, 0)) {}
 
 PoolChunk& PoolChunk::operator=(PoolChunk&& o) noexcept {
   if (this == &o) return *this;
@@ -563,12 +612,19 @@ std::uint64_t BufferPool::id() const noexcept { return owner_ ? owner_->id() : 0
 
 // ------------------------------------------------------------------ PoolLoan
 
-PoolLoan::PoolLoan(PoolLoan&& o) noexcept { *this = std::move(o); }
+// Member by member, as PoolChunk's (receive() returns through two moves).
+PoolLoan::PoolLoan(PoolLoan&& o) noexcept
+    : view_(std::exchange(o.view_, nullptr)),
+      addr_(std::exchange(o.addr_, nullptr)),
+      size_(std::exchange(o.size_, 0)),
+      segment_index_(o.segment_index_),
+      chunk_(o.chunk_),
+      generation_(o.generation_) {}
 
 PoolLoan& PoolLoan::operator=(PoolLoan&& o) noexcept {
   if (this == &o) return *this;
   (void)release();
-  view_ = std::move(o.view_);
+  view_ = std::exchange(o.view_, nullptr);
   addr_ = std::exchange(o.addr_, nullptr);
   size_ = std::exchange(o.size_, 0);
   segment_index_ = o.segment_index_;
@@ -587,7 +643,7 @@ Result<void> PoolLoan::release() {
                          generation_, 0, size_, 0, view_->writer.owner_pid());
     }
   }
-  view_.reset();
+  detail::release_ref(std::exchange(view_, nullptr));
   addr_ = nullptr;
   size_ = 0;
   switch (pushed) {
@@ -604,9 +660,29 @@ Result<void> PoolLoan::release() {
 // ------------------------------------------------------------------ PoolReader
 
 PoolReader::PoolReader(Runtime& rt) noexcept : rt_(rt.impl_.get()) {}
-PoolReader::PoolReader(PoolReader&&) noexcept = default;
-PoolReader& PoolReader::operator=(PoolReader&&) noexcept = default;
-PoolReader::~PoolReader() = default;
+PoolReader::PoolReader(PoolReader&& o) noexcept
+    : rt_(o.rt_),
+      pools_(std::exchange(o.pools_, {})),
+      last_id_(o.last_id_),
+      last_(std::exchange(o.last_, nullptr)) {}
+
+PoolReader& PoolReader::operator=(PoolReader&& o) noexcept {
+  if (this == &o) return *this;
+  forget_all();
+  rt_ = o.rt_;
+  pools_ = std::exchange(o.pools_, {});
+  last_id_ = o.last_id_;
+  last_ = std::exchange(o.last_, nullptr);
+  return *this;
+}
+
+PoolReader::~PoolReader() { forget_all(); }
+
+void PoolReader::forget_all() noexcept {
+  last_ = nullptr;
+  for (auto& [id, v] : pools_) detail::release_ref(v);
+  pools_.clear();
+}
 
 bool PoolReader::carries_loan(const SmallMessage& message) noexcept {
   return layout::parse_pool_descriptor(message).has_value();
@@ -624,7 +700,8 @@ std::size_t PoolReader::trim() {
   std::size_t n = 0;
   for (auto it = pools_.begin(); it != pools_.end();) {
     if (sys::poll_readable(it->second->owner.get(), 0).value_or(true)) {
-      if (last_ == it->second) last_.reset();
+      if (last_ == it->second) last_ = nullptr;
+      detail::release_ref(it->second);
       it = pools_.erase(it);
       ++n;
     } else {
@@ -650,7 +727,7 @@ Result<PoolLoan> PoolReader::receive(const SmallMessage& message) {
                                : Result<sys::UniqueFd>(Error(ErrorCode::Corrupted));
     if (!owner) return Error(ErrorCode::Corrupted, "pool: the ring names no live owner");
     trim();  // a new pool: a good time to forget the pools of owners that are gone
-    auto fresh = std::make_shared<detail::PoolView>();
+    auto fresh = std::make_unique<detail::PoolView>();
     fresh->owner = std::move(*owner);
     // The segments carry over; loans from the old ring keep the old view.
     if (auto old = pools_.find(d.pool_id); old != pools_.end()) {
@@ -660,8 +737,12 @@ Result<PoolLoan> PoolReader::receive(const SmallMessage& message) {
     fresh->pool_id = d.pool_id;
     fresh->ring_map = std::move(*ring);
     fresh->writer = *w;
-    pools_[d.pool_id] = fresh;
-    last_ = std::move(fresh);
+    auto [slot, added] = pools_.try_emplace(d.pool_id, nullptr);
+    if (!added && slot->second != nullptr) detail::release_ref(slot->second);
+    detail::PoolView* const v = fresh.release();
+    detail::acquire(v);
+    slot->second = v;
+    last_ = v;
     last_id_ = d.pool_id;
   } else if (!last_ || last_id_ != d.pool_id) {
     auto it = pools_.find(d.pool_id);
@@ -669,7 +750,7 @@ Result<PoolLoan> PoolReader::receive(const SmallMessage& message) {
     last_ = it->second;
     last_id_ = d.pool_id;
   }
-  detail::PoolView* view = last_.get();
+  detail::PoolView* view = last_;
   if ((d.flags & layout::kPoolCarriesSegment) != 0) {
     auto seg = detail::claim_segment(rt_, message.caps[next_cap++].value, /*writable=*/false);
     if (!seg) return seg.error();
@@ -683,7 +764,8 @@ Result<PoolLoan> PoolReader::receive(const SmallMessage& message) {
     return Error(ErrorCode::Corrupted, "pool: range outside the segment");
   }
   PoolLoan loan;
-  loan.view_ = last_;
+  detail::acquire(view);
+  loan.view_ = view;
   loan.addr_ = static_cast<const std::byte*>(seg->data()) + d.offset;
   loan.size_ = static_cast<std::size_t>(d.length);
   loan.segment_index_ = d.segment;

@@ -101,7 +101,9 @@ inline std::optional<PoolDescriptor> parse_pool_descriptor(const SmallMessage& m
 //  R1 the receiver finishes every read of the loaned bytes, writes entry t, then
 //     stores tail = t + 1 (release);
 //  R2 the owner loads tail (acquire), reads entries [head, tail), and only then reuses
-//     the chunks they name: the receiver's reads happen before the owner's next write;
+//     the chunks they name: the receiver's reads happen before the owner's next write
+//     (a prefetch of entry head's line just before the load only fetches the line early;
+//     it orders nothing, and the entries are read after the acquire);
 //  R3 the owner stores head (release) after copying the entries out;
 //  R4 the receiver loads head (acquire) before overwriting a slot: the owner's reads of
 //     that slot happen before the overwrite.

@@ -43,7 +43,7 @@ Result<ReturnRingWriter> ReturnRingWriter::attach(void* mem, std::size_t size) {
   return w;
 }
 
-ReturnRingWriter::Push ReturnRingWriter::try_push(const layout::ReturnEntry& e) noexcept {
+ReturnRingWriter::Push ReturnRingWriter::try_push(layout::ReturnEntry e) noexcept {
   if (header_ == nullptr) return Push::Corrupted;
   if (tail_ - head_ >= capacity_) {
     // R4: pairs with the reader's release store of head (R3). Only when the cached

@@ -202,6 +202,79 @@ TEST_F(PoolTest, OneChunkLentToTwoReceiversIsFreeOnlyWhenBothReturnedIt) {
   for (auto& ch : children) EXPECT_EQ(ch.wait(30s), "exit 0");
 }
 
+// A loan keeps its pool's mappings and return ring without its PoolReader: readers
+// moved from (their cache goes with them) and destroyed while loans are out, loans moved
+// between variables; every loan still reads its bytes and comes back exactly once.
+TEST_F(PoolTest, LoansOutliveMovedAndDestroyedReaders) {
+  constexpr std::size_t kSize = 64 << 10;
+  constexpr int kLoans = 3;
+  auto pool = BufferPool::create(*rt);
+  ASSERT_TRUE(pool.ok());
+  Pipe ready, messages, done;
+  const std::string socket = daemon->socket();
+  Child c = Child::spawn(
+      [&]() -> int {
+        auto crt = Runtime::connect_to(socket);
+        if (!crt) return 10;
+        if (!ready.post()) return 11;
+        std::vector<PoolLoan> loans;
+        {
+          PoolReader first(*crt);
+          auto m = messages.get<SmallMessage>();
+          if (!m) return 12;
+          auto loan = first.receive(*m);
+          if (!loan) return 13;
+          loans.push_back(std::move(*loan));
+          PoolReader second(std::move(first));  // the cache moves: no handle needed
+          if (first.pools() != 0 || second.pools() != 1) return 14;
+          m = messages.get<SmallMessage>();
+          if (!m) return 15;
+          loan = second.receive(*m);
+          if (!loan) return 16;
+          loans.push_back(std::move(*loan));
+          PoolReader third(*crt);
+          third = std::move(second);
+          if (third.pools() != 1 || third.segments() != 1) return 17;
+          m = messages.get<SmallMessage>();
+          if (!m) return 18;
+          loan = third.receive(*m);
+          if (!loan) return 19;
+          PoolLoan moved;
+          moved = std::move(*loan);
+          if (loan->valid() || !moved.valid()) return 20;
+          loans.push_back(std::move(moved));
+        }  // every reader gone, three loans out
+        for (int k = 0; k < kLoans; ++k) {
+          auto& l = loans[static_cast<std::size_t>(k)];
+          if (l.size() != kSize || !holds(l.bytes(), static_cast<std::uint64_t>(k + 1))) return 21;
+        }
+        for (auto& l : loans) {
+          if (!l.release().ok()) return 22;
+          if (l.valid() || !l.release().ok()) return 23;  // a second release does nothing
+        }
+        return done.post() ? 0 : 24;
+      },
+      kAlarm);
+  ASSERT_TRUE(ready.wait(20s));
+  const auto target = GrantTarget::process(c.pid());
+  for (int k = 0; k < kLoans; ++k) {
+    auto chunk = pool->allocate(kSize);
+    ASSERT_TRUE(chunk.ok()) << chunk.error().message();
+    fill(chunk->data(), static_cast<std::uint64_t>(k + 1));
+    auto m = pool->loan(*chunk, target);
+    ASSERT_TRUE(m.ok()) << m.error().message();
+    ASSERT_TRUE(messages.put(*m));
+  }
+  ASSERT_TRUE(done.wait(20s));
+  EXPECT_EQ(c.wait(30s), "exit 0");
+  pool->reclaim();
+  const PoolStats st = pool->stats();
+  EXPECT_EQ(st.loans, 0u);
+  EXPECT_EQ(st.free_chunks, st.chunks);
+  EXPECT_EQ(st.bad_returns, 0u);
+  EXPECT_EQ(st.reclaimed, 0u);  // all came back through the ring, none taken back
+}
+
 TEST_F(PoolTest, HostileDescriptorIsRejected) {
   // Owner and receiver in one process: the handles are addressed to this pid.
   auto pool = BufferPool::create(*rt);

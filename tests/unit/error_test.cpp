@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "vipc/error.hpp"
+#include "vipc/message.hpp"
 #include "vipc/result.hpp"
 
 namespace vipc {
@@ -174,6 +175,18 @@ TEST(ResultTest, ArrowReachesMembersOfTheValue) {
   const Result<std::string>& cr = r;
   EXPECT_EQ(cr->size(), 11U);
   EXPECT_EQ(cr.value(), "hello world");
+}
+
+TEST(ResultTest, InPlaceBuildsTheValueFromItsArguments) {
+  Result<std::string> r(std::in_place, std::size_t{3}, 'x');
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, "xxx");
+  Result<SmallMessage> m(std::in_place);  // value-initialised: every byte zero
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->type, 0u);
+  EXPECT_EQ(m->length, 0u);
+  EXPECT_EQ(m->cap_count, 0u);
+  for (std::byte b : m->data) EXPECT_EQ(b, std::byte{0});
 }
 
 TEST(ResultTest, ValueOrReturnsValueOrFallback) {

@@ -233,32 +233,47 @@ Report pingpong_busy(const Options& o, const RunConfig& cfg) {
   return report;
 }
 
-Report pingpong_blocking(const Options& o, const RunConfig& cfg) {
-  using vipc_systems::Wait;
+// A blocking comparison: floor-futex, uds, vipc parked on both sides and vipc with the
+// default adaptive wait, measured interleaved; both vipc entries against the floor.
+Report blocking_report(const Options& o, const RunConfig& cfg, const char* scenario,
+                       const char* title, const System& parked, const System& adaptive_system,
+                       std::vector<std::vector<Round>>& rounds) {
   std::vector<System> systems = {
       {"floor-futex", floors::futex_pingpong},
       {"uds", [](const RunConfig& c) { return baselines::uds_pingpong(c, kMessageBytes); }},
-      {"vipc", [](const RunConfig& c) { return vipc_systems::pingpong(c, Wait::Park); }},
-      {"vipc-adaptive",
-       [](const RunConfig& c) { return vipc_systems::pingpong(c, Wait::Adaptive); }},
+      parked,
+      adaptive_system,
   };
-  auto rounds = interleave(cfg, systems);
-
+  rounds = interleave(cfg, systems);
   Report report;
-  report.scenario = "pingpong";
-  report.title =
-      "pingpong --blocking: 64-byte round trip between two processes, waiting sides parked";
+  report.scenario = scenario;
+  report.title = title;
   report.params = base_params(o, cfg);
   report.params["mode"] = "blocking";
   Entry futex = latency_entry("floor-futex", "rtt", rounds[0]);
   Entry uds = latency_entry("uds", "rtt", rounds[1]);
-  Entry vipc = latency_entry("vipc", "rtt", rounds[2]);
-  Entry adaptive = latency_entry("vipc-adaptive", "rtt", rounds[3]);
+  Entry vipc = latency_entry(parked.name, "rtt", rounds[2]);
+  Entry adaptive = latency_entry(adaptive_system.name, "rtt", rounds[3]);
   compare(vipc, futex, /*with_p99=*/true);
   compare(adaptive, futex, /*with_p99=*/true);
+  report.entries = {futex, uds, vipc, adaptive};
+  return report;
+}
+
+Report pingpong_blocking(const Options& o, const RunConfig& cfg) {
+  using vipc_systems::Wait;
+  std::vector<std::vector<Round>> rounds;
+  Report report = blocking_report(
+      o, cfg, "pingpong",
+      "pingpong --blocking: 64-byte round trip between two processes, waiting sides parked",
+      {"vipc", [](const RunConfig& c) { return vipc_systems::pingpong(c, Wait::Park); }},
+      {"vipc-adaptive",
+       [](const RunConfig& c) { return vipc_systems::pingpong(c, Wait::Adaptive); }},
+      rounds);
+  Entry& vipc = report.entries[2];
+  Entry& adaptive = report.entries[3];
   vipc.stats = summarize_ring_stats(rounds[2]);
   adaptive.stats = summarize_ring_stats(rounds[3]);
-  report.entries = {futex, uds, vipc, adaptive};
   report.notes.push_back(
       "vipc: receive() with WaitPolicy::park_immediately() on both sides, so every message "
       "is a futex wake-up (as in floor-futex); vipc-adaptive: receive() with the default "
@@ -410,27 +425,13 @@ Report call(const Options& o, const RunConfig& cfg) {
 
 Report call_blocking(const Options& o, const RunConfig& cfg) {
   using call_systems::CallMode;
-  std::vector<System> systems = {
-      {"floor-futex", floors::futex_pingpong},
-      {"uds", [](const RunConfig& c) { return baselines::uds_pingpong(c, kMessageBytes); }},
-      {"vipc", [](const RunConfig& c) { return call_systems::call(c, CallMode::Park); }},
-      {"vipc-adaptive", [](const RunConfig& c) { return call_systems::call(c); }},
-  };
-  auto rounds = interleave(cfg, systems);
-  Report report;
-  report.scenario = "call";
-  report.title =
+  std::vector<std::vector<Round>> rounds;
+  Report report = blocking_report(
+      o, cfg, "call",
       "call --blocking: 64-byte synchronous call and response between two processes, "
-      "waiting sides parked";
-  report.params = base_params(o, cfg);
-  report.params["mode"] = "blocking";
-  Entry futex = latency_entry("floor-futex", "rtt", rounds[0]);
-  Entry uds = latency_entry("uds", "rtt", rounds[1]);
-  Entry vipc = latency_entry("vipc", "rtt", rounds[2]);
-  Entry adaptive = latency_entry("vipc-adaptive", "rtt", rounds[3]);
-  compare(vipc, futex, /*with_p99=*/true);
-  compare(adaptive, futex, /*with_p99=*/true);
-  report.entries = {futex, uds, vipc, adaptive};
+      "waiting sides parked",
+      {"vipc", [](const RunConfig& c) { return call_systems::call(c, CallMode::Park); }},
+      {"vipc-adaptive", [](const RunConfig& c) { return call_systems::call(c); }}, rounds);
   report.notes.push_back(
       "vipc: Channel::call() with WaitOptions{.spin = 0} on both sides (Channel::set_wait, "
       "ChannelOptions::wait), so the server parks for every request and the caller for "

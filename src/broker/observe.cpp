@@ -283,6 +283,16 @@ void Observer::on_event(const core::TraceEvent& e, std::uint64_t mono_ns, pid_t 
   if (fresh) ++pending_count_;
 }
 
+void Observer::set_latency(Message& m, std::uint64_t from, std::uint64_t to) const noexcept {
+  if (to >= from) {
+    m.latency_ns = static_cast<std::uint64_t>(static_cast<double>(to - from) * ns_per_cycle_);
+    m.has_latency = true;
+  } else if (static_cast<double>(from - to) * ns_per_cycle_ <= kStampSkewNs) {
+    m.latency_ns = 0;
+    m.has_latency = true;
+  }
+}
+
 void Observer::emit_pair(const Pending* send, const Pending* receive, const RingLookup& lookup) {
   const Pending& any = send != nullptr ? *send : *receive;
   Message m;
@@ -301,11 +311,8 @@ void Observer::emit_pair(const Pending* send, const Pending* receive, const Ring
   }
   if (send != nullptr) m.src = send->pid;
   if (receive != nullptr) m.dst = receive->pid;
-  if (send != nullptr && receive != nullptr && receive->event.stamp >= send->event.stamp) {
-    // From the two cycle counts, not the converted times: no conversion error between.
-    m.latency_ns = static_cast<std::uint64_t>(
-        static_cast<double>(receive->event.stamp - send->event.stamp) * ns_per_cycle_);
-    m.has_latency = true;
+  if (send != nullptr && receive != nullptr) {
+    set_latency(m, send->event.stamp, receive->event.stamp);
   }
   // The channel's histogram is of its messages; a reply's latency is shown on its row.
   if (m.has_latency && m.object_id != 0 && !m.reply) {
@@ -369,10 +376,10 @@ void Observer::emit_topic(const TopicKey& key, const Pending* publish, const Pen
   }
   if (publish != nullptr) m.src = publish->pid;
   if (delivery != nullptr) m.dst = delivery->pid;
-  if (publish != nullptr && delivery != nullptr && delivery->event.stamp >= publish->event.stamp) {
-    m.latency_ns = static_cast<std::uint64_t>(
-        static_cast<double>(delivery->event.stamp - publish->event.stamp) * ns_per_cycle_);
-    m.has_latency = true;
+  if (publish != nullptr && delivery != nullptr) {
+    set_latency(m, publish->event.stamp, delivery->event.stamp);
+  }
+  if (m.has_latency) {
     ChannelLatency& l = latency_[m.object_id];
     l.hist.record(m.latency_ns);
     ++l.log2[static_cast<std::size_t>(std::bit_width(m.latency_ns))];

@@ -244,6 +244,14 @@ class Observer {
   std::uint64_t last_files_ns_ = 0;
   double ns_per_cycle_ = 0;  // core::CycleClock's, once there is something to convert
   bool wrote_files_ = false;
+
+  // Sets m's latency from the two cycle counts, not the converted times (no conversion
+  // error between). The counters of two CPUs can disagree by a little (this virtual
+  // machine's vCPUs by up to a few hundred ns), so a fast handoff's receipt may carry a
+  // count slightly below its send's: up to kStampSkewNs below is a latency too short for
+  // the counters to resolve, shown as 0; further below, no latency is shown.
+  static constexpr double kStampSkewNs = 2000;
+  void set_latency(Message& m, std::uint64_t from, std::uint64_t to) const noexcept;
 };
 
 }  // namespace vipc::broker

@@ -140,10 +140,8 @@ void Observer::emit_handoff(const HandoffKey& key, const Pending* origin, const 
   if (arrival != nullptr) m.dst = arrival->pid;
   // A return taken back by the owner carries no size: the borrower's record has it.
   if (m.size == 0 && arrival != nullptr) m.size = arrival->event.bytes;
-  if (origin != nullptr && arrival != nullptr && arrival->event.stamp >= origin->event.stamp) {
-    m.latency_ns = static_cast<std::uint64_t>(
-        static_cast<double>(arrival->event.stamp - origin->event.stamp) * ns_per_cycle_);
-    m.has_latency = true;
+  if (origin != nullptr && arrival != nullptr) {
+    set_latency(m, origin->event.stamp, arrival->event.stamp);
   }
   emit(std::move(m));
 }

@@ -1322,10 +1322,9 @@ Result<void> Channel::send(const SmallMessage& m, std::chrono::nanoseconds timeo
   }
   if (client::trace::on()) [[unlikely]]
     return impl_->send_traced(m, core::deadline_after(timeout));
-  // The clock is read only if the ring is full (core::LazyDeadline).
-  auto r = impl_->writer.try_send(m);
-  if (r || r.error().code() != ErrorCode::ChannelFull) return r;
-  return impl_->writer.send(m, core::deadline_after(timeout));
+  // The clock is read only if the send has to park (core::LazyDeadline).
+  core::LazyDeadline deadline(timeout);
+  return impl_->writer.send(m, deadline);
 }
 
 Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nanoseconds timeout) {
@@ -1340,11 +1339,7 @@ Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nan
   // the deadline is fixed before waiting for room or before parking for the response
   // (core::LazyDeadline), and bounds both.
   core::LazyDeadline deadline(timeout);
-  auto sent = impl_->writer.try_send(request);
-  if (!sent && sent.error().code() == ErrorCode::ChannelFull) {
-    sent = impl_->writer.send(request, deadline.get());
-  }
-  VIPC_TRY(sent);
+  VIPC_TRY(impl_->writer.send(request, deadline));
   if (impl_->filter) [[unlikely]]
     impl_->sent(1);
   if (traced) [[unlikely]]

@@ -89,6 +89,24 @@ Deadline park_deadline(Deadline d, bool trusted) noexcept {
   return slice < d ? slice : d;
 }
 
+// The loop of every blocking ring call: `attempt`, and while it reports `busy` (full, or
+// empty), `wait` and try again. A peer flipping its words could make a wait report
+// readiness that the next try does not find; the deadline still bounds the loop. The
+// clock is read only then, not after every wait that found its event (a read costs as
+// much as a message); the waits themselves read it only when they are about to park.
+template <class Attempt, class Wait>
+auto retry_waiting(Attempt&& attempt, Wait&& wait, ErrorCode busy, LazyDeadline& deadline,
+                   std::uint64_t ring_id) -> decltype(attempt()) {
+  for (bool again = false;; again = true) {
+    auto r = attempt();
+    if (r || r.error().code() != busy) return r;
+    if (again && Clock::now() >= deadline.get()) {
+      return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id);
+    }
+    VIPC_TRY(wait());
+  }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- segments
@@ -634,7 +652,7 @@ Result<std::size_t> RingWriter::try_send_batch(std::span<const SmallMessage> msg
   return Error(ErrorCode::InvalidArgument, "ring: more than 4 capabilities", 0, ring_id_);
 }
 
-Result<void> RingWriter::wait_for_room(Deadline deadline) {
+Result<void> RingWriter::wait_for_room(LazyDeadline& lazy) {
   auto has_room = [&]() noexcept {
     const std::uint64_t h = cons_->index.head.load(std::memory_order_acquire);  // R3
     return (h <= tail_ && tail_ - h < capacity_) ||
@@ -650,6 +668,7 @@ Result<void> RingWriter::wait_for_room(Deadline deadline) {
     case SpinOutcome::kNotReady:
       break;
   }
+  const Deadline deadline = lazy.get();
   for (;;) {
     if (Clock::now() >= deadline) return Error(ErrorCode::Timeout, "ring: send", 0, ring_id_);
     const std::uint32_t n = cons_->notify.value.load(std::memory_order_acquire);
@@ -673,31 +692,19 @@ Result<void> RingWriter::wait_for_room(Deadline deadline) {
 }
 
 Result<void> RingWriter::send(const SmallMessage& m, Deadline deadline) {
-  for (bool again = false;; again = true) {
-    auto r = try_send(m);
-    if (r || r.error().code() != ErrorCode::ChannelFull) return r;
-    // A peer flipping its words could make a wait report readiness that the next try
-    // does not find; the deadline still bounds the loop. The clock is read only then,
-    // not after every wait that found its event (a read costs as much as a message).
-    if (again && Clock::now() >= deadline) {
-      return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
-    }
-    VIPC_TRY(wait_for_room(deadline));
-  }
+  LazyDeadline d(deadline);
+  return send(m, d);
+}
+
+Result<void> RingWriter::send(const SmallMessage& m, LazyDeadline& deadline) {
+  return retry_waiting([&] { return try_send(m); }, [&] { return wait_for_room(deadline); },
+                       ErrorCode::ChannelFull, deadline, ring_id_);
 }
 
 Result<std::size_t> RingWriter::send_batch(std::span<const SmallMessage> msgs, Deadline deadline) {
-  for (bool again = false;; again = true) {
-    auto r = try_send_batch(msgs);
-    if (r || r.error().code() != ErrorCode::ChannelFull) return r;
-    // A peer flipping its words could make a wait report readiness that the next try
-    // does not find; the deadline still bounds the loop. The clock is read only then,
-    // not after every wait that found its event (a read costs as much as a message).
-    if (again && Clock::now() >= deadline) {
-      return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
-    }
-    VIPC_TRY(wait_for_room(deadline));
-  }
+  LazyDeadline d(deadline);
+  return retry_waiting([&] { return try_send_batch(msgs); }, [&] { return wait_for_room(d); },
+                       ErrorCode::ChannelFull, d, ring_id_);
 }
 
 void RingWriter::count_drops(std::uint64_t n) noexcept {
@@ -1161,31 +1168,14 @@ Result<void> RingReader::receive(SmallMessage& out, Deadline deadline) {
 }
 
 Result<void> RingReader::receive(SmallMessage& out, LazyDeadline& deadline) {
-  for (bool again = false;; again = true) {
-    auto r = try_receive(out);
-    if (r || r.error().code() != ErrorCode::WouldBlock) return r;
-    // A peer flipping its words could make a wait report readiness that the next try
-    // does not find; the deadline still bounds the loop. The clock is read only then,
-    // not after every wait that found its event (a read costs as much as a message).
-    if (again && Clock::now() >= deadline.get()) {
-      return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
-    }
-    VIPC_TRY(wait_readable(deadline));
-  }
+  return retry_waiting([&] { return try_receive(out); }, [&] { return wait_readable(deadline); },
+                       ErrorCode::WouldBlock, deadline, ring_id_);
 }
 
 Result<std::size_t> RingReader::receive_batch(std::span<SmallMessage> out, Deadline deadline) {
-  for (bool again = false;; again = true) {
-    auto r = try_receive_batch(out);
-    if (r || r.error().code() != ErrorCode::WouldBlock) return r;
-    // A peer flipping its words could make a wait report readiness that the next try
-    // does not find; the deadline still bounds the loop. The clock is read only then,
-    // not after every wait that found its event (a read costs as much as a message).
-    if (again && Clock::now() >= deadline) {
-      return Error(ErrorCode::Timeout, "ring: wait", 0, ring_id_);
-    }
-    VIPC_TRY(wait_readable(deadline));
-  }
+  LazyDeadline d(deadline);
+  return retry_waiting([&] { return try_receive_batch(out); }, [&] { return wait_readable(d); },
+                       ErrorCode::WouldBlock, d, ring_id_);
 }
 
 Result<bool> RingReader::arm_poll_fd() noexcept {

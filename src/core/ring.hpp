@@ -144,6 +144,8 @@ class RingWriter {
   [[nodiscard]] Result<std::size_t> try_send_batch(std::span<const SmallMessage> msgs) noexcept;
   // Blocking: waits (spin, yield, park) while the ring is full, until the deadline.
   [[nodiscard]] Result<void> send(const SmallMessage& m, Deadline deadline = kNoDeadline);
+  // The same, with a deadline fixed only if the wait gets as far as parking.
+  [[nodiscard]] Result<void> send(const SmallMessage& m, LazyDeadline& deadline);
   [[nodiscard]] Result<std::size_t> send_batch(std::span<const SmallMessage> msgs,
                                                Deadline deadline = kNoDeadline);
 
@@ -182,7 +184,7 @@ class RingWriter {
   void after_publish() noexcept;
   void wake_reader(std::uint64_t waiting) noexcept;
   void signal_ready_set() noexcept;
-  Result<void> wait_for_room(Deadline deadline);
+  Result<void> wait_for_room(LazyDeadline& deadline);
   void release() noexcept;
 
   sys::Mapping prod_map_;

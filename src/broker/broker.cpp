@@ -355,6 +355,10 @@ class Broker::Impl {
   // Spare rings (docs/protocol.md, "Spare rings").
   Result<OutPacket> on(Client& c, const wire::SpareRingsRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::ConnectSpareRequest& r, std::uint64_t id);
+  // Connect and ConnectSpare, once checked: a new capability for c with `rights` and a
+  // ring bound to obj for it (`lent`: the spare ring to bind, 0: a ring of the broker's).
+  Result<OutPacket> connect_new_capability(Client& c, Object& obj, Rights rights, std::uint64_t id,
+                                           std::uint64_t lent);
   // The channel `name` names, if `c` may connect to it as a sender with `rights`
   // (Connect's checks: the kind, the rights, the creator's uid or world-openable, the
   // channel's source rules).
@@ -1363,7 +1367,11 @@ Result<Object*> Broker::Impl::connectable(Client& c, const wire::Name& name,
 Result<OutPacket> Broker::Impl::on(Client& c, const wire::ConnectRequest& r, std::uint64_t id) {
   auto o = connectable(c, r.name, r.rights);
   if (!o) return o.error();
-  Object& obj = **o;
+  return connect_new_capability(c, **o, static_cast<Rights>(r.rights), id, 0);
+}
+
+Result<OutPacket> Broker::Impl::connect_new_capability(Client& c, Object& obj, Rights rights,
+                                                       std::uint64_t id, std::uint64_t lent) {
   VIPC_TRY(check_capability_room(c));
   auto token = new_token();
   if (!token) return token.error();
@@ -1373,9 +1381,9 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ConnectRequest& r, std
   pending.token = *token;
   pending.holder = c.id;
   pending.object = obj.id;
-  pending.rights = static_cast<Rights>(r.rights);
+  pending.rights = rights;
   pending.generation = 1;
-  return connect_ring(c, obj, pending, id, false);
+  return connect_ring(c, obj, pending, id, false, lent);
 }
 
 Result<OutPacket> Broker::Impl::on(Client& c, const wire::ConnectSpareRequest& r,
@@ -1390,16 +1398,7 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ConnectSpareRequest& r
   if (l == lent_.end() || l->second.client != c.id || l->second.object != obj.id) {
     return Error(ErrorCode::InvalidArgument, wire::ctx::kUnknownSpare);
   }
-  VIPC_TRY(check_capability_room(c));
-  auto token = new_token();
-  if (!token) return token.error();
-  CapNode pending;
-  pending.token = *token;
-  pending.holder = c.id;
-  pending.object = obj.id;
-  pending.rights = static_cast<Rights>(r.rights);
-  pending.generation = 1;
-  return connect_ring(c, obj, pending, id, false, r.ring_id);
+  return connect_new_capability(c, obj, static_cast<Rights>(r.rights), id, r.ring_id);
 }
 
 Result<OutPacket> Broker::Impl::on(Client& c, const wire::SpareRingsRequest& r, std::uint64_t id) {

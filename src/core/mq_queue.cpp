@@ -9,31 +9,39 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <memory>
 #include <new>
-#include <vector>
 
 // Memory ordering (docs/posix.md, "Queue memory ordering"):
 // Q1. `tail`, `free top`, `ring read` and `tail dirty` are read and written only under
 //     the tail lock; `head` (stored), `head dirty`, the busy table and `ring write`
 //     (stored) only under the head lock; the notification fields are written under both
-//     and read under either. A slot's priority, length, tag and payload are written by
-//     the sender that took it from the free slots before it publishes the slot (M1) and
-//     read by receivers after they read that publication; a slot is written again only
-//     after a receiver handed it back (M4).
-// M1. A sender fills its slot, stores the slot's own `next` = nil (release), then links it
-//     by storing its index into the previous slot's `next` (seq_cst: release for the
-//     contents, and the store half of Q3). A receiver loads `next` (acquire) under the
-//     head lock and then reads the slot: it sees the contents.
-// M2. Appending touches only the tail slot, which receivers never write, and `tail`: the
-//     tail slot is never freed while a sender holds the tail lock (a receiver frees a slot
+//     and read under either. A slot's priority, length, tag, `next` and payload are
+//     written by the sender that holds it (reserved or taken from the free slots) before
+//     it publishes the message (M1) and read by receivers after they read that
+//     publication; a slot is written again only after a receiver handed it back (M4).
+// M1. An append fills the reserved slot (tail.next): priority, tag, payload, and `next` =
+//     the slot it reserves for the following append (taken from the free slots, its
+//     length already kUnpublished), then stores the length (seq_cst: release for all of
+//     that, and the store half of Q3). A receiver loads the dummy's `next` and that
+//     slot's length (seq_cst, at least acquire) under the head lock and then reads the
+//     slot: it sees the contents and the next reservation. An insertion before the tail
+//     fills a free slot the same way (its `next` = its successor) and then links it by
+//     storing its index into its predecessor's `next` (seq_cst), so a reader never
+//     follows a link to an unfinished slot.
+// M2. Appending reads the tail slot, writes the reserved slot (which receivers do not
+//     read before its length is stored) and `tail`: the tail slot is never freed while a
+//     sender holds the tail lock (a receiver frees a slot
 //     only after moving the head past it, which needs a later slot linked after it, and
 //     that sender moved `tail` past it before unlocking). Inserting before the tail
 //     (higher priority) holds both locks.
-// M3. The lock-free empty check loads `received` (acquire), `head`, the head slot's `next`
-//     (acquire), then `received` again. A nil link read with no receive completing in
-//     between was the dummy's link at that instant (an empty queue). If the head slot had
-//     been freed and refilled meanwhile, the nil came from its sender's store (M1,
-//     release), which follows the receiver's `received` store through M4, so the second
+// M3. The lock-free empty check loads `received` (acquire), `head` (acquire), the head
+//     slot's `next` (acquire), that slot's length (acquire), then `received` again. With
+//     no receive completing in between, the head slot was the dummy throughout and the
+//     slot its link named was unpublished when the link was read (a slot reachable from
+//     the dummy goes from unpublished to published only, until a receive frees it): the
+//     queue was empty at that instant. If slots were freed and reused meanwhile, their
+//     sender's stores follow the receiver's `received` store through M4, so the second
 //     load sees a new count and the check answers "not empty" (the caller then looks
 //     under the lock).
 // M4. A receiver hands the old dummy back by storing its index into the ring entry and
@@ -43,10 +51,11 @@
 // Q2. `sent` (line 2) and `received` (line 1), stored by their side under its lock, are
 //     read without a lock by getattr and by spinning senders, as hints.
 // Q3. A waiter counts itself parked (seq_cst RMW), loads the futex word, then looks again
-//     (the publication it waits for: a `next` link for a receiver, `ring write` for a
-//     sender, seq_cst loads) before FUTEX_WAIT. A waker publishes (seq_cst store) and then
-//     loads the parked count (seq_cst). Either the waker sees the count and bumps the word
-//     and wakes, or the waiter's second look sees the publication: no lost wake-up.
+//     (the publication it waits for: the dummy's `next` and that slot's length for a
+//     receiver, `ring write` for a sender, seq_cst loads) before FUTEX_WAIT. A waker publishes
+//     (seq_cst store) and then loads the parked count (seq_cst). Either the waker sees the count
+//     and bumps the word and wakes, or the waiter's second look sees the publication: no lost
+//     wake-up.
 // Q4. A non-blocking send of a queue it last found full answers "full" from the
 //     counters: `sent` (acquire) then `received`; a difference of max messages means it
 //     was full at the second load.
@@ -152,12 +161,12 @@ class MessageQueue::Lock {
 };
 
 std::uint64_t MessageQueue::segment_size(QueueShape shape) noexcept {
-  if (shape.max_messages == 0 || shape.message_size == 0 || shape.max_messages >= kNil - 2) {
+  if (shape.max_messages == 0 || shape.message_size == 0 || shape.max_messages >= kNil - 3) {
     return 0;
   }
   const std::uint64_t total =
       kHeaderSize + ring_bytes_for(shape.max_messages) +
-      (static_cast<std::uint64_t>(shape.max_messages) + 1) * slot_size_for(shape.message_size);
+      (static_cast<std::uint64_t>(shape.max_messages) + 2) * slot_size_for(shape.message_size);
   if (total > kSegmentMax) return 0;
   return (total + 4095u) & ~std::uint64_t{4095};
 }
@@ -177,7 +186,7 @@ Result<sys::UniqueFd> MessageQueue::create_segment(QueueShape shape, std::uint64
   h->max_messages = shape.max_messages;
   h->message_size = shape.message_size;
   h->slot_size = slot_size_for(shape.message_size);
-  h->slot_count = shape.max_messages + 1;
+  h->slot_count = shape.max_messages + 2;
   h->ring_entries = shape.max_messages + 2;
   h->segment_size = size;
   h->queue_id = queue_id;
@@ -190,16 +199,19 @@ Result<sys::UniqueFd> MessageQueue::create_segment(QueueShape shape, std::uint64
     ::pthread_mutexattr_destroy(&a);
     if (rc != 0) return Error(ErrorCode::SystemError, "queue: pthread_mutex_init", rc);
   }
-  // Slot 0 is the dummy; 1..max_messages are the senders' free stack.
+  // Slot 0 is the dummy, slot 1 the reserved slot; 2..max_messages + 1 are the senders'
+  // free stack.
   auto* base =
       static_cast<std::byte*>(full->data()) + kHeaderSize + ring_bytes_for(shape.max_messages);
   for (std::uint32_t i = 0; i < h->slot_count; ++i) {
     auto* s = new (base + static_cast<std::uint64_t>(i) * h->slot_size) Slot{};
-    s->next.store(i == 0 || i + 1 >= h->slot_count ? kNil : i + 1, std::memory_order_relaxed);
+    s->next.store(i == 0 ? 1 : (i == 1 || i + 1 >= h->slot_count ? kNil : i + 1),
+                  std::memory_order_relaxed);
+    s->length.store(kUnpublished, std::memory_order_relaxed);
   }
   h->head.store(0, std::memory_order_relaxed);
   h->tail = 0;
-  h->free_top = 1;
+  h->free_top = h->slot_count > 2 ? 2 : kNil;
   return std::move(*fd);
 }
 
@@ -217,40 +229,27 @@ Result<MessageQueue> MessageQueue::attach(int fd) {
   if (!map) return map.error();
   const auto* h = static_cast<const QueueHeader*>(map->data());
   if (h->magic != kMagic) return Error(ErrorCode::Corrupted, "queue: bad segment magic");
-  static_assert(kVersion == 5, "the message below names the version");
+  static_assert(kVersion == 6, "the message below names the version");
   if (h->version != kVersion) {
-    return Error(ErrorCode::Corrupted, "queue: segment of another layout version (not 5)");
+    return Error(ErrorCode::Corrupted, "queue: segment of another layout version (not 6)");
   }
   // The header's line 0 is written once by the broker; copy what we use and check it
   // against the real size, so no later index computation can leave the mapping.
   const QueueShape shape{h->max_messages, h->message_size};
   if (segment_size(shape) == 0 || h->slot_size != slot_size_for(shape.message_size) ||
-      h->slot_count != shape.max_messages + 1 || h->ring_entries != shape.max_messages + 2 ||
+      h->slot_count != shape.max_messages + 2 || h->ring_entries != shape.max_messages + 2 ||
       h->segment_size != *size || segment_size(shape) != *size) {
     return Error(ErrorCode::Corrupted, "queue: bad segment header");
   }
   MessageQueue q;
   q.shape_ = shape;
   q.slot_size_ = h->slot_size;
-  q.slot_count_ = shape.max_messages + 1;
+  q.slot_count_ = shape.max_messages + 2;
   q.ring_entries_ = shape.max_messages + 2;
   q.slots_offset_ = kHeaderSize + ring_bytes_for(shape.max_messages);
   q.queue_id_ = h->queue_id;
   q.map_ = std::move(*map);
   return q;
-}
-
-Slot* MessageQueue::slot(std::uint32_t i) const noexcept {
-  return reinterpret_cast<Slot*>(static_cast<std::byte*>(map_.data()) + slots_offset_ +
-                                 static_cast<std::uint64_t>(i) * slot_size_);
-}
-
-std::byte* MessageQueue::payload(std::uint32_t i) const noexcept {
-  return reinterpret_cast<std::byte*>(slot(i)) + kSlotHeader;
-}
-
-std::uint32_t* MessageQueue::ring() const noexcept {
-  return reinterpret_cast<std::uint32_t*>(static_cast<std::byte*>(map_.data()) + kHeaderSize);
 }
 
 std::uint32_t MessageQueue::size_approx() const noexcept {
@@ -269,35 +268,50 @@ void MessageQueue::bump_flags_generation() noexcept {
 bool MessageQueue::looks_empty() const noexcept {
   const QueueHeader* h = hdr();
   const std::uint32_t before = h->received.load(std::memory_order_acquire);  // M3
-  const std::uint32_t head = h->head.load(std::memory_order_relaxed);
+  const std::uint32_t head = h->head.load(std::memory_order_acquire);        // M3
   if (head >= slot_count_) return false;  // the lock path validates and repairs
-  if (slot(head)->next.load(std::memory_order_acquire) != kNil) return false;  // M3
+  const std::uint32_t first = slot(head)->next.load(std::memory_order_acquire);  // M3
+  if (first >= slot_count_) return false;
+  const std::uint32_t length = slot(first)->length.load(std::memory_order_acquire);  // M3
+  if (length != kUnpublished) {
+    // A message: its payload was written before its length (M1), so fetching the
+    // payload's further lines now overlaps their transfer with taking the lock.
+    const std::byte* p = payload(first);
+    const std::uint32_t n = length < shape_.message_size ? length : shape_.message_size;
+    for (std::uint32_t off = 64 - kSlotHeader; off < n && off < 4 * 64; off += 64) {
+      __builtin_prefetch(p + off);
+    }
+    return false;
+  }
   return h->received.load(std::memory_order_relaxed) == before;
 }
 
 // Rebuilds the lists from what validates: the queued list is kept from a valid head up to
-// the first slot that is out of range, seen twice, out of priority order or has a bad
-// length; every other slot becomes free (the senders' stack; the ring is emptied).
-// Called with both locks held.
+// the first slot that is unpublished, out of range, seen twice, out of priority order or
+// has a bad length (and to max messages at most); a slot is reserved after it (the one the
+// list ended at, if not kept); every other slot becomes free (the
+// senders' stack, lengths kUnpublished; the ring is emptied). Called with both locks held.
 void MessageQueue::repair_locked() noexcept {
   QueueHeader* h = hdr();
   const std::uint32_t c = slot_count_;
-  std::vector<std::uint8_t> seen;
-  std::uint32_t head = h->head.load(std::memory_order_relaxed);
+  // Without room to remember what was seen, every message is dropped: still consistent.
+  const std::unique_ptr<std::uint8_t[]> seen(new (std::nothrow) std::uint8_t[c]());
+  const std::uint32_t old_head = h->head.load(std::memory_order_relaxed);
+  const std::uint32_t head = old_head < c ? old_head : 0;
   std::uint32_t n = 0;
-  std::uint32_t last = head < c ? head : 0;
-  if (head >= c) slot(last)->next.store(kNil, std::memory_order_relaxed);  // nothing to keep
-  head = last;
-  try {
-    seen.assign(c, 0);
+  std::uint32_t last = head;
+  std::uint32_t end = kNil;  // where the kept list ended
+  if (seen) {
     seen[head] = 1;
     std::uint32_t last_prio = kPriorityMax;
-    for (std::uint32_t i = slot(head)->next.load(std::memory_order_relaxed); i != kNil;) {
-      if (i >= c || seen[i] != 0) break;
+    // A head out of range keeps nothing.
+    std::uint32_t i = old_head < c ? slot(head)->next.load(std::memory_order_relaxed) : kNil;
+    while (i < c && seen[i] == 0) {
       const Slot* s = slot(i);
+      const std::uint32_t len = s->length.load(std::memory_order_relaxed);
       const std::uint32_t prio = s->priority;
-      if (prio >= kPriorityMax || (last_prio != kPriorityMax && prio > last_prio) ||
-          s->length > shape_.message_size) {
+      if (len == kUnpublished || n == shape_.max_messages || len > shape_.message_size ||
+          prio >= kPriorityMax || (last_prio != kPriorityMax && prio > last_prio)) {
         break;
       }
       seen[i] = 1;
@@ -306,18 +320,32 @@ void MessageQueue::repair_locked() noexcept {
       last = i;
       i = s->next.load(std::memory_order_relaxed);
     }
-  } catch (const std::bad_alloc&) {
-    // Without room to remember what was seen, drop every message: still consistent.
-    seen.clear();
-    n = 0;
-    last = head;
+    end = i;
   }
-  slot(last)->next.store(kNil, std::memory_order_relaxed);
+  // The reserved slot: where the list ended when that slot is free to take, else the
+  // first slot not kept (there is one: at most max messages are kept, beside the dummy).
+  std::uint32_t reserved = kNil;
+  if (seen) {
+    if (end < c && seen[end] == 0) {
+      reserved = end;
+    } else {
+      for (std::uint32_t i = 0; i < c && reserved == kNil; ++i) {
+        if (seen[i] == 0) reserved = i;
+      }
+    }
+    seen[reserved] = 1;
+  } else {
+    reserved = head == 0 ? 1 : 0;
+  }
+  slot(reserved)->length.store(kUnpublished, std::memory_order_relaxed);
+  slot(reserved)->next.store(kNil, std::memory_order_relaxed);
+  slot(last)->next.store(reserved, std::memory_order_relaxed);
   h->head.store(head, std::memory_order_relaxed);
   h->tail = last;
   h->free_top = kNil;
   for (std::uint32_t i = c; i-- > 0;) {
-    if (seen.empty() ? i == head : seen[i] != 0) continue;
+    if (seen ? seen[i] != 0 : (i == head || i == reserved)) continue;
+    slot(i)->length.store(kUnpublished, std::memory_order_relaxed);
     slot(i)->next.store(h->free_top, std::memory_order_relaxed);
     h->free_top = i;
   }
@@ -354,6 +382,9 @@ std::uint32_t MessageQueue::take_free() noexcept {
       const std::uint32_t i =
           std::atomic_ref<const std::uint32_t>(entries[r]).load(std::memory_order_relaxed);
       if (i >= slot_count_) return kNil - 1;
+      // A slot is reserved (and watched by receivers) only after this store is published
+      // by the append that reserves it (M1).
+      slot(i)->length.store(kUnpublished, std::memory_order_relaxed);
       slot(i)->next.store(h->free_top, std::memory_order_relaxed);
       h->free_top = i;
       if (++r == ring_entries_) r = 0;
@@ -395,10 +426,9 @@ void MessageQueue::wake_senders() noexcept {
 
 template <bool kTraced>
 void MessageQueue::fill(std::uint32_t i, const void* data, std::size_t len, std::uint32_t priority,
-                        QueueTrace* trace) noexcept {
+                        std::uint32_t next, QueueTrace* trace) noexcept {
   Slot* s = slot(i);
   s->priority = priority;
-  s->length = static_cast<std::uint32_t>(len);
   if constexpr (kTraced) {
     s->tag = trace->tag;
     trace->slot = i;
@@ -406,7 +436,8 @@ void MessageQueue::fill(std::uint32_t i, const void* data, std::size_t len, std:
     s->tag = 0;  // no tag: a traced receive of it names no traced send
   }
   if (len != 0) std::memcpy(payload(i), data, len);
-  s->next.store(kNil, std::memory_order_release);  // M1, M3
+  s->next.store(next, std::memory_order_relaxed);
+  s->length.store(static_cast<std::uint32_t>(len), std::memory_order_seq_cst);  // M1, Q3
 }
 
 template <bool kTraced>
@@ -418,13 +449,15 @@ MessageQueue::Step MessageQueue::append_locked(const void* data, std::size_t len
   // M2: the tail slot is stable under the tail lock. A higher priority than the last
   // message's (or than the dummy's old one: then the insert finds the queue empty) must
   // go before it.
-  if (slot(t)->priority < priority) return Step::Slow;
-  const std::uint32_t i = take_free();
-  if (i == kNil) return Step::Full;
-  if (i >= slot_count_) return Step::Corrupt;
-  fill<kTraced>(i, data, len, priority, trace);
-  slot(t)->next.store(i, std::memory_order_seq_cst);  // M1, Q3
-  h->tail = i;
+  const Slot* ts = slot(t);
+  if (ts->priority < priority) return Step::Slow;
+  const std::uint32_t r = ts->next.load(std::memory_order_relaxed);  // the reserved slot
+  if (r >= slot_count_ || r == t) return Step::Corrupt;
+  const std::uint32_t k = take_free();  // the next append's
+  if (k == kNil) return Step::Full;
+  if (k >= slot_count_ || k == r) return Step::Corrupt;
+  fill<kTraced>(r, data, len, priority, k, trace);  // M1, Q3
+  h->tail = r;
   bump(h->sent);  // Q2
   return Step::Done;
 }
@@ -435,27 +468,27 @@ MessageQueue::Step MessageQueue::insert_locked(const void* data, std::size_t len
                                                bool* fire) noexcept {
   QueueHeader* h = hdr();
   const std::uint32_t head = h->head.load(std::memory_order_relaxed);
-  if (head >= slot_count_ || h->tail >= slot_count_) return Step::Corrupt;
-  // After the last message whose priority is >= ours; at most slot count steps.
+  const std::uint32_t t = h->tail;
+  if (head >= slot_count_ || t >= slot_count_) return Step::Corrupt;
+  // After the last message whose priority is >= ours; at most slot count steps to the
+  // tail.
   std::uint32_t at = head;
   std::uint32_t steps = 0;
-  for (;;) {
+  while (at != t) {
     const std::uint32_t nx = slot(at)->next.load(std::memory_order_relaxed);
-    if (nx == kNil) break;
     if (nx >= slot_count_ || nx == head || ++steps > slot_count_) return Step::Corrupt;
     if (slot(nx)->priority < priority) break;
     at = nx;
   }
-  const bool was_empty = slot(head)->next.load(std::memory_order_relaxed) == kNil;
+  const bool was_empty = head == t;
   const std::uint32_t nx = slot(at)->next.load(std::memory_order_relaxed);
-  if ((nx == kNil) != (at == h->tail)) return Step::Corrupt;
+  if (nx >= slot_count_ || nx == at) return Step::Corrupt;
   const std::uint32_t i = take_free();
   if (i == kNil) return Step::Full;
-  if (i >= slot_count_) return Step::Corrupt;
-  fill<kTraced>(i, data, len, priority, trace);
-  slot(i)->next.store(nx, std::memory_order_release);
+  if (i >= slot_count_ || i == nx || i == at || i == head) return Step::Corrupt;
+  fill<kTraced>(i, data, len, priority, nx, trace);
   slot(at)->next.store(i, std::memory_order_seq_cst);  // M1, Q3
-  if (nx == kNil) h->tail = i;
+  if (at == t) h->tail = i;
   bump(h->sent);  // Q2
   // A receiver that is waiting takes the message instead of the notification; one that
   // died waiting no longer counts.
@@ -486,10 +519,10 @@ MessageQueue::Step MessageQueue::pop_locked(void* buf, std::size_t* len, std::ui
   const std::uint32_t head = h->head.load(std::memory_order_relaxed);
   if (head >= slot_count_) return Step::Corrupt;
   const std::uint32_t i = slot(head)->next.load(std::memory_order_seq_cst);  // M1, Q3
-  if (i == kNil) return Step::Empty;
   if (i >= slot_count_ || i == head) return Step::Corrupt;
   const Slot* s = slot(i);
-  const std::uint32_t length = s->length;
+  const std::uint32_t length = s->length.load(std::memory_order_seq_cst);  // M1, Q3
+  if (length == kUnpublished) return Step::Empty;                          // the reserved slot
   const std::uint32_t prio = s->priority;
   if (length > shape_.message_size || prio >= kPriorityMax) return Step::Corrupt;
   if constexpr (kTraced) {
@@ -642,7 +675,6 @@ Result<std::size_t> MessageQueue::receive_as(void* buf, std::size_t cap, std::ui
   }
   QueueHeader* h = hdr();
   if (!wait.block && looks_empty()) {  // M3
-    cpu_relax();  // a caller polling in a loop leaves the line to the sender a moment
     return Error(ErrorCode::WouldBlock, "queue: empty");
   }
   Lock lock(&h->head_mutex, &h->head_dirty);

@@ -10,8 +10,12 @@
 //   copy of the payload, so a sender and a receiver run at the same time and share only
 //   the message's cache lines. A process that dies holding a lock costs the next locker a
 //   repair (EOWNERDEAD: the lists are rebuilt from what validates), never a hang.
+// - The slot the next appended message will fill is chosen one message ahead (the
+//   reserved slot, linked after the last message), so a waiting receiver already watches
+//   the line the message arrives in: a message costs one cache-line handoff, not a link
+//   followed by the slot it names.
 // - A non-blocking receive of an empty queue takes no lock: it reads the dummy slot's
-//   link, a line that changes only when a message arrives.
+//   link and the reserved slot's length, lines that change only when a message arrives.
 // - A blocked sender or receiver spins briefly, then parks on a futex word of the
 //   segment; a wake-up (a futex system call) happens only when somebody is parked.
 //   A signal handler running during the park ends the call with Interrupted (no restart).
@@ -46,9 +50,10 @@ namespace vipc::core {
 namespace mq_layout {
 
 inline constexpr std::uint32_t kMagic = 0x3151'4d56;  // "VMQ1" in memory order
-inline constexpr std::uint16_t kVersion = 5;
-inline constexpr std::uint32_t kNil = 0xffff'ffff;    // end of a list
-inline constexpr std::uint32_t kPriorityMax = 32768;  // MQ_PRIO_MAX: priorities 0..32767
+inline constexpr std::uint16_t kVersion = 6;
+inline constexpr std::uint32_t kNil = 0xffff'ffff;          // end of a list
+inline constexpr std::uint32_t kUnpublished = 0xffff'ffff;  // Slot::length: no message
+inline constexpr std::uint32_t kPriorityMax = 32768;        // MQ_PRIO_MAX: priorities 0..32767
 inline constexpr std::size_t kHeaderSize = 512;
 inline constexpr std::size_t kSlotHeader = 16;
 
@@ -57,10 +62,10 @@ inline constexpr std::uint32_t kNotifyNone = 0;
 inline constexpr std::uint32_t kNotifyArmed = 1;  // a process waits for the next arrival
 inline constexpr std::uint32_t kNotifyFired = 2;  // a sender fired it: the process delivers
 
-// The segment (layout 5): a header of eight cache lines, the return ring, then
-// max_messages + 1 slots (one is always the list's dummy node). Two locks: the head lock,
-// taken by receivers, and the tail lock, taken by senders; a send that must insert before
-// the tail (a higher priority) or that may fire the notification takes both, head first.
+// The segment (layout 6): a header of eight cache lines, the return ring, then
+// max_messages + 2 slots (one is always the list's dummy node, one the reserved slot). Two locks:
+// the head lock, taken by receivers, and the tail lock, taken by senders; a send that must insert
+// before the tail (a higher priority) or that may fire the notification takes both, head first.
 // Each line is written by one side only, so a sender and a receiver share only the message
 // slots and, once per batch, the return ring (docs/posix.md, "Layout").
 //
@@ -90,26 +95,29 @@ inline constexpr std::uint32_t kNotifyFired = 2;  // a sender fired it: the proc
 //  line 7: spinning or parked callers (written only by a call that waits)
 //   448              452
 //   | receivers busy | senders busy
-//  512: the return ring: ring entries (slot count + 1) u32 slot indices, padded to 64
+//  512: the return ring: ring entries (max msgs + 2) u32 slot indices, padded to 64
 //  then slot 0, slot 1, ...: each slot_size bytes, 64-byte aligned
 //   0       4          8        12    16
 //   | next  | priority | length | tag | payload[message size]
 //
 // The queued list: `head` is the dummy slot; the messages are head.next, its next, ...
 // through `tail` (the dummy itself when empty), highest priority first and oldest first
-// within a priority. Free slots: the senders' stack from `free top` (linked through
-// `next`, tail lock), and the slots receivers handed back in the return ring between
+// within a priority, and tail.next is the reserved slot: unpublished (length
+// kUnpublished), it is where the next append writes its message (M1). A slot is a
+// message exactly when its length is published; the list ends at the first unpublished
+// one. Free slots: the senders' stack from `free top` (linked through `next`, tail lock,
+// lengths kUnpublished), and the slots receivers handed back in the return ring between
 // `ring read` (senders) and `ring write` (receivers), which a sender that finds its stack
 // empty moves to the stack in one batch. A receiver frees the old dummy, never the slot it
-// read (that slot becomes the dummy). queued + free slots + 1 == slot count, and
+// read (that slot becomes the dummy). queued + free slots + 2 == slot count, and
 // sent - received == queued (mod 2^32) whenever neither lock is held.
 //
 // tag: 0, or the tag a traced send wrote (QueueTrace), read back by a traced receive;
 // it only names the message in the trace (docs/observability.md, "Handoffs").
 struct Slot {
-  std::atomic<std::uint32_t> next;  // M1/M2: published by senders, read by receivers
+  std::atomic<std::uint32_t> next;  // M1/M2: written by senders, read by receivers
   std::uint32_t priority;
-  std::uint32_t length;
+  std::atomic<std::uint32_t> length;  // M1: storing it publishes the message
   std::uint32_t tag;
 };
 static_assert(sizeof(Slot) == kSlotHeader);
@@ -137,11 +145,11 @@ struct QueueHeader {
   std::uint32_t max_messages;
   std::uint32_t message_size;
   std::uint32_t slot_size;
-  std::uint32_t slot_count;  // max_messages + 1
+  std::uint32_t slot_count;  // max_messages + 2
   std::uint64_t segment_size;
   std::uint64_t queue_id;
   std::atomic<std::uint32_t> flags_gen;  // Q5: bumped by mq_setattr, read by every call
-  std::uint32_t ring_entries;            // slot_count + 1
+  std::uint32_t ring_entries;            // max_messages + 2
   std::uint8_t pad0[16];
   // line 1: receivers
   pthread_mutex_t head_mutex;
@@ -151,7 +159,7 @@ struct QueueHeader {
   std::uint32_t reserved1[3];
   // line 2: senders
   pthread_mutex_t tail_mutex;
-  std::uint32_t tail;               // guarded by the tail lock
+  std::uint32_t tail;               // guarded by the tail lock; tail.next is reserved
   std::atomic<std::uint32_t> sent;  // Q2: messages ever queued, stored under the tail lock
   std::uint32_t free_top;           // guarded by the tail lock
   std::uint32_t ring_read;          // guarded by the tail lock
@@ -333,16 +341,25 @@ class MessageQueue {
   [[nodiscard]] mq_layout::QueueHeader* hdr() const noexcept {
     return static_cast<mq_layout::QueueHeader*>(map_.data());
   }
-  [[nodiscard]] mq_layout::Slot* slot(std::uint32_t i) const noexcept;
-  [[nodiscard]] std::byte* payload(std::uint32_t i) const noexcept;
-  [[nodiscard]] std::uint32_t* ring() const noexcept;
+  [[nodiscard]] mq_layout::Slot* slot(std::uint32_t i) const noexcept {
+    return reinterpret_cast<mq_layout::Slot*>(static_cast<std::byte*>(map_.data()) + slots_offset_ +
+                                              static_cast<std::uint64_t>(i) * slot_size_);
+  }
+  [[nodiscard]] std::byte* payload(std::uint32_t i) const noexcept {
+    return reinterpret_cast<std::byte*>(slot(i)) + mq_layout::kSlotHeader;
+  }
+  [[nodiscard]] std::uint32_t* ring() const noexcept {
+    return reinterpret_cast<std::uint32_t*>(static_cast<std::byte*>(map_.data()) +
+                                            mq_layout::kHeaderSize);
+  }
   // M3: true only if the queue was empty at some instant of the call (no lock taken).
   [[nodiscard]] bool looks_empty() const noexcept;
   // Both locks held: rebuilds the lists from what validates.
   void repair_locked() noexcept;
   // No lock held: takes both locks and repairs.
   [[nodiscard]] Result<void> repair();
-  // Tail lock held: a free slot (kNil: none; slot count or above: the lists are corrupt).
+  // Tail lock held: a free slot, its length kUnpublished (kNil: none; slot count or above:
+  // the lists are corrupt).
   [[nodiscard]] std::uint32_t take_free() noexcept;
   // Head lock held: hands a slot back to the senders (M4).
   void give_back(std::uint32_t i) noexcept;
@@ -374,9 +391,10 @@ class MessageQueue {
   template <bool kTraced>
   [[nodiscard]] Step pop_locked(void* buf, std::size_t* len, std::uint32_t* priority,
                                 QueueTrace* trace) noexcept;
+  // Writes a message into slot i, linked to `next`, and publishes it (M1).
   template <bool kTraced>
   void fill(std::uint32_t i, const void* data, std::size_t len, std::uint32_t priority,
-            QueueTrace* trace) noexcept;
+            std::uint32_t next, QueueTrace* trace) noexcept;
 
   sys::Mapping map_;
   QueueShape shape_{};

@@ -194,6 +194,17 @@ TEST(MessageQueue, ScribbledListsAreRepairedNotTrusted) {
   for (int i = 0; i < 4; ++i) EXPECT_TRUE(send(f.q, "f", 0)) << i;  // all 4 slots free again
   EXPECT_EQ(send(f.q, "f", 0).error().code(), ErrorCode::ChannelFull);
   for (int i = 0; i < 4; ++i) EXPECT_EQ(receive(f.q), "f");
+  // The reserved slot of an empty queue made to look published with a garbage length,
+  // and then pointed at itself: dropped, never copied or followed for ever.
+  r.first()->length = 1u << 30;
+  EXPECT_EQ(receive(f.q), "<WouldBlock>");
+  r.first()->length = 0;
+  r.first()->next = r.slot(r.h()->head.load())->next.load();
+  EXPECT_EQ(receive(f.q), "");              // an empty message that validates is taken...
+  EXPECT_EQ(receive(f.q), "<WouldBlock>");  // ...and the loop behind it is cut
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(send(f.q, "g", 0)) << i;
+  EXPECT_EQ(send(f.q, "g", 0).error().code(), ErrorCode::ChannelFull);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(receive(f.q), "g");
 }
 
 // The slots receivers hand back (the return ring) and the tail are hostile input too: an
@@ -254,32 +265,31 @@ TEST(MessageQueue, OwnerDeadIsRepairedAndTheQueueGoesOn) {
 }
 
 // A sender killed (SIGKILL) while holding the tail lock, at each point of an append: a
-// slot taken from the free stack but not linked is given back, one linked but not yet
-// the tail is kept, and the queue holds exactly its capacity afterwards.
+// slot taken from the free stack for the next reservation but the reserved slot not yet
+// written is given back; a reserved slot written and published but `tail` not moved yet
+// is kept; and the queue holds exactly its capacity afterwards.
 TEST(MessageQueue, ASenderKilledHoldingTheTailLockIsRepaired) {
-  for (const bool linked : {false, true}) {
+  for (const bool published : {false, true}) {
     auto f = make_queue(4, 8);
     ASSERT_TRUE(send(f.q, "kept", 1));
     auto child = test::Child::spawn(
         [&] {
           Raw r = raw(f);
           ::pthread_mutex_lock(&r.h()->tail_mutex);
-          const std::uint32_t i = r.h()->free_top;
-          r.h()->free_top = r.slot(i)->next.load();
-          if (linked) {
-            r.slot(i)->priority = 1;
-            r.slot(i)->length = 4;
-            std::memcpy(reinterpret_cast<char*>(r.slot(i)) + mq_layout::kSlotHeader, "torn", 4);
-            r.slot(i)->next = mq_layout::kNil;
-            r.slot(r.h()->tail)->next = i;  // published, but `tail` not moved yet
-          }
+          const std::uint32_t k = r.h()->free_top;  // the next append's slot
+          r.h()->free_top = r.slot(k)->next.load();
+          const std::uint32_t i = r.slot(r.h()->tail)->next.load();  // the reserved slot
+          r.slot(i)->priority = 1;
+          std::memcpy(reinterpret_cast<char*>(r.slot(i)) + mq_layout::kSlotHeader, "torn", 4);
+          r.slot(i)->next = k;
+          if (published) r.slot(i)->length = 4;  // published, but `tail` not moved yet
           ::kill(::getpid(), SIGKILL);
         },
         10s);
     EXPECT_EQ(child.wait(10s), "signal 9");
-    ASSERT_TRUE(send(f.q, "next", 1)) << linked;
+    ASSERT_TRUE(send(f.q, "next", 1)) << published;
     EXPECT_EQ(receive(f.q), "kept");
-    if (linked) {
+    if (published) {
       EXPECT_EQ(receive(f.q), "torn");
     }
     EXPECT_EQ(receive(f.q), "next");

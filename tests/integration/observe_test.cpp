@@ -21,6 +21,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "support/daemon.hpp"
 #include "support/process.hpp"
@@ -302,9 +303,16 @@ TEST_F(ObserveTest, TracingOnAndOffWhileTrafficFlows) {
     const std::uint64_t before = records();
     EXPECT_TRUE(test::wait_for([&] { return records() > before + 100; }, 10s));
     ASSERT_FALSE(rt->trace(TraceAction::Off).value().enabled);
-    // Records made before the switch was seen are drained; then nothing more comes.
-    std::this_thread::sleep_for(50ms);
-    const std::uint64_t settled = records();
+    // Records made before the switch was seen are drained (the count stops moving: a
+    // loaded machine may take a while), then nothing more comes while traffic flows.
+    std::uint64_t settled = records();
+    EXPECT_TRUE(test::wait_for(
+        [&] {
+          std::this_thread::sleep_for(100ms);
+          const std::uint64_t now = records();
+          return std::exchange(settled, now) == now;
+        },
+        10s));
     std::this_thread::sleep_for(200ms);
     EXPECT_EQ(records(), settled);
   }

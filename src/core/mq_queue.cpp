@@ -367,31 +367,44 @@ Result<void> MessageQueue::repair() {
   return {};
 }
 
-std::uint32_t MessageQueue::take_free() noexcept {
+bool MessageQueue::refill() noexcept {
   QueueHeader* h = hdr();
-  if (h->free_top == kNil) {
-    // M4: the stack is empty: move every slot the receivers handed back onto it.
-    const std::uint32_t w = h->ring_write.load(std::memory_order_seq_cst);
-    std::uint32_t r = h->ring_read;
-    if (w >= ring_entries_ || r >= ring_entries_) return kNil - 1;
-    const std::uint32_t* entries = ring();
-    while (r != w) {  // at most ring_entries_ - 1 steps
-      const std::uint32_t i =
-          std::atomic_ref<const std::uint32_t>(entries[r]).load(std::memory_order_relaxed);
-      if (i >= slot_count_) return kNil - 1;
-      // A slot is reserved (and watched by receivers) only after this store is published
-      // by the append that reserves it (M1).
-      slot(i)->length.store(kUnpublished, std::memory_order_relaxed);
-      slot(i)->next.store(h->free_top, std::memory_order_relaxed);
-      h->free_top = i;
-      if (++r == ring_entries_) r = 0;
-    }
-    h->ring_read = r;
-    if (h->free_top == kNil) return kNil;
+  // M4: move every slot the receivers handed back onto the stack.
+  const std::uint32_t w = h->ring_write.load(std::memory_order_seq_cst);
+  std::uint32_t r = h->ring_read;
+  if (w >= ring_entries_ || r >= ring_entries_) return false;
+  const std::uint32_t* entries = ring();
+  while (r != w) {  // at most ring_entries_ - 1 steps
+    const std::uint32_t i =
+        std::atomic_ref<const std::uint32_t>(entries[r]).load(std::memory_order_relaxed);
+    if (i >= slot_count_) return false;
+    // A slot is reserved (and watched by receivers) only after this store is published
+    // by the append that reserves it (M1).
+    slot(i)->length.store(kUnpublished, std::memory_order_relaxed);
+    slot(i)->next.store(h->free_top, std::memory_order_relaxed);
+    h->free_top = i;
+    if (++r == ring_entries_) r = 0;
   }
+  h->ring_read = r;
+  return true;
+}
+
+std::uint32_t MessageQueue::peek_free() noexcept {
+  QueueHeader* h = hdr();
+  if (h->free_top == kNil && !refill()) return kNil - 1;
   const std::uint32_t i = h->free_top;
+  if (i == kNil) return kNil;
   if (i >= slot_count_ || i == h->tail) return kNil - 1;
-  h->free_top = slot(i)->next.load(std::memory_order_relaxed);
+  return i;
+}
+
+void MessageQueue::pop_free(std::uint32_t i) noexcept {
+  hdr()->free_top = slot(i)->next.load(std::memory_order_relaxed);
+}
+
+std::uint32_t MessageQueue::take_free() noexcept {
+  const std::uint32_t i = peek_free();
+  if (i < slot_count_) pop_free(i);
   return i;
 }
 
@@ -450,12 +463,18 @@ MessageQueue::Step MessageQueue::append_locked(const void* data, std::size_t len
   if (ts->priority < priority) return Step::Slow;
   const std::uint32_t r = ts->next.load(std::memory_order_relaxed);  // the reserved slot
   if (r >= slot_count_ || r == t) return Step::Corrupt;
-  const std::uint32_t k = take_free();  // the next append's
+  const std::uint32_t k = peek_free();  // the next append's
   if (k == kNil) return Step::Full;
   if (k >= slot_count_ || k == r) return Step::Corrupt;
   fill<kTraced>(r, data, len, priority, k, trace);  // M1, Q3
   h->tail = r;
   bump(h->sent);  // Q2
+  // After the publication, not before it: the stack pop, and when the stack ran dry the
+  // batch of slots receivers handed back (a look at their lines), are off the message's
+  // path. A ring found corrupt here leaves the stack half rebuilt: the next tail-lock
+  // holder repairs.
+  pop_free(k);
+  if (h->free_top == kNil && !refill()) h->tail_dirty = 1;
   return Step::Done;
 }
 

@@ -361,6 +361,13 @@ class MessageQueue {
   // Tail lock held: a free slot, its length kUnpublished (kNil: none; slot count or above:
   // the lists are corrupt).
   [[nodiscard]] std::uint32_t take_free() noexcept;
+  // Tail lock held: the same slot without taking it (kNil: none; slot count or above:
+  // corrupt), then taking it.
+  [[nodiscard]] std::uint32_t peek_free() noexcept;
+  void pop_free(std::uint32_t i) noexcept;
+  // Tail lock held: moves the slots receivers handed back onto the stack (M4); false when
+  // the return ring does not validate.
+  [[nodiscard]] bool refill() noexcept;
   // Head lock held: hands a slot back to the senders (M4).
   void give_back(std::uint32_t i) noexcept;
   void wake_receivers() noexcept;

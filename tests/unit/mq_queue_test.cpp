@@ -245,6 +245,28 @@ TEST(MessageQueue, ScribbledReturnRingAndTailAreRepairedNotTrusted) {
   EXPECT_EQ(receive(f.q), "<WouldBlock>");
 }
 
+// An append refills its stack after publishing its message: a corrupt return ring found
+// then does not undo that message, and the next send repairs before it appends.
+TEST(MessageQueue, ACorruptReturnRingFoundAfterAPublicationIsRepairedByTheNextSend) {
+  auto f = make_queue(4, 8);
+  Raw r = raw(f);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(send(f.q, "c", 0)) << i;  // one slot left in the stack
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(receive(f.q), "c");         // three handed back
+  // The second of them out of range: a refill moves the first onto the stack, then stops.
+  r.ring()[(r.h()->ring_read + 1) % r.h()->ring_entries] = 4000;
+  ASSERT_TRUE(send(f.q, "a", 0));  // takes the last slot, then finds the ring corrupt
+  EXPECT_NE(r.h()->tail_dirty, 0u);
+  EXPECT_EQ(receive(f.q), "a");
+  ASSERT_TRUE(send(f.q, "b", 0));  // repairs first
+  EXPECT_EQ(r.h()->tail_dirty, 0u);
+  EXPECT_EQ(receive(f.q), "b");
+  EXPECT_EQ(receive(f.q), "<WouldBlock>");
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(send(f.q, "f", 0)) << i;  // no slot lost or doubled
+  EXPECT_EQ(send(f.q, "f", 0).error().code(), ErrorCode::ChannelFull);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(receive(f.q), "f");
+  EXPECT_EQ(receive(f.q), "<WouldBlock>");
+}
+
 TEST(MessageQueue, OwnerDeadIsRepairedAndTheQueueGoesOn) {
   auto f = make_queue(4, 8);
   ASSERT_TRUE(send(f.q, "kept", 1));

@@ -211,7 +211,7 @@ Result<sys::UniqueFd> MessageQueue::create_segment(QueueShape shape, std::uint64
   }
   h->head.store(0, std::memory_order_relaxed);
   h->tail = 0;
-  h->free_top = h->slot_count > 2 ? 2 : kNil;
+  h->free_top = 2;  // there is one: segment_size() refused a max_messages of 0
   return std::move(*fd);
 }
 

@@ -195,6 +195,13 @@ struct EndpointStats {
 // whatever order the server answers them in.
 class Request {
  public:
+  // Only an Endpoint makes one (its Key is private to it): built in place, where
+  // receive_request() returns it, with nothing to move.
+  class Key {
+    friend class Endpoint;
+    Key() = default;
+  };
+  explicit Request(Key /*unused*/) noexcept {}
   Request(Request&&) noexcept;
   Request& operator=(Request&&) = delete;
   Request(const Request&) = delete;
@@ -211,7 +218,6 @@ class Request {
 
  private:
   friend class Endpoint;
-  Request() = default;
   void* endpoint_ = nullptr;  // Endpoint::Impl
   std::uint32_t index_ = 0;
   std::uint64_t ring_id_ = 0;

@@ -66,6 +66,9 @@ class [[nodiscard]] Result {
     if (e == nullptr) detail::bad_result_access("Result::error() on a value");
     return *e;
   }
+  // Replaces the value (or error) with `error`. For a function that builds its value in
+  // place and returns that one object on every path, so that nothing is moved out.
+  void set_error(Error error) noexcept { v_.template emplace<1>(error); }
 
  private:
   T* get() noexcept {

@@ -860,15 +860,21 @@ Result<void> Endpoint::Impl::receive(SmallMessage& out, core::LazyDeadline& dead
 }
 
 Result<Request> Endpoint::receive_request(std::chrono::nanoseconds timeout) {
+  // Built where the caller receives it, and the one object every path returns (so it is
+  // never moved: a Request is ~190 bytes, and its message is written by narrower stores
+  // than a move would read it with).
+  Result<Request> out(std::in_place, Request::Key{});
   if (!impl_->synchronous) {
-    return Error(ErrorCode::Unsupported, "endpoint: not synchronous: use receive");
+    out.set_error(Error(ErrorCode::Unsupported, "endpoint: not synchronous: use receive"));
+    return out;
   }
   // The deadline is fixed when the call first has to wait (core::LazyDeadline).
   core::LazyDeadline deadline(timeout);
   const bool wait = timeout.count() != 0;
   ReceiverGuard lock;
   if (!(wait ? impl_->recv_lock(lock, deadline) : impl_->recv_try_lock(lock))) {
-    return busy_result(wait);
+    out.set_error(busy_result(wait));
+    return out;
   }
   Endpoint::Impl& ep = *impl_;
   // Wait at the ceiling (or the thread's own scheduling again, after an inherited one).
@@ -876,9 +882,12 @@ Result<Request> Endpoint::receive_request(std::chrono::nanoseconds timeout) {
     const auto counters_lock = ep.state_lock();
     (void)apply_sched(ep.ceiling_tag, ep.counters);
   }
-  Request req;
+  Request& req = *out;
   ep.last_tag = 0;
-  VIPC_TRY(ep.receive(req.message_, deadline, wait, &req.source_));
+  if (auto r = ep.receive(req.message_, deadline, wait, &req.source_); !r) {
+    out.set_error(r.error());
+    return out;
+  }
   req.sched_tag_ = ep.last_tag;
   if (ep.inherit_priority || ep.ceiling_tag != 0) {
     const std::uint8_t target = ep.inherit_priority ? inherited(req.sched_tag_) : 0;
@@ -898,7 +907,7 @@ Result<Request> Endpoint::receive_request(std::chrono::nanoseconds timeout) {
   }
   // Otherwise the request came from a ring that is gone (drained into the backlog when
   // its index was reused): its caller is gone too, and reply() says ChannelClosed.
-  return req;
+  return out;
 }
 
 // ------------------------------------------------------------ Request
@@ -1328,10 +1337,20 @@ Result<void> Channel::send(const SmallMessage& m, std::chrono::nanoseconds timeo
 }
 
 Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nanoseconds timeout) {
-  if (!impl_->reply) return Error(ErrorCode::Unsupported, "channel: not synchronous: use send");
+  // The response is received where the caller gets it: the one object every path
+  // returns, never copied out.
+  Result<SmallMessage> out(std::in_place);
+  if (!impl_->reply) {
+    out.set_error(Error(ErrorCode::Unsupported, "channel: not synchronous: use send"));
+    return out;
+  }
   if (timeout == kForever && impl_->call_timeout.count() > 0) timeout = impl_->call_timeout;
-  if (impl_->filter) [[unlikely]]
-    VIPC_TRY(impl_->admit(request.type));
+  if (impl_->filter) [[unlikely]] {
+    if (auto r = impl_->admit(request.type); !r) {
+      out.set_error(r.error());
+      return out;
+    }
+  }
   impl_->writer.tag_next(own_sched_tag());  // the caller's priority, for inheritance
   const bool traced = client::trace::on();
   const std::uint64_t stamp = traced ? core::cycles() : 0;
@@ -1339,18 +1358,22 @@ Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nan
   // the deadline is fixed before waiting for room or before parking for the response
   // (core::LazyDeadline), and bounds both.
   core::LazyDeadline deadline(timeout);
-  VIPC_TRY(impl_->writer.send(request, deadline));
+  if (auto r = impl_->writer.send(request, deadline); !r) {
+    out.set_error(r.error());
+    return out;
+  }
   if (impl_->filter) [[unlikely]]
     impl_->sent(1);
   if (traced) [[unlikely]]
     impl_->trace_sent(&request, 1, stamp);
-  SmallMessage response;
+  SmallMessage& response = *out;
   for (;;) {
     auto r = impl_->reply->receive(response, deadline);
     if (!r) {
       // The request was sent: its response, if it ever comes, belongs to nobody.
       if (r.error().code() == ErrorCode::Timeout) ++impl_->abandoned;
-      return r.error();
+      out.set_error(r.error());
+      return out;
     }
     if (impl_->abandoned > 0) {  // the response to an earlier call that timed out
       --impl_->abandoned;
@@ -1359,9 +1382,9 @@ Result<SmallMessage> Channel::call(const SmallMessage& request, std::chrono::nan
     if (client::trace::on()) [[unlikely]]
       impl_->trace_reply_received(response);
     if (response.type == kDroppedReplyType && response.length == 0) {
-      return Error(ErrorCode::ChannelClosed, "call: the server dropped the request");
+      out.set_error(Error(ErrorCode::ChannelClosed, "call: the server dropped the request"));
     }
-    return response;
+    return out;
   }
 }
 void Channel::close() noexcept { impl_->writer.close(); }

@@ -189,6 +189,33 @@ TEST(ResultTest, InPlaceBuildsTheValueFromItsArguments) {
   for (std::byte b : m->data) EXPECT_EQ(b, std::byte{0});
 }
 
+// A value that counts its destructions and can be neither moved nor assigned: set_error()
+// must destroy it in place, once, and leave the error behind.
+struct Pinned {
+  explicit Pinned(int* destroyed) noexcept : destroyed_(destroyed) {}
+  Pinned(const Pinned&) = delete;
+  Pinned& operator=(const Pinned&) = delete;
+  ~Pinned() { ++*destroyed_; }
+  int* destroyed_;
+};
+
+TEST(ResultTest, SetErrorReplacesAValueBuiltInPlace) {
+  int destroyed = 0;
+  {
+    Result<Pinned> r(std::in_place, &destroyed);
+    ASSERT_TRUE(r.ok());
+    r.set_error(Error(ErrorCode::Timeout, "wait", 0, 42));
+    EXPECT_EQ(destroyed, 1);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().code(), ErrorCode::Timeout);
+    EXPECT_STREQ(r.error().context(), "wait");
+    EXPECT_EQ(r.error().object(), 42u);
+    r.set_error(Error(ErrorCode::ChannelClosed));  // an error replaces an error
+    EXPECT_EQ(r.error().code(), ErrorCode::ChannelClosed);
+  }
+  EXPECT_EQ(destroyed, 1);  // not destroyed again with the Result
+}
+
 TEST(ResultTest, ValueOrReturnsValueOrFallback) {
   const Result<int> good = 5;
   const Result<int> bad = Error(ErrorCode::Timeout);

@@ -90,6 +90,7 @@ json entry_json(const Entry& e) {
     j["p99_ns"] = ns_value(l.p99, l.fractional);
     j["p999_ns"] = ns_value(l.p999, l.fractional);
     j["max_ns"] = ns_value(l.max, l.fractional);
+    j["iqm_ns"] = std::round(l.iqm * 10.0) / 10.0;
     j["samples"] = l.samples;
     json rounds = json::array();
     for (double v : l.round_p50) rounds.push_back(ns_value(v, l.fractional));
@@ -139,6 +140,7 @@ LatencyStats summarize_latency(const std::vector<Round>& rounds) {
   s.p99 = static_cast<double>(all.percentile(99.0)) * scale;
   s.p999 = static_cast<double>(all.percentile(99.9)) * scale;
   s.max = static_cast<double>(all.max()) * scale;
+  s.iqm = all.interquartile_mean() * scale;
   s.samples = all.count();
   return s;
 }

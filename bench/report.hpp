@@ -16,6 +16,7 @@ namespace vipc::bench {
 
 struct LatencyStats {
   double p50 = 0, p90 = 0, p99 = 0, p999 = 0, max = 0;  // nanoseconds
+  double iqm = 0;  // mean of the middle half of the samples (Histogram::interquartile_mean)
   std::uint64_t samples = 0;
   std::vector<double> round_p50;  // p50 of each round, in order (shows drift)
   bool fractional = false;        // per-operation costs: keep a decimal in JSON

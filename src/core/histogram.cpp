@@ -130,4 +130,22 @@ std::uint64_t Histogram::percentile(double p) const noexcept {
   return max_;  // not reached: the counts sum to count_
 }
 
+double Histogram::interquartile_mean() const noexcept {
+  if (count_ == 0) return 0.0;
+  // Ranks [lo, hi) (0-based) are the middle half; at least one sample.
+  const std::uint64_t lo = count_ / 4;
+  std::uint64_t hi = count_ - count_ / 4;
+  if (hi <= lo) hi = lo + 1;
+  long double sum = 0;
+  std::uint64_t seen = 0;
+  for (std::size_t i = 0; i < counts_.size() && seen < hi; ++i) {
+    const std::uint64_t from = std::max(seen, lo);
+    const std::uint64_t to = std::min(seen + counts_[i], hi);
+    if (to > from)
+      sum += static_cast<long double>(reported_at(i)) * static_cast<long double>(to - from);
+    seen += counts_[i];
+  }
+  return static_cast<double>(sum / static_cast<long double>(hi - lo));
+}
+
 }  // namespace vipc::core

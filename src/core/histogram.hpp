@@ -59,6 +59,11 @@ class Histogram {
   // min() exactly; p == 100 gives max() exactly unless the top sample was clamped.
   // 0 when empty.
   [[nodiscard]] std::uint64_t percentile(double p) const noexcept;
+  // The mean of the middle half of the samples (those ranked above the lowest quarter
+  // and up to the highest quarter), each at its reported value: a centre that, unlike a
+  // percentile, moves by less than one bucket when the distribution shifts by less, and
+  // that outliers do not move at all. 0 when empty.
+  [[nodiscard]] double interquartile_mean() const noexcept;
 
  private:
   [[nodiscard]] std::size_t index_of(std::uint64_t v) const noexcept;

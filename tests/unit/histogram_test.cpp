@@ -480,5 +480,33 @@ TEST(HistogramTest, ResetEmptiesAndLaterRecordsMatchAFreshHistogram) {
   }
 }
 
+TEST(HistogramTest, InterquartileMeanIsTheMeanOfTheMiddleHalf) {
+  Histogram h;
+  EXPECT_EQ(h.interquartile_mean(), 0.0);
+  // 100 samples: 25 outliers low, 50 in the middle (values 10 and 20, 25 each), 25
+  // outliers high. Small values are exact, so the middle half's mean is exactly 15.
+  h.record_n(1, 25);
+  h.record_n(10, 25);
+  h.record_n(20, 25);
+  h.record_n(1'000'000'000, 25);
+  EXPECT_DOUBLE_EQ(h.interquartile_mean(), 15.0);
+  // A shift in the middle moves it by less than the step between its values, while the
+  // p50 jumps a whole step; the outliers (now 3e9, not 1e9) do not count.
+  Histogram shifted;
+  shifted.record_n(1, 25);
+  shifted.record_n(10, 20);
+  shifted.record_n(20, 30);
+  shifted.record_n(3'000'000'000, 25);
+  EXPECT_DOUBLE_EQ(shifted.interquartile_mean(), 16.0);  // (20*10 + 30*20) / 50
+  EXPECT_EQ(shifted.percentile(50), 20u);                // the p50 jumps a whole step
+  // One sample: itself; four: the middle two.
+  Histogram one;
+  one.record(7);
+  EXPECT_DOUBLE_EQ(one.interquartile_mean(), 7.0);
+  Histogram four;
+  for (const std::uint64_t v : {2U, 4U, 6U, 100U}) four.record(v);
+  EXPECT_DOUBLE_EQ(four.interquartile_mean(), 5.0);
+}
+
 }  // namespace
 }  // namespace vipc::core

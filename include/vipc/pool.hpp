@@ -193,6 +193,8 @@ class PoolReader {
 
  private:
   void forget_all() noexcept;
+  // receive() into an empty loan, left empty on failure.
+  Result<void> fill(const SmallMessage& message, PoolLoan& loan);
 
   Runtime::Impl* rt_ = nullptr;
   // Each entry holds one counted reference (detail::PoolView::refs).

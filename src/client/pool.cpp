@@ -223,29 +223,32 @@ class PoolOwner {
     for (auto& s : segments_) release_cap(rt_, s.cap);
   }
 
-  Result<PoolChunk> allocate(std::size_t size) {
+  // Fills `out` (an empty PoolChunk) with a chunk of at least `size` bytes; leaves it
+  // empty on failure.
+  Result<void> allocate_into(std::size_t size, PoolChunk& out) {
     if (size == 0 || size > BufferPool::kChunkMax) {
       return Error(ErrorCode::InvalidArgument, "pool: chunk size must be 1 byte to 256 MiB");
     }
     const unsigned cls = class_of(size);
     // Returns are drained only when the class runs dry: one look at each ring's tail
     // per batch of chunks, not per allocation.
-    if (free_[cls].empty()) drain();
-    if (free_[cls].empty()) reap_dead();
-    if (free_[cls].empty()) VIPC_TRY(grow(cls));
+    if (free_[cls].empty()) [[unlikely]] {
+      drain();
+      if (free_[cls].empty()) reap_dead();
+      if (free_[cls].empty()) VIPC_TRY(grow(cls));
+    }
     const ChunkRef ref = free_[cls].back();
     free_[cls].pop_back();
     Segment& s = segments_[ref.segment];
     Chunk& c = s.chunks[ref.chunk];
     c.held = true;
     ++c.generation;
-    PoolChunk out;
     out.owner_ = this;
     out.segment_ = ref.segment;
     out.chunk_ = ref.chunk;
     out.addr_ = static_cast<std::byte*>(s.map.data()) + std::size_t{ref.chunk} * s.chunk_size;
     out.size_ = size;
-    return out;
+    return {};
   }
 
   void drop(std::uint32_t segment, std::uint32_t chunk) noexcept {
@@ -588,8 +591,15 @@ BufferPool& BufferPool::operator=(BufferPool&&) noexcept = default;
 BufferPool::~BufferPool() = default;
 
 Result<PoolChunk> BufferPool::allocate(std::size_t size) {
-  if (!owner_) return Error(ErrorCode::InvalidArgument, "pool: empty");
-  return owner_->allocate(size);
+  // Built where the caller receives it (one object, returned on every path): the chunk
+  // is never moved on its way out.
+  Result<PoolChunk> out(std::in_place);
+  if (!owner_) {
+    out.set_error(Error(ErrorCode::InvalidArgument, "pool: empty"));
+  } else if (auto r = owner_->allocate_into(size, *out); !r) {
+    out.set_error(r.error());
+  }
+  return out;
 }
 
 Result<SmallMessage> BufferPool::loan(const PoolChunk& chunk, GrantTarget target,
@@ -712,6 +722,14 @@ std::size_t PoolReader::trim() {
 }
 
 Result<PoolLoan> PoolReader::receive(const SmallMessage& message) {
+  // Built where the caller receives it (one object, returned on every path): the loan is
+  // never moved on its way out.
+  Result<PoolLoan> out(std::in_place);
+  if (auto r = fill(message, *out); !r) out.set_error(r.error());
+  return out;
+}
+
+Result<void> PoolReader::fill(const SmallMessage& message, PoolLoan& loan) {
   const auto parsed = layout::parse_pool_descriptor(message);
   if (!parsed) return Error(ErrorCode::Corrupted, "pool: message carries no pool descriptor");
   const layout::PoolDescriptor d = *parsed;
@@ -763,7 +781,6 @@ Result<PoolLoan> PoolReader::receive(const SmallMessage& message) {
   if (!layout::range_inside(d.offset, d.length, seg->size())) {
     return Error(ErrorCode::Corrupted, "pool: range outside the segment");
   }
-  PoolLoan loan;
   detail::acquire(view);
   loan.view_ = view;
   loan.addr_ = static_cast<const std::byte*>(seg->data()) + d.offset;
@@ -775,7 +792,7 @@ Result<PoolLoan> PoolReader::receive(const SmallMessage& message) {
     detail::trace_pool(layout::kTracePoolReceive, d.pool_id, d.segment, d.chunk, d.generation,
                        message.type, d.length, message.cap_count, view->writer.owner_pid());
   }
-  return loan;
+  return {};
 }
 
 }  // namespace vipc

@@ -9,6 +9,7 @@
 #include <array>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <optional>
@@ -25,8 +26,10 @@
 #include "broker/platform.hpp"
 #include "broker/policy_api.hpp"
 #include "core/clock.hpp"
+#include "core/lane.hpp"
 #include "core/ready_set.hpp"
 #include "core/ring.hpp"
+#include "core/segment.hpp"
 #include "core/token_bucket.hpp"
 #include "core/wire.hpp"
 #include "core/wire_mq.hpp"
@@ -47,13 +50,15 @@ namespace {
 
 using core::now_ns;
 
-// epoll data: (id << 2) | tag.
+// epoll data: (id << kTagBits) | tag.
+constexpr unsigned kTagBits = 3;
 constexpr std::uint64_t kTagListen = 0;
 constexpr std::uint64_t kTagControl = 1;  // id 0: stop eventfd, id 1: signalfd
 constexpr std::uint64_t kTagSocket = 2;
 constexpr std::uint64_t kTagPidfd = 3;
+constexpr std::uint64_t kTagLane = 4;  // the client's control lane (core/lane.hpp)
 constexpr std::uint64_t tagged(std::uint64_t id, std::uint64_t tag) noexcept {
-  return (id << 2) | tag;
+  return (id << kTagBits) | tag;
 }
 constexpr std::uint32_t kReadEvents = EPOLLIN | EPOLLRDHUP;
 constexpr std::uint32_t kWriteEvents = EPOLLOUT | EPOLLRDHUP;
@@ -127,8 +132,14 @@ struct Client {
   std::uint64_t last_log_ns = 0;       // last warning about this client
   std::uint64_t suppressed_lines = 0;  // warnings not logged since (at most one a second)
   std::uint32_t pending_grants = 0;
-  core::TokenBucket creates;  // Policy::creates_per_second (docs/policy.md)
-  std::uint32_t lent = 0;     // spare rings lent to it and not bound yet (Impl::lent_)
+  core::TokenBucket creates;     // Policy::creates_per_second (docs/policy.md)
+  std::uint32_t lent = 0;        // spare rings lent to it and not bound yet (Impl::lent_)
+  std::uint64_t packets_in = 0;  // packets read from its socket
+  // The control lane (core/lane.hpp), once the client opened it: the page (mapped
+  // read-write here), the eventfd the client rings, the last sequence number answered.
+  sys::Mapping lane;
+  sys::UniqueFd lane_event;
+  std::uint32_t lane_seq = 0;
 };
 
 // A ring with the read-only opens its two peers will get, made before it is needed.
@@ -330,8 +341,16 @@ class Broker::Impl {
   void accept_all();
   void on_socket(Client& c, std::uint32_t events);
   void read_requests(Client& c);
+  // Reads and answers one packet from the socket: false when none was queued (or the
+  // connection failed).
+  bool read_one_request(Client& c);
   void handle_packet(Client& c, const platform::ReceivedPacket& pkt,
                      std::span<const std::byte> bytes);
+  // The reply to one packet: `truncated` when it did not fit, `fds` descriptors came
+  // with it (`first_fd` the first, -1 if none), `fds_truncated` when some were lost.
+  OutPacket answer(Client& c, std::span<const std::byte> bytes, bool truncated, std::size_t fds,
+                   bool fds_truncated, int first_fd);
+  void on_lane(Client& c);
   void queue(Client& c, OutPacket out);
   void flush(Client& c);
   void drop(ClientId id, const char* why);
@@ -400,6 +419,7 @@ class Broker::Impl {
   Result<OutPacket> on(Client& c, const wire::TopicLeaveRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TopicShareBufferRequest& r, std::uint64_t id);
   // Tracing and statistics (observe.hpp, docs/observability.md).
+  Result<OutPacket> on(Client& c, const wire::OpenLaneRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TraceAttachRequest& r, std::uint64_t id);
   Result<OutPacket> on(Client& c, const wire::TraceControlRequest& r, std::uint64_t id);
   // Filters at the sender and violation reports (docs/policy.md).
@@ -556,8 +576,8 @@ Result<void> Broker::Impl::run(std::atomic<int>& stop_signal) {
     if (!n) return n.error();
     for (std::size_t i = 0; i < *n && running_; ++i) {
       const auto [mask, data] = events[i];
-      const std::uint64_t id = data >> 2;
-      switch (data & 3) {
+      const std::uint64_t id = data >> kTagBits;
+      switch (data & ((1u << kTagBits) - 1)) {
         case kTagListen:
           accept_all();
           break;
@@ -581,6 +601,12 @@ Result<void> Broker::Impl::run(std::atomic<int>& stop_signal) {
           break;
         case kTagPidfd:
           if (clients_.count(id) != 0) drop(id, "process exited");
+          break;
+        case kTagLane:
+          if (auto it = clients_.find(id); it != clients_.end()) {
+            on_lane(it->second);
+            if (it->second.dead) drop(id, "connection closed");
+          }
           break;
         default:
           break;
@@ -664,32 +690,43 @@ void Broker::Impl::on_socket(Client& c, std::uint32_t events) {
 }
 
 void Broker::Impl::read_requests(Client& c) {
-  alignas(8) std::array<std::byte, wire::kMaxPacket> buf{};
   for (int i = 0; i < kPacketsPerWakeup && !c.dead && c.out.empty(); ++i) {
-    auto pkt = platform::recv_packet(c.sock.get(), buf, /*nonblocking=*/true);
-    if (!pkt) {
-      if (pkt.error().code() != ErrorCode::WouldBlock) c.dead = true;
-      return;
-    }
-    handle_packet(c, *pkt, std::span<const std::byte>(buf.data(), pkt->size));
-    // Descriptors a client sent are never kept: pkt's destructor closes them.
+    if (!read_one_request(c)) return;
   }
+}
+
+bool Broker::Impl::read_one_request(Client& c) {
+  alignas(8) std::array<std::byte, wire::kMaxPacket> buf{};
+  auto pkt = platform::recv_packet(c.sock.get(), buf, /*nonblocking=*/true);
+  if (!pkt) {
+    if (pkt.error().code() != ErrorCode::WouldBlock) c.dead = true;
+    return false;
+  }
+  ++c.packets_in;
+  handle_packet(c, *pkt, std::span<const std::byte>(buf.data(), pkt->size));
+  // Descriptors a client sent are never kept: pkt's destructor closes them.
+  return true;
 }
 
 void Broker::Impl::handle_packet(Client& c, const platform::ReceivedPacket& pkt,
                                  std::span<const std::byte> bytes) {
-  if (!pkt.truncated && !pkt.fds_truncated && wire::is_mq_opcode(wire::peek_opcode(bytes))) {
-    MqRegistry::Out out = mq_.handle({c.cred.pid, c.cred.uid, c.cred.gid}, bytes, pkt.fds.size());
+  queue(c, answer(c, bytes, pkt.truncated, pkt.fds.size(), pkt.fds_truncated,
+                  pkt.fds.empty() ? -1 : pkt.fds.front().get()));
+}
+
+OutPacket Broker::Impl::answer(Client& c, std::span<const std::byte> bytes, bool truncated,
+                               std::size_t fds, bool fds_truncated, int first_fd) {
+  if (!truncated && !fds_truncated && wire::is_mq_opcode(wire::peek_opcode(bytes))) {
+    MqRegistry::Out out = mq_.handle({c.cred.pid, c.cred.uid, c.cred.gid}, bytes, fds);
     OutPacket o{out.packet, {}};
     if (out.fd.valid()) o.fds.push_back(std::move(out.fd));
-    queue(c, std::move(o));
-    return;
+    return o;
   }
   Result<wire::DecodedRequest> req = Error(ErrorCode::ProtocolError, wire::ctx::kOversized);
-  if (pkt.fds_truncated) {
+  if (fds_truncated) {
     req = Error(ErrorCode::ProtocolError, wire::ctx::kControlTruncated);
-  } else if (!pkt.truncated) {
-    req = wire::decode_request(bytes, pkt.fds.size());
+  } else if (!truncated) {
+    req = wire::decode_request(bytes, fds);
   }
   if (!req) {
     ++protocol_errors_;
@@ -703,23 +740,66 @@ void Broker::Impl::handle_packet(Client& c, const platform::ReceivedPacket& pkt,
           c.suppressed_lines);
       c.suppressed_lines = 0;
     }
-    queue(c, OutPacket{wire::encode_error(echo.opcode, echo.request_id, req.error()), {}});
-    return;
+    return OutPacket{wire::encode_error(echo.opcode, echo.request_id, req.error()), {}};
   }
   const std::uint64_t started = audit_ ? now_ns() : 0;
-  request_fd_ = pkt.fds.empty() ? -1 : pkt.fds.front().get();
+  request_fd_ = first_fd;
   auto reply = dispatch(c, *req);
   request_fd_ = -1;
   if (audit_) audit_request(c, *req, reply ? nullptr : &reply.error(), started);
   if (!reply) {
     log(LogLevel::Debug, "client {}: {} refused: {}", c.id,
         wire::to_string(static_cast<wire::Opcode>(req->header.opcode)), reply.error().message());
-    queue(c,
-          OutPacket{wire::encode_error(req->header.opcode, req->header.request_id, reply.error()),
-                    {}});
-    return;
+    return OutPacket{wire::encode_error(req->header.opcode, req->header.request_id, reply.error()),
+                     {}};
   }
-  queue(c, std::move(*reply));
+  return std::move(*reply);
+}
+
+void Broker::Impl::on_lane(Client& c) {
+  if (!c.lane.valid() || c.dead) return;
+  auto* lane = static_cast<core::LaneSegment*>(c.lane.data());
+  // L1: acquire pairs with the client's release; the request of `seq` is complete.
+  const std::uint32_t seq = lane->client.req_seq.load(std::memory_order_acquire);
+  if (seq == c.lane_seq) return;  // nothing new: a repeated or stray ring
+  // The packets the client sent on its socket before this request are answered first
+  // (they are queued there already): a lane request never overtakes them. A count that
+  // lies only makes this read what is queued.
+  const std::uint64_t before = lane->client.socket_sent.load(std::memory_order_relaxed);
+  while (c.packets_in < before && !c.dead && read_one_request(c)) {
+  }
+  if (c.dead) return;
+  // Hostile memory: the length is read once, and the packet copied out before decoding.
+  const std::uint32_t len = lane->client.req_len;
+  alignas(8) std::array<std::byte, core::kLanePacketMax> buf{};
+  const bool truncated = len > buf.size();
+  const std::size_t n = truncated ? buf.size() : len;
+  std::memcpy(buf.data(), lane->request, n);
+  const std::span<const std::byte> bytes(buf.data(), n);
+  OutPacket out;
+  if (!truncated && !core::lane_opcode(static_cast<wire::Opcode>(wire::peek_opcode(bytes)))) {
+    const wire::Echo echo = wire::peek_echo(bytes);
+    out.packet = wire::encode_error(echo.opcode, echo.request_id,
+                                    Error(ErrorCode::ProtocolError, wire::ctx::kNotOnLane));
+  } else {
+    out = answer(c, bytes, truncated, 0, false, -1);
+  }
+  if (!out.fds.empty() || out.packet.size > core::kLanePacketMax) [[unlikely]] {
+    // Not a reply the lane can carry (the descriptors close with `out`).
+    const wire::Echo echo = wire::peek_echo(bytes);
+    out = OutPacket{wire::encode_error(echo.opcode, echo.request_id,
+                                       Error(ErrorCode::ProtocolError, wire::ctx::kNotOnLane)),
+                    {}};
+  }
+  c.lane_seq = seq;
+  std::memcpy(lane->reply, out.packet.view().data(), out.packet.size);
+  lane->broker.rep_len = static_cast<std::uint32_t>(out.packet.size);
+  // L2 and L3: the reply is complete before its sequence number; then look for a parked
+  // client (seq_cst store and load: see core/lane.hpp).
+  lane->broker.rep_seq.store(seq, std::memory_order_seq_cst);
+  if (lane->client.waiting.load(std::memory_order_seq_cst) != 0) {
+    (void)sys::futex_wake(&lane->broker.rep_seq, 1);
+  }
 }
 
 void Broker::Impl::queue(Client& c, OutPacket out) {
@@ -795,6 +875,7 @@ void Broker::Impl::drop(ClientId id, const char* why) {
   }
   epoll_.remove(c.sock.get());
   epoll_.remove(c.pidfd.get());
+  if (c.lane_event.valid()) epoll_.remove(c.lane_event.get());
   log(LogLevel::Debug,
       "client {} (pid {}) dropped ({}): {} objects destroyed, {} capabilities released, {} "
       "revoked",
@@ -2357,6 +2438,35 @@ Result<OutPacket> Broker::Impl::on(Client& c, const wire::ChannelPolicyRequest& 
 // ------------------------------------------------------------ Broker
 
 // ------------------------------------------------------------ tracing and statistics
+
+Result<OutPacket> Broker::Impl::on(Client& c, const wire::OpenLaneRequest&, std::uint64_t id) {
+  if (c.lane.valid()) return Error(ErrorCode::InvalidArgument, wire::ctx::kLaneOpen);
+  core::SegmentSpec spec;
+  spec.kind = layout::SegmentKind::ControlLane;
+  spec.total_size = sizeof(core::LaneSegment);
+  spec.data_offset = offsetof(core::LaneSegment, client);
+  spec.object_id = c.id;
+  auto seg = core::create_segment("vipc-lane", spec);
+  if (!seg) return Error(seg.error().code(), wire::ctx::kObjectCreate, seg.error().sys_errno());
+  auto event = sys::eventfd();
+  if (!event)
+    return Error(event.error().code(), wire::ctx::kObjectCreate, event.error().sys_errno());
+  auto theirs = sys::dup_fd(event->get());
+  if (!theirs)
+    return Error(theirs.error().code(), wire::ctx::kObjectCreate, theirs.error().sys_errno());
+  // Edge-triggered: each ring of the eventfd reports once; its counter is never read.
+  if (auto r = epoll_.add(event->get(), EPOLLIN | EPOLLET, tagged(c.id, kTagLane)); !r) {
+    return Error(r.error().code(), wire::ctx::kObjectCreate, r.error().sys_errno());
+  }
+  const auto size = static_cast<std::uint32_t>(seg->mapping.size());
+  c.lane = std::move(seg->mapping);
+  c.lane_event = std::move(*event);
+  c.lane_seq = 0;
+  std::vector<sys::UniqueFd> fds;
+  fds.push_back(std::move(seg->fd));
+  fds.push_back(std::move(*theirs));
+  return OutPacket{wire::encode_reply(id, wire::OpenLaneReply{size, 0}, 2), std::move(fds)};
+}
 
 Result<OutPacket> Broker::Impl::on(Client& c, const wire::TraceAttachRequest& r, std::uint64_t id) {
   if (!observe_) return Error(ErrorCode::Unsupported, wire::ctx::kBroker);

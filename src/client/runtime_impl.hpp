@@ -23,6 +23,8 @@
 // when their reply is read, inside whatever call of this Runtime comes next.
 #pragma once
 
+#include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -30,6 +32,8 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <memory>
@@ -47,8 +51,10 @@
 #include "broker/platform.hpp"
 #include "client/object_table.hpp"
 #include "core/clock.hpp"
+#include "core/lane.hpp"
 #include "core/ready_set.hpp"
 #include "core/ring.hpp"
+#include "core/segment.hpp"
 #include "core/sys.hpp"
 #include "core/wire.hpp"
 #include "vipc/runtime.hpp"
@@ -149,13 +155,25 @@ class Runtime::Impl {
   Result<CapabilityHandle> grant_batch(std::span<const BatchGrant> caps, GrantTarget target);
 
   // `fds` travel with the request (ChannelPolicy Set only: wire::request_fd_count).
+  // Requests the control lane carries (core/lane.hpp) go through it once it is open;
+  // the first one opens it (one OpenLane round trip on the socket).
   template <class Request>
   Result<Answer> call(const Request& request, std::span<const int> fds = {}) {
     const std::lock_guard<std::mutex> lock(mu_);
+    if constexpr (core::lane_opcode(wire::opcode_of<Request>())) {
+      if (fds.empty() && lane_usable_locked()) {
+        if (auto r = lane_call_locked(request)) return std::move(*r);
+      }
+    }
+    return socket_call_locked(request, fds);
+  }
+
+  template <class Request>
+  Result<Answer> socket_call_locked(const Request& request, std::span<const int> fds = {}) {
     const std::uint64_t id = next_id_++;
     const wire::Packet p =
         wire::encode_request(id, request, static_cast<std::uint16_t>(fds.size()));
-    VIPC_TRY(platform::send_packet(sock.get(), p.view(), fds, /*nonblocking=*/false));
+    VIPC_TRY(send_locked(p, fds, /*nonblocking=*/false));
     const core::Deadline deadline = core::deadline_after(call_timeout);
     for (;;) {
       // One blocking recvmsg per reply; SO_RCVTIMEO (kReceiveSlice) bounds each wait so
@@ -215,7 +233,7 @@ class Runtime::Impl {
     const std::lock_guard<std::mutex> lock(mu_);
     const std::uint64_t id = next_id_++;
     const wire::Packet p = wire::encode_request(id, wire::DestroyRequest{wire::to_ref(cap)});
-    (void)platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/true);
+    (void)send_locked(p, {}, /*nonblocking=*/true);
   }
 
   // Sends a ReportViolations without waiting for its reply (dropped when it comes), and
@@ -227,7 +245,7 @@ class Runtime::Impl {
     poll_async_locked();  // the replies of earlier reports, so that they never pile up
     const std::uint64_t id = next_id_++;
     const wire::Packet p = wire::encode_request(id, r);
-    return platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/true).ok();
+    return send_locked(p, {}, /*nonblocking=*/true).ok();
   }
 
   // ---- spare rings (docs/protocol.md, "Spare rings")
@@ -294,17 +312,17 @@ class Runtime::Impl {
     const bool sync = (flags & wire::kObjectSynchronous) != 0;
     const std::uint32_t target = sync ? kSpareTargetSync : kSpareTarget;
     const auto have = static_cast<std::uint32_t>(sc.rings.size()) + sc.in_flight;
-    if (have > 1) return;
-    wire::SpareRingsRequest r{};
-    r.flags = sc.set ? 0 : wire::kSpareWithReadySet;
     // As many as fit in one reply's descriptors (the broker lends no more than that).
     const std::uint32_t fit = static_cast<std::uint32_t>((wire::kMaxFds - (sc.set ? 0u : 2u)) /
                                                          wire::spare_ring_fds(flags));
+    if (have > 1) return;
+    wire::SpareRingsRequest r{};
+    r.flags = sc.set ? 0 : wire::kSpareWithReadySet;
     r.count = std::min({target - have, wire::kSpareRingsMax, fit});
     r.name = wire::make_name(name);
     const std::uint64_t id = next_id_++;
     const wire::Packet p = wire::encode_request(id, r);
-    if (!platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/true)) return;
+    if (!send_locked(p, {}, /*nonblocking=*/true)) return;
     spare_requests_.emplace(id, std::pair{std::string(name), r.count});
     sc.in_flight += r.count;
   }
@@ -329,6 +347,120 @@ class Runtime::Impl {
   }
 
  private:
+  // Every packet to the broker's socket goes through here (mu_ held): the lane tells the
+  // broker how many went before each of its requests.
+  Result<void> send_locked(const wire::Packet& p, std::span<const int> fds, bool nonblocking) {
+    VIPC_TRY(platform::send_packet(sock.get(), p.view(), fds, nonblocking));
+    ++socket_sent_;
+    return {};
+  }
+
+  // Whether the control lane is open, opening it on first use (mu_ held). Not used when
+  // VIPC_NO_LANE is set, nor after the broker refused it.
+  bool lane_usable_locked() {
+    if (lane_) return true;
+    if (lane_tried_) return false;
+    lane_tried_ = true;
+    if (const char* off = std::getenv("VIPC_NO_LANE"); off != nullptr && *off != '\0') {
+      return false;
+    }
+    auto a = socket_call_locked(wire::OpenLaneRequest{0});
+    if (!a || a->fds.size() != 2) return false;
+    auto seg = core::map_segment(a->fds[0].get(), layout::SegmentKind::ControlLane,
+                                 PROT_READ | PROT_WRITE);
+    if (!seg || seg->mapping.size() < sizeof(core::LaneSegment)) return false;
+    lane_.emplace(Lane{std::move(seg->mapping), std::move(a->fds[1]), 0, false});
+    return true;
+  }
+
+  // One request through the lane (mu_ held); nullopt when it cannot take one now (an
+  // earlier request is still unanswered, or the lane failed): use the socket.
+  template <class Request>
+  std::optional<Result<Answer>> lane_call_locked(const Request& request) {
+    Lane& l = *lane_;
+    auto* seg = static_cast<core::LaneSegment*>(l.map.data());
+    if (l.busy) {  // an earlier call gave up waiting: free once the broker answered it
+      if (seg->broker.rep_seq.load(std::memory_order_acquire) != l.seq) return std::nullopt;
+      l.busy = false;
+    }
+    const std::uint64_t id = next_id_++;
+    const wire::Packet p = wire::encode_request(id, request);
+    std::memcpy(seg->request, p.view().data(), p.size);
+    seg->client.req_len = static_cast<std::uint32_t>(p.size);
+    seg->client.socket_sent.store(socket_sent_, std::memory_order_relaxed);
+    const std::uint32_t seq = ++l.seq;
+    seg->client.req_seq.store(seq, std::memory_order_release);  // L1
+    if (!sys::eventfd_signal(l.event.get())) {
+      lane_.reset();  // the broker will not hear it: the socket from now on
+      return std::nullopt;
+    }
+    const core::Deadline deadline = core::deadline_after(call_timeout);
+    while (seg->broker.rep_seq.load(std::memory_order_acquire) != seq) {  // L2
+      // L3: announce, look again, then park on the value seen.
+      seg->client.waiting.store(1, std::memory_order_seq_cst);
+      const std::uint32_t seen = seg->broker.rep_seq.load(std::memory_order_seq_cst);
+      if (seen != seq) {
+        const core::Deadline now = core::Clock::now();
+        if (now >= deadline) {
+          seg->client.waiting.store(0, std::memory_order_relaxed);
+          l.busy = true;
+          return Result<Answer>(Error(ErrorCode::Timeout, "runtime: waiting for the broker"));
+        }
+        const core::Deadline slice =
+            std::min(deadline, now + std::chrono::microseconds(kReceiveSliceUs));
+        const struct timespec until = core::to_timespec(slice);
+        (void)sys::futex_wait(&seg->broker.rep_seq, seen, &until);
+        if (seg->broker.rep_seq.load(std::memory_order_acquire) != seq && broker_hung_up()) {
+          seg->client.waiting.store(0, std::memory_order_relaxed);
+          l.busy = true;
+          return Result<Answer>(
+              Error(ErrorCode::ChannelClosed, "runtime: broker closed the connection"));
+        }
+      }
+      seg->client.waiting.store(0, std::memory_order_relaxed);
+    }
+    // The reply is the broker's, but the page is the client's too: read the length once,
+    // copy the packet out, and decode it as any packet.
+    const std::uint32_t len = seg->broker.rep_len;
+    if (len > core::kLanePacketMax) {
+      return Result<Answer>(Error(ErrorCode::ProtocolError, wire::ctx::kOversized));
+    }
+    alignas(8) std::array<std::byte, core::kLanePacketMax> buf{};
+    std::memcpy(buf.data(), seg->reply, len);
+    auto reply = wire::decode_reply({buf.data(), len}, 0);
+    if (!reply) return Result<Answer>(reply.error());
+    if (reply->header.request_id != id) {
+      return Result<Answer>(Error(ErrorCode::ProtocolError, wire::ctx::kBadLaneReply));
+    }
+    if (!reply->ok()) return Result<Answer>(reply->error);
+    if (reply->header.opcode != static_cast<std::uint16_t>(wire::opcode_of<Request>())) {
+      return Result<Answer>(Error(ErrorCode::ProtocolError, wire::ctx::kBadOpcode));
+    }
+    // The broker answered every socket request sent before this one first: the replies
+    // this process waits for without blocking (spare rings, prepared channels) are queued
+    // now. Taken here, as a socket call takes them while it waits for its own.
+    if (!spare_requests_.empty() || !provisioning_.empty()) poll_async_locked();
+    return Result<Answer>(Answer{reply->body, {}});
+  }
+
+  // Whether the broker's end of the connection is gone (poll, no wait).
+  bool broker_hung_up() const noexcept {
+    struct pollfd pfd {};
+    pfd.fd = sock.get();
+    pfd.events = POLLRDHUP;
+    return ::poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0;
+  }
+
+  struct Lane {
+    sys::Mapping map;  // core::LaneSegment, read-write
+    sys::UniqueFd event;
+    std::uint32_t seq = 0;  // the last request's sequence number
+    bool busy = false;      // that request is not answered yet
+  };
+  std::optional<Lane> lane_;
+  bool lane_tried_ = false;
+  std::uint64_t socket_sent_ = 0;  // packets sent on `sock`
+
   struct Pool {
     // Allocated when the broker's reply is read, so that a take moves a pointer.
     std::deque<std::unique_ptr<PreparedChannel>> ready;
@@ -373,7 +505,7 @@ class Runtime::Impl {
       r.call_timeout_ns = std::get<4>(shape);
       const std::uint64_t id = next_id_++;
       const wire::Packet p = wire::encode_request(id, r);
-      if (!platform::send_packet(sock.get(), p.view(), {}, /*nonblocking=*/true)) return;
+      if (!send_locked(p, {}, /*nonblocking=*/true)) return;
       provisioning_.emplace(id, shape);
       ++pool.in_flight;
     }

@@ -28,6 +28,8 @@ enum class SegmentKind : std::uint16_t {
   // Tracing (src/core/trace_layout.hpp, docs/observability.md).
   TraceRing = 16,  // one process's trace records (the process writes, the broker drains)
   TraceFlag = 17,  // the system-wide trace switch (the broker writes, everyone reads)
+  // The control lane (src/core/lane.hpp, docs/protocol.md).
+  ControlLane = 18,  // one client's requests and the broker's replies
 };
 
 // Common header at offset 0 of every segment. Written once by the segment's creator

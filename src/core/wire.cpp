@@ -25,7 +25,7 @@ constexpr const char* kContexts[] = {
     ctx::kNotReceiverFilter, ctx::kCapabilityRequired,  ctx::kRuleNotPermitted, ctx::kRuleDescriptor,
     ctx::kRuleEncoding,      ctx::kRuleTooLarge,       ctx::kRuleName,        ctx::kRuleUids,
     ctx::kRuleGids,          ctx::kRulePids,           ctx::kRuleExecutables, ctx::kRuleRequires,
-    ctx::kUnknownSpare,
+    ctx::kUnknownSpare,      ctx::kNotOnLane,          ctx::kLaneOpen,
 };
 // clang-format on
 constexpr std::uint16_t kContextCount = static_cast<std::uint16_t>(std::size(kContexts));
@@ -264,6 +264,10 @@ template <std::uint16_t N>
 Result<void> check(const UnassignedBody<N>&) noexcept {
   return protocol(ctx::kBadOpcode);
 }
+Result<void> check(const OpenLaneRequest& b) noexcept {
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  return {};
+}
 Result<void> check(const TraceAttachRequest& b) noexcept {
   if (b.reserved != 0) return protocol(ctx::kBadReserved);
   const std::uint32_t c = b.capacity;
@@ -444,6 +448,11 @@ Result<void> check(const TopicMemberReply& b) noexcept {
   if (b.reserved != 0) return protocol(ctx::kBadReserved);
   return {};
 }
+Result<void> check(const OpenLaneReply& b) noexcept {
+  if (b.reserved != 0) return protocol(ctx::kBadReserved);
+  if (b.size == 0 || b.size > (1u << 20)) return protocol(ctx::kBadEnum);
+  return {};
+}
 Result<void> check(const TraceAttachReply& b) noexcept {
   if (b.enabled > 1) return protocol(ctx::kBadEnum);
   if (b.capacity < layout::kTraceCapacityMin || b.capacity > layout::kTraceCapacityMax ||
@@ -535,6 +544,8 @@ const char* to_string(Opcode op) noexcept {
       return "TopicMember";
     case Opcode::TopicLeave:
       return "TopicLeave";
+    case Opcode::OpenLane:
+      return "OpenLane";
     case Opcode::TraceAttach:
       return "TraceAttach";
     case Opcode::TraceControl:
@@ -712,6 +723,7 @@ std::uint16_t reply_fd_count(const ReplyBody& body) noexcept {
     return 1;  // the buffer's memfd
   }
   if (std::holds_alternative<TraceAttachReply>(body)) return 2;  // the switch, the ring
+  if (std::holds_alternative<OpenLaneReply>(body)) return 2;     // the page, the eventfd
   if (const auto* sp = std::get_if<SpareRingsReply>(&body)) {
     return static_cast<std::uint16_t>(sp->count * spare_ring_fds(sp->flags) +
                                       (sp->with_set != 0 ? 2u : 0u));

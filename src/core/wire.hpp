@@ -83,7 +83,8 @@ enum class Opcode : std::uint16_t {
                       // not yet bound (2 fds each, 4 on a synchronous channel; + the
                       // ready set and its eventfd when asked)
   ConnectSpare = 30,  // name + rights (Send) + a lent ring's id -> as Connect, no fds
-  // 31: not assigned in this version.
+  // The control lane (core/lane.hpp, docs/protocol.md, "The control lane").
+  OpenLane = 31,  // -> this connection's lane page (read-write) and the eventfd that rings it
   // Tracing and statistics (docs/observability.md).
   TraceAttach = 32,   // -> the trace switch (read-only) + this process's trace ring (2 fds)
   TraceControl = 33,  // on / off / query: drains the trace rings and rewrites the views
@@ -99,7 +100,7 @@ inline constexpr std::uint16_t kOpcodeMin = 1;
 inline constexpr std::uint16_t kOpcodeMax = 36;
 // Whether a number in [kOpcodeMin, kOpcodeMax] names an opcode of this version.
 [[nodiscard]] constexpr bool opcode_assigned(std::uint16_t op) noexcept {
-  return (op >= kOpcodeMin && op <= 23) || (op >= 26 && op <= 30) || (op >= 32 && op <= 36);
+  return (op >= kOpcodeMin && op <= 23) || (op >= 26 && op <= 36);
 }
 [[nodiscard]] const char* to_string(Opcode op) noexcept;
 
@@ -644,6 +645,15 @@ struct UnassignedBody {
   std::uint64_t never;
 };
 
+// OpenLane: no argument.
+//
+//  0          8
+//  | reserved |
+struct OpenLaneRequest {
+  std::uint64_t reserved;
+};
+static_assert(sizeof(OpenLaneRequest) == 8);
+
 // Tracing (docs/observability.md). capacity: records of the caller's trace ring, 0 for
 // the broker's default, else a power of two in [kTraceCapacityMin, kTraceCapacityMax].
 //
@@ -1077,6 +1087,17 @@ static_assert(sizeof(TransferBufferReply) == 40);
 static_assert(offsetof(TransferBufferReply, handle) == 0);
 static_assert(offsetof(TransferBufferReply, buffer) == 8);
 
+// OpenLane: the lane page's size; fds: the page (read-write), the eventfd.
+//
+//  0      4          8
+//  | size | reserved |
+struct OpenLaneReply {
+  std::uint32_t size;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(OpenLaneReply) == 8);
+static_assert(offsetof(OpenLaneReply, reserved) == 4);
+
 // TraceAttach: the ring's capacity and the switch's state; fds: the switch (read-only),
 // the ring (read-write).
 //
@@ -1202,7 +1223,7 @@ using Request =
                  TopicJoinRequest, TopicMemberRequest, TopicLeaveRequest, TopicShareBufferRequest,
                  UnassignedBody<24>, UnassignedBody<25>, SenderFilterRequest,
                  ReportViolationsRequest, ChannelPolicyRequest, SpareRingsRequest,
-                 ConnectSpareRequest, UnassignedBody<31>, TraceAttachRequest, TraceControlRequest,
+                 ConnectSpareRequest, OpenLaneRequest, TraceAttachRequest, TraceControlRequest,
                  NameRegionRequest, GrantBatchRequest, ClaimBatchRequest>;
 // Attach answers with the same body as Connect: a distinct type keeps one body type
 // per opcode.
@@ -1235,7 +1256,7 @@ using ReplyBody =
                  TransferBufferReply, ClaimBufferReply, TopicJoinReply, TopicMemberReply,
                  TopicLeaveReply, TopicShareBufferReply, UnassignedBody<124>, UnassignedBody<125>,
                  SenderFilterReply, ReportViolationsReply, ChannelPolicyReply, SpareRingsReply,
-                 ConnectSpareReply, UnassignedBody<131>, TraceAttachReply, TraceControlReply,
+                 ConnectSpareReply, OpenLaneReply, TraceAttachReply, TraceControlReply,
                  NameRegionReply, GrantBatchReply, ClaimBatchReply>;
 static_assert(std::variant_size_v<Request> == kOpcodeMax);
 static_assert(std::variant_size_v<ReplyBody> == kOpcodeMax);
@@ -1371,6 +1392,9 @@ inline constexpr char kBadName[] = "wire: name not NUL-terminated, empty or not 
 inline constexpr char kBadEnum[] = "wire: enum value out of range";
 inline constexpr char kBadRights[] = "wire: unknown rights bits";
 inline constexpr char kBadReserved[] = "wire: reserved field not zero";
+inline constexpr char kNotOnLane[] = "lane: not a request the control lane carries";
+inline constexpr char kLaneOpen[] = "lane: already open on this connection";
+inline constexpr char kBadLaneReply[] = "lane: the reply answers another request";
 inline constexpr char kBadStatus[] = "wire: bad status in reply";
 inline constexpr char kBadTarget[] = "wire: grant needs exactly one target";
 inline constexpr char kControlTruncated[] = "wire: too many descriptors (truncated)";

@@ -381,11 +381,11 @@ TEST_F(BufferTest, HostileDescriptorIsRejectedAndReleased) {
   // Every capability the rejected receives claimed was released: once the owner lets go
   // (and the forged case's real handle expires with this connection), nothing is left.
   ASSERT_TRUE(buf->release().ok());
-  rt.reset();  // its socket and pidfd go too
+  rt.reset();  // its socket, pidfd and control lane's eventfd go too (set-up pinged)
   EXPECT_TRUE(test::wait_for(
       [&] {
         auto c = test::fd_census(daemon->pid());
-        return c && c->total + 2 == baseline->total && c->memfds == baseline->memfds;
+        return c && c->total + 3 == baseline->total && c->memfds == baseline->memfds;
       },
       5s))
       << test::describe(test::fd_census(daemon->pid()));

@@ -343,10 +343,29 @@ TEST(WireTraceTest, AttachReplyCarriesTwoDescriptors) {
   EXPECT_FALSE(decode_reply(encode_reply(1, TraceAttachReply{4096, 2}, 2).view(), 2));
 }
 
+TEST(WireLaneTest, OpenLaneRoundTripsWithTwoDescriptorsAndRefusesBadFields) {
+  auto a = decode_request(encode_request(3, OpenLaneRequest{0}).view(), 0);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->header.opcode, static_cast<std::uint16_t>(Opcode::OpenLane));
+  EXPECT_EQ(a->header.opcode, 31);
+  EXPECT_STREQ(to_string(Opcode::OpenLane), "OpenLane");
+  auto rsv = decode_request(encode_request(3, OpenLaneRequest{1}).view(), 0);
+  ASSERT_FALSE(rsv);
+  EXPECT_EQ(rsv.error().context(), std::string_view(ctx::kBadReserved));
+  const Packet p = encode_reply(3, OpenLaneReply{4096, 0}, 2);
+  EXPECT_FALSE(decode_reply(p.view(), 0));  // the page and the eventfd must come with it
+  auto r = decode_reply(p.view(), 2);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(reply_fd_count(r->body), 2);
+  EXPECT_EQ(std::get<OpenLaneReply>(r->body).size, 4096u);
+  EXPECT_FALSE(decode_reply(encode_reply(3, OpenLaneReply{0, 0}, 2).view(), 2));
+  EXPECT_FALSE(decode_reply(encode_reply(3, OpenLaneReply{4096, 1}, 2).view(), 2));
+}
+
 // 23 is TopicShareBuffer; 24 and 25 are the queue opcodes, decoded by decode_mq_request;
-// 26 to 28 the policy's, 29 and 30 the spare rings'; 31 is free, and 37 is past the last.
+// 26 to 28 the policy's, 29 and 30 the spare rings', 31 the lane's; 37 is past the last.
 TEST(WireTraceTest, UnassignedNumbersAroundTheTraceOpcodesAreRefused) {
-  for (int op : {24, 25, 31, 37}) {
+  for (int op : {24, 25, 37}) {
     auto b = bytes_of(encode_request(1, PingRequest{1}));
     Header h = header_of(b);
     h.opcode = static_cast<std::uint16_t>(op);

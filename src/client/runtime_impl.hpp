@@ -395,6 +395,9 @@ class Runtime::Impl {
       return std::nullopt;
     }
     const core::Deadline deadline = core::deadline_after(call_timeout);
+    // Parks in slices (1 ms, doubling up to kReceiveSliceUs), looking at the socket
+    // after each: a broker that is gone is noticed within a few milliseconds.
+    long slice_us = 1000;
     while (seg->broker.rep_seq.load(std::memory_order_acquire) != seq) {  // L2
       // L3: announce, look again, then park on the value seen.
       seg->client.waiting.store(1, std::memory_order_seq_cst);
@@ -406,13 +409,12 @@ class Runtime::Impl {
           l.busy = true;
           return Result<Answer>(Error(ErrorCode::Timeout, "runtime: waiting for the broker"));
         }
-        const core::Deadline slice =
-            std::min(deadline, now + std::chrono::microseconds(kReceiveSliceUs));
+        const core::Deadline slice = std::min(deadline, now + std::chrono::microseconds(slice_us));
+        slice_us = std::min(slice_us * 2, kReceiveSliceUs);
         const struct timespec until = core::to_timespec(slice);
         (void)sys::futex_wait(&seg->broker.rep_seq, seen, &until);
         if (seg->broker.rep_seq.load(std::memory_order_acquire) != seq && broker_hung_up()) {
-          seg->client.waiting.store(0, std::memory_order_relaxed);
-          l.busy = true;
+          lane_.reset();  // the socket from now on (it fails at once: the broker is gone)
           return Result<Answer>(
               Error(ErrorCode::ChannelClosed, "runtime: broker closed the connection"));
         }

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -27,8 +28,10 @@
 #include "core/segment.hpp"
 #include "core/sys.hpp"
 #include "core/wire.hpp"
+#include "support/daemon_fixture.hpp"
 #include "support/embedded.hpp"
 #include "support/random.hpp"
+#include "support/sanitizers.hpp"
 #include "vipc/channel.hpp"
 #include "vipc/runtime.hpp"
 
@@ -312,6 +315,34 @@ TEST_F(Lane, RuntimeCallsUseTheLaneUnlessTurnedOff) {
     std::this_thread::sleep_for(5ms);
   }
   EXPECT_EQ(lane_mappings(), before);
+}
+
+// A broker that dies while a client waits on the lane: the call ends with ChannelClosed
+// within milliseconds (the client looks at its socket between parks), and the next one
+// fails at once on the socket.
+using LaneDaemon = test::DaemonTest;
+
+TEST_F(LaneDaemon, ACallToABrokerThatDiedFailsPromptly) {
+  for (std::uint64_t i = 0; i < 10; ++i) ASSERT_TRUE(rt->ping(i).ok());  // through the lane
+  ASSERT_EQ(::kill(daemon->pid(), SIGKILL), 0);
+  const auto end = std::chrono::steady_clock::now() + 5s;
+  while (daemon->alive() && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_FALSE(daemon->alive());
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = rt->ping(1);
+  auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), ErrorCode::ChannelClosed) << r.error().message();
+  // Within a few 1-2 ms parks, not a 100 ms slice.
+  EXPECT_LT(took, test::kSanitized ? 200ms : 50ms);
+  t0 = std::chrono::steady_clock::now();
+  r = rt->ping(2);
+  took = std::chrono::steady_clock::now() - t0;
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), ErrorCode::ChannelClosed) << r.error().message();
+  EXPECT_LT(took, 100ms);
 }
 
 }  // namespace

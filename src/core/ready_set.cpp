@@ -329,9 +329,13 @@ void ReadySet::taken(RingReader& reader, std::uint32_t index) noexcept {
 void ReadySet::arm(RingReader& reader, std::uint32_t index) noexcept {
   // W1 + W3 of the ring (docs/ring.md): after the announcement and its barrier, either
   // the writer's next W2 load sees kWaitReadySet (and it marks RS1 from then on), or
-  // ready() below sees the message it published before.
+  // ready() below sees the message it published before. The same for a close: the
+  // writer's close() loads `waiting` after its closed store and a full fence, so either
+  // it sees the announcement and marks, or peer_closed() sees the close. (Without the
+  // second look, a ring read directly whose writer closed with nothing more to send
+  // was never reported: the receiver parked with a closed ring it did not know of.)
   reader.arm_ready_set(index);
-  if (reader.ready()) mark(index);
+  if (reader.ready() || reader.peer_closed()) mark(index);
 }
 
 void ReadySet::end_direct() noexcept {

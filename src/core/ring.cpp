@@ -958,6 +958,10 @@ bool RingReader::ready() const noexcept {
   return false;
 }
 
+bool RingReader::peer_closed() const noexcept {
+  return prod_ != nullptr && prod_->control.closed.load(std::memory_order_acquire) != 0;
+}
+
 VIPC_ALWAYS_INLINE inline Result<void> RingReader::take(std::uint64_t pos,
                                                         SmallMessage& out) noexcept {
   const std::size_t idx = pos & mask_;

@@ -251,6 +251,9 @@ class RingReader {
   // true when a message is ready (one acquire load; never blocks).
   // Also pulls the next payload line while nothing is there (prefetch_payload()).
   [[nodiscard]] bool ready() const noexcept;
+  // true once the writer closed its end (R5: acquire, so the messages it published
+  // before are visible); a ready set looks at it after arming, as at a message.
+  [[nodiscard]] bool peer_closed() const noexcept;
 
   // The pollable fd (level-triggered as seen by the caller: call arm_poll_fd() before
   // polling; it returns false when messages are already waiting, in which case do not

@@ -384,6 +384,28 @@ TEST(ReadySet, ParkReportsAMessageTheDirectRingGotBeforeIt) {
   EXPECT_EQ(drain(*a), 1u);
 }
 
+// A ring read directly is not marked by its writer, so its close, with nothing more
+// sent, is seen only by the park's arming look (DR2): the receiver must be told.
+TEST(ReadySet, ParkReportsTheDirectRingClosedBeforeIt) {
+  ReadySet rs = make_set(64);
+  rs.set_wait_policy(WaitPolicy::park_immediately());
+  rs.set_rescan_interval(std::chrono::hours(1));  // no healing to hide a lost report
+  auto a = make_ring(rs.fd(), 64);
+  ASSERT_TRUE(rs.add(a->reader, 3));
+  HostileView view = hostile_view(rs);
+  take_in_a_row(rs, *a, 3, 40);
+  clear_marks(view, 1);
+  a->writer.close();
+  EXPECT_EQ(view.words()[0].load(), 0u);  // no mark: only the ring itself says so
+  auto r = rs.wait_next(deadline_after(2s));
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(*r, 3u);
+  SmallMessage m;
+  auto got = a->reader.try_receive(m);
+  ASSERT_FALSE(got);
+  EXPECT_EQ(got.error().code(), ErrorCode::ChannelClosed);
+}
+
 TEST(ReadySet, RemovingTheDirectRingForgetsIt) {
   ReadySet rs = make_set(64);
   auto a = make_ring(rs.fd(), 64);

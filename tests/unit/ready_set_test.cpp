@@ -342,15 +342,23 @@ TEST(ReadySet, TakingFromAnotherRingEndsDirectReading) {
   EXPECT_EQ(view.words()[0].load() & (std::uint64_t{1} << 5), std::uint64_t{1} << 5);
 }
 
-TEST(ReadySet, ParkArmsTheDirectRingAgainAndItsNextMessageWakes) {
+// A set that parks at once and never rescans (no healing to hide a lost report), with
+// ring 3 read directly (DR1) and no mark left in the shared set: what a park must find.
+class ReadySetParked : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    rs.set_wait_policy(WaitPolicy::park_immediately());
+    rs.set_rescan_interval(std::chrono::hours(1));
+    ASSERT_TRUE(rs.add(a->reader, 3));
+    take_in_a_row(rs, *a, 3, 40);
+    clear_marks(view, 1);
+  }
   ReadySet rs = make_set(64);
-  rs.set_wait_policy(WaitPolicy::park_immediately());
-  rs.set_rescan_interval(std::chrono::hours(1));  // no healing to hide a lost report
-  auto a = make_ring(rs.fd(), 64);
-  ASSERT_TRUE(rs.add(a->reader, 3));
+  std::unique_ptr<Ring> a = make_ring(rs.fd(), 64);
   HostileView view = hostile_view(rs);
-  take_in_a_row(rs, *a, 3, 40);
-  clear_marks(view, 1);
+};
+
+TEST_F(ReadySetParked, ParkArmsTheDirectRingAgainAndItsNextMessageWakes) {
   std::thread sender([&] {
     std::this_thread::sleep_for(50ms);
     send_one(*a);
@@ -367,15 +375,7 @@ TEST(ReadySet, ParkArmsTheDirectRingAgainAndItsNextMessageWakes) {
   EXPECT_EQ(drain(*a), 1u);
 }
 
-TEST(ReadySet, ParkReportsAMessageTheDirectRingGotBeforeIt) {
-  ReadySet rs = make_set(64);
-  rs.set_wait_policy(WaitPolicy::park_immediately());
-  rs.set_rescan_interval(std::chrono::hours(1));  // no healing to hide a lost report
-  auto a = make_ring(rs.fd(), 64);
-  ASSERT_TRUE(rs.add(a->reader, 3));
-  HostileView view = hostile_view(rs);
-  take_in_a_row(rs, *a, 3, 40);
-  clear_marks(view, 1);
+TEST_F(ReadySetParked, ParkReportsAMessageTheDirectRingGotBeforeIt) {
   send_one(*a);  // no mark: only the ring itself says so
   EXPECT_EQ(view.words()[0].load(), 0u);
   auto r = rs.wait_next(deadline_after(5s));
@@ -386,15 +386,7 @@ TEST(ReadySet, ParkReportsAMessageTheDirectRingGotBeforeIt) {
 
 // A ring read directly is not marked by its writer, so its close, with nothing more
 // sent, is seen only by the park's arming look (DR2): the receiver must be told.
-TEST(ReadySet, ParkReportsTheDirectRingClosedBeforeIt) {
-  ReadySet rs = make_set(64);
-  rs.set_wait_policy(WaitPolicy::park_immediately());
-  rs.set_rescan_interval(std::chrono::hours(1));  // no healing to hide a lost report
-  auto a = make_ring(rs.fd(), 64);
-  ASSERT_TRUE(rs.add(a->reader, 3));
-  HostileView view = hostile_view(rs);
-  take_in_a_row(rs, *a, 3, 40);
-  clear_marks(view, 1);
+TEST_F(ReadySetParked, ParkReportsTheDirectRingClosedBeforeIt) {
   a->writer.close();
   EXPECT_EQ(view.words()[0].load(), 0u);  // no mark: only the ring itself says so
   auto r = rs.wait_next(deadline_after(2s));

@@ -776,21 +776,20 @@ void Broker::Impl::on_lane(Client& c) {
   const std::size_t n = truncated ? buf.size() : len;
   std::memcpy(buf.data(), lane->request, n);
   const std::span<const std::byte> bytes(buf.data(), n);
-  OutPacket out;
-  if (!truncated && !core::lane_opcode(static_cast<wire::Opcode>(wire::peek_opcode(bytes)))) {
+  // A request the lane does not carry, or a reply it cannot (descriptors: they close with
+  // the packet replaced), gets this error, echoing the request.
+  auto refused = [&] {
     const wire::Echo echo = wire::peek_echo(bytes);
-    out.packet = wire::encode_error(echo.opcode, echo.request_id,
-                                    Error(ErrorCode::ProtocolError, wire::ctx::kNotOnLane));
-  } else {
-    out = answer(c, bytes, truncated, 0, false, -1);
-  }
-  if (!out.fds.empty() || out.packet.size > core::kLanePacketMax) [[unlikely]] {
-    // Not a reply the lane can carry (the descriptors close with `out`).
-    const wire::Echo echo = wire::peek_echo(bytes);
-    out = OutPacket{wire::encode_error(echo.opcode, echo.request_id,
-                                       Error(ErrorCode::ProtocolError, wire::ctx::kNotOnLane)),
-                    {}};
-  }
+    return OutPacket{wire::encode_error(echo.opcode, echo.request_id,
+                                        Error(ErrorCode::ProtocolError, wire::ctx::kNotOnLane)),
+                     {}};
+  };
+  OutPacket out =
+      !truncated && !core::lane_opcode(static_cast<wire::Opcode>(wire::peek_opcode(bytes)))
+          ? refused()
+          : answer(c, bytes, truncated, 0, false, -1);
+  if (!out.fds.empty() || out.packet.size > core::kLanePacketMax) [[unlikely]]
+    out = refused();
   c.lane_seq = seq;
   std::memcpy(lane->reply, out.packet.view().data(), out.packet.size);
   lane->broker.rep_len = static_cast<std::uint32_t>(out.packet.size);

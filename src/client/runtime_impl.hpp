@@ -191,12 +191,18 @@ class Runtime::Impl {
         dispatch_async(reply, got->second);
         continue;
       }
-      if (!reply.ok()) return reply.error;
-      if (reply.header.opcode != static_cast<std::uint16_t>(wire::opcode_of<Request>())) {
-        return Error(ErrorCode::ProtocolError, wire::ctx::kBadOpcode);
-      }
-      return Answer{reply.body, std::move(got->second)};
+      return answer_of<Request>(reply, std::move(got->second));
     }
+  }
+
+  // The answer to a Request from its reply (socket or lane), with the reply's descriptors.
+  template <class Request>
+  static Result<Answer> answer_of(const wire::DecodedReply& reply, std::vector<sys::UniqueFd> fds) {
+    if (!reply.ok()) return reply.error;
+    if (reply.header.opcode != static_cast<std::uint16_t>(wire::opcode_of<Request>())) {
+      return Error(ErrorCode::ProtocolError, wire::ctx::kBadOpcode);
+    }
+    return Answer{reply.body, std::move(fds)};
   }
 
   // Bounds each blocking receive (see call()).
@@ -434,15 +440,11 @@ class Runtime::Impl {
     if (reply->header.request_id != id) {
       return Result<Answer>(Error(ErrorCode::ProtocolError, wire::ctx::kBadLaneReply));
     }
-    if (!reply->ok()) return Result<Answer>(reply->error);
-    if (reply->header.opcode != static_cast<std::uint16_t>(wire::opcode_of<Request>())) {
-      return Result<Answer>(Error(ErrorCode::ProtocolError, wire::ctx::kBadOpcode));
-    }
     // The broker answered every socket request sent before this one first: the replies
     // this process waits for without blocking (spare rings, prepared channels) are queued
     // now. Taken here, as a socket call takes them while it waits for its own.
     if (!spare_requests_.empty() || !provisioning_.empty()) poll_async_locked();
-    return Result<Answer>(Answer{reply->body, {}});
+    return answer_of<Request>(*reply, {});
   }
 
   // Whether the broker's end of the connection is gone (poll, no wait).
